@@ -1,0 +1,1 @@
+"""recon.calib: camera calibration, camera-info files and undistortion."""

@@ -1,0 +1,1 @@
+"""recon.datasets: lazy sequence readers, the synthetic scene generator and the bundled sample."""

@@ -1,0 +1,1 @@
+"""recon.viewer: Rerun logging, blueprint and sinks (.rrd file, live gRPC viewer, web viewer)."""
