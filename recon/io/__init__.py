@@ -1,0 +1,1 @@
+"""recon.io: plain file formats (TUM trajectories)."""

@@ -1,0 +1,54 @@
+"""TUM trajectory files: one pose per line, `timestamp tx ty tz qx qy qz qw` (seconds; xyzw quaternion).
+
+The pose is camera-to-world (`T_world_cam`), as in the TUM RGB-D benchmark's groundtruth.txt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from recon.errors import SequenceError
+from recon.geometry.transforms import make_se3, quat_xyzw_to_rotmat, rotmat_to_quat_xyzw
+
+
+def read_tum_trajectory(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read a TUM file; returns (t_ns int64 [N], T_world_cam float64 [N,4,4]). Comment lines start with #."""
+    path = Path(path)
+    rows = []
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SequenceError(f"cannot read trajectory {path}: {e}") from e
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.replace(",", " ").split()
+        if len(parts) != 8:
+            raise SequenceError(f"{path}:{lineno}: expected 8 values 'timestamp tx ty tz qx qy qz qw', got {len(parts)}")
+        try:
+            rows.append([float(p) for p in parts])
+        except ValueError as e:
+            raise SequenceError(f"{path}:{lineno}: not a number: {line!r}") from e
+    if not rows:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 4, 4))
+    data = np.asarray(rows, dtype=np.float64)
+    t_ns = np.round(data[:, 0] * 1e9).astype(np.int64)
+    T = make_se3(quat_xyzw_to_rotmat(data[:, 4:8]), data[:, 1:4])
+    return t_ns, T
+
+
+def write_tum_trajectory(path: str | Path, t_ns: np.ndarray, T_world_cam: np.ndarray) -> None:
+    """Write poses in TUM format (timestamps in seconds with nanosecond precision)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    T = np.asarray(T_world_cam, dtype=np.float64).reshape(-1, 4, 4)
+    q = rotmat_to_quat_xyzw(T[:, :3, :3])
+    with path.open("w") as f:
+        f.write("# timestamp tx ty tz qx qy qz qw (T_world_cam)\n")
+        for ti, Ti, qi in zip(np.asarray(t_ns, dtype=np.int64), T, q, strict=True):
+            sec, nsec = divmod(int(ti), 1_000_000_000)
+            tx, ty, tz = Ti[:3, 3]
+            f.write(f"{sec}.{nsec:09d} {tx:.9f} {ty:.9f} {tz:.9f} {qi[0]:.9f} {qi[1]:.9f} {qi[2]:.9f} {qi[3]:.9f}\n")
