@@ -27,7 +27,7 @@ def read_tum_trajectory(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             continue
         parts = line.replace(",", " ").split()
         if len(parts) != 8:
-            raise SequenceError(f"{path}:{lineno}: expected 8 values 'timestamp tx ty tz qx qy qz qw', got {len(parts)}")
+            raise SequenceError(f"{path}:{lineno}: expected 'timestamp tx ty tz qx qy qz qw', got {len(parts)}")
         try:
             rows.append([float(p) for p in parts])
         except ValueError as e:

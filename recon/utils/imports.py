@@ -29,4 +29,6 @@ def require_package(module: str, extra: str | None = None, pip_name: str | None 
         return importlib.import_module(module)
     except ImportError as e:
         hint = f"pip install 'recon[{extra}]'" if extra else f"pip install {pip_name or module}"
-        raise MissingDependencyError(f"{module} is required here but cannot be imported ({e}); install it with: {hint}") from e
+        raise MissingDependencyError(
+            f"{module} is required here but cannot be imported ({e}); install it with: {hint}"
+        ) from e
