@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from recon.align.layers import LayerConfig, align_layers, build_window_layers
 from recon.align.sim3 import apply_sim3_to_poses, confidence_mask, register_adjacent_windows
 from tests.golden.util import load_tensors
 
@@ -38,3 +40,72 @@ def run_sim3(folder: Path, cfg: dict) -> None:
 
 
 FIXTURE_PREFIXES = {"laser_sim3": run_sim3}
+
+
+def _sorted_rows(table: np.ndarray, *values: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Rows of an index table (and matching value columns) in lexicographic order, stable."""
+    order = np.lexsort(table.T[::-1]) if len(table) else np.arange(0)
+    return (table[order], *(v[order] for v in values))
+
+
+def unproject(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """LASER's unprojection: integer pixel indices, no +0.5."""
+    h, w = depth.shape[-2:]
+    rows, cols = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij")
+    x = (cols - K[0, 2]) * depth / K[0, 0]
+    y = (rows - K[1, 2]) * depth / K[1, 1]
+    return np.stack([x, y, depth], axis=-1).astype(np.float32)
+
+
+def run_layers(folder: Path, cfg: dict) -> None:
+    """Segments, layers, links, caches exact; IoUs atol 1e-6; scales, scale map, corrected points rtol 1e-5."""
+    x = {k: v.numpy() for k, v in load_tensors(folder / "inputs.safetensors").items()}
+    want = {k: v.numpy() for k, v in load_tensors(folder / "outputs.safetensors").items()}
+    lcfg = LayerConfig(
+        felz_scale=cfg["felzenszwalb"]["scale"], felz_sigma=cfg["felzenszwalb"]["sigma"],
+        felz_min_size=cfg["felzenszwalb"]["min_size"], merge_ratio=cfg["merge"]["depth_merge_thresh"],
+        intra_iou=cfg["iou"]["intra_window"], cross_iou=cfg["iou"]["cross_window"],
+    )
+    built = {}
+    for side in ("prev", "cur"):
+        mask, thr = confidence_mask(torch.from_numpy(x[f"{side}_conf"]), cfg["top_conf_percentile"])
+        assert thr.item() == want[f"{side}_conf_thr"].item() and np.array_equal(mask.numpy(), want[f"{side}_mask"])
+        layers = build_window_layers(x[f"{side}_depth"], mask.numpy(), lcfg)
+        assert layers.merge_thresh == want[f"{side}_merge_thresh"], side
+        np.testing.assert_array_equal(layers.felz_labels, want[f"{side}_felz_labels"], err_msg=side)
+        np.testing.assert_array_equal(layers.layers, want[f"{side}_layers"], err_msg=side)
+        table = np.array([e[:3] for e in layers.intra_edges], dtype=np.int32).reshape(-1, 3)
+        ious = np.array([e[3] for e in layers.intra_edges], dtype=np.float32)
+        got_t, got_iou = _sorted_rows(table, ious)
+        ref_t, ref_iou = _sorted_rows(want[f"{side}_intra_edges"], want[f"{side}_intra_edge_iou"])
+        np.testing.assert_array_equal(got_t, ref_t, err_msg=side)
+        np.testing.assert_allclose(got_iou, ref_iou, atol=1e-6, rtol=0)
+        built[side] = layers
+    res = align_layers(x["prev_depth"], built["prev"], x["cur_depth"], built["cur"], cfg["overlap"], lcfg)
+    table = np.array([e[:3] for e in res.cross_edges], dtype=np.int32)
+    got = _sorted_rows(table, *(np.array([e[i] for e in res.cross_edges]) for i in (3, 4, 5, 6)))
+    ref = _sorted_rows(want["cross_edges"], want["cross_edge_iou"], want["cross_edge_scale"],
+                       want["cross_edge_inter_pixels"], want["cross_edge_irls_iterates"])
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_allclose(got[1], ref[1], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(got[2], ref[2], rtol=1e-5)
+    np.testing.assert_array_equal(got[3], ref[3])
+    np.testing.assert_allclose(got[4], ref[4], rtol=1e-5)
+    rows = [(f, ly, kind, iou, s) for (f, ly), entries in res.cache.items() for iou, s, kind in entries]
+    rows.sort(key=lambda r: (r[0], r[1], r[2]))  # stable: append order kept within a key
+    ref_order = np.lexsort(want["cur_cache"].T[::-1])
+    np.testing.assert_array_equal(np.array([r[:3] for r in rows], dtype=np.int32), want["cur_cache"][ref_order])
+    np.testing.assert_allclose([r[3] for r in rows], want["cur_cache_iou"][ref_order], atol=1e-6)
+    np.testing.assert_allclose([r[4] for r in rows], want["cur_cache_scale"][ref_order], rtol=1e-5)
+    info = np.array([(f, ly, int((built["cur"].layers[f] == ly).sum()), len(res.cache.get((f, ly), [])))
+                     for (f, ly) in sorted(res.layer_scale)], dtype=np.int32)
+    got_info, got_scale = _sorted_rows(info, np.array([res.layer_scale[k] for k in sorted(res.layer_scale)]))
+    ref_info, ref_scale = _sorted_rows(want["cur_layer_info"], want["cur_layer_scale"])
+    np.testing.assert_array_equal(got_info, ref_info)
+    np.testing.assert_allclose(got_scale, ref_scale, rtol=1e-5)
+    np.testing.assert_allclose(res.scale_map, want["scale_map"], rtol=1e-5)
+    corrected = unproject(x["cur_depth"], x["K"]) * res.scale_map[..., None]
+    np.testing.assert_allclose(corrected, want["corrected_local_points"], rtol=1e-5, atol=1e-6)
+
+
+FIXTURE_PREFIXES["laser_layers"] = run_layers
