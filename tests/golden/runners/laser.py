@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recon.align.engine import LaserEngine, WindowPrediction
 from recon.align.layers import LayerConfig, align_layers, build_window_layers
 from recon.align.sim3 import apply_sim3_to_poses, confidence_mask, register_adjacent_windows
 from tests.golden.util import load_tensors
@@ -109,3 +110,54 @@ def run_layers(folder: Path, cfg: dict) -> None:
 
 
 FIXTURE_PREFIXES["laser_layers"] = run_layers
+
+
+def _run_engine(inputs: dict[str, torch.Tensor], cfg: dict, depth_refine: bool) -> list:
+    engine = LaserEngine(cfg["window_size"], cfg["overlap"], top_conf_percentile=cfg["top_conf_percentile"],
+                         depth_refine=depth_refine)
+    out = []
+    for k in range(len(cfg["windows"])):
+        pred = WindowPrediction([int(f) for f in inputs[f"window{k}.frames"]], inputs[f"window{k}.local_points"],
+                                inputs[f"window{k}.camera_poses"], inputs[f"window{k}.conf"])
+        out.append(engine.register(pred))
+    return out, engine
+
+
+def run_stream(folder: Path, cfg: dict) -> None:
+    """Whole engine with and without LSA: poses, points, depth, masks, K and per-window records."""
+    inputs = load_tensors(folder / "inputs.safetensors")
+    want = load_tensors(folder / "outputs.safetensors")
+    windows, engine = _run_engine(inputs, cfg, depth_refine=True)
+    torch.testing.assert_close(engine.K_ref, want["K_ref"], rtol=0, atol=1e-5)
+    frames = sorted((f for w in windows for f in w.frames), key=lambda f: f.frame)
+    assert [f.frame for f in frames] == list(range(cfg["num_frames"]))
+    torch.testing.assert_close(torch.stack([f.T_world_cam for f in frames]), want["camera_poses"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(torch.stack([f.depth for f in frames]), want["depth"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(torch.stack([f.world_points for f in frames]), want["points"], rtol=0, atol=5e-4)
+    assert torch.equal(torch.stack([f.mask for f in frames]), want["mask"])
+    torch.testing.assert_close(torch.stack([f.K for f in frames]), want["intrinsic"], rtol=1e-4, atol=1e-4)
+    for k, w in enumerate(windows):
+        assert torch.equal(w.conf_thr, want[f"window{k}.conf_thr"]), k
+        np.testing.assert_array_equal(w.layers.layers, want[f"window{k}.layers"].numpy(), err_msg=f"window {k}")
+        if k == 0:
+            continue
+        assert int(w.sim3.overlap_mask.sum()) == int(want[f"window{k}.overlap_valid_pixels"])
+        torch.testing.assert_close(w.sim3.scale, want[f"window{k}.sim3_scale"], rtol=1e-4, atol=0)
+        torch.testing.assert_close(w.sim3.R, want[f"window{k}.sim3_R"], rtol=0, atol=1e-5)
+        torch.testing.assert_close(w.sim3.t, want[f"window{k}.sim3_t"], rtol=0, atol=1e-4)
+        torch.testing.assert_close(w.sim3.irls.iterates, want[f"window{k}.irls_iterates"], rtol=1e-4, atol=0)
+        index = want[f"window{k}.layer_scale_index"].tolist()
+        got = torch.tensor([float(w.layer_scale[(f, ly)]) for f, ly in index])
+        assert len(w.layer_scale) == len(index), k
+        # Layer factors carry the depth tolerance (rtol 1e-4): 1/|r| IRLS weights amplify summation order.
+        torch.testing.assert_close(got, want[f"window{k}.layer_scale"], rtol=1e-4, atol=0)
+    nolsa, _ = _run_engine(inputs, cfg, depth_refine=False)
+    poses = torch.stack([f.T_world_cam for f in sorted((f for w in nolsa for f in w.frames), key=lambda f: f.frame)])
+    torch.testing.assert_close(poses, want["nolsa.camera_poses"], rtol=0, atol=1e-5)
+    for k, w in enumerate(nolsa[1:], start=1):
+        torch.testing.assert_close(w.sim3.scale, want[f"nolsa.window{k}.sim3_scale"], rtol=1e-4, atol=0)
+        torch.testing.assert_close(w.sim3.R, want[f"nolsa.window{k}.sim3_R"], rtol=0, atol=1e-5)
+        torch.testing.assert_close(w.sim3.t, want[f"nolsa.window{k}.sim3_t"], rtol=0, atol=1e-4)
+
+
+FIXTURE_PREFIXES["laser_stream"] = run_stream
