@@ -144,7 +144,8 @@ def run_stream(folder: Path, cfg: dict) -> None:
         assert int(w.sim3.overlap_mask.sum()) == int(want[f"window{k}.overlap_valid_pixels"])
         torch.testing.assert_close(w.sim3.scale, want[f"window{k}.sim3_scale"], rtol=1e-4, atol=0)
         torch.testing.assert_close(w.sim3.R, want[f"window{k}.sim3_R"], rtol=0, atol=1e-5)
-        torch.testing.assert_close(w.sim3.t, want[f"window{k}.sim3_t"], rtol=0, atol=1e-4)
+        # t grows with the chained translation (|t| ~ 5 here): float32 SVD noise in R shows up in t, relatively.
+        torch.testing.assert_close(w.sim3.t, want[f"window{k}.sim3_t"], rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(w.sim3.irls.iterates, want[f"window{k}.irls_iterates"], rtol=1e-4, atol=0)
         index = want[f"window{k}.layer_scale_index"].tolist()
         got = torch.tensor([float(w.layer_scale[(f, ly)]) for f, ly in index])
@@ -157,7 +158,7 @@ def run_stream(folder: Path, cfg: dict) -> None:
     for k, w in enumerate(nolsa[1:], start=1):
         torch.testing.assert_close(w.sim3.scale, want[f"nolsa.window{k}.sim3_scale"], rtol=1e-4, atol=0)
         torch.testing.assert_close(w.sim3.R, want[f"nolsa.window{k}.sim3_R"], rtol=0, atol=1e-5)
-        torch.testing.assert_close(w.sim3.t, want[f"nolsa.window{k}.sim3_t"], rtol=0, atol=1e-4)
+        torch.testing.assert_close(w.sim3.t, want[f"nolsa.window{k}.sim3_t"], rtol=1e-4, atol=1e-4)
 
 
 FIXTURE_PREFIXES["laser_stream"] = run_stream
