@@ -1,0 +1,546 @@
+"""Wire protocol v1 of the recon nodes (DESIGN.md §6; documented in docs/protocol.md).
+
+A message is a ZeroMQ multipart:
+
+    [topic] [header] [payload 0] [payload 1] ...
+
+- `topic`: short ASCII bytes used for PUB/SUB filtering (`frame/<stream_id>`, `result/<stream_id>`, `ctl`).
+- `header`: a msgpack map. Common fields are in `COMMON_FIELDS`; each kind adds its own (`KINDS`). `payloads`
+  lists one descriptor per following frame (`PAYLOAD_FIELDS`): name, encoding, dtype, shape, nbytes.
+- payload frames: raw C-contiguous little-endian arrays (sent with copy=False), or JPEG / PNG bytes.
+
+The schema is defined once, here, as tables whose docs give units, frames and layout; docs/protocol.md
+is written from them. The decoder validates the header and checks every declared size against
+`Limits` *before* it allocates anything, and raises ProtocolError (IncompatibleVersionError for an
+unknown major version). No pickle, ever: headers are msgpack with limits, payloads are plain bytes.
+
+Compatibility rule: fields are only ever added (a reader ignores fields it does not know); removing or
+changing the meaning of a field bumps the major version `v` and the `/vN` suffix of the kinds.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from recon.errors import IncompatibleVersionError, ProtocolError
+from recon.types import Frame, FrameResult
+
+VERSION = 1
+"""Major version of the wire protocol (header field `v`)."""
+
+FRAME = "recon/frame/v1"
+RESULT = "recon/result/v1"
+CREDIT = "recon/credit/v1"
+RESET = "recon/reset/v1"
+HEARTBEAT = "recon/heartbeat/v1"
+
+TOPIC_FRAME = b"frame/"
+TOPIC_RESULT = b"result/"
+TOPIC_CONTROL = b"ctl"
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One header field: msgpack type(s), whether it is required, and what it means (units, frames)."""
+
+    name: str
+    types: tuple[type, ...]
+    required: bool
+    doc: str
+
+
+@dataclass(frozen=True)
+class PayloadSpec:
+    """One payload a kind may carry.
+
+    Attributes:
+        name: payload name in the header descriptor.
+        dtypes: allowed little-endian numpy dtype strings for raw payloads.
+        encodings: allowed encodings (`raw`, `jpeg`, `png`).
+        shape: symbolic shape; ints are fixed, "H"/"W" are image-sized dims checked against Limits.
+        doc: meaning, units and frame.
+    """
+
+    name: str
+    dtypes: tuple[str, ...]
+    encodings: tuple[str, ...]
+    shape: tuple[int | str, ...]
+    doc: str
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """A message kind: its extra header fields and the payloads it may carry."""
+
+    kind: str
+    doc: str
+    fields: tuple[FieldSpec, ...] = ()
+    payloads: tuple[PayloadSpec, ...] = ()
+
+
+_INT = (int,)
+_STR = (str,)
+
+COMMON_FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("v", _INT, True, "major protocol version; a reader rejects a major version it does not know"),
+    FieldSpec("kind", _STR, True, "versioned message kind, e.g. 'recon/frame/v1' (table KINDS)"),
+    FieldSpec("stream_id", _STR, True, "camera stream name (1-128 printable characters); '' for node-wide control"),
+    FieldSpec("seq", _INT, True, "per-stream sequence number of the frame (>= 0; -1 for control messages)"),
+    FieldSpec("t_ns", _INT, True, "capture time of the frame in integer nanoseconds (sender clock for control)"),
+    FieldSpec("payloads", (list,), True, "one descriptor per payload frame, in order (table PAYLOAD_FIELDS)"),
+)
+
+PAYLOAD_FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("name", _STR, True, "payload name from the kind's table (image, depth, K, T_world_cam, ...)"),
+    FieldSpec("encoding", _STR, True, "'raw' (C-contiguous little-endian array), 'jpeg' or 'png'"),
+    FieldSpec("dtype", _STR, True, "numpy dtype string of the (decoded) array, little-endian: '|u1', '<u2', '<f4'..."),
+    FieldSpec("shape", (list,), True, "shape of the (decoded) array, row-major"),
+    FieldSpec("nbytes", _INT, True, "byte length of the payload frame as sent (compressed size for jpeg/png)"),
+)
+
+_IMAGE_DTYPES = ("|u1",)
+_F = ("<f4",)
+_F16_32 = ("<f2", "<f4")
+
+KINDS: dict[str, KindSpec] = {
+    FRAME: KindSpec(
+        FRAME,
+        "one captured image, camera -> reconstruction node (DEALER -> ROUTER)",
+        fields=(
+            FieldSpec("epoch", _INT, False, "random id of the sender process; seq dedupe is per (stream_id, epoch)"),
+            FieldSpec("live", (bool,), False, "true for a live camera (latest-frame-wins), false for recorded data"),
+            FieldSpec("depth_scale", (float, int), False, "metres per unit of a uint16 depth payload (e.g. 0.001)"),
+            FieldSpec("frame_id", _STR, False, "camera optical frame name (ROS / Rerun entity naming)"),
+        ),
+        payloads=(
+            PayloadSpec("image", _IMAGE_DTYPES, ("raw", "jpeg", "png"), ("H", "W", 3),
+                        "RGB colour image, uint8 HxWx3, row-major, channel order R,G,B"),
+            PayloadSpec("depth", ("<u2", "<f4"), ("raw", "png"), ("H", "W"),
+                        "depth along the optical axis, same grid as image; float32 metres, or uint16 times "
+                        "depth_scale metres; 0 = invalid"),
+            PayloadSpec("K", ("<f8",), ("raw",), (3, 3),
+                        "pinhole intrinsics in pixels of image, row-major [[fx,0,cx],[0,fy,cy],[0,0,1]]"),
+        ),
+    ),
+    RESULT: KindSpec(
+        RESULT,
+        "what the backend produced for one frame, reconstruction node -> subscribers (PUB -> SUB)",
+        fields=(
+            FieldSpec("metric", (bool,), True, "true when depth, points and translation are in metres"),
+            FieldSpec("is_update", (bool,), False, "true when this revises a pose already sent for the same seq"),
+            FieldSpec("stride", _INT, False, "per-pixel payloads are subsampled [::stride, ::stride] (default 1); "
+                                             "K still refers to the full result grid"),
+            FieldSpec("epoch", _INT, False, "epoch of the frame this result belongs to"),
+            FieldSpec("session", _INT, False, "session number of the stream on the node (increments on reset)"),
+        ),
+        payloads=(
+            PayloadSpec("T_world_cam", ("<f8",), ("raw",), (4, 4),
+                        "camera-to-world pose (maps camera points into the world frame), OpenCV camera axes"),
+            PayloadSpec("K", ("<f8",), ("raw",), (3, 3), "intrinsics of the result grid, pixels, row-major"),
+            PayloadSpec("points_world", _F16_32, ("raw",), ("H", "W", 3), "point map in the world frame (x,y,z)"),
+            PayloadSpec("confidence", _F16_32, ("raw",), ("H", "W"), "per-pixel confidence, higher is better"),
+            PayloadSpec("depth", _F16_32, ("raw",), ("H", "W"), "depth along the optical axis (metres if metric)"),
+            PayloadSpec("image", _IMAGE_DTYPES, ("raw", "jpeg"), ("H", "W", 3), "RGB colours of the result grid"),
+        ),
+    ),
+    CREDIT: KindSpec(
+        CREDIT,
+        "flow control, reconstruction node -> camera: acknowledges processed frames and grants the window",
+        fields=(
+            FieldSpec("window", _INT, True, "frames the camera may have in flight (sent, not yet acknowledged)"),
+            FieldSpec("acked", (list,), True, "seqs of this stream/epoch whose results were published"),
+            FieldSpec("epoch", _INT, False, "epoch the acks refer to"),
+            FieldSpec("node", _INT, True, "random id of the reconstruction node process (changes on restart)"),
+        ),
+    ),
+    RESET: KindSpec(
+        RESET,
+        "asks the reconstruction node to reset the session of stream_id (camera -> node, or node -> subscribers "
+        "to announce that a session restarted)",
+        fields=(FieldSpec("reason", _STR, False, "why: 'request', 'resolution', 'restart'"),),
+    ),
+    HEARTBEAT: KindSpec(
+        HEARTBEAT,
+        "liveness, sent every `interval_s` by every node on each of its sockets",
+        fields=(
+            FieldSpec("node", _INT, True, "random id of the sending process"),
+            FieldSpec("interval_s", (float, int), False, "seconds until the next heartbeat"),
+            FieldSpec("role", _STR, False, "'camera', 'recon' or 'viewer'"),
+        ),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Upper bounds checked before anything is allocated from a header.
+
+    The defaults admit 8K RGB-D frames; a node can lower them. `max_message_bytes` is also what the
+    sockets get as zmq.MAXMSGSIZE, so an oversized frame is refused by libzmq before Python sees it.
+    """
+
+    max_header_bytes: int = 16 * 1024
+    max_payloads: int = 8
+    max_dim: int = 8192
+    max_payload_bytes: int = 8192 * 8192 * 4
+    max_message_bytes: int = 8192 * 8192 * 4 + 1024 * 1024
+    max_stream_id: int = 128
+    max_list: int = 1024
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass
+class Message:
+    """A decoded, validated message: the header plus the payloads by name (arrays, zero-copy where raw)."""
+
+    topic: bytes
+    header: dict[str, Any]
+    payloads: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return str(self.header["kind"])
+
+    @property
+    def stream_id(self) -> str:
+        return str(self.header["stream_id"])
+
+    @property
+    def seq(self) -> int:
+        return int(self.header["seq"])
+
+
+def _err(label: str, message: str) -> ProtocolError:
+    """A ProtocolError tagged with a stable fault label (see `fault_kind`)."""
+    e = ProtocolError(message)
+    e.label = label  # type: ignore[attr-defined]
+    return e
+
+
+# ----------------------------------------------------------------------------------------------- encoding
+
+
+def _le(arr: np.ndarray) -> np.ndarray:
+    """C-contiguous little-endian view or copy of `arr` (DESIGN.md §3)."""
+    dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
+    return np.ascontiguousarray(arr, dtype=dt)
+
+
+def _raw(name: str, arr: np.ndarray) -> tuple[dict[str, Any], Any]:
+    a = _le(arr)
+    desc = {"name": name, "encoding": "raw", "dtype": a.dtype.str, "shape": list(a.shape), "nbytes": a.nbytes}
+    return desc, a.data if a.nbytes else b""
+
+
+def _compressed(name: str, arr: np.ndarray, encoding: str, quality: int) -> tuple[dict[str, Any], bytes]:
+    import cv2
+
+    if arr.ndim == 3:
+        ok, buf = cv2.imencode(".jpg" if encoding == "jpeg" else ".png", cv2.cvtColor(arr, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, quality] if encoding == "jpeg" else [])
+    else:
+        ok, buf = cv2.imencode(".png", arr)
+    if not ok:
+        raise _err("encode", f"cannot encode payload {name!r} as {encoding}")
+    data = buf.tobytes()
+    a = _le(arr)
+    desc = {"name": name, "encoding": encoding, "dtype": a.dtype.str, "shape": list(a.shape), "nbytes": len(data)}
+    return desc, data
+
+
+def _header(kind: str, stream_id: str, seq: int, t_ns: int, **extra: Any) -> dict[str, Any]:
+    h: dict[str, Any] = {"v": VERSION, "kind": kind, "stream_id": stream_id, "seq": int(seq), "t_ns": int(t_ns)}
+    h.update({k: v for k, v in extra.items() if v is not None})
+    return h
+
+
+def _pack(topic: bytes, header: dict[str, Any], parts: list[tuple[dict[str, Any], Any]]) -> list[Any]:
+    header["payloads"] = [d for d, _ in parts]
+    return [topic, msgpack.packb(header, use_bin_type=True), *[p for _, p in parts]]
+
+
+def encode_frame(frame: Frame, *, encoding: str = "raw", quality: int = 90, depth_encoding: str = "f4",
+                 depth_scale: float = 0.001, epoch: int | None = None, live: bool | None = None,
+                 frame_id: str | None = None) -> list[Any]:
+    """Multipart parts for `frame`; raw payloads are zero-copy views, ready for send_multipart(copy=False).
+
+    Args:
+        encoding: image encoding, 'raw', 'jpeg' or 'png'.
+        depth_encoding: 'f4' (float32 metres), 'u2' (uint16 times `depth_scale`) or 'png' (uint16 as PNG).
+    """
+    if encoding not in ("raw", "jpeg", "png"):
+        raise _err("encode", f"unknown image encoding {encoding!r}; use raw, jpeg or png")
+    parts = [_raw("image", frame.image) if encoding == "raw" else _compressed("image", frame.image, encoding, quality)]
+    scale = None
+    if frame.depth is not None:
+        if depth_encoding == "f4":
+            parts.append(_raw("depth", frame.depth.astype(np.float32, copy=False)))
+        elif depth_encoding in ("u2", "png"):
+            scale = float(depth_scale)
+            d = np.clip(np.nan_to_num(frame.depth / scale, nan=0.0, posinf=0.0), 0, 65535).round().astype(np.uint16)
+            parts.append(_raw("depth", d) if depth_encoding == "u2" else _compressed("depth", d, "png", 0))
+        else:
+            raise _err("encode", f"unknown depth encoding {depth_encoding!r}; use f4, u2 or png")
+    if frame.K is not None:
+        parts.append(_raw("K", np.asarray(frame.K, dtype=np.float64)))
+    header = _header(FRAME, frame.stream_id, frame.seq, frame.t_ns, epoch=epoch, live=live, depth_scale=scale,
+                     frame_id=frame_id)
+    return _pack(TOPIC_FRAME + frame.stream_id.encode(), header, parts)
+
+
+def encode_result(result: FrameResult, *, points_dtype: str = "f4", stride: int = 1, with_image: bool = True,
+                  epoch: int | None = None, session: int | None = None) -> list[Any]:
+    """Multipart parts for `result` (see KINDS[RESULT]); `points_dtype` 'f2' halves the point-map bytes."""
+    if stride < 1:
+        raise _err("encode", f"stride must be >= 1, got {stride}")
+    dt = np.float16 if points_dtype == "f2" else np.float32
+    parts = [_raw("T_world_cam", result.T_world_cam.astype(np.float64, copy=False)),
+             _raw("K", result.K.astype(np.float64, copy=False))]
+    for name, arr in (("points_world", result.points_world), ("confidence", result.confidence),
+                      ("depth", result.depth)):
+        if arr is not None:
+            parts.append(_raw(name, np.asarray(arr)[::stride, ::stride].astype(dt, copy=False)))
+    if with_image and result.image is not None:
+        parts.append(_raw("image", np.asarray(result.image, dtype=np.uint8)[::stride, ::stride]))
+    header = _header(RESULT, result.stream_id, result.seq, result.t_ns, metric=bool(result.metric),
+                     is_update=bool(result.is_update), stride=stride if stride != 1 else None, epoch=epoch,
+                     session=session)
+    return _pack(TOPIC_RESULT + result.stream_id.encode(), header, parts)
+
+
+def encode_control(kind: str, stream_id: str = "", *, seq: int = -1, t_ns: int = 0, **fields: Any) -> list[Any]:
+    """Multipart parts for a control message (credit, reset, heartbeat) with its kind-specific fields."""
+    if kind not in KINDS or KINDS[kind].payloads:
+        raise _err("encode", f"{kind!r} is not a control kind")
+    return _pack(TOPIC_CONTROL, _header(kind, stream_id, seq, t_ns, **fields), [])
+
+
+# ----------------------------------------------------------------------------------------------- decoding
+
+
+def _buffer(part: Any) -> memoryview:
+    """Bytes of one received part (zmq.Frame, bytes or memoryview) without copying."""
+    buf = getattr(part, "buffer", part)
+    try:
+        return memoryview(buf).cast("B")
+    except TypeError as e:
+        raise _err("bad_multipart", f"payload frame of type {type(part).__name__} is not a buffer") from e
+
+
+def _check_fields(where: str, obj: dict[str, Any], specs: tuple[FieldSpec, ...]) -> None:
+    for spec in specs:
+        if spec.name not in obj:
+            if spec.required:
+                raise _err("missing_field", f"{where}: missing field {spec.name!r}")
+            continue
+        value = obj[spec.name]
+        # bool is an int subclass: keep them apart so `seq: true` is rejected.
+        if (isinstance(value, bool) and bool not in spec.types) or not isinstance(value, spec.types):
+            raise _err("bad_field_type", f"{where}: field {spec.name!r} has type {type(value).__name__}, "
+                                f"expected {'/'.join(t.__name__ for t in spec.types)}")
+
+
+def decode_header(raw: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """Parse and validate a header frame (version, kind, common and kind fields, payload descriptors).
+
+    Raises:
+        IncompatibleVersionError: `v` is not a major version this build reads.
+        ProtocolError: anything else malformed.
+    """
+    buf = _buffer(raw)
+    if len(buf) > limits.max_header_bytes:
+        raise _err("header_too_large", f"header of {len(buf)} bytes exceeds the limit of {limits.max_header_bytes}")
+    try:
+        header = msgpack.unpackb(buf, raw=False, strict_map_key=True, use_list=True,
+                                 max_str_len=limits.max_header_bytes,
+                                 max_bin_len=0, max_ext_len=0, max_array_len=limits.max_list,
+                                 max_map_len=64)
+    except Exception as e:  # msgpack raises several unrelated types for bad input
+        raise _err("bad_header", f"header is not valid msgpack: {type(e).__name__}: {e}") from e
+    if not isinstance(header, dict):
+        raise _err("bad_header", f"header is a {type(header).__name__}, expected a map")
+    v = header.get("v")
+    if isinstance(v, int) and not isinstance(v, bool) and v != VERSION:
+        raise IncompatibleVersionError(f"message has protocol major version {v}; this node reads version {VERSION} "
+                                       f"(upgrade the older side)")
+    _check_fields("header", header, COMMON_FIELDS)
+    kind = header["kind"]
+    if kind not in KINDS:
+        major = kind.rsplit("/v", 1)
+        if len(major) == 2 and major[0] in {k.rsplit("/v", 1)[0] for k in KINDS}:
+            raise IncompatibleVersionError(f"message kind {kind!r} has a version this node does not read")
+        raise _err("unknown_kind", f"unknown message kind {kind[:64]!r}")
+    spec = KINDS[kind]
+    _check_fields(kind, header, spec.fields)
+    sid = header["stream_id"]
+    if len(sid) > limits.max_stream_id or not sid.isprintable():
+        raise _err("bad_stream_id", f"stream_id must be at most {limits.max_stream_id} printable characters")
+    if kind in (FRAME, RESULT) and not sid:
+        raise _err("bad_stream_id", f"{kind}: empty stream_id")
+    if not (-1 <= header["seq"] < 2**63) or not (0 <= header["t_ns"] < 2**63):
+        raise _err("bad_field_value", "seq or t_ns out of range")
+    descs = header["payloads"]
+    if len(descs) > min(limits.max_payloads, len(spec.payloads)):
+        raise _err("bad_payload_list", f"{kind}: {len(descs)} payloads declared, at most {len(spec.payloads)} allowed")
+    allowed = {p.name: p for p in spec.payloads}
+    seen: set[str] = set()
+    for i, d in enumerate(descs):
+        if not isinstance(d, dict):
+            raise _err("bad_payload_list", f"{kind}: payload descriptor {i} is not a map")
+        _check_fields(f"{kind} payload {i}", d, PAYLOAD_FIELDS)
+        p = allowed.get(d["name"])
+        if p is None or d["name"] in seen:
+            raise _err("bad_payload_list", f"{kind}: unexpected or repeated payload {d['name'][:32]!r}")
+        seen.add(d["name"])
+        _check_payload(kind, p, d, limits)
+    if kind == FRAME and "image" not in seen:
+        raise _err("bad_payload_list", f"{kind}: no image payload")
+    if kind == RESULT and not {"T_world_cam", "K"} <= seen:
+        raise _err("bad_payload_list", f"{kind}: T_world_cam and K are required")
+    if kind == FRAME and "depth_scale" in header:
+        s = header["depth_scale"]
+        if not (isinstance(s, int | float) and math.isfinite(s) and s > 0):
+            raise _err("bad_field_value", f"{kind}: depth_scale must be a positive finite number")
+    if kind == RESULT and "stride" in header and not 1 <= header["stride"] <= limits.max_dim:
+        raise _err("bad_field_value", f"{kind}: stride out of range")
+    if kind == CREDIT:
+        if not 0 <= header["window"] <= 1 << 16:
+            raise _err("bad_field_value", f"{kind}: window out of range")
+        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in header["acked"]):
+            raise _err("bad_field_value", f"{kind}: acked must be a list of non-negative ints")
+    return header
+
+
+def _check_payload(kind: str, p: PayloadSpec, d: dict[str, Any], limits: Limits) -> None:
+    """Check one descriptor against its spec and the limits; no allocation happens before this passes."""
+    where = f"{kind} payload {p.name!r}"
+    if d["encoding"] not in p.encodings:
+        raise _err("bad_encoding", f"{where}: encoding {d['encoding'][:16]!r} not in {p.encodings}")
+    if d["dtype"] not in p.dtypes:
+        raise _err("bad_dtype", f"{where}: dtype {d['dtype'][:16]!r} not in {p.dtypes}")
+    shape = d["shape"]
+    if len(shape) != len(p.shape) or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
+        raise _err("bad_shape", f"{where}: shape must have {len(p.shape)} integer dims like {p.shape}")
+    for s, want in zip(shape, p.shape, strict=True):
+        if isinstance(want, int) and s != want:
+            raise _err("bad_shape", f"{where}: shape {shape} does not match {p.shape}")
+        if not 1 <= s <= limits.max_dim:
+            raise _err("bad_shape", f"{where}: dimension {s} outside 1..{limits.max_dim}")
+    nbytes = math.prod(shape) * np.dtype(d["dtype"]).itemsize
+    if nbytes > limits.max_payload_bytes:
+        raise _err("too_large", f"{where}: {nbytes} bytes declared, limit {limits.max_payload_bytes}")
+    if d["encoding"] == "raw" and d["nbytes"] != nbytes:
+        raise _err("size_mismatch", f"{where}: nbytes {d['nbytes']} does not match shape {shape} x {d['dtype']}")
+    if not 0 <= d["nbytes"] <= limits.max_payload_bytes:
+        raise _err("too_large", f"{where}: nbytes {d['nbytes']} out of range")
+
+
+def _decode_compressed(where: str, buf: memoryview, d: dict[str, Any]) -> np.ndarray:
+    """Decode JPEG/PNG after checking the file's own size matches the declared (limit-checked) shape."""
+    import cv2
+    from PIL import Image, UnidentifiedImageError
+
+    data = bytes(buf)  # bounded by nbytes, itself limit-checked
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # reads the header only: no pixel buffer yet
+            size, fmt = im.size, im.format
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise _err("bad_image", f"{where}: not a readable {d['encoding']} image: {e}") from e
+    if fmt != d["encoding"].upper():
+        raise _err("bad_image", f"{where}: declared {d['encoding']}, got {fmt}")
+    h, w = d["shape"][:2]
+    if size != (w, h):
+        raise _err("bad_image", f"{where}: image is {size[0]}x{size[1]}, header declares {w}x{h}")
+    flag = cv2.IMREAD_COLOR if len(d["shape"]) == 3 else cv2.IMREAD_UNCHANGED
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if img is None:
+        raise _err("bad_image", f"{where}: {d['encoding']} data is corrupt")
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if img.shape != tuple(d["shape"]) or img.dtype != np.dtype(d["dtype"]):
+        raise _err("bad_image", f"{where}: decoded {img.dtype} {img.shape}, declared {d['dtype']} {d['shape']}")
+    return img
+
+
+def decode(parts: list[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Validate and decode a received multipart (topic, header, payloads...); raw payloads stay zero-copy."""
+    if not isinstance(parts, list | tuple) or len(parts) < 2:
+        n = len(parts) if isinstance(parts, list | tuple) else 0
+        raise _err("bad_multipart", f"expected topic, header and payload frames, got {n} frames")
+    if len(parts) > 2 + limits.max_payloads:
+        raise _err("bad_multipart", f"{len(parts)} frames exceed the limit of {2 + limits.max_payloads}")
+    topic = bytes(_buffer(parts[0])[:256])
+    header = decode_header(parts[1], limits)
+    descs = header["payloads"]
+    if len(parts) - 2 != len(descs):
+        raise _err("bad_multipart",
+                   f"{header['kind']}: header declares {len(descs)} payloads, message has {len(parts) - 2}")
+    msg = Message(topic, header)
+    for d, part in zip(descs, parts[2:], strict=True):
+        buf = _buffer(part)
+        where = f"{header['kind']} payload {d['name']!r}"
+        if len(buf) != d["nbytes"]:
+            raise _err("size_mismatch", f"{where}: frame has {len(buf)} bytes, header declares {d['nbytes']}")
+        if d["encoding"] == "raw":
+            arr = np.frombuffer(buf, dtype=np.dtype(d["dtype"])).reshape(d["shape"])
+        else:
+            arr = _decode_compressed(where, buf, d)
+        msg.payloads[d["name"]] = arr
+    return msg
+
+
+def _finite(where: str, arr: np.ndarray) -> None:
+    if not np.isfinite(arr).all():
+        raise _err("bad_value", f"{where}: contains NaN or infinity")
+
+
+def to_frame(msg: Message) -> Frame:
+    """The recon.types.Frame in a decoded frame message (depth converted to float32 metres)."""
+    if msg.kind != FRAME:
+        raise _err("wrong_kind", f"expected {FRAME}, got {msg.kind}")
+    h, p = msg.header, msg.payloads
+    image = p["image"]
+    depth = p.get("depth")
+    if depth is not None:
+        if depth.shape != image.shape[:2]:
+            raise _err("bad_shape", f"{FRAME}: depth {depth.shape} does not match image {image.shape[:2]}")
+        if depth.dtype == np.uint16:
+            depth = depth.astype(np.float32) * np.float32(h.get("depth_scale", 0.001))
+    K = p.get("K")
+    if K is not None:
+        _finite(f"{FRAME} K", K)
+    meta = {"epoch": int(h.get("epoch", 0)), "live": bool(h.get("live", False))}
+    if "frame_id" in h:
+        meta["frame_id"] = h["frame_id"]
+    return Frame(h["stream_id"], h["seq"], h["t_ns"], image, K=K, depth=depth, meta=meta)
+
+
+def to_result(msg: Message) -> FrameResult:
+    """The recon.types.FrameResult in a decoded result message (per-pixel arrays as float32)."""
+    if msg.kind != RESULT:
+        raise _err("wrong_kind", f"expected {RESULT}, got {msg.kind}")
+    h, p = msg.header, msg.payloads
+    _finite(f"{RESULT} T_world_cam", p["T_world_cam"])
+
+    def f32(name: str) -> np.ndarray | None:
+        a = p.get(name)
+        return None if a is None else a.astype(np.float32, copy=False)
+
+    return FrameResult(h["stream_id"], h["seq"], h["t_ns"], p["T_world_cam"], p["K"], depth=f32("depth"),
+                       confidence=f32("confidence"), points_world=f32("points_world"), metric=h["metric"],
+                       image=p.get("image"), is_update=bool(h.get("is_update", False)))
+
+
+def fault_kind(exc: Exception) -> str:
+    """Short stable label of a rejected message: the WarnOnce kind and the status counter key."""
+    if isinstance(exc, IncompatibleVersionError):
+        return "incompatible_version"
+    return str(getattr(exc, "label", "malformed"))

@@ -1,0 +1,72 @@
+"""`identity`: a do-nothing backend for node tests and transport benchmarks, where the model is not the point.
+
+It answers every frame at once with a pose that encodes the frame's `seq` (translation x = seq * 1 cm),
+so tests can check ordering and exactly-once delivery from the output alone. Optional `delay_ms`
+simulates a slow model; `points` adds a unit-depth point map so sinks have geometry to draw.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from recon.backends import BackendEntry, register, registered
+from recon.types import BackendStats, Frame, FrameResult
+
+ENTRY = BackendEntry("identity", "recon.backends.identity:create", (), -100,
+                     "test backend: pose x = seq cm, no model (node tests, transport benchmarks)")
+
+
+def ensure_registered() -> None:
+    """Register `identity` once; the node CLIs call this so `--backend identity` works in any process."""
+    if "identity" not in registered():
+        register(ENTRY)
+
+
+def default_K(width: int, height: int) -> np.ndarray:
+    """A plausible pinhole for frames without intrinsics (focal = image width)."""
+    return np.array([[width, 0, width / 2], [0, width, height / 2], [0, 0, 1]], dtype=np.float64)
+
+
+class IdentityBackend:
+    """Answers each frame immediately; keeps only counters."""
+
+    name = "identity"
+
+    def __init__(self, delay_ms: float = 0.0, points: bool = False) -> None:
+        self.delay_s = float(delay_ms) / 1000.0
+        self.points = bool(points)
+        self._stats = BackendStats()
+
+    def reset(self) -> None:
+        self._stats = BackendStats()
+
+    def step(self, frame: Frame) -> list[FrameResult]:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        self._stats.frames_in += 1
+        T = np.eye(4)
+        T[0, 3] = 0.01 * frame.seq
+        K = frame.K if frame.K is not None else default_K(frame.width, frame.height)
+        pts = depth = None
+        if self.points:
+            h, w = frame.height, frame.width
+            v, u = np.mgrid[0:h, 0:w].astype(np.float32)
+            pts = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
+            pts[..., 0] += T[0, 3]
+            depth = np.ones((h, w), np.float32)
+        self._stats.results_out += 1
+        return [FrameResult(frame.stream_id, frame.seq, frame.t_ns, T, K, depth=depth, points_world=pts,
+                            image=frame.image if self.points else None)]
+
+    def flush(self) -> list[FrameResult]:
+        return []
+
+    def stats(self) -> BackendStats:
+        return self._stats
+
+
+def create(**options: object) -> IdentityBackend:
+    """Factory for the registry: `delay_ms`, `points`."""
+    return IdentityBackend(**options)  # type: ignore[arg-type]
