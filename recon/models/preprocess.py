@@ -178,9 +178,13 @@ def load_and_preprocess_images(
 def _frames_to_tensor(frames: np.ndarray | torch.Tensor | Sequence[np.ndarray | torch.Tensor],
                       device: torch.device | str | None) -> torch.Tensor:
     """uint8 [N,H,W,3] (or one HxWx3 frame, or a list of equal-size frames) as a tensor on `device`."""
-    if isinstance(frames, list | tuple):
-        frames = torch.stack([torch.as_tensor(f) for f in frames])
-    x = torch.as_tensor(frames)
+    def as_tensor(f: np.ndarray | torch.Tensor) -> torch.Tensor:
+        # Frames from PIL/decoders are often read-only arrays; torch warns on those, so copy them once.
+        if isinstance(f, np.ndarray) and not f.flags.writeable:
+            f = f.copy()
+        return torch.as_tensor(f)
+
+    x = torch.stack([as_tensor(f) for f in frames]) if isinstance(frames, list | tuple) else as_tensor(frames)
     if x.dim() == 3:
         x = x[None]
     if x.dim() != 4 or x.shape[-1] != 3:
@@ -190,21 +194,42 @@ def _frames_to_tensor(frames: np.ndarray | torch.Tensor | Sequence[np.ndarray | 
     return x.to(device) if device is not None else x
 
 
+def _resize_like_pil(img: torch.Tensor, new_h: int, new_w: int, pil_rounding: bool) -> torch.Tensor:
+    """Antialiased bicubic resize of float [N,3,H,W] on the 0..255 scale.
+
+    PIL resizes horizontally first, stores that pass as 8-bit (clipped and rounded), then resizes vertically.
+    Doing the same with two separable torch passes takes the worst pixel from 8 levels to 1 level of difference:
+    the clipping between passes matters at high-contrast edges, where the bicubic overshoot is large.
+    """
+    height, width = img.shape[-2:]
+    if not pil_rounding:
+        if (new_h, new_w) == (height, width):
+            return img
+        return F.interpolate(img, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
+    if new_w != width:
+        img = F.interpolate(img, size=(height, new_w), mode="bicubic", antialias=True, align_corners=False)
+        img = img.clamp_(0.0, 255.0).round_()
+    if new_h != height:
+        img = F.interpolate(img, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
+        img = img.clamp_(0.0, 255.0).round_()
+    return img
+
+
 def preprocess_frames(
     frames: np.ndarray | torch.Tensor | Sequence[np.ndarray | torch.Tensor],
     mode: Mode = "crop",
     target_size: int = DEFAULT_TARGET_SIZE,
     patch_size: int = DEFAULT_PATCH_SIZE,
     device: torch.device | str | None = None,
-    quantize: bool = True,
+    pil_rounding: bool = True,
 ) -> torch.Tensor:
     """Fast path for live RGB frames: uint8 [N,H,W,3] or HxWx3 -> float32 [N,3,H,W] in [0,1] on `device`.
 
     Same output geometry as the PIL path for the same input size. The resize is torch's antialiased bicubic
-    (PIL's kernel) in float32, done once for the batch on the frames' device. With `quantize` the result is rounded
-    to the 1/255 grid as PIL's 8-bit output is, which roughly halves the mean difference from the PIL path;
-    PIL also rounds between its horizontal and vertical passes, which this path does not, so isolated pixels still
-    differ by a few levels at sharp edges (figures in docs/preprocessing.md).
+    (PIL's kernel, a = -0.5, widened when shrinking) in float32, done for the whole batch on the frames' device, so
+    GPU frames never visit the host. With `pil_rounding` (default) the two separable passes are rounded to 8 bits
+    like PIL's, which keeps every pixel within 1/255 of the PIL path on natural images (figures and the test bound
+    in docs/preprocessing.md); without it one float pass is used and the output is not quantised.
     """
     _check_sizes(mode, target_size, patch_size)
     x = _frames_to_tensor(frames, device)
@@ -212,13 +237,8 @@ def preprocess_frames(
     new_h, new_w = target_hw(height, width, mode, target_size, patch_size)
     if new_h <= 0 or new_w <= 0:
         raise ConfigError(f"frame of {width}x{height} is too thin for a {target_size}/{patch_size} grid")
-    img = x.permute(0, 3, 1, 2).to(torch.float32)
-    if (new_h, new_w) != (height, width):
-        img = F.interpolate(img, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
-    img = img.clamp_(0.0, 255.0)
-    if quantize:
-        img = img.round_()
-    img = img / 255.0
+    img = _resize_like_pil(x.permute(0, 3, 1, 2).to(torch.float32), new_h, new_w, pil_rounding)
+    img = img.clamp(0.0, 255.0) / 255.0
     if mode == "crop" and new_h > target_size:
         top = (new_h - target_size) // 2
         img = img[:, :, top:top + target_size, :]
