@@ -1,0 +1,225 @@
+"""Streaming KV memory of the global attention layers: preallocated per-layer caches plus an eviction hook.
+
+Design (issue 4, item 3; shaped for the pruning and window policies of issue 5):
+- A `KVCache` holds one attention layer's keys and values as `[B, heads, capacity, head_dim]` buffers and a
+  length `n`. Appending writes into the free tail; when full, the storage doubles (amortised O(1) per token,
+  never a per-frame `torch.cat` of the whole cache). `keys()`/`values()` are views of the first `n` slots.
+- Keys are stored post-qk-norm and post-RoPE (what attention consumes), so nothing is re-normalised per step.
+- `compact(keep_idx)` keeps, per (batch, head), the given cache positions in the given order and moves them to
+  the front of the same storage: heads may keep *different* tokens but always the same count, so K/V stay
+  dense and fused attention kernels still apply (InfiniteVGGT, reference notes §4.1).
+- Optional token ids (`[B, heads, capacity]` int64) follow every append/compact, so a policy or a test can tell
+  which frame/token each surviving entry came from.
+- An `EvictionPolicy` is called by `KVCache.update` once per layer per step, *after* the current frame has been
+  appended and *before* the frame attends (InfiniteVGGT's order: the new frame's own tokens are candidates).
+  `StreamingMemory` owns the per-layer caches and the policy, and brackets each frame with
+  `begin_frame`/`end_frame` so a policy can compute per-frame budgets and aggregate scores.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class EvictionPolicy:
+    """Base eviction policy: keeps everything (the unbounded StreamVGGT cache).
+
+    Subclasses override the hooks; all per-session state must be cleared in `reset()`.
+    """
+
+    name = "unbounded"
+
+    def reset(self) -> None:
+        """Forget all state (called by `StreamingMemory.reset`)."""
+
+    def begin_frame(self, frame_index: int, num_layers: int) -> None:
+        """Called once before a frame runs through the layers (e.g. to compute per-layer budgets)."""
+
+    def after_append(self, layer: int, cache: KVCache, frame_index: int) -> None:
+        """Called once per layer per frame, after the frame's K/V were appended, before attention.
+
+        A pruning policy calls `cache.compact(keep_idx)` here.
+        """
+
+    def end_frame(self, frame_index: int) -> None:
+        """Called once after the frame went through every layer (e.g. to update per-layer scores)."""
+
+
+class KVCache:
+    """One layer's key/value cache in preallocated, doubling storage.
+
+    Args:
+        layer: index of the attention layer this cache serves (passed to the policy).
+        policy: eviction policy called on every `update`, or None (keep everything).
+        capacity: initial capacity in tokens (0: sized by the first append).
+        track_token_ids: keep an int64 id per entry and head (ids count appended tokens from 0).
+    """
+
+    def __init__(self, layer: int = 0, policy: EvictionPolicy | None = None, capacity: int = 0,
+                 track_token_ids: bool = False) -> None:
+        self.layer = layer
+        self.policy = policy
+        self.initial_capacity = capacity
+        self.track_token_ids = track_token_ids
+        self.frame_index = 0
+        self._k: torch.Tensor | None = None
+        self._v: torch.Tensor | None = None
+        self._ids: torch.Tensor | None = None
+        self._n = 0
+        self._appended = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def capacity(self) -> int:
+        return 0 if self._k is None else int(self._k.shape[2])
+
+    @property
+    def appended_total(self) -> int:
+        """Tokens appended since the last reset, evicted ones included (the next token id)."""
+        return self._appended
+
+    def reset(self) -> None:
+        """Drop the contents and the storage."""
+        self._k = self._v = self._ids = None
+        self._n = 0
+        self._appended = 0
+
+    def _allocate(self, like_k: torch.Tensor, like_v: torch.Tensor, capacity: int) -> None:
+        B, H, _, Dk = like_k.shape
+        Dv = like_v.shape[-1]
+        new_k = like_k.new_empty(B, H, capacity, Dk)
+        new_v = like_v.new_empty(B, H, capacity, Dv)
+        new_ids = None
+        if self.track_token_ids:
+            new_ids = torch.empty(B, H, capacity, dtype=torch.long, device=like_k.device)
+        if self._k is not None and self._n:
+            new_k[:, :, :self._n].copy_(self._k[:, :, :self._n])
+            new_v[:, :, :self._n].copy_(self._v[:, :, :self._n])
+            if new_ids is not None and self._ids is not None:
+                new_ids[:, :, :self._n].copy_(self._ids[:, :, :self._n])
+        self._k, self._v, self._ids = new_k, new_v, new_ids
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Append `k [B,H,T,Dk]`, `v [B,H,T,Dv]` at the end; grows the storage by doubling when full."""
+        T = k.shape[2]
+        need = self._n + T
+        if self._k is None:
+            self._allocate(k, v, max(self.initial_capacity, need))
+        elif need > self.capacity:
+            self._allocate(k, v, max(need, 2 * self.capacity))
+        assert self._k is not None and self._v is not None
+        assert self._k.shape[:2] == k.shape[:2] and self._k.dtype == k.dtype, "cache batch/heads/dtype changed"
+        self._k[:, :, self._n:need].copy_(k)
+        self._v[:, :, self._n:need].copy_(v)
+        if self._ids is not None:
+            ids = torch.arange(self._appended, self._appended + T, device=k.device)
+            self._ids[:, :, self._n:need].copy_(ids.expand(k.shape[0], k.shape[1], T))
+        self._n = need
+        self._appended += T
+
+    def keys(self) -> torch.Tensor:
+        """View `[B, H, n, Dk]` of the cached keys (post-norm, post-RoPE)."""
+        assert self._k is not None
+        return self._k[:, :, :self._n]
+
+    def values(self) -> torch.Tensor:
+        """View `[B, H, n, Dv]` of the cached values."""
+        assert self._v is not None
+        return self._v[:, :, :self._n]
+
+    def token_ids(self) -> torch.Tensor | None:
+        """View `[B, H, n]` of the entries' token ids, or None when not tracked."""
+        return None if self._ids is None else self._ids[:, :, :self._n]
+
+    def compact(self, keep_idx: torch.Tensor) -> None:
+        """Keep the entries at positions `keep_idx [B, H, m]` (per batch and head), in that order, in place.
+
+        The kept entries are gathered and written to slots `0..m-1` of the same storage; the capacity is kept.
+        """
+        if keep_idx.dim() != 3 or keep_idx.shape[:2] != self.keys().shape[:2]:
+            raise ValueError(f"compact: keep_idx must be [B, H, m], got {tuple(keep_idx.shape)}")
+        m = keep_idx.shape[2]
+        k, v = self.keys(), self.values()
+        kept_k = torch.gather(k, 2, keep_idx.unsqueeze(-1).expand(-1, -1, -1, k.shape[-1]))
+        kept_v = torch.gather(v, 2, keep_idx.unsqueeze(-1).expand(-1, -1, -1, v.shape[-1]))
+        assert self._k is not None and self._v is not None
+        self._k[:, :, :m].copy_(kept_k)
+        self._v[:, :, :m].copy_(kept_v)
+        if self._ids is not None:
+            kept_ids = torch.gather(self._ids[:, :, :self._n], 2, keep_idx)
+            self._ids[:, :, :m].copy_(kept_ids)
+        self._n = m
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the step's K/V, run the eviction policy, and return the K/V views to attend to."""
+        self.append(k, v)
+        if self.policy is not None:
+            self.policy.after_append(self.layer, self, self.frame_index)
+        return self.keys(), self.values()
+
+    def nbytes(self) -> int:
+        """Bytes of allocated storage (capacity, not length)."""
+        total = 0
+        for t in (self._k, self._v, self._ids):
+            if t is not None:
+                total += t.numel() * t.element_size()
+        return total
+
+
+class StreamingMemory:
+    """The per-layer caches of one streaming session plus their eviction policy.
+
+    Args:
+        num_layers: number of attention layers with a cache (the aggregator's global blocks).
+        policy: eviction policy shared by all layers (None: unbounded).
+        capacity: initial capacity per layer in tokens (0: grow from the first frame).
+        track_token_ids: keep token ids in every cache (for pruning logs and tests).
+    """
+
+    def __init__(self, num_layers: int, policy: EvictionPolicy | None = None, capacity: int = 0,
+                 track_token_ids: bool = False) -> None:
+        self.policy = policy if policy is not None else EvictionPolicy()
+        self.caches = [KVCache(i, self.policy, capacity, track_token_ids) for i in range(num_layers)]
+        self.frame_index = 0
+
+    def __iter__(self) -> Iterator[KVCache]:
+        return iter(self.caches)
+
+    def __getitem__(self, layer: int) -> KVCache:
+        return self.caches[layer]
+
+    def __len__(self) -> int:
+        return len(self.caches)
+
+    def begin_frame(self) -> None:
+        """Announce a new frame to the policy and the caches."""
+        for cache in self.caches:
+            cache.frame_index = self.frame_index
+        self.policy.begin_frame(self.frame_index, len(self.caches))
+
+    def end_frame(self) -> None:
+        """Close the frame: policy bookkeeping, then advance the frame counter."""
+        self.policy.end_frame(self.frame_index)
+        self.frame_index += 1
+
+    def reset(self) -> None:
+        """Empty every cache and reset the policy and the frame counter."""
+        for cache in self.caches:
+            cache.reset()
+        self.policy.reset()
+        self.frame_index = 0
+
+    def num_tokens(self) -> int:
+        """Tokens held, summed over layers (each counted once, not per head)."""
+        return sum(len(c) for c in self.caches)
+
+    def nbytes(self) -> int:
+        """Bytes of allocated cache storage over all layers."""
+        return sum(c.nbytes() for c in self.caches)

@@ -1,0 +1,85 @@
+"""Multi-head self-attention with optional per-head qk-norm, 2D RoPE, masks and a streaming KV cache.
+
+One implementation serves the DINOv2 blocks (no qk-norm, no RoPE), the aggregator's frame and global blocks
+(qk-norm + RoPE, facebookresearch/vggt@44b3afb:vggt/layers/attention.py:21-72) and the camera trunk (plain).
+Key names (`qkv`, `q_norm`, `k_norm`, `proj`) follow the official checkpoints.
+
+Streaming: when a `KVCache` (recon.memory) is given, the new tokens' keys are appended *after* qk-norm and
+RoPE (post-norm, post-RoPE keys, as InfiniteVGGT caches them; bitwise equal to StreamVGGT's re-normalising of
+raw keys, README_vggt_family.md "Stream keys"), the cache's eviction policy runs, and the queries attend to
+whatever the cache then holds.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recon.models.layers.rope import RotaryPositionEmbedding2D
+
+if TYPE_CHECKING:
+    from recon.memory.kv_cache import KVCache
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    """The single attention call of recon's models; switched to the recon.kernels dispatch when it lands."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+
+
+class Attention(nn.Module):
+    """`proj(softmax(q k^T / sqrt(d)) v)` over `[B, N, C]` tokens.
+
+    Args:
+        dim: token width.
+        num_heads: heads; head_dim = dim // num_heads.
+        qkv_bias: bias on the fused qkv projection.
+        proj_bias: bias on the output projection.
+        qk_norm: LayerNorm over head_dim on q and k (before RoPE), as in the VGGT aggregator.
+        qk_norm_eps: eps of those norms (1e-5 in the reference).
+        qk_norm_affine: whether those norms are affine (they are in the checkpoints).
+        rope: shared 2D RoPE module, or None.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, proj_bias: bool = True,
+                 qk_norm: bool = False, qk_norm_eps: float = 1e-5, qk_norm_affine: bool = True,
+                 rope: RotaryPositionEmbedding2D | None = None) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"Attention: dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        if qk_norm:
+            self.q_norm: nn.Module = nn.LayerNorm(self.head_dim, eps=qk_norm_eps, elementwise_affine=qk_norm_affine)
+            self.k_norm: nn.Module = nn.LayerNorm(self.head_dim, eps=qk_norm_eps, elementwise_affine=qk_norm_affine)
+        else:
+            self.q_norm = nn.Identity()
+            self.k_norm = nn.Identity()
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.rope = rope
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
+                kv_cache: KVCache | None = None, max_position: int | None = None) -> torch.Tensor:
+        """Attend over `x [B, N, C]`.
+
+        Args:
+            x: tokens.
+            pos: `[B, N, 2]` integer RoPE positions (ignored without RoPE).
+            attn_mask: boolean `[N, N_keys]` (True = may attend) or additive mask; None for full attention.
+            kv_cache: streaming cache; the tokens' K/V are appended and the queries attend to the cache.
+            max_position: largest value in `pos`, to avoid a device sync when building the RoPE table.
+        """
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope is not None and pos is not None:
+            q = self.rope(q, pos, max_position)
+            k = self.rope(k, pos, max_position)
+        if kv_cache is not None:
+            k, v = kv_cache.update(k, v)
+        out = _attend(q, k, v, attn_mask)
+        return self.proj(out.transpose(1, 2).reshape(B, N, C))

@@ -1,0 +1,137 @@
+"""Per-frame streaming inference for the VGGT family (StreamVGGT; InfiniteVGGT with a pruning policy).
+
+`session = model.new_session(camera_cache="reference" | "per_iteration")`, then `session.step(image)` once per
+frame. The session owns all streaming state, so two sessions on one model never interfere and `reset()` really
+starts over (the published code keeps anchors and scores on the modules and never resets them, reference notes
+§4.1):
+- `memory`: a `recon.memory.StreamingMemory` with one KV cache per aggregator global block (post-norm, post-RoPE
+  keys in preallocated storage) and the eviction policy (default: unbounded, i.e. StreamVGGT);
+- the camera-trunk caches, laid out `[iteration][layer]`:
+  - `"reference"`: one cache per trunk layer shared by all refinement iterations, which is what the published
+    StreamVGGT/InfiniteVGGT streaming code does (quirk A, wzzheng/StreamVGGT#27): iteration k of frame t sees all
+    iterations of earlier frames and iterations <= k of frame t; the cache grows by `num_iterations` per frame;
+  - `"per_iteration"`: one cache per (iteration, layer); equals the block-causal batch pass;
+- the frame counter (the session's first frame uses the frame-0 camera/register tokens) and the resolution.
+
+Caches are never pruned in the camera head here; issue 5 adds a bound for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from recon.errors import BackendError, ConfigError
+from recon.memory.kv_cache import EvictionPolicy, KVCache, StreamingMemory
+
+if TYPE_CHECKING:
+    from recon.models.vggt import VGGT
+
+logger = logging.getLogger(__name__)
+
+CAMERA_CACHE_MODES = ("reference", "per_iteration")
+
+
+class StreamingSession:
+    """One stream's state over a (shared, read-only) VGGT-family model.
+
+    Args:
+        model: the model; its weights are not modified.
+        camera_cache: "reference" (quirk A, published behaviour) or "per_iteration" (equals the batch pass).
+        policy: eviction policy of the aggregator caches (None: unbounded).
+        capacity: initial per-layer cache capacity in tokens (0: grow by doubling from the first frame).
+        track_token_ids: keep token ids in the aggregator caches (pruning logs, tests).
+    """
+
+    def __init__(self, model: VGGT, camera_cache: str = "reference", policy: EvictionPolicy | None = None,
+                 capacity: int = 0, track_token_ids: bool = False) -> None:
+        if camera_cache not in CAMERA_CACHE_MODES:
+            raise ConfigError(f"camera_cache must be one of {CAMERA_CACHE_MODES}, got {camera_cache!r}")
+        self.model = model
+        self.camera_cache = camera_cache
+        self.memory = StreamingMemory(model.config.aggregator.depth, policy, capacity, track_token_ids)
+        self.camera_caches: list[list[KVCache]] = []
+        self.image_hw: tuple[int, int] | None = None
+        self._keep = model.head_layers
+        self.reset()
+
+    @property
+    def num_frames(self) -> int:
+        """Frames processed since the last reset."""
+        return self.memory.frame_index
+
+    def _new_camera_caches(self) -> list[list[KVCache]]:
+        head = self.model.camera_head
+        if head is None:
+            return []
+        if self.camera_cache == "reference":
+            shared = [KVCache(layer) for layer in range(head.trunk_depth)]
+            return [shared for _ in range(head.num_iterations)]
+        return [[KVCache(layer) for layer in range(head.trunk_depth)] for _ in range(head.num_iterations)]
+
+    def reset(self) -> None:
+        """Forget every frame: caches, policy state, frame counter and resolution."""
+        self.memory.reset()
+        self.camera_caches = self._new_camera_caches()
+        self.image_hw = None
+
+    def camera_cache_lengths(self) -> list[list[int]]:
+        """Entries per camera-trunk cache, `[iteration][layer]` (all rows equal in "reference" mode)."""
+        return [[len(c) for c in row] for row in self.camera_caches]
+
+    def nbytes(self) -> int:
+        """Bytes of allocated cache storage (aggregator and camera head)."""
+        seen: set[int] = set()
+        total = self.memory.nbytes()
+        for row in self.camera_caches:
+            for c in row:
+                if id(c) not in seen:
+                    seen.add(id(c))
+                    total += c.nbytes()
+        return total
+
+    @torch.inference_mode()
+    def step(self, image: torch.Tensor) -> dict[str, Any]:
+        """Process one frame.
+
+        Args:
+            image: `[3, H, W]` or `[B, 3, H, W]` in [0, 1], in the model's dtype and device (H, W multiples of
+                the patch size). The resolution must stay the same within a session.
+
+        Returns:
+            dict for this frame: `pose_enc [B,9]`, `pose_enc_list` (one `[B,9]` per refinement iteration),
+            `depth [B,H,W,1]`, `depth_conf [B,H,W]`, `world_points [B,H,W,3]`, `world_points_conf [B,H,W]`,
+            `frame_index` (int).
+        """
+        if image.dim() == 3:
+            image = image.unsqueeze(0)
+        if image.dim() != 4 or image.shape[1] != 3:
+            raise BackendError(f"session.step expects [3,H,W] or [B,3,H,W], got {tuple(image.shape)}")
+        hw = (int(image.shape[-2]), int(image.shape[-1]))
+        if self.image_hw is not None and hw != self.image_hw:
+            raise BackendError(
+                f"resolution changed inside a streaming session: {self.image_hw[0]}x{self.image_hw[1]} -> "
+                f"{hw[0]}x{hw[1]} (HxW). The cached tokens, anchors and heads assume one patch grid; "
+                "call reset() (or start a new session) to change resolution")
+        p = self.model.config.patch_size
+        if hw[0] % p or hw[1] % p:
+            raise BackendError(f"image size {hw[0]}x{hw[1]} is not a multiple of the patch size {p}")
+        self.image_hw = hw
+        frame_index = self.memory.frame_index
+        self.memory.begin_frame()
+        tokens, psi = self.model.aggregator.forward_step(image, self.memory, keep_layers=self._keep)
+        model = self.model
+        out: dict[str, Any] = {"frame_index": frame_index}
+        with torch.autocast(device_type=image.device.type, enabled=False):
+            if model.camera_head is not None:
+                poses = model.camera_head.forward_step(tokens, self.camera_caches)
+                out["pose_enc_list"] = [p_[:, 0] for p_ in poses]
+                out["pose_enc"] = out["pose_enc_list"][-1]
+            for name, head in (("depth", model.depth_head), ("world_points", model.point_head)):
+                if head is not None:
+                    values, conf = head(tokens, hw, psi)
+                    out[name], out[name + "_conf"] = values[:, 0], conf[:, 0]
+        self.memory.end_frame()
+        return out

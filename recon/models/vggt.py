@@ -1,0 +1,291 @@
+"""VGGT and StreamVGGT: one model class, configured for full attention (VGGT) or block-causal frames
+(StreamVGGT), with a per-frame streaming session (`new_session`, see recon.models.streaming).
+
+References: facebookresearch/vggt@44b3afb (VGGT), wzzheng/StreamVGGT@3e28c5c (StreamVGGT); architecture notes
+in ../shared/reference/vggt_family.md §1 and §3. Our own code; state-dict keys are the official ones, so
+`model.pt` / `model.safetensors` / StreamVGGT `checkpoints.pth` load strictly once the track head is dropped by
+`filter_track_head` (we do not build the track head: it is not needed for reconstruction).
+
+Output conventions (model-native, converted to `T_world_cam` only at the backend boundary):
+- `pose_enc [B,S,9]` = tx,ty,tz, qx,qy,qz,qw (scalar last), fov_h, fov_w; camera-from-world, world = camera 0,
+  scale normalised (not metric);
+- `depth [B,S,H,W,1]`, `world_points [B,S,H,W,3]` (camera-0 frame) and confidences `[B,S,H,W]` (> 1).
+
+Precision: the heads run with autocast disabled (reference: `torch.cuda.amp.autocast(enabled=False)` around the
+heads), so under bf16 autocast only the aggregator runs in bf16.
+
+Building a full-size model without memory (for key/shape checks): `with torch.device("meta"): VGGT(VGGTConfig())`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from recon.errors import ConfigError
+from recon.models.layers.aggregator import Aggregator
+from recon.models.layers.camera_head import CameraHead
+from recon.models.layers.dpt_head import DPTHead
+
+logger = logging.getLogger(__name__)
+
+TRACK_HEAD_PREFIX = "track_head."
+
+
+def filter_track_head(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop the track head's keys (`track_head.*`, 394 in VGGT-1B) from a checkpoint state dict.
+
+    recon does not build the track head (point tracking is not part of reconstruction), so official
+    checkpoints (1797 keys) load strictly into our model (1403 keys) after this filter. Pure function; the
+    input is not modified.
+    """
+    return {k: v for k, v in state_dict.items() if not k.startswith(TRACK_HEAD_PREFIX)}
+
+
+@dataclass
+class DinoConfig:
+    """DINOv2 patch-embed settings (defaults: ViT-L/14 with 4 registers, as in VGGT-1B)."""
+
+    depth: int = 24
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    num_register_tokens: int = 4
+    qkv_bias: bool = True
+    proj_bias: bool = True
+    ffn_bias: bool = True
+    init_values: float = 1.0
+    norm_eps: float = 1e-6
+    interpolate_antialias: bool = True
+    interpolate_offset: float = 0.0
+
+
+@dataclass
+class AggregatorConfig:
+    """Alternating-attention settings (defaults: VGGT-1B)."""
+
+    depth: int = 24
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    num_register_tokens: int = 4
+    qkv_bias: bool = True
+    proj_bias: bool = True
+    ffn_bias: bool = True
+    aa_order: tuple[str, ...] = ("frame", "global")
+    aa_block_size: int = 1
+    qk_norm: bool = True
+    qk_norm_eps: float = 1e-5
+    qk_norm_affine: bool = True
+    rope_freq: float = 100.0
+    init_values: float = 0.01
+    norm_eps: float = 1e-5
+
+
+@dataclass
+class CameraHeadConfig:
+    """Camera head settings (defaults: VGGT-1B)."""
+
+    trunk_depth: int = 4
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    init_values: float = 0.01
+    trans_act: str = "linear"
+    quat_act: str = "linear"
+    fl_act: str = "relu"
+    num_iterations: int = 4
+    norm_eps: float = 1e-5
+    adaln_eps: float = 1e-6
+
+
+@dataclass
+class DPTConfig:
+    """DPT head settings shared by the depth and point heads (defaults: VGGT-1B)."""
+
+    features: int = 256
+    out_channels: tuple[int, ...] = (256, 512, 1024, 1024)
+    intermediate_layer_idx: tuple[int, ...] = (4, 11, 17, 23)
+    pos_embed: bool = True
+    down_ratio: int = 1
+    head_features_2: int = 32
+    pos_embed_ratio: float = 0.1
+    pos_embed_omega_0: float = 100.0
+    norm_eps: float = 1e-5
+    frames_chunk_size: int | None = 8
+
+
+@dataclass
+class VGGTConfig:
+    """Every knob of the VGGT / StreamVGGT family. Defaults are the full-size published models.
+
+    Attributes:
+        causal: False for VGGT (full global attention), True for StreamVGGT (block-causal over frames in batch
+            mode; streaming sessions are causal by construction).
+        enable_camera, enable_depth, enable_point: which heads exist (the track head is never built).
+    """
+
+    img_size: int = 518
+    patch_size: int = 14
+    embed_dim: int = 1024
+    causal: bool = False
+    patch_embed: DinoConfig = field(default_factory=DinoConfig)
+    aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
+    camera_head: CameraHeadConfig = field(default_factory=CameraHeadConfig)
+    depth_head: DPTConfig = field(default_factory=DPTConfig)
+    point_head: DPTConfig = field(default_factory=DPTConfig)
+    enable_camera: bool = True
+    enable_depth: bool = True
+    enable_point: bool = True
+
+    def __post_init__(self) -> None:
+        if self.embed_dim % self.aggregator.num_heads:
+            raise ConfigError(f"VGGTConfig.embed_dim {self.embed_dim} is not divisible by "
+                              f"aggregator.num_heads {self.aggregator.num_heads}")
+        for name, head in (("depth_head", self.depth_head), ("point_head", self.point_head)):
+            bad = [i for i in head.intermediate_layer_idx if not 0 <= i < self.aggregator.depth]
+            if bad:
+                raise ConfigError(f"VGGTConfig.{name}.intermediate_layer_idx {bad} outside aggregator depth "
+                                  f"{self.aggregator.depth}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _pick(cls: type, d: Mapping[str, Any] | None, renames: Mapping[str, str] | None = None) -> Any:
+    """Build dataclass `cls` from the keys of `d` it knows (after `renames`), ignoring descriptive extras."""
+    if not d:
+        return cls()
+    names = set(cls.__dataclass_fields__)
+    kwargs = {}
+    for k, v in d.items():
+        k = (renames or {}).get(k, k)
+        if k in names:
+            kwargs[k] = tuple(v) if isinstance(v, list) else v
+    return cls(**kwargs)
+
+
+def config_from_fixture(model_cfg: Mapping[str, Any]) -> VGGTConfig:
+    """Translate a golden fixture's `config.json["model"]` (reference constructor knobs) into a VGGTConfig."""
+    top = model_cfg.get("top_level_class", "VGGT")
+    return VGGTConfig(
+        img_size=int(model_cfg.get("img_size", 518)),
+        patch_size=int(model_cfg.get("patch_size", 14)),
+        embed_dim=int(model_cfg.get("embed_dim", 1024)),
+        causal=top != "VGGT",
+        patch_embed=_pick(DinoConfig, model_cfg.get("patch_embed")),
+        aggregator=_pick(AggregatorConfig, model_cfg.get("aggregator")),
+        camera_head=_pick(CameraHeadConfig, model_cfg.get("camera_head")),
+        depth_head=_pick(DPTConfig, model_cfg.get("depth_head")),
+        point_head=_pick(DPTConfig, model_cfg.get("point_head")),
+        enable_camera=model_cfg.get("camera_head") is not None,
+        enable_depth=model_cfg.get("depth_head") is not None,
+        enable_point=model_cfg.get("point_head") is not None,
+    )
+
+
+def tiny_config(causal: bool = True) -> VGGTConfig:
+    """The tiny configuration of the golden fixtures (embed 32, 4 rounds, 2 heads): for tests and demos."""
+    return VGGTConfig(
+        embed_dim=32, causal=causal,
+        patch_embed=DinoConfig(depth=2, num_heads=2),
+        aggregator=AggregatorConfig(depth=4, num_heads=2),
+        camera_head=CameraHeadConfig(trunk_depth=2, num_heads=4, mlp_ratio=2.0),
+        depth_head=DPTConfig(features=16, out_channels=(16, 24, 32, 48), intermediate_layer_idx=(0, 1, 2, 3)),
+        point_head=DPTConfig(features=16, out_channels=(16, 24, 32, 48), intermediate_layer_idx=(0, 1, 2, 3)),
+    )
+
+
+class VGGT(nn.Module):
+    """VGGT (config.causal=False) or StreamVGGT (config.causal=True).
+
+    Args:
+        config: the architecture (defaults: full size).
+        device, dtype: where and in which dtype to create the parameters (e.g. `device="meta"`).
+    """
+
+    def __init__(self, config: VGGTConfig | None = None, *, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or VGGTConfig()
+        with torch.device(device) if device is not None else nullcontext():
+            agg = cfg.aggregator
+            self.aggregator = Aggregator(
+                img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim, depth=agg.depth,
+                num_heads=agg.num_heads, mlp_ratio=agg.mlp_ratio, num_register_tokens=agg.num_register_tokens,
+                qkv_bias=agg.qkv_bias, proj_bias=agg.proj_bias, ffn_bias=agg.ffn_bias, aa_order=agg.aa_order,
+                aa_block_size=agg.aa_block_size, qk_norm=agg.qk_norm, qk_norm_eps=agg.qk_norm_eps,
+                qk_norm_affine=agg.qk_norm_affine, rope_freq=agg.rope_freq, init_values=agg.init_values,
+                norm_eps=agg.norm_eps, patch_embed=asdict(cfg.patch_embed),
+            )
+            dim_in = 2 * cfg.embed_dim
+            self.camera_head = CameraHead(dim_in=dim_in, **asdict(cfg.camera_head)) if cfg.enable_camera else None
+            self.depth_head = (DPTHead(dim_in=dim_in, patch_size=cfg.patch_size, output_dim=2, activation="exp",
+                                       conf_activation="expp1", **asdict(cfg.depth_head))
+                               if cfg.enable_depth else None)
+            self.point_head = (DPTHead(dim_in=dim_in, patch_size=cfg.patch_size, output_dim=4,
+                                       activation="inv_log", conf_activation="expp1", **asdict(cfg.point_head))
+                               if cfg.enable_point else None)
+        if dtype is not None:
+            self.to(dtype)
+
+    @property
+    def head_layers(self) -> set[int]:
+        """Aggregator entries read by the heads (others need not be kept)."""
+        used: set[int] = set()
+        if self.camera_head is not None:
+            used.add(self.config.aggregator.depth - 1)
+        for head in (self.depth_head, self.point_head):
+            if head is not None:
+                used.update(head.intermediate_layer_idx)
+        return used
+
+    def run_heads(self, tokens: list[torch.Tensor | None], image_hw: tuple[int, int], patch_start_idx: int,
+                  causal: bool = False) -> dict[str, Any]:
+        """Camera, depth and point heads on aggregator outputs, in the tokens' dtype with autocast off."""
+        out: dict[str, Any] = {}
+        device_type = next(t for t in tokens if t is not None).device.type
+        with torch.autocast(device_type=device_type, enabled=False):
+            if self.camera_head is not None:
+                poses = self.camera_head(tokens, causal=causal)
+                out["pose_enc"] = poses[-1]
+                out["pose_enc_list"] = poses
+            if self.depth_head is not None:
+                out["depth"], out["depth_conf"] = self.depth_head(tokens, image_hw, patch_start_idx)
+            if self.point_head is not None:
+                out["world_points"], out["world_points_conf"] = self.point_head(tokens, image_hw, patch_start_idx)
+        return out
+
+    def forward(self, images: torch.Tensor, keep_all_layers: bool = False) -> dict[str, Any]:
+        """All frames in one pass (VGGT: full attention; StreamVGGT: block-causal).
+
+        Args:
+            images: `[S,3,H,W]` or `[B,S,3,H,W]` in [0, 1].
+            keep_all_layers: return every aggregator entry under `aggregated_tokens` (default: only the
+                entries the heads read are kept, which bounds memory like facebookresearch/vggt PR #473).
+
+        Returns:
+            dict with `pose_enc`, `pose_enc_list`, `depth`, `depth_conf`, `world_points`, `world_points_conf`,
+            `aggregated_tokens` (list, None where not kept) and `patch_start_idx`.
+        """
+        if images.dim() == 4:
+            images = images.unsqueeze(0)
+        if images.dim() != 5 or images.shape[2] != 3:
+            raise ValueError(f"images must be [S,3,H,W] or [B,S,3,H,W], got {tuple(images.shape)}")
+        keep = None if keep_all_layers else self.head_layers
+        tokens, psi = self.aggregator(images, causal=self.config.causal, keep_layers=keep)
+        out = self.run_heads(tokens, tuple(images.shape[-2:]), psi, causal=self.config.causal)
+        out["aggregated_tokens"] = tokens
+        out["patch_start_idx"] = psi
+        return out
+
+    def new_session(self, camera_cache: str = "reference", policy: Any = None, capacity: int = 0,
+                    track_token_ids: bool = False) -> Any:
+        """Open a per-frame streaming session (see `recon.models.streaming.StreamingSession`)."""
+        from recon.models.streaming import StreamingSession
+
+        return StreamingSession(self, camera_cache=camera_cache, policy=policy, capacity=capacity,
+                                track_token_ids=track_token_ids)
