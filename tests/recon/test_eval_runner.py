@@ -86,3 +86,30 @@ def test_recon_eval_cli_errors_exit_nonzero(tmp_path: Path) -> None:
     assert main(["eval", str(tmp_path / "missing.tum"), str(tmp_path / "gt.txt")]) == 1
     with pytest.raises(SystemExit):
         main(["eval", "a", "b", "--align", "sim2"])
+
+
+def test_evaluate_run_agrees_with_evo_on_jittered_files(tmp_path: Path) -> None:
+    """The whole path (TUM files, association with clock jitter, Sim(3) ATE and RPE) against evo's."""
+    file_interface = pytest.importorskip("evo.tools.file_interface")
+    sync = pytest.importorskip("evo.core.sync")
+    metrics = pytest.importorskip("evo.core.metrics")
+    main_ape = pytest.importorskip("evo.main_ape")
+    main_rpe = pytest.importorskip("evo.main_rpe")
+    gt = _gt(90)
+    rng = np.random.default_rng(3)
+    T_pred = Sim3(0.3, so3_exp(np.array([0.5, 0.1, -1.0])), np.array([1.0, 2.0, 3.0])).apply_poses(gt.T_world_cam)
+    T_pred[:, :3, 3] += rng.normal(scale=0.01, size=(len(T_pred), 3))
+    t_pred = gt.t_ns[::3] + rng.integers(-3_000_000, 3_000_000, size=30)
+    write_tum_trajectory(tmp_path / "gt.txt", gt.t_ns, gt.T_world_cam)
+    write_tum_trajectory(tmp_path / "pred.txt", t_pred, T_pred[::3])
+    m = evaluate_run(tmp_path / "pred.txt", tmp_path / "gt.txt")
+
+    ref, est = sync.associate_trajectories(file_interface.read_tum_trajectory_file(tmp_path / "gt.txt"),
+                                           file_interface.read_tum_trajectory_file(tmp_path / "pred.txt"))
+    ape = main_ape.ape(ref, est, metrics.PoseRelation.translation_part, align=True, correct_scale=True)
+    rpe = main_rpe.rpe(ref, est, metrics.PoseRelation.translation_part, delta=1, delta_unit=metrics.Unit.frames,
+                       align=True, correct_scale=True)
+    assert m["num_matched"] == 30
+    assert m["ate_rmse"] == pytest.approx(ape.stats["rmse"], rel=1e-6)
+    assert m["ate_max"] == pytest.approx(ape.stats["max"], rel=1e-6)
+    assert m["rpe_trans_rmse"] == pytest.approx(rpe.stats["rmse"], rel=1e-6)
