@@ -130,10 +130,10 @@ def align_trajectory(
     """
     T_pred = _check_poses("T_pred", T_pred)
     T_gt = _check_poses("T_gt", T_gt)
+    if T_pred.shape != T_gt.shape:
+        raise EvaluationError(f"matched trajectories need equal lengths, got {len(T_pred)} and {len(T_gt)}")
     if _check_align(align) == "none":
         return Sim3.identity()
-    if T_pred.shape != T_gt.shape:
-        raise EvaluationError(f"aligned trajectories need equal lengths, got {len(T_pred)} and {len(T_gt)}")
     need = 3 if strict else (2 if align == "sim3" else 1)
     if len(T_pred) < need:
         raise EvaluationError(f"{align} alignment needs at least {need} matched poses, got {len(T_pred)}")

@@ -128,6 +128,8 @@ def test_ate_too_few_poses_and_bad_mode() -> None:
         absolute_trajectory_error(T, T, "sim3")
     with pytest.raises(ConfigError, match="align"):
         absolute_trajectory_error(T, T, "sim2")  # type: ignore[arg-type]
+    with pytest.raises(EvaluationError, match="equal lengths"):
+        absolute_trajectory_error(np.concatenate([T, T]), T, "none")
     with pytest.raises(EvaluationError, match=r"\[N,4,4\]"):
         absolute_trajectory_error(T[0], T[0], "none")
 
