@@ -1,0 +1,245 @@
+"""The camera node: reads a source and streams frames to a reconstruction node (DEALER -> ROUTER).
+
+Flow control is credit based for every source: the reconstruction node grants a window (its
+per-stream queue size) and acknowledges each frame once its results are published.
+
+- Recorded sources keep every sent, unacknowledged frame. When the reconstruction node restarts
+  (its id changes in the credit messages) or an ack is overdue, they are sent again, in order;
+  the node dedupes by (stream_id, epoch, seq), so every seq is published exactly once
+  (receivers that need exactly-once across a node crash dedupe by (stream_id, seq) as well).
+- Live sources send only the newest frame when the window allows; older ones are dropped and
+  counted. After a restart nothing is re-sent: a live frame is worth nothing late.
+
+Heartbeats go out every `heartbeat_s`; the node answers each with a credit message, which is how
+a (re)started node is discovered. ZeroMQ reconnects the TCP link by itself.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from recon.nodes import protocol as P
+from recon.nodes.sources import Source
+from recon.nodes.transport import Security, default_context, new_node_id, open_socket
+from recon.types import Frame
+from recon.utils.log import WarnOnce
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CameraNodeConfig:
+    """Options of the camera node.
+
+    Attributes:
+        connect: ROUTER endpoint of the reconstruction node.
+        stream_id: name of this stream (one session per stream on the node).
+        encoding: image encoding on the wire: raw, jpeg or png.
+        fps: maximum send rate (None: as fast as credits allow).
+        heartbeat_s: heartbeat period; the node is considered gone after `timeout_s` of silence.
+        resend_s: re-send a recorded frame whose ack is this overdue.
+        max_frames: stop after this many frames (None: until the source ends).
+    """
+
+    connect: str = "tcp://127.0.0.1:5555"
+    stream_id: str = "cam0"
+    encoding: str = "raw"
+    jpeg_quality: int = 90
+    fps: float | None = None
+    heartbeat_s: float = 0.5
+    timeout_s: float = 3.0
+    resend_s: float = 5.0
+    max_frames: int | None = None
+    security: Security = field(default_factory=Security)
+
+
+@dataclass
+class CameraStats:
+    """What the camera node did (also logged at the end)."""
+
+    sent: int = 0
+    resent: int = 0
+    acked: int = 0
+    drops: int = 0
+    reconnects: int = 0
+    latency_ms: list[float] = field(default_factory=list)
+
+
+class CameraNode:
+    """Streams one source to one reconstruction node; `run()` blocks until done or `stop()`."""
+
+    def __init__(self, source: Source, config: CameraNodeConfig, context: zmq.Context | None = None) -> None:
+        self.source = source
+        self.config = config
+        self.ctx = context or default_context()
+        self.epoch = new_node_id()
+        self.stats = CameraStats()
+        self.warn = WarnOnce(logger)
+        self._stop = threading.Event()
+        self.node_id: int | None = None
+        self.window = 0
+        self._pending: collections.OrderedDict[int, list[Any]] = collections.OrderedDict()
+        self._sent_at: dict[int, float] = {}
+        self._keep_latency = False
+        self._live_seq = -1
+
+    def __str__(self) -> str:
+        return f"CameraNode({self.config.stream_id}->{self.config.connect})"
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _encode(self, frame: Frame) -> list[Any]:
+        cfg = self.config
+        frame.stream_id = cfg.stream_id
+        info = self.source.camera_info
+        if frame.K is None and info is not None and (info.width, info.height) == (frame.width, frame.height):
+            frame.K = info.K
+        return P.encode_frame(frame, encoding=cfg.encoding, quality=cfg.jpeg_quality, epoch=self.epoch,
+                              live=self.source.live, frame_id=None if info is None else info.frame_id)
+
+    def _send(self, sock: zmq.Socket, seq: int, parts: list[Any]) -> bool:
+        try:
+            sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        self._sent_at[seq] = time.monotonic()
+        return True
+
+    def _on_reply(self, sock: zmq.Socket, parts: list[Any]) -> None:
+        try:
+            msg = P.decode(parts)
+        except Exception as e:
+            self.warn(P.fault_kind(e), "%s: bad reply from the node: %s", self, e)
+            return
+        if msg.kind != P.CREDIT:
+            return
+        h = msg.header
+        node = int(h["node"])
+        self.window = int(h["window"])
+        if h.get("epoch", self.epoch) == self.epoch:
+            now = time.monotonic()
+            for seq in h["acked"]:
+                if self._pending.pop(seq, None) is not None:
+                    self.stats.acked += 1
+                    t = self._sent_at.pop(seq, None)
+                    if self._keep_latency and t is not None:
+                        self.stats.latency_ms.append(1000 * (now - t))
+        if node != self.node_id:
+            if self.node_id is not None:
+                self.stats.reconnects += 1
+                logger.warning("%s: reconstruction node restarted (%x -> %x); re-sending %d unacknowledged frames",
+                               self, self.node_id, node, len(self._pending) if not self.source.live else 0)
+            else:
+                logger.info("%s: connected to reconstruction node %x (window %d)", self, node, self.window)
+            self.node_id = node
+            if self.source.live:
+                self._pending.clear()
+            else:
+                for seq, p in list(self._pending.items()):
+                    if self._send(sock, seq, p):
+                        self.stats.resent += 1
+
+    def _heartbeat(self, sock: zmq.Socket) -> None:
+        with_room = sock.poll(0, zmq.POLLOUT)
+        if with_room:
+            sock.send_multipart(P.encode_control(P.HEARTBEAT, self.config.stream_id, t_ns=time.time_ns(),
+                                                 node=self.epoch, epoch=self.epoch,
+                                                 interval_s=self.config.heartbeat_s, role="camera"), zmq.NOBLOCK)
+
+    def run(self) -> CameraStats:
+        """Stream until the source ends and every recorded frame is acknowledged, or until stop()."""
+        cfg = self.config
+        sock = open_socket(self.ctx, zmq.DEALER, security=cfg.security, hwm=256)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sock.connect(cfg.connect)
+        live = self.source.live
+        frames = iter(self.source) if not live else None
+        exhausted = False
+        next_beat = next_send = 0.0
+        last_heard = time.monotonic()
+        lost = False
+        count = 0
+        logger.info("%s: streaming %s source, encoding %s", self, "live" if live else "recorded", cfg.encoding)
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if now >= next_beat:
+                    self._heartbeat(sock)
+                    next_beat = now + cfg.heartbeat_s
+                if not lost and self.node_id is not None and now - last_heard > cfg.timeout_s:
+                    lost = True
+                    logger.warning("%s: no word from the reconstruction node for %.1fs; waiting for it", self,
+                                   now - last_heard)
+                self._expire(sock, now, live, lost)
+                sent = False
+                if (self.node_id is not None and not lost and not exhausted and len(self._pending) < self.window
+                        and now >= next_send):
+                    frame = self._next_frame(frames)
+                    if frame is None:
+                        exhausted = not live or self.source_finished()
+                    else:
+                        parts = self._encode(frame)
+                        self._pending[frame.seq] = parts
+                        if self._send(sock, frame.seq, parts):
+                            self.stats.sent += 1
+                        sent = True
+                        count += 1
+                        if cfg.fps:
+                            next_send = max(now, next_send) + 1.0 / cfg.fps
+                        if cfg.max_frames is not None and count >= cfg.max_frames:
+                            exhausted = True
+                if exhausted and not self._pending:
+                    break
+                wait_ms = 0 if sent else 5 if live else 20
+                if cfg.fps and not sent:
+                    wait_ms = max(0, min(wait_ms, int(1000 * (next_send - now))))
+                if sock.poll(wait_ms, zmq.POLLIN):
+                    while True:
+                        try:
+                            parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        last_heard = time.monotonic()
+                        if lost:
+                            lost = False
+                            logger.info("%s: reconstruction node is back", self)
+                        self._on_reply(sock, parts)
+        finally:
+            sock.close(0)
+            self.stats.drops = self.source.drops
+        logger.info("%s: done: sent %d, re-sent %d, acknowledged %d, dropped %d, reconnects %d", self,
+                    self.stats.sent, self.stats.resent, self.stats.acked, self.stats.drops, self.stats.reconnects)
+        return self.stats
+
+    def _expire(self, sock: zmq.Socket, now: float, live: bool, lost: bool) -> None:
+        """Recorded: re-send overdue frames in order. Live: forget frames whose ack will never come."""
+        if live:
+            for seq in [s for s, t in self._sent_at.items() if now - t > self.config.timeout_s]:
+                self._pending.pop(seq, None)
+                self._sent_at.pop(seq, None)
+        elif not lost:
+            for seq, p in list(self._pending.items())[:4]:
+                if now - self._sent_at.get(seq, 0.0) > self.config.resend_s and self._send(sock, seq, p):
+                    self.stats.resent += 1
+
+    def source_finished(self) -> bool:
+        return bool(getattr(self.source, "finished", False))
+
+    def _next_frame(self, frames: Any) -> Frame | None:
+        if frames is not None:
+            return next(frames, None)
+        got = self.source.read_latest(0.0)  # type: ignore[attr-defined]
+        if got is None:
+            return None
+        self._live_seq += 1
+        info = self.source.camera_info
+        return Frame(self.config.stream_id, self._live_seq, got[1], got[0], K=None if info is None else info.K)
