@@ -1,0 +1,110 @@
+"""`recon node ros`: publish a backend's poses, path, point clouds and tf to ROS.
+
+Flags give defaults; the node's private parameters on the ROS parameter server (`~backend`, `~image_topic`,
+... see docs/ros.md) override them, and ROS remappings / `_param:=value` may follow the flags.
+
+Examples:
+    recon node ros --backend geometric --image-topic /camera/color/image_raw \\
+        --camera-info-topic /camera/color/camera_info
+    recon node ros --compressed --image-topic /camera/image_raw/compressed _map_frame:=odom __name:=recon
+    recon node ros --ros 2 --image-topic /image            # ROS 2 via rclpy, where it is installed
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import TYPE_CHECKING
+
+from recon.errors import ConfigError, MissingDependencyError
+from recon.utils.imports import is_available
+
+if TYPE_CHECKING:
+    from recon.nodes.ros.core import RosNodeConfig
+
+logger = logging.getLogger(__name__)
+
+HELP = "ROS node: image + camera_info in; pose, path, points and tf out (ROS 1 rospy, or ROS 2 rclpy)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = _defaults()
+    parser.add_argument("--ros", choices=("auto", "1", "2"), default="auto",
+                        help="ROS version: 1 (rospy, Debian's ros-core), 2 (rclpy), auto (1 if rospy is found)")
+    parser.add_argument("--name", default="recon", help="node name (default recon; __name:= also works)")
+    parser.add_argument("--backend", default=d.backend, help=f"backend name (default {d.backend})")
+    parser.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                        help="backend option, repeatable (values parsed as int/float/bool when they look so)")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first, so it can register extra backends (repeatable)")
+    parser.add_argument("--image-topic", default=d.image_topic, help=f"image topic (default {d.image_topic})")
+    parser.add_argument("--camera-info-topic", default=d.camera_info_topic,
+                        help=f"camera_info topic, '' for none (default {d.camera_info_topic})")
+    parser.add_argument("--compressed", action="store_true", help="subscribe to sensor_msgs/CompressedImage")
+    parser.add_argument("--map-frame", default=d.map_frame, help=f"map frame id (default {d.map_frame})")
+    parser.add_argument("--camera-frame", default=d.camera_frame,
+                        help="tf child frame (default: the image header's frame_id)")
+    parser.add_argument("--stream-id", default=d.stream_id, help=f"stream id given to the backend ({d.stream_id})")
+    parser.add_argument("--queue-size", type=int, default=d.queue_size,
+                        help=f"images waiting for the backend, newest wins (default {d.queue_size})")
+    parser.add_argument("--cloud-stride", type=int, default=d.cloud_stride, help="publish every n-th point")
+    parser.add_argument("--min-confidence", type=float, default=d.min_confidence, help="drop less confident points")
+    parser.add_argument("--max-points", type=int, default=d.max_points, help="points per cloud, 0: no cap")
+    parser.add_argument("--max-path", type=int, default=d.max_path, help="poses kept in ~path")
+    parser.add_argument("ros_args", nargs=argparse.REMAINDER,
+                        help="ROS remappings and parameters: name:=value, _param:=value, __name:=node")
+
+
+def _defaults() -> RosNodeConfig:
+    """Field defaults (the core is imported lazily so `recon --help` stays fast)."""
+    from recon.nodes.ros.core import RosNodeConfig
+
+    return RosNodeConfig()
+
+
+def config_from_args(args: argparse.Namespace) -> RosNodeConfig:
+    """RosNodeConfig from the parsed flags (parameters on the server are applied later, by the node)."""
+    from recon.nodes.ros.core import RosNodeConfig, parse_option_value
+
+    options = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option expects KEY=VALUE, got {item!r}")
+        options[key] = parse_option_value(value)
+    return RosNodeConfig(
+        backend=args.backend, backend_options=options, plugins=tuple(args.plugin), image_topic=args.image_topic,
+        camera_info_topic=args.camera_info_topic, compressed=args.compressed, map_frame=args.map_frame,
+        camera_frame=args.camera_frame, stream_id=args.stream_id, queue_size=args.queue_size,
+        cloud_stride=args.cloud_stride, min_confidence=args.min_confidence, max_points=args.max_points,
+        max_path=args.max_path)
+
+
+def _pick_version(choice: str) -> str:
+    """'1' or '2'; auto prefers ROS 1 (rospy, including Debian's), then ROS 2 (rclpy)."""
+    if choice != "auto":
+        return choice
+    from recon.nodes.ros.system import enable_system_ros
+
+    enable_system_ros()
+    if is_available("rospy"):
+        return "1"
+    if is_available("rclpy"):
+        return "2"
+    from recon.nodes.ros.system import INSTALL_HINT
+
+    raise MissingDependencyError(f"neither rospy (ROS 1) nor rclpy (ROS 2) can be imported; for ROS 1: "
+                                 f"{INSTALL_HINT}; for ROS 2 source /opt/ros/<distro>/setup.bash")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    argv = ["recon", *[a for a in args.ros_args if a != "--"]]
+    version = _pick_version(args.ros)
+    if version == "1":
+        from recon.nodes.ros.ros1 import run_ros1
+
+        return run_ros1(config, argv, node_name=args.name)
+    from recon.nodes.ros.ros2 import run_ros2
+
+    return run_ros2(config, argv, node_name=args.name)

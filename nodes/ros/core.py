@@ -1,0 +1,566 @@
+"""The ROS-independent half of the ROS node: decoding, stamps, output fields and the node's state.
+
+The ROS 1 (rospy) and ROS 2 (rclpy) adapters only move messages in and out; everything that can be
+wrong about the numbers lives here and is unit-tested without ROS. Message objects are read by duck
+typing: `sensor_msgs` Image / CompressedImage / CameraInfo share field names across ROS 1 and 2, except
+the stamp (`secs/nsecs` vs `sec/nanosec`) and CameraInfo's `K/D` vs `k/d`, which are handled here.
+
+Conventions (DESIGN.md §3): images become uint8 HxWx3 RGB, time is integer nanoseconds, poses are
+`T_world_cam` and the map frame *is* the backend's world frame (OpenCV axes of the first camera, so
+z is forward, not up). Nothing here depends on cv_bridge.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from recon.backends.base import Backend
+from recon.errors import ConfigError, ProtocolError
+from recon.geometry.camera import depth_to_world_points
+from recon.geometry.transforms import rotmat_to_quat_xyzw
+from recon.types import CameraInfo, Frame, FrameResult
+from recon.utils.log import WarnOnce
+
+logger = logging.getLogger(__name__)
+
+NS_PER_S = 1_000_000_000
+
+# sensor_msgs/PointField datatype codes (identical in ROS 1 and ROS 2).
+POINTFIELD_FLOAT32 = 7
+
+# Raw sensor_msgs/Image encodings we decode: name -> (numpy dtype, channels).
+RAW_ENCODINGS: dict[str, tuple[str, int]] = {
+    "rgb8": ("u1", 3),
+    "bgr8": ("u1", 3),
+    "rgba8": ("u1", 4),
+    "bgra8": ("u1", 4),
+    "mono8": ("u1", 1),
+    "8UC1": ("u1", 1),
+    "8UC3": ("u1", 3),
+    "mono16": ("u2", 1),
+    "16UC1": ("u2", 1),
+}
+
+# The point cloud layout we publish: x, y, z float32 and the PCL-style packed rgb (0x00RRGGBB stored in a
+# 4-byte field declared FLOAT32, which is what rviz and pcl_ros expect).
+CLOUD_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<u4")])
+CLOUD_FIELDS: tuple[tuple[str, int, int, int], ...] = (
+    ("x", 0, POINTFIELD_FLOAT32, 1),
+    ("y", 4, POINTFIELD_FLOAT32, 1),
+    ("z", 8, POINTFIELD_FLOAT32, 1),
+    ("rgb", 12, POINTFIELD_FLOAT32, 1),
+)
+
+
+# --------------------------------------------------------------------------------------------- time
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    """Integer nanoseconds from a ROS 1 (`secs`, `nsecs`) or ROS 2 (`sec`, `nanosec`) stamp."""
+    if hasattr(stamp, "secs"):
+        return int(stamp.secs) * NS_PER_S + int(stamp.nsecs)
+    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
+
+
+def ns_to_sec_nsec(t_ns: int) -> tuple[int, int]:
+    """Split nanoseconds into (seconds, nanoseconds) as both ROS stamp types store them."""
+    if t_ns < 0:
+        raise ConfigError(f"ROS stamps cannot be negative, got t_ns={t_ns}")
+    return divmod(int(t_ns), NS_PER_S)
+
+
+# ------------------------------------------------------------------------------------------- images
+
+
+def decode_raw_image(encoding: str, height: int, width: int, step: int, is_bigendian: bool,
+                     data: bytes | bytearray | memoryview) -> np.ndarray:
+    """uint8 HxWx3 RGB from the fields of a sensor_msgs/Image (row padding and byte order honoured).
+
+    16-bit images (mono16, 16UC1) keep their top 8 bits: a fixed mapping, so brightness does not
+    change from frame to frame the way per-frame normalisation would.
+    """
+    if encoding not in RAW_ENCODINGS:
+        raise ProtocolError(f"unsupported image encoding {encoding!r}; supported: {', '.join(RAW_ENCODINGS)}")
+    kind, channels = RAW_ENCODINGS[encoding]
+    dtype = np.dtype(kind).newbyteorder(">" if is_bigendian else "<")
+    row_bytes = width * channels * dtype.itemsize
+    if height <= 0 or width <= 0 or step < row_bytes:
+        raise ProtocolError(f"bad image geometry {width}x{height} step {step} for {encoding} (row needs {row_bytes})")
+    buf = np.frombuffer(memoryview(data), dtype=np.uint8)
+    if buf.size < step * height:
+        raise ProtocolError(f"image data has {buf.size} bytes, {encoding} {width}x{height} step {step} needs "
+                            f"{step * height}")
+    rows = buf[: step * height].reshape(height, step)[:, :row_bytes]
+    img = np.ascontiguousarray(rows).view(dtype).reshape(height, width, channels)
+    if dtype.itemsize == 2:
+        img = (img.astype(np.uint16) >> 8).astype(np.uint8)
+    if channels == 1:
+        return np.repeat(img, 3, axis=2)
+    if encoding.startswith("bgr"):
+        img = img[..., 2::-1]
+    return np.ascontiguousarray(img[..., :3])
+
+
+def decode_compressed_image(fmt: str, data: bytes | bytearray | memoryview) -> np.ndarray:
+    """uint8 HxWx3 RGB from a sensor_msgs/CompressedImage (jpeg or png, colour or grey, 8 or 16 bit)."""
+    import cv2  # opencv-python-headless is a core dependency; imported here to keep module import cheap
+
+    fmt_l = fmt.lower()
+    if "compresseddepth" in fmt_l:
+        raise ProtocolError(f"compressedDepth images are not colour images (format {fmt!r})")
+    if fmt_l and not any(k in fmt_l for k in ("jpeg", "jpg", "png")):
+        raise ProtocolError(f"unsupported CompressedImage format {fmt!r}; supported: jpeg, png")
+    img = cv2.imdecode(np.frombuffer(memoryview(data), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ProtocolError(f"cannot decode CompressedImage ({fmt!r}, {len(data)} bytes)")
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    if img.ndim == 2:
+        return np.repeat(img[:, :, None], 3, axis=2)
+    # OpenCV decodes to BGR(A), whatever the message's format string says about the source order.
+    return np.ascontiguousarray(img[..., 2::-1] if img.shape[2] >= 3 else np.repeat(img[..., :1], 3, axis=2))
+
+
+def image_msg_to_rgb(msg: Any) -> np.ndarray:
+    """RGB array from an Image or CompressedImage message of ROS 1 or ROS 2 (told apart by `format`)."""
+    if hasattr(msg, "format"):
+        return decode_compressed_image(str(msg.format), bytes(msg.data))
+    return decode_raw_image(str(msg.encoding), int(msg.height), int(msg.width), int(msg.step),
+                            bool(msg.is_bigendian), bytes(msg.data))
+
+
+def camera_info_from_msg(msg: Any) -> CameraInfo:
+    """CameraInfo from a sensor_msgs/CameraInfo of ROS 1 (`K`, `D`) or ROS 2 (`k`, `d`)."""
+    K = getattr(msg, "K", None)
+    if K is None:
+        K = msg.k
+    D = getattr(msg, "D", None)
+    if D is None:
+        D = msg.d
+    K_33 = np.asarray(K, dtype=np.float64).reshape(-1)
+    if K_33.size != 9 or K_33[0] <= 0 or K_33[4] <= 0:
+        raise ProtocolError(f"camera_info has an invalid K {list(K_33)}")
+    return CameraInfo(int(msg.width), int(msg.height), K_33.reshape(3, 3), np.asarray(D, dtype=np.float64),
+                      str(msg.header.frame_id) or "camera")
+
+
+# ----------------------------------------------------------------------------------------- outputs
+
+
+def pose_fields(T_world_cam: np.ndarray) -> tuple[tuple[float, float, float], tuple[float, float, float, float]]:
+    """(position xyz, orientation xyzw) of a camera-to-world pose, as geometry_msgs/Pose stores them."""
+    T = np.asarray(T_world_cam, dtype=np.float64)
+    t = T[:3, 3]
+    q = rotmat_to_quat_xyzw(T[:3, :3])
+    return (float(t[0]), float(t[1]), float(t[2])), (float(q[0]), float(q[1]), float(q[2]), float(q[3]))
+
+
+def fill_pose(pose_msg: Any, T_world_cam: np.ndarray) -> None:
+    """Write a pose into a geometry_msgs/Pose (ROS 1 or 2)."""
+    (x, y, z), (qx, qy, qz, qw) = pose_fields(T_world_cam)
+    pose_msg.position.x, pose_msg.position.y, pose_msg.position.z = x, y, z
+    pose_msg.orientation.x, pose_msg.orientation.y, pose_msg.orientation.z, pose_msg.orientation.w = qx, qy, qz, qw
+
+
+def fill_transform(transform_msg: Any, T_world_cam: np.ndarray) -> None:
+    """Write a pose into a geometry_msgs/Transform (tf: parent map, child camera)."""
+    (x, y, z), (qx, qy, qz, qw) = pose_fields(T_world_cam)
+    tr, rot = transform_msg.translation, transform_msg.rotation
+    tr.x, tr.y, tr.z = x, y, z
+    rot.x, rot.y, rot.z, rot.w = qx, qy, qz, qw
+
+
+@dataclass
+class Cloud:
+    """A PointCloud2 body in our fixed layout (`CLOUD_FIELDS`), one unorganised row of points."""
+
+    points: np.ndarray  # structured CLOUD_DTYPE, n
+
+    @property
+    def width(self) -> int:
+        return int(self.points.shape[0])
+
+    @property
+    def point_step(self) -> int:
+        return CLOUD_DTYPE.itemsize
+
+    @property
+    def data(self) -> bytes:
+        return self.points.tobytes()
+
+
+def pack_rgb(rgb_n3: np.ndarray) -> np.ndarray:
+    """uint32 0x00RRGGBB per point, the PCL packing rviz decodes."""
+    c = np.asarray(rgb_n3, dtype=np.uint32)
+    return (c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]
+
+
+def unpack_rgb(packed_n: np.ndarray) -> np.ndarray:
+    """Inverse of `pack_rgb` (n x 3 uint8)."""
+    p = np.asarray(packed_n, dtype=np.uint32)
+    return np.stack([(p >> 16) & 0xFF, (p >> 8) & 0xFF, p & 0xFF], axis=1).astype(np.uint8)
+
+
+def _resize_nearest(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Nearest-neighbour resample (colours for a coarser point grid; no interpolation artefacts)."""
+    rows = (np.arange(h) * img.shape[0] // h).clip(0, img.shape[0] - 1)
+    cols = (np.arange(w) * img.shape[1] // w).clip(0, img.shape[1] - 1)
+    return img[rows][:, cols]
+
+
+def cloud_from_result(result: FrameResult, image: np.ndarray | None = None, stride: int = 1,
+                      min_confidence: float = 0.0, max_points: int = 0) -> Cloud | None:
+    """World-frame coloured points of one result, or None when the backend gave no geometry.
+
+    Points come from `points_world`, else from `depth` with `K` and the pose. Colours come from the
+    result's image, else from `image` (the input frame), resampled to the point grid; grey otherwise.
+    Non-finite points and points below `min_confidence` are dropped; `stride` subsamples the grid and
+    `max_points` (0: no cap) thins the rest evenly.
+    """
+    if result.points_world is not None:
+        pts = np.asarray(result.points_world, dtype=np.float32)
+    elif result.depth is not None:
+        pts = depth_to_world_points(result.depth, result.K, result.T_world_cam)
+    else:
+        return None
+    if pts.ndim == 2:
+        pts = pts[None]
+    h, w = pts.shape[:2]
+    colours = result.image if result.image is not None else image
+    if colours is not None and colours.ndim == 3:
+        rgb = _resize_nearest(np.asarray(colours, dtype=np.uint8), h, w)[..., :3]
+    else:
+        rgb = np.full((h, w, 3), 128, dtype=np.uint8)
+    valid = np.isfinite(pts).all(axis=-1)
+    if result.depth is not None and result.points_world is None:
+        valid &= result.depth > 0
+    if min_confidence > 0 and result.confidence is not None and result.confidence.shape == (h, w):
+        valid &= result.confidence >= min_confidence
+    s = max(1, int(stride))
+    pts, rgb, valid = pts[::s, ::s].reshape(-1, 3), rgb[::s, ::s].reshape(-1, 3), valid[::s, ::s].reshape(-1)
+    pts, rgb = pts[valid], rgb[valid]
+    if max_points > 0 and pts.shape[0] > max_points:
+        keep = np.linspace(0, pts.shape[0] - 1, max_points).astype(np.int64)
+        pts, rgb = pts[keep], rgb[keep]
+    out = np.empty(pts.shape[0], dtype=CLOUD_DTYPE)
+    out["x"], out["y"], out["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
+    out["rgb"] = pack_rgb(rgb)
+    return Cloud(out)
+
+
+def fill_cloud(cloud_msg: Any, cloud: Cloud, point_field: Callable[..., Any]) -> None:
+    """Write a Cloud into a sensor_msgs/PointCloud2; `point_field` is that ROS version's PointField class."""
+    cloud_msg.height = 1
+    cloud_msg.width = cloud.width
+    cloud_msg.fields = [point_field(name=n, offset=o, datatype=d, count=c) for n, o, d, c in CLOUD_FIELDS]
+    cloud_msg.is_bigendian = False
+    cloud_msg.point_step = cloud.point_step
+    cloud_msg.row_step = cloud.point_step * cloud.width
+    cloud_msg.data = cloud.data
+    cloud_msg.is_dense = True
+
+
+def cloud_to_array(fields: list[Any], point_step: int, width: int, height: int, data: bytes) -> np.ndarray:
+    """Structured array from a PointCloud2 in our layout (for tests and tools; checks the layout)."""
+    got = tuple((f.name, int(f.offset), int(f.datatype), int(f.count)) for f in fields)
+    if got != CLOUD_FIELDS or point_step != CLOUD_DTYPE.itemsize:
+        raise ProtocolError(f"point cloud layout {got} step {point_step} is not recon's {CLOUD_FIELDS}")
+    return np.frombuffer(bytes(data), dtype=CLOUD_DTYPE, count=width * height)
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+def parse_option_value(text: str) -> Any:
+    """Backend option values from the command line: int, float, bool, none, else the string itself."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+@dataclass
+class RosNodeConfig:
+    """Everything the ROS node reads from its private parameters (`~name`), CLI flags giving defaults.
+
+    Attributes:
+        backend: registered backend name (`recon.backends`).
+        backend_options: keyword options for the backend factory.
+        plugins: modules imported before the backend is built, so they can register more backends.
+        image_topic: sensor_msgs/Image topic, or CompressedImage when `compressed` (then the topic is used as
+            given, e.g. `/camera/image_raw/compressed`).
+        camera_info_topic: sensor_msgs/CameraInfo topic; empty: no intrinsics (the backend assumes them).
+        compressed: subscribe to CompressedImage instead of Image.
+        map_frame: frame id of poses, path, cloud, and tf parent (the backend's world frame).
+        camera_frame: tf child frame; empty: the image header's frame_id (or "camera" if that is empty).
+        stream_id: stream name handed to the backend.
+        queue_size: frames waiting for the backend; the newest wins, older ones are dropped and counted.
+        cloud_stride: publish every n-th point of the point grid in both directions.
+        min_confidence: drop points below this confidence (0: keep all).
+        max_points: cap on points per cloud (0: no cap).
+        max_path: poses kept in ~path (the oldest are dropped beyond it).
+        wait_camera_info: drop images until the first camera_info arrives (when a topic is set).
+    """
+
+    backend: str = "geometric"
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    plugins: tuple[str, ...] = ()
+    image_topic: str = "image"
+    camera_info_topic: str = "camera_info"
+    compressed: bool = False
+    map_frame: str = "map"
+    camera_frame: str = ""
+    stream_id: str = "ros"
+    queue_size: int = 2
+    cloud_stride: int = 1
+    min_confidence: float = 0.0
+    max_points: int = 200_000
+    max_path: int = 10_000
+    wait_camera_info: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.backend:
+            raise ConfigError("backend must be a registered backend name, got an empty string")
+        if not self.image_topic:
+            raise ConfigError("image_topic must not be empty")
+        if not self.map_frame:
+            raise ConfigError("map_frame must not be empty")
+        for name in ("queue_size", "cloud_stride", "max_path"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if int(self.max_points) < 0:
+            raise ConfigError(f"max_points must be >= 0, got {self.max_points!r}")
+        if not isinstance(self.backend_options, Mapping):
+            raise ConfigError(f"backend_options must be a mapping, got {self.backend_options!r}")
+        self.backend_options = dict(self.backend_options)
+        if isinstance(self.plugins, str):
+            self.plugins = tuple(p for p in self.plugins.replace(",", " ").split() if p)
+        self.plugins = tuple(self.plugins)
+
+    def with_params(self, get_param: Callable[[str, Any], Any]) -> RosNodeConfig:
+        """A copy overridden by the parameter server: `get_param(name, default)` reads `~name`.
+
+        `~backend_options` (a dict) is merged over the CLI's options, so a launch file can set one key.
+        """
+        changes: dict[str, Any] = {}
+        for name in ("backend", "image_topic", "camera_info_topic", "compressed", "map_frame", "camera_frame",
+                     "stream_id", "queue_size", "cloud_stride", "min_confidence", "max_points", "max_path",
+                     "wait_camera_info", "plugins"):
+            default = getattr(self, name)
+            value = get_param(name, default)
+            if value is not default:
+                changes[name] = _coerce(name, value, default)
+        opts = get_param("backend_options", None)
+        if opts is not None:
+            if not isinstance(opts, Mapping):
+                raise ConfigError(f"~backend_options must be a dict, got {opts!r}")
+            changes["backend_options"] = {**self.backend_options, **opts}
+        return replace(self, **changes)
+
+
+def load_plugins(modules: tuple[str, ...]) -> None:
+    """Import plugin modules, which register extra backends with `recon.backends.register`."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f"plugin module {name!r} cannot be imported: {e}") from e
+        logger.info("loaded plugin %s", name)
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """Parameter values to the type of the field's default, with an error naming the parameter."""
+    if isinstance(default, tuple):
+        return tuple(value.replace(",", " ").split()) if isinstance(value, str) else tuple(value)
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                return parse_option_value(value) is True
+            return bool(value)
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"parameter ~{name} must be a {type(default).__name__}, got {value!r}") from e
+
+
+# ------------------------------------------------------------------------------------ node state
+
+
+@dataclass
+class Output:
+    """What an adapter publishes for one backend result: pose, tf and path entry, and maybe a cloud."""
+
+    result: FrameResult
+    t_ns: int
+    camera_frame: str
+    cloud: Cloud | None
+
+
+class LatestQueue:
+    """Bounded hand-over from subscriber callbacks to the worker: when full the oldest item is dropped.
+
+    Live cameras must not make the backend fall further and further behind (DESIGN.md §6); drops are counted.
+    """
+
+    def __init__(self, maxlen: int) -> None:
+        self._items: deque[Any] = deque()
+        self._maxlen = maxlen
+        self._cond = threading.Condition()
+        self.dropped = 0
+        self._closed = False
+
+    def put(self, item: Any) -> bool:
+        """Queue `item`; returns False when an older item had to be dropped to make room."""
+        with self._cond:
+            dropped = len(self._items) >= self._maxlen
+            if dropped:
+                self._items.popleft()
+                self.dropped += 1
+            self._items.append(item)
+            self._cond.notify()
+            return not dropped
+
+    def get(self, timeout: float) -> Any | None:
+        """Oldest queued item, or None after `timeout` seconds or once closed and empty."""
+        with self._cond:
+            if not self._items and not self._closed:
+                self._cond.wait(timeout)
+            return self._items.popleft() if self._items else None
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class PathBuffer:
+    """The ~path poses in seq order; a revised result (same seq) replaces its entry; bounded length."""
+
+    def __init__(self, max_len: int) -> None:
+        self._poses: OrderedDict[int, tuple[int, np.ndarray]] = OrderedDict()
+        self._max_len = max_len
+
+    def add(self, result: FrameResult) -> None:
+        self._poses[result.seq] = (result.t_ns, result.T_world_cam)
+        if len(self._poses) > 1 and result.seq < next(reversed(self._poses)):
+            self._poses = OrderedDict(sorted(self._poses.items()))
+        while len(self._poses) > self._max_len:
+            self._poses.popitem(last=False)
+
+    def poses(self) -> list[tuple[int, np.ndarray]]:
+        """(t_ns, T_world_cam) per pose, oldest first."""
+        return list(self._poses.values())
+
+    def __len__(self) -> int:
+        return len(self._poses)
+
+
+class RosNodeCore:
+    """The node's state between messages: intrinsics, sequence numbers, backend, path and counters.
+
+    Adapters call `on_camera_info` and `on_image` from callbacks (cheap: they only queue), and `work` from
+    their worker loop, then publish the returned Outputs. Everything here is thread-safe in that pattern.
+    """
+
+    def __init__(self, config: RosNodeConfig, backend: Backend) -> None:
+        self.config = config
+        self.backend = backend
+        self.queue = LatestQueue(config.queue_size)
+        self.path = PathBuffer(config.max_path)
+        self.camera_info: CameraInfo | None = None
+        self.faults = WarnOnce(logger)
+        self.frames_in = 0
+        self.results_out = 0
+        self.waiting_for_info = 0
+        self._seq = 0
+        self._images: OrderedDict[int, np.ndarray] = OrderedDict()  # recent inputs, for colours of late results
+        self._frame_ids: dict[int, str] = {}
+
+    def on_camera_info(self, msg: Any) -> None:
+        """Remember the newest intrinsics (a bad message is counted and ignored)."""
+        try:
+            self.camera_info = camera_info_from_msg(msg)
+        except (ProtocolError, ConfigError) as e:
+            self.faults("camera_info", "ignoring camera_info: %s", e)
+
+    def on_image(self, msg: Any) -> None:
+        """Queue an image message for the worker; the newest wins when the backend is busy."""
+        if not self.queue.put(msg):
+            self.faults("dropped", "backend is slower than the image topic; dropping the oldest queued images")
+
+    def frame_from_msg(self, msg: Any) -> Frame | None:
+        """A Frame (next seq, header stamp, intrinsics scaled to the image) or None if it cannot be used yet."""
+        if self.config.camera_info_topic and self.config.wait_camera_info and self.camera_info is None:
+            self.waiting_for_info += 1
+            self.faults("no_camera_info", "dropping images until the first message on %s arrives",
+                        self.config.camera_info_topic)
+            return None
+        try:
+            rgb = image_msg_to_rgb(msg)
+        except ProtocolError as e:
+            self.faults("bad_image", "dropping an image: %s", e)
+            return None
+        K = None
+        info = self.camera_info
+        if info is not None:
+            h, w = rgb.shape[:2]
+            K = (info if (info.width, info.height) == (w, h) else info.scaled(w, h)).K
+        seq = self._seq
+        self._seq += 1
+        frame_id = str(msg.header.frame_id)
+        return Frame(self.config.stream_id, seq, stamp_to_ns(msg.header.stamp), rgb, K,
+                     meta={"frame_id": frame_id})
+
+    def process(self, frame: Frame) -> list[Output]:
+        """Run the backend on one frame and turn its results (possibly for earlier frames) into Outputs."""
+        self.frames_in += 1
+        self._images[frame.seq] = frame.image
+        self._frame_ids[frame.seq] = str(frame.meta.get("frame_id", ""))
+        while len(self._images) > 64:  # lagging backends emit late; 64 frames of colour is plenty
+            old, _ = self._images.popitem(last=False)
+            self._frame_ids.pop(old, None)
+        return self._outputs(self.backend.step(frame))
+
+    def flush(self) -> list[Output]:
+        """Results still pending in the backend at the end of the stream."""
+        return self._outputs(self.backend.flush())
+
+    def work(self, timeout: float = 0.1) -> list[Output]:
+        """Take one queued image (waiting up to `timeout` s) and process it."""
+        msg = self.queue.get(timeout)
+        if msg is None:
+            return []
+        frame = self.frame_from_msg(msg)
+        return self.process(frame) if frame is not None else []
+
+    def camera_frame_for(self, seq: int) -> str:
+        """The tf child frame: the configured one, else the image header's frame_id, else "camera"."""
+        return self.config.camera_frame or self._frame_ids.get(seq, "") or "camera"
+
+    def _outputs(self, results: list[FrameResult]) -> list[Output]:
+        outs = []
+        for r in results:
+            self.results_out += 1
+            self.path.add(r)
+            cloud = cloud_from_result(r, self._images.get(r.seq), self.config.cloud_stride,
+                                      self.config.min_confidence, self.config.max_points)
+            outs.append(Output(r, r.t_ns, self.camera_frame_for(r.seq), cloud))
+        return outs

@@ -1,0 +1,131 @@
+"""The ROS 1 (rospy) node behind `recon node ros`.
+
+Subscribes to an Image (or CompressedImage) topic and its camera_info, runs a recon backend on a worker
+thread, and publishes `~pose` (PoseStamped), `~path` (Path), `~points` (PointCloud2, xyz + packed rgb) and
+tf map -> camera on `/tf`, each stamped with the stamp of the image the result belongs to. All the
+numbers come from `recon.nodes.ros.core`; this module only moves messages.
+
+Example:
+    recon node ros --backend geometric --image-topic /camera/image_raw _map_frame:=odom
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from recon.backends import create_backend
+from recon.nodes.ros.core import (
+    Output,
+    RosNodeConfig,
+    RosNodeCore,
+    fill_cloud,
+    fill_pose,
+    fill_transform,
+    load_plugins,
+    ns_to_sec_nsec,
+)
+from recon.nodes.ros.system import import_rospy
+
+logger = logging.getLogger(__name__)
+
+
+class RosNode:
+    """One rospy node: subscriptions, publishers and the worker loop around a RosNodeCore."""
+
+    def __init__(self, core: RosNodeCore) -> None:
+        rospy = import_rospy()
+        from geometry_msgs.msg import PoseStamped, TransformStamped
+        from nav_msgs.msg import Path
+        from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
+        from tf2_msgs.msg import TFMessage
+
+        self._rospy = rospy
+        self._msgs = {"PoseStamped": PoseStamped, "TransformStamped": TransformStamped, "Path": Path,
+                      "PointCloud2": PointCloud2, "PointField": PointField, "TFMessage": TFMessage}
+        self.core = core
+        cfg = core.config
+        self.pose_pub = rospy.Publisher("~pose", PoseStamped, queue_size=10)
+        self.path_pub = rospy.Publisher("~path", Path, queue_size=2)
+        self.points_pub = rospy.Publisher("~points", PointCloud2, queue_size=2)
+        self.tf_pub = rospy.Publisher("/tf", TFMessage, queue_size=10)
+        image_type = CompressedImage if cfg.compressed else Image
+        # Large buff_size: with the default, rospy keeps reading stale data from the socket for big images.
+        self.image_sub = rospy.Subscriber(cfg.image_topic, image_type, core.on_image, queue_size=cfg.queue_size,
+                                          buff_size=1 << 26)
+        self.info_sub = None
+        if cfg.camera_info_topic:
+            self.info_sub = rospy.Subscriber(cfg.camera_info_topic, CameraInfo, core.on_camera_info, queue_size=1)
+        logger.info("recon ROS node %s: backend %s, images from %s (%s), camera_info from %s, map frame %s",
+                    rospy.get_name(), cfg.backend, rospy.resolve_name(cfg.image_topic),
+                    "CompressedImage" if cfg.compressed else "Image",
+                    rospy.resolve_name(cfg.camera_info_topic) if cfg.camera_info_topic else "(none)", cfg.map_frame)
+
+    def _stamp(self, t_ns: int) -> Any:
+        sec, nsec = ns_to_sec_nsec(t_ns)
+        return self._rospy.Time(sec, nsec)
+
+    def publish(self, out: Output) -> None:
+        """Publish one result: pose, tf, path, and the cloud when there is one."""
+        m, cfg = self._msgs, self.core.config
+        stamp = self._stamp(out.t_ns)
+        pose = m["PoseStamped"]()
+        pose.header.stamp, pose.header.frame_id = stamp, cfg.map_frame
+        fill_pose(pose.pose, out.result.T_world_cam)
+        self.pose_pub.publish(pose)
+
+        tf = m["TransformStamped"]()
+        tf.header.stamp, tf.header.frame_id, tf.child_frame_id = stamp, cfg.map_frame, out.camera_frame
+        fill_transform(tf.transform, out.result.T_world_cam)
+        self.tf_pub.publish(m["TFMessage"](transforms=[tf]))
+
+        path = m["Path"]()
+        path.header.stamp, path.header.frame_id = stamp, cfg.map_frame
+        for t_ns, T in self.core.path.poses():
+            p = m["PoseStamped"]()
+            p.header.stamp, p.header.frame_id = self._stamp(t_ns), cfg.map_frame
+            fill_pose(p.pose, T)
+            path.poses.append(p)
+        self.path_pub.publish(path)
+
+        if out.cloud is not None:
+            cloud = m["PointCloud2"]()
+            cloud.header.stamp, cloud.header.frame_id = stamp, cfg.map_frame
+            fill_cloud(cloud, out.cloud, m["PointField"])
+            self.points_pub.publish(cloud)
+
+    def spin(self) -> None:
+        """Run the backend on queued images until rospy shuts down (SIGINT/SIGTERM or rosnode kill)."""
+        rospy = self._rospy
+        rospy.on_shutdown(self.core.queue.close)
+        while not rospy.is_shutdown():
+            for out in self.core.work(timeout=0.1):
+                self.publish(out)
+        logger.info("recon ROS node stopping: %d frames in, %d results out, %d images dropped, faults %s",
+                    self.core.frames_in, self.core.results_out, self.core.queue.dropped, self.core.faults.counts)
+
+
+def _keep_console_logging(handlers: list[logging.Handler]) -> None:
+    """init_node replaces the root handlers with ROS's log file; keep recon's own lines on the console too."""
+    root = logging.getLogger()
+    recon_logger = logging.getLogger("recon")
+    for handler in handlers:
+        if handler not in root.handlers and handler not in recon_logger.handlers:
+            recon_logger.addHandler(handler)
+
+
+def run_ros1(config: RosNodeConfig, argv: list[str], node_name: str = "recon") -> int:
+    """Start rospy, read `~` parameters over `config`, build the backend and spin; returns an exit code."""
+    rospy = import_rospy()
+    console = list(logging.getLogger().handlers)
+    # rospy handles SIGINT/SIGTERM itself (signal_shutdown), which ends `spin`'s loop.
+    rospy.init_node(node_name, argv=argv, anonymous=False, log_level=rospy.INFO)
+    _keep_console_logging(console)
+    config = config.with_params(lambda name, default: rospy.get_param("~" + name, default))
+    load_plugins(config.plugins)
+    backend = create_backend(config.backend, **config.backend_options)
+    node = RosNode(RosNodeCore(config, backend))
+    threading.current_thread().name = "recon-ros-worker"
+    node.spin()
+    return 0

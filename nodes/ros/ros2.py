@@ -1,0 +1,165 @@
+"""The ROS 2 (rclpy) adapter: the same core and topics as the ROS 1 node, for a sourced ROS 2 install.
+
+Imported only by `recon node ros --ros 2` (or `auto` when rospy is absent and rclpy exists); nothing else
+in recon imports it, so rclpy stays optional. Differences from ROS 1, all at this boundary:
+- parameters are declared (ROS 2 has no undeclared parameters); `backend_options` is a string
+  "key=value,key=value" because ROS 2 parameters cannot be dicts, and `plugins` a comma-separated string;
+- images and camera_info are subscribed with the sensor-data QoS (best effort), which also receives from
+  reliable publishers; tf goes to `/tf` like tf2_ros's TransformBroadcaster;
+- private topics are spelled `~/pose` and stamps are `builtin_interfaces/Time(sec, nanosec)`.
+
+Example (with /opt/ros/<distro>/setup.bash sourced in the venv's shell):
+    recon node ros --ros 2 --image-topic /camera/image_raw --ros-args -p map_frame:=odom
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from recon.backends import create_backend
+from recon.errors import ConfigError
+from recon.nodes.ros.core import (
+    Output,
+    RosNodeConfig,
+    RosNodeCore,
+    fill_cloud,
+    fill_pose,
+    fill_transform,
+    load_plugins,
+    ns_to_sec_nsec,
+    parse_option_value,
+)
+from recon.utils.imports import require_package
+
+logger = logging.getLogger(__name__)
+
+
+def parse_options_string(text: str) -> dict[str, Any]:
+    """Backend options from a ROS 2 string parameter: "key=value,key=value" (spaces also separate)."""
+    options: dict[str, Any] = {}
+    for item in text.replace(",", " ").split():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"backend_options expects key=value items, got {item!r} in {text!r}")
+        options[key] = parse_option_value(value)
+    return options
+
+
+def _ros2_default(value: Any) -> Any:
+    """ROS 2 parameter defaults must be scalars: tuples become comma-separated strings."""
+    return ",".join(value) if isinstance(value, tuple) else value
+
+
+class Ros2Node:
+    """rclpy publishers and subscriptions around a RosNodeCore (same outputs as the ROS 1 node)."""
+
+    def __init__(self, node: Any, core: RosNodeCore) -> None:
+        from geometry_msgs.msg import PoseStamped, TransformStamped
+        from nav_msgs.msg import Path
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
+        from tf2_msgs.msg import TFMessage
+
+        self.node, self.core = node, core
+        self._msgs = {"PoseStamped": PoseStamped, "TransformStamped": TransformStamped, "Path": Path,
+                      "PointCloud2": PointCloud2, "PointField": PointField, "TFMessage": TFMessage}
+        cfg = core.config
+        self.pose_pub = node.create_publisher(PoseStamped, "~/pose", 10)
+        self.path_pub = node.create_publisher(Path, "~/path", 2)
+        self.points_pub = node.create_publisher(PointCloud2, "~/points", 2)
+        self.tf_pub = node.create_publisher(TFMessage, "/tf", 100)
+        image_type = CompressedImage if cfg.compressed else Image
+        self.image_sub = node.create_subscription(image_type, cfg.image_topic, core.on_image, qos_profile_sensor_data)
+        self.info_sub = None
+        if cfg.camera_info_topic:
+            self.info_sub = node.create_subscription(CameraInfo, cfg.camera_info_topic, core.on_camera_info,
+                                                     qos_profile_sensor_data)
+        logger.info("recon ROS 2 node %s: backend %s, images from %s, map frame %s", node.get_fully_qualified_name(),
+                    cfg.backend, cfg.image_topic, cfg.map_frame)
+
+    @staticmethod
+    def _stamp(t_ns: int) -> Any:
+        from builtin_interfaces.msg import Time
+
+        sec, nsec = ns_to_sec_nsec(t_ns)
+        return Time(sec=sec, nanosec=nsec)
+
+    def publish(self, out: Output) -> None:
+        """Publish one result: pose, tf, path, and the cloud when there is one."""
+        m, cfg = self._msgs, self.core.config
+        stamp = self._stamp(out.t_ns)
+        pose = m["PoseStamped"]()
+        pose.header.stamp, pose.header.frame_id = stamp, cfg.map_frame
+        fill_pose(pose.pose, out.result.T_world_cam)
+        self.pose_pub.publish(pose)
+
+        tf = m["TransformStamped"]()
+        tf.header.stamp, tf.header.frame_id, tf.child_frame_id = stamp, cfg.map_frame, out.camera_frame
+        fill_transform(tf.transform, out.result.T_world_cam)
+        self.tf_pub.publish(m["TFMessage"](transforms=[tf]))
+
+        path = m["Path"]()
+        path.header.stamp, path.header.frame_id = stamp, cfg.map_frame
+        poses = []
+        for t_ns, T in self.core.path.poses():
+            p = m["PoseStamped"]()
+            p.header.stamp, p.header.frame_id = self._stamp(t_ns), cfg.map_frame
+            fill_pose(p.pose, T)
+            poses.append(p)
+        path.poses = poses
+        self.path_pub.publish(path)
+
+        if out.cloud is not None:
+            cloud = m["PointCloud2"]()
+            cloud.header.stamp, cloud.header.frame_id = stamp, cfg.map_frame
+            fill_cloud(cloud, out.cloud, m["PointField"])
+            self.points_pub.publish(cloud)
+
+
+def config_with_ros2_params(node: Any, config: RosNodeConfig) -> RosNodeConfig:
+    """Declare every parameter with the CLI value as default, then read them back over `config`."""
+
+    def get_param(name: str, default: Any) -> Any:
+        if name == "backend_options":
+            value = node.declare_parameter(name, "").value
+            return parse_options_string(value) if value else None
+        value = node.declare_parameter(name, _ros2_default(default)).value
+        return default if value == _ros2_default(default) else value
+
+    return config.with_params(get_param)
+
+
+def run_ros2(config: RosNodeConfig, argv: list[str], node_name: str = "recon") -> int:
+    """Start rclpy, read parameters over `config`, build the backend and run until shutdown."""
+    rclpy = require_package("rclpy", pip_name="rclpy (source /opt/ros/<distro>/setup.bash)")
+    from rclpy.executors import SingleThreadedExecutor
+
+    rclpy.init(args=argv)
+    node = rclpy.create_node(node_name)
+    try:
+        config = config_with_ros2_params(node, config)
+        load_plugins(config.plugins)
+        backend = create_backend(config.backend, **config.backend_options)
+        ros_node = Ros2Node(node, RosNodeCore(config, backend))
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        # Callbacks only queue images; the backend runs on this thread so a slow model never blocks them.
+        spinner = threading.Thread(target=executor.spin, name="recon-ros2-executor", daemon=True)
+        spinner.start()
+        try:
+            while rclpy.ok():
+                for out in ros_node.core.work(timeout=0.1):
+                    ros_node.publish(out)
+        except KeyboardInterrupt:
+            logger.info("interrupted")
+        executor.shutdown()
+        core = ros_node.core
+        logger.info("recon ROS 2 node stopping: %d frames in, %d results out, %d images dropped",
+                    core.frames_in, core.results_out, core.queue.dropped)
+    finally:
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0

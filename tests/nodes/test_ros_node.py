@@ -1,0 +1,229 @@
+"""`recon node ros` against a real roscore: synthetic images in, pose / path / points / tf out.
+
+Each test starts the recon node and a probe node (tests/nodes/ros_probe.py) as subprocesses on a roscore
+that this module starts on a free loopback port with its own ROS_HOME; every process group is killed in
+teardown. On Linux/Debian a missing ROS install is a failure (CI installs scripts/ros-packages.txt), not a skip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from recon.nodes.ros.core import CLOUD_FIELDS, pose_fields
+from recon.nodes.ros.system import INSTALL_HINT, SystemRosFinder, ros_folders
+from tests.nodes.ros_fake_backend import GRID_H, GRID_W, pose_for
+from tests.nodes.ros_probe import colour, stamp_ns
+
+REPO = Path(__file__).resolve().parents[2]
+PROBE = REPO / "tests" / "nodes" / "ros_probe.py"
+
+pytestmark = [
+    pytest.mark.ros,
+    pytest.mark.skipif(not sys.platform.startswith("linux") or not Path("/etc/debian_version").exists(),
+                       reason="the ROS 1 test needs Debian's ros-core packages (Linux, Debian/Ubuntu only)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _kill_tree(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGINT the process group (clean ROS shutdown), then SIGKILL whatever is left, descendants included.
+
+    roslaunch starts rosmaster and rosout in sessions of their own, so they are collected by walking the
+    process tree first rather than through the process group alone.
+    """
+    import psutil
+
+    try:
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+    _, alive = psutil.wait_procs(family, timeout=grace)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=5)
+    assert not [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], "leaked ROS process"
+
+
+@pytest.fixture(scope="module")
+def roscore(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A roscore on a free port; yields the environment that points nodes at it."""
+    if shutil.which("roscore") is None or SystemRosFinder(ros_folders()).find_spec("rospy") is None \
+            and importlib.util.find_spec("rospy") is None:
+        pytest.fail(f"ROS 1 is not installed (roscore or rospy missing). Install: {INSTALL_HINT}")
+    home = tmp_path_factory.mktemp("ros_home")
+    port = _free_port()
+    env = {**os.environ, "ROS_MASTER_URI": f"http://127.0.0.1:{port}", "ROS_IP": "127.0.0.1",
+           "ROS_HOME": str(home), "ROS_LOG_DIR": str(home / "log"),
+           "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+           "RECON_LOG_LEVEL": "INFO", "OMP_NUM_THREADS": "1"}
+    env.pop("ROS_HOSTNAME", None)
+    log = open(home / "roscore.log", "w")  # noqa: SIM115 - closed in teardown
+    proc = subprocess.Popen(["roscore", "-p", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    master = xmlrpc.client.ServerProxy(env["ROS_MASTER_URI"])
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                master.getPid("/pytest")
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("roscore did not start:\n" + (home / "roscore.log").read_text()[-3000:])
+                time.sleep(0.1)
+        yield env
+    finally:
+        _kill_tree(proc)
+        log.close()
+
+
+@pytest.fixture
+def launch(roscore: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen]]:
+    """Start processes in their own sessions (logs in tmp_path); all are killed at the end of the test."""
+    procs: list[tuple[subprocess.Popen, Any]] = []
+
+    def start(name: str, cmd: list[str]) -> subprocess.Popen:
+        log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 - closed in teardown
+        proc = subprocess.Popen(cmd, env=roscore, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        procs.append((proc, log))
+        return proc
+
+    yield start
+    for proc, log in procs:
+        _kill_tree(proc)
+        log.close()
+
+
+def _set_params(env: dict[str, str], params: dict[str, Any]) -> None:
+    """Write parameters with the master's XML-RPC API (keeps rospy out of the pytest process)."""
+    master = xmlrpc.client.ServerProxy(env["ROS_MASTER_URI"])
+    for key, value in params.items():
+        code, msg, _ = master.setParam("/pytest", key, value)
+        assert code == 1, msg
+
+
+def _run(launch: Callable[..., subprocess.Popen], tmp_path: Path, node: str, node_args: list[str],
+         probe_args: list[str], timeout: float = 40) -> dict[str, list[dict[str, Any]]]:
+    """Start the recon node and the probe; return what the probe recorded."""
+    recon_node = launch("node", [sys.executable, "-m", "recon.cli", "node", "ros", "--backend", "ros_fake", "--plugin",
+                                 "tests.nodes.ros_fake_backend", "--image-topic", "/cam/image",
+                                 "--camera-info-topic", "/cam/camera_info", "--queue-size", "16",
+                                 *node_args, f"__name:={node}"])
+    out = tmp_path / "rec.json"
+    probe = launch("probe", [sys.executable, str(PROBE), "--node", "/" + node, "--out", str(out),
+                             "--timeout", str(timeout - 5), *probe_args])
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        probe.wait(timeout=timeout)
+    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in sorted(tmp_path.glob("*.log")))
+    assert recon_node.poll() is None, f"recon node exited early:\n{logs}"
+    assert probe.returncode == 0 and out.exists(), f"probe failed:\n{logs}"
+    return json.loads(out.read_text())
+
+
+def _check_pose(rec: dict[str, Any], seq: int) -> None:
+    pos, quat = pose_fields(pose_for(seq))
+    np.testing.assert_allclose(rec["position"], pos, atol=1e-12)
+    np.testing.assert_allclose(rec["orientation"], quat, atol=1e-12)
+
+
+def test_ros_node_publishes_pose_path_points_tf(launch: Callable[..., subprocess.Popen], roscore: dict[str, str],
+                                                tmp_path: Path) -> None:
+    """rgb8 images: every output carries the image's stamp, the frames from the parameter server, exact poses."""
+    n = 5
+    _set_params(roscore, {"/recon_a/map_frame": "odom_a", "/recon_a/cloud_stride": 1})
+    rec = _run(launch, tmp_path, "recon_a", [], ["--count", str(n), "--encoding", "rgb8", "--frame-id", "cam_a"])
+    stamps = [stamp_ns(i) for i in range(n)]
+
+    assert [p["stamp"] for p in rec["pose"]] == stamps
+    assert {p["frame_id"] for p in rec["pose"]} == {"odom_a"}
+    for i, p in enumerate(rec["pose"]):
+        _check_pose(p, i)
+
+    tf = [t for t in rec["tf"] if t["child"] == "cam_a"]
+    assert [t["stamp"] for t in tf] == stamps
+    assert {t["parent"] for t in tf} == {"odom_a"}
+    for i, t in enumerate(tf):
+        _check_pose({"position": t["translation"], "orientation": t["rotation"]}, i)
+
+    assert [p["stamp"] for p in rec["path"]] == stamps
+    last = rec["path"][-1]
+    assert last["frame_id"] == "odom_a" and last["stamps"] == stamps
+    np.testing.assert_allclose(last["positions"], [pose_fields(pose_for(i))[0] for i in range(n)], atol=1e-12)
+
+    assert [c["stamp"] for c in rec["points"]] == stamps
+    for i, c in enumerate(rec["points"]):
+        assert c["frame_id"] == "odom_a"
+        assert [tuple(f) for f in c["fields"]] == list(CLOUD_FIELDS)
+        assert (c["height"], c["width"], c["point_step"], c["row_step"]) == (1, GRID_H * GRID_W - 1, 16, 16 * 23)
+        assert c["is_dense"]
+        xyz = np.asarray(c["xyz"])
+        assert np.isfinite(xyz).all()
+        T = pose_for(i)  # the fake backend's plane lies at depth 2 in its camera
+        np.testing.assert_allclose(((xyz - T[:3, 3]) @ T[:3, :3])[:, 2], 2.0, atol=1e-5)
+        assert {tuple(rgb) for rgb in c["rgb"]} == {colour(i)}
+
+
+def test_ros_node_params_lagging_backend_bgr8(launch: Callable[..., subprocess.Popen], roscore: dict[str, str],
+                                              tmp_path: Path) -> None:
+    """A backend emitting one frame late: stamps follow the result, not the newest image; ~backend_options dict."""
+    n = 5
+    _set_params(roscore, {"/recon_b/backend_options": {"lag": 1}})
+    rec = _run(launch, tmp_path, "recon_b", ["--backend", "ros_fake", "_camera_frame:=cam_b"],
+               ["--count", str(n), "--expect", str(n - 1), "--encoding", "bgr8"])
+    stamps = [stamp_ns(i) for i in range(n - 1)]
+    assert [p["stamp"] for p in rec["pose"]] == stamps
+    for i, p in enumerate(rec["pose"]):
+        _check_pose(p, i)
+    assert [t["stamp"] for t in rec["tf"] if t["child"] == "cam_b"] == stamps
+    assert {t["parent"] for t in rec["tf"]} == {"map"}
+    assert [{tuple(rgb) for rgb in c["rgb"]} for c in rec["points"]] == [{colour(i)} for i in range(n - 1)]
+
+
+def test_ros_node_compressed_png(launch: Callable[..., subprocess.Popen], tmp_path: Path) -> None:
+    """CompressedImage (png, lossless) decoded without cv_bridge: colours and stamps survive."""
+    n = 3
+    rec = _run(launch, tmp_path, "recon_c", ["--backend", "ros_fake", "--compressed", "--map-frame", "world_c"],
+               ["--count", str(n), "--compressed", "png"])
+    assert [p["stamp"] for p in rec["pose"]] == [stamp_ns(i) for i in range(n)]
+    assert {p["frame_id"] for p in rec["pose"]} == {"world_c"}
+    assert [{tuple(rgb) for rgb in c["rgb"]} for c in rec["points"]] == [{colour(i)} for i in range(n)]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("recon.backends.geometric") is None,
+                    reason="the geometric backend has not landed in this checkout")
+def test_ros_node_geometric_smoke(launch: Callable[..., subprocess.Popen], tmp_path: Path) -> None:
+    """The real weight-free backend behind the ROS node: poses arrive, stamped with input stamps."""
+    n = 6
+    rec = _run(launch, tmp_path, "recon_g", ["--backend", "geometric"],
+               ["--count", str(n), "--expect", "1", "--pattern", "texture"], timeout=50)
+    assert rec["pose"], "the geometric backend published no pose"
+    assert {p["stamp"] for p in rec["pose"]} <= {stamp_ns(i) for i in range(n)}
+    assert all(np.isfinite(p["position"]).all() for p in rec["pose"])
