@@ -48,14 +48,18 @@ class DinoVisionTransformer(nn.Module):
         norm_eps: LayerNorm eps (1e-6 for DINOv2).
         interpolate_antialias: antialias flag of the bicubic pos-embed resize (True in VGGT).
         interpolate_offset: DINOv2's scale-factor offset; 0 (VGGT) resizes to the exact grid size.
+        pos_embed_float32: resize the pos-embed in float32 (the reference's island); False resizes in the
+            parameter dtype (a reference run patched to float64, e.g. pi3_tiny f64).
+        mask_token: build the (unused) mask token; pi3 deletes it from its encoder.
     """
 
     def __init__(self, img_size: int = 518, patch_size: int = 14, embed_dim: int = 1024, depth: int = 24,
                  num_heads: int = 16, mlp_ratio: float = 4.0, num_register_tokens: int = 4,
                  qkv_bias: bool = True, proj_bias: bool = True, ffn_bias: bool = True,
                  init_values: float | None = 1.0, norm_eps: float = 1e-6, interpolate_antialias: bool = True,
-                 interpolate_offset: float = 0.0) -> None:
+                 interpolate_offset: float = 0.0, pos_embed_float32: bool = True, mask_token: bool = True) -> None:
         super().__init__()
+        self.pos_embed_float32 = pos_embed_float32
         self.patch_size = patch_size
         self.num_register_tokens = num_register_tokens
         self.interpolate_antialias = interpolate_antialias
@@ -65,8 +69,8 @@ class DinoVisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
         self.register_tokens = nn.Parameter(torch.zeros(1, num_register_tokens, embed_dim))
-        # Unused at inference but present in the checkpoint (grad disabled in the reference).
-        self.mask_token = nn.Parameter(torch.zeros(1, embed_dim), requires_grad=False)
+        if mask_token:  # unused at inference but present in VGGT checkpoints (grad disabled in the reference)
+            self.mask_token = nn.Parameter(torch.zeros(1, embed_dim), requires_grad=False)
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, proj_bias=proj_bias, ffn_bias=ffn_bias,
                   init_values=init_values, norm_eps=norm_eps)
@@ -80,7 +84,7 @@ class DinoVisionTransformer(nn.Module):
         n_ref = self.pos_embed.shape[1] - 1
         if num_patches == n_ref and height == width:
             return self.pos_embed
-        pos = self.pos_embed.float()  # float32 island
+        pos = self.pos_embed.float() if self.pos_embed_float32 else self.pos_embed  # float32 island
         cls_pos, grid_pos = pos[:, :1], pos[:, 1:]
         dim = pos.shape[-1]
         side = int(math.sqrt(n_ref))

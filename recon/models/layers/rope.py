@@ -35,11 +35,14 @@ class RotaryPositionEmbedding2D(nn.Module):
 
     Args:
         frequency: base frequency (`rope_freq`, 100 in VGGT).
+        float32_table: build the angle table in float32 whatever the token dtype (the reference's island);
+            False computes it in the token dtype (what a reference run patched to float64 does, e.g. pi3_tiny f64).
     """
 
-    def __init__(self, frequency: float = 100.0) -> None:
+    def __init__(self, frequency: float = 100.0, float32_table: bool = True) -> None:
         super().__init__()
         self.frequency = frequency
+        self.float32_table = float32_table
         self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _table(self, dim: int, length: int, device: torch.device, dtype: torch.dtype
@@ -47,9 +50,10 @@ class RotaryPositionEmbedding2D(nn.Module):
         key = (dim, length, device, dtype)
         if key not in self._tables:
             # float32 island: exponents, inverse frequencies, positions and angles in float32.
-            exponents = torch.arange(0, dim, 2, device=device).float() / dim
+            table_dtype = torch.float32 if self.float32_table else dtype
+            exponents = torch.arange(0, dim, 2, device=device).to(table_dtype) / dim
             inv_freq = 1.0 / (self.frequency ** exponents)
-            pos = torch.arange(length, device=device, dtype=torch.float32)
+            pos = torch.arange(length, device=device, dtype=table_dtype)
             angles = torch.outer(pos, inv_freq).to(dtype)
             angles = torch.cat([angles, angles], dim=-1)
             self._tables[key] = (angles.cos(), angles.sin())
