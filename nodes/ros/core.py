@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from recon.backends.base import Backend
-from recon.errors import ConfigError, ProtocolError
+from recon.errors import ConfigError, ProtocolError, ReconError
 from recon.geometry.camera import depth_to_world_points
 from recon.geometry.transforms import rotmat_to_quat_xyzw
 from recon.types import CameraInfo, Frame, FrameResult
@@ -537,7 +537,12 @@ class RosNodeCore:
         while len(self._images) > 64:  # lagging backends emit late; 64 frames of colour is plenty
             old, _ = self._images.popitem(last=False)
             self._frame_ids.pop(old, None)
-        return self._outputs(self.backend.step(frame))
+        try:
+            results = self.backend.step(frame)
+        except ReconError as e:  # a refused frame (e.g. a resolution change) must not take the node down
+            self.faults("backend", "backend %s refused frame %d: %s", self.config.backend, frame.seq, e)
+            return []
+        return self._outputs(results)
 
     def flush(self) -> list[Output]:
         """Results still pending in the backend at the end of the stream."""

@@ -140,8 +140,9 @@ def _run(launch: Callable[..., subprocess.Popen], tmp_path: Path, node: str, nod
     out = tmp_path / "rec.json"
     probe = launch("probe", [sys.executable, str(PROBE), "--node", "/" + node, "--out", str(out),
                              "--timeout", str(timeout - 5), *probe_args])
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        probe.wait(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while probe.poll() is None and recon_node.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
     logs = "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in sorted(tmp_path.glob("*.log")))
     assert recon_node.poll() is None, f"recon node exited early:\n{logs}"
     assert probe.returncode == 0 and out.exists(), f"probe failed:\n{logs}"
