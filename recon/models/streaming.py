@@ -119,6 +119,7 @@ class StreamingSession:
         if hw[0] % p or hw[1] % p:
             raise BackendError(f"image size {hw[0]}x{hw[1]} is not a multiple of the patch size {p}")
         self.image_hw = hw
+        self.model.ensure_attention(image)
         frame_index = self.memory.frame_index
         self.memory.begin_frame()
         tokens, psi = self.model.aggregator.forward_step(image, self.memory, keep_layers=self._keep)

@@ -23,13 +23,16 @@ import logging
 from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from recon.errors import ConfigError
+from recon.kernels.attention import select_attention
 from recon.models.layers.aggregator import Aggregator
+from recon.models.layers.attention import set_attention_impl
 from recon.models.layers.camera_head import CameraHead
 from recon.models.layers.dpt_head import DPTHead
 
@@ -231,6 +234,32 @@ class VGGT(nn.Module):
                                if cfg.enable_point else None)
         if dtype is not None:
             self.to(dtype)
+        self._attention_key: tuple | None = None
+
+    def select_attention(self, device: torch.device, dtype: torch.dtype, prefer: str | None = None) -> None:
+        """Choose the attention kernels once through recon.kernels and hand them to every attention layer.
+
+        The aggregator gets kernels for `dtype` (the autocast dtype when enabled); the camera head runs with
+        autocast off (reference behaviour), so it gets kernels for the parameters' dtype: FlashAttention would
+        refuse its fp32 tokens. Called lazily by `forward` and by streaming sessions.
+        """
+        head_dtype = next(self.parameters()).dtype
+        key = (torch.device(device).type, dtype, head_dtype, prefer)
+        if key == self._attention_key:
+            return
+        for module, dt in ((self.aggregator, dtype), (self.camera_head, head_dtype)):
+            if module is None:
+                continue
+            impl = select_attention(device, dt, need_mask=False, prefer=prefer)
+            masked = select_attention(device, dt, need_mask=True, prefer=prefer) if self.config.causal else impl
+            set_attention_impl(module, impl, masked)
+        self._attention_key = key
+
+    def ensure_attention(self, images: torch.Tensor) -> None:
+        """Select kernels for the dtype attention will actually run in (the autocast dtype when enabled)."""
+        device_type = images.device.type
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else images.dtype
+        self.select_attention(images.device, dtype)
 
     @property
     def head_layers(self) -> set[int]:
@@ -275,6 +304,7 @@ class VGGT(nn.Module):
             images = images.unsqueeze(0)
         if images.dim() != 5 or images.shape[2] != 3:
             raise ValueError(f"images must be [S,3,H,W] or [B,S,3,H,W], got {tuple(images.shape)}")
+        self.ensure_attention(images)
         keep = None if keep_all_layers else self.head_layers
         tokens, psi = self.aggregator(images, causal=self.config.causal, keep_layers=keep)
         out = self.run_heads(tokens, tuple(images.shape[-2:]), psi, causal=self.config.causal)
@@ -289,3 +319,76 @@ class VGGT(nn.Module):
 
         return StreamingSession(self, camera_cache=camera_cache, policy=policy, capacity=capacity,
                                 track_token_ids=track_token_ids)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Building a ready-to-run model (backends, benchmarks): weights resolution, strict loading, random init.
+# --------------------------------------------------------------------------------------------------------------
+
+MODEL_CONFIGS = ("full", "tiny")
+
+
+def sane_random_init(model: VGGT, seed: int = 0) -> VGGT:
+    """Random weights that give usable-looking outputs (for demos, tests and benchmarks, never for accuracy).
+
+    PyTorch's default init leaves the camera head's FoV near zero (relu-clipped), which would make the decoded
+    focal length infinite, and the pose quaternion near zero. We draw the usual init from `seed`, then bias the
+    pose branch towards identity rotation and ~60 degree fields of view, with a small weight so frames differ.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.device.type == "meta":
+                continue
+            if name.endswith("pos_embed") or name.endswith("_token") or name.endswith("tokens"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+        head = model.camera_head
+        if head is not None:
+            fc2 = head.pose_branch.fc2
+            fc2.weight.mul_(0.01)
+            bias = torch.zeros_like(fc2.bias)
+            if bias.numel() >= 9:
+                # The raw pose accumulates over the refinement iterations: ~1 rad FoV after all of them.
+                bias[6] = 1.0
+                bias[7] = bias[8] = 1.0 / head.num_iterations
+            fc2.bias.copy_(bias)
+    return model
+
+
+def build_vggt(*, weights: str | Path | None = None, weights_name: str = "vggt-1b", model_config: str = "full",
+               causal: bool = False, random_init: bool = False, seed: int = 0,
+               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> VGGT:
+    """A VGGT (causal=False) or StreamVGGT (causal=True) ready for inference.
+
+    Weights are resolved and loaded strictly by recon.models.weights (explicit path, then the Hugging Face
+    cache; the track head dropped by `filter_track_head`); without them a WeightsNotFoundError names the file
+    expected, where it looked and `recon weights pull NAME`.
+
+    Args:
+        weights: checkpoint path (`.safetensors`, `.pt`, `.pth`) or a folder holding it; None: the installed file.
+        weights_name: registry entry ("vggt-1b", "streamvggt"); "-tiny" is appended for the tiny config.
+        model_config: "full" (published size) or "tiny" (the golden fixtures' size).
+        causal: StreamVGGT (block-causal) instead of VGGT.
+        random_init: random weights (`sane_random_init`), nothing is read. "tiny" without weights implies it.
+        seed: seed of the random init.
+        device, dtype: where the parameters live and their dtype.
+    """
+    from recon.models.weights import load_pretrained
+
+    if model_config not in MODEL_CONFIGS:
+        raise ConfigError(f"model_config must be one of {MODEL_CONFIGS}, got {model_config!r}")
+    if model_config == "tiny" and weights is None:
+        random_init = True
+    if not random_init:
+        name = f"{weights_name}-tiny" if model_config == "tiny" else weights_name
+        model = load_pretrained(name, weights, device=device, dtype=dtype)
+        if model.config.causal != causal:  # the registry entry fixes the mode; the backend decides
+            model.config.causal = causal
+        return model
+    config = tiny_config(causal) if model_config == "tiny" else VGGTConfig(causal=causal)
+    torch.manual_seed(seed)
+    model = VGGT(config)
+    logger.info("%s %s model with random weights (seed %d): outputs are not meaningful",
+                model_config, "StreamVGGT" if causal else "VGGT", seed)
+    sane_random_init(model, seed)
+    return model.to(device=device, dtype=dtype).eval()

@@ -15,18 +15,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from recon.kernels.attention import AttentionImpl, attention
 from recon.models.layers.rope import RotaryPositionEmbedding2D
 
 if TYPE_CHECKING:
     from recon.memory.kv_cache import KVCache
-
-
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-    """The single attention call of recon's models; switched to the recon.kernels dispatch when it lands."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
 
 class Attention(nn.Module):
@@ -60,6 +55,9 @@ class Attention(nn.Module):
             self.k_norm = nn.Identity()
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.rope = rope
+        # Kernels chosen once per model by `set_attention_impl` (recon.kernels dispatch); None: plain SDPA.
+        self.attn_impl: AttentionImpl | None = None
+        self.attn_impl_masked: AttentionImpl | None = None
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
                 kv_cache: KVCache | None = None, max_position: int | None = None) -> torch.Tensor:
@@ -81,5 +79,14 @@ class Attention(nn.Module):
             k = self.rope(k, pos, max_position)
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)
-        out = _attend(q, k, v, attn_mask)
+        impl = self.attn_impl if attn_mask is None else self.attn_impl_masked
+        out = attention(q, k, v, attn_mask=attn_mask, impl=impl)
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
+
+
+def set_attention_impl(module: nn.Module, impl: AttentionImpl | None, impl_masked: AttentionImpl | None) -> None:
+    """Give every `Attention` under `module` its kernels: `impl` for unmasked calls (frame blocks, KV-cached
+    streaming), `impl_masked` for masked ones (block-causal batches; FlashAttention cannot take a mask)."""
+    for m in module.modules():
+        if isinstance(m, Attention):
+            m.attn_impl, m.attn_impl_masked = impl, impl_masked

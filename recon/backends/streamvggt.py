@@ -1,0 +1,124 @@
+"""`streamvggt` backend: StreamVGGT streaming one frame at a time with an unbounded KV cache.
+
+Each frame is resized to the model grid (recon.models.preprocess fast path, "crop" mode) and passed to a
+`StreamingSession` (recon.models.streaming): the aggregator's global blocks attend to every earlier frame
+through per-layer KV caches that grow without bound (~0.1 GB per frame at 518x392 in bf16, reference notes §3.3),
+which is the point of comparison for the bounded `infinitevggt` backend. One result per frame, emitted at once.
+
+The world frame is camera 0 of the session, in the model's normalised (not metric) scale; the camera-from-world
+pose encoding is converted to `T_world_cam` here (recon.geometry.pose_encoding). Results are at the model
+resolution with the predicted K for that grid. A frame whose model-grid size differs from the session's raises
+BackendError (reset first).
+
+Options (keyword arguments of `create`):
+    weights: checkpoint path (StreamVGGT checkpoints.pth); default: the installed `streamvggt` entry.
+    model_config: "full" or "tiny" (random weights unless `weights`; for demos and tests).
+    random_init: random weights instead of a checkpoint.
+    device, dtype, image_width, points, seed: as for the `vggt` backend.
+    camera_cache: "reference" (published behaviour, quirk A) or "per_iteration" (equals the batch pass).
+    capacity: initial KV capacity per layer in tokens (0: grow by doubling).
+    policy: an `recon.memory.EvictionPolicy` for the aggregator caches (default: unbounded).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+
+from recon.backends.vggt import (
+    POINT_SOURCES,
+    FrameMeta,
+    autocast_context,
+    decode_pose,
+    default_image_width,
+    make_result,
+    pick_autocast_dtype,
+    pick_device,
+    to_uint8_image,
+)
+from recon.errors import BackendError, ConfigError
+from recon.models.preprocess import preprocess_frames
+from recon.types import BackendStats, Frame, FrameResult
+
+logger = logging.getLogger(__name__)
+
+
+class StreamVGGTBackend:
+    """One stream through a StreamVGGT streaming session (`reset` starts a new session)."""
+
+    name = "streamvggt"
+
+    def __init__(self, model: Any, *, device: torch.device, autocast_dtype: torch.dtype, image_width: int,
+                 camera_cache: str = "reference", capacity: int = 0, policy: Any = None,
+                 points: str = "depth") -> None:
+        if points not in POINT_SOURCES:
+            raise ConfigError(f"{self.name} backend: points must be one of {POINT_SOURCES}, got {points!r}")
+        self.model = model
+        self.device = device
+        self.autocast_dtype = autocast_dtype
+        self.image_width = image_width
+        self.points = points
+        self.session = model.new_session(camera_cache=camera_cache, policy=policy, capacity=capacity)
+        self._dtype = next(model.parameters()).dtype
+        self.reset()
+
+    def reset(self) -> None:
+        self.session.reset()
+        self._frames_in = 0
+        self._results_out = 0
+        self._timings: dict[str, float] = {}
+
+    def step(self, frame: Frame) -> list[FrameResult]:
+        self._frames_in += 1
+        t0 = time.perf_counter()
+        img = preprocess_frames(frame.image, mode="crop", target_size=self.image_width, patch_size=14,
+                                device=self.device)[0].to(self._dtype)
+        t1 = time.perf_counter()
+        try:
+            with autocast_context(self.device, self.autocast_dtype):
+                out = self.session.step(img)
+        except BackendError as e:
+            raise BackendError(f"{self.name} backend, stream {frame.stream_id!r} seq {frame.seq}: {e}") from e
+        t2 = time.perf_counter()
+        hw = (int(img.shape[-2]), int(img.shape[-1]))
+        T_world_cam, K = decode_pose(out["pose_enc"][0], hw)
+        head = out.get("world_points")
+        result = make_result(
+            FrameMeta(frame.stream_id, frame.seq, frame.t_ns), T_world_cam, K,
+            out["depth"][0, ..., 0].float().cpu().numpy(), out["depth_conf"][0].float().cpu().numpy(),
+            None if head is None else head[0].float().cpu().numpy(), to_uint8_image(img), self.points)
+        self._timings = {"preprocess_ms": 1000 * (t1 - t0), "model_ms": 1000 * (t2 - t1),
+                         "convert_ms": 1000 * (time.perf_counter() - t2)}
+        logger.debug("%s frame %d: %s", self.name, frame.seq, self._timings)
+        self._results_out += 1
+        return [result]
+
+    def flush(self) -> list[FrameResult]:
+        return []
+
+    def stats(self) -> BackendStats:
+        s = self.session
+        return BackendStats(frames_in=self._frames_in, results_out=self._results_out, memory_bytes=s.nbytes(),
+                            tokens_cached=s.memory.num_tokens(), timings_ms=dict(self._timings),
+                            extra={"camera_cache": s.camera_cache, "frames_in_session": s.num_frames,
+                                   "policy": s.memory.policy.name})
+
+
+def create(*, weights: str | None = None, model_config: str = "full", random_init: bool = False,
+           device: str = "auto", dtype: str = "auto", image_width: int | None = None,
+           camera_cache: str = "reference", capacity: int = 0, policy: Any = None, points: str = "depth",
+           seed: int = 0, **unused: Any) -> StreamVGGTBackend:
+    """Backend factory (`--backend streamvggt`). Unknown options are logged and ignored."""
+    from recon.models.vggt import build_vggt
+
+    if unused:
+        logger.debug("streamvggt backend ignores options: %s", sorted(unused))
+    dev = pick_device(device)
+    model = build_vggt(weights=weights, weights_name="streamvggt", model_config=model_config, causal=True,
+                       random_init=random_init, seed=seed, device=dev)
+    return StreamVGGTBackend(model, device=dev, autocast_dtype=pick_autocast_dtype(dtype, dev),
+                             image_width=image_width or default_image_width(model_config),
+                             camera_cache=camera_cache, capacity=capacity, policy=policy, points=points)
