@@ -172,6 +172,7 @@ KINDS: dict[str, KindSpec] = {
             FieldSpec("node", _INT, True, "random id of the sending process"),
             FieldSpec("interval_s", (float, int), False, "seconds until the next heartbeat"),
             FieldSpec("role", _STR, False, "'camera', 'recon' or 'viewer'"),
+            FieldSpec("bye", (bool,), False, "true on a node's last heartbeat: all its results were published"),
         ),
     ),
 }

@@ -238,6 +238,8 @@ class ReconNode:
         self._sessions_lock = threading.Lock()
         self._stop = threading.Event()
         self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+        self._stopping = False
         self._decode_q: collections.deque[tuple[bytes, list[Any]]] = collections.deque()
         self._decode_cond = threading.Condition()
         self._pub_q: collections.deque[tuple[Any, ...]] = collections.deque()
@@ -288,7 +290,10 @@ class ReconNode:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop taking frames, let sessions drain and flush, publish the rest, close everything."""
-        if self._stopped.is_set():
+        with self._stop_lock:
+            first, self._stopping = not self._stopping, True
+        if not first:
+            self._stopped.wait(timeout)
             return
         self._stop.set()
         with self._sessions_lock:
@@ -493,9 +498,12 @@ class ReconNode:
                 if item is not None:
                     session.mark_done(item.epoch, item.frame.seq)
                     self.ack_later(item.peer, session.stream_id, item.epoch, [item.frame.seq])
+            # Sessions are flushed and published: say goodbye so subscribers know nothing more comes.
+            sock.send_multipart(P.encode_control(P.HEARTBEAT, t_ns=time.time_ns(), node=self.node_id,
+                                                 interval_s=cfg.heartbeat_s, role="recon", bye=True))
         finally:
             self._close_push_socket()
-            sock.close(0)
+            sock.close(linger=2000)  # let the final results reach connected subscribers
 
     def _all_sessions(self) -> list[Session]:
         with self._sessions_lock:

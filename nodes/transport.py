@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from recon.nodes.protocol import DEFAULT_LIMITS, Limits
 
 from recon.errors import ConfigError
+from recon.nodes.protocol import DEFAULT_LIMITS, Limits
 
 logger = logging.getLogger(__name__)
 

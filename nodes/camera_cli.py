@@ -1,0 +1,62 @@
+"""`recon node camera`: stream a camera, video, image folder, dataset or bag to a reconstruction node.
+
+Examples:
+    recon node camera --source 0 --connect tcp://127.0.0.1:5555 --stream-id desk --encoding jpeg
+    recon node camera --source datasets/sample --connect tcp://127.0.0.1:5555 --stream-id sample
+    recon node camera --source run.bag --topic /camera/image_raw/compressed --stream-id bag
+    recon node camera --source pattern:300:640x480 --fps 30 --live     # generated frames played as a camera
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from recon.nodes.transport import add_security_arguments
+
+HELP = "camera node: read a source and stream frames to a reconstruction node"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", required=True,
+                        help="camera index or /dev/videoN, video file, image folder, dataset path, "
+                             ".bag/.mcap/rosbag2 folder, or pattern:COUNT:WxH")
+    parser.add_argument("--connect", default="tcp://127.0.0.1:5555", help="reconstruction node endpoint")
+    parser.add_argument("--stream-id", default=None, help="stream name (default: the source's name)")
+    parser.add_argument("--fps", type=float, default=None, help="maximum frames per second")
+    parser.add_argument("--camera-info", default=None, metavar="FILE", help="ROS camera_info YAML or JSON")
+    parser.add_argument("--encoding", choices=("jpeg", "png", "raw"), default="jpeg", help="image encoding")
+    parser.add_argument("--jpeg-quality", type=int, default=90)
+    parser.add_argument("--topic", default=None, help="bag image topic (default: the first image topic)")
+    parser.add_argument("--camera-info-topic", default=None, help="bag CameraInfo topic (default: next to --topic)")
+    parser.add_argument("--live", action="store_true",
+                        help="play a recorded source in real time at --fps as a live camera (latest-frame-wins)")
+    parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    parser.add_argument("--resend", type=float, default=5.0, help="seconds before an unacknowledged frame is re-sent")
+    add_security_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from recon.errors import ConfigError
+    from recon.nodes.camera_node import CameraNode, CameraNodeConfig
+    from recon.nodes.cli_util import on_shutdown_signals
+    from recon.nodes.sources import as_live, load_camera_info, open_source
+    from recon.nodes.transport import Security
+
+    info = load_camera_info(args.camera_info) if args.camera_info else None
+    source = open_source(args.source, fps=args.fps, camera_info=info, topic=args.topic,
+                         camera_info_topic=args.camera_info_topic)
+    if args.live and not source.live:
+        if not args.fps:
+            raise ConfigError("--live needs --fps (the rate to play the recording at)")
+        source = as_live(source, args.fps)
+    config = CameraNodeConfig(connect=args.connect, stream_id=args.stream_id or getattr(source, "name", "cam0"),
+                              encoding=args.encoding, jpeg_quality=args.jpeg_quality,
+                              fps=None if source.live else args.fps, max_frames=args.max_frames,
+                              resend_s=args.resend, security=Security.from_args(args))
+    node = CameraNode(source, config)
+    on_shutdown_signals(node.stop)
+    try:
+        node.run()
+    finally:
+        source.close()
+    return 0

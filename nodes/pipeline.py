@@ -1,0 +1,217 @@
+"""One call that runs camera -> reconstruction -> sinks with the real node classes.
+
+`run_pipeline(source, backend, sinks, mode=...)`:
+
+- `mode="inproc"`: the camera, reconstruction and viewer nodes run as threads of this process over
+  `inproc://` (the embedded default of `recon replay` and `recon live`);
+- `mode="tcp"`: the camera and reconstruction nodes run as separate processes
+  (`python -m recon.cli node ...`) over `tcp://` on loopback; results come back to this process over
+  a SUB socket and go to the same sinks (`recon replay --distributed`).
+
+Both modes use raw (lossless) images by default and credit flow for recorded sources, so a
+deterministic backend produces the same trajectory either way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from recon.errors import ConfigError, ReconError
+from recon.nodes.camera_node import CameraNode, CameraNodeConfig, CameraStats
+from recon.nodes.recon_node import ReconNode, ReconNodeConfig
+from recon.nodes.sources import Source, open_source
+from recon.nodes.transport import request
+from recon.nodes.viewer_node import ViewerNode, ViewerStats
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineStats:
+    """What a pipeline run did: camera counters, results received, node status at the end."""
+
+    mode: str
+    camera: CameraStats = field(default_factory=CameraStats)
+    viewer: ViewerStats = field(default_factory=ViewerStats)
+    node_status: dict[str, Any] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def format_options(options: dict[str, Any]) -> list[str]:
+    """Backend options as repeated `-o key=json` flags for a node process."""
+    out: list[str] = []
+    for k, v in options.items():
+        out += ["-o", f"{k}={json.dumps(v)}"]
+    return out
+
+
+def parse_options(items: Iterable[str]) -> dict[str, Any]:
+    """`key=value` strings (value JSON if it parses, else a string) -> backend options."""
+    opts: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"backend option {item!r} is not KEY=VALUE")
+        try:
+            opts[key] = json.loads(value)
+        except json.JSONDecodeError:
+            opts[key] = value
+    return opts
+
+
+def run_pipeline(source: str | Source, backend: str, sinks: Iterable[Any] = (), *, mode: str = "inproc",
+                 backend_options: dict[str, Any] | None = None, stream_id: str | None = None,
+                 encoding: str = "raw", fps: float | None = None, queue_size: int = 8,
+                 timeout_s: float = 3600.0) -> PipelineStats:
+    """Stream `source` through `backend` into `sinks` with the node classes; returns the run's counters.
+
+    Args:
+        source: a source spec (camera index, video, folder, dataset, bag, `pattern:N:WxH`) or an open Source
+            (inproc only).
+        backend: registry name; `backend_options` go to create_backend.
+        sinks: ResultSinks; closed before this returns.
+        mode: "inproc" (threads) or "tcp" (camera and reconstruction node as processes on loopback).
+        stream_id: defaults to the source's name.
+        timeout_s: overall bound; the run is stopped and ReconError raised when exceeded.
+    """
+    options = dict(backend_options or {})
+    if mode == "inproc":
+        return _run_inproc(source, backend, list(sinks), options, stream_id, encoding, fps, queue_size, timeout_s)
+    if mode == "tcp":
+        if not isinstance(source, str):
+            raise ConfigError("mode='tcp' needs a source spec (a path or camera index), not an open source")
+        return _run_tcp(source, backend, list(sinks), options, stream_id, encoding, fps, queue_size, timeout_s)
+    raise ConfigError(f"mode must be 'inproc' or 'tcp', got {mode!r}")
+
+
+def _run_inproc(source: str | Source, backend: str, sinks: list[Any], options: dict[str, Any], stream_id: str | None,
+                encoding: str, fps: float | None, queue_size: int, timeout_s: float) -> PipelineStats:
+    t0 = time.perf_counter()
+    ctx = zmq.Context()
+    tag = f"{os.getpid()}-{id(sinks):x}"
+    src = open_source(source, fps=fps) if isinstance(source, str) else source
+    node = ReconNode(ReconNodeConfig(bind=f"inproc://ingest-{tag}", publish=f"inproc://results-{tag}",
+                                     backend=backend, backend_options=options, queue_size=queue_size,
+                                     heartbeat_s=0.1), ctx)
+    viewer = ViewerNode(f"inproc://results-{tag}", sinks, context=ctx)
+    stats = PipelineStats("inproc")
+    try:
+        node.start()
+        viewer.start()
+        if not viewer.wait_connected(10):
+            raise ReconError("in-process pipeline: the result subscriber did not connect within 10 s")
+        cam = CameraNode(src, CameraNodeConfig(connect=f"inproc://ingest-{tag}", encoding=encoding,
+                                               stream_id=stream_id or getattr(src, "name", "cam0"),
+                                               fps=None if src.live else fps), ctx)
+        _run_bounded(cam, node, timeout_s)
+        stats.camera = cam.stats
+        stats.node_status = node.status()
+        node.stop()
+        if not viewer.wait_bye(node.node_id, timeout=30):
+            logger.warning("in-process pipeline: final results not confirmed by the reconstruction node")
+    finally:
+        node.stop()
+        viewer.stop()
+        src.close()
+        ctx.term()
+    if viewer.error is not None:
+        raise viewer.error
+    stats.viewer = viewer.stats
+    stats.wall_s = time.perf_counter() - t0
+    return stats
+
+
+def _run_bounded(cam: CameraNode, node: ReconNode, timeout_s: float) -> None:
+    import threading
+
+    t = threading.Thread(target=cam.run, name="camera-node", daemon=True)
+    t.start()
+    deadline = time.monotonic() + timeout_s
+    while t.is_alive():
+        t.join(0.2)
+        if not node.running:
+            cam.stop()
+            raise ReconError("the reconstruction node stopped unexpectedly (see the log above)")
+        if time.monotonic() > deadline:
+            cam.stop()
+            t.join(5)
+            raise ReconError(f"pipeline did not finish within {timeout_s:.0f} s")
+
+
+def node_command(*args: str) -> list[str]:
+    """argv that runs `recon node ...` with this interpreter (works without the console script)."""
+    return [sys.executable, "-m", "recon.cli", "node", *args]
+
+
+def _run_tcp(source: str, backend: str, sinks: list[Any], options: dict[str, Any], stream_id: str | None,
+             encoding: str, fps: float | None, queue_size: int, timeout_s: float) -> PipelineStats:
+    t0 = time.perf_counter()
+    p_in, p_out, p_ctl = free_port(), free_port(), free_port()
+    ep_in, ep_out, ep_ctl = (f"tcp://127.0.0.1:{p}" for p in (p_in, p_out, p_ctl))
+    ctx = zmq.Context()
+    viewer = ViewerNode(ep_out, sinks, context=ctx)
+    stats = PipelineStats("tcp")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        recon_p = subprocess.Popen(node_command("recon", "--bind", ep_in, "--publish", ep_out, "--control", ep_ctl,
+                                                "--backend", backend, "--queue-size", str(queue_size),
+                                                "--heartbeat", "0.1", *format_options(options)))
+        procs.append(recon_p)
+        viewer.start()
+        if not viewer.wait_connected(60):
+            raise ReconError(f"reconstruction node process did not come up on {ep_out} within 60 s "
+                             f"(exit code {recon_p.poll()})")
+        status = request(ctx, ep_ctl, {"cmd": "status"}, timeout_s=10)
+        cam_args = ["camera", "--source", source, "--connect", ep_in, "--encoding", encoding]
+        if stream_id:
+            cam_args += ["--stream-id", stream_id]
+        if fps:
+            cam_args += ["--fps", str(fps)]
+        cam_p = subprocess.Popen(node_command(*cam_args))
+        procs.append(cam_p)
+        try:
+            rc = cam_p.wait(timeout_s)
+        except subprocess.TimeoutExpired as e:
+            raise ReconError(f"camera node did not finish within {timeout_s:.0f} s") from e
+        if rc != 0:
+            raise ReconError(f"camera node process failed with exit code {rc}")
+        stats.node_status = request(ctx, ep_ctl, {"cmd": "status"}, timeout_s=10)
+        request(ctx, ep_ctl, {"cmd": "shutdown"}, timeout_s=10)
+        if not viewer.wait_bye(int(status["node"]), timeout=60):
+            logger.warning("distributed pipeline: final results not confirmed by the reconstruction node")
+        recon_p.wait(30)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        viewer.stop()
+        ctx.term()
+    if viewer.error is not None:
+        raise viewer.error
+    stats.viewer = viewer.stats
+    stats.wall_s = time.perf_counter() - t0
+    return stats

@@ -1,0 +1,90 @@
+"""`recon node viewer`: subscribe to a reconstruction node's results; draw them and/or record them.
+
+Examples:
+    recon node viewer --connect tcp://127.0.0.1:5556 --viewer rrd:run.rrd
+    recon node viewer --connect tcp://127.0.0.1:5556 --viewer web
+    recon node viewer --connect tcp://127.0.0.1:5556 --viewer connect:rerun+http://127.0.0.1:9876/proxy
+    recon node viewer --connect tcp://127.0.0.1:5556 --record runs/live     # trajectory.tum + points.ply
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from recon.nodes.transport import add_security_arguments
+
+HELP = "viewer node: subscribe to results and log them to Rerun and/or record TUM/PLY files"
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--connect", default="tcp://127.0.0.1:5556", help="results endpoint of the node")
+    parser.add_argument("--viewer", default=None, metavar="rrd:PATH|web|connect:URL",
+                        help="Rerun sink (recon.viewer): an .rrd file, the web viewer, or a running viewer")
+    parser.add_argument("--record", default=None, metavar="DIR",
+                        help="write DIR/trajectory.tum (one per stream) and DIR/points.ply")
+    parser.add_argument("--no-ply", action="store_true", help="with --record: trajectory only")
+    parser.add_argument("--summary", default=None, metavar="FILE", help="write counters as JSON on exit")
+    add_security_arguments(parser)
+
+
+def make_viewer_sink(spec: str) -> object:
+    """The recon.viewer Rerun sink for `rrd:PATH`, `web` or `connect:URL`."""
+    from recon.errors import ConfigError
+
+    try:
+        from recon import viewer
+    except ImportError as e:
+        raise ConfigError(f"--viewer {spec}: recon.viewer cannot be imported ({e})") from e
+    factory = getattr(viewer, "create_sink", None) or getattr(viewer, "make_sink", None)
+    if factory is None:
+        raise ConfigError(f"--viewer {spec}: this build's recon.viewer has no sink factory yet")
+    return factory(spec)
+
+
+def make_sinks(args: argparse.Namespace) -> list[object]:
+    from pathlib import Path
+
+    from recon.errors import ConfigError
+
+    sinks: list[object] = []
+    if args.viewer:
+        sinks.append(make_viewer_sink(args.viewer))
+    if args.record:
+        from recon.sinks import PointCloudWriter, TrajectoryWriter
+
+        out = Path(args.record)
+        sinks.append(TrajectoryWriter(out / "trajectory.tum"))
+        if not args.no_ply:
+            sinks.append(PointCloudWriter(out / "points.ply"))
+    if not sinks:
+        raise ConfigError("nothing to do: pass --viewer and/or --record")
+    return sinks
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from recon.nodes.cli_util import on_shutdown_signals
+    from recon.nodes.transport import Security
+    from recon.nodes.viewer_node import ViewerNode
+
+    node = ViewerNode(args.connect, make_sinks(args), security=Security.from_args(args))
+    stop = on_shutdown_signals(lambda: None)
+    node.start()
+    try:
+        while not stop.wait(0.2):
+            if node.error is not None:
+                break
+    finally:
+        node.stop()
+        logger.info("viewer: %d results (%d duplicates dropped, %d updates), per stream %s", node.stats.results,
+                    node.stats.duplicates, node.stats.updates, node.stats.per_stream)
+        if args.summary:
+            summary = {**asdict(node.stats), "rejected": node.rejects.counts}
+            Path(args.summary).write_text(json.dumps(summary, indent=1))
+    return 1 if node.error is not None else 0
