@@ -556,6 +556,15 @@ class RosNodeCore:
         frame = self.frame_from_msg(msg)
         return self.process(frame) if frame is not None else []
 
+    def drain(self) -> list[Output]:
+        """Process every image still queued (clean shutdown: nothing received is silently lost)."""
+        outs: list[Output] = []
+        while (msg := self.queue.get(0.0)) is not None:
+            frame = self.frame_from_msg(msg)
+            if frame is not None:
+                outs += self.process(frame)
+        return outs
+
     def camera_frame_for(self, seq: int) -> str:
         """The tf child frame: the configured one, else the image header's frame_id, else "camera"."""
         return self.config.camera_frame or self._frame_ids.get(seq, "") or "camera"

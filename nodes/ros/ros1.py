@@ -1,9 +1,9 @@
 """The ROS 1 (rospy) node behind `recon node ros`.
 
-Subscribes to an Image (or CompressedImage) topic and its camera_info, runs a recon backend on a worker
-thread, and publishes `~pose` (PoseStamped), `~path` (Path), `~points` (PointCloud2, xyz + packed rgb) and
-tf map -> camera on `/tf`, each stamped with the stamp of the image the result belongs to. All the
-numbers come from `recon.nodes.ros.core`; this module only moves messages.
+Subscribes to an Image (or CompressedImage) topic and its camera_info, runs a recon backend on the main
+thread (callbacks only queue images), and publishes `~pose` (PoseStamped), `~path` (Path), `~points`
+(PointCloud2, xyz + packed rgb) and tf map -> camera on `/tf`, each stamped with the stamp of the image
+the result belongs to. All the numbers come from `recon.nodes.ros.core`; this module only moves messages.
 
 Example:
     recon node ros --backend geometric --image-topic /camera/image_raw _map_frame:=odom
@@ -12,7 +12,9 @@ Example:
 from __future__ import annotations
 
 import logging
+import signal
 import threading
+import time
 from typing import Any
 
 from recon.backends import create_backend
@@ -29,6 +31,8 @@ from recon.nodes.ros.core import (
 from recon.nodes.ros.system import import_rospy
 
 logger = logging.getLogger(__name__)
+
+FLUSH_DRAIN_S = 0.5
 
 
 class RosNode:
@@ -95,15 +99,26 @@ class RosNode:
             fill_cloud(cloud, out.cloud, m["PointField"])
             self.points_pub.publish(cloud)
 
-    def spin(self) -> None:
-        """Run the backend on queued images until rospy shuts down (SIGINT/SIGTERM or rosnode kill)."""
+    def spin(self, stop: threading.Event) -> None:
+        """Run the backend on queued images until `stop` is set or rospy shuts down (e.g. `rosnode kill`).
+
+        On `stop` (SIGINT/SIGTERM) the images already queued are processed, the backend is flushed and its
+        last results published while the publishers are still open; rospy is shut down only after that.
+        """
         rospy = self._rospy
         rospy.on_shutdown(self.core.queue.close)
-        while not rospy.is_shutdown():
+        while not stop.is_set() and not rospy.is_shutdown():
             for out in self.core.work(timeout=0.1):
                 self.publish(out)
+        if not rospy.is_shutdown():
+            pending = self.core.drain() + self.core.flush()
+            for out in pending:
+                self.publish(out)
+            if pending:
+                time.sleep(FLUSH_DRAIN_S)  # publishers send from their own threads; let them drain
         logger.info("recon ROS node stopping: %d frames in, %d results out, %d images dropped, faults %s",
                     self.core.frames_in, self.core.results_out, self.core.queue.dropped, self.core.faults.counts)
+        rospy.signal_shutdown("recon node stopped")
 
 
 def _keep_console_logging(handlers: list[logging.Handler]) -> None:
@@ -119,13 +134,26 @@ def run_ros1(config: RosNodeConfig, argv: list[str], node_name: str = "recon") -
     """Start rospy, read `~` parameters over `config`, build the backend and spin; returns an exit code."""
     rospy = import_rospy()
     console = list(logging.getLogger().handlers)
-    # rospy handles SIGINT/SIGTERM itself (signal_shutdown), which ends `spin`'s loop.
-    rospy.init_node(node_name, argv=argv, anonymous=False, log_level=rospy.INFO)
+    # Our own SIGINT/SIGTERM handlers (not rospy's) so the backend can be flushed before rospy closes publishers.
+    rospy.init_node(node_name, argv=argv, anonymous=False, log_level=rospy.INFO, disable_signals=True)
     _keep_console_logging(console)
     config = config.with_params(lambda name, default: rospy.get_param("~" + name, default))
     load_plugins(config.plugins)
     backend = create_backend(config.backend, **config.backend_options)
     node = RosNode(RosNodeCore(config, backend))
-    threading.current_thread().name = "recon-ros-worker"
-    node.spin()
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logger.info("received %s, flushing and shutting down", signal.Signals(signum).name)
+        stop.set()
+        node.core.queue.close()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        node.spin(stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if not rospy.is_shutdown():
+            rospy.signal_shutdown("recon node exiting")
     return 0

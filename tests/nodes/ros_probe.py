@@ -81,6 +81,8 @@ def main() -> int:
     ap.add_argument("--image-topic", default="/cam/image")
     ap.add_argument("--info-topic", default="/cam/camera_info")
     ap.add_argument("--frame-id", default="cam_optical")
+    ap.add_argument("--ready-at", type=int, default=0, help="write --ready-file once this many poses arrived")
+    ap.add_argument("--ready-file", default="")
     ap.add_argument("--timeout", type=float, default=30.0)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -163,6 +165,8 @@ def main() -> int:
 
     expect = args.count if args.expect is None else args.expect
     while time.monotonic() < deadline and min(len(rec["pose"]), len(rec["path"]), len(rec["points"])) < expect:
+        if args.ready_file and len(rec["pose"]) >= args.ready_at and not Path(args.ready_file).exists():
+            Path(args.ready_file).write_text("ready")  # the test may now stop the node (flush on shutdown)
         time.sleep(0.05)
     time.sleep(0.3)  # anything beyond the expected count would show up here
     Path(args.out).write_text(json.dumps(rec))

@@ -131,22 +131,40 @@ def _set_params(env: dict[str, str], params: dict[str, Any]) -> None:
 
 
 def _run(launch: Callable[..., subprocess.Popen], tmp_path: Path, node: str, node_args: list[str],
-         probe_args: list[str], timeout: float = 40) -> dict[str, list[dict[str, Any]]]:
-    """Start the recon node and the probe; return what the probe recorded."""
-    recon_node = launch("node", [sys.executable, "-m", "recon.cli", "node", "ros", "--backend", "ros_fake", "--plugin",
-                                 "tests.nodes.ros_fake_backend", "--image-topic", "/cam/image",
+         probe_args: list[str], timeout: float = 40, stop_at: int | None = None,
+         ) -> tuple[dict[str, list[dict[str, Any]]], subprocess.Popen]:
+    """Start the recon node and the probe; return what the probe recorded, and the node's process.
+
+    With `stop_at`, the node gets SIGTERM once the probe has that many poses (the probe keeps listening).
+    """
+    recon_node = launch("node", [sys.executable, "-m", "recon.cli", "node", "ros", "--backend", "ros_fake",
+                                 "--plugin", "tests.nodes.ros_fake_backend", "--image-topic", "/cam/image",
                                  "--camera-info-topic", "/cam/camera_info", "--queue-size", "16",
                                  *node_args, f"__name:={node}"])
-    out = tmp_path / "rec.json"
+    out, ready = tmp_path / "rec.json", tmp_path / "ready"
+    if stop_at is not None:
+        probe_args = [*probe_args, "--ready-at", str(stop_at), "--ready-file", str(ready)]
     probe = launch("probe", [sys.executable, str(PROBE), "--node", "/" + node, "--out", str(out),
                              "--timeout", str(timeout - 5), *probe_args])
     deadline = time.monotonic() + timeout
-    while probe.poll() is None and recon_node.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
+    stopped = False
+    while probe.poll() is None and (stopped or recon_node.poll() is None) and time.monotonic() < deadline:
+        if stop_at is not None and not stopped and ready.exists():
+            recon_node.send_signal(signal.SIGTERM)
+            stopped = True
+        time.sleep(0.05)
     logs = "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in sorted(tmp_path.glob("*.log")))
-    assert recon_node.poll() is None, f"recon node exited early:\n{logs}"
+    assert stopped or recon_node.poll() is None, f"recon node exited early:\n{logs}"
     assert probe.returncode == 0 and out.exists(), f"probe failed:\n{logs}"
-    return json.loads(out.read_text())
+    return json.loads(out.read_text()), recon_node
+
+
+def _stop(node: subprocess.Popen, log: Path) -> str:
+    """SIGTERM the node, check it exits cleanly, return its log."""
+    if node.poll() is None:
+        node.send_signal(signal.SIGTERM)
+    assert node.wait(timeout=15) == 0, log.read_text()[-4000:]
+    return log.read_text()
 
 
 def _check_pose(rec: dict[str, Any], seq: int) -> None:
@@ -160,7 +178,7 @@ def test_ros_node_publishes_pose_path_points_tf(launch: Callable[..., subprocess
     """rgb8 images: every output carries the image's stamp, the frames from the parameter server, exact poses."""
     n = 5
     _set_params(roscore, {"/recon_a/map_frame": "odom_a", "/recon_a/cloud_stride": 1})
-    rec = _run(launch, tmp_path, "recon_a", [], ["--count", str(n), "--encoding", "rgb8", "--frame-id", "cam_a"])
+    rec, node = _run(launch, tmp_path, "recon_a", [], ["--count", str(n), "--encoding", "rgb8", "--frame-id", "cam_a"])
     stamps = [stamp_ns(i) for i in range(n)]
 
     assert [p["stamp"] for p in rec["pose"]] == stamps
@@ -190,28 +208,31 @@ def test_ros_node_publishes_pose_path_points_tf(launch: Callable[..., subprocess
         T = pose_for(i)  # the fake backend's plane lies at depth 2 in its camera
         np.testing.assert_allclose(((xyz - T[:3, 3]) @ T[:3, :3])[:, 2], 2.0, atol=1e-5)
         assert {tuple(rgb) for rgb in c["rgb"]} == {colour(i)}
+    assert "5 frames in, 5 results out, 0 images dropped, faults {}" in _stop(node, tmp_path / "node.log")
 
 
 def test_ros_node_params_lagging_backend_bgr8(launch: Callable[..., subprocess.Popen], roscore: dict[str, str],
                                               tmp_path: Path) -> None:
-    """A backend emitting one frame late: stamps follow the result, not the newest image; ~backend_options dict."""
+    """A backend emitting one frame late: stamps follow the result, not the newest image; the result still
+    pending at SIGTERM is flushed and published before the node exits. Options from ~backend_options (dict)."""
     n = 5
     _set_params(roscore, {"/recon_b/backend_options": {"lag": 1}})
-    rec = _run(launch, tmp_path, "recon_b", ["--backend", "ros_fake", "_camera_frame:=cam_b"],
-               ["--count", str(n), "--expect", str(n - 1), "--encoding", "bgr8"])
-    stamps = [stamp_ns(i) for i in range(n - 1)]
+    rec, node = _run(launch, tmp_path, "recon_b", ["--backend", "ros_fake", "_camera_frame:=cam_b"],
+                     ["--count", str(n), "--encoding", "bgr8"], stop_at=n - 1)
+    assert "5 frames in, 5 results out" in _stop(node, tmp_path / "node.log")
+    stamps = [stamp_ns(i) for i in range(n)]
     assert [p["stamp"] for p in rec["pose"]] == stamps
     for i, p in enumerate(rec["pose"]):
         _check_pose(p, i)
     assert [t["stamp"] for t in rec["tf"] if t["child"] == "cam_b"] == stamps
     assert {t["parent"] for t in rec["tf"]} == {"map"}
-    assert [{tuple(rgb) for rgb in c["rgb"]} for c in rec["points"]] == [{colour(i)} for i in range(n - 1)]
+    assert [{tuple(rgb) for rgb in c["rgb"]} for c in rec["points"]] == [{colour(i)} for i in range(n)]
 
 
 def test_ros_node_compressed_png(launch: Callable[..., subprocess.Popen], tmp_path: Path) -> None:
     """CompressedImage (png, lossless) decoded without cv_bridge: colours and stamps survive."""
     n = 3
-    rec = _run(launch, tmp_path, "recon_c", ["--backend", "ros_fake", "--compressed", "--map-frame", "world_c"],
+    rec, _ = _run(launch, tmp_path, "recon_c", ["--backend", "ros_fake", "--compressed", "--map-frame", "world_c"],
                ["--count", str(n), "--compressed", "png"])
     assert [p["stamp"] for p in rec["pose"]] == [stamp_ns(i) for i in range(n)]
     assert {p["frame_id"] for p in rec["pose"]} == {"world_c"}
@@ -223,7 +244,7 @@ def test_ros_node_compressed_png(launch: Callable[..., subprocess.Popen], tmp_pa
 def test_ros_node_geometric_smoke(launch: Callable[..., subprocess.Popen], tmp_path: Path) -> None:
     """The real weight-free backend behind the ROS node: poses arrive, stamped with input stamps."""
     n = 6
-    rec = _run(launch, tmp_path, "recon_g", ["--backend", "geometric"],
+    rec, _ = _run(launch, tmp_path, "recon_g", ["--backend", "geometric"],
                ["--count", str(n), "--expect", "1", "--pattern", "texture"], timeout=50)
     assert rec["pose"], "the geometric backend published no pose"
     assert {p["stamp"] for p in rec["pose"]} <= {stamp_ns(i) for i in range(n)}
