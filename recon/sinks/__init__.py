@@ -1,0 +1,29 @@
+"""recon.sinks: output writers that consume backend results (core side: no rerun, no zmq).
+
+Every sink has `on_result(result)` and `close()` (`ResultSink`); `SinkGroup` fans out to several and times
+them. Writers here: `TrajectoryWriter` (TUM), `PointCloudWriter` (voxel-downsampled coloured PLY); reports:
+`RunSummary` (summary.json) and `compute_metrics` (metrics.json via recon.eval). The Rerun logger, the same
+kind of sink, lives in `recon.viewer`. `run_stream` is the `source -> backend.step -> sinks` loop.
+"""
+
+from recon.sinks.base import ResultSink, SinkGroup
+from recon.sinks.points import PointCloudWriter, PointSelection, VoxelAccumulator, auto_voxel_size, select_points
+from recon.sinks.report import RunSummary, compute_metrics, write_json
+from recon.sinks.runner import LoopStats, run_stream
+from recon.sinks.trajectory import TrajectoryWriter
+
+__all__ = [
+    "LoopStats",
+    "PointCloudWriter",
+    "PointSelection",
+    "ResultSink",
+    "RunSummary",
+    "SinkGroup",
+    "TrajectoryWriter",
+    "VoxelAccumulator",
+    "auto_voxel_size",
+    "compute_metrics",
+    "run_stream",
+    "select_points",
+    "write_json",
+]

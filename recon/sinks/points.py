@@ -1,0 +1,227 @@
+"""Point selection shared by every point output, and the voxel-downsampled coloured PLY writer.
+
+`select_points` turns one result's point map into a bounded, confidence-filtered, coloured point set; the
+Rerun logger and the PLY writer both use it, so what you see live is what lands on disk. `VoxelAccumulator`
+keeps the union of all frames bounded: new points are buffered and merged into a voxel grid (open3d's
+voxel_down_sample, colours averaged) whenever the buffer fills, so memory grows with the scene's volume,
+not with the number of frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recon.errors import ConfigError
+from recon.geometry.camera import depth_to_world_points
+from recon.types import FrameResult
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PointSelection:
+    """How to thin one point map.
+
+    Attributes:
+        stride: keep every `stride`-th row and column of the result grid.
+        conf_quantile: drop the lowest-confidence fraction of valid points (0 keeps all); per frame, so it adapts
+            to each backend's confidence scale.
+        min_confidence: absolute confidence floor (None: none).
+        max_points: cap per frame after filtering (evenly spaced, deterministic); None: no cap.
+    """
+
+    stride: int = 1
+    conf_quantile: float = 0.0
+    min_confidence: float | None = None
+    max_points: int | None = 50_000
+
+    def __post_init__(self) -> None:
+        if int(self.stride) < 1:
+            raise ConfigError(f"PointSelection.stride must be >= 1, got {self.stride!r}")
+        if not 0.0 <= self.conf_quantile < 1.0:
+            raise ConfigError(f"PointSelection.conf_quantile must be in [0, 1), got {self.conf_quantile!r}")
+        if self.max_points is not None and int(self.max_points) < 1:
+            raise ConfigError(f"PointSelection.max_points must be >= 1 or None, got {self.max_points!r}")
+
+
+def _resample_nearest(img_hwc: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Nearest-neighbour resize by index sampling (colour images given at another resolution than points)."""
+    rows = np.minimum((np.arange(h) + 0.5) * img_hwc.shape[0] / h, img_hwc.shape[0] - 1).astype(np.intp)
+    cols = np.minimum((np.arange(w) + 0.5) * img_hwc.shape[1] / w, img_hwc.shape[1] - 1).astype(np.intp)
+    return img_hwc[rows][:, cols]
+
+
+def result_points_hw3(result: FrameResult) -> np.ndarray | None:
+    """World points hxwx3 of a result: its point map, else its depth back-projected, else None."""
+    if result.points_world is not None:
+        return np.asarray(result.points_world)
+    if result.depth is not None:
+        return depth_to_world_points(np.asarray(result.depth), result.K, result.T_world_cam)
+    return None
+
+
+def select_points(result: FrameResult, selection: PointSelection = PointSelection()
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Valid, confidence-filtered, subsampled points of one result.
+
+    Returns (xyz float32 [N,3] in the world frame, rgb uint8 [N,3] or None when the result has no image).
+    Invalid points (non-finite, or zero / negative depth where depth exists) are always dropped.
+    """
+    pts_hw3 = result_points_hw3(result)
+    if pts_hw3 is None:
+        return np.zeros((0, 3), np.float32), None
+    h, w = pts_hw3.shape[:2]
+    s = int(selection.stride)
+    pts = pts_hw3[::s, ::s]
+    valid = np.isfinite(pts).all(axis=-1)
+    if result.depth is not None and np.shape(result.depth) == (h, w):
+        valid &= np.asarray(result.depth)[::s, ::s] > 0
+    conf = None
+    if result.confidence is not None and np.shape(result.confidence) == (h, w):
+        conf = np.asarray(result.confidence)[::s, ::s]
+        valid &= np.isfinite(conf)
+        if selection.min_confidence is not None:
+            valid &= conf >= selection.min_confidence
+        if selection.conf_quantile > 0 and valid.any():
+            valid &= conf >= np.quantile(conf[valid], selection.conf_quantile)
+    idx = np.flatnonzero(valid)
+    if selection.max_points is not None and idx.size > selection.max_points:
+        idx = idx[np.linspace(0, idx.size - 1, int(selection.max_points)).astype(np.intp)]
+    xyz = pts.reshape(-1, 3)[idx].astype(np.float32)
+    rgb = None
+    if result.image is not None:
+        img = np.asarray(result.image)
+        if img.shape[:2] != (h, w):
+            img = _resample_nearest(img, h, w)
+        rgb = np.ascontiguousarray(img[::s, ::s].reshape(-1, 3)[idx], dtype=np.uint8)
+    return xyz, rgb
+
+
+def auto_voxel_size(result: FrameResult, fraction: float = 0.01) -> float | None:
+    """A voxel size for a scene of unknown scale: `fraction` of the median camera-to-point distance."""
+    xyz, _ = select_points(result, PointSelection(max_points=20_000))
+    if len(xyz) == 0:
+        return None
+    dist = np.linalg.norm(xyz - result.T_world_cam[:3, 3].astype(np.float32), axis=1)
+    median = float(np.median(dist))
+    return fraction * median if median > 0 else None
+
+
+class VoxelAccumulator:
+    """Union of many point sets, kept at one (colour-averaged) point per voxel.
+
+    Points are buffered and merged when the buffer exceeds `buffer_points`, so memory is bounded by the
+    occupied voxels plus the buffer. Merging re-downsamples already averaged points; a voxel's mean stays inside
+    its voxel, so it never drifts to a neighbour (older points weigh a little less than newer ones).
+    """
+
+    def __init__(self, voxel_size: float, buffer_points: int = 1_000_000) -> None:
+        if not voxel_size > 0:
+            raise ConfigError(f"voxel size must be positive, got {voxel_size!r}")
+        self.voxel_size = float(voxel_size)
+        self.buffer_points = int(buffer_points)
+        self._xyz: list[np.ndarray] = []
+        self._rgb: list[np.ndarray] = []
+        self._pending = 0
+        self._grid_xyz = np.zeros((0, 3), np.float64)
+        self._grid_rgb = np.zeros((0, 3), np.float64)
+        self.points_added = 0
+
+    def add(self, xyz: np.ndarray, rgb: np.ndarray | None) -> None:
+        """Add points (float [N,3]) with colours (uint8 [N,3]; None: grey)."""
+        if len(xyz) == 0:
+            return
+        self._xyz.append(np.asarray(xyz, np.float64))
+        colours = np.full((len(xyz), 3), 0.5) if rgb is None else np.asarray(rgb, np.float64) / 255.0
+        self._rgb.append(colours)
+        self._pending += len(xyz)
+        self.points_added += len(xyz)
+        if self._pending >= self.buffer_points:
+            self.compact()
+
+    def compact(self) -> None:
+        """Merge the buffer into the voxel grid."""
+        if not self._pending:
+            return
+        import open3d as o3d
+
+        pcd = o3d.geometry.PointCloud()
+        pcd.points = o3d.utility.Vector3dVector(np.concatenate([self._grid_xyz, *self._xyz]))
+        pcd.colors = o3d.utility.Vector3dVector(np.concatenate([self._grid_rgb, *self._rgb]))
+        down = pcd.voxel_down_sample(self.voxel_size)
+        self._grid_xyz = np.asarray(down.points)
+        self._grid_rgb = np.asarray(down.colors)
+        self._xyz, self._rgb, self._pending = [], [], 0
+
+    def __len__(self) -> int:
+        """Points held after the next compaction would be at most this (grid + buffer)."""
+        return len(self._grid_xyz) + self._pending
+
+    def points(self) -> tuple[np.ndarray, np.ndarray]:
+        """All accumulated points: (xyz float64 [N,3], rgb float [N,3] in [0, 1]), compacting first."""
+        self.compact()
+        return self._grid_xyz, self._grid_rgb
+
+
+class PointCloudWriter:
+    """Sink writing the voxel-downsampled coloured union of all point maps to a PLY file at `close`.
+
+    Revised results (`is_update`) are not added again: their points were already counted once, and a
+    voxel grid cannot remove the stale copy. Without `voxel_size` it is chosen from the first result with
+    points (`auto_voxel_size`), because monocular backends have an arbitrary scale.
+    """
+
+    name = "ply"
+
+    def __init__(self, path: str | Path, *, voxel_size: float | None = None,
+                 selection: PointSelection = PointSelection(stride=2, max_points=50_000),
+                 buffer_points: int = 1_000_000) -> None:
+        self.path = Path(path)
+        self.selection = selection
+        self.voxel_size = voxel_size
+        self.buffer_points = buffer_points
+        self._acc: VoxelAccumulator | None = None
+        self._closed = False
+        self.points_written = 0
+
+    def on_result(self, result: FrameResult) -> None:
+        if result.is_update:
+            return
+        if self._acc is None:
+            voxel = self.voxel_size or auto_voxel_size(result)
+            if voxel is None:
+                return
+            self._acc = VoxelAccumulator(voxel, self.buffer_points)
+            how = "" if self.voxel_size else " (auto: 1% of the median depth)"
+            logger.info("point cloud voxel size %.4g%s", voxel, how)
+        xyz, rgb = select_points(result, self.selection)
+        self._acc.add(xyz, rgb)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        import open3d as o3d
+
+        pcd = o3d.geometry.PointCloud()
+        if self._acc is not None:
+            xyz, rgb = self._acc.points()
+            pcd.points = o3d.utility.Vector3dVector(xyz)
+            pcd.colors = o3d.utility.Vector3dVector(rgb)
+        self.points_written = len(pcd.points)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp.ply")
+        if not o3d.io.write_point_cloud(str(tmp), pcd, write_ascii=False):
+            raise OSError(f"open3d could not write {tmp}")
+        os.replace(tmp, self.path)
+        logger.info("wrote %d points to %s", self.points_written, self.path)
+
+    def summary(self) -> dict[str, Any]:
+        return {"path": str(self.path), "points": self.points_written,
+                "voxel_size": None if self._acc is None else self._acc.voxel_size}
