@@ -19,8 +19,10 @@ Example:
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -204,21 +206,40 @@ def _import(spec: str) -> Callable[..., Any]:
         raise ConfigError(f"{module_name} has no {attr!r} ({spec})") from e
 
 
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    """Whether `fn` takes keyword `name` (or **kwargs)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def build_model(name_or_cfg: str | WeightsCfg, *, device: torch.device | str | None = None,
                 dtype: torch.dtype | None = None) -> nn.Module:
     """Build the architecture of an entry with random weights (no checkpoint is read).
 
     `device="meta"` builds the full-size model without allocating memory, which is how keys and shapes are
-    checked against a manifest or a checkpoint header. The cfg is attached as `model.weights_cfg`, so a pipeline
-    can read the input size and pose encoding from the model (timm's `pretrained_cfg`).
+    checked against a manifest or a checkpoint header. Builders that take `device=`/`dtype=` get them; others are
+    built under a `torch.device` context and cast afterwards. The cfg is attached as `model.weights_cfg`, so a
+    pipeline can read the input size and pose encoding from the model (timm's `pretrained_cfg`).
     """
     cfg = get_weights_cfg(name_or_cfg) if isinstance(name_or_cfg, str) else name_or_cfg
     builder = _import(cfg.builder)
     if cfg.config_builder is not None:
-        config = _import(cfg.config_builder)(**cfg.model_kwargs)
-        model = builder(config, device=device, dtype=dtype)
+        args: tuple[Any, ...] = (_import(cfg.config_builder)(**cfg.model_kwargs),)
+        kwargs: dict[str, Any] = {}
     else:
-        model = builder(**cfg.model_kwargs, device=device, dtype=dtype)
+        args, kwargs = (), dict(cfg.model_kwargs)
+    takes_device, takes_dtype = _accepts(builder, "device"), _accepts(builder, "dtype")
+    if takes_device:
+        kwargs["device"] = device
+    if takes_dtype:
+        kwargs["dtype"] = dtype
+    with torch.device(device) if device is not None and not takes_device else nullcontext():
+        model = builder(*args, **kwargs)
+    if dtype is not None and not takes_dtype:
+        model = model.to(dtype)
     model.weights_cfg = cfg
     return model
 
@@ -285,6 +306,7 @@ register_weights(WeightsCfg(
     licence="CC BY-NC 4.0 (weights; code BSD-3-Clause)",
     commercial_use=False,
     builder="recon.models.pi3:Pi3",
+    config_builder="recon.models.pi3:Pi3Config",
     model_kwargs={},
     img_size=518,  # no fixed size: the reference loader scales to ~255k pixels, sides multiples of 14
     pose_encoding="c2w_4x4",

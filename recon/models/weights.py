@@ -22,7 +22,9 @@ import hashlib
 import logging
 import os
 import pickle
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -293,20 +295,51 @@ def sha256_file(path: str | Path, chunk: int = 1 << 24) -> str:
     return h.hexdigest()
 
 
+_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+                   "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_")
+_init_lock = threading.Lock()
+
+
+@contextmanager
+def _without_random_init() -> Iterator[None]:
+    """Make `torch.nn.init` fills no-ops while a model is built for a strict load.
+
+    Random initialisation of a 1.2 B-parameter model costs tens of seconds on a CPU and is thrown away by the
+    load. A strict load overwrites every parameter and persistent buffer, so skipping the fills is unobservable;
+    non-persistent buffers (constants such as the ImageNet mean) are computed without `nn.init` and stay correct.
+    Building on the meta device instead would lose those constants. The previous functions are restored on exit,
+    and a lock keeps two loads from interleaving their patches.
+    """
+    def skip(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return tensor
+
+    with _init_lock:
+        saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS if hasattr(nn.init, name)}
+        try:
+            for name in saved:
+                setattr(nn.init, name, skip)
+            yield
+        finally:
+            for name, fn in saved.items():
+                setattr(nn.init, name, fn)
+
+
 def load_pretrained(name: str, path: str | Path | None = None, *, device: torch.device | str | None = None,
                     dtype: str | torch.dtype | None = None, strict: bool = True,
                     allow_download: bool = False) -> nn.Module:
     """Build entry `name`'s model, load its weights strictly, cast to `dtype` (fp32/bf16/fp16), move to `device`.
 
-    The model is built in float32 on the CPU, loaded, then cast and moved: checkpoints are float32 and a cast
-    after loading rounds once, the same way for every source file.
+    The model is built in float32 on the CPU (without random init when strict, see `_without_random_init`),
+    loaded, then cast and moved: checkpoints are float32 and a cast after loading rounds once, the same way for
+    every source file.
     """
     cfg = get_weights_cfg(name)
     target_dtype = resolve_dtype(dtype)
     weights_path = resolve_weights(name, path, allow_download=allow_download)
     logger.info("loading %s weights from %s (licence: %s)", name, weights_path, cfg.licence)
     state_dict = cfg.filter_fn(load_state_dict_file(weights_path))
-    model = build_model(cfg)
+    with _without_random_init() if strict else nullcontext():
+        model = build_model(cfg)
     load_into_model(model, state_dict, strict=strict, source=str(weights_path))
     del state_dict
     model.to(device=device, dtype=target_dtype)

@@ -169,6 +169,16 @@ def test_load_pretrained_dtypes(tmp_path: Path, tiny_state_dict: dict) -> None:
         k = next(iter(tiny_state_dict))
         torch.testing.assert_close(params[k].float(), tiny_state_dict[k].to(dtype).float())
         assert not model.training and model.weights_cfg.name == "vggt-tiny"
+    # Loading skips random init (a strict load overwrites every parameter): the fills come back afterwards, and
+    # constants that are not in the state dict (non-persistent buffers) are intact.
+    init_before = torch.nn.init.trunc_normal_
+    model = weights.load_pretrained("vggt-tiny", path)
+    assert torch.nn.init.trunc_normal_ is init_before
+    reference = build_model("vggt-tiny")
+    for key, buf in reference.named_buffers():
+        torch.testing.assert_close(dict(model.named_buffers())[key], buf)
+    for key, param in model.named_parameters():
+        assert torch.equal(param, tiny_state_dict[key]), key
     assert weights.resolve_dtype(torch.bfloat16) == torch.bfloat16
     with pytest.raises(ConfigError, match="fp32, bf16, fp16"):
         weights.resolve_dtype("int8")
