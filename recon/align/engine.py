@@ -11,6 +11,7 @@ on (an overlap frame keeps its older estimate). Only the previous window is held
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,8 +19,10 @@ import torch
 
 from recon.align.layers import LayerConfig, WindowLayers, align_layers, build_window_layers
 from recon.align.sim3 import WindowSim3, apply_sim3_to_poses, confidence_mask, register_adjacent_windows
+from recon.utils.log import WarnOnce
 
 logger = logging.getLogger(__name__)
+_warn = WarnOnce(logger)
 
 
 @dataclass
@@ -91,6 +94,21 @@ def estimate_intrinsics(local_points: torch.Tensor) -> torch.Tensor:
     return K
 
 
+def sane_intrinsics(K: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """K itself when its focal lengths are finite and positive, else a 60-degree-FoV pinhole (logged once).
+
+    A trained model's point maps give a sensible K; an untrained one (smoke tests, random weights) may not, and
+    a non-positive focal would turn every later window into NaNs.
+    """
+    f = K[[0, 1], [0, 1]]
+    if bool(torch.isfinite(f).all() and (f > 0).all()):
+        return K
+    _warn("intrinsics", "estimated focal lengths %s are not usable; assuming a 60-degree horizontal FoV", f.tolist())
+    out = K.clone()
+    out[0, 0] = out[1, 1] = width / (2 * math.tan(math.radians(30)))
+    return out
+
+
 def unproject_depth(depth: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     """Camera-frame points [...,H,W,3] from depth [...,H,W]: integer pixel indices, no +0.5."""
     h, w = depth.shape[-2:]
@@ -152,7 +170,8 @@ class LaserEngine:
         overlap = self.overlap
         mask, thr = confidence_mask(pred.conf, self.top_conf_percentile)
         if self.K_ref is None:
-            self.K_ref = estimate_intrinsics(pred.local_points[0])
+            h, w = pred.local_points.shape[1:3]
+            self.K_ref = sane_intrinsics(estimate_intrinsics(pred.local_points[0]), w, h)
         local = unproject_depth(pred.local_points[..., 2], self.K_ref)
         poses = pred.camera_poses
         sim3 = None
@@ -179,12 +198,13 @@ class LaserEngine:
                 layer_scale = aligned.layer_scale
                 timings["layer_alignment"] = (time.perf_counter() - t2) * 1e3
         first_new = 0 if self._prev is None else overlap
+        h_img, w_img = pred.local_points.shape[1:3]
         frames = []
         for i in range(first_new, len(pred.frames)):
             R, t = poses[i, :3, :3], poses[i, :3, 3]
             frames.append(RegisteredFrame(
                 frame=pred.frames[i], T_world_cam=poses[i], local_points=local[i], world_points=local[i] @ R.T + t,
-                depth=local[i, ..., 2], mask=mask[i], K=estimate_intrinsics(local[i]),
+                depth=local[i, ..., 2], mask=mask[i], K=sane_intrinsics(estimate_intrinsics(local[i]), w_img, h_img),
             ))
         self._prev = _PreviousWindow(local, poses, mask, layers)
         timings["total"] = (time.perf_counter() - t0) * 1e3

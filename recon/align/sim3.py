@@ -163,6 +163,8 @@ def register_adjacent_windows(
         prev_poses, cur_poses: [O,4,4] camera-to-world poses of the shared frames.
         overlap_mask: [O,H,W] bool, pixels confident in both windows (one pixel = one correspondence).
     """
+    if int(overlap_mask.sum()) < 3:  # no confident pixel in common: fall back to every valid pixel
+        overlap_mask = (cur_local_points[..., 2] > 0) & (prev_local_points[..., 2] > 0)
     p = cur_local_points[overlap_mask]
     q = prev_local_points[overlap_mask]
     irls = irls_scale(p, q, relative_tol=relative_tol)

@@ -269,7 +269,8 @@ def build_window_model(*, weights: str | None = None, model_config: str = "full"
     """
     from recon.errors import ConfigError
 
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device in (None, "auto") else torch.device(
+        device)
     if model_config == "tiny":
         torch.manual_seed(seed)
         model = Pi3(tiny_config())

@@ -85,3 +85,22 @@ def test_memory_is_bounded_by_one_window() -> None:
         backend.step(fr)
         held.append(backend.stats().memory_bytes)
     assert max(held[10:]) <= max(held[:10]) * 1.01
+
+
+@pytest.mark.parametrize("backbone", ["pi3", "vggt"])
+def test_tiny_backbones_run_end_to_end(backbone: str) -> None:
+    from recon.backends import create_backend
+
+    backend = create_backend("laser", backbone=backbone, model_config="tiny", device="cpu", window_size=4,
+                             overlap=2, image_width=56, layer_downsample=1, unrelated_cli_option=3)
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, size=(48, 64, 3), dtype=np.uint8)
+    results = []
+    for i in range(7):
+        results += backend.step(Frame("cam", i, i, np.roll(base, 2 * i, axis=1)))
+    results += backend.flush()
+    assert [r.seq for r in results] == list(range(7))
+    for r in results:
+        assert np.isfinite(r.T_world_cam).all() and np.isfinite(r.points_world).all()
+        assert r.depth.shape == r.points_world.shape[:2] == (42, 56)
+    backend.close()
