@@ -184,7 +184,14 @@ def _frames_to_tensor(frames: np.ndarray | torch.Tensor | Sequence[np.ndarray | 
             f = f.copy()
         return torch.as_tensor(f)
 
-    x = torch.stack([as_tensor(f) for f in frames]) if isinstance(frames, list | tuple) else as_tensor(frames)
+    if isinstance(frames, list | tuple):
+        tensors = [as_tensor(f) for f in frames]
+        shapes = sorted({tuple(t.shape) for t in tensors})
+        if len(shapes) > 1:
+            raise ConfigError(f"live frames in one batch must share a size, got {shapes}")
+        x = torch.stack(tensors)
+    else:
+        x = as_tensor(frames)
     if x.dim() == 3:
         x = x[None]
     if x.dim() != 4 or x.shape[-1] != 3:

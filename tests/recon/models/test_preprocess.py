@@ -136,5 +136,7 @@ def test_fast_path_batches_and_validates() -> None:
     assert torch.equal(batch[1:2], one)
     with pytest.raises(ConfigError, match="uint8"):
         preprocess_frames(frames[0].astype(np.float32))
+    with pytest.raises(ConfigError, match="share a size"):
+        preprocess_frames([frames[0], _scene(50, 64)])
     with pytest.raises(ConfigError, match="HxWx3"):
         preprocess_frames(frames[0][..., :2])
