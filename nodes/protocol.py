@@ -28,7 +28,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from recon.errors import IncompatibleVersionError, ProtocolError
+from recon.errors import ConfigError, IncompatibleVersionError, ProtocolError
 from recon.types import Frame, FrameResult
 
 VERSION = 1
@@ -408,8 +408,8 @@ def decode_header(raw: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
         raise _err("bad_payload_list", f"{kind}: T_world_cam and K are required")
     if kind == FRAME and "depth_scale" in header:
         s = header["depth_scale"]
-        if not (isinstance(s, int | float) and math.isfinite(s) and s > 0):
-            raise _err("bad_field_value", f"{kind}: depth_scale must be a positive finite number")
+        if not (isinstance(s, int | float) and 0 < s <= 100):
+            raise _err("bad_field_value", f"{kind}: depth_scale must be in (0, 100] metres per unit")
     if kind == RESULT and "stride" in header and not 1 <= header["stride"] <= limits.max_dim:
         raise _err("bad_field_value", f"{kind}: stride out of range")
     if kind == CREDIT:
@@ -521,7 +521,10 @@ def to_frame(msg: Message) -> Frame:
     meta = {"epoch": int(h.get("epoch", 0)), "live": bool(h.get("live", False))}
     if "frame_id" in h:
         meta["frame_id"] = h["frame_id"]
-    return Frame(h["stream_id"], h["seq"], h["t_ns"], image, K=K, depth=depth, meta=meta)
+    try:
+        return Frame(h["stream_id"], h["seq"], h["t_ns"], image, K=K, depth=depth, meta=meta)
+    except ConfigError as e:
+        raise _err("bad_payload", f"{FRAME}: {e}") from e
 
 
 def to_result(msg: Message) -> FrameResult:
@@ -535,9 +538,12 @@ def to_result(msg: Message) -> FrameResult:
         a = p.get(name)
         return None if a is None else a.astype(np.float32, copy=False)
 
-    return FrameResult(h["stream_id"], h["seq"], h["t_ns"], p["T_world_cam"], p["K"], depth=f32("depth"),
-                       confidence=f32("confidence"), points_world=f32("points_world"), metric=h["metric"],
-                       image=p.get("image"), is_update=bool(h.get("is_update", False)))
+    try:
+        return FrameResult(h["stream_id"], h["seq"], h["t_ns"], p["T_world_cam"], p["K"], depth=f32("depth"),
+                           confidence=f32("confidence"), points_world=f32("points_world"), metric=h["metric"],
+                           image=p.get("image"), is_update=bool(h.get("is_update", False)))
+    except ConfigError as e:
+        raise _err("bad_payload", f"{RESULT}: {e}") from e
 
 
 def fault_kind(exc: Exception) -> str:
