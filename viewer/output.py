@@ -70,6 +70,7 @@ def open_recording(specs: Sequence[ViewerSpec], *, recording_id: str | None = No
     sinks: list[Any] = []
     urls: dict[str, str] = {}
     web_url = None
+    web_port = DEFAULT_WEB_PORT
     for spec in specs:
         if spec.kind == "rrd":
             assert spec.path is not None
@@ -86,13 +87,14 @@ def open_recording(specs: Sequence[ViewerSpec], *, recording_id: str | None = No
                 raise ConfigError(f"cannot serve Rerun gRPC on {spec.host}:{spec.port}: {e}") from e
             sinks.append(server)
             web_url = server.uri
+            web_port = spec.web_port
             urls["grpc"] = web_url
         else:
             raise ConfigError(f"unknown Rerun output {spec.kind!r}")
     recording.set_sinks(*sinks)
     if web_url is not None:
-        rr.serve_web_viewer(web_port=DEFAULT_WEB_PORT, open_browser=open_browser, connect_to=web_url)
-        urls["web"] = f"http://localhost:{DEFAULT_WEB_PORT}/?url={web_url}"
+        rr.serve_web_viewer(web_port=web_port, open_browser=open_browser, connect_to=web_url)
+        urls["web"] = f"http://localhost:{web_port}/?url={web_url}"
     for spec in specs:
         logger.info("Rerun output: %s", spec.describe())
     return RerunOutput(recording, specs, urls)

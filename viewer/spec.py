@@ -35,12 +35,13 @@ class ViewerSpec:
     url: str | None = None
     host: str = "127.0.0.1"
     port: int = DEFAULT_GRPC_PORT
+    web_port: int = DEFAULT_WEB_PORT
 
     def describe(self) -> str:
         if self.kind == "rrd":
             return f"file {self.path}"
         if self.kind == "web":
-            return f"web viewer (gRPC on {self.host}:{self.port}, web page on port {DEFAULT_WEB_PORT})"
+            return f"web viewer (gRPC on {self.host}:{self.port}, web page on port {self.web_port})"
         if self.kind == "connect":
             return f"viewer at {self.url}"
         return "none"

@@ -1,0 +1,221 @@
+"""`recon replay SEQUENCE`: reconstruct a recorded sequence and write every output of a run.
+
+Examples:
+    recon replay datasets/sample                          # auto backend, writes runs/sample/
+    recon replay SEQ --backend geometric --viewer rrd,web # also serve the web viewer until Ctrl-C
+    recon replay SEQ --viewer connect:127.0.0.1:9876      # stream to a running `rerun` viewer
+    recon replay SEQ --on-error skip --max-frames 100 --stride 2
+
+Outputs in OUT (default runs/<sequence name>): trajectory.tum (TUM, T_world_cam), points.ply (voxel-downsampled,
+coloured), recording.rrd (with --viewer rrd, the default), metrics.json (when the sequence has ground truth),
+summary.json (frames, skipped frames, frames/s, backend and why, timings). The exit code is 1 when the reader
+stopped on a corrupt frame (`--on-error stop`, the default); the outputs of the frames before it are written.
+
+The loop is `source -> backend.step -> sinks` (`recon.sinks.run_stream`); each output is a sink with
+`on_result`/`close`, the same objects the viewer and recorder nodes use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from recon.errors import ConfigError, ReconError
+
+logger = logging.getLogger(__name__)
+
+HELP = "reconstruct a recorded sequence: trajectory, point cloud, Rerun recording, metrics"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sequence", metavar="SEQUENCE", help="sequence folder or file (image folder, video, TUM...)")
+    parser.add_argument("--backend", default="auto",
+                        help="backend name, or 'auto' for the best one whose weights are installed (default auto)")
+    parser.add_argument("--weights", default=None, metavar="PATH", help="model weights file for --backend NAME")
+    parser.add_argument("--backend-opt", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra backend option (Python literal value), repeatable, e.g. max_points=5000")
+    parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/<sequence name>)")
+    parser.add_argument("--viewer", default="rrd",
+                        help="Rerun output: rrd[:PATH] | web[:[HOST:]PORT] | connect[:URL] | none; "
+                             "comma-separated to combine (default rrd: OUT/recording.rrd)")
+    parser.add_argument("--on-error", choices=("skip", "stop"), default="stop",
+                        help="corrupt or missing frame: skip it (counted in the summary) or stop (exit code 1)")
+    parser.add_argument("--max-frames", type=int, default=None, metavar="N", help="process at most N frames")
+    parser.add_argument("--stride", type=int, default=1, metavar="N", help="process every N-th frame (default 1)")
+    parser.add_argument("--voxel-size", type=float, default=None,
+                        help="PLY voxel size in scene units (default: 1%% of the first frame's median depth)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-wait", action="store_true", help="with --viewer web: exit when done instead of serving")
+
+
+def parse_backend_options(items: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings to keyword options; values are Python literals, else kept as strings."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ConfigError(f"--backend-opt {item!r}: expected KEY=VALUE with KEY a name")
+        try:
+            options[key.strip()] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            options[key.strip()] = text
+    return options
+
+
+def choose_backend(requested: str) -> tuple[str, str]:
+    """The backend to run and a plain sentence saying why (what `--backend auto` found)."""
+    from recon.backends import registered, select_auto
+
+    if requested != "auto":
+        if requested not in registered():
+            raise ConfigError(f"unknown backend {requested!r}; known backends: {', '.join(sorted(registered()))}")
+        return requested, f"requested with --backend {requested}"
+    name, reason = select_auto()
+    entry = registered()[name]
+    if not entry.weights and any(e.weights for e in registered().values()):
+        skipped = reason.partition("(skipped: ")[2].rstrip(")")
+        why = f"no model weights installed: using the weight-free {name} backend"
+        return name, why + (f" (checked: {skipped})" if skipped else "")
+    return name, f"using {name}: {reason}"
+
+
+def open_sequence_for_replay(path: str, on_error: str) -> Any:
+    """The lazy sequence reader for `path` (a separate function so tests can substitute a sequence)."""
+    try:
+        from recon.datasets import open_sequence
+    except ImportError as e:
+        raise ConfigError(f"sequence readers (recon.datasets.open_sequence) are not available: {e}") from e
+    from recon.datasets.base import OnError
+
+    return open_sequence(path, on_error=OnError(on_error))
+
+
+def _total_frames(sequence: Any, stride: int, max_frames: int | None) -> int | None:
+    try:
+        n = math.ceil(len(sequence) / stride)
+    except TypeError:
+        return None
+    return min(n, max_frames) if max_frames is not None else n
+
+
+def run(args: argparse.Namespace) -> int:
+    from recon.backends import create_backend
+    from recon.sinks import PointCloudWriter, RunSummary, SinkGroup, TrajectoryWriter, compute_metrics, run_stream
+    from recon.sinks.report import write_json
+    from recon.viewer import parse_viewer_spec
+
+    if args.stride < 1:
+        raise ConfigError(f"--stride must be >= 1, got {args.stride}")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise ConfigError(f"--max-frames must be >= 1, got {args.max_frames}")
+    if args.weights and args.backend == "auto":
+        raise ConfigError("--weights needs --backend NAME (the model the file belongs to)")
+    options = parse_backend_options(args.backend_opt)
+    if args.weights:
+        options["weights"] = args.weights
+
+    sequence = open_sequence_for_replay(args.sequence, args.on_error)
+    out = Path(args.out) if args.out else Path("runs") / sequence.name
+    viewer_specs = parse_viewer_spec(args.viewer, out / "recording.rrd")
+    backend_name, reason = choose_backend(args.backend)
+    logger.info("%s", reason)
+    backend = create_backend(backend_name, **options)
+
+    trajectory = TrajectoryWriter(out / "trajectory.tum")
+    cloud = PointCloudWriter(out / "points.ply", voxel_size=args.voxel_size)
+    file_sinks = SinkGroup([trajectory, cloud])
+    rerun_sink = None
+    if viewer_specs:
+        from recon.viewer import create_rerun_sink
+
+        rerun_sink = create_rerun_sink(viewer_specs)
+    sinks = SinkGroup([trajectory, cloud, *([rerun_sink] if rerun_sink else [])])
+
+    summary = RunSummary(sequence=sequence.name, backend=backend_name, backend_reason=reason)
+    stats = None
+    try:
+        stats = _run_with_progress(sequence, backend, sinks, args, run_stream)
+    finally:
+        file_sinks.close()
+        if rerun_sink is not None and not (rerun_sink.output.serving and not args.no_wait):
+            rerun_sink.close()
+    assert stats is not None
+
+    _fill_summary(summary, stats, sequence, backend, sinks, trajectory, cloud, rerun_sink, args)
+    gt = getattr(sequence, "ground_truth", None)
+    if gt is not None and len(gt) and len(trajectory.stream_ids) == 1:
+        try:
+            metrics = compute_metrics(trajectory.trajectory(), gt, metric=bool(stats.metric))
+        except ReconError as e:
+            logger.warning("metrics not computed: %s", e)
+            summary.extra["metrics_error"] = str(e)
+        else:
+            summary.outputs["metrics"] = str(write_json(out / "metrics.json", metrics))
+            logger.info("ATE %s (%s-aligned, %s%% of the trajectory length)", _fmt(metrics.get("ate_rmse")),
+                        metrics.get("align"), _fmt(metrics.get("ate_pct_of_length")))
+    elif gt is None:
+        logger.info("the sequence has no ground truth: no metrics.json")
+    summary_path = summary.write(out / "summary.json")
+
+    print(f"{stats.frames_in} frames in {stats.wall_s:.1f} s ({stats.fps:.2f} frames/s) with {backend_name}; "
+          f"{summary.frames_skipped} skipped")
+    for name, path in {**summary.outputs, "summary": str(summary_path)}.items():
+        print(f"  {name:<12} {path}")
+    if rerun_sink is not None and rerun_sink.output.serving and not args.no_wait:
+        rerun_sink.logger.close()
+        rerun_sink.output.serve_until_interrupted()
+        rerun_sink.close()
+    if stats.stopped_on_error:
+        print(f"stopped on a corrupt frame: {stats.stopped_on_error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _fill_summary(summary: Any, stats: Any, sequence: Any, backend: Any, sinks: Any, trajectory: Any, cloud: Any,
+                  rerun_sink: Any, args: argparse.Namespace) -> None:
+    """Counters, timings and output paths of the finished loop into the run summary."""
+    summary.frames_in = stats.frames_in
+    summary.results_out = stats.results_out
+    summary.wall_s = stats.wall_s
+    summary.fps = stats.fps
+    summary.timings_s = {**stats.timings_s, **{f"sink_{k}": v for k, v in sinks.time_s.items()}}
+    summary.stopped_on_error = stats.stopped_on_error
+    read_stats = getattr(sequence, "stats", None)
+    summary.frames_skipped = int(getattr(read_stats, "frames_skipped", 0))
+    summary.skipped_paths = list(getattr(read_stats, "skipped_paths", []))
+    b = backend.stats()
+    summary.backend_stats = {"frames_in": b.frames_in, "results_out": b.results_out, "memory_bytes": b.memory_bytes,
+                             "timings_ms": b.timings_ms, "extra": b.extra}
+    summary.extra = {"metric": stats.metric, "stride": args.stride, "max_frames": args.max_frames,
+                     "frames_dropped_by_stride": stats.frames_dropped_by_stride,
+                     "voxel_size": cloud.summary()["voxel_size"], "ply_points": cloud.points_written}
+    for stream_id, path in trajectory.paths.items():
+        key = "trajectory" if len(trajectory.paths) == 1 else f"trajectory:{stream_id}"
+        summary.outputs[key] = str(path)
+    summary.outputs["points"] = str(cloud.path)
+    if rerun_sink is not None:
+        summary.outputs.update({f"rerun_{k}": v for k, v in rerun_sink.output.urls.items()})
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else str(value)
+
+
+def _run_with_progress(sequence: Any, backend: Any, sinks: Any, args: argparse.Namespace, run_stream: Any) -> Any:
+    """run_stream with a tqdm bar (frames/s), log lines routed around the bar."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    total = _total_frames(sequence, args.stride, args.max_frames)
+    with tqdm(total=total, unit="frame", desc=sequence.name, disable=args.no_progress, dynamic_ncols=True,
+              mininterval=0.5) as bar, logging_redirect_tqdm():
+        def on_frame(stats: Any) -> None:
+            bar.update(1)
+
+        return run_stream(sequence, backend, sinks, max_frames=args.max_frames, stride=args.stride,
+                          on_frame=on_frame)
