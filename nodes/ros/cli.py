@@ -41,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--camera-info-topic", default=d.camera_info_topic,
                         help=f"camera_info topic, '' for none (default {d.camera_info_topic})")
     parser.add_argument("--compressed", action="store_true", help="subscribe to sensor_msgs/CompressedImage")
+    parser.add_argument("--depth-topic", default=d.depth_topic,
+                        help="depth Image registered to the colour image (16UC1 mm or 32FC1 m); default none")
+    parser.add_argument("--depth-scale", type=float, default=d.depth_scale,
+                        help=f"metres per unit of 16-bit depth (default {d.depth_scale})")
     parser.add_argument("--map-frame", default=d.map_frame, help=f"map frame id (default {d.map_frame})")
     parser.add_argument("--camera-frame", default=d.camera_frame,
                         help="tf child frame (default: the image header's frame_id)")
@@ -77,7 +81,7 @@ def config_from_args(args: argparse.Namespace) -> RosNodeConfig:
         camera_info_topic=args.camera_info_topic, compressed=args.compressed, map_frame=args.map_frame,
         camera_frame=args.camera_frame, stream_id=args.stream_id, queue_size=args.queue_size,
         cloud_stride=args.cloud_stride, min_confidence=args.min_confidence, max_points=args.max_points,
-        max_path=args.max_path)
+        max_path=args.max_path, depth_topic=args.depth_topic, depth_scale=args.depth_scale)
 
 
 def _pick_version(choice: str) -> str:

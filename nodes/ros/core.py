@@ -109,6 +109,30 @@ def decode_raw_image(encoding: str, height: int, width: int, step: int, is_bigen
     return np.ascontiguousarray(img[..., :3])
 
 
+DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
+
+
+def decode_depth_image(encoding: str, height: int, width: int, step: int, is_bigendian: bool,
+                       data: bytes | bytearray | memoryview, depth_scale: float = 0.001) -> np.ndarray:
+    """float32 HxW depth in metres from a depth Image: 16UC1/mono16 times `depth_scale` (mm: 0.001) or 32FC1.
+
+    Invalid depth (0, NaN, inf) becomes 0, the "no depth" value of Frame.depth.
+    """
+    if encoding not in DEPTH_ENCODINGS:
+        raise ProtocolError(f"unsupported depth encoding {encoding!r}; supported: {', '.join(DEPTH_ENCODINGS)}")
+    dtype = np.dtype("f4" if encoding == "32FC1" else "u2").newbyteorder(">" if is_bigendian else "<")
+    row_bytes = width * dtype.itemsize
+    if height <= 0 or width <= 0 or step < row_bytes:
+        raise ProtocolError(f"bad depth geometry {width}x{height} step {step} for {encoding}")
+    buf = np.frombuffer(memoryview(data), dtype=np.uint8)
+    if buf.size < step * height:
+        raise ProtocolError(f"depth data has {buf.size} bytes, {width}x{height} step {step} needs {step * height}")
+    raw = np.ascontiguousarray(buf[: step * height].reshape(height, step)[:, :row_bytes]).view(dtype)
+    depth = raw.astype(np.float32) * (np.float32(1.0) if encoding == "32FC1" else np.float32(depth_scale))
+    depth[~np.isfinite(depth) | (depth < 0)] = 0.0
+    return depth
+
+
 def decode_compressed_image(fmt: str, data: bytes | bytearray | memoryview) -> np.ndarray:
     """uint8 HxWx3 RGB from a sensor_msgs/CompressedImage (jpeg or png, colour or grey, 8 or 16 bit)."""
     import cv2  # opencv-python-headless is a core dependency; imported here to keep module import cheap
@@ -315,6 +339,11 @@ class RosNodeConfig:
         max_points: cap on points per cloud (0: no cap).
         max_path: poses kept in ~path (the oldest are dropped beyond it).
         wait_camera_info: drop images until the first camera_info arrives (when a topic is set).
+        depth_topic: optional depth Image (16UC1 / mono16 scaled by `depth_scale`, or 32FC1 metres) registered
+            to the colour image; each colour image takes the depth with the nearest stamp within `depth_slop`.
+        depth_scale: metres per unit of 16-bit depth (0.001 for millimetres).
+        depth_slop: seconds between colour and depth stamps still considered the same capture.
+        depth_wait: seconds a colour image waits for its depth before going on without it.
     """
 
     backend: str = "geometric"
@@ -332,6 +361,10 @@ class RosNodeConfig:
     max_points: int = 200_000
     max_path: int = 10_000
     wait_camera_info: bool = True
+    depth_topic: str = ""
+    depth_scale: float = 0.001
+    depth_slop: float = 0.02
+    depth_wait: float = 0.2
 
     def __post_init__(self) -> None:
         if not self.backend:
@@ -343,6 +376,9 @@ class RosNodeConfig:
         for name in ("queue_size", "cloud_stride", "max_path"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.depth_scale <= 0 or self.depth_slop < 0 or self.depth_wait < 0:
+            raise ConfigError(f"depth_scale must be > 0 and depth_slop, depth_wait >= 0, got {self.depth_scale!r}, "
+                              f"{self.depth_slop!r}, {self.depth_wait!r}")
         if int(self.max_points) < 0:
             raise ConfigError(f"max_points must be >= 0, got {self.max_points!r}")
         if not isinstance(self.backend_options, Mapping):
@@ -360,7 +396,7 @@ class RosNodeConfig:
         changes: dict[str, Any] = {}
         for name in ("backend", "image_topic", "camera_info_topic", "compressed", "map_frame", "camera_frame",
                      "stream_id", "queue_size", "cloud_stride", "min_confidence", "max_points", "max_path",
-                     "wait_camera_info", "plugins"):
+                     "wait_camera_info", "plugins", "depth_topic", "depth_scale", "depth_slop", "depth_wait"):
             default = getattr(self, name)
             value = get_param(name, default)
             if value is not default:
@@ -493,6 +529,8 @@ class RosNodeCore:
         self._seq = 0
         self._images: OrderedDict[int, np.ndarray] = OrderedDict()  # recent inputs, for colours of late results
         self._frame_ids: dict[int, str] = {}
+        self._depths: OrderedDict[int, Any] = OrderedDict()  # stamp ns -> depth message, newest last
+        self._depth_cond = threading.Condition()
 
     def on_camera_info(self, msg: Any) -> None:
         """Remember the newest intrinsics (a bad message is counted and ignored)."""
@@ -500,6 +538,42 @@ class RosNodeCore:
             self.camera_info = camera_info_from_msg(msg)
         except (ProtocolError, ConfigError) as e:
             self.faults("camera_info", "ignoring camera_info: %s", e)
+
+    def on_depth(self, msg: Any) -> None:
+        """Keep recent depth messages by stamp (decoded only when a colour image claims one)."""
+        with self._depth_cond:
+            self._depths[stamp_to_ns(msg.header.stamp)] = msg
+            while len(self._depths) > 30:
+                self._depths.popitem(last=False)
+            self._depth_cond.notify_all()
+
+    def _take_depth(self, t_ns: int, shape: tuple[int, int]) -> np.ndarray | None:
+        """Depth (metres, resized to `shape` if needed) for the colour image stamped `t_ns`, waiting briefly."""
+        slop_ns = int(self.config.depth_slop * NS_PER_S)
+
+        def nearest() -> int | None:
+            best = min(self._depths, key=lambda t: abs(t - t_ns), default=None)
+            return best if best is not None and abs(best - t_ns) <= slop_ns else None
+
+        with self._depth_cond:
+            self._depth_cond.wait_for(lambda: nearest() is not None, timeout=self.config.depth_wait)
+            key = nearest()
+            if key is None:
+                self.faults("no_depth", "no depth within %.3f s of a colour image on %s; going on without depth",
+                            self.config.depth_slop, self.config.depth_topic)
+                return None
+            msg = self._depths.pop(key)
+        try:
+            depth = decode_depth_image(str(msg.encoding), int(msg.height), int(msg.width), int(msg.step),
+                                       bool(msg.is_bigendian), bytes(msg.data), self.config.depth_scale)
+        except ProtocolError as e:
+            self.faults("bad_depth", "ignoring a depth image: %s", e)
+            return None
+        if depth.shape != shape:
+            self.faults("depth_size", "depth %s differs from the colour image %s: resampled (use depth registered "
+                        "to the colour camera)", depth.shape, shape)
+            depth = _resize_nearest(depth, *shape)
+        return depth
 
     def on_image(self, msg: Any) -> None:
         """Queue an image message for the worker; the newest wins when the backend is busy."""
@@ -523,11 +597,11 @@ class RosNodeCore:
         if info is not None:
             h, w = rgb.shape[:2]
             K = (info if (info.width, info.height) == (w, h) else info.scaled(w, h)).K
+        t_ns = stamp_to_ns(msg.header.stamp)
+        depth = self._take_depth(t_ns, rgb.shape[:2]) if self.config.depth_topic else None
         seq = self._seq
         self._seq += 1
-        frame_id = str(msg.header.frame_id)
-        return Frame(self.config.stream_id, seq, stamp_to_ns(msg.header.stamp), rgb, K,
-                     meta={"frame_id": frame_id})
+        return Frame(self.config.stream_id, seq, t_ns, rgb, K, depth=depth, meta={"frame_id": str(msg.header.frame_id)})
 
     def process(self, frame: Frame) -> list[Output]:
         """Run the backend on one frame and turn its results (possibly for earlier frames) into Outputs."""

@@ -61,6 +61,9 @@ class RosNode:
         self.info_sub = None
         if cfg.camera_info_topic:
             self.info_sub = rospy.Subscriber(cfg.camera_info_topic, CameraInfo, core.on_camera_info, queue_size=1)
+        self.depth_sub = None
+        if cfg.depth_topic:
+            self.depth_sub = rospy.Subscriber(cfg.depth_topic, Image, core.on_depth, queue_size=5, buff_size=1 << 26)
         logger.info("recon ROS node %s: backend %s, images from %s (%s), camera_info from %s, map frame %s",
                     rospy.get_name(), cfg.backend, rospy.resolve_name(cfg.image_topic),
                     "CompressedImage" if cfg.compressed else "Image",

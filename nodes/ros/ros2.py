@@ -76,6 +76,9 @@ class Ros2Node:
         if cfg.camera_info_topic:
             self.info_sub = node.create_subscription(CameraInfo, cfg.camera_info_topic, core.on_camera_info,
                                                      qos_profile_sensor_data)
+        self.depth_sub = None
+        if cfg.depth_topic:
+            self.depth_sub = node.create_subscription(Image, cfg.depth_topic, core.on_depth, qos_profile_sensor_data)
         logger.info("recon ROS 2 node %s: backend %s, images from %s, map frame %s", node.get_fully_qualified_name(),
                     cfg.backend, cfg.image_topic, cfg.map_frame)
 

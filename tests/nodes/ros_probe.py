@@ -27,7 +27,7 @@ logger = logging.getLogger("ros_probe")
 
 T0_NS = 1_500_000_000 * NS_PER_S + 123_456_789  # 2017: nowhere near the machine's clock
 DT_NS = 100_000_000
-WIDTH, HEIGHT = 64, 48
+WIDTH, HEIGHT = 64, 48  # solid images; --pattern texture uses --size
 K = [50.0, 0.0, 32.0, 0.0, 50.0, 24.0, 0.0, 0.0, 1.0]
 
 
@@ -40,21 +40,22 @@ def stamp_ns(i: int) -> int:
     return T0_NS + i * DT_NS
 
 
-def make_rgb(i: int, pattern: str) -> np.ndarray:
-    """Image i: a solid colour(i), or a window sliding over a fixed smooth random texture."""
+def make_rgb(i: int, pattern: str, width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
+    """Image i: a solid colour(i), or a window sliding 2 px per frame over a fixed smooth random texture."""
     if pattern == "solid":
-        rgb = np.empty((HEIGHT, WIDTH, 3), np.uint8)
+        rgb = np.empty((height, width, 3), np.uint8)
         rgb[...] = colour(i)
         return rgb
     import cv2
 
-    noise = np.random.default_rng(7).integers(0, 256, (HEIGHT // 4, (WIDTH + 64) // 4, 3), dtype=np.uint8)
-    texture = cv2.resize(noise, (WIDTH + 64, HEIGHT), interpolation=cv2.INTER_CUBIC)
-    return np.ascontiguousarray(texture[:, 2 * i: 2 * i + WIDTH])
+    noise = np.random.default_rng(7).integers(0, 256, (height // 4, (width + 64) // 4, 3), dtype=np.uint8)
+    texture = cv2.resize(noise, (width + 64, height), interpolation=cv2.INTER_CUBIC)
+    return np.ascontiguousarray(texture[:, 2 * i: 2 * i + width])
 
 
 def encode_image(rgb: np.ndarray, encoding: str) -> tuple[bytes, int]:
     """(data, step) of an RGB image in a raw encoding."""
+    height, width = rgb.shape[:2]
     if encoding == "rgb8":
         arr = rgb
     elif encoding == "bgr8":
@@ -66,7 +67,7 @@ def encode_image(rgb: np.ndarray, encoding: str) -> tuple[bytes, int]:
     else:
         raise ValueError(encoding)
     arr = np.ascontiguousarray(arr)
-    return arr.tobytes(), WIDTH * arr.shape[2] * arr.dtype.itemsize
+    return arr.tobytes(), width * arr.shape[2] * arr.dtype.itemsize
 
 
 def main() -> int:
@@ -81,6 +82,9 @@ def main() -> int:
     ap.add_argument("--image-topic", default="/cam/image")
     ap.add_argument("--info-topic", default="/cam/camera_info")
     ap.add_argument("--frame-id", default="cam_optical")
+    ap.add_argument("--size", default=f"{WIDTH}x{HEIGHT}", help="WxH of --pattern texture images")
+    ap.add_argument("--depth-mm", type=int, default=0, help="also publish constant 16UC1 depth on --depth-topic")
+    ap.add_argument("--depth-topic", default="/cam/depth")
     ap.add_argument("--ready-at", type=int, default=0, help="write --ready-file once this many poses arrived")
     ap.add_argument("--ready-file", default="")
     ap.add_argument("--timeout", type=float, default=30.0)
@@ -132,6 +136,10 @@ def main() -> int:
 
     deadline = time.monotonic() + args.timeout
     pubs = [image_pub, info_pub]
+    width, height = (int(v) for v in args.size.split("x")) if args.pattern == "texture" else (WIDTH, HEIGHT)
+    if args.depth_mm:
+        depth_pub = rospy.Publisher(args.depth_topic, Image, queue_size=100)
+        pubs.append(depth_pub)
     while time.monotonic() < deadline and not all(x.get_num_connections() > 0 for x in subs + pubs):
         time.sleep(0.05)
     if not all(x.get_num_connections() > 0 for x in subs + pubs):
@@ -140,6 +148,10 @@ def main() -> int:
 
     def info_msg(i: int) -> Any:
         info = CameraInfo(width=WIDTH, height=HEIGHT, K=K, D=[0.0] * 5, distortion_model="plumb_bob")
+        if (width, height) != (WIDTH, HEIGHT):  # the same lens at the texture's resolution
+            sx, sy = width / WIDTH, height / HEIGHT
+            info.width, info.height = width, height
+            info.K = [K[0] * sx, 0.0, K[2] * sx, 0.0, K[4] * sy, K[5] * sy, 0.0, 0.0, 1.0]
         info.header.stamp = rospy.Time(*ns_to_sec_nsec(stamp_ns(i)))
         info.header.frame_id = args.frame_id
         return info
@@ -150,14 +162,20 @@ def main() -> int:
 
     for i in range(args.count):
         info_pub.publish(info_msg(i))
+        if args.depth_mm:  # before the colour image, as a registered RGB-D driver would
+            depth = Image(height=height, width=width, encoding="16UC1", is_bigendian=0, step=2 * width,
+                          data=np.full((height, width), args.depth_mm, "<u2").tobytes())
+            depth.header.stamp = rospy.Time(*ns_to_sec_nsec(stamp_ns(i)))
+            depth.header.frame_id = args.frame_id
+            depth_pub.publish(depth)
         if args.compressed:
-            bgr = np.ascontiguousarray(make_rgb(i, args.pattern)[..., ::-1])
+            bgr = np.ascontiguousarray(make_rgb(i, args.pattern, width, height)[..., ::-1])
             ok, buf = cv2.imencode("." + args.compressed, bgr)
             assert ok
             msg = CompressedImage(format=args.compressed, data=buf.tobytes())
         else:
-            data, step = encode_image(make_rgb(i, args.pattern), args.encoding)
-            msg = Image(height=HEIGHT, width=WIDTH, encoding=args.encoding, is_bigendian=0, step=step, data=data)
+            data, step = encode_image(make_rgb(i, args.pattern, width, height), args.encoding)
+            msg = Image(height=height, width=width, encoding=args.encoding, is_bigendian=0, step=step, data=data)
         msg.header.stamp = rospy.Time(*ns_to_sec_nsec(stamp_ns(i)))
         msg.header.frame_id = args.frame_id
         image_pub.publish(msg)

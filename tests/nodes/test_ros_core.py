@@ -24,6 +24,7 @@ from recon.nodes.ros.core import (
     cloud_from_result,
     cloud_to_array,
     decode_compressed_image,
+    decode_depth_image,
     decode_raw_image,
     fill_cloud,
     fill_pose,
@@ -385,3 +386,55 @@ def test_system_finder_serves_only_ros_names(tmp_path: Any) -> None:
     assert finder.find_spec("numpy") is None  # Debian's numpy must never shadow (or stand in for) the venv's
     assert finder.find_spec("rospy.impl") is None  # submodules resolve through the package, not here
     assert is_ros_name("tf2_msgs") and is_ros_name("std_srvs") and not is_ros_name("torch")
+
+
+# ------------------------------------------------------------------------------------------------ depth
+
+
+def _depth_msg(depth: np.ndarray, t_ns: int, encoding: str = "16UC1", big: bool = False) -> SimpleNamespace:
+    msg = _image_msg(np.zeros((1, 1, 3), np.uint8), t_ns)
+    dt = {"16UC1": "u2", "32FC1": "f4"}[encoding]
+    arr = depth.astype((">" if big else "<") + dt)
+    msg.height, msg.width, msg.encoding, msg.is_bigendian = *depth.shape, encoding, int(big)
+    msg.step, msg.data = depth.shape[1] * arr.itemsize, arr.tobytes()
+    return msg
+
+
+def test_depth_images_decode_to_metres_with_invalid_as_zero() -> None:
+    mm = np.array([[0, 1000], [2500, 65535]], np.uint16)
+    for big in (False, True):
+        m = _depth_msg(mm, 0, big=big)
+        out = decode_depth_image(m.encoding, m.height, m.width, m.step, big, m.data)
+        np.testing.assert_allclose(out, [[0, 1.0], [2.5, 65.535]], rtol=1e-6)
+    metres = np.array([[np.nan, 1.5], [np.inf, -2.0]], np.float32)
+    m = _depth_msg(metres, 0, "32FC1")
+    out = decode_depth_image(m.encoding, m.height, m.width, m.step, False, m.data)
+    np.testing.assert_array_equal(out, [[0, 1.5], [0, 0]])
+    with pytest.raises(ProtocolError, match="unsupported depth"):
+        decode_depth_image("rgb8", 2, 2, 6, False, bytes(12))
+
+
+def test_core_pairs_colour_with_the_nearest_depth_within_slop() -> None:
+    core = _core(camera_info_topic="", depth_topic="/depth", depth_slop=0.01, depth_wait=0.0)
+    rgb = _rgb(4, 6)
+    core.on_depth(_depth_msg(np.full((4, 6), 1000, np.uint16), 1_000_000_000))
+    core.on_depth(_depth_msg(np.full((4, 6), 3000, np.uint16), 1_005_000_000))
+    frame = core.frame_from_msg(_image_msg(rgb, 1_004_000_000))
+    np.testing.assert_allclose(frame.depth, 3.0)  # 1 ms away beats 4 ms away
+    frame = core.frame_from_msg(_image_msg(rgb, 1_030_000_000))  # nothing within 10 ms: no depth, warned once
+    assert frame.depth is None and core.faults.counts == {"no_depth": 1}
+    core.on_depth(_depth_msg(np.full((2, 3), 2000, np.uint16), 2_000_000_000))  # half resolution: resampled
+    frame = core.frame_from_msg(_image_msg(rgb, 2_000_000_000))
+    assert frame.depth.shape == (4, 6) and np.allclose(frame.depth, 2.0)
+    assert core.faults.counts["depth_size"] == 1
+
+
+def test_core_waits_briefly_for_depth_arriving_after_the_colour_image() -> None:
+    import threading
+
+    core = _core(camera_info_topic="", depth_topic="/depth", depth_wait=5.0)
+    timer = threading.Timer(0.1, core.on_depth, [_depth_msg(np.full((4, 6), 500, np.uint16), 7)])
+    timer.start()
+    frame = core.frame_from_msg(_image_msg(_rgb(4, 6), 7))
+    timer.join()
+    np.testing.assert_allclose(frame.depth, 0.5)

@@ -159,9 +159,9 @@ def _run(launch: Callable[..., subprocess.Popen], tmp_path: Path, node: str, nod
     return json.loads(out.read_text()), recon_node
 
 
-def _stop(node: subprocess.Popen, log: Path) -> str:
-    """SIGTERM the node, check it exits cleanly, return its log."""
-    if node.poll() is None:
+def _stop(node: subprocess.Popen, log: Path, signalled: bool = False) -> str:
+    """SIGTERM the node (unless `signalled` already), check it exits cleanly, return its log."""
+    if not signalled and node.poll() is None:
         node.send_signal(signal.SIGTERM)
     assert node.wait(timeout=15) == 0, log.read_text()[-4000:]
     return log.read_text()
@@ -219,7 +219,7 @@ def test_ros_node_params_lagging_backend_bgr8(launch: Callable[..., subprocess.P
     _set_params(roscore, {"/recon_b/backend_options": {"lag": 1}})
     rec, node = _run(launch, tmp_path, "recon_b", ["--backend", "ros_fake", "_camera_frame:=cam_b"],
                      ["--count", str(n), "--encoding", "bgr8"], stop_at=n - 1)
-    assert "5 frames in, 5 results out" in _stop(node, tmp_path / "node.log")
+    assert "5 frames in, 5 results out" in _stop(node, tmp_path / "node.log", signalled=True)
     stamps = [stamp_ns(i) for i in range(n)]
     assert [p["stamp"] for p in rec["pose"]] == stamps
     for i, p in enumerate(rec["pose"]):
@@ -239,13 +239,16 @@ def test_ros_node_compressed_png(launch: Callable[..., subprocess.Popen], tmp_pa
     assert [{tuple(rgb) for rgb in c["rgb"]} for c in rec["points"]] == [{colour(i)} for i in range(n)]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("recon.backends.geometric") is None,
-                    reason="the geometric backend has not landed in this checkout")
-def test_ros_node_geometric_smoke(launch: Callable[..., subprocess.Popen], tmp_path: Path) -> None:
-    """The real weight-free backend behind the ROS node: poses arrive, stamped with input stamps."""
+def test_ros_node_geometric_rgbd_smoke(launch: Callable[..., subprocess.Popen], tmp_path: Path) -> None:
+    """The real weight-free backend behind the ROS node, fed colour + registered 16UC1 depth: every image gets
+    a finite pose with its own stamp, and metric points lie on the 1.5 m plane the depth describes."""
     n = 6
-    rec, _ = _run(launch, tmp_path, "recon_g", ["--backend", "geometric"],
-               ["--count", str(n), "--expect", "1", "--pattern", "texture"], timeout=50)
-    assert rec["pose"], "the geometric backend published no pose"
-    assert {p["stamp"] for p in rec["pose"]} <= {stamp_ns(i) for i in range(n)}
+    rec, node = _run(launch, tmp_path, "recon_g", ["--backend", "geometric", "--depth-topic", "/cam/depth"],
+                     ["--count", str(n), "--pattern", "texture", "--size", "160x120", "--depth-mm", "1500"],
+                     timeout=50)
+    assert "faults {}" in _stop(node, tmp_path / "node.log")
+    assert [p["stamp"] for p in rec["pose"]] == [stamp_ns(i) for i in range(n)]
     assert all(np.isfinite(p["position"]).all() for p in rec["pose"])
+    assert len(rec["points"]) == n and all(c["width"] > 0 for c in rec["points"])
+    first = np.asarray(rec["points"][0]["xyz"])  # frame 0 defines the world: its camera is the origin
+    np.testing.assert_allclose(first[:, 2], 1.5, atol=1e-3)
