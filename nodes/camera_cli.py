@@ -10,8 +10,11 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import logging
 
 from recon.nodes.transport import add_security_arguments
+
+logger = logging.getLogger(__name__)
 
 HELP = "camera node: read a source and stream frames to a reconstruction node"
 
@@ -60,3 +63,24 @@ def run(args: argparse.Namespace) -> int:
     finally:
         source.close()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point without the full `recon` parser (`python -m recon.nodes.camera_cli`): starts faster."""
+    from recon.utils.log import setup_logging
+
+    parser = argparse.ArgumentParser(prog="recon node camera", description=HELP)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logging()
+    from recon.errors import ReconError
+
+    try:
+        return run(args)
+    except ReconError as e:
+        logger.error("%s", e)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="backend option (VALUE parsed as JSON when it can be); repeatable")
     parser.add_argument("--queue-size", type=int, default=8, help="frames queued per stream (= credit window)")
     parser.add_argument("--max-streams", type=int, default=16, help="sessions beyond this are refused")
+    parser.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
+                        help="grant cameras no credit until N result subscribers are connected")
     parser.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat period in seconds")
     parser.add_argument("--points-dtype", choices=("f2", "f4"), default="f4", help="point map dtype on the wire")
     parser.add_argument("--stride", type=int, default=1, help="subsample per-pixel result payloads")
@@ -53,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
                              backend_options=parse_options(args.option), queue_size=args.queue_size,
                              heartbeat_s=args.heartbeat, points_dtype=args.points_dtype, stride=args.stride,
                              with_image=not args.no_image, max_streams=args.max_streams,
+                             min_subscribers=args.wait_subscribers,
                              allow_remote=args.allow_remote, limits=limits, security=Security.from_args(args))
     node = ReconNode(config).start()
     stop = on_shutdown_signals(lambda: None)
@@ -62,3 +65,24 @@ def run(args: argparse.Namespace) -> int:
     finally:
         node.stop()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point without the full `recon` parser (`python -m recon.nodes.recon_cli`): starts faster."""
+    from recon.utils.log import setup_logging
+
+    parser = argparse.ArgumentParser(prog="recon node recon", description=HELP)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logging()
+    from recon.errors import ReconError
+
+    try:
+        return run(args)
+    except ReconError as e:
+        logger.error("%s", e)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -62,6 +62,8 @@ class ReconNodeConfig:
         heartbeat_s: heartbeat period on the PUB socket.
         points_dtype, stride, with_image: how results are encoded (see protocol.encode_result).
         max_streams: sessions beyond this are refused (bounded memory).
+        min_subscribers: grant cameras no credit until this many result subscribers are connected (a recorded
+            replay waits for its recorder instead of publishing into the void).
         allow_remote: permit non-loopback binds.
     """
 
@@ -76,6 +78,7 @@ class ReconNodeConfig:
     stride: int = 1
     with_image: bool = True
     max_streams: int = 16
+    min_subscribers: int = 0
     allow_remote: bool = False
     limits: P.Limits = P.DEFAULT_LIMITS
     security: Security = field(default_factory=Security)
@@ -251,6 +254,7 @@ class ReconNode:
         self.messages_in = 0
         self.results_out = 0
         self.ingest_drops = 0
+        self.result_subscribers = 0
 
     def __str__(self) -> str:
         return f"ReconNode({self.config.bind})"
@@ -362,7 +366,7 @@ class ReconNode:
 
     def ack_later(self, peer: bytes, stream_id: str, epoch: int, seqs: list[int]) -> None:
         """Queue a credit message for the io thread (thread-safe through a private PUSH socket)."""
-        msg = P.encode_control(P.CREDIT, stream_id, t_ns=time.time_ns(), window=self.config.queue_size,
+        msg = P.encode_control(P.CREDIT, stream_id, t_ns=time.time_ns(), window=self.window,
                                acked=seqs, epoch=epoch, node=self.node_id)
         sock = self._push_socket()
         try:
@@ -462,17 +466,21 @@ class ReconNode:
 
     def _publish_loop(self, ready: threading.Barrier) -> None:
         cfg = self.config
-        sock = open_socket(self.ctx, zmq.PUB, limits=cfg.limits, security=cfg.security, server=True, hwm=1000)
+        # XPUB (a PUB that also reports subscriptions) so recorded replays can wait for their recorder.
+        sock = open_socket(self.ctx, zmq.XPUB, limits=cfg.limits, security=cfg.security, server=True, hwm=1000)
+        sock.setsockopt(zmq.XPUB_VERBOSER, 1)
         try:
             sock.bind(cfg.publish)
             ready.wait(10)
             next_beat = 0.0
             while True:
+                self._count_subscribers(sock)
                 with self._pub_cond:
                     if not self._pub_q:
                         if self._stop.is_set() and all(not s.thread.is_alive() for s in self._all_sessions()):
                             break
-                        self._pub_cond.wait(min(0.2, max(0.0, next_beat - time.monotonic())))
+                        gated = self.result_subscribers < cfg.min_subscribers
+                        self._pub_cond.wait(min(0.02 if gated else 0.2, max(0.0, next_beat - time.monotonic())))
                     entry = self._pub_q.popleft() if self._pub_q else None
                 now = time.monotonic()
                 if now >= next_beat:
@@ -504,6 +512,25 @@ class ReconNode:
         finally:
             self._close_push_socket()
             sock.close(linger=2000)  # let the final results reach connected subscribers
+
+    def _count_subscribers(self, sock: zmq.Socket) -> None:
+        """Track how many subscribers listen to results (XPUB subscribe/unsubscribe messages)."""
+        while True:
+            try:
+                event = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event[1:].startswith(P.TOPIC_RESULT[:-1]) or event[1:] == b"":
+                before = self.result_subscribers
+                self.result_subscribers = max(0, before + (1 if event[:1] == b"\x01" else -1))
+                if before < self.config.min_subscribers <= self.result_subscribers:
+                    logger.info("%s: %d result subscriber(s) present, accepting frames", self,
+                                self.result_subscribers)
+
+    @property
+    def window(self) -> int:
+        """Credit granted to cameras: none until `min_subscribers` listen, so no result is published unheard."""
+        return self.config.queue_size if self.result_subscribers >= self.config.min_subscribers else 0
 
     def _all_sessions(self) -> list[Session]:
         with self._sessions_lock:
@@ -562,7 +589,8 @@ class ReconNode:
                 "frames": sum(s["frames"] for s in sessions.values()),
                 "fps": round(float(np.sum([s["fps"] for s in sessions.values()])), 2),
                 "drops": self.ingest_drops + sum(s["drops"] for s in sessions.values()),
-                "decode_backlog": len(self._decode_q), "publish_backlog": len(self._pub_q),
+                "decode_backlog": len(self._decode_q), "result_subscribers": self.result_subscribers,
+                "publish_backlog": len(self._pub_q),
                 "rejected": rejected, "rejected_total": int(sum(rejected.values())), "faults": self.warn.counts,
                 "rss_bytes": int(psutil.Process().memory_info().rss), "sessions": sessions}
 

@@ -88,3 +88,24 @@ def run(args: argparse.Namespace) -> int:
             summary = {**asdict(node.stats), "rejected": node.rejects.counts}
             Path(args.summary).write_text(json.dumps(summary, indent=1))
     return 1 if node.error is not None else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point without the full `recon` parser (`python -m recon.nodes.viewer_cli`): starts faster."""
+    from recon.utils.log import setup_logging
+
+    parser = argparse.ArgumentParser(prog="recon node viewer", description=HELP)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logging()
+    from recon.errors import ReconError
+
+    try:
+        return run(args)
+    except ReconError as e:
+        logger.error("%s", e)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

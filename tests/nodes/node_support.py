@@ -10,7 +10,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import zmq
 
-from recon.nodes.pipeline import free_port
+from recon.nodes.pipeline import free_port, node_command
 from recon.nodes.transport import request
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,14 +28,14 @@ def tcp() -> str:
 
 
 class NodeProcess:
-    """`python -m recon.cli node ...` as a subprocess with its log captured to a file."""
+    """`recon node KIND ...` as a subprocess (through `python -m recon.nodes.KIND_cli`), log captured to a file."""
 
     def __init__(self, args: list[str], log: Path) -> None:
         self.args = args
         self.log_path = log
         self._log = log.open("ab")
         env = {**os.environ, "PYTHONPATH": str(REPO), "RECON_LOG_LEVEL": "INFO", "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "recon.cli", "node", *args], cwd=REPO, env=env,
+        self.proc = subprocess.Popen(node_command(*args), cwd=REPO, env=env,
                                      stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def alive(self) -> bool:
