@@ -1,0 +1,74 @@
+"""Local bundle adjustment for monocular VO: scipy sparse least squares over a window of keyframes.
+
+Cameras are world-to-camera (Rodrigues vector, translation), points are world xyz; residuals are pixel
+reprojection errors with a Huber loss. The Jacobian is finite-differenced, but `jac_sparsity` tells scipy
+that each residual touches one camera and one point, so the columns are grouped and a Jacobian costs about
+ten residual evaluations whatever the window size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import least_squares
+from scipy.sparse import coo_matrix
+from scipy.spatial.transform import Rotation
+
+
+def _project(cams_c6: np.ndarray, X_p3: np.ndarray, obs_cam: np.ndarray, obs_pt: np.ndarray,
+             K: np.ndarray) -> np.ndarray:
+    R = Rotation.from_rotvec(cams_c6[:, :3]).as_matrix()
+    Xc = np.einsum("mij,mj->mi", R[obs_cam], X_p3[obs_pt]) + cams_c6[obs_cam, 3:]
+    z = np.maximum(Xc[:, 2], 1e-6)
+    return Xc[:, :2] / z[:, None] * [K[0, 0], K[1, 1]] + [K[0, 2], K[1, 2]]
+
+
+def bundle_adjust(T_cw_c44: np.ndarray, fixed_c: np.ndarray, X_p3: np.ndarray, obs_cam: np.ndarray,
+                  obs_pt: np.ndarray, obs_uv: np.ndarray, K: np.ndarray, *, huber_px: float = 1.5,
+                  max_nfev: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Refined (T_cw [C,4,4], X [P,3], per-observation reprojection error [M]).
+
+    Args:
+        T_cw_c44: world-to-camera poses of the window's keyframes.
+        fixed_c: True for keyframes held constant (they fix the gauge: two fixed keyframes fix the scale).
+        X_p3: world points; obs_cam / obs_pt / obs_uv: observation m sees point obs_pt[m] in camera
+            obs_cam[m] at pixel obs_uv[m].
+    """
+    C, P, M = len(T_cw_c44), len(X_p3), len(obs_cam)
+    cams = np.zeros((C, 6))
+    cams[:, :3] = Rotation.from_matrix(T_cw_c44[:, :3, :3]).as_rotvec()
+    cams[:, 3:] = T_cw_c44[:, :3, 3]
+    free = np.flatnonzero(~fixed_c)
+    col_of_cam = -np.ones(C, np.int64)
+    col_of_cam[free] = np.arange(len(free)) * 6
+    n_cam_params = 6 * len(free)
+
+    def unpack(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        c = cams.copy()
+        c[free] = x[:n_cam_params].reshape(-1, 6)
+        return c, x[n_cam_params:].reshape(-1, 3)
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        c, X = unpack(x)
+        return (_project(c, X, obs_cam, obs_pt, K) - obs_uv).ravel()
+
+    rows, cols = [], []
+    r = np.arange(M)
+    has_cam = col_of_cam[obs_cam] >= 0
+    for k in range(2):
+        for j in range(6):
+            rows.append(2 * r[has_cam] + k)
+            cols.append(col_of_cam[obs_cam[has_cam]] + j)
+        for j in range(3):
+            rows.append(2 * r + k)
+            cols.append(n_cam_params + 3 * obs_pt + j)
+    rows_a, cols_a = np.concatenate(rows), np.concatenate(cols)
+    sparsity = coo_matrix((np.ones(len(rows_a)), (rows_a, cols_a)), shape=(2 * M, n_cam_params + 3 * P)).tocsr()
+    x0 = np.concatenate([cams[free].ravel(), X_p3.ravel()])
+    sol = least_squares(residuals, x0, jac_sparsity=sparsity, method="trf", loss="huber", f_scale=huber_px,
+                        x_scale="jac", max_nfev=max_nfev, xtol=1e-8, ftol=1e-6, tr_solver="lsmr")
+    c, X = unpack(sol.x)
+    T = np.tile(np.eye(4), (C, 1, 1))
+    T[:, :3, :3] = Rotation.from_rotvec(c[:, :3]).as_matrix()
+    T[:, :3, 3] = c[:, 3:]
+    err = np.linalg.norm(_project(c, X, obs_cam, obs_pt, K) - obs_uv, axis=1)
+    return T, X, err

@@ -1,0 +1,498 @@
+"""Monocular keyframe visual odometry of the geometric backend (OpenCV + scipy), in one arbitrary scale.
+
+Pipeline: Shi-Tomasi corners tracked with KLT; two-view initialisation from the essential matrix (5-point
+RANSAC + recoverPose) once the median flow and the triangulation angle show enough parallax; every later
+frame posed by RANSAC PnP against the triangulated map points, seeded with a constant-velocity guess;
+keyframes when tracks thin out, where tracks without a point are triangulated against the oldest window
+keyframe that saw them, followed by a local bundle adjustment of the last `ba_window` keyframes (the two
+oldest held fixed, which also pins the scale so it propagates instead of drifting freely).
+
+Scale: the first map has median scene depth 1 in its first keyframe. World = the first camera.
+
+Output: frames are held until the map is initialised (initialisation needs parallax), then emitted with
+poses from PnP against the new map. Point maps are built from the map points tracked in the frame: with
+`points="dense"` their depths are interpolated linearly over a Delaunay triangulation of their pixels
+(confidence 1 inside the convex hull, 0 and NaN points outside), with `points="sparse"` only the grid cells
+holding a tracked point are filled. Dense maps are smooth across depth edges: they are a preview, not a
+reconstruction.
+
+Tracking loss (PnP fails: blank frame, fast motion, occlusion) is logged once and counted. The pose continues
+from the constant-velocity guess and the next frame is tracked from the last good one; after
+`max_lost_frames` failures in a row the map is dropped and initialisation restarts. The new map is chained
+to the old trajectory at the predicted pose of its first keyframe, with the scale that gives it the old map's
+median scene depth (the best guess when nothing is shared with the old map).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from recon.backends.geometric.bundle import bundle_adjust
+from recon.backends.geometric.features import KltTracker, to_gray
+from recon.backends.geometric.grid import depth_point_map, strided_K
+from recon.backends.geometric.pnp import solve_pnp
+from recon.geometry.transforms import inv_se3
+from recon.types import Frame, FrameResult
+from recon.utils.log import WarnOnce
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Keyframe:
+    index: int
+    T_cw: np.ndarray  # world-to-camera
+    obs: dict[int, np.ndarray] = field(default_factory=dict)  # track id -> pixel
+
+
+@dataclass
+class _Pending:
+    """A frame held during initialisation, with where the initialisation tracks were seen in it."""
+
+    frame: Frame
+    ids: np.ndarray
+    pts: np.ndarray
+
+
+class MonoVO:
+    """Keyframe visual odometry for uncalibrated-scale monocular video.
+
+    Args:
+        K: 3x3 intrinsics; width, height: input size; stride: output grid stride; points: "dense" | "sparse".
+        max_features: live tracks kept; min_tracks / keyframe_ratio: keyframe triggers.
+        min_init_px: median flow (pixels) before trying initialisation (default 2% of the image diagonal).
+        min_init_deg / min_tri_deg: median triangulation angle for initialisation / angle for a new point.
+        ba_window: keyframes in the local bundle adjustment; max_kf_gap: frames between keyframes at most.
+        min_inliers: PnP inliers needed to accept a pose; max_lost_frames: failures before re-initialising.
+        max_pending: frames held while initialising before the oldest is emitted with a guessed pose.
+    """
+
+    def __init__(self, K: np.ndarray, width: int, height: int, *, stride: int = 1, points: str = "dense",
+                 max_features: int = 400, min_tracks: int = 150, keyframe_ratio: float = 0.75,
+                 min_init_px: float | None = None, min_init_deg: float = 1.0, min_tri_deg: float = 1.0,
+                 ba_window: int = 6, max_kf_gap: int = 8, min_inliers: int = 15, reproj_px: float = 2.0,
+                 max_lost_frames: int = 3, max_pending: int = 60, ba_iterations: int = 20,
+                 klt: dict[str, Any] | None = None) -> None:
+        self.K = np.asarray(K, dtype=np.float64)
+        self.width, self.height = int(width), int(height)
+        self.stride = int(stride)
+        self.points_mode = points
+        self.max_features = int(max_features)
+        self.min_tracks = int(min_tracks)
+        self.keyframe_ratio = float(keyframe_ratio)
+        self.min_init_px = float(min_init_px) if min_init_px else 0.02 * float(np.hypot(width, height))
+        self.min_init_deg = float(min_init_deg)
+        self.min_tri_deg = float(min_tri_deg)
+        self.ba_window = max(2, int(ba_window))
+        self.max_kf_gap = int(max_kf_gap)
+        self.min_inliers = int(min_inliers)
+        self.reproj_px = float(reproj_px)
+        self.max_lost_frames = int(max_lost_frames)
+        self.max_pending = int(max_pending)
+        self.ba_iterations = int(ba_iterations)
+        self._klt_options = dict(klt or {})
+        self._warn = WarnOnce(logger)
+        self._K_out = strided_K(self.K, self.stride)
+        self.losses = 0
+        self.reinitialisations = 0
+        self.keyframe_count = 0
+        self.emitted_guessed = 0
+        self._reset_map(np.eye(4), scale_depth=None)
+        self.velocity = np.eye(4)
+        self.T_world_last = np.eye(4)
+        self.lost_in_row = 0
+
+    # -- public -----------------------------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, Any]:
+        """Counters for BackendStats.extra."""
+        return {"state": self.state, "tracking_losses": self.losses, "reinitialisations": self.reinitialisations,
+                "keyframes": self.keyframe_count, "map_points": len(self.points), "tracks": len(self._ids),
+                "pending": len(self._pending), "guessed_poses": self.emitted_guessed, "lost": self.lost_in_row > 0}
+
+    def memory_bytes(self) -> int:
+        """Rough bytes held: map points, keyframe observations, held frames and the last image."""
+        obs = sum(len(kf.obs) for kf in self._kfs)
+        held = sum(p.frame.image.nbytes for p in self._pending)
+        return 24 * len(self.points) + 40 * obs + held + self.width * self.height * 2
+
+    def track(self, frame: Frame) -> list[FrameResult]:
+        """Process one frame; returns its result, or nothing while held, or several when initialisation ends."""
+        gray = to_gray(frame.image)
+        if self.state == "init":
+            return self._step_init(frame, gray)
+        return self._step_track(frame, gray)
+
+    def flush(self) -> list[FrameResult]:
+        """End of stream: emit held frames with the best pose available (the reference pose)."""
+        out = [self._emit_guess(p.frame, self._T_world_ref) for p in self._pending]
+        self._pending = []
+        return out
+
+    # -- map state ----------------------------------------------------------------------------------------------
+
+    def _reset_map(self, T_world_ref: np.ndarray, scale_depth: float | None) -> None:
+        """Drop the map; the next map starts at pose `T_world_ref` with median depth `scale_depth` (or 1)."""
+        self.state = "init"
+        self.klt = KltTracker(max_corners=self.max_features, **self._klt_options)
+        self.points: dict[int, np.ndarray] = {}
+        self._kfs: list[_Keyframe] = []
+        self._ids = np.zeros(0, np.int64)
+        self._pts = np.zeros((0, 2), np.float32)
+        self._prev_gray: np.ndarray | None = None
+        self._ref_gray: np.ndarray | None = None
+        self._ref_pts = np.zeros((0, 2), np.float32)
+        self._pending: list[_Pending] = []
+        self._T_world_ref = T_world_ref.copy()
+        self._scale_depth = scale_depth
+        self._frames_since_kf = 0
+        self._kf_map_tracks = 0
+
+    # -- initialisation -----------------------------------------------------------------------------------------
+
+    def _step_init(self, frame: Frame, gray: np.ndarray) -> list[FrameResult]:
+        out: list[FrameResult] = []
+        if self._ref_gray is None:
+            pts, ids = self.klt.detect(gray)
+            if len(pts) < 60:  # blank or textureless: cannot start here
+                self._T_world_ref = self._predict()
+                return [self._emit_guess(frame, self._T_world_ref)]
+            self._ref_gray, self._prev_gray = gray, gray
+            self._ref_pts, self._pts, self._ids = pts, pts.copy(), ids
+            self._pending = [_Pending(frame, ids, pts)]
+            self.T_world_last = self._T_world_ref.copy()
+            return out
+        pts, ok = self.klt.track(self._prev_gray, gray, self._pts)
+        if ok.sum() < 0.4 * len(self._ref_pts) or ok.sum() < 50:
+            # The reference is no longer visible (or this frame is garbage): emit what is held, start again.
+            out = self.flush()
+            self._ref_gray = None
+            return out + self._step_init(frame, gray)
+        self._ids, self._pts, self._ref_pts = self._ids[ok], pts[ok], self._ref_pts[ok]
+        self._prev_gray = gray
+        self._pending.append(_Pending(frame, self._ids.copy(), self._pts.copy()))
+        flow = np.median(np.linalg.norm(self._pts - self._ref_pts, axis=1))
+        if flow >= self.min_init_px and self._try_initialise(gray):
+            return out + self._emit_pending()
+        while len(self._pending) > self.max_pending:
+            out.append(self._emit_guess(self._pending.pop(0).frame, self._T_world_ref))
+        return out
+
+    def _try_initialise(self, gray: np.ndarray) -> bool:
+        """Two-view map from the reference and the current frame; False when the parallax is too small."""
+        p0, p1 = self._ref_pts.astype(np.float64), self._pts.astype(np.float64)
+        E, mask = cv2.findEssentialMat(p0, p1, self.K, method=cv2.RANSAC, prob=0.999, threshold=1.0)
+        if E is None or E.shape != (3, 3) or mask is None:
+            return False
+        _, R, t, mask = cv2.recoverPose(E, p0, p1, self.K, mask=mask.copy())
+        inl = mask.reshape(-1) > 0
+        if inl.sum() < 50:
+            return False
+        T_cur_ref = np.eye(4)
+        T_cur_ref[:3, :3], T_cur_ref[:3, 3] = R, t.reshape(3)
+        X_ref, good = self._triangulate(np.eye(4), T_cur_ref, p0, p1)
+        good &= inl
+        if good.sum() < 40:
+            return False
+        rays0 = X_ref[good] / np.linalg.norm(X_ref[good], axis=1, keepdims=True)
+        c1 = -R.T @ t.reshape(3)
+        d1 = X_ref[good] - c1
+        rays1 = d1 / np.linalg.norm(d1, axis=1, keepdims=True)
+        angle = np.degrees(np.arccos(np.clip(np.sum(rays0 * rays1, axis=1), -1, 1)))
+        if np.median(angle) < self.min_init_deg:
+            return False
+        median_depth = float(np.median(X_ref[good, 2]))
+        target = self._scale_depth or 1.0
+        s = target / median_depth
+        T_cur_ref[:3, 3] *= s
+        X_world = (s * X_ref) @ self._T_world_ref[:3, :3].T + self._T_world_ref[:3, 3]
+        T_ref_world = inv_se3(self._T_world_ref)
+        kf0 = _Keyframe(self.keyframe_count, T_ref_world)
+        kf1 = _Keyframe(self.keyframe_count + 1, T_cur_ref @ T_ref_world)
+        self.keyframe_count += 2
+        keep = inl  # outliers of the epipolar geometry are dropped
+        for i in np.flatnonzero(keep):
+            tid = int(self._ids[i])
+            kf0.obs[tid] = self._ref_pts[i].copy()
+            kf1.obs[tid] = self._pts[i].copy()
+            if good[i]:
+                self.points[tid] = X_world[i]
+        self._ids, self._pts = self._ids[keep], self._pts[keep]
+        self._kfs = [kf0, kf1]
+        self.state = "track"
+        self._frames_since_kf = 0
+        self._replenish(gray, kf1)
+        self._kf_map_tracks = self._n_map_tracks()
+        logger.info("monocular VO initialised: %d map points, median parallax %.1f deg over %d frames",
+                    len(self.points), float(np.median(angle)), len(self._pending))
+        return True
+
+    def _emit_pending(self) -> list[FrameResult]:
+        """Pose the held frames by PnP against the new map; emit them in order."""
+        out = []
+        T_guess_cw = self._kfs[0].T_cw
+        last = len(self._pending) - 1
+        for k, p in enumerate(self._pending):
+            if k == 0:
+                T_cw = self._kfs[0].T_cw
+            elif k == last:
+                T_cw = self._kfs[-1].T_cw
+            else:
+                T_cw = self._pnp(p.ids, p.pts, T_guess_cw)
+                if T_cw is None:
+                    T_cw = T_guess_cw
+            T_guess_cw = T_cw
+            out.append(self._result(p.frame, inv_se3(T_cw), p.ids, p.pts))
+        T_prev = inv_se3(self._kfs[-2].T_cw) if last < 1 else inv_se3(self._pnp_or(self._pending[-2], T_guess_cw))
+        self.T_world_last = inv_se3(self._kfs[-1].T_cw)
+        self.velocity = inv_se3(T_prev) @ self.T_world_last
+        self._pending = []
+        self.lost_in_row = 0
+        return out
+
+    def _pnp_or(self, p: _Pending, guess_cw: np.ndarray) -> np.ndarray:
+        T = self._pnp(p.ids, p.pts, guess_cw)
+        return guess_cw if T is None else T
+
+    # -- tracking ----------------------------------------------------------------------------------------------
+
+    def _step_track(self, frame: Frame, gray: np.ndarray) -> list[FrameResult]:
+        guess = self.T_world_last @ self.velocity
+        pts, ok = self.klt.track(self._prev_gray, gray, self._pts)
+        ids = self._ids[ok]
+        pts = pts[ok]
+        T_cw = None
+        if len(ids):
+            has = np.array([int(i) in self.points for i in ids])
+            if has.sum() >= self.min_inliers:
+                X = np.stack([self.points[int(i)] for i in ids[has]])
+                res = solve_pnp(X, pts[has], self.K, inv_se3(guess), reproj_px=self.reproj_px,
+                                min_inliers=self.min_inliers)
+                if res is not None:
+                    T_cw, inl = res
+                    drop = np.flatnonzero(has)[~inl]
+                    keep = np.ones(len(ids), bool)
+                    keep[drop] = False
+                    for tid in ids[drop]:
+                        self.points.pop(int(tid), None)
+                    ids, pts = ids[keep], pts[keep]
+        if T_cw is None:
+            return [self._lost(frame, guess)]
+        T_world_cur = inv_se3(T_cw)
+        self.velocity = inv_se3(self.T_world_last) @ T_world_cur
+        self.T_world_last = T_world_cur
+        self.lost_in_row = 0
+        self._ids, self._pts, self._prev_gray = ids, pts, gray
+        self._frames_since_kf += 1
+        n_map = self._n_map_tracks()
+        if (n_map < self.keyframe_ratio * self._kf_map_tracks or len(ids) < self.min_tracks
+                or self._frames_since_kf >= self.max_kf_gap):
+            T_cw = self._add_keyframe(gray, T_cw)
+            self.T_world_last = inv_se3(T_cw)
+            self.velocity = inv_se3(T_world_cur) @ self.T_world_last @ self.velocity
+        return [self._result(frame, self.T_world_last, self._ids, self._pts)]
+
+    def _n_map_tracks(self) -> int:
+        return int(sum(1 for i in self._ids if int(i) in self.points))
+
+    def _pnp(self, ids: np.ndarray, pts: np.ndarray, guess_cw: np.ndarray) -> np.ndarray | None:
+        has = np.array([int(i) in self.points for i in ids], bool)
+        if has.sum() < self.min_inliers:
+            return None
+        X = np.stack([self.points[int(i)] for i in ids[has]])
+        res = solve_pnp(X, pts[has], self.K, guess_cw, reproj_px=self.reproj_px, min_inliers=self.min_inliers)
+        return None if res is None else res[0]
+
+    def _lost(self, frame: Frame, guess: np.ndarray) -> FrameResult:
+        """Count a loss; keep the last good frame to track from; re-initialise after too many in a row."""
+        self.losses += 1
+        self.lost_in_row += 1
+        self._warn("tracking_lost", "monocular VO lost tracking at %s/%d; continuing from a constant-velocity "
+                   "guess", frame.stream_id, frame.seq)
+        if self.lost_in_row <= self.max_lost_frames:
+            self.T_world_last = guess
+        else:
+            self.velocity = np.eye(4)
+        if self.lost_in_row > self.max_lost_frames and self.state == "track":
+            self.reinitialisations += 1
+            logger.info("monocular VO: re-initialising after %d lost frames", self.lost_in_row)
+            depth = self._median_depth()
+            self._reset_map(self.T_world_last, scale_depth=depth)
+        self.emitted_guessed += 1
+        return self._result(frame, self.T_world_last, np.zeros(0, np.int64), np.zeros((0, 2)), ok=False)
+
+    def _median_depth(self) -> float | None:
+        kf = self._kfs[-1] if self._kfs else None
+        if kf is None:
+            return None
+        X = [self.points[i] for i in kf.obs if i in self.points]
+        if len(X) < 10:
+            return None
+        z = (np.stack(X) @ kf.T_cw[:3, :3].T + kf.T_cw[:3, 3])[:, 2]
+        return float(np.median(z[z > 0])) if np.any(z > 0) else None
+
+    def _predict(self) -> np.ndarray:
+        if self.lost_in_row <= self.max_lost_frames:
+            self.T_world_last = self.T_world_last @ self.velocity
+        return self.T_world_last
+
+    # -- keyframes ---------------------------------------------------------------------------------------------
+
+    def _add_keyframe(self, gray: np.ndarray, T_cw: np.ndarray) -> np.ndarray:
+        """New keyframe: triangulate, bundle-adjust the window, replenish corners; returns the refined T_cw."""
+        obs = {int(i): p.copy() for i, p in zip(self._ids, self._pts, strict=True)}
+        kf = _Keyframe(self.keyframe_count, T_cw.copy(), obs)
+        self.keyframe_count += 1
+        self._kfs.append(kf)
+        self._kfs = self._kfs[-self.ba_window:]
+        self._triangulate_new(kf)
+        self._local_ba()
+        self._replenish(gray, kf)
+        self._frames_since_kf = 0
+        self._kf_map_tracks = self._n_map_tracks()
+        return kf.T_cw
+
+    def _triangulate_new(self, kf: _Keyframe) -> None:
+        """Points for tracks without one, against the oldest window keyframe that saw them."""
+        cand = [i for i in kf.obs if i not in self.points]
+        by_kf: dict[int, list[int]] = {}
+        for tid in cand:
+            for k, old in enumerate(self._kfs[:-1]):
+                if tid in old.obs:
+                    by_kf.setdefault(k, []).append(tid)
+                    break
+        for k, tids in by_kf.items():
+            old = self._kfs[k]
+            p0 = np.stack([old.obs[t] for t in tids]).astype(np.float64)
+            p1 = np.stack([kf.obs[t] for t in tids]).astype(np.float64)
+            X, good = self._triangulate(old.T_cw, kf.T_cw, p0, p1)
+            c0, c1 = inv_se3(old.T_cw)[:3, 3], inv_se3(kf.T_cw)[:3, 3]
+            r0, r1 = X - c0, X - c1
+            cosang = np.sum(r0 * r1, 1) / (np.linalg.norm(r0, axis=1) * np.linalg.norm(r1, axis=1) + 1e-12)
+            good &= np.degrees(np.arccos(np.clip(cosang, -1, 1))) >= self.min_tri_deg
+            for t, x, g in zip(tids, X, good, strict=True):
+                if g:
+                    self.points[t] = x
+
+    def _triangulate(self, T0_cw: np.ndarray, T1_cw: np.ndarray, p0: np.ndarray, p1: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """World points from two views, and a mask of those in front of both with small reprojection error."""
+        P0 = self.K @ T0_cw[:3]
+        P1 = self.K @ T1_cw[:3]
+        Xh = cv2.triangulatePoints(P0, P1, p0.T.astype(np.float64), p1.T.astype(np.float64))
+        w = Xh[3]
+        good = np.abs(w) > 1e-9
+        X = (Xh[:3] / np.where(good, w, 1.0)).T
+        for T, p in ((T0_cw, p0), (T1_cw, p1)):
+            Xc = X @ T[:3, :3].T + T[:3, 3]
+            z = Xc[:, 2]
+            good &= z > 1e-6
+            proj = Xc[:, :2] / np.where(z > 1e-6, z, 1.0)[:, None] * [self.K[0, 0], self.K[1, 1]] + self.K[:2, 2]
+            good &= np.linalg.norm(proj - p, axis=1) < self.reproj_px
+        return X, good
+
+    def _local_ba(self) -> None:
+        """Bundle-adjust the window; the two oldest keyframes stay fixed (gauge and scale)."""
+        kfs = self._kfs
+        if len(kfs) < 3:
+            return
+        count: dict[int, int] = {}
+        for kf in kfs:
+            for tid in kf.obs:
+                if tid in self.points:
+                    count[tid] = count.get(tid, 0) + 1
+        pids = [t for t, c in count.items() if c >= 2]
+        if len(pids) < 20:
+            return
+        col = {t: j for j, t in enumerate(pids)}
+        obs_cam, obs_pt, obs_uv = [], [], []
+        for c, kf in enumerate(kfs):
+            for tid, uv in kf.obs.items():
+                j = col.get(tid)
+                if j is not None:
+                    obs_cam.append(c)
+                    obs_pt.append(j)
+                    obs_uv.append(uv)
+        fixed = np.zeros(len(kfs), bool)
+        fixed[:2] = True
+        T, X, err = bundle_adjust(np.stack([kf.T_cw for kf in kfs]), fixed, np.stack([self.points[t] for t in pids]),
+                                  np.array(obs_cam), np.array(obs_pt), np.asarray(obs_uv, np.float64), self.K,
+                                  max_nfev=self.ba_iterations)
+        for kf, Tc in zip(kfs, T, strict=True):
+            kf.T_cw = Tc
+        bad = set()
+        for m in np.flatnonzero(err > 2.0 * self.reproj_px):
+            bad.add(pids[obs_pt[m]])
+        for t, x in zip(pids, X, strict=True):
+            if t in bad:
+                self.points.pop(t, None)
+            else:
+                self.points[t] = x
+
+    def _replenish(self, gray: np.ndarray, kf: _Keyframe) -> None:
+        """Detect corners away from live tracks so the next keyframes have something to triangulate."""
+        need = self.max_features - len(self._ids)
+        if need <= 20:
+            return
+        pts, ids = self.klt.detect(gray, self._pts, need)
+        for i, p in zip(ids, pts, strict=True):
+            kf.obs[int(i)] = p.copy()
+        self._ids = np.concatenate([self._ids, ids])
+        self._pts = np.concatenate([self._pts, pts]).astype(np.float32)
+
+    # -- results -----------------------------------------------------------------------------------------------
+
+    def _emit_guess(self, frame: Frame, T_world_cam: np.ndarray) -> FrameResult:
+        self.emitted_guessed += 1
+        return self._result(frame, T_world_cam, np.zeros(0, np.int64), np.zeros((0, 2)), ok=False)
+
+    def _result(self, frame: Frame, T_world_cam: np.ndarray, ids: np.ndarray, pts: np.ndarray,
+                ok: bool = True) -> FrameResult:
+        """FrameResult with a point map from the map points tracked in this frame."""
+        s = self.stride
+        h, w = (self.height + s - 1) // s, (self.width + s - 1) // s
+        depth = np.zeros((h, w), np.float32)
+        conf = np.zeros((h, w), np.float32)
+        if ok and len(ids):
+            has = np.array([int(i) in self.points for i in ids], bool)
+            if has.sum() >= 3:
+                X = np.stack([self.points[int(i)] for i in ids[has]])
+                T_cw = inv_se3(T_world_cam)
+                z = (X @ T_cw[:3, :3].T + T_cw[:3, 3])[:, 2]
+                uv = pts[has] / s
+                front = z > 0
+                depth, conf = _point_depths(uv[front], z[front], h, w, self.points_mode)
+        pts_world, valid = depth_point_map(depth, self._K_out, T_world_cam)
+        conf = conf * valid
+        return FrameResult(frame.stream_id, frame.seq, frame.t_ns, T_world_cam, self._K_out, depth=depth,
+                           confidence=conf.astype(np.float32), points_world=pts_world, metric=False,
+                           image=np.ascontiguousarray(frame.image[::s, ::s]))
+
+
+def _point_depths(uv_n2: np.ndarray, z_n: np.ndarray, h: int, w: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Depth and confidence grids (h x w) from sparse pixel depths: linear over a Delaunay mesh, or sparse."""
+    depth = np.zeros((h, w), np.float32)
+    conf = np.zeros((h, w), np.float32)
+    if mode == "dense" and len(z_n) >= 4:
+        from scipy.interpolate import LinearNDInterpolator
+        from scipy.spatial import QhullError
+
+        try:
+            interp = LinearNDInterpolator(uv_n2, z_n, fill_value=0.0)
+            gu, gv = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+            dense = interp(gu, gv).astype(np.float32)
+            depth = np.where(np.isfinite(dense), dense, 0.0).astype(np.float32)
+            conf = (depth > 0).astype(np.float32)
+            return depth, conf
+        except (QhullError, ValueError):
+            pass  # degenerate (collinear) pixels: fall back to the sparse map
+    iu = np.clip(np.round(uv_n2[:, 0]).astype(int), 0, w - 1)
+    iv = np.clip(np.round(uv_n2[:, 1]).astype(int), 0, h - 1)
+    depth[iv, iu] = z_n
+    conf[iv, iu] = 1.0
+    return depth, conf
