@@ -392,3 +392,69 @@ def build_vggt(*, weights: str | Path | None = None, weights_name: str = "vggt-1
                 model_config, "StreamVGGT" if causal else "VGGT", seed)
     sane_random_init(model, seed)
     return model.to(device=device, dtype=dtype).eval()
+
+
+class VGGTWindowModel:
+    """VGGT as a LASER window model (`recon.backends.laser`, backbone "vggt").
+
+    `predict_window(images [n,3,H,W] in [0,1])` runs one offline VGGT pass and returns camera-frame points
+    (depth unprojected with the predicted intrinsics: VGGT's depth+camera points are more accurate than its
+    point head, facebookresearch/vggt@44b3afb:README.md:123-127), camera-to-world poses (the pose encoding
+    converted at this boundary by recon.geometry.pose_encoding) and the depth confidence.
+    """
+
+    default_width = 518
+
+    def __init__(self, model: VGGT, device: torch.device, autocast_dtype: torch.dtype | None = None) -> None:
+        self.model = model.eval()
+        self.device = device
+        self.autocast_dtype = autocast_dtype
+        self.patch_size = model.config.patch_size
+
+    def predict_window(self, images: torch.Tensor) -> Any:
+        from recon.align.engine import WindowPrediction
+        from recon.geometry.pose_encoding import pose_encoding_to_T_world_cam
+
+        x = images.to(self.device, dtype=next(self.model.parameters()).dtype)[None]
+        enabled = self.autocast_dtype is not None
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                                                    enabled=enabled):
+            out = self.model(x)
+        H, W = x.shape[-2:]
+        enc = out["pose_enc"][0].double().clone()
+        enc[:, 7:9] = enc[:, 7:9].clamp(1e-3, 3.1)  # relu'd FoV can be 0 with untrained weights
+        T_world_cam, K = pose_encoding_to_T_world_cam(enc, (H, W))
+        depth = out["depth"][0, ..., 0].double()
+        rows = torch.arange(H, dtype=torch.float64, device=depth.device).view(1, H, 1)
+        cols = torch.arange(W, dtype=torch.float64, device=depth.device).view(1, 1, W)
+        fx, fy = K[:, 0, 0].view(-1, 1, 1), K[:, 1, 1].view(-1, 1, 1)
+        cx, cy = K[:, 0, 2].view(-1, 1, 1), K[:, 1, 2].view(-1, 1, 1)
+        local = torch.stack([(cols - cx) * depth / fx, (rows - cy) * depth / fy, depth], dim=-1)
+        return WindowPrediction([], local.float().cpu(), T_world_cam.float().cpu(),
+                                out["depth_conf"][0].float().cpu())
+
+
+def build_window_model(*, weights: str | None = None, model_config: str = "full", device: str | None = None,
+                       dtype: str | None = None, random_init: bool = False, seed: int = 0,
+                       **unused: Any) -> VGGTWindowModel:
+    """Window model for the LASER backend (`--backend laser --backbone vggt`).
+
+    Args:
+        weights: checkpoint path (else the installed `vggt-1b`; see `recon weights pull vggt-1b`).
+        model_config: "full" or "tiny" (random weights unless `weights`: smoke runs).
+        device: "cpu", "cuda", "auto"/None (CUDA when available).
+        dtype: aggregator autocast dtype "fp32" | "bf16" | "fp16" (default: bf16 on CUDA, fp32 elsewhere).
+        random_init, seed: random weights instead of a checkpoint.
+    """
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device in (None, "auto") \
+        else torch.device(device)
+    model = build_vggt(weights=weights, weights_name="vggt-1b", model_config=model_config, causal=False,
+                       random_init=random_init, seed=seed, device=dev)
+    names = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if dtype is None or dtype == "auto":
+        autocast = torch.bfloat16 if dev.type == "cuda" else None
+    elif dtype in names:
+        autocast = names[dtype]
+    else:
+        raise ConfigError(f"dtype must be fp32, bf16, fp16 or auto, got {dtype!r}")
+    return VGGTWindowModel(model, dev, autocast)

@@ -77,6 +77,9 @@ class Attention(nn.Module):
         if self.rope is not None and pos is not None:
             q = self.rope(q, pos, max_position)
             k = self.rope(k, pos, max_position)
+        # Under autocast the q/k LayerNorms return fp32 while v is bf16/fp16: attend (and cache) in v's dtype,
+        # as SDPA's autocast would, so the cache holds half-precision K and fused kernels get one dtype.
+        q, k = q.to(v.dtype), k.to(v.dtype)
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)
         impl = self.attn_impl if attn_mask is None else self.attn_impl_masked

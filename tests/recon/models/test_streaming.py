@@ -119,3 +119,29 @@ def test_filter_track_head() -> None:
     sd = {"track_head.x": 1, "aggregator.camera_token": 2, "camera_head.trunk.0.ls1.gamma": 3}
     assert filter_track_head(sd) == {"aggregator.camera_token": 2, "camera_head.trunk.0.ls1.gamma": 3}
     assert "track_head.x" in sd  # input untouched
+
+
+def test_bf16_autocast_caches_half_precision_and_heads_run_fp32() -> None:
+    m = sane_random_init(VGGT(tiny_config(causal=True))).eval()
+    session = m.new_session()
+    x = torch.rand(3, 28, 42, generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        session.step(x)
+        out = session.step(x)
+    assert session.memory[0].keys().dtype == torch.bfloat16 == session.memory[0].values().dtype
+    assert out["depth"].dtype == torch.float32 and out["pose_enc"].dtype == torch.float32
+    assert torch.isfinite(out["world_points"]).all()
+
+
+def test_laser_window_model_returns_camera_points_and_c2w_poses() -> None:
+    from recon.models.vggt import build_window_model
+
+    wm = build_window_model(model_config="tiny", device="cpu")
+    pred = wm.predict_window(torch.rand(3, 3, 28, 42, generator=torch.Generator().manual_seed(1)))
+    assert pred.local_points.shape == (3, 28, 42, 3) and pred.camera_poses.shape == (3, 4, 4)
+    assert pred.conf.shape == (3, 28, 42)
+    # Camera-frame points: z is the depth, and x/z follows the pixel column through K (principal point at centre).
+    z = pred.local_points[..., 2]
+    assert (z > 0).all()
+    assert torch.allclose(pred.local_points[0, :, 21, 0], torch.zeros(28), atol=1e-6)
+    assert torch.allclose(pred.camera_poses[:, 3], torch.tensor([0.0, 0, 0, 1]).expand(3, 4))
