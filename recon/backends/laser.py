@@ -68,15 +68,10 @@ class _Pending:
 
 
 def resize_for_model(image_hw3: np.ndarray, width: int, patch: int) -> torch.Tensor:
-    """uint8 HxWx3 -> float [0,1] 3xhxw with w = `width` and h the aspect-preserving multiple of `patch`.
+    """uint8 HxWx3 -> float [0,1] 3xhxw at the reference loader's crop-mode size (the live-frame fast path)."""
+    from recon.models.preprocess import preprocess_frames
 
-    Live-frame path (bilinear antialiased torch resize); matches the reference loader's crop mode sizes.
-    """
-    h, w = image_hw3.shape[:2]
-    new_h = max(patch, int(round(h * width / w / patch)) * patch)
-    x = torch.from_numpy(np.ascontiguousarray(image_hw3)).permute(2, 0, 1).float().div_(255.0)[None]
-    x = torch.nn.functional.interpolate(x, size=(new_h, width), mode="bilinear", antialias=True, align_corners=False)
-    return x[0].clamp_(0.0, 1.0)
+    return preprocess_frames(image_hw3, mode="crop", target_size=width, patch_size=patch)[0]
 
 
 class LaserBackend:
