@@ -40,7 +40,7 @@ class WindowModel(Protocol):
 # Backbone name -> "module:function" building a WindowModel from backend options (weights, model_config, ...).
 BACKBONES: dict[str, str] = {
     "pi3": "recon.models.pi3:build_window_model",
-    "vggt": "recon.backends.laser:build_vggt_window_model",
+    "vggt": "recon.models.vggt:build_window_model",
 }
 # Options every backbone builder understands; others given to `create` are logged and ignored.
 BACKBONE_OPTIONS = ("weights", "model_config", "device", "dtype", "seed")
@@ -241,46 +241,6 @@ class LaserBackend:
     def close(self) -> None:
         """Stop the inference worker."""
         self._drain()
-
-
-class VGGTWindowModel:
-    """VGGT adapted to LASER's window contract: camera-frame points from the predicted depth unprojected with the
-    predicted intrinsics, camera-to-world poses from the inverted extrinsics, the depth confidence."""
-
-    patch_size = 14
-    default_width = 518
-
-    def __init__(self, model: torch.nn.Module, device: torch.device, autocast_dtype: torch.dtype) -> None:
-        self.model, self.device, self.autocast_dtype = model.eval(), device, autocast_dtype
-
-    def predict_window(self, images: torch.Tensor) -> WindowPrediction:
-        from recon.backends.vggt import autocast_context, decode_pose
-        from recon.geometry.pose_encoding import depth_to_cam_points
-
-        hw = (int(images.shape[-2]), int(images.shape[-1]))
-        x = images.to(self.device, next(self.model.parameters()).dtype)[None]
-        with torch.inference_mode(), autocast_context(self.device, self.autocast_dtype):
-            out = self.model(x)
-        depth = out["depth"][0, ..., 0].float().cpu().numpy()
-        local, poses = [], []
-        for i in range(images.shape[0]):
-            T_world_cam, K = decode_pose(out["pose_enc"][0, i], hw)
-            local.append(depth_to_cam_points(depth[i], K).astype(np.float32))
-            poses.append(T_world_cam.astype(np.float32))
-        return WindowPrediction([], torch.from_numpy(np.stack(local)), torch.from_numpy(np.stack(poses)),
-                                out["depth_conf"][0].float().cpu())
-
-
-def build_vggt_window_model(*, weights: str | None = None, model_config: str = "full", device: str | None = None,
-                            dtype: str | None = None, seed: int = 0) -> VGGTWindowModel:
-    """VGGT-1B (or the tiny random configuration) as a LASER window model."""
-    from recon.backends.vggt import pick_autocast_dtype, pick_device
-    from recon.models.vggt import build_vggt
-
-    dev = pick_device(device or "auto")
-    model = build_vggt(weights=weights, weights_name="vggt-1b", model_config=model_config, causal=False,
-                       random_init=model_config == "tiny" and weights is None, seed=seed, device=dev)
-    return VGGTWindowModel(model, dev, pick_autocast_dtype(dtype or "auto", dev))
 
 
 def create(
