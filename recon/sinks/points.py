@@ -2,9 +2,9 @@
 
 `select_points` turns one result's point map into a bounded, confidence-filtered, coloured point set; the
 Rerun logger and the PLY writer both use it, so what you see live is what lands on disk. `VoxelAccumulator`
-keeps the union of all frames bounded: new points are buffered and merged into a voxel grid (open3d's
-voxel_down_sample, colours averaged) whenever the buffer fills, so memory grows with the scene's volume,
-not with the number of frames.
+keeps the union of all frames bounded: new points are buffered and merged into a fixed voxel grid
+(positions and colours averaged per voxel) whenever the buffer fills, so memory grows with the scene's volume,
+not with the number of frames; open3d writes the PLY.
 """
 
 from __future__ import annotations
@@ -114,11 +114,13 @@ def auto_voxel_size(result: FrameResult, fraction: float = 0.01) -> float | None
 
 
 class VoxelAccumulator:
-    """Union of many point sets, kept at one (colour-averaged) point per voxel.
+    """Union of many point sets, kept at one point per voxel: the mean position and colour of all its points.
 
-    Points are buffered and merged when the buffer exceeds `buffer_points`, so memory is bounded by the
-    occupied voxels plus the buffer. Merging re-downsamples already averaged points; a voxel's mean stays inside
-    its voxel, so it never drifts to a neighbour (older points weigh a little less than newer ones).
+    The grid is fixed (voxel `floor(p / voxel_size)`), and each voxel keeps running sums and a count, so merging
+    is exact and order-independent: a point's voxel never depends on which other points arrived first (open3d's
+    voxel_down_sample anchors its grid at the cloud's minimum, which moves as the cloud grows). New points are
+    buffered and merged when the buffer exceeds `buffer_points`, so memory is bounded by the occupied voxels
+    plus the buffer.
     """
 
     def __init__(self, voxel_size: float, buffer_points: int = 1_000_000) -> None:
@@ -129,16 +131,18 @@ class VoxelAccumulator:
         self._xyz: list[np.ndarray] = []
         self._rgb: list[np.ndarray] = []
         self._pending = 0
-        self._grid_xyz = np.zeros((0, 3), np.float64)
-        self._grid_rgb = np.zeros((0, 3), np.float64)
+        self._keys = np.zeros((0, 3), np.int64)
+        self._sum_xyz = np.zeros((0, 3), np.float64)
+        self._sum_rgb = np.zeros((0, 3), np.float64)
+        self._count = np.zeros(0, np.int64)
         self.points_added = 0
 
     def add(self, xyz: np.ndarray, rgb: np.ndarray | None) -> None:
         """Add points (float [N,3]) with colours (uint8 [N,3]; None: grey)."""
         if len(xyz) == 0:
             return
-        self._xyz.append(np.asarray(xyz, np.float64))
-        colours = np.full((len(xyz), 3), 0.5) if rgb is None else np.asarray(rgb, np.float64) / 255.0
+        self._xyz.append(np.asarray(xyz, np.float64).reshape(-1, 3))
+        colours = np.full((len(xyz), 3), 0.5) if rgb is None else np.asarray(rgb, np.float64).reshape(-1, 3) / 255.0
         self._rgb.append(colours)
         self._pending += len(xyz)
         self.points_added += len(xyz)
@@ -149,24 +153,33 @@ class VoxelAccumulator:
         """Merge the buffer into the voxel grid."""
         if not self._pending:
             return
-        import open3d as o3d
-
-        pcd = o3d.geometry.PointCloud()
-        pcd.points = o3d.utility.Vector3dVector(np.concatenate([self._grid_xyz, *self._xyz]))
-        pcd.colors = o3d.utility.Vector3dVector(np.concatenate([self._grid_rgb, *self._rgb]))
-        down = pcd.voxel_down_sample(self.voxel_size)
-        self._grid_xyz = np.asarray(down.points)
-        self._grid_rgb = np.asarray(down.colors)
+        xyz = np.concatenate(self._xyz)
+        rgb = np.concatenate(self._rgb)
         self._xyz, self._rgb, self._pending = [], [], 0
+        keys = np.concatenate([self._keys, np.floor(xyz / self.voxel_size).astype(np.int64)])
+        sum_xyz = np.concatenate([self._sum_xyz, xyz])
+        sum_rgb = np.concatenate([self._sum_rgb, rgb])
+        count = np.concatenate([self._count, np.ones(len(xyz), np.int64)])
+        self._keys, inverse = np.unique(keys, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        n = len(self._keys)
+        self._sum_xyz = np.stack([np.bincount(inverse, sum_xyz[:, i], n) for i in range(3)], axis=1)
+        self._sum_rgb = np.stack([np.bincount(inverse, sum_rgb[:, i], n) for i in range(3)], axis=1)
+        self._count = np.bincount(inverse, count, n).astype(np.int64)
 
     def __len__(self) -> int:
-        """Points held after the next compaction would be at most this (grid + buffer)."""
-        return len(self._grid_xyz) + self._pending
+        """Voxels held plus buffered points (what memory is proportional to)."""
+        return len(self._keys) + self._pending
 
     def points(self) -> tuple[np.ndarray, np.ndarray]:
         """All accumulated points: (xyz float64 [N,3], rgb float [N,3] in [0, 1]), compacting first."""
         self.compact()
-        return self._grid_xyz, self._grid_rgb
+        count = np.maximum(self._count, 1)[:, None]
+        return self._sum_xyz / count, self._sum_rgb / count
+
+
+_EMPTY_PLY = ("ply\nformat ascii 1.0\nelement vertex 0\nproperty double x\nproperty double y\nproperty double z\n"
+              "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
 
 
 class PointCloudWriter:
@@ -217,7 +230,11 @@ class PointCloudWriter:
         self.points_written = len(pcd.points)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp.ply")
-        if not o3d.io.write_point_cloud(str(tmp), pcd, write_ascii=False):
+        if self.points_written == 0:
+            # open3d refuses to write an empty cloud; an empty but valid PLY keeps the run's outputs uniform.
+            logger.warning("no valid points to write: %s is empty", self.path)
+            tmp.write_text(_EMPTY_PLY)
+        elif not o3d.io.write_point_cloud(str(tmp), pcd, write_ascii=False):
             raise OSError(f"open3d could not write {tmp}")
         os.replace(tmp, self.path)
         logger.info("wrote %d points to %s", self.points_written, self.path)

@@ -179,3 +179,12 @@ def test_web_server_and_connect_deliver_over_grpc(caplog: pytest.LogCaptureFixtu
         assert "could not be delivered" not in caplog.text
     finally:
         server.close()
+
+
+def test_connect_without_a_viewer_warns_instead_of_failing(caplog: pytest.LogCaptureFixture) -> None:
+    """The counterpart of the test above: nothing listens on the port, so delivery is reported as failed."""
+    sink = create_rerun_sink(f"connect:127.0.0.1:{_free_port()}", stream_ids=["a"])
+    sink.on_result(make_result("a", 0))
+    with caplog.at_level("WARNING"):
+        sink.output.close(flush_timeout_s=1.0)
+    assert "could not be delivered" in caplog.text
