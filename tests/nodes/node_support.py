@@ -59,7 +59,8 @@ class NodeProcess:
         return self.proc.wait(timeout)
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def close(self) -> None:
