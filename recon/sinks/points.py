@@ -113,6 +113,22 @@ def auto_voxel_size(result: FrameResult, fraction: float = 0.01) -> float | None
     return fraction * median if median > 0 else None
 
 
+def _unique_rows(keys_n3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(axis=0) with inverse, ~10x faster by packing three 21-bit offsets into one int64 when they fit."""
+    if len(keys_n3) == 0:
+        return keys_n3, np.zeros(0, np.intp)
+    lo = keys_n3.min(axis=0)
+    offsets = keys_n3 - lo
+    if int(offsets.max()) >= 1 << 21:
+        unique, inverse = np.unique(keys_n3, axis=0, return_inverse=True)
+        return unique, inverse.reshape(-1)
+    packed = (offsets[:, 0] << 42) | (offsets[:, 1] << 21) | offsets[:, 2]
+    unique_packed, inverse = np.unique(packed, return_inverse=True)
+    mask = (1 << 21) - 1
+    unique = np.stack([unique_packed >> 42, (unique_packed >> 21) & mask, unique_packed & mask], axis=1) + lo
+    return unique, inverse.reshape(-1)
+
+
 class VoxelAccumulator:
     """Union of many point sets, kept at one point per voxel: the mean position and colour of all its points.
 
@@ -123,7 +139,7 @@ class VoxelAccumulator:
     plus the buffer.
     """
 
-    def __init__(self, voxel_size: float, buffer_points: int = 1_000_000) -> None:
+    def __init__(self, voxel_size: float, buffer_points: int = 300_000) -> None:
         if not voxel_size > 0:
             raise ConfigError(f"voxel size must be positive, got {voxel_size!r}")
         self.voxel_size = float(voxel_size)
@@ -160,8 +176,7 @@ class VoxelAccumulator:
         sum_xyz = np.concatenate([self._sum_xyz, xyz])
         sum_rgb = np.concatenate([self._sum_rgb, rgb])
         count = np.concatenate([self._count, np.ones(len(xyz), np.int64)])
-        self._keys, inverse = np.unique(keys, axis=0, return_inverse=True)
-        inverse = inverse.reshape(-1)
+        self._keys, inverse = _unique_rows(keys)
         n = len(self._keys)
         self._sum_xyz = np.stack([np.bincount(inverse, sum_xyz[:, i], n) for i in range(3)], axis=1)
         self._sum_rgb = np.stack([np.bincount(inverse, sum_rgb[:, i], n) for i in range(3)], axis=1)
@@ -194,7 +209,7 @@ class PointCloudWriter:
 
     def __init__(self, path: str | Path, *, voxel_size: float | None = None,
                  selection: PointSelection = PointSelection(stride=2, max_points=50_000),
-                 buffer_points: int = 1_000_000) -> None:
+                 buffer_points: int = 300_000) -> None:
         self.path = Path(path)
         self.selection = selection
         self.voxel_size = voxel_size
