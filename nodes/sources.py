@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -276,9 +277,12 @@ class RosbagSource:
             raise SequenceError(f"{path}: no Image/CompressedImage topic {topic or ''} (topics: {found})")
         self.image_conn = images[0]
         self.topic = self.image_conn.topic
-        if camera_info_topic is None:
-            camera_info_topic = self.topic.rsplit("/", 1)[0] + "/camera_info"
-        self.info_conns = [c for c in conns if c.msgtype == _INFO_TYPE and c.topic == camera_info_topic]
+        infos = [c for c in conns if c.msgtype == _INFO_TYPE]
+        if camera_info_topic is None and infos:
+            # Default: the CameraInfo topic sharing the longest namespace with the image topic
+            # (`/cam/image_raw/compressed` -> `/cam/camera_info`).
+            camera_info_topic = max(infos, key=lambda c: len(os.path.commonprefix([c.topic, self.topic]))).topic
+        self.info_conns = [c for c in infos if c.topic == camera_info_topic]
         self.camera_info = camera_info
         self._count = self.image_conn.msgcount
         if self.camera_info is None and self.info_conns:

@@ -30,18 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_security_arguments(parser)
 
 
-def make_viewer_sink(spec: str) -> object:
-    """The recon.viewer Rerun sink for `rrd:PATH`, `web` or `connect:URL`."""
-    from recon.errors import ConfigError
+def make_viewer_sink(spec: str) -> object | None:
+    """The recon.viewer Rerun sink for `rrd:PATH`, `web`, `connect:URL` (one subtree per stream)."""
+    from recon.viewer import create_rerun_sink
 
-    try:
-        from recon import viewer
-    except ImportError as e:
-        raise ConfigError(f"--viewer {spec}: recon.viewer cannot be imported ({e})") from e
-    factory = getattr(viewer, "create_sink", None) or getattr(viewer, "make_sink", None)
-    if factory is None:
-        raise ConfigError(f"--viewer {spec}: this build's recon.viewer has no sink factory yet")
-    return factory(spec)
+    return create_rerun_sink(spec, default_rrd="recording.rrd")
 
 
 def make_sinks(args: argparse.Namespace) -> list[object]:
@@ -51,7 +44,9 @@ def make_sinks(args: argparse.Namespace) -> list[object]:
 
     sinks: list[object] = []
     if args.viewer:
-        sinks.append(make_viewer_sink(args.viewer))
+        sink = make_viewer_sink(args.viewer)
+        if sink is not None:
+            sinks.append(sink)
     if args.record:
         from recon.sinks import PointCloudWriter, TrajectoryWriter
 
