@@ -75,3 +75,32 @@ def test_missing_weights_name_the_file_and_the_fix(tmp_path) -> None:
             create_backend(name, weights=str(tmp_path / "nothing.pth"))
         message = str(err.value)
         assert expected in message and str(tmp_path) in message and "recon weights pull" in message
+
+
+@pytest.mark.parametrize("backend", ["streamvggt", "vggt"])
+def test_replay_runs_a_synthetic_sequence_with_the_tiny_model(backend, tmp_path, monkeypatch) -> None:
+    replay = pytest.importorskip("recon.commands.replay")
+    from recon.cli import main
+    from recon.datasets.base import ReadStats
+
+    class _Synthetic:
+        name, camera_info, ground_truth, has_depth = "synthetic", None, None, False
+
+        def __init__(self) -> None:
+            self.stats = ReadStats()
+
+        def __len__(self) -> int:
+            return 5
+
+        def __iter__(self):
+            for frame in _frames(5):
+                self.stats.frames_read += 1
+                yield frame
+
+    monkeypatch.setattr(replay, "open_sequence_for_replay", lambda path, on_error: _Synthetic())
+    code = main(["replay", "synthetic", "--backend", backend, "--backend-opt", "model_config='tiny'",
+                 "--backend-opt", "image_width=56", "--viewer", "none", "--out", str(tmp_path), "--no-progress"])
+    assert code == 0
+    rows = [r for r in (tmp_path / "trajectory.tum").read_text().splitlines() if not r.startswith("#")]
+    assert len(rows) == 5
+    assert (tmp_path / "points.ply").stat().st_size > 0
