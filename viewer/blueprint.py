@@ -8,7 +8,7 @@ Entity tree, one subtree per stream (STYLE §6.11):
     world/<stream>/cam/image/depth     DepthImage (metres, or the session's scale)
     world/<stream>/points              this frame's confidence-filtered, subsampled coloured points
     world/<stream>/map                 voxel-downsampled union of all frames' points (refreshed periodically)
-    world/<stream>/trajectory          LineStrips3D of camera centres so far
+    world/<stream>/trajectory/<k>      LineStrips3D of camera centres, block k of `trajectory_block` frames
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ class RerunLogger:
         map_voxel_size: voxel of the map (None: 1% of the first frame's median depth).
         max_2d_panels: cap on 2-D panels in the blueprint.
         world_axes: ViewCoordinates of `world` ("RDF": poses relative to an OpenCV camera, the usual case).
+        trajectory_block: frames per trajectory segment entity (bounds what each frame re-logs).
     """
 
     name = "rerun"
@@ -60,7 +61,8 @@ class RerunLogger:
     def __init__(self, recording: rr.RecordingStream, *, stream_ids: Sequence[str] = (),
                  selection: PointSelection = PointSelection(stride=2, conf_quantile=0.1, max_points=30_000),
                  jpeg_quality: int = 75, log_depth: bool = True, log_images: bool = True, map_every: int = 10,
-                 map_voxel_size: float | None = None, max_2d_panels: int = 4, world_axes: str = "RDF") -> None:
+                 map_voxel_size: float | None = None, max_2d_panels: int = 4, world_axes: str = "RDF",
+                 trajectory_block: int = 200) -> None:
         self.recording = recording
         self.selection = selection
         self.jpeg_quality = int(jpeg_quality)
@@ -69,6 +71,9 @@ class RerunLogger:
         self.map_every = int(map_every)
         self.map_voxel_size = map_voxel_size
         self.max_2d_panels = max_2d_panels
+        if int(trajectory_block) < 1:
+            raise ConfigError(f"trajectory_block must be >= 1, got {trajectory_block!r}")
+        self.trajectory_block = int(trajectory_block)
         self._streams: dict[str, _StreamState] = {}
         self._stream_order: list[str] = list(dict.fromkeys(stream_ids))
         self._lock = threading.Lock()
@@ -138,8 +143,10 @@ class RerunLogger:
         elif result.is_update:
             # A revised past pose: redraw the path at the newest time so the correction is visible from now on.
             self._set_time(state.last_seq, state.last_t_ns)
-        centres = np.array([state.centres[s] for s in sorted(state.centres)], dtype=np.float32)
-        rec.log(f"{root}/trajectory", rr.LineStrips3D([centres], radii=rr.Radius.ui_points(2.0)))
+        block = result.seq // self.trajectory_block
+        self._log_trajectory_block(root, state, block)
+        if result.is_update and result.seq % self.trajectory_block == self.trajectory_block - 1:
+            self._log_trajectory_block(root, state, block + 1)  # the next block starts at this centre
 
         if self.map_every > 0 and not result.is_update:
             self._add_to_map(state, result, xyz, rgb)
@@ -147,6 +154,16 @@ class RerunLogger:
             if state.frames % self.map_every == 0:
                 self._log_map(root, state)
         self.results_logged += 1
+
+    def _log_trajectory_block(self, root: str, state: _StreamState, block: int) -> None:
+        """The path is cut into blocks of `trajectory_block` frames, each re-logged only while it grows (or is
+        revised), so a long session logs O(frames x block) points instead of O(frames^2)."""
+        first = block * self.trajectory_block
+        seqs = [s for s in range(first - 1, first + self.trajectory_block) if s in state.centres]
+        if len(seqs) < 2 and first not in state.centres:
+            return
+        centres = np.array([state.centres[s] for s in seqs], dtype=np.float32)
+        self.recording.log(f"{root}/trajectory/{block}", rr.LineStrips3D([centres], radii=rr.Radius.ui_points(2.0)))
 
     @staticmethod
     def _grid_hw(result: FrameResult) -> tuple[int, int] | None:

@@ -306,3 +306,14 @@ def test_ply_writer_without_points_writes_an_empty_valid_file(tmp_path: Path) ->
     writer.on_result(FrameResult("s", 0, 0, np.eye(4), K))  # a pose without depth or points
     writer.close()
     assert (tmp_path / "p.ply").read_text().startswith("ply\n") and writer.points_written == 0
+
+
+def test_replay_runs_the_real_geometric_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plumbing with the weight-free backend (accuracy is tested with the backend): metric RGB-D in, SE(3) metrics."""
+    use_sequence(monkeypatch, n=4)
+    out = tmp_path / "run"
+    assert main(["replay", "seq", "--backend", "geometric", "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["backend"] == "geometric" and summary["results_out"] >= 1
+    assert len(read_tum_trajectory(out / "trajectory.tum")[0]) == summary["results_out"]
+    assert json.loads((out / "metrics.json").read_text())["align"] == "se3"

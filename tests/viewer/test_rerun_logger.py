@@ -54,7 +54,7 @@ def read_rrd(path: Path) -> tuple[dict[str, set[int]], dict[str, set[str]], dict
 
 def test_rrd_round_trip_has_one_subtree_per_stream_and_every_frame(tmp_path: Path) -> None:
     path = tmp_path / "rec.rrd"
-    sink = create_rerun_sink(f"rrd:{path}", stream_ids=["left"], map_every=3)
+    sink = create_rerun_sink(f"rrd:{path}", stream_ids=["left"], map_every=3, trajectory_block=4)
     assert sink is not None
     n = 7
     for seq in range(n):
@@ -67,13 +67,20 @@ def test_rrd_round_trip_has_one_subtree_per_stream_and_every_frame(tmp_path: Pat
     seqs, cols, static, recordings = read_rrd(path)
     assert [r.application_id for r in recordings] == [APPLICATION_ID]
     assert static["/world"] and "ViewCoordinates:xyz" in cols["/world"]
-    for name in ("cam", "cam/image", "cam/image/depth", "points", "trajectory"):
+    for name in ("cam", "cam/image", "cam/image/depth", "points"):
         assert seqs[f"/world/left/{name}"] == set(range(n)), name
         assert seqs[f"/world/right\\ cam/{name}"] == set(range(4)), name
+    # the path in blocks of 4 frames; the update of seq 2 re-logs block 0 at the newest time (6)
+    assert seqs["/world/left/trajectory/0"] == {0, 1, 2, 3, 6} and seqs["/world/left/trajectory/1"] == {4, 5, 6}
+    assert "/world/right\\ cam/trajectory/1" not in seqs
+    strips = [c.to_record_batch().column("LineStrips3D:strips").to_pylist()
+              for c in rr_chunk.RrdReader(path).stream() if c.entity_path == "/world/left/trajectory/1"]
+    last = [row for rows in strips for row in rows][-1][0]
+    assert [p[0] for p in last] == pytest.approx([0.3, 0.4, 0.5, 0.6])  # starts at block 0's last centre
     assert {"Transform3D:relation", "Transform3D:mat3x3", "Transform3D:translation"} <= cols["/world/left/cam"]
     assert {"Pinhole:image_from_camera", "Pinhole:camera_xyz", "EncodedImage:blob"} <= cols["/world/left/cam/image"]
     assert "DepthImage:meter" in cols["/world/left/cam/image/depth"]
-    assert "LineStrips3D:strips" in cols["/world/left/trajectory"]
+    assert "LineStrips3D:strips" in cols["/world/left/trajectory/1"]
     assert {"Points3D:positions", "Points3D:colors"} <= cols["/world/left/points"]
     # the map is refreshed every 3 frames and once more at close (7 frames: after 3, 6, and the final one)
     assert seqs["/world/left/map"] == {2, 5, 6}
