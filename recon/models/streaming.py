@@ -6,14 +6,15 @@ starts over (the published code keeps anchors and scores on the modules and neve
 §4.1):
 - `memory`: a `recon.memory.StreamingMemory` with one KV cache per aggregator global block (post-norm, post-RoPE
   keys in preallocated storage) and the eviction policy (default: unbounded, i.e. StreamVGGT);
-- the camera-trunk caches, laid out `[iteration][layer]`:
+- `camera_memory`: a second `StreamingMemory` for the camera-trunk caches (own policy, default unbounded as in the
+  published code), viewed as `camera_caches[iteration][layer]`:
   - `"reference"`: one cache per trunk layer shared by all refinement iterations, which is what the published
     StreamVGGT/InfiniteVGGT streaming code does (quirk A, wzzheng/StreamVGGT#27): iteration k of frame t sees all
     iterations of earlier frames and iterations <= k of frame t; the cache grows by `num_iterations` per frame;
   - `"per_iteration"`: one cache per (iteration, layer); equals the block-causal batch pass;
 - the frame counter (the session's first frame uses the frame-0 camera/register tokens) and the resolution.
 
-Caches are never pruned in the camera head here; issue 5 adds a bound for it.
+The published code never bounds the camera cache; pass `camera_policy` to bound it (issue 5).
 """
 
 from __future__ import annotations
@@ -43,16 +44,28 @@ class StreamingSession:
         policy: eviction policy of the aggregator caches (None: unbounded).
         capacity: initial per-layer cache capacity in tokens (0: grow by doubling from the first frame).
         track_token_ids: keep token ids in the aggregator caches (pruning logs, tests).
+        camera_policy: eviction policy of the camera-trunk caches (None: unbounded). Its layer index is the trunk
+            layer in "reference" mode and `iteration * trunk_depth + layer` in "per_iteration" mode.
     """
 
     def __init__(self, model: VGGT, camera_cache: str = "reference", policy: EvictionPolicy | None = None,
-                 capacity: int = 0, track_token_ids: bool = False) -> None:
+                 capacity: int = 0, track_token_ids: bool = False,
+                 camera_policy: EvictionPolicy | None = None) -> None:
         if camera_cache not in CAMERA_CACHE_MODES:
             raise ConfigError(f"camera_cache must be one of {CAMERA_CACHE_MODES}, got {camera_cache!r}")
         self.model = model
         self.camera_cache = camera_cache
         self.memory = StreamingMemory(model.config.aggregator.depth, policy, capacity, track_token_ids)
+        head = model.camera_head
         self.camera_caches: list[list[KVCache]] = []
+        self.camera_memory: StreamingMemory | None = None
+        if head is not None:
+            per_iter = camera_cache == "per_iteration"
+            n = head.trunk_depth * (head.num_iterations if per_iter else 1)
+            self.camera_memory = StreamingMemory(n, camera_policy)
+            flat = self.camera_memory.caches
+            self.camera_caches = [flat[it * head.trunk_depth:(it + 1) * head.trunk_depth] if per_iter
+                                  else flat for it in range(head.num_iterations)]
         self.image_hw: tuple[int, int] | None = None
         self._keep = model.head_layers
         self.reset()
@@ -62,19 +75,11 @@ class StreamingSession:
         """Frames processed since the last reset."""
         return self.memory.frame_index
 
-    def _new_camera_caches(self) -> list[list[KVCache]]:
-        head = self.model.camera_head
-        if head is None:
-            return []
-        if self.camera_cache == "reference":
-            shared = [KVCache(layer) for layer in range(head.trunk_depth)]
-            return [shared for _ in range(head.num_iterations)]
-        return [[KVCache(layer) for layer in range(head.trunk_depth)] for _ in range(head.num_iterations)]
-
     def reset(self) -> None:
         """Forget every frame: caches, policy state, frame counter and resolution."""
         self.memory.reset()
-        self.camera_caches = self._new_camera_caches()
+        if self.camera_memory is not None:
+            self.camera_memory.reset()
         self.image_hw = None
 
     def camera_cache_lengths(self) -> list[list[int]]:
@@ -83,14 +88,7 @@ class StreamingSession:
 
     def nbytes(self) -> int:
         """Bytes of allocated cache storage (aggregator and camera head)."""
-        seen: set[int] = set()
-        total = self.memory.nbytes()
-        for row in self.camera_caches:
-            for c in row:
-                if id(c) not in seen:
-                    seen.add(id(c))
-                    total += c.nbytes()
-        return total
+        return self.memory.nbytes() + (self.camera_memory.nbytes() if self.camera_memory is not None else 0)
 
     @torch.inference_mode()
     def step(self, image: torch.Tensor) -> dict[str, Any]:
@@ -122,6 +120,8 @@ class StreamingSession:
         self.model.ensure_attention(image)
         frame_index = self.memory.frame_index
         self.memory.begin_frame()
+        if self.camera_memory is not None:
+            self.camera_memory.begin_frame()
         tokens, psi = self.model.aggregator.forward_step(image, self.memory, keep_layers=self._keep)
         model = self.model
         out: dict[str, Any] = {"frame_index": frame_index}
@@ -135,4 +135,6 @@ class StreamingSession:
                     values, conf = head(tokens, hw, psi)
                     out[name], out[name + "_conf"] = values[:, 0], conf[:, 0]
         self.memory.end_frame()
+        if self.camera_memory is not None:
+            self.camera_memory.end_frame()
         return out

@@ -313,12 +313,20 @@ class VGGT(nn.Module):
         return out
 
     def new_session(self, camera_cache: str = "reference", policy: Any = None, capacity: int = 0,
-                    track_token_ids: bool = False) -> Any:
-        """Open a per-frame streaming session (see `recon.models.streaming.StreamingSession`)."""
+                    track_token_ids: bool = False, camera_policy: Any = None) -> Any:
+        """Open a per-frame streaming session (see `recon.models.streaming.StreamingSession`).
+
+        Args:
+            camera_cache: "reference" (published StreamVGGT behaviour, quirk A) or "per_iteration" (batch-equal).
+            policy: `recon.memory.EvictionPolicy` of the aggregator's global-attention caches (None: unbounded).
+            capacity: initial per-layer cache capacity in tokens (0: grow by doubling).
+            track_token_ids: keep an id per cached token and head (pruning logs, tests).
+            camera_policy: eviction policy of the camera-trunk caches (None: unbounded, as published).
+        """
         from recon.models.streaming import StreamingSession
 
         return StreamingSession(self, camera_cache=camera_cache, policy=policy, capacity=capacity,
-                                track_token_ids=track_token_ids)
+                                track_token_ids=track_token_ids, camera_policy=camera_policy)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -145,3 +145,22 @@ def test_laser_window_model_returns_camera_points_and_c2w_poses() -> None:
     assert (z > 0).all()
     assert torch.allclose(pred.local_points[0, :, 21, 0], torch.zeros(28), atol=1e-6)
     assert torch.allclose(pred.camera_poses[:, 3], torch.tensor([0.0, 0, 0, 1]).expand(3, 4))
+
+
+def test_camera_policy_bounds_the_camera_cache(model: VGGT, images: torch.Tensor) -> None:
+    from recon.memory import EvictionPolicy
+
+    class KeepLast(EvictionPolicy):
+        name = "keep_last"
+
+        def after_append(self, layer, cache, frame_index) -> None:
+            n = len(cache)
+            if n > 6:
+                cache.compact(torch.arange(n - 6, n).expand(*cache.keys().shape[:2], -1))
+
+    session = model.new_session(camera_policy=KeepLast())
+    for s in range(4):
+        out = session.step(images[:, s])
+    assert session.camera_cache_lengths()[0] == [6, 6]  # unbounded would hold 16 per trunk layer
+    assert len(session.memory[0]) == 4 * 11  # the aggregator cache is unaffected
+    assert torch.isfinite(out["pose_enc"]).all()
