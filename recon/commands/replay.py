@@ -77,10 +77,11 @@ def choose_backend(requested: str) -> tuple[str, str]:
         return requested, f"requested with --backend {requested}"
     name, reason = select_auto()
     entry = registered()[name]
-    if not entry.weights and any(e.weights for e in registered().values()):
-        skipped = reason.partition("(skipped: ")[2].rstrip(")")
-        why = f"no model weights installed: using the weight-free {name} backend"
-        return name, why + (f" (checked: {skipped})" if skipped else "")
+    skipped = [e.name for e in sorted(registered().values(), key=lambda e: -e.priority)
+               if e.weights and e.priority > entry.priority]
+    if not entry.weights and skipped:
+        return name, (f"no model weights installed: using the weight-free {name} backend (none found for "
+                      f"{', '.join(skipped)}; `recon weights pull NAME` fetches them)")
     return name, f"using {name}: {reason}"
 
 

@@ -223,6 +223,7 @@ def test_auto_backend_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     name, why = replay.choose_backend("auto")
     assert name == "geometric"
     assert why.startswith("no model weights installed: using the weight-free geometric backend")
+    assert "infinitevggt" in why and "recon weights pull" in why
     assert replay.choose_backend("geometric") == ("geometric", "requested with --backend geometric")
 
 
