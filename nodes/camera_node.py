@@ -88,7 +88,6 @@ class CameraNode:
         self._pending: collections.OrderedDict[int, list[Any]] = collections.OrderedDict()
         self._sent_at: dict[int, float] = {}
         self._keep_latency = False
-        self._live_seq = -1
 
     def __str__(self) -> str:
         return f"CameraNode({self.config.stream_id}->{self.config.connect})"
@@ -240,6 +239,5 @@ class CameraNode:
         got = self.source.read_latest(0.0)  # type: ignore[attr-defined]
         if got is None:
             return None
-        self._live_seq += 1
         info = self.source.camera_info
-        return Frame(self.config.stream_id, self._live_seq, got[1], got[0], K=None if info is None else info.K)
+        return Frame(self.config.stream_id, got[2], got[1], got[0], K=None if info is None else info.K)

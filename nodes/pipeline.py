@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -81,7 +82,7 @@ def parse_options(items: Iterable[str]) -> dict[str, Any]:
 def run_pipeline(source: str | Source, backend: str, sinks: Iterable[Any] = (), *, mode: str = "inproc",
                  backend_options: dict[str, Any] | None = None, stream_id: str | None = None,
                  encoding: str = "raw", fps: float | None = None, queue_size: int = 8,
-                 timeout_s: float = 3600.0) -> PipelineStats:
+                 timeout_s: float = 3600.0, stop: threading.Event | None = None) -> PipelineStats:
     """Stream `source` through `backend` into `sinks` with the node classes; returns the run's counters.
 
     Args:
@@ -92,10 +93,12 @@ def run_pipeline(source: str | Source, backend: str, sinks: Iterable[Any] = (), 
         mode: "inproc" (threads) or "tcp" (camera and reconstruction node as processes on loopback).
         stream_id: defaults to the source's name.
         timeout_s: overall bound; the run is stopped and ReconError raised when exceeded.
+        stop: set it (from a signal handler or another thread) to end a live run cleanly (inproc).
     """
     options = dict(backend_options or {})
     if mode == "inproc":
-        return _run_inproc(source, backend, list(sinks), options, stream_id, encoding, fps, queue_size, timeout_s)
+        return _run_inproc(source, backend, list(sinks), options, stream_id, encoding, fps, queue_size, timeout_s,
+                           stop)
     if mode == "tcp":
         if not isinstance(source, str):
             raise ConfigError("mode='tcp' needs a source spec (a path or camera index), not an open source")
@@ -104,7 +107,8 @@ def run_pipeline(source: str | Source, backend: str, sinks: Iterable[Any] = (), 
 
 
 def _run_inproc(source: str | Source, backend: str, sinks: list[Any], options: dict[str, Any], stream_id: str | None,
-                encoding: str, fps: float | None, queue_size: int, timeout_s: float) -> PipelineStats:
+                encoding: str, fps: float | None, queue_size: int, timeout_s: float,
+                stop: threading.Event | None) -> PipelineStats:
     t0 = time.perf_counter()
     ctx = zmq.Context()
     tag = f"{os.getpid()}-{id(sinks):x}"
@@ -122,7 +126,7 @@ def _run_inproc(source: str | Source, backend: str, sinks: list[Any], options: d
         cam = CameraNode(src, CameraNodeConfig(connect=f"inproc://ingest-{tag}", encoding=encoding,
                                                stream_id=stream_id or getattr(src, "name", "cam0"),
                                                fps=None if src.live else fps), ctx)
-        _run_bounded(cam, node, timeout_s)
+        _run_bounded(cam, node, timeout_s, stop)
         stats.camera = cam.stats
         stats.node_status = node.status()
         node.stop()
@@ -140,21 +144,27 @@ def _run_inproc(source: str | Source, backend: str, sinks: list[Any], options: d
     return stats
 
 
-def _run_bounded(cam: CameraNode, node: ReconNode, timeout_s: float) -> None:
-    import threading
-
+def _run_bounded(cam: CameraNode, node: ReconNode, timeout_s: float, stop: threading.Event | None) -> None:
+    """Run the camera node in a thread until its source ends, `stop` is set or Ctrl-C (then shut down cleanly)."""
     t = threading.Thread(target=cam.run, name="camera-node", daemon=True)
     t.start()
     deadline = time.monotonic() + timeout_s
-    while t.is_alive():
-        t.join(0.2)
-        if not node.running:
-            cam.stop()
-            raise ReconError("the reconstruction node stopped unexpectedly (see the log above)")
-        if time.monotonic() > deadline:
-            cam.stop()
-            t.join(5)
-            raise ReconError(f"pipeline did not finish within {timeout_s:.0f} s")
+    try:
+        while t.is_alive():
+            t.join(0.2)
+            if stop is not None and stop.is_set():
+                cam.stop()
+            if not node.running:
+                cam.stop()
+                raise ReconError("the reconstruction node stopped unexpectedly (see the log above)")
+            if time.monotonic() > deadline:
+                cam.stop()
+                t.join(5)
+                raise ReconError(f"pipeline did not finish within {timeout_s:.0f} s")
+    except KeyboardInterrupt:
+        logger.info("interrupted: stopping the camera, flushing the backend, closing outputs")
+        cam.stop()
+        t.join(5)
 
 
 def node_command(kind: str, *args: str) -> list[str]:

@@ -72,7 +72,8 @@ class LiveSource:
         self.failures = 0
         self._grab = grab
         self._on_close = on_close
-        self._latest: tuple[np.ndarray, int] | None = None
+        self._latest: tuple[np.ndarray, int, int] | None = None
+        self.captured = 0
         self._taken = True
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -100,15 +101,19 @@ class LiveSource:
                 with self._cond:
                     if not self._taken:
                         self.drops += 1
-                    self._latest, self._taken = (rgb, t_ns), False
+                    self._latest, self._taken = (rgb, t_ns, self.captured), False
+                    self.captured += 1
                     self._cond.notify_all()
         finally:
             with self._cond:
                 self._stop.set()
                 self._cond.notify_all()
 
-    def read_latest(self, timeout_s: float) -> tuple[np.ndarray, int] | None:
-        """The newest frame not taken yet and its capture time, waiting up to `timeout_s`; else None."""
+    def read_latest(self, timeout_s: float) -> tuple[np.ndarray, int, int] | None:
+        """(image, capture t_ns, capture index) of the newest frame not taken yet, waiting up to `timeout_s`.
+
+        The capture index becomes the frame's `seq`, so gaps downstream show where frames were dropped.
+        """
         with self._cond:
             if self._taken and not self._stop.is_set() and timeout_s > 0:
                 self._cond.wait(timeout_s)
@@ -124,12 +129,11 @@ class LiveSource:
             return self._stop.is_set() and self._taken
 
     def __iter__(self) -> Iterator[Frame]:
-        seq = 0
+        K = None if self.camera_info is None else self.camera_info.K
         while not self.finished:
             got = self.read_latest(0.5)
             if got is not None:
-                yield Frame(self.name, seq, got[1], got[0], K=None if self.camera_info is None else self.camera_info.K)
-                seq += 1
+                yield Frame(self.name, got[2], got[1], got[0], K=K)
 
     def close(self) -> None:
         self._stop.set()

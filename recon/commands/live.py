@@ -1,0 +1,98 @@
+"""`recon live --camera SRC`: reconstruct a live camera (or any source) in one process until Ctrl-C.
+
+Examples:
+    recon live --camera 0                                # webcam 0, Rerun recording in runs/live/
+    recon live --camera 0 --viewer web                   # serve the web viewer while it runs
+    recon live --camera clip.mp4 --realtime --fps 30     # no camera here: play a video as if it were one
+    recon live --camera datasets/sample --backend geometric --max-frames 100
+
+The camera, reconstruction and viewer nodes run as threads over `inproc://` (`recon.nodes.run_pipeline`),
+the same classes `recon node ...` runs as processes. A live camera keeps only its newest frame (drops are
+counted); a file or folder is streamed without loss unless `--realtime` plays it as a camera.
+Outputs in OUT (default runs/live): trajectory.tum, points.ply, recording.rrd (with --viewer rrd).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+logger = logging.getLogger(__name__)
+
+HELP = "reconstruct a live camera (or any source) in one process: camera index, video, image folder, bag"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--camera", required=True, metavar="SRC",
+                        help="camera index or /dev/videoN, video file, image folder, dataset, bag, pattern:N:WxH")
+    parser.add_argument("--backend", default="auto", help="backend name or 'auto' (default)")
+    parser.add_argument("--backend-opt", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra backend option, repeatable")
+    parser.add_argument("--weights", default=None, metavar="PATH", help="model weights file for --backend NAME")
+    parser.add_argument("--out", default="runs/live", metavar="DIR", help="output folder (default runs/live)")
+    parser.add_argument("--viewer", default="rrd", help="Rerun output: rrd[:PATH] | web | connect[:URL] | none")
+    parser.add_argument("--fps", type=float, default=None, help="camera rate (with --realtime: playback rate)")
+    parser.add_argument("--realtime", action="store_true",
+                        help="play a recorded source at --fps as a live camera (latest-frame-wins)")
+    parser.add_argument("--camera-info", default=None, metavar="FILE", help="ROS camera_info YAML or JSON")
+    parser.add_argument("--stream-id", default=None, help="stream name (default: the source's name)")
+    parser.add_argument("--no-ply", action="store_true", help="do not write points.ply")
+
+
+def run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+    from pathlib import Path
+
+    from recon.backends.identity import ensure_registered
+    from recon.commands.replay import choose_backend, parse_backend_options
+    from recon.errors import ConfigError
+    from recon.nodes.pipeline import run_pipeline
+    from recon.nodes.sources import as_live, load_camera_info, open_source
+    from recon.sinks import PointCloudWriter, TrajectoryWriter
+
+    if args.weights and args.backend == "auto":
+        raise ConfigError("--weights needs --backend NAME (the model the file belongs to)")
+    options = parse_backend_options(args.backend_opt)
+    if args.weights:
+        options["weights"] = args.weights
+    ensure_registered()  # `--backend identity` (no model) for trying the plumbing
+    backend, reason = choose_backend(args.backend)
+    logger.info("%s", reason)
+
+    info = load_camera_info(args.camera_info) if args.camera_info else None
+    source = open_source(args.camera, fps=args.fps, camera_info=info)
+    if args.realtime and not source.live:
+        if not args.fps:
+            raise ConfigError("--realtime needs --fps (the rate to play the source at)")
+        source = as_live(source, args.fps)
+
+    out = Path(args.out)
+    trajectory = TrajectoryWriter(out / "trajectory.tum")
+    sinks: list[object] = [trajectory]
+    if not args.no_ply:
+        sinks.append(PointCloudWriter(out / "points.ply"))
+    if args.viewer != "none":
+        from recon.viewer import create_rerun_sink
+
+        rerun = create_rerun_sink(args.viewer, default_rrd=out / "recording.rrd")
+        if rerun is not None:
+            sinks.append(rerun)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logger.info("received %s: finishing", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stats = run_pipeline(source, backend, sinks, mode="inproc", backend_options=options,
+                             stream_id=args.stream_id, stop=stop)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    cam = stats.camera
+    logger.info("live: %d frames sent, %d dropped at the camera, %d results, %.1f s; outputs in %s", cam.sent,
+                cam.drops, stats.viewer.results, stats.wall_s, out)
+    return 0
