@@ -195,3 +195,27 @@ def test_connect_without_a_viewer_warns_instead_of_failing(caplog: pytest.LogCap
     with caplog.at_level("WARNING"):
         sink.output.close(flush_timeout_s=1.0)
     assert "could not be delivered" in caplog.text
+
+
+def test_logger_is_safe_to_feed_from_several_threads(tmp_path: Path) -> None:
+    """The viewer node may hand results of different streams from different threads: times must not mix."""
+    import threading
+
+    path = tmp_path / "threads.rrd"
+    sink = create_rerun_sink(f"rrd:{path}", map_every=0)
+    n = 20
+
+    def feed(stream: str, offset: int) -> None:
+        for seq in range(n):
+            sink.on_result(make_result(stream, seq + offset))
+
+    threads = [threading.Thread(target=feed, args=(f"s{i}", 100 * i)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    sink.close()
+    seqs, _, _, _ = read_rrd(path)
+    for i in range(3):
+        assert seqs[f"/world/s{i}/cam"] == set(range(100 * i, 100 * i + n))
+        assert seqs[f"/world/s{i}/points"] == set(range(100 * i, 100 * i + n))
