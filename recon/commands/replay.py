@@ -138,14 +138,14 @@ def run(args: argparse.Namespace) -> int:
     sinks = SinkGroup([trajectory, cloud, *([rerun_sink] if rerun_sink else [])])
 
     summary = RunSummary(sequence=sequence.name, backend=backend_name, backend_reason=reason)
-    stats = None
+    keep_serving = rerun_sink is not None and rerun_sink.output.serving and not args.no_wait
     try:
         stats = _run_with_progress(sequence, backend, sinks, args, run_stream)
     finally:
+        # Outputs of the frames processed so far are written even when the loop fails.
         file_sinks.close()
-        if rerun_sink is not None and not (rerun_sink.output.serving and not args.no_wait):
+        if rerun_sink is not None and not keep_serving:
             rerun_sink.close()
-    assert stats is not None
 
     _fill_summary(summary, stats, sequence, backend, sinks, trajectory, cloud, rerun_sink, args)
     gt = getattr(sequence, "ground_truth", None)
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
           f"{summary.frames_skipped} skipped")
     for name, path in {**summary.outputs, "summary": str(summary_path)}.items():
         print(f"  {name:<12} {path}")
-    if rerun_sink is not None and rerun_sink.output.serving and not args.no_wait:
+    if keep_serving:
         rerun_sink.logger.close()
         rerun_sink.output.serve_until_interrupted()
         rerun_sink.close()
