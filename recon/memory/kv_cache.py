@@ -115,7 +115,10 @@ class KVCache:
         elif need > self.capacity:
             self._allocate(k, v, max(need, 2 * self.capacity))
         assert self._k is not None and self._v is not None
-        assert self._k.shape[:2] == k.shape[:2] and self._k.dtype == k.dtype, "cache batch/heads/dtype changed"
+        if self._k.shape[:2] != k.shape[:2] or self._k.dtype != k.dtype or self._v.dtype != v.dtype:
+            raise ValueError(f"KVCache layer {self.layer}: appended K/V {tuple(k.shape)} {k.dtype}/{v.dtype} do not "
+                             f"match the cache ({tuple(self._k.shape[:2])}, {self._k.dtype}/{self._v.dtype}); "
+                             "batch size, heads and dtypes must stay fixed within a session (reset() first)")
         self._k[:, :, self._n:need].copy_(k)
         self._v[:, :, self._n:need].copy_(v)
         if self._ids is not None:
