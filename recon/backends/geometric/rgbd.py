@@ -57,7 +57,7 @@ class RgbdOdometry:
     def __init__(self, K: np.ndarray, *, depth_max: float = 8.0, max_features: int = 400,
                  keyframe_ratio: float = 0.7, min_tracks: int = 120, min_inliers: int = 20,
                  max_lost_frames: int = 5, max_jump: float = 0.5, method: str = "hybrid", reproj_px: float = 2.0,
-                 anchor_tracks: bool = False,
+                 anchor_tracks: bool = False, depth_weight: float = 1.0,
                  iterations: tuple[int, ...] = (20, 10, 5), klt: dict[str, Any] | None = None) -> None:
         self._o3d = require_package("open3d")
         odo = self._o3d.t.pipelines.odometry
@@ -78,6 +78,7 @@ class RgbdOdometry:
         self.max_jump = float(max_jump)
         self.reproj_px = float(reproj_px)
         self.anchor_tracks = bool(anchor_tracks)
+        self.depth_weight = float(depth_weight)
         self._klt_options = dict(klt or {})
         self.reset()
 
@@ -130,8 +131,12 @@ class RgbdOdometry:
             res = solve_pnp(self._xyz[ok], pts[ok], self.K, inv_se3(guess), min_inliers=self.min_inliers,
                              reproj_px=self.reproj_px)
             if res is not None and self._plausible(inv_se3(res[0]), guess):
-                T_world_cur, method = inv_se3(res[0]), "pnp"
-                self._select(np.flatnonzero(ok)[res[1]], pts)
+                keep = np.flatnonzero(ok)[res[1]]
+                T_cw = res[0]
+                if self.depth_weight > 0:
+                    T_cw = self._refine_with_depth(T_cw, self._xyz[keep], pts[keep], depth)
+                T_world_cur, method = inv_se3(T_cw), "pnp"
+                self._select(keep, pts)
         if T_world_cur is None and has_depth and self._kf_rgbd is not None:
             T_world_cur = self._align_open3d(rgb, depth, guess)
             if T_world_cur is not None:
@@ -156,6 +161,46 @@ class RgbdOdometry:
         if new_kf:
             self._keyframe(rgb, gray, depth, T_world_cur, replace=False)
         return RgbdTrackResult(T_world_cur.copy(), True, method, new_kf)
+
+    def _refine_with_depth(self, T_cw: np.ndarray, X_n3: np.ndarray, uv_n2: np.ndarray, depth: np.ndarray
+                           ) -> np.ndarray:
+        """Refine T_cw on reprojection errors plus the measured depth at each tracked pixel.
+
+        PnP alone constrains the motion along the optical axis weakly (a far scene looks alike when moved
+        closer); the current depth map measures it directly. Depth residuals are scaled by f / z into pixel
+        units and sampled bilinearly only where the 2x2 neighbourhood is smooth (no depth edge).
+        """
+        from scipy.optimize import least_squares
+        from scipy.spatial.transform import Rotation
+
+        h, w = depth.shape
+        u0 = np.clip(np.floor(uv_n2[:, 0]).astype(int), 0, w - 2)
+        v0 = np.clip(np.floor(uv_n2[:, 1]).astype(int), 0, h - 2)
+        fu, fv = uv_n2[:, 0] - u0, uv_n2[:, 1] - v0
+        d00, d01, d10, d11 = depth[v0, u0], depth[v0, u0 + 1], depth[v0 + 1, u0], depth[v0 + 1, u0 + 1]
+        quad = np.stack([d00, d01, d10, d11], 1)
+        smooth = (quad.min(1) > 0) & (quad.max(1) - quad.min(1) < 0.01 * quad.max(1))
+        d = (d00 * (1 - fu) * (1 - fv) + d01 * fu * (1 - fv) + d10 * (1 - fu) * fv + d11 * fu * fv)[smooth]
+        if smooth.sum() < 10:
+            return T_cw
+        f = self.K[0, 0]
+        weight = self.depth_weight * f / d
+        Xd = X_n3[smooth]
+
+        def residuals(x: np.ndarray) -> np.ndarray:
+            R = Rotation.from_rotvec(x[:3]).as_matrix()
+            Xc = X_n3 @ R.T + x[3:]
+            z = np.maximum(Xc[:, 2], 1e-6)
+            proj = Xc[:, :2] / z[:, None] * [self.K[0, 0], self.K[1, 1]] + self.K[:2, 2]
+            zd = (Xd @ R[2] + x[5])
+            return np.concatenate([(proj - uv_n2).ravel(), weight * (zd - d)])
+
+        x0 = np.concatenate([Rotation.from_matrix(T_cw[:3, :3]).as_rotvec(), T_cw[:3, 3]])
+        sol = least_squares(residuals, x0, method="trf", loss="huber", f_scale=1.0, max_nfev=20)
+        T = np.eye(4)
+        T[:3, :3] = Rotation.from_rotvec(sol.x[:3]).as_matrix()
+        T[:3, 3] = sol.x[3:]
+        return T if np.all(np.isfinite(T)) else T_cw
 
     def _select(self, keep: np.ndarray, pts: np.ndarray | None = None) -> None:
         """Keep the tracks indexed by `keep` (with new positions `pts` if given); forget unused references."""
