@@ -551,3 +551,35 @@ def fault_kind(exc: Exception) -> str:
     if isinstance(exc, IncompatibleVersionError):
         return "incompatible_version"
     return str(getattr(exc, "label", "malformed"))
+
+
+def schema_markdown() -> str:
+    """The schema tables as Markdown; docs/protocol.md embeds this text (a test keeps them equal)."""
+
+    def types(spec: FieldSpec) -> str:
+        return "/".join(t.__name__ for t in spec.types)
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")  # '|u1' would end a Markdown table cell
+
+    lines = ["### Common header fields", "", "| field | type | required | meaning |", "|---|---|---|---|"]
+    lines += [f"| `{f.name}` | {types(f)} | {'yes' if f.required else 'no'} | {cell(f.doc)} |" for f in COMMON_FIELDS]
+    lines += ["", "### Payload descriptors (`payloads[i]`)", "", "| field | type | meaning |", "|---|---|---|"]
+    lines += [f"| `{f.name}` | {types(f)} | {cell(f.doc)} |" for f in PAYLOAD_FIELDS]
+    for kind in KINDS.values():
+        lines += ["", f"### `{kind.kind}`", "", kind.doc[0].upper() + kind.doc[1:] + "."]
+        if kind.fields:
+            lines += ["", "| field | type | required | meaning |", "|---|---|---|---|"]
+            lines += [f"| `{f.name}` | {types(f)} | {'yes' if f.required else 'no'} | {cell(f.doc)} |"
+                      for f in kind.fields]
+        if kind.payloads:
+            lines += ["", "| payload | dtypes | encodings | shape | meaning |", "|---|---|---|---|---|"]
+            lines += [f"| `{p.name}` | {cell(', '.join(f'`{d}`' for d in p.dtypes))} | {', '.join(p.encodings)} | "
+                      f"{' x '.join(str(d) for d in p.shape)} | {cell(p.doc)} |" for p in kind.payloads]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(schema_markdown())

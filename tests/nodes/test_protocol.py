@@ -192,3 +192,9 @@ def test_fuzzed_decoder_raises_only_protocol_errors(parts: list[bytes]) -> None:
         return
     for name, arr in msg.payloads.items():
         assert arr.nbytes <= 2**24, name
+
+
+def test_docs_protocol_page_matches_the_schema_tables(repo_root) -> None:
+    """docs/protocol.md embeds `schema_markdown()`; regenerate with `python -m recon.nodes.protocol`."""
+    text = (repo_root / "docs" / "protocol.md").read_text()
+    assert P.schema_markdown() in text
