@@ -111,3 +111,216 @@ def render_sequence(kind: str = "walk", n: int = 40, seed: int = 0, width: int =
                 colour += _texture(T[:3, 3] + d_world * t_hit[:, None], seed) / 4
         rgbs.append((colour * 255).astype(np.uint8).reshape(height, width, 3))
     return rgbs, depths, K, poses
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tests
+
+import functools  # noqa: E402
+
+import pytest  # noqa: E402
+
+from recon.backends import create_backend  # noqa: E402
+from recon.backends.base import Backend  # noqa: E402
+from recon.errors import BackendError, ConfigError  # noqa: E402
+from recon.eval.trajectory import absolute_trajectory_error, trajectory_length  # noqa: E402
+from recon.types import Frame, FrameResult  # noqa: E402
+
+ACCURACY_CASES = [("walk", 0), ("orbit", 1), ("forward", 2)]
+
+
+@functools.cache
+def _sequence(kind: str, seed: int, n: int = 60, width: int = 320, height: int = 240):
+    """Rendered once per test session (rendering costs more than tracking)."""
+    return render_sequence(kind, n, seed, width, height)
+
+
+def _frames(kind: str, seed: int, *, depth: bool, **kwargs) -> tuple[list[Frame], np.ndarray]:
+    rgbs, depths, K, poses = _sequence(kind, seed, **kwargs)
+    frames = [Frame("cam", i, i * 33_333_333, rgbs[i], K=K, depth=depths[i] if depth else None)
+              for i in range(len(rgbs))]
+    return frames, np.linalg.inv(poses[0]) @ poses  # world = first camera, like the backend
+
+
+def _run(backend: Backend, frames: list[Frame]) -> list[FrameResult]:
+    out: list[FrameResult] = []
+    for f in frames:
+        out += backend.step(f)
+    out += backend.flush()
+    return out
+
+
+def _poses_by_seq(results: list[FrameResult]) -> dict[int, np.ndarray]:
+    poses: dict[int, np.ndarray] = {}
+    for r in results:
+        poses[r.seq] = r.T_world_cam  # updates (same seq) replace earlier poses
+    return poses
+
+
+def _ate_fraction(results: list[FrameResult], gt: np.ndarray, seqs: list[int], align: str) -> float:
+    poses = _poses_by_seq(results)
+    est = np.stack([poses[s] for s in seqs])
+    ref = gt[seqs]
+    return absolute_trajectory_error(est, ref, align).rmse / trajectory_length(ref)
+
+
+@pytest.mark.parametrize(("kind", "seed"), ACCURACY_CASES)
+def test_rgbd_ate_within_one_percent(kind: str, seed: int) -> None:
+    frames, gt = _frames(kind, seed, depth=True)
+    backend = create_backend("geometric")
+    results = _run(backend, frames)
+    assert [r.seq for r in results] == list(range(len(frames)))  # one result per frame, in order, at once
+    assert all(r.metric for r in results)
+    assert np.allclose(results[0].T_world_cam, np.eye(4))
+    assert _ate_fraction(results, gt, list(range(len(frames))), "se3") <= 0.01
+    # Metric: without any scale alignment the trajectory is as long as the ground truth.
+    est = np.stack([r.T_world_cam for r in results])
+    assert trajectory_length(est) == pytest.approx(trajectory_length(gt), rel=0.03)
+    assert backend.stats().extra["tracking_losses"] == 0
+
+
+@pytest.mark.parametrize(("kind", "seed"), ACCURACY_CASES)
+def test_mono_ate_within_two_percent(kind: str, seed: int) -> None:
+    frames, gt = _frames(kind, seed, depth=False)
+    backend = create_backend("geometric")  # no depth in the frames: monocular mode
+    results = _run(backend, frames)
+    assert sorted(_poses_by_seq(results)) == list(range(len(frames)))
+    assert not any(r.metric for r in results)
+    assert backend.stats().extra["mode"] == "mono"
+    assert backend.stats().extra["guessed_poses"] == 0
+    assert _ate_fraction(results, gt, list(range(len(frames))), "sim3") <= 0.02
+
+
+def test_mono_point_maps_are_consistent_with_poses() -> None:
+    """Dense monocular depth, up to the session scale, matches the true depth where it is confident."""
+    frames, gt = _frames("walk", 0, depth=False)
+    _, depths, _, _ = _sequence("walk", 0)
+    results = _run(create_backend("geometric", stride=2), frames)
+    scale = []
+    for r in results[-10:]:
+        valid = r.confidence > 0
+        assert valid.mean() > 0.3
+        true = depths[r.seq][::2, ::2][valid]
+        scale.append(np.median(true / r.depth[valid]))
+        rel = np.abs(r.depth[valid] * scale[-1] - true) / true
+        assert np.median(rel) < 0.05
+    assert np.std(scale) / np.mean(scale) < 0.05  # one consistent scale across frames
+
+
+def test_output_grid_matches_K_and_points() -> None:
+    frames, _ = _frames("walk", 0, depth=True)
+    backend = create_backend("geometric", max_points=5000)  # 320x240 -> stride 4 -> 80x60
+    r = _run(backend, frames[:5])[-1]
+    assert r.depth.shape == (60, 80) and r.points_world.shape == (60, 80, 3) and r.image.shape == (60, 80, 3)
+    assert r.confidence.shape == (60, 80) and r.points_world.dtype == np.float32
+    assert r.K[0, 0] == pytest.approx(frames[0].K[0, 0] / 4)
+    assert np.array_equal(r.image, frames[4].image[::4, ::4])
+    # Points projected through the pose and K land on their own grid pixels.
+    T_cw = np.linalg.inv(r.T_world_cam)
+    valid = r.confidence > 0
+    P = r.points_world[valid].astype(np.float64) @ T_cw[:3, :3].T + T_cw[:3, 3]
+    uv = P[:, :2] / P[:, 2:] * [r.K[0, 0], r.K[1, 1]] + r.K[:2, 2]
+    vv, uu = np.nonzero(valid)
+    assert np.allclose(uv, np.stack([uu, vv], 1), atol=1e-2)
+    assert np.all(np.isnan(r.points_world[~valid]))
+
+
+def test_unknown_intrinsics_use_documented_default() -> None:
+    frames, _ = _frames("walk", 0, depth=False)
+    no_k = [Frame(f.stream_id, f.seq, f.t_ns, f.image) for f in frames[:3]]
+    results = _run(create_backend("geometric", stride=1), no_k)
+    assert results and results[0].K[0, 0] == pytest.approx(0.8 * 320)
+    given = np.array([[250.0, 0, 160], [0, 250.0, 120], [0, 0, 1]])
+    results = _run(create_backend("geometric", stride=1, K=given), no_k)
+    assert np.allclose(results[0].K, given)
+
+
+def _blank(frame: Frame, with_depth: bool) -> Frame:
+    return Frame(frame.stream_id, frame.seq, frame.t_ns, np.zeros_like(frame.image), K=frame.K,
+                 depth=np.zeros_like(frame.depth) if with_depth else None)
+
+
+@pytest.mark.parametrize("depth", [True, False], ids=["rgbd", "mono"])
+def test_blank_frame_is_a_counted_loss_and_tracking_resumes(depth: bool, caplog: pytest.LogCaptureFixture) -> None:
+    frames, gt = _frames("walk", 0, depth=depth)
+    frames[30] = _blank(frames[30], depth)
+    backend = create_backend("geometric")
+    results = _run(backend, frames)
+    extra = backend.stats().extra
+    assert extra["tracking_losses"] == 1 and not extra["lost"]
+    assert sorted(_poses_by_seq(results)) == list(range(len(frames)))
+    after = list(range(31, len(frames)))
+    if depth:
+        assert _ate_fraction(results, gt, list(range(len(frames))), "se3") <= 0.01
+    else:
+        assert extra["reinitialisations"] == 0  # one bad frame: tracked again from the last good frame
+        assert _ate_fraction(results, gt, after, "sim3") <= 0.02
+
+
+@pytest.mark.parametrize("depth", [True, False], ids=["rgbd", "mono"])
+def test_jump_to_another_place_recovers(depth: bool) -> None:
+    """Half-way the camera 'teleports' into another sequence: a loss, then a new map chained to the old one."""
+    first, _ = _frames("walk", 0, depth=depth)
+    second, gt2 = _frames("orbit", 1, depth=depth)
+    frames = first[:30] + [Frame("cam", i, f.t_ns, f.image, K=f.K, depth=f.depth) for i, f in
+                           enumerate(second[30:], start=30)]
+    backend = create_backend("geometric", rgbd={"max_lost_frames": 3}, mono={"max_lost_frames": 3})
+    results = _run(backend, frames)
+    extra = backend.stats().extra
+    assert extra["tracking_losses"] >= 1 and not extra["lost"]
+    assert extra["reanchors" if depth else "reinitialisations"] == 1
+    assert sorted(_poses_by_seq(results)) == list(range(len(frames)))
+    after = [r.seq for r in results if r.seq >= 36 and r.confidence.any()]
+    assert len(after) >= 15
+    # Relative motion after the jump is tracked again (metric for RGB-D, up to scale for monocular).
+    assert _ate_fraction(results, gt2, after, "se3" if depth else "sim3") <= (0.01 if depth else 0.04)
+
+
+def test_mono_reinitialises_after_a_long_loss() -> None:
+    frames, gt = _frames("walk", 0, depth=False)
+    for i in range(25, 31):
+        frames[i] = _blank(frames[i], False)
+    backend = create_backend("geometric", mono={"max_lost_frames": 3})
+    results = _run(backend, frames)
+    extra = backend.stats().extra
+    assert extra["tracking_losses"] >= 4 and extra["reinitialisations"] == 1
+    assert extra["state"] == "track"
+    assert sorted(_poses_by_seq(results)) == list(range(len(frames)))
+    after = [r.seq for r in results if r.seq > 31 and r.confidence.any()]
+    assert len(after) > 15
+    # A map started mid-sequence from fewer frames is looser than the full-sequence target (2%).
+    assert _ate_fraction(results, gt, after, "sim3") <= 0.04
+    # The new map is chained to the old trajectory: its scale is that of the first map within a factor 2.
+    poses = _poses_by_seq(results)
+    before_len = trajectory_length(np.stack([poses[s] for s in range(0, 25)]))
+    after_len = trajectory_length(np.stack([poses[s] for s in after]))
+    ratio = (after_len / trajectory_length(gt[after])) / (before_len / trajectory_length(gt[:25]))
+    assert 0.5 < ratio < 2.0
+
+
+def test_reset_starts_a_new_session_and_stats_count() -> None:
+    frames, _ = _frames("orbit", 1, depth=True)
+    backend = create_backend("geometric")
+    assert isinstance(backend, Backend) and backend.name == "geometric"
+    _run(backend, frames[:10])
+    stats = backend.stats()
+    assert stats.frames_in == 10 and stats.results_out == 10 and stats.memory_bytes > 0
+    assert stats.timings_ms["step"] > 0 and stats.extra["keyframes"] >= 1
+    backend.reset()
+    assert backend.stats().frames_in == 0 and backend.stats().extra["mode"] is None
+    results = _run(backend, frames[20:23])
+    assert np.allclose(results[0].T_world_cam, np.eye(4))  # world = first camera of the new session
+    assert not np.allclose(results[2].T_world_cam, np.eye(4))
+
+
+def test_bad_options_and_resolution_change_raise() -> None:
+    with pytest.raises(ConfigError, match="mode"):
+        create_backend("geometric", mode="stereo")
+    with pytest.raises(ConfigError, match="stride"):
+        create_backend("geometric", stride=0)
+    frames, _ = _frames("walk", 0, depth=True)
+    backend = create_backend("geometric")
+    backend.step(frames[0])
+    small = Frame("cam", 1, 1, frames[1].image[:120, :160].copy(), K=frames[1].K, depth=frames[1].depth[:120, :160])
+    with pytest.raises(BackendError, match="reset"):
+        backend.step(small)
