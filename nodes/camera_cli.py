@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--live", action="store_true",
                         help="play a recorded source in real time at --fps as a live camera (latest-frame-wins)")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    parser.add_argument("--stride", type=int, default=1, help="recorded sources: send every N-th frame")
+    parser.add_argument("--on-error", choices=("skip", "stop"), default=None,
+                        help="dataset sources: skip corrupt frames or stop at the first (exit code 1)")
     parser.add_argument("--resend", type=float, default=5.0, help="seconds before an unacknowledged frame is re-sent")
     add_security_arguments(parser)
 
@@ -46,8 +49,10 @@ def run(args: argparse.Namespace) -> int:
     from recon.nodes.transport import Security
 
     info = load_camera_info(args.camera_info) if args.camera_info else None
+    if args.stride < 1:
+        raise ConfigError(f"--stride must be >= 1, got {args.stride}")
     source = open_source(args.source, fps=args.fps, camera_info=info, topic=args.topic,
-                         camera_info_topic=args.camera_info_topic)
+                         camera_info_topic=args.camera_info_topic, on_error=args.on_error)
     if args.live and not source.live:
         if not args.fps:
             raise ConfigError("--live needs --fps (the rate to play the recording at)")
@@ -55,14 +60,14 @@ def run(args: argparse.Namespace) -> int:
     config = CameraNodeConfig(connect=args.connect, stream_id=args.stream_id or getattr(source, "name", "cam0"),
                               encoding=args.encoding, jpeg_quality=args.jpeg_quality,
                               fps=None if source.live else args.fps, max_frames=args.max_frames,
-                              resend_s=args.resend, security=Security.from_args(args))
+                              resend_s=args.resend, stride=args.stride, security=Security.from_args(args))
     node = CameraNode(source, config)
     on_shutdown_signals(node.stop)
     try:
-        node.run()
+        stats = node.run()
     finally:
         source.close()
-    return 0
+    return 1 if stats.stopped_on_error else 0
 
 
 def main(argv: list[str] | None = None) -> int:

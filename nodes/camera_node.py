@@ -25,6 +25,7 @@ from typing import Any
 
 import zmq
 
+from recon.errors import CorruptFrameError
 from recon.nodes import protocol as P
 from recon.nodes.sources import Source
 from recon.nodes.transport import Security, default_context, new_node_id, open_socket
@@ -45,7 +46,8 @@ class CameraNodeConfig:
         fps: maximum send rate (None: as fast as credits allow).
         heartbeat_s: heartbeat period; the node is considered gone after `timeout_s` of silence.
         resend_s: re-send a recorded frame whose ack is this overdue.
-        max_frames: stop after this many frames (None: until the source ends).
+        max_frames: stop after this many frames were sent (None: until the source ends).
+        stride: recorded sources: send every `stride`-th frame only.
     """
 
     connect: str = "tcp://127.0.0.1:5555"
@@ -57,6 +59,7 @@ class CameraNodeConfig:
     timeout_s: float = 3.0
     resend_s: float = 5.0
     max_frames: int | None = None
+    stride: int = 1
     security: Security = field(default_factory=Security)
 
 
@@ -69,6 +72,8 @@ class CameraStats:
     acked: int = 0
     drops: int = 0
     reconnects: int = 0
+    skipped_by_stride: int = 0
+    stopped_on_error: str | None = None
     latency_ms: list[float] = field(default_factory=list)
 
 
@@ -88,6 +93,7 @@ class CameraNode:
         self._pending: collections.OrderedDict[int, list[Any]] = collections.OrderedDict()
         self._sent_at: dict[int, float] = {}
         self._keep_latency = False
+        self._index = -1
 
     def __str__(self) -> str:
         return f"CameraNode({self.config.stream_id}->{self.config.connect})"
@@ -235,7 +241,19 @@ class CameraNode:
 
     def _next_frame(self, frames: Any) -> Frame | None:
         if frames is not None:
-            return next(frames, None)
+            try:
+                while True:
+                    frame = next(frames, None)
+                    self._index += 1
+                    if frame is None or self._index % self.config.stride == 0:
+                        return frame
+                    self.stats.skipped_by_stride += 1
+            except CorruptFrameError as e:
+                # The reader was told to stop on corrupt frames: end the stream here, after what was sent is
+                # acknowledged, and say why (the CLI exits non-zero).
+                self.stats.stopped_on_error = str(e)
+                logger.error("%s: stopping at a corrupt frame: %s", self, e)
+                return None
         got = self.source.read_latest(0.0)  # type: ignore[attr-defined]
         if got is None:
             return None

@@ -48,6 +48,7 @@ class PipelineStats:
     viewer: ViewerStats = field(default_factory=ViewerStats)
     node_status: dict[str, Any] = field(default_factory=dict)
     wall_s: float = 0.0
+    stopped_on_error: str | None = None
 
 
 def free_port() -> int:
@@ -82,7 +83,8 @@ def parse_options(items: Iterable[str]) -> dict[str, Any]:
 def run_pipeline(source: str | Source, backend: str, sinks: Iterable[Any] = (), *, mode: str = "inproc",
                  backend_options: dict[str, Any] | None = None, stream_id: str | None = None,
                  encoding: str = "raw", fps: float | None = None, queue_size: int = 8,
-                 timeout_s: float = 3600.0, stop: threading.Event | None = None) -> PipelineStats:
+                 timeout_s: float = 3600.0, stop: threading.Event | None = None, max_frames: int | None = None,
+                 stride: int = 1, on_error: str | None = None) -> PipelineStats:
     """Stream `source` through `backend` into `sinks` with the node classes; returns the run's counters.
 
     Args:
@@ -94,25 +96,38 @@ def run_pipeline(source: str | Source, backend: str, sinks: Iterable[Any] = (), 
         stream_id: defaults to the source's name.
         timeout_s: overall bound; the run is stopped and ReconError raised when exceeded.
         stop: set it (from a signal handler or another thread) to end a live run cleanly (inproc).
+        max_frames, stride: send at most `max_frames` frames, every `stride`-th of a recorded source.
+        on_error: dataset sources: "skip" or "stop" at a corrupt frame (see `PipelineStats.stopped_on_error`).
     """
     options = dict(backend_options or {})
+    if stride < 1:
+        raise ConfigError(f"stride must be >= 1, got {stride}")
+    cam = _CameraOptions(stream_id, encoding, fps, max_frames, stride, on_error)
     if mode == "inproc":
-        return _run_inproc(source, backend, list(sinks), options, stream_id, encoding, fps, queue_size, timeout_s,
-                           stop)
+        return _run_inproc(source, backend, list(sinks), options, cam, queue_size, timeout_s, stop)
     if mode == "tcp":
         if not isinstance(source, str):
             raise ConfigError("mode='tcp' needs a source spec (a path or camera index), not an open source")
-        return _run_tcp(source, backend, list(sinks), options, stream_id, encoding, fps, queue_size, timeout_s)
+        return _run_tcp(source, backend, list(sinks), options, cam, queue_size, timeout_s)
     raise ConfigError(f"mode must be 'inproc' or 'tcp', got {mode!r}")
 
 
-def _run_inproc(source: str | Source, backend: str, sinks: list[Any], options: dict[str, Any], stream_id: str | None,
-                encoding: str, fps: float | None, queue_size: int, timeout_s: float,
-                stop: threading.Event | None) -> PipelineStats:
+@dataclass
+class _CameraOptions:
+    stream_id: str | None
+    encoding: str
+    fps: float | None
+    max_frames: int | None
+    stride: int
+    on_error: str | None
+
+
+def _run_inproc(source: str | Source, backend: str, sinks: list[Any], options: dict[str, Any], co: _CameraOptions,
+                queue_size: int, timeout_s: float, stop: threading.Event | None) -> PipelineStats:
     t0 = time.perf_counter()
     ctx = zmq.Context()
     tag = f"{os.getpid()}-{id(sinks):x}"
-    src = open_source(source, fps=fps) if isinstance(source, str) else source
+    src = open_source(source, fps=co.fps, on_error=co.on_error) if isinstance(source, str) else source
     node = ReconNode(ReconNodeConfig(bind=f"inproc://ingest-{tag}", publish=f"inproc://results-{tag}",
                                      backend=backend, backend_options=options, queue_size=queue_size,
                                      heartbeat_s=0.1, min_subscribers=1), ctx)
@@ -123,11 +138,13 @@ def _run_inproc(source: str | Source, backend: str, sinks: list[Any], options: d
         viewer.start()
         if not viewer.wait_connected(10):
             raise ReconError("in-process pipeline: the result subscriber did not connect within 10 s")
-        cam = CameraNode(src, CameraNodeConfig(connect=f"inproc://ingest-{tag}", encoding=encoding,
-                                               stream_id=stream_id or getattr(src, "name", "cam0"),
-                                               fps=None if src.live else fps), ctx)
+        cam = CameraNode(src, CameraNodeConfig(connect=f"inproc://ingest-{tag}", encoding=co.encoding,
+                                               stream_id=co.stream_id or getattr(src, "name", "cam0"),
+                                               fps=None if src.live else co.fps, max_frames=co.max_frames,
+                                               stride=co.stride), ctx)
         _run_bounded(cam, node, timeout_s, stop)
         stats.camera = cam.stats
+        stats.stopped_on_error = cam.stats.stopped_on_error
         stats.node_status = node.status()
         node.stop()
         if not viewer.wait_bye(node.node_id, timeout=30):
@@ -173,8 +190,8 @@ def node_command(kind: str, *args: str) -> list[str]:
     return [sys.executable, "-m", f"recon.nodes.{kind}_cli", *args]
 
 
-def _run_tcp(source: str, backend: str, sinks: list[Any], options: dict[str, Any], stream_id: str | None,
-             encoding: str, fps: float | None, queue_size: int, timeout_s: float) -> PipelineStats:
+def _run_tcp(source: str, backend: str, sinks: list[Any], options: dict[str, Any], co: _CameraOptions,
+             queue_size: int, timeout_s: float) -> PipelineStats:
     t0 = time.perf_counter()
     p_in, p_out, p_ctl = free_port(), free_port(), free_port()
     ep_in, ep_out, ep_ctl = (f"tcp://127.0.0.1:{p}" for p in (p_in, p_out, p_ctl))
@@ -193,18 +210,21 @@ def _run_tcp(source: str, backend: str, sinks: list[Any], options: dict[str, Any
             raise ReconError(f"reconstruction node process did not come up on {ep_out} within 60 s "
                              f"(exit code {recon_p.poll()})")
         status = request(ctx, ep_ctl, {"cmd": "status"}, timeout_s=10)
-        cam_args = ["camera", "--source", source, "--connect", ep_in, "--encoding", encoding]
-        if stream_id:
-            cam_args += ["--stream-id", stream_id]
-        if fps:
-            cam_args += ["--fps", str(fps)]
+        cam_args = ["camera", "--source", source, "--connect", ep_in, "--encoding", co.encoding,
+                    "--stride", str(co.stride)]
+        for flag, value in (("--stream-id", co.stream_id), ("--fps", co.fps), ("--max-frames", co.max_frames),
+                            ("--on-error", co.on_error)):
+            if value:
+                cam_args += [flag, str(value)]
         cam_p = subprocess.Popen(node_command(*cam_args))
         procs.append(cam_p)
         try:
             rc = cam_p.wait(timeout_s)
         except subprocess.TimeoutExpired as e:
             raise ReconError(f"camera node did not finish within {timeout_s:.0f} s") from e
-        if rc != 0:
+        if rc == 1 and co.on_error == "stop":
+            stats.stopped_on_error = "the camera node stopped at a corrupt frame (see its log above)"
+        elif rc != 0:
             raise ReconError(f"camera node process failed with exit code {rc}")
         stats.node_status = request(ctx, ep_ctl, {"cmd": "status"}, timeout_s=10)
         request(ctx, ep_ctl, {"cmd": "shutdown"}, timeout_s=10)

@@ -183,13 +183,18 @@ class SequenceSource:
 
     live = False
 
-    def __init__(self, path: str, camera_info: CameraInfo | None = None) -> None:
+    def __init__(self, path: str, camera_info: CameraInfo | None = None, on_error: str | None = None) -> None:
         from recon import datasets
 
         opener = getattr(datasets, "open_sequence", None)
         if opener is None:
             raise SequenceError(f"cannot read {path}: recon.datasets.open_sequence is not available in this build")
-        self.seq = opener(path)
+        if on_error is None:
+            self.seq = opener(path)
+        else:
+            from recon.datasets.base import OnError
+
+            self.seq = opener(path, on_error=OnError(on_error))
         self.camera_info = camera_info or getattr(self.seq, "camera_info", None)
         self.drops = 0
         self.name = getattr(self.seq, "name", Path(path).stem)
@@ -381,7 +386,7 @@ def parse_pattern(spec: str) -> PatternSource:
 
 
 def open_source(spec: str, *, fps: float | None = None, camera_info: CameraInfo | None = None,
-                topic: str | None = None, camera_info_topic: str | None = None) -> Source:
+                topic: str | None = None, camera_info_topic: str | None = None, on_error: str | None = None) -> Source:
     """Open SRC as described in the module docstring."""
     if _is_device(spec):
         return open_camera(spec, fps=fps, camera_info=camera_info)
@@ -392,4 +397,4 @@ def open_source(spec: str, *, fps: float | None = None, camera_info: CameraInfo 
         raise ConfigError(f"--source {spec}: no such file or folder, and not a camera index")
     if p.suffix in (".bag", ".mcap") or (p.is_dir() and (p / "metadata.yaml").exists()):
         return RosbagSource(spec, topic, camera_info_topic, camera_info)
-    return SequenceSource(spec, camera_info)
+    return SequenceSource(spec, camera_info, on_error)

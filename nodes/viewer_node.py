@@ -35,6 +35,7 @@ class ViewerStats:
     updates: int = 0
     resets: int = 0
     heartbeats: int = 0
+    metric: bool | None = None
     per_stream: dict[str, int] = field(default_factory=dict)
 
 
@@ -170,6 +171,7 @@ class ViewerNode:
         for sink in self.sinks:
             sink.on_result(result)
         with self._cond:
+            self.stats.metric = result.metric if self.stats.metric is None else self.stats.metric and result.metric
             if not result.is_update:
                 self.stats.results += 1
                 self.stats.per_stream[result.stream_id] = self.stats.per_stream.get(result.stream_id, 0) + 1
