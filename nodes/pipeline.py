@@ -84,14 +84,14 @@ def run_pipeline(source: str | Source, backend: str, sinks: Iterable[Any] = (), 
                  backend_options: dict[str, Any] | None = None, stream_id: str | None = None,
                  encoding: str = "raw", fps: float | None = None, queue_size: int = 8,
                  timeout_s: float = 3600.0, stop: threading.Event | None = None, max_frames: int | None = None,
-                 stride: int = 1, on_error: str | None = None) -> PipelineStats:
+                 stride: int = 1, on_error: str | None = None, close_sinks: bool = True) -> PipelineStats:
     """Stream `source` through `backend` into `sinks` with the node classes; returns the run's counters.
 
     Args:
         source: a source spec (camera index, video, folder, dataset, bag, `pattern:N:WxH`) or an open Source
             (inproc only).
         backend: registry name; `backend_options` go to create_backend.
-        sinks: ResultSinks; closed before this returns.
+        sinks: ResultSinks; closed before this returns unless `close_sinks` is False.
         mode: "inproc" (threads) or "tcp" (camera and reconstruction node as processes on loopback).
         stream_id: defaults to the source's name.
         timeout_s: overall bound; the run is stopped and ReconError raised when exceeded.
@@ -102,7 +102,7 @@ def run_pipeline(source: str | Source, backend: str, sinks: Iterable[Any] = (), 
     options = dict(backend_options or {})
     if stride < 1:
         raise ConfigError(f"stride must be >= 1, got {stride}")
-    cam = _CameraOptions(stream_id, encoding, fps, max_frames, stride, on_error)
+    cam = _CameraOptions(stream_id, encoding, fps, max_frames, stride, on_error, close_sinks)
     if mode == "inproc":
         return _run_inproc(source, backend, list(sinks), options, cam, queue_size, timeout_s, stop)
     if mode == "tcp":
@@ -120,6 +120,7 @@ class _CameraOptions:
     max_frames: int | None
     stride: int
     on_error: str | None
+    close_sinks: bool
 
 
 def _run_inproc(source: str | Source, backend: str, sinks: list[Any], options: dict[str, Any], co: _CameraOptions,
@@ -131,7 +132,7 @@ def _run_inproc(source: str | Source, backend: str, sinks: list[Any], options: d
     node = ReconNode(ReconNodeConfig(bind=f"inproc://ingest-{tag}", publish=f"inproc://results-{tag}",
                                      backend=backend, backend_options=options, queue_size=queue_size,
                                      heartbeat_s=0.1, min_subscribers=1), ctx)
-    viewer = ViewerNode(f"inproc://results-{tag}", sinks, context=ctx)
+    viewer = ViewerNode(f"inproc://results-{tag}", sinks, context=ctx, close_sinks=co.close_sinks)
     stats = PipelineStats("inproc")
     try:
         node.start()
@@ -196,7 +197,7 @@ def _run_tcp(source: str, backend: str, sinks: list[Any], options: dict[str, Any
     p_in, p_out, p_ctl = free_port(), free_port(), free_port()
     ep_in, ep_out, ep_ctl = (f"tcp://127.0.0.1:{p}" for p in (p_in, p_out, p_ctl))
     ctx = zmq.Context()
-    viewer = ViewerNode(ep_out, sinks, context=ctx)
+    viewer = ViewerNode(ep_out, sinks, context=ctx, close_sinks=co.close_sinks)
     stats = PipelineStats("tcp")
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -247,3 +248,18 @@ def _run_tcp(source: str, backend: str, sinks: list[Any], options: dict[str, Any
     stats.viewer = viewer.stats
     stats.wall_s = time.perf_counter() - t0
     return stats
+
+
+def run_replay_distributed(sequence: str, backend: str, sink: Any, *, backend_options: dict[str, Any] | None = None,
+                           max_frames: int | None = None, stride: int = 1, on_error: str | None = None) -> Any:
+    """`recon replay --distributed`: the replay through node processes on loopback; returns replay's LoopStats.
+
+    The caller's `sink` (replay's SinkGroup) gets every result and stays open (replay closes its outputs).
+    Frames are sent raw and losslessly, so a deterministic backend gives the in-process trajectory.
+    """
+    from recon.sinks.runner import LoopStats
+
+    p = run_pipeline(sequence, backend, [sink], mode="tcp", backend_options=backend_options, max_frames=max_frames,
+                     stride=stride, on_error=on_error, close_sinks=False)
+    return LoopStats(frames_in=int(p.node_status.get("frames", 0)), results_out=p.viewer.results + p.viewer.updates,
+                     metric=p.viewer.metric, wall_s=p.wall_s, stopped_on_error=p.stopped_on_error)

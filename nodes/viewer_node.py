@@ -44,13 +44,14 @@ class ViewerNode:
 
     def __init__(self, connect: str, sinks: Iterable[Any] = (), *, context: zmq.Context | None = None,
                  security: Security | None = None, limits: P.Limits = P.DEFAULT_LIMITS, dedupe: bool = True,
-                 dedupe_window: int = 1 << 16) -> None:
+                 dedupe_window: int = 1 << 16, close_sinks: bool = True) -> None:
         self.connect = connect
         self.sinks = list(sinks)
         self.ctx = context or default_context()
         self.security = security
         self.limits = limits
         self.dedupe = dedupe
+        self.close_sinks = close_sinks
         self.stats = ViewerStats()
         self.rejects = WarnOnce(logger)
         self._seen: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
@@ -97,11 +98,11 @@ class ViewerNode:
         return True
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop receiving and close the sinks."""
+        """Stop receiving and close the sinks (unless the caller keeps them: `close_sinks=False`)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        for sink in self.sinks:
+        for sink in self.sinks if self.close_sinks else ():
             try:
                 sink.close()
             except Exception as e:

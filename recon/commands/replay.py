@@ -5,6 +5,7 @@ Examples:
     recon replay SEQ --backend geometric --viewer rrd,web # also serve the web viewer until Ctrl-C
     recon replay SEQ --viewer connect:127.0.0.1:9876      # stream to a running `rerun` viewer
     recon replay SEQ --on-error skip --max-frames 100 --stride 2
+    recon replay SEQ --distributed                        # camera + reconstruction node processes over tcp
 
 Outputs in OUT (default runs/<sequence name>): trajectory.tum (TUM, T_world_cam), points.ply (voxel-downsampled,
 coloured), recording.rrd (with --viewer rrd, the default), metrics.json (when the sequence has ground truth),
@@ -51,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="PLY voxel size in scene units (default: 1%% of the first frame's median depth)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-wait", action="store_true", help="with --viewer web: exit when done instead of serving")
+    parser.add_argument("--distributed", action="store_true",
+                        help="run the camera and reconstruction nodes as separate processes over tcp on loopback "
+                             "(recon.nodes); outputs are the same")
 
 
 def parse_backend_options(items: list[str]) -> dict[str, Any]:
@@ -125,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
     viewer_specs = parse_viewer_spec(args.viewer, out / "recording.rrd")
     backend_name, reason = choose_backend(args.backend)
     logger.info("%s", reason)
-    backend = create_backend(backend_name, **options)
+    # --distributed: the backend runs in the reconstruction node process, not here.
+    backend = None if args.distributed else create_backend(backend_name, **options)
 
     trajectory = TrajectoryWriter(out / "trajectory.tum")
     cloud = PointCloudWriter(out / "points.ply", voxel_size=args.voxel_size)
@@ -140,7 +145,13 @@ def run(args: argparse.Namespace) -> int:
     summary = RunSummary(sequence=sequence.name, backend=backend_name, backend_reason=reason)
     keep_serving = rerun_sink is not None and rerun_sink.output.serving and not args.no_wait
     try:
-        stats = _run_with_progress(sequence, backend, sinks, args, run_stream)
+        if args.distributed:
+            from recon.nodes.pipeline import run_replay_distributed
+
+            stats = run_replay_distributed(args.sequence, backend_name, sinks, backend_options=options,
+                                           max_frames=args.max_frames, stride=args.stride, on_error=args.on_error)
+        else:
+            stats = _run_with_progress(sequence, backend, sinks, args, run_stream)
     finally:
         # Outputs of the frames processed so far are written even when the loop fails.
         file_sinks.close()
@@ -189,9 +200,10 @@ def _fill_summary(summary: Any, stats: Any, sequence: Any, backend: Any, sinks: 
     read_stats = getattr(sequence, "stats", None)
     summary.frames_skipped = int(getattr(read_stats, "frames_skipped", 0))
     summary.skipped_paths = list(getattr(read_stats, "skipped_paths", []))
-    b = backend.stats()
-    summary.backend_stats = {"frames_in": b.frames_in, "results_out": b.results_out, "memory_bytes": b.memory_bytes,
-                             "timings_ms": b.timings_ms, "extra": b.extra}
+    if backend is not None:  # None with --distributed: the backend lived in the node process
+        b = backend.stats()
+        summary.backend_stats = {"frames_in": b.frames_in, "results_out": b.results_out,
+                                 "memory_bytes": b.memory_bytes, "timings_ms": b.timings_ms, "extra": b.extra}
     summary.extra = {"metric": stats.metric, "stride": args.stride, "max_frames": args.max_frames,
                      "frames_dropped_by_stride": stats.frames_dropped_by_stride,
                      "voxel_size": cloud.summary()["voxel_size"], "ply_points": cloud.points_written}
