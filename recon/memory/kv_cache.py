@@ -141,20 +141,28 @@ class KVCache:
         """View `[B, H, n]` of the entries' token ids, or None when not tracked."""
         return None if self._ids is None else self._ids[:, :, :self._n]
 
-    def compact(self, keep_idx: torch.Tensor) -> None:
+    def compact(self, keep_idx: torch.Tensor, *, ascending: bool = False, skip: int = 0) -> None:
         """Keep the entries at positions `keep_idx [B, H, m]` (per batch and head), in that order, in place.
 
         The kept entries are gathered and written to slots `0..m-1` of the same storage; the capacity is kept.
+        With `ascending=True` (indices strictly ascending per head, as the eviction policies of
+        recon.memory.policies produce) the rows move through recon.kernels.kv_prune.compact_kv_ (Triton kernel on
+        CUDA) without a full-size temporary; the first `skip` entries (anchors) are known to stay where they are.
         """
         if keep_idx.dim() != 3 or keep_idx.shape[:2] != self.keys().shape[:2]:
             raise ValueError(f"compact: keep_idx must be [B, H, m], got {tuple(keep_idx.shape)}")
         m = keep_idx.shape[2]
-        k, v = self.keys(), self.values()
-        kept_k = torch.gather(k, 2, keep_idx.unsqueeze(-1).expand(-1, -1, -1, k.shape[-1]))
-        kept_v = torch.gather(v, 2, keep_idx.unsqueeze(-1).expand(-1, -1, -1, v.shape[-1]))
         assert self._k is not None and self._v is not None
-        self._k[:, :, :m].copy_(kept_k)
-        self._v[:, :, :m].copy_(kept_v)
+        if ascending:
+            from recon.kernels.kv_prune import compact_kv_
+
+            compact_kv_(self._k, self._v, keep_idx, self._n, skip=skip)
+        else:
+            k, v = self.keys(), self.values()
+            kept_k = torch.gather(k, 2, keep_idx.unsqueeze(-1).expand(-1, -1, -1, k.shape[-1]))
+            kept_v = torch.gather(v, 2, keep_idx.unsqueeze(-1).expand(-1, -1, -1, v.shape[-1]))
+            self._k[:, :, :m].copy_(kept_k)
+            self._v[:, :, :m].copy_(kept_v)
         if self._ids is not None:
             kept_ids = torch.gather(self._ids[:, :, :self._n], 2, keep_idx)
             self._ids[:, :, :m].copy_(kept_ids)

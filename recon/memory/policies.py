@@ -1,0 +1,281 @@
+"""Eviction policies for the streaming KV caches (`recon.memory.kv_cache`): how a bounded memory decides what
+to forget.
+
+A policy is handed to `StreamingMemory` / `model.new_session(policy=..., camera_policy=...)`; the cache calls
+`after_append(layer, cache, frame_index)` once per attention layer per frame, after the frame's K/V were appended
+and before the frame attends, and the memory brackets every frame with `begin_frame` / `end_frame`.
+
+Policies (names for `make_policy` and the `infinitevggt` backend's `policy` option):
+- `unbounded` (`recon.memory.kv_cache.EvictionPolicy`): keep everything (StreamVGGT; memory grows per frame);
+- `window` (`SlidingWindowPolicy`): the most recent `layer_budget` entries per layer;
+- `sinks` (`AttentionSinkPolicy`): StreamingLLM-style attention sinks, here the whole first frame (the frame
+  that defines the world frame), plus the most recent entries up to `layer_budget`;
+- `infinitevggt` (`DiversityPruningPolicy`): InfiniteVGGT's training-free diversity pruning, reproducing
+  AutoLab-SAI-SJTU/InfiniteVGGT@7f9a5a2 exactly (golden fixture `infinitevggt_tiny_pruned`; reference notes §4.1):
+  - per-layer budgets before each frame: `int(softmax((1 - last_scores) / T) * total_budget)` in float32,
+    T = 0.5, `last_scores` starting at zeros;
+  - anchors: every entry of the layer's first frame, never evicted;
+  - once a layer holds more than its budget (the new frame's own entries included), every head scores the
+    non-anchor keys by <k_i/|k_i|, mean_j k_j/|k_j|> and keeps the `budget - anchors` *lowest* scores
+    (the most diverse keys) in temporal order; V follows K;
+  - only layers that pruned set their `last_scores` entry to float32(mean candidate score).
+
+Synchronisation: the published code calls `.item()` once per layer per frame (the mean score), which stalls
+the GPU 24 times a frame. Here every per-layer quantity stays a device tensor: scores, kept indices, the mean
+score and `last_scores`. Whether a layer prunes depends only on host integers (cache length, budget). The only
+device-to-host read is the integer budget vector, needed for tensor shapes: it is computed on the device at the
+end of a frame, copied asynchronously into pinned memory, and read at the start of the next frame (one read per
+frame, normally already complete because the frame's outputs were read back in between).
+
+All state is per session and cleared by `reset()` (the published code never resets anchors or scores, so a
+second sequence on the same model behaves differently from the first).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from recon.errors import ConfigError
+from recon.kernels.kv_prune import diversity_scores, select_kept
+from recon.memory.kv_cache import EvictionPolicy, KVCache
+from recon.utils.log import WarnOnce
+
+logger = logging.getLogger(__name__)
+
+POLICIES = ("unbounded", "window", "sinks", "infinitevggt")
+DEFAULT_TOTAL_BUDGET = 1_200_000
+DEFAULT_TEMPERATURE = 0.5
+
+# recorder(event, payload): "frame" (budgets of a frame), "layer" (one layer's decision), "frame_end".
+Recorder = Callable[[str, dict[str, Any]], None]
+
+
+class _AnchorMixin:
+    """Tracks, per layer, how many leading entries belong to the session's first frame (the anchors).
+
+    The first frame is the one with `frame_index == 0`; every append during it extends the anchors. For the
+    aggregator caches (one append per frame) this is InfiniteVGGT's "all tokens of the first cached call"; for the
+    camera-trunk caches in the reference mode (one append per refinement iteration) it covers all iterations.
+    """
+
+    def _reset_anchors(self) -> None:
+        self._anchors: dict[int, int] = {}
+        self._anchor_idx: dict[tuple[int, int, int, torch.device], torch.Tensor] = {}
+
+    def _update_anchors(self, layer: int, cache: KVCache, frame_index: int) -> int:
+        if frame_index == 0:
+            self._anchors[layer] = len(cache)
+        return self._anchors.get(layer, 0)
+
+    def anchor_count(self, layer: int) -> int:
+        """Protected leading entries of `layer` (0 before its first frame)."""
+        return self._anchors.get(layer, 0)
+
+    def _keep_index(self, anchors: int, tail: torch.Tensor) -> torch.Tensor:
+        """`[B,H,anchors + m]`: positions 0..anchors-1 followed by `tail [B,H,m]` (positions in the cache)."""
+        B, H, _ = tail.shape
+        key = (anchors, B, H, tail.device)
+        head = self._anchor_idx.get(key)
+        if head is None:
+            head = torch.arange(anchors, device=tail.device).expand(B, H, anchors)
+            self._anchor_idx = {key: head}  # one shape per session
+        return torch.cat([head, tail], dim=-1)
+
+
+class SlidingWindowPolicy(_AnchorMixin, EvictionPolicy):
+    """Keep the most recent `layer_budget` entries of every layer (no anchors).
+
+    The simplest bounded memory: constant cost, but once frame 0 leaves the window nothing ties the output to
+    the world frame any more, which is what the `sinks` variant fixes.
+
+    Args:
+        layer_budget: entries kept per layer (anchors included for subclasses with anchors).
+    """
+
+    name = "window"
+    keep_first_frame = False
+
+    def __init__(self, layer_budget: int) -> None:
+        if layer_budget < 1:
+            raise ConfigError(f"{type(self).__name__}: layer_budget must be >= 1, got {layer_budget}")
+        self.layer_budget = int(layer_budget)
+        self._warn = WarnOnce(logger)
+        self.reset()
+
+    def reset(self) -> None:
+        self._reset_anchors()
+
+    def after_append(self, layer: int, cache: KVCache, frame_index: int) -> None:
+        n = len(cache)
+        anchors = self._update_anchors(layer, cache, frame_index) if self.keep_first_frame else 0
+        if n <= self.layer_budget or n <= anchors:
+            return
+        window = max(self.layer_budget - anchors, 0)
+        if window == 0:
+            self._warn("budget", "%s: layer budget %d <= %d anchor entries; only anchors are kept",
+                            self.name, self.layer_budget, anchors)
+        B, H = cache.keys().shape[:2]
+        tail = torch.arange(n - window, n, device=cache.keys().device).expand(B, H, window)
+        cache.compact(self._keep_index(anchors, tail), ascending=True, skip=anchors)
+
+
+class AttentionSinkPolicy(SlidingWindowPolicy):
+    """StreamingLLM-style: the first frame's entries as attention sinks, plus the most recent entries.
+
+    Args:
+        layer_budget: entries kept per layer, sinks included (the window is `layer_budget - sinks`).
+    """
+
+    name = "sinks"
+    keep_first_frame = True
+
+
+def camera_window_policy(window_frames: int, entries_per_frame: int) -> AttentionSinkPolicy:
+    """Bounded camera-trunk caches: frame 0's entries plus those of the last `window_frames` frames.
+
+    The published code lets the camera-head cache grow (4 entries per frame and trunk layer, 64 KB per frame at
+    full size in fp32): 2.6 GB and an O(frames) trunk attention after 10,000 frames. The camera token of frame 0
+    defines the world frame, so it stays; recent frames carry the motion context.
+
+    Args:
+        window_frames: recent frames kept besides frame 0.
+        entries_per_frame: entries one frame appends per cache (refinement iterations in "reference" mode, 1 in
+            "per_iteration" mode).
+    """
+    if window_frames < 1:
+        raise ConfigError(f"camera window must be >= 1 frame, got {window_frames}")
+    return AttentionSinkPolicy((1 + window_frames) * entries_per_frame)
+
+
+class _PendingBudgets:
+    """An asynchronous device-to-host copy of the next frame's integer budgets (CUDA only)."""
+
+    def __init__(self, budgets: torch.Tensor) -> None:
+        self.host = torch.empty(budgets.shape, dtype=budgets.dtype, pin_memory=True)
+        self.host.copy_(budgets, non_blocking=True)
+        self.event = torch.cuda.Event()
+        self.event.record()
+
+    def result(self) -> list[int]:
+        self.event.synchronize()
+        return self.host.tolist()
+
+
+class DiversityPruningPolicy(_AnchorMixin, EvictionPolicy):
+    """InfiniteVGGT diversity pruning with per-layer budgets (see the module docstring for the exact rule).
+
+    Args:
+        total_budget: tokens summed over layers (1,200,000 in the published code, about 48 frames at 518x392
+            per layer with 24 layers).
+        temperature: softmax temperature of the budget split (0.5 published).
+        impl: "torch" or "triton" for scores and compaction (default: Triton on CUDA, torch elsewhere).
+        recorder: optional callback receiving every decision (tests, fixture logs). It reads tensors back to the
+            host, so leave it None in production.
+    """
+
+    name = "infinitevggt"
+
+    def __init__(self, total_budget: int = DEFAULT_TOTAL_BUDGET, temperature: float = DEFAULT_TEMPERATURE,
+                 impl: str | None = None, recorder: Recorder | None = None) -> None:
+        if total_budget < 1:
+            raise ConfigError(f"infinitevggt: total budget must be >= 1 token, got {total_budget}")
+        if not temperature > 0:
+            raise ConfigError(f"infinitevggt: temperature must be > 0, got {temperature}")
+        self.total_budget = int(total_budget)
+        self.temperature = float(temperature)
+        self.impl = impl
+        self.recorder = recorder
+        self._warn = WarnOnce(logger)
+        self.reset()
+
+    def reset(self) -> None:
+        self._reset_anchors()
+        self.last_scores: torch.Tensor | None = None  # float32 [layers], on the caches' device once known
+        self.budgets: list[int] = []
+        self._pending: _PendingBudgets | None = None
+        self.host_reads = 0  # device-to-host reads of budgets (one per frame at most), for tests and stats
+
+    def budget_prefloor(self, scores: torch.Tensor) -> torch.Tensor:
+        """float32 `softmax((1 - scores) / T) * total_budget`, the reference's arithmetic before `int()`."""
+        diversity = 1 - scores
+        return torch.softmax(diversity / self.temperature, dim=0) * self.total_budget
+
+    def begin_frame(self, frame_index: int, num_layers: int) -> None:
+        if self.last_scores is None or self.last_scores.numel() != num_layers:
+            self.last_scores = torch.zeros(num_layers, dtype=torch.float32)
+            self._pending = None
+        if self._pending is not None:
+            self.budgets = self._pending.result()
+            self._pending = None
+        else:
+            self.budgets = self.budget_prefloor(self.last_scores).to(torch.int64).tolist()
+        self.host_reads += 1
+        if self.recorder is not None:
+            self.recorder("frame", {"frame": frame_index, "budget": list(self.budgets),
+                                    "budget_prefloor": self.budget_prefloor(self.last_scores).cpu(),
+                                    "last_scores_before": self.last_scores.cpu().clone()})
+
+    def after_append(self, layer: int, cache: KVCache, frame_index: int) -> None:
+        n = len(cache)
+        anchors = self._update_anchors(layer, cache, frame_index)
+        budget = self.budgets[layer]
+        if n <= budget:
+            if self.recorder is not None:
+                self.recorder("layer", {"frame": frame_index, "layer": layer, "budget": budget, "n_before": n,
+                                        "n_after": n, "pruned": False, "anchors": anchors, "cache": cache})
+            return
+        keep = budget - anchors
+        if keep < 0:
+            self._warn("budget", "infinitevggt: layer %d budget %d is below its %d anchor tokens; keeping "
+                            "only the anchors (raise --budget)", layer, budget, anchors)
+            keep = 0
+        scores = diversity_scores(cache.keys()[:, :, anchors:n], self.impl)
+        kept = select_kept(scores, keep)
+        keep_idx = self._keep_index(anchors, kept + anchors)
+        cache.compact(keep_idx, ascending=True, skip=anchors)
+        avg = scores.mean()
+        assert self.last_scores is not None
+        if self.last_scores.device != avg.device:
+            self.last_scores = self.last_scores.to(avg.device)
+        self.last_scores[layer] = avg.to(torch.float32)
+        if self.recorder is not None:
+            self.recorder("layer", {"frame": frame_index, "layer": layer, "budget": budget, "n_before": n,
+                                    "n_after": len(cache), "pruned": True, "anchors": anchors, "cache": cache,
+                                    "keep_idx": keep_idx, "scores": scores, "avg_score": avg})
+
+    def end_frame(self, frame_index: int) -> None:
+        assert self.last_scores is not None
+        if self.recorder is not None:
+            self.recorder("frame_end", {"frame": frame_index, "last_scores_after": self.last_scores.cpu().clone()})
+        if self.last_scores.is_cuda:
+            # Next frame's budgets, derived on the device and fetched without blocking.
+            self._pending = _PendingBudgets(self.budget_prefloor(self.last_scores).to(torch.int64))
+
+
+def make_policy(name: str, total_budget: int = DEFAULT_TOTAL_BUDGET, num_layers: int = 24,
+                temperature: float = DEFAULT_TEMPERATURE, impl: str | None = None) -> EvictionPolicy:
+    """A policy of the aggregator caches by name.
+
+    Args:
+        name: one of `POLICIES` ("diversity" is accepted for "infinitevggt").
+        total_budget: tokens summed over the `num_layers` layers; the window policies give each layer
+            `total_budget // num_layers`, so all bounded policies hold the same memory.
+        num_layers: global-attention layers sharing the budget.
+        temperature, impl: InfiniteVGGT settings.
+    """
+    if name == "diversity":
+        name = "infinitevggt"
+    if name not in POLICIES:
+        raise ConfigError(f"unknown memory policy {name!r}; known: {', '.join(POLICIES)}")
+    if name == "unbounded":
+        return EvictionPolicy()
+    if name == "infinitevggt":
+        return DiversityPruningPolicy(total_budget, temperature, impl=impl)
+    layer_budget = total_budget // max(num_layers, 1)
+    if layer_budget < 1:
+        raise ConfigError(f"{name}: total budget {total_budget} is less than one token per layer ({num_layers})")
+    return SlidingWindowPolicy(layer_budget) if name == "window" else AttentionSinkPolicy(layer_budget)
