@@ -7,7 +7,7 @@ Examples:
     recon node ros --backend geometric --image-topic /camera/color/image_raw \\
         --camera-info-topic /camera/color/camera_info
     recon node ros --compressed --image-topic /camera/image_raw/compressed _map_frame:=odom __name:=recon
-    recon node ros --ros 2 --image-topic /image            # ROS 2 via rclpy, where it is installed
+    recon node ros --ros 2 --image-topic /image -- --ros-args -p map_frame:=odom   # ROS 2 (rclpy)
 """
 
 from __future__ import annotations
@@ -101,9 +101,24 @@ def _pick_version(choice: str) -> str:
                                  f"{INSTALL_HINT}; for ROS 2 source /opt/ros/<distro>/setup.bash")
 
 
+def ros_argv(ros_args: list[str]) -> list[str]:
+    """argv handed to rospy/rclpy; a recon flag after the first remapping would be silently lost, so refuse it."""
+    out = ["recon"]
+    for i, arg in enumerate(ros_args):
+        if arg == "--ros-args":
+            return out + ros_args[i:]
+        if arg == "--":
+            continue
+        if arg.startswith("-"):
+            raise ConfigError(f"{arg!r} comes after the ROS arguments {ros_args[:i]}; put recon flags first "
+                              "(ROS 2 arguments go after `-- --ros-args`)")
+        out.append(arg)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    argv = ["recon", *[a for a in args.ros_args if a != "--"]]
+    argv = ros_argv(args.ros_args)
     version = _pick_version(args.ros)
     if version == "1":
         from recon.nodes.ros.ros1 import run_ros1

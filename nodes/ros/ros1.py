@@ -133,30 +133,50 @@ def _keep_console_logging(handlers: list[logging.Handler]) -> None:
             recon_logger.addHandler(handler)
 
 
+def _wait_for_master(argv: list[str], stop: threading.Event) -> bool:
+    """Wait for the ROS master, saying where we look (rospy would wait silently); False if stopped first."""
+    import rosgraph.masterapi
+    from rosgraph.rosenv import get_master_uri
+
+    uri = get_master_uri(argv=argv)
+    if rosgraph.masterapi.is_online(uri):
+        return True
+    logger.info("waiting for the ROS master at %s (start roscore, or set ROS_MASTER_URI)", uri)
+    while not stop.wait(0.5):
+        if rosgraph.masterapi.is_online(uri):
+            return True
+    return False
+
+
 def run_ros1(config: RosNodeConfig, argv: list[str], node_name: str = "recon") -> int:
     """Start rospy, read `~` parameters over `config`, build the backend and spin; returns an exit code."""
     rospy = import_rospy()
-    console = list(logging.getLogger().handlers)
-    # Our own SIGINT/SIGTERM handlers (not rospy's) so the backend can be flushed before rospy closes publishers.
-    rospy.init_node(node_name, argv=argv, anonymous=False, log_level=rospy.INFO, disable_signals=True)
-    _keep_console_logging(console)
-    config = config.with_params(lambda name, default: rospy.get_param("~" + name, default))
-    load_plugins(config.plugins)
-    backend = create_backend(config.backend, **config.backend_options)
-    node = RosNode(RosNodeCore(config, backend))
     stop = threading.Event()
+    node: RosNode | None = None
 
     def on_signal(signum: int, _frame: object) -> None:
-        logger.info("received %s, flushing and shutting down", signal.Signals(signum).name)
+        logger.info("received %s, %s", signal.Signals(signum).name,
+                    "flushing and shutting down" if node is not None else "stopping")
         stop.set()
-        node.core.queue.close()
+        if node is not None:
+            node.core.queue.close()
 
+    # Our own SIGINT/SIGTERM handlers (not rospy's) so the backend can be flushed before rospy closes publishers.
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        if not _wait_for_master(argv, stop):
+            return 130
+        console = list(logging.getLogger().handlers)
+        rospy.init_node(node_name, argv=argv, anonymous=False, log_level=rospy.INFO, disable_signals=True)
+        _keep_console_logging(console)
+        config = config.with_params(lambda name, default: rospy.get_param("~" + name, default))
+        load_plugins(config.plugins)
+        backend = create_backend(config.backend, **config.backend_options)
+        node = RosNode(RosNodeCore(config, backend))
         node.spin(stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if not rospy.is_shutdown():
+        if rospy.core.is_initialized() and not rospy.is_shutdown():
             rospy.signal_shutdown("recon node exiting")
     return 0

@@ -9,7 +9,7 @@ in recon imports it, so rclpy stays optional. Differences from ROS 1, all at thi
 - private topics are spelled `~/pose` and stamps are `builtin_interfaces/Time(sec, nanosec)`.
 
 Example (with /opt/ros/<distro>/setup.bash sourced in the venv's shell):
-    recon node ros --ros 2 --image-topic /camera/image_raw --ros-args -p map_frame:=odom
+    recon node ros --ros 2 --image-topic /camera/image_raw -- --ros-args -p map_frame:=odom
 """
 
 from __future__ import annotations

@@ -367,6 +367,12 @@ def test_cli_flags_build_the_config() -> None:
     assert args.ros_args == ["_map_frame:=odom", "__name:=r"]
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         cli.config_from_args(parser.parse_args(["-o", "lag"]))
+    assert cli.ros_argv(args.ros_args) == ["recon", "_map_frame:=odom", "__name:=r"]
+    ros2 = parser.parse_args(["--ros", "2", "--", "--ros-args", "-p", "map_frame:=odom"]).ros_args
+    assert cli.ros_argv(ros2) == ["recon", "--ros-args", "-p", "map_frame:=odom"]
+    late_flag = parser.parse_args(["_a:=1", "--backend", "y"]).ros_args  # argparse hides this mistake
+    with pytest.raises(ConfigError, match="put recon flags first"):
+        cli.ros_argv(late_flag)
 
 
 def test_importing_the_package_and_cli_imports_no_ros() -> None:
