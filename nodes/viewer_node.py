@@ -62,6 +62,7 @@ class ViewerNode:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        self._interval = 1.0
 
     def __str__(self) -> str:
         return f"ViewerNode({self.connect})"
@@ -127,10 +128,22 @@ class ViewerNode:
         sock.subscribe(P.TOPIC_RESULT)
         sock.subscribe(P.TOPIC_CONTROL)
         sock.connect(self.connect)
+        last = time.monotonic()
+        silent = False
         try:
             while not self._stop.is_set():
                 if not sock.poll(100):
+                    # Heartbeats come every interval_s; five missed ones mean the publisher is gone (ZeroMQ
+                    # reconnects by itself when it comes back).
+                    if self._heard.is_set() and not silent and time.monotonic() - last > 5 * self._interval:
+                        silent = True
+                        logger.warning("%s: no heartbeat for %.1f s; waiting for the node to come back", self,
+                                       time.monotonic() - last)
                     continue
+                last = time.monotonic()
+                if silent:
+                    silent = False
+                    logger.info("%s: the node is back", self)
                 for _ in range(1000):
                     try:
                         parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -147,6 +160,7 @@ class ViewerNode:
     def _handle(self, msg: P.Message) -> None:
         if msg.kind == P.HEARTBEAT:
             self.stats.heartbeats += 1
+            self._interval = float(msg.header.get("interval_s", self._interval))
             if msg.header.get("bye"):
                 with self._cond:
                     self._byes.add(int(msg.header["node"]))

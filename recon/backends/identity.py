@@ -2,7 +2,8 @@
 
 It answers every frame at once with a pose that encodes the frame's `seq` (translation x = seq * 1 cm),
 so tests can check ordering and exactly-once delivery from the output alone. Optional `delay_ms`
-simulates a slow model; `points` adds a unit-depth point map so sinks have geometry to draw.
+simulates a slow model; `points` adds a unit-depth point map so sinks have geometry to draw; `window` holds
+that many results back and releases them in `flush`, like a windowed backend that emits late.
 """
 
 from __future__ import annotations
@@ -34,13 +35,16 @@ class IdentityBackend:
 
     name = "identity"
 
-    def __init__(self, delay_ms: float = 0.0, points: bool = False) -> None:
+    def __init__(self, delay_ms: float = 0.0, points: bool = False, window: int = 0) -> None:
         self.delay_s = float(delay_ms) / 1000.0
         self.points = bool(points)
+        self.window = int(window)
+        self._held: list[FrameResult] = []
         self._stats = BackendStats()
 
     def reset(self) -> None:
         self._stats = BackendStats()
+        self._held = []
 
     def step(self, frame: Frame) -> list[FrameResult]:
         if self.delay_s:
@@ -56,17 +60,22 @@ class IdentityBackend:
             pts = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
             pts[..., 0] += T[0, 3]
             depth = np.ones((h, w), np.float32)
-        self._stats.results_out += 1
-        return [FrameResult(frame.stream_id, frame.seq, frame.t_ns, T, K, depth=depth, points_world=pts,
-                            image=frame.image if self.points else None)]
+        self._held.append(FrameResult(frame.stream_id, frame.seq, frame.t_ns, T, K, depth=depth, points_world=pts,
+                                      image=frame.image if self.points else None))
+        cut = max(0, len(self._held) - self.window)
+        out, self._held = self._held[:cut], self._held[cut:]
+        self._stats.results_out += len(out)
+        return out
 
     def flush(self) -> list[FrameResult]:
-        return []
+        out, self._held = self._held, []
+        self._stats.results_out += len(out)
+        return out
 
     def stats(self) -> BackendStats:
         return self._stats
 
 
 def create(**options: object) -> IdentityBackend:
-    """Factory for the registry: `delay_ms`, `points`."""
+    """Factory for the registry: `delay_ms`, `points`, `window`."""
     return IdentityBackend(**options)  # type: ignore[arg-type]

@@ -137,6 +137,8 @@ def test_control_socket_status_reset_and_errors(ctx: zmq.Context) -> None:
         assert request(ctx, "inproc://ctl-control", {"cmd": "reset", "stream_id": "a"})["ok"]
         wait_for(lambda: status(ctx, "inproc://ctl-control")["sessions"]["a"]["session"] == 1, 5, "session reset")
         assert not request(ctx, "inproc://ctl-control", {"cmd": "reset", "stream_id": "nope"})["ok"]
+        cam.send_multipart(P.encode_control(P.RESET, "a", reason="request"))  # a camera may ask too
+        wait_for(lambda: status(ctx, "inproc://ctl-control")["sessions"]["a"]["session"] == 2, 5, "camera reset")
         assert "unknown command" in request(ctx, "inproc://ctl-control", {"cmd": "dance"})["error"]
         req = open_socket(ctx, zmq.REQ)
         req.connect("inproc://ctl-control")
@@ -237,3 +239,14 @@ def test_non_loopback_bind_is_refused_by_default() -> None:
 
     with pytest.raises(ConfigError, match="loopback"):
         ReconNode(ReconNodeConfig(bind="tcp://0.0.0.0:5999", publish="tcp://127.0.0.1:5998", backend="identity"))
+
+
+def test_results_reach_a_rerun_recording(tmp_path: Path) -> None:
+    """The viewer side logs through recon.viewer: an .rrd file with the streamed results."""
+    from recon.nodes.viewer_cli import make_viewer_sink
+
+    rrd = tmp_path / "live.rrd"
+    sink = make_viewer_sink(f"rrd:{rrd}")
+    stats = run_pipeline("pattern:8:32x24", "identity", [sink], mode="inproc", backend_options={"points": True})
+    assert stats.viewer.results == 8
+    assert rrd.stat().st_size > 10_000

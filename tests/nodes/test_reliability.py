@@ -193,3 +193,36 @@ def test_fuzzed_live_node_socket_stays_up_and_bounded(tmp_path: Path, ctx: zmq.C
         assert final["sessions"]["after"]["frames"] == 40
         log = node.log()
     assert log.count("[incompatible_version]") == 1, "one clear log line per kind, then only counted"
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_flushes_held_results_and_says_bye(tmp_path: Path, ctx: zmq.Context) -> None:
+    """A clean stop flushes every backend (a windowed one holds results back) and publishes before exiting."""
+    from recon.nodes.viewer_node import ViewerNode
+
+    class Keep:
+        def __init__(self) -> None:
+            self.seqs: list[int] = []
+
+        def on_result(self, r: object) -> None:
+            self.seqs.append(r.seq)  # type: ignore[attr-defined]
+
+        def close(self) -> None:
+            pass
+
+    ep_in, ep_out, ep_ctl = tcp(), tcp(), tcp()
+    keep = Keep()
+    viewer = ViewerNode(ep_out, [keep], context=ctx).start()
+    with NodeProcess(_recon_args(ep_in, ep_out, ep_ctl, "-o", "window=4"), tmp_path / "recon.log") as node:
+        assert viewer.wait_connected(30)
+        node_id = status(ctx, ep_ctl)["node"]
+        with NodeProcess(["camera", "--source", "pattern:12:32x24", "--connect", ep_in, "--stream-id", "w"],
+                         tmp_path / "cam.log") as cam:
+            assert cam.wait(60) == 0, cam.log()
+        assert keep.seqs == list(range(8)), "4 results are held back by the windowed backend"
+        assert node.terminate() == 0, node.log()
+        assert viewer.wait_bye(node_id, 10), "the node's last heartbeat (bye) must arrive after its results"
+        log = node.log()
+    viewer.stop()
+    assert keep.seqs == list(range(12))
+    assert "SIGTERM" in log and "stopped after" in log
