@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -652,3 +654,51 @@ class RosNodeCore:
                                       self.config.min_confidence, self.config.max_points)
             outs.append(Output(r, r.t_ns, self.camera_frame_for(r.seq), cloud))
         return outs
+
+    def serve(self, publish: Callable[[Output], None], stop: threading.Event, ros_ok: Callable[[], bool],
+              drain_s: float = 0.5) -> None:
+        """The adapters' main loop: run the backend on queued images and publish, until `stop` or ROS ends.
+
+        On `stop` (our SIGINT/SIGTERM handler) the images already queued are processed and the backend is
+        flushed, and those last results are published while ROS is still up; `drain_s` then lets the
+        publishers' send threads empty. When ROS itself went down first (`rosnode kill`), nothing can be sent.
+        """
+        while not stop.is_set() and ros_ok():
+            for out in self.work(timeout=0.1):
+                publish(out)
+        if ros_ok():
+            pending = self.drain() + self.flush()
+            for out in pending:
+                publish(out)
+            if pending:
+                time.sleep(drain_s)
+        logger.info("recon ROS node stopping: %d frames in, %d results out, %d images dropped, faults %s",
+                    self.frames_in, self.results_out, self.queue.dropped, self.faults.counts)
+
+
+class StopOnSignals:
+    """Context manager: SIGINT/SIGTERM set `event` (and close `queue`) instead of killing the process.
+
+    Both ROS client libraries would otherwise shut down at the signal, closing the publishers before the
+    backend's pending results could be flushed. Previous handlers are restored on exit.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.queue: LatestQueue | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        logger.info("received %s, stopping", signal.Signals(signum).name)
+        self.event.set()
+        if self.queue is not None:
+            self.queue.close()
+
+    def __enter__(self) -> StopOnSignals:
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+

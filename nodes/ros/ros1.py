@@ -12,9 +12,7 @@ Example:
 from __future__ import annotations
 
 import logging
-import signal
 import threading
-import time
 from typing import Any
 
 from recon.backends import create_backend
@@ -22,6 +20,7 @@ from recon.nodes.ros.core import (
     Output,
     RosNodeConfig,
     RosNodeCore,
+    StopOnSignals,
     fill_cloud,
     fill_pose,
     fill_transform,
@@ -102,27 +101,6 @@ class RosNode:
             fill_cloud(cloud, out.cloud, m["PointField"])
             self.points_pub.publish(cloud)
 
-    def spin(self, stop: threading.Event) -> None:
-        """Run the backend on queued images until `stop` is set or rospy shuts down (e.g. `rosnode kill`).
-
-        On `stop` (SIGINT/SIGTERM) the images already queued are processed, the backend is flushed and its
-        last results published while the publishers are still open; rospy is shut down only after that.
-        """
-        rospy = self._rospy
-        rospy.on_shutdown(self.core.queue.close)
-        while not stop.is_set() and not rospy.is_shutdown():
-            for out in self.core.work(timeout=0.1):
-                self.publish(out)
-        if not rospy.is_shutdown():
-            pending = self.core.drain() + self.core.flush()
-            for out in pending:
-                self.publish(out)
-            if pending:
-                time.sleep(FLUSH_DRAIN_S)  # publishers send from their own threads; let them drain
-        logger.info("recon ROS node stopping: %d frames in, %d results out, %d images dropped, faults %s",
-                    self.core.frames_in, self.core.results_out, self.core.queue.dropped, self.core.faults.counts)
-        rospy.signal_shutdown("recon node stopped")
-
 
 def _keep_console_logging(handlers: list[logging.Handler]) -> None:
     """init_node replaces the root handlers with ROS's log file; keep recon's own lines on the console too."""
@@ -149,34 +127,24 @@ def _wait_for_master(argv: list[str], stop: threading.Event) -> bool:
 
 
 def run_ros1(config: RosNodeConfig, argv: list[str], node_name: str = "recon") -> int:
-    """Start rospy, read `~` parameters over `config`, build the backend and spin; returns an exit code."""
+    """Start rospy, read `~` parameters over `config`, build the backend and serve; returns an exit code."""
     rospy = import_rospy()
-    stop = threading.Event()
-    node: RosNode | None = None
-
-    def on_signal(signum: int, _frame: object) -> None:
-        logger.info("received %s, %s", signal.Signals(signum).name,
-                    "flushing and shutting down" if node is not None else "stopping")
-        stop.set()
-        if node is not None:
-            node.core.queue.close()
-
-    # Our own SIGINT/SIGTERM handlers (not rospy's) so the backend can be flushed before rospy closes publishers.
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        if not _wait_for_master(argv, stop):
-            return 130
-        console = list(logging.getLogger().handlers)
-        rospy.init_node(node_name, argv=argv, anonymous=False, log_level=rospy.INFO, disable_signals=True)
-        _keep_console_logging(console)
-        config = config.with_params(lambda name, default: rospy.get_param("~" + name, default))
-        load_plugins(config.plugins)
-        backend = create_backend(config.backend, **config.backend_options)
-        node = RosNode(RosNodeCore(config, backend))
-        node.spin(stop)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if rospy.core.is_initialized() and not rospy.is_shutdown():
-            rospy.signal_shutdown("recon node exiting")
+    # Our own SIGINT/SIGTERM handling (rospy's is disabled) so the backend is flushed before publishers close.
+    with StopOnSignals() as signals:
+        try:
+            if not _wait_for_master(argv, signals.event):
+                return 130
+            console = list(logging.getLogger().handlers)
+            rospy.init_node(node_name, argv=argv, anonymous=False, log_level=rospy.INFO, disable_signals=True)
+            _keep_console_logging(console)
+            config = config.with_params(lambda name, default: rospy.get_param("~" + name, default))
+            load_plugins(config.plugins)
+            backend = create_backend(config.backend, **config.backend_options)
+            node = RosNode(RosNodeCore(config, backend))
+            signals.queue = node.core.queue
+            rospy.on_shutdown(node.core.queue.close)
+            node.core.serve(node.publish, signals.event, lambda: not rospy.is_shutdown(), FLUSH_DRAIN_S)
+        finally:
+            if rospy.core.is_initialized() and not rospy.is_shutdown():
+                rospy.signal_shutdown("recon node exiting")
     return 0

@@ -24,6 +24,7 @@ from recon.nodes.ros.core import (
     Output,
     RosNodeConfig,
     RosNodeCore,
+    StopOnSignals,
     fill_cloud,
     fill_pose,
     fill_transform,
@@ -34,6 +35,8 @@ from recon.nodes.ros.core import (
 from recon.utils.imports import require_package
 
 logger = logging.getLogger(__name__)
+
+FLUSH_DRAIN_S = 0.5
 
 
 def parse_options_string(text: str) -> dict[str, Any]:
@@ -135,34 +138,30 @@ def config_with_ros2_params(node: Any, config: RosNodeConfig) -> RosNodeConfig:
 
 
 def run_ros2(config: RosNodeConfig, argv: list[str], node_name: str = "recon") -> int:
-    """Start rclpy, read parameters over `config`, build the backend and run until shutdown."""
+    """Start rclpy, read parameters over `config`, build the backend and serve until SIGINT/SIGTERM."""
     rclpy = require_package("rclpy", pip_name="rclpy (source /opt/ros/<distro>/setup.bash)")
     from rclpy.executors import SingleThreadedExecutor
 
     rclpy.init(args=argv)
     node = rclpy.create_node(node_name)
-    try:
-        config = config_with_ros2_params(node, config)
-        load_plugins(config.plugins)
-        backend = create_backend(config.backend, **config.backend_options)
-        ros_node = Ros2Node(node, RosNodeCore(config, backend))
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        # Callbacks only queue images; the backend runs on this thread so a slow model never blocks them.
-        spinner = threading.Thread(target=executor.spin, name="recon-ros2-executor", daemon=True)
-        spinner.start()
+    executor = None
+    # Installed after rclpy.init, so these replace rclpy's handlers: the backend is flushed before shutdown.
+    with StopOnSignals() as signals:
         try:
-            while rclpy.ok():
-                for out in ros_node.core.work(timeout=0.1):
-                    ros_node.publish(out)
-        except KeyboardInterrupt:
-            logger.info("interrupted")
-        executor.shutdown()
-        core = ros_node.core
-        logger.info("recon ROS 2 node stopping: %d frames in, %d results out, %d images dropped",
-                    core.frames_in, core.results_out, core.queue.dropped)
-    finally:
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+            config = config_with_ros2_params(node, config)
+            load_plugins(config.plugins)
+            backend = create_backend(config.backend, **config.backend_options)
+            ros_node = Ros2Node(node, RosNodeCore(config, backend))
+            signals.queue = ros_node.core.queue
+            executor = SingleThreadedExecutor()
+            executor.add_node(node)
+            # Callbacks only queue images; the backend runs on this thread so a slow model never blocks them.
+            threading.Thread(target=executor.spin, name="recon-ros2-executor", daemon=True).start()
+            ros_node.core.serve(ros_node.publish, signals.event, rclpy.ok, FLUSH_DRAIN_S)
+        finally:
+            if executor is not None:
+                executor.shutdown()
+            node.destroy_node()
+            if rclpy.ok():
+                rclpy.shutdown()
     return 0

@@ -35,6 +35,7 @@ PROBE = REPO / "tests" / "nodes" / "ros_probe.py"
 
 pytestmark = [
     pytest.mark.ros,
+    pytest.mark.timeout(120),
     pytest.mark.skipif(not sys.platform.startswith("linux") or not Path("/etc/debian_version").exists(),
                        reason="the ROS 1 test needs Debian's ros-core packages (Linux, Debian/Ubuntu only)"),
 ]
