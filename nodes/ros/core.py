@@ -490,22 +490,38 @@ class LatestQueue:
 
 
 class PathBuffer:
-    """The ~path poses in seq order; a revised result (same seq) replaces its entry; bounded length."""
+    """The ~path poses in seq order; a revised result (same seq) replaces its entry; bounded length.
+
+    The whole path is re-published with every result, so each entry's message is built once and cached.
+    """
 
     def __init__(self, max_len: int) -> None:
         self._poses: OrderedDict[int, tuple[int, np.ndarray]] = OrderedDict()
+        self._msgs: dict[int, Any] = {}
         self._max_len = max_len
 
     def add(self, result: FrameResult) -> None:
         self._poses[result.seq] = (result.t_ns, result.T_world_cam)
+        self._msgs.pop(result.seq, None)
         if len(self._poses) > 1 and result.seq < next(reversed(self._poses)):
             self._poses = OrderedDict(sorted(self._poses.items()))
         while len(self._poses) > self._max_len:
-            self._poses.popitem(last=False)
+            seq, _ = self._poses.popitem(last=False)
+            self._msgs.pop(seq, None)
 
     def poses(self) -> list[tuple[int, np.ndarray]]:
         """(t_ns, T_world_cam) per pose, oldest first."""
         return list(self._poses.values())
+
+    def messages(self, make: Callable[[int, np.ndarray], Any]) -> list[Any]:
+        """The poses as adapter messages, `make(t_ns, T_world_cam)` called once per entry (and per revision)."""
+        out = []
+        for seq, (t_ns, T) in self._poses.items():
+            msg = self._msgs.get(seq)
+            if msg is None:
+                msg = self._msgs[seq] = make(t_ns, T)
+            out.append(msg)
+        return out
 
     def __len__(self) -> int:
         return len(self._poses)

@@ -72,6 +72,13 @@ class RosNode:
         sec, nsec = ns_to_sec_nsec(t_ns)
         return self._rospy.Time(sec, nsec)
 
+    def _pose_msg(self, t_ns: int, T_world_cam: Any) -> Any:
+        """A PoseStamped in the map frame (path entries; cached by the core's PathBuffer)."""
+        p = self._msgs["PoseStamped"]()
+        p.header.stamp, p.header.frame_id = self._stamp(t_ns), self.core.config.map_frame
+        fill_pose(p.pose, T_world_cam)
+        return p
+
     def publish(self, out: Output) -> None:
         """Publish one result: pose, tf, path, and the cloud when there is one."""
         m, cfg = self._msgs, self.core.config
@@ -88,11 +95,7 @@ class RosNode:
 
         path = m["Path"]()
         path.header.stamp, path.header.frame_id = stamp, cfg.map_frame
-        for t_ns, T in self.core.path.poses():
-            p = m["PoseStamped"]()
-            p.header.stamp, p.header.frame_id = self._stamp(t_ns), cfg.map_frame
-            fill_pose(p.pose, T)
-            path.poses.append(p)
+        path.poses = self.core.path.messages(self._pose_msg)
         self.path_pub.publish(path)
 
         if out.cloud is not None:

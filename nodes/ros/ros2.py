@@ -92,6 +92,13 @@ class Ros2Node:
         sec, nsec = ns_to_sec_nsec(t_ns)
         return Time(sec=sec, nanosec=nsec)
 
+    def _pose_msg(self, t_ns: int, T_world_cam: Any) -> Any:
+        """A PoseStamped in the map frame (path entries; cached by the core's PathBuffer)."""
+        p = self._msgs["PoseStamped"]()
+        p.header.stamp, p.header.frame_id = self._stamp(t_ns), self.core.config.map_frame
+        fill_pose(p.pose, T_world_cam)
+        return p
+
     def publish(self, out: Output) -> None:
         """Publish one result: pose, tf, path, and the cloud when there is one."""
         m, cfg = self._msgs, self.core.config
@@ -108,13 +115,7 @@ class Ros2Node:
 
         path = m["Path"]()
         path.header.stamp, path.header.frame_id = stamp, cfg.map_frame
-        poses = []
-        for t_ns, T in self.core.path.poses():
-            p = m["PoseStamped"]()
-            p.header.stamp, p.header.frame_id = self._stamp(t_ns), cfg.map_frame
-            fill_pose(p.pose, T)
-            poses.append(p)
-        path.poses = poses
+        path.poses = self.core.path.messages(self._pose_msg)
         self.path_pub.publish(path)
 
         if out.cloud is not None:

@@ -244,6 +244,13 @@ def test_path_buffer_replaces_revisions_keeps_order_and_bound() -> None:
     np.testing.assert_array_equal(path.poses()[1][1], pose_for(9))
     path.add(_result(3))
     assert [t for t, _ in path.poses()] == [11, 12, 13]
+    made = []
+    first = path.messages(lambda t, T: made.append(t) or f"msg{t}")
+    assert first == ["msg11", "msg12", "msg13"] and made == [11, 12, 13]
+    path.add(_result(2))  # a revision rebuilds only its own message
+    path.add(_result(4))  # and the oldest falls out
+    assert path.messages(lambda t, T: made.append(t) or f"new{t}") == ["new12", "msg13", "new14"]
+    assert made == [11, 12, 13, 12, 14]
 
 
 def test_latest_queue_drops_oldest_and_counts() -> None:
