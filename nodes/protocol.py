@@ -492,6 +492,10 @@ def decode(parts: list[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
             raise _err("size_mismatch", f"{where}: frame has {len(buf)} bytes, header declares {d['nbytes']}")
         if d["encoding"] == "raw":
             arr = np.frombuffer(buf, dtype=np.dtype(d["dtype"])).reshape(d["shape"])
+            if not arr.flags.aligned:
+                # ZeroMQ gives no alignment guarantee; unaligned float arrays are slow and some libraries
+                # (open3d) refuse their buffer format, so those few are copied (bytes, already size-checked).
+                arr = arr.copy()
         else:
             arr = _decode_compressed(where, buf, d)
         msg.payloads[d["name"]] = arr

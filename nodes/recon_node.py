@@ -181,6 +181,7 @@ class Session:
             self.errors += 1
             self.node.warn("backend_error", "stream %s: backend %s failed: %s: %s", self.stream_id,
                            self.node.config.backend, type(e).__name__, e)
+            logger.debug("stream %s: backend traceback", self.stream_id, exc_info=True)
             return []
 
     def _run(self) -> None:

@@ -63,6 +63,7 @@ class ViewerNode:
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
         self._interval = 1.0
+        self._said_bye = False
 
     def __str__(self) -> str:
         return f"ViewerNode({self.connect})"
@@ -135,7 +136,8 @@ class ViewerNode:
                 if not sock.poll(100):
                     # Heartbeats come every interval_s; five missed ones mean the publisher is gone (ZeroMQ
                     # reconnects by itself when it comes back).
-                    if self._heard.is_set() and not silent and time.monotonic() - last > 5 * self._interval:
+                    if (self._heard.is_set() and not silent and not self._said_bye
+                            and time.monotonic() - last > 5 * self._interval):
                         silent = True
                         logger.warning("%s: no heartbeat for %.1f s; waiting for the node to come back", self,
                                        time.monotonic() - last)
@@ -161,6 +163,7 @@ class ViewerNode:
         if msg.kind == P.HEARTBEAT:
             self.stats.heartbeats += 1
             self._interval = float(msg.header.get("interval_s", self._interval))
+            self._said_bye = bool(msg.header.get("bye", False))  # a node that said bye is silent on purpose
             if msg.header.get("bye"):
                 with self._cond:
                     self._byes.add(int(msg.header["node"]))

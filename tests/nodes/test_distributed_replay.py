@@ -32,7 +32,8 @@ def sequence(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _replay(seq: Path, out: Path, *extra: str) -> tuple[np.ndarray, np.ndarray]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "recon.cli", "replay", str(seq), "--backend", "geometric",
                            "--out", str(out), "--viewer", "none", "--no-progress", *extra], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=200)

@@ -198,3 +198,16 @@ def test_docs_protocol_page_matches_the_schema_tables(repo_root) -> None:
     """docs/protocol.md embeds `schema_markdown()`; regenerate with `python -m recon.nodes.protocol`."""
     text = (repo_root / "docs" / "protocol.md").read_text()
     assert P.schema_markdown() in text
+
+
+def test_payloads_received_unaligned_are_made_aligned() -> None:
+    """TCP frames carry no alignment guarantee; decoded float arrays must still be aligned (open3d needs it)."""
+    parts = _wire(P.encode_frame(_frame()))
+    shifted = []
+    for p in parts:
+        backing = bytearray(len(p) + 1)
+        backing[1:] = p
+        shifted.append(memoryview(backing)[1:])  # start at an odd address
+    got = P.to_frame(P.decode(shifted))
+    assert got.K.flags.aligned and got.depth.flags.aligned
+    assert memoryview(got.K).format == "d"
