@@ -1,1 +1,15 @@
-"""recon.datasets: lazy sequence readers, the synthetic scene generator and the bundled sample."""
+"""recon.datasets: lazy sequence readers, the synthetic scene generator and the bundled sample.
+
+    from recon.datasets import open_sequence
+    seq = open_sequence("datasets/sample", on_error="skip")
+    for frame in seq: ...                     # recon.types.Frame; ground truth in frame.meta["T_world_cam_gt"]
+    seq.ground_truth, seq.stats.frames_skipped
+
+Readers: `folder` (images), `video` (PyAV), `tum` (TUM RGB-D), `seven_scenes` (7-Scenes), `kitti` (KITTI
+odometry); `synthetic` renders scenes with ground truth in the TUM layout.
+"""
+
+from recon.datasets.base import OnError, ReadStats, Sequence, Trajectory
+from recon.datasets.detect import detect_layout, open_sequence
+
+__all__ = ["OnError", "ReadStats", "Sequence", "Trajectory", "detect_layout", "open_sequence"]

@@ -7,13 +7,17 @@ CorruptFrameError naming its path; `OnError` decides whether iteration skips it 
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from recon.errors import ConfigError, CorruptFrameError
 from recon.types import CameraInfo, Frame
+
+logger = logging.getLogger(__name__)
 
 
 class OnError(enum.StrEnum):
@@ -69,3 +73,62 @@ class Sequence(Protocol):
     def __len__(self) -> int: ...
 
     def __iter__(self) -> Iterator[Frame]: ...
+
+
+class IndexedSequence:
+    """Base of the readers whose frames are listed up front (files on disk), loaded one at a time.
+
+    Subclasses fill `_count()` and `_load(index, seq)`; this class applies `stride` / `max_frames`, turns a
+    `CorruptFrameError` into a counted, logged skip or a stop according to `on_error`, and keeps `stats`.
+    """
+
+    def __init__(self, name: str, *, on_error: OnError = OnError.STOP, stride: int = 1, max_frames: int | None = None,
+                 camera_info: CameraInfo | None = None, ground_truth: Trajectory | None = None,
+                 has_depth: bool = False) -> None:
+        if stride < 1:
+            raise ConfigError(f"stride must be >= 1, got {stride}")
+        if max_frames is not None and max_frames < 1:
+            raise ConfigError(f"max_frames must be >= 1, got {max_frames}")
+        self.name = name
+        self.on_error = OnError(on_error)
+        self.stride = stride
+        self.max_frames = max_frames
+        self.camera_info = camera_info
+        self.ground_truth = ground_truth
+        self.has_depth = has_depth
+        self.stats = ReadStats()
+
+    def _count(self) -> int:
+        """Number of frames in the whole sequence (before stride and max_frames)."""
+        raise NotImplementedError
+
+    def _load(self, index: int, seq: int) -> Frame:
+        """Read frame `index`; raise CorruptFrameError naming the file when it is missing or undecodable."""
+        raise NotImplementedError
+
+    def _indices(self) -> range:
+        r = range(0, self._count(), self.stride)
+        return r if self.max_frames is None else r[: self.max_frames]
+
+    def __len__(self) -> int:
+        return len(self._indices())
+
+    def __iter__(self) -> Iterator[Frame]:
+        self.stats.frames_read = 0
+        self.stats.frames_skipped = 0
+        self.stats.skipped_paths.clear()
+        for seq, index in enumerate(self._indices()):
+            try:
+                frame = self._load(index, seq)
+            except CorruptFrameError as e:
+                if self.on_error is OnError.STOP:
+                    raise
+                self.stats.frames_skipped += 1
+                self.stats.skipped_paths.append(getattr(e, "path", None) or str(e))
+                logger.warning("%s: skipping frame %d: %s", self.name, index, e)
+                continue
+            self.stats.frames_read += 1
+            yield frame
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {len(self)} frames)"

@@ -1,0 +1,82 @@
+"""A folder of images (RGB only), in natural order (`img2` before `img10`).
+
+Timestamps, first rule that applies to *every* file name wins:
+1. names that are timestamps: decimal seconds (`1305031102.175304.png`) or >= 16 digits of nanoseconds;
+2. with `fps`: names ending in a frame number (`frame_000123.png` -> 123 / fps);
+3. otherwise position / fps (30 when no fps is given).
+Intrinsics come from a calibration file in the folder (`camera.json`, `intrinsics.txt`), else unknown.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from recon.datasets.base import IndexedSequence, OnError
+from recon.datasets.files import (
+    IMAGE_EXTENSIONS,
+    find_camera_file,
+    image_size,
+    index_from_name,
+    load_camera_file,
+    natural_key,
+    read_rgb,
+    timestamp_from_name,
+)
+from recon.errors import ConfigError, SequenceError
+from recon.types import Frame
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FPS = 30.0
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in `folder`, natural order."""
+    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
+                  key=lambda p: natural_key(p.name))
+
+
+def folder_timestamps(paths: list[Path], fps: float | None) -> list[int]:
+    """t_ns per file by the rules in the module docstring."""
+    if fps is not None and fps <= 0:
+        raise ConfigError(f"fps must be positive, got {fps}")
+    stamps = [timestamp_from_name(p.stem) for p in paths]
+    if paths and all(s is not None for s in stamps):
+        return [int(s) for s in stamps if s is not None]
+    if fps is not None:
+        numbers = [index_from_name(p.stem) for p in paths]
+        if all(n is not None for n in numbers) and len(set(numbers)) == len(numbers):
+            return [round(int(n) * 1e9 / fps) for n in numbers if n is not None]
+    rate = fps or DEFAULT_FPS
+    if fps is None:
+        logger.info("no timestamps in the file names and no fps given: assuming %.0f frames/s", rate)
+    return [round(i * 1e9 / rate) for i in range(len(paths))]
+
+
+class ImageFolderSequence(IndexedSequence):
+    """Images of one folder read lazily as RGB frames."""
+
+    def __init__(self, path: str | Path, *, on_error: OnError = OnError.STOP, stride: int = 1,
+                 max_frames: int | None = None, fps: float | None = None) -> None:
+        root = Path(path)
+        if not root.is_dir():
+            raise SequenceError(f"{root}: not a folder")
+        self.root = root
+        self._paths = list_images(root)
+        if not self._paths:
+            raise SequenceError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        self._t_ns = folder_timestamps(self._paths, fps)
+        cam_file = find_camera_file(root)
+        camera_info = load_camera_file(cam_file).camera_info(image_size(self._paths[0])) if cam_file else None
+        super().__init__(root.resolve().name, on_error=on_error, stride=stride, max_frames=max_frames,
+                         camera_info=camera_info, has_depth=False)
+
+    def _count(self) -> int:
+        return len(self._paths)
+
+    def _load(self, index: int, seq: int) -> Frame:
+        path = self._paths[index]
+        image = read_rgb(path)
+        K = None if self.camera_info is None else self.camera_info.K
+        return Frame(self.name, seq, int(self._t_ns[index]), image, K, None, {"path": str(path), "index": index})
