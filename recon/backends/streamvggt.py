@@ -18,6 +18,7 @@ Options (keyword arguments of `create`):
     camera_cache: "reference" (published behaviour, quirk A) or "per_iteration" (equals the batch pass).
     capacity: initial KV capacity per layer in tokens (0: grow by doubling).
     policy: an `recon.memory.EvictionPolicy` for the aggregator caches (default: unbounded).
+    camera_policy: an `recon.memory.EvictionPolicy` for the camera-trunk caches (default: unbounded, as published).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class StreamVGGTBackend:
 
     def __init__(self, model: Any, *, device: torch.device, autocast_dtype: torch.dtype, image_width: int,
                  camera_cache: str = "reference", capacity: int = 0, policy: Any = None,
-                 points: str = "depth") -> None:
+                 points: str = "depth", camera_policy: Any = None) -> None:
         if points not in POINT_SOURCES:
             raise ConfigError(f"{self.name} backend: points must be one of {POINT_SOURCES}, got {points!r}")
         self.model = model
@@ -61,7 +62,8 @@ class StreamVGGTBackend:
         self.autocast_dtype = autocast_dtype
         self.image_width = image_width
         self.points = points
-        self.session = model.new_session(camera_cache=camera_cache, policy=policy, capacity=capacity)
+        self.session = model.new_session(camera_cache=camera_cache, policy=policy, capacity=capacity,
+                                         camera_policy=camera_policy)
         self._dtype = next(model.parameters()).dtype
         self.reset()
 
@@ -110,7 +112,7 @@ class StreamVGGTBackend:
 def create(*, weights: str | None = None, model_config: str = "full", random_init: bool = False,
            device: str = "auto", dtype: str = "auto", image_width: int | None = None,
            camera_cache: str = "reference", capacity: int = 0, policy: Any = None, points: str = "depth",
-           seed: int = 0, **unused: Any) -> StreamVGGTBackend:
+           seed: int = 0, camera_policy: Any = None, **unused: Any) -> StreamVGGTBackend:
     """Backend factory (`--backend streamvggt`). Unknown options are logged and ignored."""
     from recon.models.vggt import build_vggt
 
@@ -121,4 +123,5 @@ def create(*, weights: str | None = None, model_config: str = "full", random_ini
                        random_init=random_init, seed=seed, device=dev)
     return StreamVGGTBackend(model, device=dev, autocast_dtype=pick_autocast_dtype(dtype, dev),
                              image_width=image_width or default_image_width(model_config),
-                             camera_cache=camera_cache, capacity=capacity, policy=policy, points=points)
+                             camera_cache=camera_cache, capacity=capacity, policy=policy, points=points,
+                             camera_policy=camera_policy)

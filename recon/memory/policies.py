@@ -87,37 +87,64 @@ class _AnchorMixin:
 
 
 class SlidingWindowPolicy(_AnchorMixin, EvictionPolicy):
-    """Keep the most recent `layer_budget` entries of every layer (no anchors).
+    """Keep the most recent entries of every layer (no anchors).
 
     The simplest bounded memory: constant cost, but once frame 0 leaves the window nothing ties the output to
-    the world frame any more, which is what the `sinks` variant fixes.
+    the world frame any more, which is what the `sinks` variant fixes. The size is given in one of three ways
+    (exactly one): entries per layer, a total over layers (split evenly, so it compares with InfiniteVGGT's
+    total budget), or frames (in units of what the first frame appended, so the same policy fits the aggregator
+    caches, 1 append of P tokens per frame, and the camera caches, one entry per refinement iteration).
 
     Args:
         layer_budget: entries kept per layer (anchors included for subclasses with anchors).
+        total_budget: entries summed over layers; each layer keeps `total_budget // num_layers`.
+        window_frames: frames kept besides the anchors.
     """
 
     name = "window"
     keep_first_frame = False
 
-    def __init__(self, layer_budget: int) -> None:
-        if layer_budget < 1:
-            raise ConfigError(f"{type(self).__name__}: layer_budget must be >= 1, got {layer_budget}")
-        self.layer_budget = int(layer_budget)
+    def __init__(self, layer_budget: int | None = None, *, total_budget: int | None = None,
+                 window_frames: int | None = None) -> None:
+        given = [v for v in (layer_budget, total_budget, window_frames) if v is not None]
+        if len(given) != 1 or given[0] < 1:
+            raise ConfigError(f"{type(self).__name__}: give exactly one of layer_budget, total_budget, "
+                              f"window_frames, >= 1 (got {layer_budget}, {total_budget}, {window_frames})")
+        self.layer_budget = layer_budget
+        self.total_budget = total_budget
+        self.window_frames = window_frames
         self._warn = WarnOnce(logger)
         self.reset()
 
     def reset(self) -> None:
         self._reset_anchors()
+        self._num_layers = 1
+
+    def begin_frame(self, frame_index: int, num_layers: int) -> None:
+        self._num_layers = max(num_layers, 1)
+
+    def budget_of(self, layer: int) -> int:
+        """Entries `layer` may hold (anchors included)."""
+        if self.layer_budget is not None:
+            return self.layer_budget
+        if self.total_budget is not None:
+            return max(self.total_budget // self._num_layers, 1)
+        assert self.window_frames is not None
+        return max(self.anchor_count(layer), 1) * (self.window_frames + int(self.keep_first_frame))
 
     def after_append(self, layer: int, cache: KVCache, frame_index: int) -> None:
         n = len(cache)
-        anchors = self._update_anchors(layer, cache, frame_index) if self.keep_first_frame else 0
-        if n <= self.layer_budget or n <= anchors:
+        first = self._update_anchors(layer, cache, frame_index)
+        if frame_index == 0 and self.window_frames is not None:
+            return  # the first frame defines the unit of the window
+        anchors = first if self.keep_first_frame else 0
+        budget = self.budget_of(layer)
+        if n <= budget or n <= anchors:
             return
-        window = max(self.layer_budget - anchors, 0)
+        window = max(budget - anchors, 0)
         if window == 0:
             self._warn("budget", "%s: layer budget %d <= %d anchor entries; only anchors are kept",
-                            self.name, self.layer_budget, anchors)
+                       self.name, budget, anchors)
         B, H = cache.keys().shape[:2]
         tail = torch.arange(n - window, n, device=cache.keys().device).expand(B, H, window)
         cache.compact(self._keep_index(anchors, tail), ascending=True, skip=anchors)
@@ -126,29 +153,24 @@ class SlidingWindowPolicy(_AnchorMixin, EvictionPolicy):
 class AttentionSinkPolicy(SlidingWindowPolicy):
     """StreamingLLM-style: the first frame's entries as attention sinks, plus the most recent entries.
 
-    Args:
-        layer_budget: entries kept per layer, sinks included (the window is `layer_budget - sinks`).
+    Args: as `SlidingWindowPolicy`; a budget in entries includes the sinks.
     """
 
     name = "sinks"
     keep_first_frame = True
 
 
-def camera_window_policy(window_frames: int, entries_per_frame: int) -> AttentionSinkPolicy:
+def camera_window_policy(window_frames: int) -> AttentionSinkPolicy:
     """Bounded camera-trunk caches: frame 0's entries plus those of the last `window_frames` frames.
 
     The published code lets the camera-head cache grow (4 entries per frame and trunk layer, 64 KB per frame at
     full size in fp32): 2.6 GB and an O(frames) trunk attention after 10,000 frames. The camera token of frame 0
-    defines the world frame, so it stays; recent frames carry the motion context.
-
-    Args:
-        window_frames: recent frames kept besides frame 0.
-        entries_per_frame: entries one frame appends per cache (refinement iterations in "reference" mode, 1 in
-            "per_iteration" mode).
+    defines the world frame, so it stays; recent frames carry the motion context. Works for both camera-cache
+    modes: a frame is whatever the first frame appended (4 entries in "reference" mode, 1 in "per_iteration").
     """
     if window_frames < 1:
         raise ConfigError(f"camera window must be >= 1 frame, got {window_frames}")
-    return AttentionSinkPolicy((1 + window_frames) * entries_per_frame)
+    return AttentionSinkPolicy(window_frames=window_frames)
 
 
 class _PendingBudgets:
@@ -223,7 +245,7 @@ class DiversityPruningPolicy(_AnchorMixin, EvictionPolicy):
         n = len(cache)
         anchors = self._update_anchors(layer, cache, frame_index)
         budget = self.budgets[layer]
-        if n <= budget:
+        if n <= budget or n <= anchors:  # within budget, or nothing but anchors (a first frame over budget)
             if self.recorder is not None:
                 self.recorder("layer", {"frame": frame_index, "layer": layer, "budget": budget, "n_before": n,
                                         "n_after": n, "pruned": False, "anchors": anchors, "cache": cache})
@@ -256,15 +278,14 @@ class DiversityPruningPolicy(_AnchorMixin, EvictionPolicy):
             self._pending = _PendingBudgets(self.budget_prefloor(self.last_scores).to(torch.int64))
 
 
-def make_policy(name: str, total_budget: int = DEFAULT_TOTAL_BUDGET, num_layers: int = 24,
-                temperature: float = DEFAULT_TEMPERATURE, impl: str | None = None) -> EvictionPolicy:
+def make_policy(name: str, total_budget: int = DEFAULT_TOTAL_BUDGET, temperature: float = DEFAULT_TEMPERATURE,
+                impl: str | None = None) -> EvictionPolicy:
     """A policy of the aggregator caches by name.
 
     Args:
         name: one of `POLICIES` ("diversity" is accepted for "infinitevggt").
-        total_budget: tokens summed over the `num_layers` layers; the window policies give each layer
-            `total_budget // num_layers`, so all bounded policies hold the same memory.
-        num_layers: global-attention layers sharing the budget.
+        total_budget: tokens summed over the global-attention layers; the window policies give each layer an
+            equal share, so all bounded policies hold the same memory.
         temperature, impl: InfiniteVGGT settings.
     """
     if name == "diversity":
@@ -275,7 +296,5 @@ def make_policy(name: str, total_budget: int = DEFAULT_TOTAL_BUDGET, num_layers:
         return EvictionPolicy()
     if name == "infinitevggt":
         return DiversityPruningPolicy(total_budget, temperature, impl=impl)
-    layer_budget = total_budget // max(num_layers, 1)
-    if layer_budget < 1:
-        raise ConfigError(f"{name}: total budget {total_budget} is less than one token per layer ({num_layers})")
-    return SlidingWindowPolicy(layer_budget) if name == "window" else AttentionSinkPolicy(layer_budget)
+    cls = SlidingWindowPolicy if name == "window" else AttentionSinkPolicy
+    return cls(total_budget=total_budget)

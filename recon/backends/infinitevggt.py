@@ -1,0 +1,96 @@
+"""`infinitevggt` backend: StreamVGGT weights with InfiniteVGGT's bounded, pruned KV memory (the default learned
+backend of recon).
+
+This is the `streamvggt` backend (recon.backends.streamvggt: preprocessing, streaming session, pose conversion to
+`T_world_cam`, results; subclassed, not copied) with two eviction policies plugged into its session
+(recon.memory.policies):
+- the aggregator's global-attention caches use InfiniteVGGT diversity pruning at a total token budget
+  (default 1,200,000 as published: about 48 frames per layer at 518x392), so memory and per-frame time stop
+  growing once the budget is reached;
+- the camera-trunk caches, which the published code lets grow without bound (4 entries per frame and layer),
+  keep frame 0 plus the last `camera_window` frames (default 128). `camera_window=0` keeps them unbounded, which
+  reproduces the published code (and the golden fixture) exactly.
+
+Every option of the `streamvggt` backend applies (weights, model_config "full"/"tiny", random_init, device,
+dtype, image_width, camera_cache, points, seed). A tiny random model for smoke runs:
+    recon replay SEQ --backend infinitevggt --backend-opt model_config=tiny --backend-opt budget=2000
+
+Options added here:
+    budget: total tokens over the global-attention layers (default 1,200,000).
+    policy: "infinitevggt" (default), or "sinks" / "window" / "unbounded" baselines at the same budget.
+    temperature: softmax temperature of the per-layer budget split (0.5 published).
+    camera_window: frames kept in the camera-trunk caches besides frame 0 (0: unbounded, as published).
+    capacity: per-layer preallocated cache storage in tokens (default: 1.25 x the even per-layer share of the
+        budget, so the storage is allocated once and never grows; the per-layer budgets move around that share).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from recon.backends.streamvggt import StreamVGGTBackend
+from recon.backends.vggt import default_image_width, pick_autocast_dtype, pick_device
+from recon.errors import ConfigError
+from recon.memory.policies import DEFAULT_TEMPERATURE, DEFAULT_TOTAL_BUDGET, camera_window_policy, make_policy
+from recon.types import BackendStats
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CAMERA_WINDOW = 128
+CAPACITY_HEADROOM = 1.25
+
+
+class InfiniteVGGTBackend(StreamVGGTBackend):
+    """The streamvggt backend with bounded memory; `stats()` adds the budget and the current per-layer budgets."""
+
+    name = "infinitevggt"
+
+    def __init__(self, model: Any, *, budget: int, camera_window: int | None, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.budget = budget
+        self.camera_window = camera_window or 0
+
+    def stats(self) -> BackendStats:
+        s = super().stats()
+        session = self.session
+        s.extra.update({"budget": self.budget, "camera_window": self.camera_window,
+                        "camera_cache_entries": session.camera_cache_lengths()[0] if session.camera_caches else []})
+        budgets = getattr(session.memory.policy, "budgets", None)
+        if budgets:
+            s.extra["layer_budgets"] = list(budgets)
+        return s
+
+
+def create(*, budget: int = DEFAULT_TOTAL_BUDGET, policy: str = "infinitevggt",
+           temperature: float = DEFAULT_TEMPERATURE, camera_window: int | None = DEFAULT_CAMERA_WINDOW,
+           capacity: int | None = None, weights: str | None = None, model_config: str = "full",
+           random_init: bool = False, device: str = "auto", dtype: str = "auto", image_width: int | None = None,
+           camera_cache: str = "reference", points: str = "depth", seed: int = 0,
+           **unused: Any) -> InfiniteVGGTBackend:
+    """Backend factory (`--backend infinitevggt`); see the module docstring. Unknown options are logged, ignored."""
+    from recon.models.vggt import build_vggt
+
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ConfigError(f"infinitevggt backend: budget must be a positive number of tokens, got {budget!r}")
+    if camera_window is not None and camera_window < 0:
+        raise ConfigError(f"infinitevggt backend: camera_window must be >= 0 frames, got {camera_window}")
+    if unused:
+        logger.debug("infinitevggt backend ignores options: %s", sorted(unused))
+    aggregator_policy = make_policy(policy, budget, temperature)
+    camera_policy = camera_window_policy(camera_window) if camera_window else None
+    dev = pick_device(device)
+    model = build_vggt(weights=weights, weights_name="streamvggt", model_config=model_config, causal=True,
+                       random_init=random_init, seed=seed, device=dev)
+    layers = model.config.aggregator.depth
+    if capacity is None:
+        capacity = math.ceil(CAPACITY_HEADROOM * budget / layers) if policy != "unbounded" else 0
+    logger.info("infinitevggt: policy %s, budget %d tokens over %d layers (%d preallocated per layer), camera "
+                "cache %s", aggregator_policy.name, budget, layers, capacity,
+                f"frame 0 + {camera_window} frames" if camera_window else "unbounded (published behaviour)")
+    return InfiniteVGGTBackend(model, budget=budget, camera_window=camera_window, device=dev,
+                               autocast_dtype=pick_autocast_dtype(dtype, dev),
+                               image_width=image_width or default_image_width(model_config),
+                               camera_cache=camera_cache, capacity=int(capacity), policy=aggregator_policy,
+                               points=points, camera_policy=camera_policy)
