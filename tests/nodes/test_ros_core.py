@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from types import SimpleNamespace
 from typing import Any
@@ -383,7 +384,12 @@ def test_cli_flags_build_the_config() -> None:
 
 
 def test_importing_the_package_and_cli_imports_no_ros() -> None:
-    assert "rospy" not in sys.modules and "rclpy" not in sys.modules
+    """A fresh interpreter: the CLI table and the core import neither ROS library nor install the finder."""
+    code = ("import sys, recon.cli, recon.nodes.ros.cli, recon.nodes.ros.core; "
+            "from recon.nodes.ros.system import SystemRosFinder; "
+            "assert not {'rospy', 'rclpy', 'genpy'} & set(sys.modules), sorted(sys.modules); "
+            "assert not any(isinstance(f, SystemRosFinder) for f in sys.meta_path)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 # ------------------------------------------------------------------------------------------- ROS finder
