@@ -30,7 +30,7 @@ import zmq
 
 from recon.backends import create_backend, registered
 from recon.backends.identity import ensure_registered
-from recon.errors import ConfigError, ProtocolError
+from recon.errors import ConfigError, ProtocolError, ReconError
 from recon.nodes import protocol as P
 from recon.nodes.transport import Authenticator, Security, check_bind, default_context, new_node_id, open_socket
 from recon.types import Frame, FrameResult
@@ -441,7 +441,12 @@ class ReconNode:
                     self.warn("too_many_streams", "refusing stream %s: %d sessions already", stream_id,
                               len(self.sessions))
                     return None
-                s = Session(self, stream_id)
+                try:
+                    s = Session(self, stream_id)
+                except ReconError as e:  # e.g. weights not installed: say so once, keep serving other work
+                    self.warn("backend_create_failed", "stream %s: cannot create backend %s: %s", stream_id,
+                              self.config.backend, e)
+                    return None
                 self.sessions[stream_id] = s
                 logger.info("stream %s: new session with backend %s", stream_id, self.config.backend)
             return s

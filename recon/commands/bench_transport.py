@@ -347,11 +347,11 @@ def run(args: argparse.Namespace) -> int:
         load = _load_test(args.load_duration, args.load_backend)
         print(f"\nload: 4 live cameras x 30 fps, 640x480 JPEG, backend {args.load_backend}, "
               f"{args.load_duration:g} s\n")
-        print("| stream | captured | sent | dropped at camera | processed | processed frames/s |")
-        print("|---|---|---|---|---|---|")
+        print("| stream | captured | sent | dropped at camera | dropped at node | processed | processed frames/s |")
+        print("|---|---|---|---|---|---|---|")
         for r in load[:-1]:
-            print(f"| {r['stream']} | {r['captured']} | {r['sent']} | {r['dropped_at_camera']} | {r['processed']} "
-                  f"| {r['processed_fps']} |")
+            print(f"| {r['stream']} | {r['captured']} | {r['sent']} | {r['dropped_at_camera']} | "
+                  f"{r['node_queue_drops']} | {r['processed']} | {r['processed_fps']} |")
         tail = load[-1]
         print(f"\nresult latency p50 {tail['latency_p50_ms']} ms, p99 {tail['latency_p99_ms']} ms; "
               f"node RSS {tail['rss_mb']} MiB")
