@@ -47,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-error", choices=("skip", "stop"), default="stop",
                         help="corrupt or missing frame: skip it (counted in the summary) or stop (exit code 1)")
     parser.add_argument("--max-frames", type=int, default=None, metavar="N", help="process at most N frames")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="frame rate for sources without timestamps (image folders, 7-Scenes, KITTI)")
     parser.add_argument("--stride", type=int, default=1, metavar="N", help="process every N-th frame (default 1)")
     parser.add_argument("--voxel-size", type=float, default=None,
                         help="PLY voxel size in scene units (default: 1%% of the first frame's median depth)")
@@ -89,15 +91,18 @@ def choose_backend(requested: str) -> tuple[str, str]:
     return name, f"using {name}: {reason}"
 
 
-def open_sequence_for_replay(path: str, on_error: str) -> Any:
-    """The lazy sequence reader for `path` (a separate function so tests can substitute a sequence)."""
+def open_sequence_for_replay(path: str, on_error: str, **options: Any) -> Any:
+    """The lazy sequence reader for `path` (a separate function so tests can substitute a sequence).
+
+    `options` go to `recon.datasets.open_sequence` (`fps`); stride and max-frames are applied by the loop, so
+    they mean the same in-process and with --distributed."""
     try:
         from recon.datasets import open_sequence
     except ImportError as e:
         raise ConfigError(f"sequence readers (recon.datasets.open_sequence) are not available: {e}") from e
     from recon.datasets.base import OnError
 
-    return open_sequence(path, on_error=OnError(on_error))
+    return open_sequence(path, on_error=OnError(on_error), **options)
 
 
 def _total_frames(sequence: Any, stride: int, max_frames: int | None) -> int | None:
@@ -124,7 +129,9 @@ def run(args: argparse.Namespace) -> int:
     if args.weights:
         options["weights"] = args.weights
 
-    sequence = open_sequence_for_replay(args.sequence, args.on_error)
+    if args.fps is not None and not args.fps > 0:
+        raise ConfigError(f"--fps must be positive, got {args.fps}")
+    sequence = open_sequence_for_replay(args.sequence, args.on_error, **({"fps": args.fps} if args.fps else {}))
     out = Path(args.out) if args.out else Path("runs") / sequence.name
     viewer_specs = parse_viewer_spec(args.viewer, out / "recording.rrd")
     backend_name, reason = choose_backend(args.backend)
