@@ -19,7 +19,7 @@ import threading
 from typing import Any
 
 from recon.backends import create_backend
-from recon.errors import ConfigError
+from recon.errors import ConfigError, MissingDependencyError
 from recon.nodes.ros.core import (
     Output,
     RosNodeConfig,
@@ -32,7 +32,6 @@ from recon.nodes.ros.core import (
     ns_to_sec_nsec,
     parse_option_value,
 )
-from recon.utils.imports import require_package
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +139,11 @@ def config_with_ros2_params(node: Any, config: RosNodeConfig) -> RosNodeConfig:
 
 def run_ros2(config: RosNodeConfig, argv: list[str], node_name: str = "recon") -> int:
     """Start rclpy, read parameters over `config`, build the backend and serve until SIGINT/SIGTERM."""
-    rclpy = require_package("rclpy", pip_name="rclpy (source /opt/ros/<distro>/setup.bash)")
+    try:
+        import rclpy
+    except ImportError as e:  # rclpy comes with a ROS 2 install, not from pip
+        raise MissingDependencyError(f"rclpy cannot be imported ({e}); source your ROS 2 install first "
+                                     "(source /opt/ros/<distro>/setup.bash) in the shell that runs recon") from e
     from rclpy.executors import SingleThreadedExecutor
 
     rclpy.init(args=argv)
