@@ -544,7 +544,9 @@ class RosNodeCore:
         self.frames_in = 0
         self.results_out = 0
         self.waiting_for_info = 0
+        self.resets = 0
         self._seq = 0
+        self._size: tuple[int, int] | None = None
         self._images: OrderedDict[int, np.ndarray] = OrderedDict()  # recent inputs, for colours of late results
         self._frame_ids: dict[int, str] = {}
         self._depths: OrderedDict[int, Any] = OrderedDict()  # stamp ns -> depth message, newest last
@@ -629,12 +631,23 @@ class RosNodeCore:
         while len(self._images) > 64:  # lagging backends emit late; 64 frames of colour is plenty
             old, _ = self._images.popitem(last=False)
             self._frame_ids.pop(old, None)
+        outs: list[Output] = []
+        size = (frame.width, frame.height)
+        if self._size is not None and size != self._size:
+            # Backends hold one resolution per session (DESIGN.md §4): finish the old map, start a new one.
+            logger.warning("image size changed from %dx%d to %dx%d at seq %d: flushing and resetting the backend "
+                           "(the map and ~path start again)", *self._size, *size, frame.seq)
+            outs = self.flush()
+            self.backend.reset()
+            self.path = PathBuffer(self.config.max_path)
+            self.resets += 1
+        self._size = size
         try:
             results = self.backend.step(frame)
-        except ReconError as e:  # a refused frame (e.g. a resolution change) must not take the node down
+        except ReconError as e:  # a refused frame must not take the node down
             self.faults("backend", "backend %s refused frame %d: %s", self.config.backend, frame.seq, e)
-            return []
-        return self._outputs(results)
+            return outs
+        return outs + self._outputs(results)
 
     def flush(self) -> list[Output]:
         """Results still pending in the backend at the end of the stream."""

@@ -457,3 +457,14 @@ def test_core_waits_briefly_for_depth_arriving_after_the_colour_image() -> None:
     frame = core.frame_from_msg(_image_msg(_rgb(4, 6), 7))
     timer.join()
     np.testing.assert_allclose(frame.depth, 0.5)
+
+
+def test_core_resets_the_backend_when_the_image_size_changes() -> None:
+    core = _core(camera_info_topic="", lag=1)
+    outs = []
+    for i, (h, w) in enumerate([(8, 12), (8, 12), (16, 24), (16, 24)]):
+        core.on_image(_image_msg(_rgb(h, w), 100 + i))
+        outs += core.work(0.01)
+    # frame 1 was pending in the lagging backend: flushed at the size change, not lost; the new map starts at 2
+    assert [o.result.seq for o in outs] == [0, 1, 2]
+    assert core.resets == 1 and [t for t, _ in core.path.poses()] == [102]
