@@ -8,6 +8,11 @@ Streaming: when a `KVCache` (recon.memory) is given, the new tokens' keys are ap
 RoPE (post-norm, post-RoPE keys, as InfiniteVGGT caches them; bitwise equal to StreamVGGT's re-normalising of
 raw keys, README_vggt_family.md "Stream keys"), the cache's eviction policy runs, and the queries attend to
 whatever the cache then holds.
+
+Head-wise gate (HorizonStream, ../shared/golden/horizonstream_tiny/README.md rule 10): with `gate_attn="headwise"`
+a `gate_proj` linear maps the mean over the call's tokens of the (normed) input to one sigmoid gate per head,
+multiplied onto that head's attention output before `proj`. `project_qkv` and `attend` expose the two halves of
+`forward` so a model can attend to keys/values it assembles itself (HorizonStream's windowed caches).
 """
 
 from __future__ import annotations
@@ -35,12 +40,14 @@ class Attention(nn.Module):
         qk_norm: LayerNorm over head_dim on q and k (before RoPE), as in the VGGT aggregator.
         qk_norm_eps: eps of those norms (1e-5 in the reference).
         qk_norm_affine: whether those norms are affine (they are in the checkpoints).
-        rope: shared 2D RoPE module, or None.
+        rope: shared RoPE module (2D, or the 3D subclass), or None.
+        gate_attn: None, or "headwise" for a per-head sigmoid gate from the mean token (`gate_proj`, initialised
+            to weight 0 and bias 2 as in HorizonStream, so the gate starts at sigmoid(2) ~ 0.88).
     """
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, proj_bias: bool = True,
                  qk_norm: bool = False, qk_norm_eps: float = 1e-5, qk_norm_affine: bool = True,
-                 rope: RotaryPositionEmbedding2D | None = None) -> None:
+                 rope: RotaryPositionEmbedding2D | None = None, gate_attn: str | None = None) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"Attention: dim {dim} is not divisible by num_heads {num_heads}")
@@ -55,6 +62,13 @@ class Attention(nn.Module):
             self.k_norm = nn.Identity()
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.rope = rope
+        if gate_attn not in (None, "headwise"):
+            raise ValueError(f"Attention: gate_attn must be None or 'headwise', got {gate_attn!r}")
+        self.gate_attn = gate_attn
+        if gate_attn == "headwise":
+            self.gate_proj = nn.Linear(dim, num_heads, bias=True)
+            nn.init.zeros_(self.gate_proj.weight)
+            nn.init.constant_(self.gate_proj.bias, 2.0)
         # Kernels chosen once per model by `set_attention_impl` (recon.kernels dispatch); None: plain SDPA.
         self.attn_impl: AttentionImpl | None = None
         self.attn_impl_masked: AttentionImpl | None = None
@@ -70,7 +84,15 @@ class Attention(nn.Module):
             kv_cache: streaming cache; the tokens' K/V are appended and the queries attend to the cache.
             max_position: largest value in `pos`, to avoid a device sync when building the RoPE table.
         """
-        B, N, C = x.shape
+        q, k, v = self.project_qkv(x, pos, max_position)
+        if kv_cache is not None:
+            k, v = kv_cache.update(k, v)
+        return self.attend(q, k, v, x, attn_mask)
+
+    def project_qkv(self, x: torch.Tensor, pos: torch.Tensor | None = None, max_position: int | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v `[B, heads, N, head_dim]` of `x [B, N, C]`: after qk-norm and RoPE, in v's dtype."""
+        B, N, _ = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
@@ -79,11 +101,17 @@ class Attention(nn.Module):
             k = self.rope(k, pos, max_position)
         # Under autocast the q/k LayerNorms return fp32 while v is bf16/fp16: attend (and cache) in v's dtype,
         # as SDPA's autocast would, so the cache holds half-precision K and fused kernels get one dtype.
-        q, k = q.to(v.dtype), k.to(v.dtype)
-        if kv_cache is not None:
-            k, v = kv_cache.update(k, v)
+        return q.to(v.dtype), k.to(v.dtype), v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, x: torch.Tensor,
+               attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`proj(gate * attention(q, k, v))` back to `[B, N, C]`; `x [B, N, C]` is the input the gate pools."""
+        B, N, C = x.shape
         impl = self.attn_impl if attn_mask is None else self.attn_impl_masked
         out = attention(q, k, v, attn_mask=attn_mask, impl=impl)
+        if self.gate_attn == "headwise":
+            gate = torch.sigmoid(self.gate_proj(x.mean(dim=1)))  # [B, heads]
+            out = out * gate.to(out.dtype)[:, :, None, None]
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
 

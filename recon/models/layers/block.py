@@ -31,16 +31,19 @@ class Block(nn.Module):
         norm_eps: eps of `norm1`/`norm2`.
         qk_norm, qk_norm_eps, qk_norm_affine: per-head q/k LayerNorm.
         rope: shared RoPE module or None.
+        gate_attn: None or "headwise" (HorizonStream's per-head sigmoid gate, see `Attention`).
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  proj_bias: bool = True, ffn_bias: bool = True, init_values: float | None = None,
                  norm_eps: float = 1e-5, qk_norm: bool = False, qk_norm_eps: float = 1e-5,
-                 qk_norm_affine: bool = True, rope: RotaryPositionEmbedding2D | None = None) -> None:
+                 qk_norm_affine: bool = True, rope: RotaryPositionEmbedding2D | None = None,
+                 gate_attn: str | None = None) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, proj_bias=proj_bias, qk_norm=qk_norm,
-                              qk_norm_eps=qk_norm_eps, qk_norm_affine=qk_norm_affine, rope=rope)
+                              qk_norm_eps=qk_norm_eps, qk_norm_affine=qk_norm_affine, rope=rope,
+                              gate_attn=gate_attn)
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), bias=ffn_bias)

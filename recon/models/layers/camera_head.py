@@ -87,17 +87,19 @@ class CameraHead(nn.Module):
         return out
 
     def forward(self, tokens_list: Sequence[torch.Tensor | None], num_iterations: int | None = None,
-                causal: bool = False) -> list[torch.Tensor]:
+                causal: bool = False, attn_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
         """All frames at once: returns one `[B, S, 9]` activated pose per iteration.
 
         Args:
             tokens_list: aggregator outputs, `[B, S, P, dim_in]` each (only the last is read).
             num_iterations: override of the refinement count.
             causal: frame-causal trunk attention (StreamVGGT batch mode).
+            attn_mask: explicit trunk mask (bool, True = may attend), broadcastable to `[B, heads, S, S]`; used
+                instead of `causal` (HorizonStream's per-row mask over window slots in its first chunk).
         """
         S = tokens_list[-1].shape[1]
-        mask = None
-        if causal:
+        mask = attn_mask
+        if causal and attn_mask is None:
             mask = torch.ones(S, S, dtype=torch.bool, device=tokens_list[-1].device).tril()
 
         def trunk(y: torch.Tensor, _it: int) -> torch.Tensor:
