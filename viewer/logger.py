@@ -18,7 +18,7 @@ import numpy as np
 import rerun as rr
 
 from recon.errors import ConfigError
-from recon.sinks.points import PointSelection, VoxelAccumulator, auto_voxel_size, select_points
+from recon.sinks.points import DEFAULT_SELECTION, PointSelection, VoxelAccumulator, auto_voxel_size, select_points
 from recon.types import FrameResult
 from recon.viewer.blueprint import WORLD, build_blueprint, stream_root
 
@@ -59,7 +59,7 @@ class RerunLogger:
     name = "rerun"
 
     def __init__(self, recording: rr.RecordingStream, *, stream_ids: Sequence[str] = (),
-                 selection: PointSelection = PointSelection(stride=2, conf_quantile=0.1, max_points=30_000),
+                 selection: PointSelection = DEFAULT_SELECTION,
                  jpeg_quality: int = 75, log_depth: bool = True, log_images: bool = True, map_every: int = 10,
                  map_voxel_size: float | None = None, max_2d_panels: int = 4, world_axes: str = "RDF",
                  trajectory_block: int = 200) -> None:

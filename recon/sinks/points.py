@@ -50,6 +50,10 @@ class PointSelection:
             raise ConfigError(f"PointSelection.max_points must be >= 1 or None, got {self.max_points!r}")
 
 
+# The default thinning of both the live view and the PLY: every 2nd pixel, the 10% least confident dropped.
+DEFAULT_SELECTION = PointSelection(stride=2, conf_quantile=0.1, max_points=50_000)
+
+
 def _resample_nearest(img_hwc: np.ndarray, h: int, w: int) -> np.ndarray:
     """Nearest-neighbour resize by index sampling (colour images given at another resolution than points)."""
     rows = np.minimum((np.arange(h) + 0.5) * img_hwc.shape[0] / h, img_hwc.shape[0] - 1).astype(np.intp)
@@ -208,7 +212,7 @@ class PointCloudWriter:
     name = "ply"
 
     def __init__(self, path: str | Path, *, voxel_size: float | None = None,
-                 selection: PointSelection = PointSelection(stride=2, max_points=50_000),
+                 selection: PointSelection = DEFAULT_SELECTION,
                  buffer_points: int = 300_000) -> None:
         self.path = Path(path)
         self.selection = selection

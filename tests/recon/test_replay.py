@@ -318,3 +318,24 @@ def test_replay_runs_the_real_geometric_backend(tmp_path: Path, monkeypatch: pyt
     assert summary["backend"] == "geometric" and summary["results_out"] >= 1
     assert len(read_tum_trajectory(out / "trajectory.tum")[0]) == summary["results_out"]
     assert json.loads((out / "metrics.json").read_text())["align"] == "se3"
+
+
+def test_select_points_filters_confidence_invalid_depth_and_caps() -> None:
+    from recon.sinks import PointSelection, select_points
+
+    r = results_of(1)[0]
+    r.depth = r.depth.copy()
+    r.depth[0, :] = 0.0  # invalid row
+    xyz, rgb = select_points(r, PointSelection(stride=1, conf_quantile=0.5, max_points=None))
+    # the quantile is taken over valid points only: the more confident half of the (H - 1) * W valid ones
+    assert len(xyz) == (H - 1) * W // 2 and rgb is not None and rgb.dtype == np.uint8
+    xyz_all, _ = select_points(r, PointSelection(stride=1, conf_quantile=0.0, max_points=None))
+    assert len(xyz_all) == (H - 1) * W
+    capped, _ = select_points(r, PointSelection(stride=2, max_points=10))
+    assert len(capped) == 10
+    # a result with depth only is back-projected; colours at another resolution are resampled to the grid
+    bare = FrameResult("s", 0, 0, r.T_world_cam, K, depth=np.full((H, W), 2.0, np.float32),
+                       image=np.zeros((2 * H, 2 * W, 3), np.uint8))
+    pts, colours = select_points(bare, PointSelection(stride=1, max_points=None))
+    assert pts.shape == (H * W, 3) and colours.shape == (H * W, 3)
+    np.testing.assert_allclose(np.linalg.norm(pts - r.T_world_cam[:3, 3], axis=1).min(), 2.0, rtol=1e-5)
