@@ -372,7 +372,7 @@ def make_trajectory(kind: str, size: tuple[float, float, float], num_frames: int
             eye[:2] += 0.01 * np.array([math.sin(2 * math.pi * 0.9 * ti), math.cos(2 * math.pi * 0.9 * ti)])
             tangent = direction * np.array([-math.sin(a), math.cos(a), 0.0])
             inward = -np.array([math.cos(a), math.sin(a), 0.0])
-            w = 0.55 + 0.3 * math.sin(2 * math.pi * ti / 7.0 + phase)  # gaze: 0 along the path, 1 at the centre
+            w = 0.55 + 0.2 * math.sin(2 * math.pi * ti / 9.0 + phase)  # gaze: 0 along the path, 1 at the centre
             gaze = (1 - w) * tangent + w * inward
             gaze /= np.linalg.norm(gaze)
             target = eye + 2.5 * gaze
@@ -478,7 +478,8 @@ def _stamp(t_us: int) -> str:
 
 
 def generate_sequence(out_dir: str | Path, *, seed: int = 0, trajectory: str = "walk", num_frames: int = 60,
-                      width: int = 320, height: int = 240, fps: float = 30.0, supersample: int = 2) -> Path:
+                      width: int = 320, height: int = 240, fps: float = 30.0, supersample: int = 2,
+                      rgb_format: str = "png", jpeg_quality: int = 92) -> Path:
     """Render a synthetic RGB-D sequence with ground truth into `out_dir` (TUM RGB-D layout); returns the folder.
 
     Args:
@@ -487,7 +488,11 @@ def generate_sequence(out_dir: str | Path, *, seed: int = 0, trajectory: str = "
         trajectory: "walk" (hand-held), "orbit" (around the room centre, looking in) or "forward".
         num_frames, width, height, fps: sequence length, image size, frame rate (timestamps).
         supersample: rays per pixel side for colour anti-aliasing (1 = one ray per pixel).
+        rgb_format: "png" (lossless) or "jpg" (about 6x smaller; the bundled sample uses it to stay light).
+        jpeg_quality: JPEG quality when rgb_format is "jpg".
     """
+    if rgb_format not in ("png", "jpg"):
+        raise ConfigError(f"rgb_format must be 'png' or 'jpg', got {rgb_format!r}")
     if num_frames < 1:
         raise ConfigError(f"num_frames must be >= 1, got {num_frames}")
     if width < 8 or height < 8:
@@ -515,20 +520,23 @@ def generate_sequence(out_dir: str | Path, *, seed: int = 0, trajectory: str = "
     png = [cv2.IMWRITE_PNG_COMPRESSION, 9]
     for i, (T, tu) in enumerate(zip(poses, t_us, strict=True)):
         rgb, depth = renderer.render(T)
-        name = f"{_stamp(tu)}.png"
+        rgb_name, depth_name = f"{_stamp(tu)}.{rgb_format}", f"{_stamp(tu)}.png"
         depth_u16 = np.clip(np.round(depth * DEPTH_SCALE), 0, 65535).astype(np.uint16)
-        ok = cv2.imwrite(str(out / "rgb" / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), png)
-        ok = ok and cv2.imwrite(str(out / "depth" / name), depth_u16, png)
+        rgb_opts = png if rgb_format == "png" else [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
+        ok = cv2.imwrite(str(out / "rgb" / rgb_name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), rgb_opts)
+        ok = ok and cv2.imwrite(str(out / "depth" / depth_name), depth_u16, png)
         if not ok:
             raise SequenceError(f"cannot write frame {i} into {out}")
-        rgb_lines.append(f"{_stamp(tu)} rgb/{name}")
-        depth_lines.append(f"{_stamp(tu)} depth/{name}")
+        rgb_lines.append(f"{_stamp(tu)} rgb/{rgb_name}")
+        depth_lines.append(f"{_stamp(tu)} depth/{depth_name}")
         logger.debug("frame %d/%d rendered", i + 1, num_frames)
     (out / "rgb.txt").write_text("\n".join(rgb_lines) + "\n")
     (out / "depth.txt").write_text("\n".join(depth_lines) + "\n")
     write_tum_trajectory(out / "groundtruth.txt", np.asarray(t_us, dtype=np.int64) * 1000, poses)
     camera = {"width": width, "height": height, "K": K.tolist(), "depth_scale": DEPTH_SCALE,
               "distortion": [], "generator": {"module": __name__, "seed": seed, "trajectory": trajectory,
-                                              "num_frames": num_frames, "fps": fps, "supersample": supersample}}
+                                              "num_frames": num_frames, "fps": fps, "supersample": supersample,
+                                              "rgb_format": rgb_format,
+                                              "jpeg_quality": jpeg_quality if rgb_format == "jpg" else None}}
     (out / "camera.json").write_text(json.dumps(camera, indent=2) + "\n")
     return out
