@@ -244,6 +244,7 @@ class ReconNode:
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self._stopping = False
+        self._started = False
         self._decode_q: collections.deque[tuple[bytes, list[Any]]] = collections.deque()
         self._decode_cond = threading.Condition()
         self._pub_q: collections.deque[tuple[Any, ...]] = collections.deque()
@@ -276,8 +277,12 @@ class ReconNode:
             self._threads.append(t)
         with contextlib.suppress(threading.BrokenBarrierError):
             ready.wait(10)  # every thread passes the barrier once its socket is bound
+            self._started = True
         if errors:
             self.stop()
+            if isinstance(errors[0], zmq.ZMQError):
+                raise ConfigError(f"{self}: cannot bind its sockets ({self.config.bind}, {self.config.publish}, "
+                                  f"{self.config.control}): {errors[0]}") from errors[0]
             raise errors[0]
         logger.info("%s serving: frames %s, results %s, control %s, backend %s, node id %x", self,
                     self.config.bind, self.config.publish, self.config.control, self.config.backend, self.node_id)
@@ -286,11 +291,13 @@ class ReconNode:
     def _guard(self, fn: Any, ready: threading.Barrier, errors: list[BaseException]) -> None:
         try:
             fn(ready)
-        except BaseException as e:  # surface bind errors to start(); log anything later
+        except threading.BrokenBarrierError:
+            return  # another thread failed to bind; start() reports its error
+        except BaseException as e:  # bind errors go to start(); a later fault stops the node, loudly
             errors.append(e)
             ready.abort()
-            if not self._stop.is_set():
-                logger.exception("%s: thread %s died", self, threading.current_thread().name)
+            if self._started and not self._stop.is_set():
+                logger.exception("%s: thread %s died; stopping", self, threading.current_thread().name)
                 self._stop.set()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -314,7 +321,8 @@ class ReconNode:
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(timeout)
-        self._ack_pull.close(0)
+        if getattr(self, "_ack_pull", None) is not None:  # None when start() never ran
+            self._ack_pull.close(0)
         if self._auth is not None:
             self._auth.stop()
         self._stopped.set()
