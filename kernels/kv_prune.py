@@ -28,6 +28,8 @@ accumulates in float32 and returns float32 scores.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -40,10 +42,31 @@ IMPLS = ("torch", "triton")
 NORM_EPS = 1e-12
 
 
+_forced_impl: str | None = None
+
+
+@contextmanager
+def prune_impl(name: str | None) -> Iterator[None]:
+    """Force "torch" or "triton" for every pruning call inside the block (restores the previous choice after).
+
+    For tests and benchmarks: e.g. the Triton kernels on CPU tensors under `TRITON_INTERPRET=1`.
+    """
+    global _forced_impl
+    if name is not None and name not in IMPLS:
+        raise ValueError(f"prune impl must be one of {IMPLS} or None, got {name!r}")
+    previous, _forced_impl = _forced_impl, name
+    try:
+        yield
+    finally:
+        _forced_impl = previous
+
+
 def select_prune_impl(device: torch.device) -> str:
-    """'triton' on CUDA when triton is installed, else 'torch' (CPU, MPS, or no triton)."""
+    """'triton' on CUDA when triton is installed, else 'torch' (CPU, MPS, or no triton); `prune_impl` overrides."""
     from recon.utils.imports import is_available
 
+    if _forced_impl is not None:
+        return _forced_impl
     if device.type == "cuda" and is_available("triton"):
         return "triton"
     return "torch"

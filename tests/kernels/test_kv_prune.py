@@ -15,6 +15,7 @@ from recon.kernels.kv_prune import (
     compact_reference,
     diversity_scores,
     diversity_scores_reference,
+    prune_impl,
     select_kept,
     select_kept_reference,
     select_prune_impl,
@@ -83,8 +84,16 @@ def test_compact_in_place_equals_out_of_place_gather(n: int, skip: int, m: int) 
     assert torch.equal(k_buf[:, :, n:], tail_before)  # nothing beyond the used rows is written
 
 
-def test_cpu_dispatch_is_torch() -> None:
+def test_cpu_dispatch_is_torch_and_the_override_restores() -> None:
     assert select_prune_impl(torch.device("cpu")) == "torch"
+    with prune_impl("triton"):
+        assert select_prune_impl(torch.device("cpu")) == "triton"
+        with prune_impl("torch"):
+            assert select_prune_impl(torch.device("cpu")) == "torch"
+        assert select_prune_impl(torch.device("cpu")) == "triton"
+    assert select_prune_impl(torch.device("cpu")) == "torch"
+    with pytest.raises(ValueError), prune_impl("cuda"):
+        pass
 
 
 TRITON_CHECK = textwrap.dedent("""
@@ -122,3 +131,45 @@ def test_triton_kernels_match_references_in_interpreter() -> None:
                           cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "max abs diff" in proc.stdout
+
+
+FIXTURE_CHECK = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    import torch
+    from recon.kernels.kv_prune import prune_impl
+    from tests.golden.runners.infinitevggt import infinitevggt_stream_outputs
+    from tests.golden.runners.vggt_family import build_model
+    from tests.golden.util import load_tensors
+    torch.set_num_threads(1)
+    folder = Path(sys.argv[1])
+    cfg = json.loads((folder / "config.json").read_text())
+    model = build_model(folder, cfg, torch.float32)
+    images = load_tensors(folder / "inputs.safetensors")["images"]
+    want = load_tensors(folder / "outputs.safetensors")
+    with prune_impl("triton"):
+        got = infinitevggt_stream_outputs(model, images, cfg["run"]["total_budget"])
+    index_keys = [k for k in want if k.endswith(("kept_cache_pos", "kept_token_id")) or k.startswith("cache_token_id")]
+    assert len(index_keys) > 40
+    for key in index_keys + ["budget", "cache_len_after"]:
+        assert torch.equal(got[key], want[key]), key
+    for key in ("depth", "pts3d_in_other_view", "camera_pose"):
+        torch.testing.assert_close(got[key].double(), want[key], atol=1e-4, rtol=1e-4)
+    print("fixture ok", len(index_keys))
+""")
+
+
+def test_pruning_fixture_with_the_triton_kernels_in_interpreter() -> None:
+    """The golden pruning run with scores and compaction on the Triton kernels: the same kept tokens, every frame."""
+    pytest.importorskip("triton", reason="triton is part of the dev extra; install with pip install -e '.[dev]'")
+    from tests.conftest import golden_dir
+
+    folder = golden_dir() / "infinitevggt_tiny_pruned"
+    if not (folder / "config.json").is_file():
+        pytest.skip(f"fixture folder {folder} not found (set RECON_GOLDEN_DIR)")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-c", FIXTURE_CHECK, str(folder)], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fixture ok" in proc.stdout
