@@ -1,4 +1,6 @@
-"""Runners for the HorizonStream fixtures: online motion averaging (more to come with the model)."""
+"""Runners for the HorizonStream fixtures: online motion averaging alone (`motion_averaging`) and the whole
+streaming model (`horizonstream_tiny`: every stored per-chunk output, intermediate and carried state of both
+schedules, then the live session's motion-averaged poses with the stored candidate draws replayed)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,15 @@ from pathlib import Path
 import torch
 
 from recon.align.motion_averaging import OnlineMotionAveraging
-from tests.golden.util import load_tensors
+from recon.models.horizonstream import HorizonStream, HorizonStreamConfig
+from recon.models.horizonstream_session import HorizonStreamSession
+from tests.golden.util import compare_outputs, load_tensors
+
+# README "Tolerances (fp32)": features, camera maps, scale, KV and KDA states atol/rtol 1e-4; depth/conf rtol 1e-4;
+# motion-averaged poses <= 1e-4 (our chunk camera maps differ from the reference by ~5e-6, so not bit-exact).
+MODEL_TOL = {"atol": 1e-4, "rtol": 1e-4}
+DENSE_TOL = {"atol": 0.0, "rtol": 1e-4}
+DENSE_KEYS = ("depth", "depth_conf")
 
 
 def run_motion_averaging(folder: Path, cfg: dict) -> None:
@@ -42,4 +52,76 @@ def run_motion_averaging(folder: Path, cfg: dict) -> None:
     assert float((centre(online) - centre(gt)).norm(dim=-1).max()) < 0.06
 
 
-FIXTURE_PREFIXES = {"motion_averaging": run_motion_averaging}
+def _chunk_outputs(model: HorizonStream, images: torch.Tensor, chunks: list[list[int]], win: int
+                   ) -> dict[str, torch.Tensor]:
+    """Run the schedule chunk by chunk; every output, intermediate and carried state under the fixture's names."""
+    got: dict[str, torch.Tensor] = {}
+    state = model.new_state()
+    for c, (a, b) in enumerate(chunks):
+        inter: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            out, state = model.forward_chunk(images[a:b], state, win, intermediates=inter)
+        pre = f"chunk{c}."
+        got.update({pre + k: v for k, v in {**out, **inter}.items()})
+        for layer in range(model.config.depth):
+            got[f"{pre}carried_frame_kv{layer}"] = state.frame_kv[layer]
+            got[f"{pre}carried_global_kv{layer}"] = state.global_kv[layer]
+        for layer, kda in state.kda.items():
+            got[f"{pre}carried_gla.layer{layer}.recurrent_state"] = kda.recurrent
+            for name in ("q", "k", "v"):
+                got[f"{pre}carried_gla.layer{layer}.conv_state_{name}"] = getattr(kda, f"conv_{name}")
+    return got
+
+
+def _check_session(model: HorizonStream, images: torch.Tensor, sched: str, cfg: dict,
+                   want: dict[str, torch.Tensor]) -> None:
+    """Stream frame by frame through the live session with the stored draws replayed: the poses it emits (one per
+    frame, chunk by chunk) equal the reference's online motion averaging of the whole run."""
+    inf = cfg["inference"]
+    pre = f"{sched}.motion."
+    draws = iter(want[pre + "median_rotation_init_ids"])
+    session = HorizonStreamSession(model, window_size=inf["window_size"], sliding_size=inf["sliding_sizes"][sched],
+                                   replay_draws=draws, keep_history=True)
+    ma = session.motion
+    emitted = []
+    for frame in images:
+        emitted += session.push(frame)
+    emitted += session.flush()
+    assert [f.index for f in emitted] == list(range(len(images)))
+    # Every frame leaves with the chunk that contains it (poses are live, not deferred to the end).
+    chunk_of = {i: c for c, (a, b) in enumerate(cfg["schedule"][sched]["chunks"]) for i in range(a, b)}
+    assert [f.chunk_idx for f in emitted] == [chunk_of[f.index] for f in emitted]
+    assert len(ma.state.draws) == cfg["schedule"][sched]["motion_randint_calls"]
+    online = torch.stack([f.T_cam_world for f in emitted])
+    last = torch.stack(ma.state.last)
+    got = {
+        "online_absolute_w2c": online[None], "last_absolute_w2c": last[None],
+        "online_cam_map": ma.camera_map(online)[None], "last_cam_map": ma.camera_map(last)[None],
+        "lag_cam_map": ma.camera_map(ma.lag_poses())[None],
+        "valid_relative_poses": torch.stack(ma.state.relative)[None],
+        "valid_focals_scales_shifts": torch.cat([torch.stack(ma.state.fovs)[None],
+                                                 want[pre + "valid_focals_scales_shifts"][..., 2:]], dim=-1),
+        "median_rotation_init_ids": torch.stack(ma.state.draws),
+    }
+    compare_outputs(got, {k[len(pre):]: v for k, v in want.items() if k.startswith(pre)}, **MODEL_TOL)
+
+
+def run_model(folder: Path, cfg: dict) -> None:
+    """Both schedules: per-chunk outputs at the README's tolerances, then the live session's poses."""
+    torch.manual_seed(0)
+    model = HorizonStream(HorizonStreamConfig.from_fixture(cfg))
+    model.load_state_dict(load_tensors(folder / "weights.safetensors"), strict=True)
+    model.eval()
+    images = load_tensors(folder / "inputs.safetensors")["images"][0]
+    want = load_tensors(folder / "outputs.safetensors")
+    win = cfg["inference"]["window_size"]
+    for sched in cfg["inference"]["sliding_sizes"]:
+        got = _chunk_outputs(model, images, cfg["schedule"][sched]["chunks"], win)
+        ref = {k[len(sched) + 1:]: v for k, v in want.items() if k.startswith(f"{sched}.chunk")}
+        dense = {k: v for k, v in ref.items() if k.endswith(DENSE_KEYS)}
+        compare_outputs(got, {k: v for k, v in ref.items() if k not in dense}, **MODEL_TOL)
+        compare_outputs(got, dense, **DENSE_TOL)
+        _check_session(model, images, sched, cfg, want)
+
+
+FIXTURE_PREFIXES = {"motion_averaging": run_motion_averaging, "horizonstream": run_model}
