@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=None, metavar="PATH", help="model weights file for --backend NAME")
     parser.add_argument("--backend-opt", action="append", default=[], metavar="KEY=VALUE",
                         help="extra backend option (Python literal value), repeatable, e.g. max_points=5000")
+    parser.add_argument("--budget", type=int, default=None, metavar="TOKENS",
+                        help="KV memory budget of --backend infinitevggt, tokens over all layers (default 1200000)")
     parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/<sequence name>)")
     parser.add_argument("--viewer", default="rrd",
                         help="Rerun output: rrd[:PATH] | web[:[HOST:]PORT] | connect[:URL] | none; "
@@ -136,6 +138,10 @@ def run(args: argparse.Namespace) -> int:
     viewer_specs = parse_viewer_spec(args.viewer, out / "recording.rrd")
     backend_name, reason = choose_backend(args.backend)
     logger.info("%s", reason)
+    if args.budget is not None:
+        if backend_name != "infinitevggt":
+            raise ConfigError(f"--budget applies to the infinitevggt backend, not {backend_name!r}")
+        options["budget"] = args.budget
     # --distributed: the backend runs in the reconstruction node process, not here.
     backend = None if args.distributed else create_backend(backend_name, **options)
 

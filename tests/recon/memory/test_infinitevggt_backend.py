@@ -88,9 +88,20 @@ def test_replay_streams_a_synthetic_sequence_with_the_tiny_model(tmp_path) -> No
                                       height=60, supersample=1)
     out = tmp_path / "out"
     code = main(["replay", str(seq), "--backend", "infinitevggt", "--backend-opt", "model_config='tiny'",
-                 "--backend-opt", "image_width=56", "--backend-opt", f"budget={4 * 3 * TOKENS_PER_FRAME}",
+                 "--backend-opt", "image_width=56", "--budget", str(4 * 3 * TOKENS_PER_FRAME),
                  "--backend-opt", "device='cpu'", "--viewer", "none", "--out", str(out), "--no-progress"])
     assert code == 0
     rows = [r for r in (out / "trajectory.tum").read_text().splitlines() if not r.startswith("#")]
     assert len(rows) == 8
     assert (out / "points.ply").stat().st_size > 0
+
+
+def test_replay_budget_flag_is_refused_for_other_backends(tmp_path, caplog) -> None:
+    pytest.importorskip("recon.commands.replay")
+    synthetic = pytest.importorskip("recon.datasets.synthetic")
+    from recon.cli import main
+
+    seq = synthetic.generate_sequence(tmp_path / "seq", seed=1, num_frames=2, width=40, height=30, supersample=1)
+    code = main(["replay", str(seq), "--backend", "geometric", "--budget", "1000", "--viewer", "none",
+                 "--out", str(tmp_path / "out"), "--no-progress"])
+    assert code == 1 and "--budget applies to the infinitevggt backend" in caplog.text
