@@ -167,3 +167,26 @@ def test_tiny_session_stays_bounded_for_every_policy() -> None:
         for i in range(12):
             session.step(image.roll(i, dims=0))
         assert session.nbytes() == bytes_after_12, name  # storage stops growing once the budget is reached
+
+
+def test_per_layer_pruning_never_reads_a_tensor_back_to_the_host(monkeypatch) -> None:
+    """`.item()`, `.tolist()`, `bool/int/float(tensor)` would each be a device sync per layer on a GPU."""
+    policy = DiversityPruningPolicy(total_budget=2 * 12)
+    memory = StreamingMemory(2, policy)
+    original = DiversityPruningPolicy.after_append
+    reads = []
+
+    def guarded(self, layer, cache, frame_index):  # type: ignore[no-untyped-def]
+        def boom(*_a, **_k):
+            reads.append(layer)
+            raise AssertionError("host read inside after_append")
+
+        with monkeypatch.context() as m:
+            for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+                m.setattr(torch.Tensor, name, boom)
+            original(self, layer, cache, frame_index)
+
+    monkeypatch.setattr(DiversityPruningPolicy, "after_append", guarded)
+    stream(memory, 6, seed=2)
+    assert not reads and bool((policy.last_scores > 0).all())  # it pruned, without reading anything back
+    assert policy.host_reads == 6  # the budget vector, once per frame
