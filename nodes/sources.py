@@ -15,7 +15,6 @@ Recorded sources are iterated in order and never drop a frame: the camera node p
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -315,28 +314,30 @@ class RosbagSource:
 
 
 def load_camera_info(path: str) -> CameraInfo:
-    """Camera info from a ROS-style YAML (image_width, camera_matrix.data, ...) or a JSON {width, height, K}."""
+    """Camera info from a ROS camera_info YAML (image_width, camera_matrix.data, ...), or any calibration file
+    `recon.datasets` reads (camera.json with K or fx/fy/cx/cy plus width/height; `fx fy cx cy width height`)."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise ConfigError(f"--camera-info: cannot read {path}: {e}") from e
-    try:
-        if p.suffix == ".json":
-            d = json.loads(text)
-        else:
-            import yaml
+    if not p.is_file():
+        raise ConfigError(f"--camera-info: {path} is not a file")
+    if p.suffix.lower() not in (".yaml", ".yml"):
+        from recon.datasets.files import load_camera_file
 
-            d = yaml.safe_load(text)
-        if "camera_matrix" in d:
-            return CameraInfo(int(d["image_width"]), int(d["image_height"]), np.reshape(d["camera_matrix"]["data"],
-                              (3, 3)), d.get("distortion_coefficients", {}).get("data", []),
-                              d.get("camera_name", "camera"))
-        return CameraInfo(int(d["width"]), int(d["height"]), np.reshape(d["K"], (3, 3)), d.get("distortion", []),
-                          d.get("frame_id", "camera"))
-    except (KeyError, TypeError, ValueError) as e:
-        raise ConfigError(f"--camera-info {path}: expected ROS camera_info YAML or JSON with width, height, K "
-                          f"({type(e).__name__}: {e})") from e
+        try:
+            info = load_camera_file(p).camera_info(None)
+        except SequenceError as e:
+            raise ConfigError(f"--camera-info {path}: {e}") from e
+        if info is None:
+            raise ConfigError(f"--camera-info {path}: the file must state the image width and height")
+        return info
+    import yaml
+
+    try:
+        d = yaml.safe_load(p.read_text())
+        return CameraInfo(int(d["image_width"]), int(d["image_height"]), np.reshape(d["camera_matrix"]["data"], (3, 3)),
+                          d.get("distortion_coefficients", {}).get("data", []), d.get("camera_name", "camera"))
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"--camera-info {path}: expected a ROS camera_info YAML with image_width, image_height "
+                          f"and camera_matrix.data ({type(e).__name__}: {e})") from e
 
 
 class PatternSource:

@@ -126,9 +126,12 @@ def test_camera_info_files(tmp_path: Path) -> None:
     j = tmp_path / "cam.json"
     j.write_text(json.dumps({"width": 32, "height": 24, "K": K.tolist()}))
     assert load_camera_info(str(j)).width == 32
-    j.write_text(json.dumps({"width": 32}))
-    with pytest.raises(ConfigError, match="camera-info"):
+    j.write_text(json.dumps({"K": K.tolist()}))
+    with pytest.raises(ConfigError, match="width and height"):
         load_camera_info(str(j))
+    y.write_text("image_width: 32\n")
+    with pytest.raises(ConfigError, match="camera_info YAML"):
+        load_camera_info(str(y))
 
 
 def test_as_live_drops_frames_nobody_takes() -> None:
