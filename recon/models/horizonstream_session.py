@@ -10,8 +10,8 @@ a live service needs poses as frames arrive. This session therefore:
   from chunk to chunk (`HorizonStreamState`), dropping it at the end of the stream;
 - feeds each chunk's slot-relative poses (`chunk_cam_map`, translations already metric) to
   `recon.align.motion_averaging.OnlineMotionAveraging` at once, so every frame of the chunk leaves with its
-  absolute pose: chunk 0 fixes its Win frames (the world is the frame of its last row's reference, frame 0), each
-  later row fixes one new frame against the Win-1 frames before it;
+  absolute pose: chunk 0 fixes its Win frames (its last row holds every frame's pose relative to frame Win-1,
+  whose camera is therefore the world), each later row fixes one new frame against the Win-1 frames before it;
 - applies the metric scale: depth and translations are metric (results say `metric=True`).
 
 Determinism: motion averaging's random starting candidates come from an explicit `torch.Generator` (or replayed
@@ -46,7 +46,8 @@ class SessionFrame:
     Attributes:
         index: frame index in the stream (0-based, order of `push`).
         chunk_idx: the chunk that produced it.
-        T_cam_world: `[3, 4]` world-to-camera pose (metric translation; world = the first frame's camera).
+        T_cam_world: `[3, 4]` world-to-camera pose (metric translation; world = the camera of the first window's
+            last frame, motion averaging's convention).
         fov: `[2]` fields of view (rad), as the encoding's last two values, from the frame's own window slot.
         depth: `[H, W]` metric depth; conf: `[H, W]` confidence (> 1).
         metric_scale: the chunk's predicted metric scale (already applied to depth and translation).

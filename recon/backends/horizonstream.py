@@ -1,0 +1,176 @@
+"""`horizonstream` backend: HorizonStream streaming in chunks with live online motion averaging, metric scale.
+
+Each frame is resized to the model grid (recon.models.preprocess fast path, "crop" mode: width `image_width`,
+height rounded to a multiple of 14) and pushed into a `HorizonStreamSession` (recon.models.horizonstream_session):
+the first `window_size` frames form chunk 0, then every `sliding_size` frames form a chunk (1 = per frame). After
+each chunk, online motion averaging fixes the absolute pose of every frame of the chunk, so `step` returns the
+frames of a chunk when that chunk completes (the first ones after a window; with sliding size 1, one per frame from
+then on) and `flush` returns the rest. Memory is constant: rolling Win-1-frame K/V caches, the linear-attention and
+short-conv states, and the frames of the chunk being filled.
+
+Conventions at this boundary: the model's world-to-camera poses become `T_world_cam` (float64, rotation projected
+onto SO(3) to remove float32 rounding); motion averaging's world is the camera of the first window's last frame,
+and we re-base it on the first frame's camera (as the reference's camera maps do), which is known as soon as the
+first window is averaged; K comes from the fields of view
+the frame's own window slot predicts (principal point at the grid centre); depth and translations carry the
+predicted metric scale, so results are `metric=True`.
+
+Options (keyword arguments of `create`):
+    weights: checkpoint path (HorizonStream.pt); default: the installed `horizonstream` entry
+        (`recon weights pull horizonstream`).
+    model_config: "full" (published size) or "tiny" (the golden fixture's size, random weights unless `weights`).
+    device: "auto" (cuda when available), "cpu", "cuda", ...
+    dtype: autocast dtype on CUDA: "auto" (bf16 on CUDA, fp32 elsewhere), "fp32", "bf16", "fp16".
+    sliding_size: frames per chunk after the first (default 1: per-frame streaming; the paper used 21).
+    window_size: frames per window (default: the model's, 10 at full size, 4 tiny).
+    image_width: model input width (default 518; 70 for the tiny model, the fixture's).
+    seed: random-init seed and the seed of motion averaging's explicit generator.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+import torch
+
+from recon.backends.vggt import FrameMeta, make_result, pick_autocast_dtype, pick_device, to_uint8_image
+from recon.errors import BackendError, ConfigError
+from recon.models.preprocess import preprocess_frames
+from recon.types import BackendStats, Frame, FrameResult
+from recon.utils.log import WarnOnce
+
+logger = logging.getLogger(__name__)
+_warn = WarnOnce(logger)
+
+TINY_IMAGE_WIDTH = 70
+
+
+def session_frame_to_pose(T_cam_world_34: torch.Tensor, fov_hw: torch.Tensor, image_hw: tuple[int, int]
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """(T_world_cam 4x4, K 3x3) float64 from a world-to-camera [3,4] pose and (fov_h, fov_w) in radians.
+
+    The rotation is projected onto SO(3) (SVD) in float64 before inverting; degenerate fields of view (possible
+    with random weights: the FoV passes a ReLU) are clamped to [1e-3, 3.1] rad with a one-time warning.
+    """
+    T = T_cam_world_34.detach().to(torch.float64).cpu()
+    U, _, Vh = torch.linalg.svd(T[:, :3])
+    R = U @ Vh
+    if torch.linalg.det(R) < 0:
+        R = U @ torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)) @ Vh
+    T_world_cam = np.eye(4)
+    T_world_cam[:3, :3] = R.T.numpy()
+    T_world_cam[:3, 3] = -(R.T @ T[:, 3]).numpy()
+    fov = fov_hw.detach().to(torch.float64).cpu()
+    if not bool(((fov > 1e-3) & (fov < 3.1)).all()):
+        _warn("fov", "predicted field of view %s rad is degenerate; clamped to [1e-3, 3.1]", fov.tolist())
+        fov = fov.clamp(1e-3, 3.1)
+    H, W = image_hw
+    K = np.array([[(W / 2.0) / np.tan(float(fov[1]) / 2.0), 0.0, W / 2.0],
+                  [0.0, (H / 2.0) / np.tan(float(fov[0]) / 2.0), H / 2.0],
+                  [0.0, 0.0, 1.0]])
+    return T_world_cam, K
+
+
+class HorizonStreamBackend:
+    """One stream through a HorizonStream session (`reset` starts a new one)."""
+
+    name = "horizonstream"
+
+    def __init__(self, model: Any, *, device: torch.device, autocast_dtype: torch.dtype, image_width: int,
+                 sliding_size: int = 1, window_size: int | None = None, seed: int = 0) -> None:
+        from recon.models.horizonstream_session import HorizonStreamSession
+
+        self.model = model
+        self.device = device
+        self.image_width = image_width
+        self._dtype = next(model.parameters()).dtype
+        self.session = HorizonStreamSession(
+            model, window_size=window_size, sliding_size=sliding_size, seed=seed,
+            autocast_dtype=None if autocast_dtype == torch.float32 else autocast_dtype)
+        self.reset()
+
+    def reset(self) -> None:
+        self.session.reset()
+        self._pending: deque[tuple[FrameMeta, np.ndarray]] = deque()
+        self._grid: tuple[int, int] | None = None
+        self._T_first_world: np.ndarray | None = None  # re-bases the session's world on the first frame
+        self._frames_in = 0
+        self._results_out = 0
+        self._timings: dict[str, float] = {}
+
+    def step(self, frame: Frame) -> list[FrameResult]:
+        self._frames_in += 1
+        t0 = time.perf_counter()
+        img = preprocess_frames(frame.image, mode="crop", target_size=self.image_width, patch_size=14,
+                                device=self.device)[0].to(self._dtype)
+        hw = (int(img.shape[-2]), int(img.shape[-1]))
+        if self._grid is None:
+            self._grid = hw
+        elif hw != self._grid:
+            raise BackendError(f"{self.name} backend, stream {frame.stream_id!r} seq {frame.seq}: frame resolution "
+                               f"{frame.width}x{frame.height} maps to a {hw[1]}x{hw[0]} grid, the session's is "
+                               f"{self._grid[1]}x{self._grid[0]}; reset first")
+        self._pending.append((FrameMeta(frame.stream_id, frame.seq, frame.t_ns), to_uint8_image(img)))
+        t1 = time.perf_counter()
+        fixed = self.session.push(img)
+        t2 = time.perf_counter()
+        results = self._results(fixed)
+        if fixed:
+            self._timings = {"preprocess_ms": 1000 * (t1 - t0), "chunk_ms": 1000 * (t2 - t1),
+                             "convert_ms": 1000 * (time.perf_counter() - t2)}
+            logger.debug("%s chunk of %d frames: %s", self.name, len(fixed), self._timings)
+        return results
+
+    def flush(self) -> list[FrameResult]:
+        results = self._results(self.session.flush())
+        self._grid = None
+        self._T_first_world = None
+        return results
+
+    def _results(self, fixed: list) -> list[FrameResult]:
+        out = []
+        for sf in fixed:
+            meta, image = self._pending.popleft()
+            assert self._grid is not None
+            T_world_cam, K = session_frame_to_pose(sf.T_cam_world, sf.fov, self._grid)
+            if self._T_first_world is None:
+                self._T_first_world = np.linalg.inv(T_world_cam)
+            T_world_cam = self._T_first_world @ T_world_cam
+            result = make_result(meta, T_world_cam, K, sf.depth.cpu().numpy(), sf.conf.cpu().numpy(), None,
+                                 image, "depth")
+            result.metric = True  # depth and translation carry the predicted metric scale
+            out.append(result)
+        self._results_out += len(out)
+        return out
+
+    def stats(self) -> BackendStats:
+        s = self.session
+        state = s.state
+        tokens = sum(int(t.shape[2] * t.shape[4]) for t in state.frame_kv if t is not None)
+        tokens += sum(int(t.shape[3] * t.shape[4]) for t in state.global_kv if t is not None)
+        return BackendStats(frames_in=self._frames_in, results_out=self._results_out, memory_bytes=s.nbytes(),
+                            tokens_cached=tokens, timings_ms=dict(self._timings),
+                            extra={"chunk_idx": s.chunk_idx, "window_size": s.window_size,
+                                   "sliding_size": s.sliding_size, "metric_scale": s.last_scale,
+                                   "pending_frames": len(self._pending)})
+
+
+def create(*, weights: str | None = None, model_config: str = "full", device: str = "auto", dtype: str = "auto",
+           sliding_size: int = 1, window_size: int | None = None, image_width: int | None = None, seed: int = 0,
+           **unused: Any) -> HorizonStreamBackend:
+    """Backend factory (`--backend horizonstream`). Unknown options are logged and ignored."""
+    from recon.models.horizonstream import build_horizonstream
+
+    if unused:
+        logger.info("horizonstream backend ignores options: %s", sorted(unused))
+    if not isinstance(sliding_size, int) or sliding_size < 1:
+        raise ConfigError(f"horizonstream backend: sliding_size must be a positive integer, got {sliding_size!r}")
+    dev = pick_device(device)
+    model = build_horizonstream(weights=weights, model_config=model_config, seed=seed, device=dev)
+    width = image_width or (TINY_IMAGE_WIDTH if model_config == "tiny" else 518)
+    return HorizonStreamBackend(model, device=dev, autocast_dtype=pick_autocast_dtype(dtype, dev),
+                                image_width=width, sliding_size=sliding_size, window_size=window_size, seed=seed)
