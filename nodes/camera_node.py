@@ -20,6 +20,7 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,7 @@ class CameraNodeConfig:
         resend_s: re-send a recorded frame whose ack is this overdue.
         max_frames: stop after this many frames were sent (None: until the source ends).
         stride: recorded sources: send every `stride`-th frame only.
+        on_send: called with each frame before it is encoded (in-process runs keep `Frame.meta` aside with it).
     """
 
     connect: str = "tcp://127.0.0.1:5555"
@@ -60,6 +62,7 @@ class CameraNodeConfig:
     resend_s: float = 5.0
     max_frames: int | None = None
     stride: int = 1
+    on_send: Callable[[Frame], None] | None = None
     security: Security = field(default_factory=Security)
 
 
@@ -104,6 +107,8 @@ class CameraNode:
     def _encode(self, frame: Frame) -> list[Any]:
         cfg = self.config
         frame.stream_id = cfg.stream_id
+        if cfg.on_send is not None:
+            cfg.on_send(frame)
         info = self.source.camera_info
         if frame.K is None and info is not None and (info.width, info.height) == (frame.width, frame.height):
             frame.K = info.K

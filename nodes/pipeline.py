@@ -29,6 +29,7 @@ from typing import Any
 
 import zmq
 
+from recon.backends.base import Backend
 from recon.errors import ConfigError, ReconError
 from recon.nodes.camera_node import CameraNode, CameraNodeConfig, CameraStats
 from recon.nodes.recon_node import ReconNode, ReconNodeConfig
@@ -49,6 +50,7 @@ class PipelineStats:
     node_status: dict[str, Any] = field(default_factory=dict)
     wall_s: float = 0.0
     stopped_on_error: str | None = None
+    backend_s: float = 0.0
 
 
 def free_port() -> int:
@@ -80,17 +82,19 @@ def parse_options(items: Iterable[str]) -> dict[str, Any]:
     return opts
 
 
-def run_pipeline(source: str | Source, backend: str, sinks: Iterable[Any] = (), *, mode: str = "inproc",
+def run_pipeline(source: str | Source, backend: str | Backend, sinks: Iterable[Any] = (), *, mode: str = "inproc",
                  backend_options: dict[str, Any] | None = None, stream_id: str | None = None,
                  encoding: str = "raw", fps: float | None = None, queue_size: int = 8,
                  timeout_s: float = 3600.0, stop: threading.Event | None = None, max_frames: int | None = None,
-                 stride: int = 1, on_error: str | None = None, close_sinks: bool = True) -> PipelineStats:
+                 stride: int = 1, on_error: str | None = None, close_sinks: bool = True,
+                 strict: bool = False, keep_meta: bool = False) -> PipelineStats:
     """Stream `source` through `backend` into `sinks` with the node classes; returns the run's counters.
 
     Args:
         source: a source spec (camera index, video, folder, dataset, bag, `pattern:N:WxH`) or an open Source
             (inproc only).
-        backend: registry name; `backend_options` go to create_backend.
+        backend: registry name (`backend_options` go to create_backend in the node), or, inproc only, a built
+            Backend that serves the single stream.
         sinks: ResultSinks; closed before this returns unless `close_sinks` is False.
         mode: "inproc" (threads) or "tcp" (camera and reconstruction node as processes on loopback).
         stream_id: defaults to the source's name.
@@ -98,14 +102,19 @@ def run_pipeline(source: str | Source, backend: str, sinks: Iterable[Any] = (), 
         stop: set it (from a signal handler or another thread) to end a live run cleanly (inproc).
         max_frames, stride: send at most `max_frames` frames, every `stride`-th of a recorded source.
         on_error: dataset sources: "skip" or "stop" at a corrupt frame (see `PipelineStats.stopped_on_error`).
+        strict: inproc: a backend exception ends the run and is re-raised (replay), instead of being counted.
+        keep_meta: inproc: hand each frame's `meta` (ground truth for evaluation...) to the backend, beside the
+            wire message that cannot carry it.
     """
     options = dict(backend_options or {})
     if stride < 1:
         raise ConfigError(f"stride must be >= 1, got {stride}")
-    cam = _CameraOptions(stream_id, encoding, fps, max_frames, stride, on_error, close_sinks)
+    cam = _CameraOptions(stream_id, encoding, fps, max_frames, stride, on_error, close_sinks, keep_meta)
     if mode == "inproc":
-        return _run_inproc(source, backend, list(sinks), options, cam, queue_size, timeout_s, stop)
+        return _run_inproc(source, backend, list(sinks), options, cam, queue_size, timeout_s, stop, strict)
     if mode == "tcp":
+        if not isinstance(backend, str):
+            raise ConfigError("mode='tcp' needs a backend name: the backend is built in the node process")
         if not isinstance(source, str):
             raise ConfigError("mode='tcp' needs a source spec (a path or camera index), not an open source")
         return _run_tcp(source, backend, list(sinks), options, cam, queue_size, timeout_s)
@@ -121,17 +130,33 @@ class _CameraOptions:
     stride: int
     on_error: str | None
     close_sinks: bool
+    keep_meta: bool = False
 
 
-def _run_inproc(source: str | Source, backend: str, sinks: list[Any], options: dict[str, Any], co: _CameraOptions,
-                queue_size: int, timeout_s: float, stop: threading.Event | None) -> PipelineStats:
+def _run_inproc(source: str | Source, backend: str | Backend, sinks: list[Any], options: dict[str, Any],
+                co: _CameraOptions, queue_size: int, timeout_s: float, stop: threading.Event | None,
+                strict: bool) -> PipelineStats:
     t0 = time.perf_counter()
     ctx = zmq.Context()
     tag = f"{os.getpid()}-{id(sinks):x}"
     src = open_source(source, fps=co.fps, on_error=co.on_error) if isinstance(source, str) else source
+    instance = None if isinstance(backend, str) else backend
+    side: dict[tuple[str, int], dict[str, Any]] = {}
+    lock = threading.Lock()
+
+    def keep(frame: Any) -> None:
+        with lock:
+            side[(frame.stream_id, frame.seq)] = frame.meta
+
+    def restore(frame: Any) -> None:
+        with lock:
+            frame.meta.update(side.pop((frame.stream_id, frame.seq), {}))
+
+    name = backend if isinstance(backend, str) else str(getattr(backend, "name", type(backend).__name__))
     node = ReconNode(ReconNodeConfig(bind=f"inproc://ingest-{tag}", publish=f"inproc://results-{tag}",
-                                     backend=backend, backend_options=options, queue_size=queue_size,
-                                     heartbeat_s=0.1, min_subscribers=1), ctx)
+                                     backend=name, backend_options=options, queue_size=queue_size,
+                                     heartbeat_s=0.1, min_subscribers=1, backend_instance=instance,
+                                     strict=strict, frame_hook=restore if co.keep_meta else None), ctx)
     viewer = ViewerNode(f"inproc://results-{tag}", sinks, context=ctx, close_sinks=co.close_sinks)
     stats = PipelineStats("inproc")
     try:
@@ -142,12 +167,15 @@ def _run_inproc(source: str | Source, backend: str, sinks: list[Any], options: d
         cam = CameraNode(src, CameraNodeConfig(connect=f"inproc://ingest-{tag}", encoding=co.encoding,
                                                stream_id=co.stream_id or getattr(src, "name", "cam0"),
                                                fps=None if src.live else co.fps, max_frames=co.max_frames,
-                                               stride=co.stride), ctx)
+                                               stride=co.stride, on_send=keep if co.keep_meta else None), ctx)
         _run_bounded(cam, node, timeout_s, stop)
         stats.camera = cam.stats
         stats.stopped_on_error = cam.stats.stopped_on_error
         stats.node_status = node.status()
+        stats.backend_s = sum(s.step_s_total for s in node.sessions.values())
         node.stop()
+        if node.failure is not None:
+            raise node.failure
         if not viewer.wait_bye(node.node_id, timeout=30):
             logger.warning("in-process pipeline: final results not confirmed by the reconstruction node")
     finally:
@@ -174,6 +202,9 @@ def _run_bounded(cam: CameraNode, node: ReconNode, timeout_s: float, stop: threa
                 cam.stop()
             if not node.running:
                 cam.stop()
+                t.join(5)
+                if node.failure is not None:
+                    raise node.failure
                 raise ReconError("the reconstruction node stopped unexpectedly (see the log above)")
             if time.monotonic() > deadline:
                 cam.stop()
@@ -263,3 +294,54 @@ def run_replay_distributed(sequence: str, backend: str, sink: Any, *, backend_op
                      stride=stride, on_error=on_error, close_sinks=False)
     return LoopStats(frames_in=int(p.node_status.get("frames", 0)), results_out=p.viewer.results + p.viewer.updates,
                      metric=p.viewer.metric, wall_s=p.wall_s, stopped_on_error=p.stopped_on_error)
+
+
+class _SequenceSource:
+    """A recon.datasets Sequence seen as a recorded camera-node source (the caller keeps and closes it)."""
+
+    live = False
+    drops = 0
+
+    def __init__(self, sequence: Any) -> None:
+        self.sequence = sequence
+        self.name = str(getattr(sequence, "name", "sequence"))
+        self.camera_info = getattr(sequence, "camera_info", None)
+
+    def __iter__(self) -> Any:
+        return iter(self.sequence)
+
+    def close(self) -> None:
+        pass
+
+
+def run_replay_inproc(sequence: Any, backend: Backend, sink: Any, *, max_frames: int | None = None,
+                      stride: int = 1, on_frame: Any = None) -> Any:
+    """`recon replay` through the node classes as threads over inproc://; returns replay's LoopStats.
+
+    `sequence` is an open recon.datasets Sequence and `backend` the replay's own backend (its stats stay with
+    the caller). A backend exception ends the run and propagates, as in the direct loop. `on_frame(stats)` is
+    called once per result (progress bars).
+    """
+    from recon.sinks.runner import LoopStats
+
+    loop = LoopStats()
+
+    class _Progress:
+        def on_result(self, result: Any) -> None:
+            sink.on_result(result)
+            if on_frame is not None:
+                on_frame(loop)
+
+        def close(self) -> None:
+            pass
+
+    p = run_pipeline(_SequenceSource(sequence), backend, [_Progress()], mode="inproc", max_frames=max_frames,
+                     stride=stride, close_sinks=False, strict=True, keep_meta=True)
+    loop.frames_in = int(p.node_status.get("frames", 0))
+    loop.frames_dropped_by_stride = p.camera.skipped_by_stride
+    loop.results_out = p.viewer.results + p.viewer.updates
+    loop.metric = p.viewer.metric
+    loop.wall_s = p.wall_s
+    loop.timings_s["backend"] = p.backend_s
+    loop.stopped_on_error = p.stopped_on_error
+    return loop

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ import numpy as np
 import zmq
 
 from recon.backends import create_backend, registered
+from recon.backends.base import Backend
 from recon.backends.identity import ensure_registered
 from recon.errors import ConfigError, ProtocolError, ReconError
 from recon.nodes import protocol as P
@@ -65,6 +67,11 @@ class ReconNodeConfig:
         min_subscribers: grant cameras no credit until this many result subscribers are connected (a recorded
             replay waits for its recorder instead of publishing into the void).
         allow_remote: permit non-loopback binds.
+        backend_instance: an already built backend for the first stream (in-process replay hands over its own,
+            so its stats stay with the caller); further streams are refused.
+        strict: a backend exception stops the node (`ReconNode.failure`) instead of being counted and skipped.
+        frame_hook: called with each decoded frame (in-process runs use it to re-attach `Frame.meta`, which is
+            not part of the wire format).
     """
 
     bind: str = "tcp://127.0.0.1:5555"
@@ -82,6 +89,9 @@ class ReconNodeConfig:
     allow_remote: bool = False
     limits: P.Limits = P.DEFAULT_LIMITS
     security: Security = field(default_factory=Security)
+    backend_instance: Backend | None = None
+    strict: bool = False
+    frame_hook: Callable[[Frame], None] | None = None
 
     def __post_init__(self) -> None:
         if self.queue_size < 1:
@@ -105,7 +115,13 @@ class Session:
     def __init__(self, node: ReconNode, stream_id: str) -> None:
         self.node = node
         self.stream_id = stream_id
-        self.backend = create_backend(node.config.backend, **node.config.backend_options)
+        given = node.config.backend_instance
+        if given is not None:
+            if node.sessions:
+                raise ConfigError(f"stream {stream_id}: this node serves one stream with the backend it was given")
+            self.backend = given
+        else:
+            self.backend = create_backend(node.config.backend, **node.config.backend_options)
         self.number = 0
         self.queue: collections.deque[_Item] = collections.deque()
         self.cond = threading.Condition()
@@ -115,6 +131,7 @@ class Session:
         self.errors = 0
         self.fps = 0.0
         self.step_ms = 0.0
+        self.step_s_total = 0.0
         self.last_t = 0.0
         self.reset_requested = False
         self.epoch: int | None = None
@@ -179,6 +196,9 @@ class Session:
             return list(fn(*args))
         except Exception as e:  # a model fault must not kill the node
             self.errors += 1
+            if self.node.config.strict:
+                self.node.fail(e)
+                return []
             self.node.warn("backend_error", "stream %s: backend %s failed: %s: %s", self.stream_id,
                            self.node.config.backend, type(e).__name__, e)
             logger.debug("stream %s: backend traceback", self.stream_id, exc_info=True)
@@ -190,7 +210,7 @@ class Session:
             with self.cond:
                 while not self.queue and not self.reset_requested and not stop.is_set():
                     self.cond.wait(0.2)
-                if stop.is_set() and not self.queue:
+                if (stop.is_set() and not self.queue) or self.node.failure is not None:
                     break
                 reset, self.reset_requested = self.reset_requested, False
                 item = self.queue.popleft() if self.queue else None
@@ -208,12 +228,14 @@ class Session:
             t1 = time.perf_counter()
             self.step_ms = 1000 * (t1 - t0)
             self.frames += 1
+            self.step_s_total += t1 - t0
             if self.last_t:
                 dt = max(t1 - self.last_t, 1e-6)
                 self.fps = 1 / dt if self.fps == 0 else 0.9 * self.fps + 0.1 / dt
             self.last_t = t1
             self.node.publish_results(self, results, item)
-        self.node.publish_results(self, self._safe(self.backend.flush), None)
+        if self.node.failure is None:
+            self.node.publish_results(self, self._safe(self.backend.flush), None)
 
     def status(self) -> dict[str, Any]:
         st = self.backend.stats()
@@ -228,7 +250,7 @@ class ReconNode:
 
     def __init__(self, config: ReconNodeConfig, context: zmq.Context | None = None) -> None:
         ensure_registered()
-        if config.backend not in registered():
+        if config.backend_instance is None and config.backend not in registered():
             raise ConfigError(f"unknown backend {config.backend!r}; known: {', '.join(sorted(registered()))}")
         for ep in (config.bind, config.publish, config.control or ""):
             check_bind(ep, config.allow_remote)
@@ -257,6 +279,7 @@ class ReconNode:
         self.results_out = 0
         self.ingest_drops = 0
         self.result_subscribers = 0
+        self.failure: BaseException | None = None
 
     def __str__(self) -> str:
         return f"ReconNode({self.config.bind})"
@@ -327,6 +350,13 @@ class ReconNode:
             self._auth.stop()
         self._stopped.set()
         logger.info("%s stopped after %d messages, %d results", self, self.messages_in, self.results_out)
+
+    def fail(self, error: BaseException) -> None:
+        """Strict mode: remember the first fault and stop taking frames (the owner re-raises `failure`)."""
+        if self.failure is None:
+            self.failure = error
+            logger.error("%s: backend failed (strict): %s: %s", self, type(error).__name__, error)
+        self._stop.set()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the node stops (shutdown command, signal, or a dead thread)."""
@@ -424,6 +454,8 @@ class ReconNode:
         kind, h = msg.kind, msg.header
         if kind == P.FRAME:
             frame = P.to_frame(msg)
+            if self.config.frame_hook is not None:
+                self.config.frame_hook(frame)
             epoch = int(h.get("epoch", 0))
             session = self._session(frame.stream_id)
             if session is None:

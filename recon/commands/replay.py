@@ -243,5 +243,8 @@ def _run_with_progress(sequence: Any, backend: Any, sinks: Any, args: argparse.N
         def on_frame(stats: Any) -> None:
             bar.update(1)
 
-        return run_stream(sequence, backend, sinks, max_frames=args.max_frames, stride=args.stride,
-                          on_frame=on_frame)
+        from recon.nodes.pipeline import run_replay_inproc
+
+        # The camera / reconstruction / viewer node classes of `recon node ...`, as threads over inproc://.
+        return run_replay_inproc(sequence, backend, sinks, max_frames=args.max_frames, stride=args.stride,
+                                 on_frame=on_frame)
