@@ -12,8 +12,9 @@ coloured), recording.rrd (with --viewer rrd, the default), metrics.json (when th
 summary.json (frames, skipped frames, frames/s, backend and why, timings). The exit code is 1 when the reader
 stopped on a corrupt frame (`--on-error stop`, the default); the outputs of the frames before it are written.
 
-The loop is `source -> backend.step -> sinks` (`recon.sinks.run_stream`); each output is a sink with
-`on_result`/`close`, the same objects the viewer and recorder nodes use.
+Frames go `source -> backend.step -> sinks` through the node classes of `recon node ...` as threads over
+inproc:// (`recon.nodes.pipeline.run_replay_inproc`; `--distributed`: as processes over loopback tcp); each
+output is a sink with `on_result`/`close`, the same objects the viewer and recorder nodes use.
 """
 
 from __future__ import annotations
