@@ -250,3 +250,31 @@ def test_results_reach_a_rerun_recording(tmp_path: Path) -> None:
     stats = run_pipeline("pattern:8:32x24", "identity", [sink], mode="inproc", backend_options={"points": True})
     assert stats.viewer.results == 8
     assert rrd.stat().st_size > 10_000
+
+
+def test_strict_inproc_run_re_raises_a_backend_fault_and_keeps_frame_meta() -> None:
+    """What `recon replay` relies on: its own backend instance, Frame.meta intact, and faults that propagate."""
+    from recon.backends.identity import IdentityBackend
+    from recon.nodes.pipeline import run_replay_inproc
+
+    class Picky(IdentityBackend):
+        def step(self, frame: Frame) -> list[FrameResult]:
+            if frame.meta.get("tag") != frame.seq * 10:
+                raise AssertionError("meta lost on the way")
+            if frame.seq == 5:
+                raise RuntimeError("model exploded at seq 5")
+            return super().step(frame)
+
+    class Seq:
+        name = "meta"
+        camera_info = None
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            for i in range(10):
+                yield Frame("meta", i, i, _img(4, 4), meta={"tag": i * 10})
+
+    backend, sink = Picky(), Collect()
+    with pytest.raises(RuntimeError, match="seq 5"):
+        run_replay_inproc(Seq(), backend, sink)
+    assert [r.seq for r in sink.results] == [0, 1, 2, 3, 4]
+    assert backend.stats().frames_in == 5
