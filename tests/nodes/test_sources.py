@@ -153,3 +153,27 @@ def test_bad_source_specs() -> None:
         open_source("/nonexistent/thing")
     with pytest.raises(ConfigError, match="pattern"):
         open_source("pattern:x:1")
+
+
+def test_opencv_camera_path_reads_rgb_frames_live(tmp_path: Path) -> None:
+    """The OpenCV capture path of `--source 0`, fed by a video file (no camera on CI): RGB order, capture stamps."""
+    from recon.nodes.sources import open_camera
+
+    path = tmp_path / "cam.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (32, 24))
+    red = np.zeros((24, 32, 3), np.uint8)
+    red[..., 0] = 250
+    for _ in range(5):
+        writer.write(cv2.cvtColor(red, cv2.COLOR_RGB2BGR))
+    writer.release()
+    live = open_camera(str(path))
+    try:
+        got = live.read_latest(5.0)
+        assert got is not None
+        img, t_ns, index = got
+        assert img.shape == (24, 32, 3) and img[..., 0].mean() > 200 and img[..., 2].mean() < 50
+        assert t_ns > 1_600_000_000 * 10**9 and index >= 0
+    finally:
+        live.close()
+    with pytest.raises(SequenceError, match="cannot open camera"):
+        open_camera(str(tmp_path / "missing.avi"))
