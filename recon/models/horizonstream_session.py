@@ -154,8 +154,9 @@ class HorizonStreamSession:
         chunk_idx = self.state.chunk_idx
         first_index = self.frames_out
         dev = images.device
-        ctx = (torch.autocast(dev.type, dtype=self.autocast_dtype)
-               if self.autocast_dtype is not None and dev.type == "cuda" else nullcontext())
+        use_autocast = self.autocast_dtype is not None and dev.type == "cuda"
+        ctx = torch.autocast(dev.type, dtype=self.autocast_dtype) if use_autocast else nullcontext()
+        self.model.select_attention(dev, self.autocast_dtype if use_autocast else images.dtype)
         with torch.inference_mode(), ctx:
             out, self.state = self.model.forward_chunk(images, self.state, self.window_size)
         cam_map = out["chunk_cam_map"].float()

@@ -8,7 +8,7 @@ import pytest
 
 from recon.backends import create_backend
 from recon.backends.base import Backend
-from recon.errors import BackendError, ConfigError
+from recon.errors import BackendError, ConfigError, WeightsNotFoundError
 from recon.types import Frame
 
 
@@ -67,6 +67,13 @@ def test_refusals_and_reset() -> None:
     assert backend.stats().memory_bytes == 0 and backend.stats().frames_in == 0
     out = [r for f in _frames(2, h=30) for r in backend.step(f)] + backend.flush()
     assert [r.seq for r in out] == [0, 1]  # a stream shorter than one window still gets its poses
+
+
+def test_missing_weights_name_the_file_and_the_fix(tmp_path) -> None:
+    with pytest.raises(WeightsNotFoundError) as err:
+        create_backend("horizonstream", weights=str(tmp_path / "nothing.pt"), device="cpu")
+    message = str(err.value)
+    assert "HorizonStream.pt" in message and str(tmp_path) in message and "recon weights pull" in message
 
 
 def test_replay_runs_a_synthetic_sequence_with_the_tiny_model(tmp_path, monkeypatch) -> None:
