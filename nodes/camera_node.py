@@ -6,7 +6,7 @@ per-stream queue size) and acknowledges each frame once its results are publishe
 - Recorded sources keep every sent, unacknowledged frame. When the reconstruction node restarts
   (its id changes in the credit messages) or an ack is overdue, they are sent again, in order;
   the node dedupes by (stream_id, epoch, seq), so every seq is published exactly once
-  (receivers that need exactly-once across a node crash dedupe by (stream_id, seq) as well).
+  (receivers that need exactly-once across a node crash dedupe by (stream_id, epoch, seq) as well).
 - Live sources send only the newest frame when the window allows; older ones are dropped and
   counted. After a restart nothing is re-sent: a live frame is worth nothing late.
 

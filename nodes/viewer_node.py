@@ -2,7 +2,7 @@
 
 Sinks are `recon.sinks.ResultSink`s (`on_result`, `close`): the Rerun logger from `recon.viewer`,
 trajectory/PLY writers, or anything a caller passes in (`run_pipeline` uses this node to feed the
-replay sinks). Results are deduplicated by (stream_id, seq) — a camera re-sends unacknowledged
+replay sinks). Results are deduplicated by (stream_id, epoch, seq) — a camera re-sends unacknowledged
 frames after a node restart, so the same seq may be published twice — except `is_update` revisions,
 which always pass. Malformed messages are counted, logged once per kind and dropped.
 """
@@ -54,7 +54,7 @@ class ViewerNode:
         self.close_sinks = close_sinks
         self.stats = ViewerStats()
         self.rejects = WarnOnce(logger)
-        self._seen: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
+        self._seen: collections.OrderedDict[tuple[str, int, int], None] = collections.OrderedDict()
         self._window = dedupe_window
         self._stop = threading.Event()
         self._heard = threading.Event()
@@ -176,7 +176,8 @@ class ViewerNode:
         if msg.kind != P.RESULT:
             return
         result = P.to_result(msg)
-        key = (result.stream_id, result.seq)
+        # The epoch tells a restarted camera (new epoch, seq from 0 again: new frames) from a re-send.
+        key = (result.stream_id, int(msg.header.get("epoch", 0)), result.seq)
         if result.is_update:
             self.stats.updates += 1
         elif self.dedupe:
