@@ -197,7 +197,8 @@ def run(args: argparse.Namespace) -> int:
         rerun_sink.output.serve_until_interrupted()
         rerun_sink.close()
     if stats.stopped_on_error:
-        print(f"stopped on a corrupt frame: {stats.stopped_on_error}", file=sys.stderr)
+        print(f"stopped on a corrupt frame: {stats.stopped_on_error} (--on-error skip skips such frames)",
+              file=sys.stderr)
         return 1
     return 0
 
