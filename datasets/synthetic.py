@@ -372,7 +372,7 @@ def make_trajectory(kind: str, size: tuple[float, float, float], num_frames: int
             eye[:2] += 0.01 * np.array([math.sin(2 * math.pi * 0.9 * ti), math.cos(2 * math.pi * 0.9 * ti)])
             tangent = direction * np.array([-math.sin(a), math.cos(a), 0.0])
             inward = -np.array([math.cos(a), math.sin(a), 0.0])
-            w = 0.55 + 0.2 * math.sin(2 * math.pi * ti / 9.0 + phase)  # gaze: 0 along the path, 1 at the centre
+            w = 0.75 + 0.2 * math.sin(2 * math.pi * ti / 9.0 + phase)  # gaze: 0 along the path, 1 at the centre
             gaze = (1 - w) * tangent + w * inward
             gaze /= np.linalg.norm(gaze)
             target = eye + 2.5 * gaze

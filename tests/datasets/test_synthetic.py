@@ -179,3 +179,11 @@ def test_bundled_sample_opens_and_matches_its_recipe() -> None:
     assert first.image.shape == (240, 320, 3) and first.depth is not None and first.depth[first.depth > 0].min() > 0.5
     size = sum(p.stat().st_size for p in SAMPLE.rglob("*") if p.is_file())
     assert size < 3.5e6, size
+
+
+def test_walk_and_orbit_do_not_depend_on_the_frame_count() -> None:
+    """Longer renders of a recipe start with the frames of shorter ones (the bundled sample relies on it)."""
+    size = build_scene(0).size
+    for trajectory in ("walk", "orbit"):
+        np.testing.assert_array_equal(make_trajectory(trajectory, size, 40, 30.0, 0)[:25],
+                                      make_trajectory(trajectory, size, 25, 30.0, 0))
