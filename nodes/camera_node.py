@@ -49,6 +49,7 @@ class CameraNodeConfig:
         resend_s: re-send a recorded frame whose ack is this overdue.
         max_frames: stop after this many frames were sent (None: until the source ends).
         stride: recorded sources: send every `stride`-th frame only.
+        keep_acked: recorded sources: the last acknowledged frames kept to re-send after a node restart.
         on_send: called with each frame before it is encoded (in-process runs keep `Frame.meta` aside with it).
     """
 
@@ -62,6 +63,7 @@ class CameraNodeConfig:
     resend_s: float = 5.0
     max_frames: int | None = None
     stride: int = 1
+    keep_acked: int = 16
     on_send: Callable[[Frame], None] | None = None
     security: Security = field(default_factory=Security)
 
@@ -94,9 +96,11 @@ class CameraNode:
         self.node_id: int | None = None
         self.window = 0
         self._pending: collections.OrderedDict[int, list[Any]] = collections.OrderedDict()
-        self._sent_at: dict[int, float] = {}
+        self._sent_at: dict[int, float] = {}  # in flight: sent, not acknowledged
+        self._recent: collections.OrderedDict[int, list[Any]] = collections.OrderedDict()
         self._keep_latency = False
         self._index = -1
+        self._resend_from_restart: set[int] = set()
 
     def __str__(self) -> str:
         return f"CameraNode({self.config.stream_id}->{self.config.connect})"
@@ -137,25 +141,36 @@ class CameraNode:
         if h.get("epoch", self.epoch) == self.epoch:
             now = time.monotonic()
             for seq in h["acked"]:
-                if self._pending.pop(seq, None) is not None:
+                parts = self._pending.pop(seq, None)
+                if parts is not None:
                     self.stats.acked += 1
                     t = self._sent_at.pop(seq, None)
                     if self._keep_latency and t is not None:
                         self.stats.latency_ms.append(1000 * (now - t))
+                    if not self.source.live and self.config.keep_acked:
+                        self._recent[seq] = parts
+                        while len(self._recent) > self.config.keep_acked:
+                            self._recent.popitem(last=False)
         if node != self.node_id:
             if self.node_id is not None:
                 self.stats.reconnects += 1
-                logger.warning("%s: reconstruction node restarted (%x -> %x); re-sending %d unacknowledged frames",
-                               self, self.node_id, node, len(self._pending) if not self.source.live else 0)
+                logger.warning("%s: reconstruction node restarted (%x -> %x); re-sending %d unacknowledged and %d "
+                               "recently acknowledged frames", self, self.node_id, node,
+                               0 if self.source.live else len(self._pending), len(self._recent))
             else:
                 logger.info("%s: connected to reconstruction node %x (window %d)", self, node, self.window)
             self.node_id = node
+            self._sent_at.clear()  # nothing is in flight at the new node
             if self.source.live:
                 self._pending.clear()
             else:
-                for seq, p in list(self._pending.items()):
-                    if self._send(sock, seq, p):
-                        self.stats.resent += 1
+                # An ack and the result it stands for leave a dying node on different sockets, so the ack can get
+                # out while the result is lost: the last acknowledged frames go again too (subscribers drop what
+                # they already have). They are sent in seq order, paced by the new window (see `_send_unsent`).
+                merged = {**self._recent, **self._pending}
+                self._pending = collections.OrderedDict(sorted(merged.items()))
+                self._recent.clear()
+                self._resend_from_restart = set(self._pending)
 
     def _heartbeat(self, sock: zmq.Socket) -> None:
         with_room = sock.poll(0, zmq.POLLOUT)
@@ -191,6 +206,8 @@ class CameraNode:
                                    now - last_heard)
                 self._expire(sock, now, live, lost)
                 sent = False
+                if not live and not lost and self.node_id is not None:
+                    sent = self._send_unsent(sock)
                 if (self.node_id is not None and not lost and not exhausted and len(self._pending) < self.window
                         and now >= next_send):
                     frame = self._next_frame(frames)
@@ -201,7 +218,7 @@ class CameraNode:
                         self._pending[frame.seq] = parts
                         if self._send(sock, frame.seq, parts):
                             self.stats.sent += 1
-                        sent = True
+                        sent = True  # if the send queue was full, _send_unsent sends it later
                         count += 1
                         if cfg.fps:
                             next_send = max(now, next_send) + 1.0 / cfg.fps
@@ -237,9 +254,28 @@ class CameraNode:
                 self._pending.pop(seq, None)
                 self._sent_at.pop(seq, None)
         elif not lost:
-            for seq, p in list(self._pending.items())[:4]:
-                if now - self._sent_at.get(seq, 0.0) > self.config.resend_s and self._send(sock, seq, p):
+            for seq in sorted(self._sent_at)[:4]:
+                if now - self._sent_at[seq] > self.config.resend_s and self._send(sock, seq, self._pending[seq]):
                     self.stats.resent += 1
+
+    def _send_unsent(self, sock: zmq.Socket) -> bool:
+        """Send pending frames not in flight (after a restart, or a full send queue), oldest first, within the
+        window; returns True when something went out."""
+        sent = False
+        for seq, parts in self._pending.items():
+            if len(self._sent_at) >= self.window:
+                break
+            if seq in self._sent_at:
+                continue
+            if not self._send(sock, seq, parts):
+                break
+            sent = True
+            if seq in self._resend_from_restart:
+                self._resend_from_restart.discard(seq)
+                self.stats.resent += 1
+            else:
+                self.stats.sent += 1
+        return sent
 
     def source_finished(self) -> bool:
         return bool(getattr(self.source, "finished", False))
