@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-error", choices=("skip", "stop"), default=None,
                         help="dataset sources: skip corrupt frames or stop at the first (exit code 1)")
     parser.add_argument("--resend", type=float, default=5.0, help="seconds before an unacknowledged frame is re-sent")
+    parser.add_argument("--keep-acked", type=int, default=16,
+                        help="recorded sources: acknowledged frames kept to re-send after a node restart")
     add_security_arguments(parser)
 
 
@@ -60,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     config = CameraNodeConfig(connect=args.connect, stream_id=args.stream_id or getattr(source, "name", "cam0"),
                               encoding=args.encoding, jpeg_quality=args.jpeg_quality,
                               fps=None if source.live else args.fps, max_frames=args.max_frames,
-                              resend_s=args.resend, stride=args.stride, security=Security.from_args(args))
+                              resend_s=args.resend, stride=args.stride, keep_acked=args.keep_acked,
+                              security=Security.from_args(args))
     node = CameraNode(source, config)
     on_shutdown_signals(node.stop)
     try:
