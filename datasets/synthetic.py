@@ -86,12 +86,21 @@ def value_noise(p_n3: np.ndarray, salt: int) -> np.ndarray:
     return out
 
 
-def fbm(p_n3: np.ndarray, salt: int, octaves: int = 3) -> np.ndarray:
-    """Fractal sum of value noise, normalised to [0, 1]."""
+def _fade(footprint: np.ndarray | None, cell: float) -> np.ndarray | float:
+    """1 where a pattern of period `cell` is resolved by a sample footprint, 0 where it would alias (between)."""
+    if footprint is None:
+        return 1.0
+    return np.clip(2.0 - 4.0 * footprint / cell, 0.0, 1.0)
+
+
+def fbm(p_n3: np.ndarray, salt: int, octaves: int = 3, footprint: np.ndarray | None = None) -> np.ndarray:
+    """Fractal sum of value noise in [0, 1]; octaves finer than the sample `footprint` (in lattice units) fade
+    to their mean, so distant or grazing surfaces stay stable from frame to frame instead of flickering."""
     total = np.zeros(len(p_n3))
     amp, norm = 1.0, 0.0
     for o in range(octaves):
-        total += amp * value_noise(p_n3 * (2.0**o), salt + 101 * o)
+        w = _fade(footprint, 1.0 / 2.0**o)
+        total += amp * (w * value_noise(p_n3 * (2.0**o), salt + 101 * o) + (1.0 - w) * 0.5)
         norm += amp
         amp *= 0.5
     return total / norm
@@ -116,15 +125,18 @@ class Material:
     grain: float
     salt: int
 
-    def shade(self, p_n3: np.ndarray) -> np.ndarray:
-        """Albedo n x 3 at world points p."""
-        n = fbm(p_n3 / self.blotch_scale, self.salt, octaves=3)
+    def shade(self, p_n3: np.ndarray, footprint: np.ndarray | None = None) -> np.ndarray:
+        """Albedo n x 3 at world points p; `footprint` (metres per colour sample) band-limits the pattern."""
+        fp = None if footprint is None else footprint / self.blotch_scale
+        n = fbm(p_n3 / self.blotch_scale, self.salt, octaves=3, footprint=fp)
         # A steep ramp instead of a hard threshold: edges stay sharp at the pixel scale but do not alias.
         m = np.clip((n - 0.5) * 6.0 + 0.5, 0.0, 1.0)
         if self.checker > 0:
             c = np.floor(p_n3 / self.checker).astype(np.int64).sum(axis=1) & 1
-            m = np.where(c == 1, 1.0 - 0.6 * m, 0.4 * m + 0.0)
-        g = value_noise(p_n3 / 0.03, self.salt + 7) - 0.5
+            checkered = np.where(c == 1, 1.0 - 0.6 * m, 0.4 * m)
+            w = _fade(footprint, 2.0 * self.checker)  # period of a checker is two cells
+            m = w * checkered + (1.0 - w) * (0.5 - 0.1 * m)  # unresolved: the mean of both cells
+        g = (value_noise(p_n3 / 0.03, self.salt + 7) - 0.5) * _fade(footprint, 0.03)
         a = np.asarray(self.color_a)
         b = np.asarray(self.color_b)
         col = a[None, :] * (1.0 - m[:, None]) + b[None, :] * m[:, None]
@@ -451,6 +463,10 @@ class Renderer:
         sub = slice(n_pix, None)
         t_s, g_s, n_s, d_s, ok = t_hit[sub], gids[sub], normals[sub], dirs[sub], valid[sub]
         pts = tvec + d_s * np.where(ok, t_s, 0.0)[:, None]
+        # Surface length covered by one colour sample: distance / focal length, stretched at grazing angles.
+        d_len = np.linalg.norm(d_s, axis=1)
+        cos = np.abs(np.einsum("ij,ij->i", n_s, d_s)) / d_len
+        footprint = np.where(ok, t_s, 0.0) * d_len / (self.K[0, 0] * self.ss) / np.maximum(cos, 0.15)
         albedo = np.zeros((len(t_s), 3))
         idx = np.flatnonzero(ok)
         order = idx[np.argsort(g_s[idx], kind="stable")]
@@ -459,7 +475,7 @@ class Renderer:
         for chunk in np.split(order, bounds):
             if len(chunk):
                 mi = self._material_of_id[int(g_s[chunk[0]])]
-                albedo[chunk] = self.scene.materials[mi].shade(pts[chunk])
+                albedo[chunk] = self.scene.materials[mi].shade(pts[chunk], footprint[chunk])
         # Two-sided Lambertian with a fixed light plus ambient: view independent, so colours are constant.
         lam = np.abs(n_s @ self._light)
         color = albedo * (0.45 + 0.55 * lam)[:, None]

@@ -17,10 +17,12 @@ HELP = "render a synthetic RGB-D sequence with ground truth (TUM layout)"
 
 logger = logging.getLogger(__name__)
 
+# Spelled out instead of imported: argument parsing of every `recon` command must not import cv2/open3d.
+# tests/datasets/test_synthetic.py checks this equals recon.datasets.synthetic.TRAJECTORIES.
+TRAJECTORIES = ("walk", "orbit", "forward")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from recon.datasets.synthetic import TRAJECTORIES
-
     parser.add_argument("out", metavar="OUT", help="output folder (created; files in it are overwritten)")
     parser.add_argument("--seed", type=int, default=0, help="scene and trajectory seed (default 0)")
     parser.add_argument("--trajectory", choices=TRAJECTORIES, default="walk", help="camera path (default walk)")

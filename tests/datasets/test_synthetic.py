@@ -154,7 +154,9 @@ def test_invalid_arguments(tmp_path: Path) -> None:
 
 def test_synth_command_writes_a_readable_sequence(tmp_path: Path) -> None:
     from recon.cli import main
+    from recon.commands import synth
 
+    assert synth.TRAJECTORIES == TRAJECTORIES
     out = tmp_path / "cli"
     rc = main(["synth", str(out), "--seed", "2", "--trajectory", "forward", "--frames", "3", "--width", "40",
                "--height", "30", "--rgb-format", "jpg"])
