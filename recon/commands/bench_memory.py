@@ -58,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-full", action="store_true")
     parser.add_argument("--plot", default="docs/benchmarks_memory.png", help="PNG output ('' for none)")
     parser.add_argument("--json", default="", help="also write every per-frame series to this JSON file")
+    parser.add_argument("--from-json", default="", help="report and plot a run saved with --json (no new run)")
 
 
 def _grid(text: str) -> tuple[int, int]:
@@ -136,21 +137,21 @@ def frame_time(step_ms: list[float], frame: int) -> float:
 
 def _row(name: str, res: dict[str, Any], marks: tuple[int, ...]) -> str:
     n = len(res["step_ms"])
-    cells = [f"{frame_time(res['step_ms'], m):.2f}" if m <= n else "-" for m in marks]
+    times = [f"{frame_time(res['step_ms'], m):.2f}" if m <= n else "-" for m in marks]
     cache = [f"{res['cache_mb'][m - 1]:.1f}" if m <= n else "-" for m in marks]
     rss = [f"{res['rss_mb'][m - 1]:.0f}" if m <= n else "-" for m in marks]
     last = max(m for m in marks if m <= n)
     ratio = frame_time(res["step_ms"], last) / frame_time(res["step_ms"], marks[0])
-    return (f"| {name} | {n} | " + " | ".join(cells) + f" | {ratio:.2f} (frame {last} / {marks[0]}) | "
+    return (f"| {name} | {n} | " + " | ".join(times) + f" | {ratio:.2f} ({last} / {marks[0]}) | "
             + " / ".join(cache) + " | " + " / ".join(rss) + f" | {res['peak_rss_mb']:.0f} |")
 
 
 def _print_table(title: str, results: dict[str, dict[str, Any]], marks: tuple[int, ...]) -> None:
     print(f"\n{title}\n")
     marks_text = ", ".join(str(m) for m in marks)
-    print(f"| run | frames | ms/frame at {marks_text} | late/early | cache MB at {marks_text} | "
-          f"RSS MB at {marks_text} | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | frames | " + " | ".join(f"ms/frame at {m}" for m in marks) + " | late/early | "
+          f"KV cache MB at {marks_text} | RSS MB at {marks_text} | peak RSS MB |")
+    print("|---|---|" + "---|" * len(marks) + "---|---|---|---|")
     for name, res in results.items():
         print(_row(name, res, marks))
 
@@ -186,10 +187,51 @@ def _plot(path: str, tiny: dict[str, dict[str, Any]], full: dict[str, dict[str, 
     print(f"\nplot written to {path}")
 
 
+def _report_tiny(tiny: dict[str, dict[str, Any]], camera_window: int, threads: int) -> None:
+    res, unb = tiny["pruned"], tiny["unbounded"]
+    n_p, n_u = len(res["step_ms"]), len(unb["step_ms"])
+    print(f"tiny: {res['hw'][0]}x{res['hw'][1]} px, {res['tokens_per_frame']} tokens/frame, {res['layers']} "
+          f"global layers, budget {res['budget']} tokens, camera window {camera_window} frames, "
+          f"{threads} thread(s); budgets read back {res['budget_reads_per_frame']:.2f} times per frame")
+    marks = tuple(m for m in TINY_MARKS if m <= max(n_p, n_u)) or (max(n_p, n_u),)
+    _print_table("tiny configuration (CPU, fp32)", tiny, marks)
+    first = marks[0]
+    if n_p >= first:
+        last = min(n_p, TINY_MARKS[-1])
+        ratio = frame_time(res["step_ms"], last) / frame_time(res["step_ms"], first)
+        print(f"\npruned: per-frame time at frame {last} / frame {first} = {ratio:.3f} (target <= 1.1); "
+              f"RSS {res['rss_mb'][first - 1]:.0f} -> {res['rss_mb'][last - 1]:.0f} MB; KV caches "
+              f"{res['cache_mb'][first - 1]:.2f} -> {res['cache_mb'][last - 1]:.2f} MB")
+    if n_u >= first:
+        print(f"unbounded (stopped at {n_u} frames): per-frame time at frame {n_u} / frame {first} = "
+              f"{frame_time(unb['step_ms'], n_u) / frame_time(unb['step_ms'], first):.3f}; "
+              f"RSS {unb['rss_mb'][first - 1]:.0f} -> {unb['rss_mb'][-1]:.0f} MB; KV caches "
+              f"{unb['cache_mb'][first - 1]:.2f} -> {unb['cache_mb'][-1]:.2f} MB")
+
+
+def _report_full(full: dict[str, dict[str, Any]], dtype: str, device: str) -> None:
+    res = full["pruned"]
+    n = len(res["step_ms"])
+    print(f"full: {res['hw'][0]}x{res['hw'][1]} px, {res['tokens_per_frame']} tokens/frame, budget "
+          f"{res['budget']} tokens, {dtype} on {device}")
+    marks = tuple(m for m in (10, 50, 100, 200, 300, 1000) if m <= n) or (n,)
+    _print_table("full-size architecture, reduced resolution", full, marks)
+    for name, r in full.items():
+        gpu = f"peak GPU memory {r['gpu_peak_mb']:.0f} MB, " if r.get("gpu_peak_mb") is not None else ""
+        print(f"{name}: {gpu}{1000 / frame_time(r['step_ms'], n):.2f} frames/s at frame {n} "
+              f"({frame_time(r['step_ms'], n):.0f} ms/frame), KV caches {r['cache_mb'][-1]:.1f} MB")
+
+
 def run(args: argparse.Namespace) -> int:
+    import json
+
     base = {"threads": args.threads, "budget": None, "camera_window": args.camera_window}
     tiny: dict[str, dict[str, Any]] = {}
     full: dict[str, dict[str, Any]] = {}
+    if args.from_json:  # report a saved run, run nothing
+        saved = json.loads(Path(args.from_json).read_text())
+        tiny, full = saved["tiny"], saved["full"]
+        args.skip_tiny = args.skip_full = True
     if not args.skip_tiny:
         cfg = dict(base, model_config="tiny", grid=_grid(args.grid), device="cpu", dtype="fp32",
                    budget_frames=args.budget_frames)
@@ -197,23 +239,8 @@ def run(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             tiny[name] = _run_child(dict(cfg, pruned=pruned, frames=frames))
             print(f"tiny {name}: {frames} frames in {time.perf_counter() - t0:.0f} s")
-        res = tiny["pruned"]
-        print(f"tiny: {res['hw'][0]}x{res['hw'][1]} px, {res['tokens_per_frame']} tokens/frame, {res['layers']} "
-              f"global layers, budget {res['budget']} tokens, camera window {args.camera_window} frames, "
-              f"{args.threads} thread(s); budgets read back {res['budget_reads_per_frame']:.2f} times per frame")
-        marks = tuple(m for m in TINY_MARKS if m <= max(args.frames, args.unbounded_frames))
-        _print_table("tiny configuration (CPU, fp32)", tiny, marks)
-        if args.frames >= TINY_MARKS[0]:
-            last = min(args.frames, TINY_MARKS[-1])
-            ratio = frame_time(res["step_ms"], last) / frame_time(res["step_ms"], TINY_MARKS[0])
-            print(f"\npruned: per-frame time at frame {last} / frame {TINY_MARKS[0]} = {ratio:.3f} "
-                  f"(target <= 1.1); RSS {res['rss_mb'][TINY_MARKS[0] - 1]:.0f} -> {res['rss_mb'][last - 1]:.0f} MB")
-            unb = tiny["unbounded"]
-            n_u = len(unb["step_ms"])
-            if n_u >= TINY_MARKS[0]:
-                print(f"unbounded (stopped at {n_u} frames): per-frame time at frame {n_u} / frame {TINY_MARKS[0]}"
-                      f" = {frame_time(unb['step_ms'], n_u) / frame_time(unb['step_ms'], TINY_MARKS[0]):.3f}; "
-                      f"RSS {unb['rss_mb'][TINY_MARKS[0] - 1]:.0f} -> {unb['rss_mb'][-1]:.0f} MB")
+    if tiny:
+        _report_tiny(tiny, args.camera_window, args.threads)
     if not args.skip_full:
         cfg = dict(base, model_config="full", grid=_grid(args.full_grid), device=args.device, dtype=args.full_dtype,
                    budget=args.full_budget, budget_frames=16, frames=args.full_frames)
@@ -221,19 +248,9 @@ def run(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             full[name] = _run_child(dict(cfg, pruned=pruned))
             print(f"full {name}: {args.full_frames} frames in {time.perf_counter() - t0:.0f} s")
-        res = full["pruned"]
-        print(f"full: {res['hw'][0]}x{res['hw'][1]} px, {res['tokens_per_frame']} tokens/frame, budget "
-              f"{res['budget']} tokens, {args.full_dtype} on {args.device}")
-        n = args.full_frames
-        marks = tuple(m for m in (10, 50, 100, 200, 300, 1000) if m <= n) or (n,)
-        _print_table("full-size architecture, reduced resolution", full, marks)
-        if res["gpu_peak_mb"] is not None:
-            for name, r in full.items():
-                print(f"{name}: peak GPU memory {r['gpu_peak_mb']:.0f} MB, "
-                      f"{1000 / frame_time(r['step_ms'], n):.2f} frames/s at frame {n}")
+    if full:
+        _report_full(full, args.full_dtype, args.device)
     if args.json:
-        import json
-
         Path(args.json).write_text(json.dumps({"tiny": tiny, "full": full}))
     if args.plot and (tiny or full):
         _plot(args.plot, tiny, full)
