@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--camera-info", default=None, metavar="FILE", help="ROS camera_info YAML or JSON")
     parser.add_argument("--encoding", choices=("jpeg", "png", "raw"), default="jpeg", help="image encoding")
     parser.add_argument("--jpeg-quality", type=int, default=90)
+    parser.add_argument("--depth-encoding", choices=("f4", "u2", "png"), default="f4",
+                        help="RGB-D sources: float32 metres (lossless), uint16 mm, or uint16 mm as PNG")
     parser.add_argument("--topic", default=None, help="bag image topic (default: the first image topic)")
     parser.add_argument("--camera-info-topic", default=None, help="bag CameraInfo topic (default: next to --topic)")
     parser.add_argument("--live", action="store_true",
@@ -61,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         source = as_live(source, args.fps)
     config = CameraNodeConfig(connect=args.connect, stream_id=args.stream_id or getattr(source, "name", "cam0"),
                               encoding=args.encoding, jpeg_quality=args.jpeg_quality,
+                              depth_encoding=args.depth_encoding,
                               fps=None if source.live else args.fps, max_frames=args.max_frames,
                               resend_s=args.resend, stride=args.stride, keep_acked=args.keep_acked,
                               security=Security.from_args(args))

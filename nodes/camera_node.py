@@ -44,6 +44,8 @@ class CameraNodeConfig:
         connect: ROUTER endpoint of the reconstruction node.
         stream_id: name of this stream (one session per stream on the node).
         encoding: image encoding on the wire: raw, jpeg or png.
+        depth_encoding: depth on the wire: f4 (float32 metres, lossless), u2 (uint16 millimetres) or png (the same,
+            compressed).
         fps: maximum send rate (None: as fast as credits allow).
         heartbeat_s: heartbeat period; the node is considered gone after `timeout_s` of silence.
         resend_s: re-send a recorded frame whose ack is this overdue.
@@ -57,6 +59,7 @@ class CameraNodeConfig:
     stream_id: str = "cam0"
     encoding: str = "raw"
     jpeg_quality: int = 90
+    depth_encoding: str = "f4"
     fps: float | None = None
     heartbeat_s: float = 0.5
     timeout_s: float = 3.0
@@ -116,7 +119,8 @@ class CameraNode:
         info = self.source.camera_info
         if frame.K is None and info is not None and (info.width, info.height) == (frame.width, frame.height):
             frame.K = info.K
-        return P.encode_frame(frame, encoding=cfg.encoding, quality=cfg.jpeg_quality, epoch=self.epoch,
+        return P.encode_frame(frame, encoding=cfg.encoding, quality=cfg.jpeg_quality,
+                              depth_encoding=cfg.depth_encoding, epoch=self.epoch,
                               live=self.source.live, frame_id=None if info is None else info.frame_id)
 
     def _send(self, sock: zmq.Socket, seq: int, parts: list[Any]) -> bool:
