@@ -3,10 +3,10 @@
 Flow control is credit based for every source: the reconstruction node grants a window (its
 per-stream queue size) and acknowledges each frame once its results are published.
 
-- Recorded sources keep every sent, unacknowledged frame. When the reconstruction node restarts
-  (its id changes in the credit messages) or an ack is overdue, they are sent again, in order;
-  the node dedupes by (stream_id, epoch, seq), so every seq is published exactly once
-  (receivers that need exactly-once across a node crash dedupe by (stream_id, epoch, seq) as well).
+- Recorded sources keep every sent, unacknowledged frame, plus the last `keep_acked` acknowledged
+  ones. When the reconstruction node restarts (its id changes in the credit messages) they are sent
+  again, in seq order, paced by the new window; an overdue ack also triggers a re-send. The node
+  dedupes by (stream_id, epoch, seq) and so do subscribers, so every seq reaches the output once.
 - Live sources send only the newest frame when the window allows; older ones are dropped and
   counted. After a restart nothing is re-sent: a live frame is worth nothing late.
 
