@@ -13,10 +13,26 @@ from recon.errors import SequenceError
 from recon.geometry.transforms import make_se3, quat_xyzw_to_rotmat, rotmat_to_quat_xyzw
 
 
+def seconds_to_ns(text: str) -> int:
+    """Exact integer nanoseconds from a decimal seconds string ("1305031102.175304" -> 1305031102175304000).
+
+    Parsing through float64 would lose up to ~100 ns at present-day epoch times.
+    """
+    text = text.strip()
+    if "e" in text.lower():  # scientific notation: float is all we can do
+        return int(round(float(text) * 1e9))
+    sign = -1 if text.startswith("-") else 1
+    whole, _, frac = text.lstrip("+-").partition(".")
+    if not (whole or frac) or not (whole or "0").isdigit() or (frac and not frac.isdigit()):
+        raise ValueError(f"not a decimal number: {text!r}")
+    frac = (frac + "000000000")[:9]
+    return sign * (int(whole or "0") * 1_000_000_000 + int(frac))
+
+
 def read_tum_trajectory(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Read a TUM file; returns (t_ns int64 [N], T_world_cam float64 [N,4,4]). Comment lines start with #."""
     path = Path(path)
-    rows = []
+    rows, stamps = [], []
     try:
         text = path.read_text()
     except OSError as e:
@@ -29,14 +45,15 @@ def read_tum_trajectory(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         if len(parts) != 8:
             raise SequenceError(f"{path}:{lineno}: expected 'timestamp tx ty tz qx qy qz qw', got {len(parts)}")
         try:
-            rows.append([float(p) for p in parts])
+            rows.append([float(p) for p in parts[1:]])
+            stamps.append(seconds_to_ns(parts[0]))
         except ValueError as e:
             raise SequenceError(f"{path}:{lineno}: not a number: {line!r}") from e
     if not rows:
         return np.zeros(0, dtype=np.int64), np.zeros((0, 4, 4))
     data = np.asarray(rows, dtype=np.float64)
-    t_ns = np.round(data[:, 0] * 1e9).astype(np.int64)
-    T = make_se3(quat_xyzw_to_rotmat(data[:, 4:8]), data[:, 1:4])
+    t_ns = np.asarray(stamps, dtype=np.int64)
+    T = make_se3(quat_xyzw_to_rotmat(data[:, 3:7]), data[:, 0:3])
     return t_ns, T
 
 
