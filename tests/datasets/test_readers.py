@@ -271,6 +271,35 @@ def test_video_frames_and_container_timestamps(tmp_path: Path) -> None:
     assert [f.seq for f in sub] == [0, 1] and sub[1].t_ns == frames[3].t_ns
 
 
+def test_video_undecodable_packet_is_skipped_or_stops(tmp_path: Path) -> None:
+    """MJPEG packets are independent JPEGs: wiping the 4th one gives exactly one undecodable packet."""
+    import av
+
+    path = tmp_path / "mj.avi"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mjpeg", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuvj420p"
+        for i in range(6):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 40 * i, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = bytearray(path.read_bytes())
+    soi = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]
+    assert len(soi) == 6
+    data[soi[3]:soi[4] - 16] = b"\xff" * (soi[4] - 16 - soi[3])
+    path.write_bytes(bytes(data))
+
+    seq = open_sequence(path, on_error="skip")
+    frames = list(seq)
+    assert [round(float(f.image.mean()) / 40) for f in frames] == [0, 1, 2, 4, 5]
+    assert [f.seq for f in frames] == [0, 1, 2, 4, 5]
+    assert seq.stats.frames_skipped == 1 and "0.300 s" in seq.stats.skipped_paths[0]
+    with pytest.raises(CorruptFrameError, match="mj.avi: cannot decode packet at 0.300 s"):
+        list(open_sequence(path, on_error="stop"))
+
+
 def test_video_that_is_not_a_video(tmp_path: Path) -> None:
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video at all" * 10)
