@@ -14,7 +14,6 @@ deterministic backend produces the same trajectory either way.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -30,6 +29,7 @@ from typing import Any
 import zmq
 
 from recon.backends.base import Backend
+from recon.backends.options import format_backend_options
 from recon.errors import ConfigError, ReconError
 from recon.nodes.camera_node import CameraNode, CameraNodeConfig, CameraStats
 from recon.nodes.recon_node import ReconNode, ReconNodeConfig
@@ -58,28 +58,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def format_options(options: dict[str, Any]) -> list[str]:
-    """Backend options as repeated `-o key=json` flags for a node process."""
-    out: list[str] = []
-    for k, v in options.items():
-        out += ["-o", f"{k}={json.dumps(v)}"]
-    return out
-
-
-def parse_options(items: Iterable[str]) -> dict[str, Any]:
-    """`key=value` strings (value JSON if it parses, else a string) -> backend options."""
-    opts: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"backend option {item!r} is not KEY=VALUE")
-        try:
-            opts[key] = json.loads(value)
-        except json.JSONDecodeError:
-            opts[key] = value
-    return opts
 
 
 def run_pipeline(source: str | Source, backend: str | Backend, sinks: Iterable[Any] = (), *, mode: str = "inproc",
@@ -235,7 +213,7 @@ def _run_tcp(source: str, backend: str, sinks: list[Any], options: dict[str, Any
         recon_p = subprocess.Popen(node_command("recon", "--bind", ep_in, "--publish", ep_out, "--control", ep_ctl,
                                                 "--backend", backend, "--queue-size", str(queue_size),
                                                 "--heartbeat", "0.1", "--wait-subscribers", "1",
-                                                *format_options(options)))
+                                                *format_backend_options(options)))
         procs.append(recon_p)
         viewer.start()
         if not viewer.wait_connected(60):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from recon.commands.backend_args import add_backend_arguments
 from recon.nodes.transport import add_security_arguments
 
 HELP = "reconstruction node: frames in (ROUTER), one backend session per stream, results out (PUB)"
@@ -23,9 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bind", default="tcp://127.0.0.1:5555", help="endpoint cameras connect to")
     parser.add_argument("--publish", default="tcp://127.0.0.1:5556", help="endpoint results are published on")
     parser.add_argument("--control", default=None, help="REQ/REP control endpoint (default: --bind port + 2)")
-    parser.add_argument("--backend", default="geometric", help="backend name (recon.backends registry)")
-    parser.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="backend option (VALUE parsed as JSON when it can be); repeatable")
+    add_backend_arguments(parser, default="geometric")
     parser.add_argument("--queue-size", type=int, default=8, help="frames queued per stream (= credit window)")
     parser.add_argument("--max-streams", type=int, default=16, help="sessions beyond this are refused")
     parser.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
@@ -42,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from recon.commands.backend_args import backend_options
     from recon.nodes.cli_util import on_shutdown_signals
-    from recon.nodes.pipeline import parse_options
     from recon.nodes.protocol import DEFAULT_LIMITS
     from recon.nodes.recon_node import ReconNode, ReconNodeConfig
     from recon.nodes.transport import Security
@@ -52,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_message_mb:
         limits = replace(limits, max_message_bytes=int(args.max_message_mb * 2**20))
     config = ReconNodeConfig(bind=args.bind, publish=args.publish, control=args.control, backend=args.backend,
-                             backend_options=parse_options(args.option), queue_size=args.queue_size,
+                             backend_options=backend_options(args, args.backend), queue_size=args.queue_size,
                              heartbeat_s=args.heartbeat, points_dtype=args.points_dtype, stride=args.stride,
                              with_image=not args.no_image, max_streams=args.max_streams,
                              min_subscribers=args.wait_subscribers,

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from recon.backends.base import Backend
+from recon.backends.options import parse_option_value  # noqa: F401 - re-exported for the adapters
 from recon.errors import ConfigError, ProtocolError, ReconError
 from recon.geometry.camera import depth_to_world_points
 from recon.geometry.transforms import rotmat_to_quat_xyzw
@@ -303,21 +304,6 @@ def cloud_to_array(fields: list[Any], point_step: int, width: int, height: int, 
 
 
 # ------------------------------------------------------------------------------------------ config
-
-
-def parse_option_value(text: str) -> Any:
-    """Backend option values from the command line: int, float, bool, none, else the string itself."""
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
 
 
 @dataclass

@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from recon.commands.backend_args import add_backend_arguments
+
 logger = logging.getLogger(__name__)
 
 HELP = "reconstruct a live camera (or any source) in one process: camera index, video, image folder, bag"
@@ -25,10 +27,7 @@ HELP = "reconstruct a live camera (or any source) in one process: camera index, 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--camera", required=True, metavar="SRC",
                         help="camera index or /dev/videoN, video file, image folder, dataset, bag, pattern:N:WxH")
-    parser.add_argument("--backend", default="auto", help="backend name or 'auto' (default)")
-    parser.add_argument("--backend-opt", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra backend option, repeatable")
-    parser.add_argument("--weights", default=None, metavar="PATH", help="model weights file for --backend NAME")
+    add_backend_arguments(parser)
     parser.add_argument("--out", default="runs/live", metavar="DIR", help="output folder (default runs/live)")
     parser.add_argument("--viewer", default="rrd", help="Rerun output: rrd[:PATH] | web | connect[:URL] | none")
     parser.add_argument("--fps", type=float, default=None, help="camera rate (with --realtime: playback rate)")
@@ -45,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from recon.backends.identity import ensure_registered
-    from recon.commands.replay import choose_backend, parse_backend_options
+    from recon.commands.backend_args import backend_options, choose_backend
     from recon.errors import ConfigError
     from recon.nodes.pipeline import run_pipeline
     from recon.nodes.sources import as_live, load_camera_info, open_source
@@ -53,12 +52,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.weights and args.backend == "auto":
         raise ConfigError("--weights needs --backend NAME (the model the file belongs to)")
-    options = parse_backend_options(args.backend_opt)
-    if args.weights:
-        options["weights"] = args.weights
     ensure_registered()  # `--backend identity` (no model) for trying the plumbing
     backend, reason = choose_backend(args.backend)
     logger.info("%s", reason)
+    options = backend_options(args, backend)
 
     info = load_camera_info(args.camera_info) if args.camera_info else None
     source = open_source(args.camera, fps=args.fps, camera_info=info)

@@ -20,13 +20,14 @@ output is a sink with `on_result`/`close`, the same objects the viewer and recor
 from __future__ import annotations
 
 import argparse
-import ast
 import logging
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
+from recon.backends.options import parse_backend_options  # noqa: F401 - part of this command's API
+from recon.commands.backend_args import add_backend_arguments, backend_options, choose_backend
 from recon.errors import ConfigError, ReconError
 
 logger = logging.getLogger(__name__)
@@ -36,13 +37,7 @@ HELP = "reconstruct a recorded sequence: trajectory, point cloud, Rerun recordin
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sequence", metavar="SEQUENCE", help="sequence folder or file (image folder, video, TUM...)")
-    parser.add_argument("--backend", default="auto",
-                        help="backend name, or 'auto' for the best one whose weights are installed (default auto)")
-    parser.add_argument("--weights", default=None, metavar="PATH", help="model weights file for --backend NAME")
-    parser.add_argument("--backend-opt", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra backend option (Python literal value), repeatable, e.g. max_points=5000")
-    parser.add_argument("--budget", type=int, default=None, metavar="TOKENS",
-                        help="KV memory budget of --backend infinitevggt, tokens over all layers (default 1200000)")
+    add_backend_arguments(parser)
     parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/<sequence name>)")
     parser.add_argument("--viewer", default="rrd",
                         help="Rerun output: rrd[:PATH] | web[:[HOST:]PORT] | connect[:URL] | none; "
@@ -60,38 +55,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distributed", action="store_true",
                         help="run the camera and reconstruction nodes as separate processes over tcp on loopback "
                              "(recon.nodes); outputs are the same")
-
-
-def parse_backend_options(items: list[str]) -> dict[str, Any]:
-    """`KEY=VALUE` strings to keyword options; values are Python literals, else kept as strings."""
-    options: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise ConfigError(f"--backend-opt {item!r}: expected KEY=VALUE with KEY a name")
-        try:
-            options[key.strip()] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            options[key.strip()] = text
-    return options
-
-
-def choose_backend(requested: str) -> tuple[str, str]:
-    """The backend to run and a plain sentence saying why (what `--backend auto` found)."""
-    from recon.backends import registered, select_auto
-
-    if requested != "auto":
-        if requested not in registered():
-            raise ConfigError(f"unknown backend {requested!r}; known backends: {', '.join(sorted(registered()))}")
-        return requested, f"requested with --backend {requested}"
-    name, reason = select_auto()
-    entry = registered()[name]
-    skipped = [e.name for e in sorted(registered().values(), key=lambda e: -e.priority)
-               if e.weights and e.priority > entry.priority]
-    if not entry.weights and skipped:
-        return name, (f"no model weights installed: using the weight-free {name} backend (none found for "
-                      f"{', '.join(skipped)}; `recon weights pull NAME` fetches them)")
-    return name, f"using {name}: {reason}"
 
 
 def open_sequence_for_replay(path: str, on_error: str, **options: Any) -> Any:
@@ -128,9 +91,6 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-frames must be >= 1, got {args.max_frames}")
     if args.weights and args.backend == "auto":
         raise ConfigError("--weights needs --backend NAME (the model the file belongs to)")
-    options = parse_backend_options(args.backend_opt)
-    if args.weights:
-        options["weights"] = args.weights
 
     if args.fps is not None and not args.fps > 0:
         raise ConfigError(f"--fps must be positive, got {args.fps}")
@@ -139,10 +99,7 @@ def run(args: argparse.Namespace) -> int:
     viewer_specs = parse_viewer_spec(args.viewer, out / "recording.rrd")
     backend_name, reason = choose_backend(args.backend)
     logger.info("%s", reason)
-    if args.budget is not None:
-        if backend_name != "infinitevggt":
-            raise ConfigError(f"--budget applies to the infinitevggt backend, not {backend_name!r}")
-        options["budget"] = args.budget
+    options = backend_options(args, backend_name)
     # --distributed: the backend runs in the reconstruction node process, not here.
     backend = None if args.distributed else create_backend(backend_name, **options)
 

@@ -1,0 +1,71 @@
+"""Backend selection flags shared by `recon replay`, `recon live` and `recon node recon`.
+
+Named flags cover the options users reach for (`--weights`, `--backbone`, `--model-config`, `--budget`,
+`--device`, `--dtype`, `--sliding-size`); `--backend-opt KEY=VALUE` passes anything else. A named flag given to a
+backend that does not take it is an error, not a silently ignored option.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from recon.backends.options import parse_backend_options
+from recon.errors import ConfigError
+
+LEARNED = ("infinitevggt", "streamvggt", "vggt", "laser", "horizonstream")
+# flag dest -> (backends that take it, help)
+NAMED_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
+    "weights": (LEARNED, "model weights file (default: the installed registry entry; `recon weights list`)"),
+    "model_config": (LEARNED, "'full' (published architecture, weights required) or 'tiny' (random weights: "
+                              "smoke runs without downloads)"),
+    "device": (LEARNED, "torch device: auto (CUDA when available), cpu, cuda, cuda:1 ..."),
+    "dtype": (LEARNED, "compute dtype: auto (bf16 on CUDA), fp32, bf16, fp16"),
+    "budget": (("infinitevggt",), "KV memory budget in tokens over all global layers (default 1200000)"),
+    "backbone": (("laser",), "LASER window model: pi3 or vggt"),
+    "sliding_size": (("horizonstream",), "HorizonStream frames per chunk after the first window (1 = per frame)"),
+}
+_TYPES = {"budget": int, "sliding_size": int}
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    """Add `--backend`, the named backend flags and `--backend-opt` to a parser."""
+    parser.add_argument("--backend", default=default,
+                        help=f"backend name, or 'auto': the best one whose weights are installed (default {default})")
+    for dest, (_, text) in NAMED_FLAGS.items():
+        parser.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, type=_TYPES.get(dest, str),
+                            help=text)
+    parser.add_argument("--backend-opt", "-o", "--option", dest="backend_opt", action="append", default=[],
+                        metavar="KEY=VALUE", help="any other backend option (JSON or Python literal), repeatable")
+
+
+def backend_options(args: argparse.Namespace, backend: str) -> dict[str, Any]:
+    """The keyword options for `backend` from parsed flags; named flags must suit the backend."""
+    options = parse_backend_options(args.backend_opt)
+    for dest, (takers, _) in NAMED_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if backend not in takers:
+            flag = "--" + dest.replace("_", "-")
+            raise ConfigError(f"{flag} does not apply to the {backend} backend (it applies to: {', '.join(takers)})")
+        options[dest] = value
+    return options
+
+
+def choose_backend(requested: str) -> tuple[str, str]:
+    """The backend to run and a plain sentence saying why (what `--backend auto` found)."""
+    from recon.backends import registered, select_auto
+
+    if requested != "auto":
+        if requested not in registered():
+            raise ConfigError(f"unknown backend {requested!r}; known backends: {', '.join(sorted(registered()))}")
+        return requested, f"requested with --backend {requested}"
+    name, reason = select_auto()
+    entry = registered()[name]
+    skipped = [e.name for e in sorted(registered().values(), key=lambda e: -e.priority)
+               if e.weights and e.priority > entry.priority]
+    if not entry.weights and skipped:
+        return name, (f"no model weights installed: using the weight-free {name} backend (none found for "
+                      f"{', '.join(skipped)}; `recon weights pull NAME` fetches them)")
+    return name, f"using {name}: {reason}"
