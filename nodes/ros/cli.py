@@ -68,14 +68,10 @@ def _defaults() -> RosNodeConfig:
 
 def config_from_args(args: argparse.Namespace) -> RosNodeConfig:
     """RosNodeConfig from the parsed flags (parameters on the server are applied later, by the node)."""
-    from recon.nodes.ros.core import RosNodeConfig, parse_option_value
+    from recon.backends.options import parse_backend_options
+    from recon.nodes.ros.core import RosNodeConfig
 
-    options = {}
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--option expects KEY=VALUE, got {item!r}")
-        options[key] = parse_option_value(value)
+    options = parse_backend_options(args.option, flag="--option")
     return RosNodeConfig(
         backend=args.backend, backend_options=options, plugins=tuple(args.plugin), image_topic=args.image_topic,
         camera_info_topic=args.camera_info_topic, compressed=args.compressed, map_frame=args.map_frame,

@@ -19,7 +19,8 @@ import threading
 from typing import Any
 
 from recon.backends import create_backend
-from recon.errors import ConfigError, MissingDependencyError
+from recon.backends.options import parse_backend_options
+from recon.errors import MissingDependencyError
 from recon.nodes.ros.core import (
     Output,
     RosNodeConfig,
@@ -30,7 +31,6 @@ from recon.nodes.ros.core import (
     fill_transform,
     load_plugins,
     ns_to_sec_nsec,
-    parse_option_value,
 )
 
 logger = logging.getLogger(__name__)
@@ -40,13 +40,7 @@ FLUSH_DRAIN_S = 0.5
 
 def parse_options_string(text: str) -> dict[str, Any]:
     """Backend options from a ROS 2 string parameter: "key=value,key=value" (spaces also separate)."""
-    options: dict[str, Any] = {}
-    for item in text.replace(",", " ").split():
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"backend_options expects key=value items, got {item!r} in {text!r}")
-        options[key] = parse_option_value(value)
-    return options
+    return parse_backend_options(text.replace(",", " ").split(), flag="backend_options")
 
 
 def _ros2_default(value: Any) -> Any:
