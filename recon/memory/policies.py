@@ -174,16 +174,24 @@ def camera_window_policy(window_frames: int) -> AttentionSinkPolicy:
 
 
 class _PendingBudgets:
-    """An asynchronous device-to-host copy of the next frame's integer budgets (CUDA only)."""
+    """An asynchronous device-to-host copy of the next frame's integer budgets (CUDA only).
 
-    def __init__(self, budgets: torch.Tensor) -> None:
-        self.host = torch.empty(budgets.shape, dtype=budgets.dtype, pin_memory=True)
-        self.host.copy_(budgets, non_blocking=True)
+    The pinned host buffer and the event are allocated once per session and reused every frame.
+    """
+
+    def __init__(self, num_layers: int) -> None:
+        self.host = torch.empty(num_layers, dtype=torch.int64, pin_memory=True)
         self.event = torch.cuda.Event()
+        self.pending = False
+
+    def start(self, budgets: torch.Tensor) -> None:
+        self.host.copy_(budgets, non_blocking=True)
         self.event.record()
+        self.pending = True
 
     def result(self) -> list[int]:
         self.event.synchronize()
+        self.pending = False
         return self.host.tolist()
 
 
@@ -230,9 +238,8 @@ class DiversityPruningPolicy(_AnchorMixin, EvictionPolicy):
         if self.last_scores is None or self.last_scores.numel() != num_layers:
             self.last_scores = torch.zeros(num_layers, dtype=torch.float32)
             self._pending = None
-        if self._pending is not None:
+        if self._pending is not None and self._pending.pending:
             self.budgets = self._pending.result()
-            self._pending = None
         else:
             self.budgets = self.budget_prefloor(self.last_scores).to(torch.int64).tolist()
         self.host_reads += 1
@@ -275,7 +282,9 @@ class DiversityPruningPolicy(_AnchorMixin, EvictionPolicy):
             self.recorder("frame_end", {"frame": frame_index, "last_scores_after": self.last_scores.cpu().clone()})
         if self.last_scores.is_cuda:
             # Next frame's budgets, derived on the device and fetched without blocking.
-            self._pending = _PendingBudgets(self.budget_prefloor(self.last_scores).to(torch.int64))
+            if self._pending is None:
+                self._pending = _PendingBudgets(self.last_scores.numel())
+            self._pending.start(self.budget_prefloor(self.last_scores).to(torch.int64))
 
 
 def make_policy(name: str, total_budget: int = DEFAULT_TOTAL_BUDGET, temperature: float = DEFAULT_TEMPERATURE,
