@@ -128,21 +128,21 @@ def _full_size(args: argparse.Namespace) -> None:
     total = win + sum(sizes) * args.repeats
     frames = synthetic_frames(total, rows_ * 14, cols_ * 14, device)
     state = model.new_state()
-    print(f"{'chunk':>6} {'frames':>7} {'s/chunk':>8} {'ms/frame':>9} {'state MiB':>10} {'RSS MiB':>8}")
+    print(f"{'chunk':>6} {'frames':>7} {'s/chunk':>8} {'CPU s':>7} {'ms/frame':>9} {'state MiB':>10} {'RSS MiB':>8}")
 
     def run_chunk(n: int) -> None:
         nonlocal state
         images = torch.stack([next(frames) for _ in range(n)]).to(dtype)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         with torch.inference_mode():
             _, state = model.forward_chunk(images, state)
         if device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t
-        print(f"{state.chunk_idx - 1:>6} {n:>7} {dt:8.2f} {1000 * dt / n:9.1f} {state.nbytes() / 2**20:10.2f} "
-              f"{_rss_mb():8.0f}")
+        print(f"{state.chunk_idx - 1:>6} {n:>7} {dt:8.2f} {time.thread_time() - c:7.2f} {1000 * dt / n:9.1f} "
+              f"{state.nbytes() / 2**20:10.2f} {_rss_mb():8.0f}")
 
     run_chunk(win)
     for n in sizes:
