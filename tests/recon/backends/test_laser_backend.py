@@ -104,3 +104,21 @@ def test_tiny_backbones_run_end_to_end(backbone: str) -> None:
         assert np.isfinite(r.T_world_cam).all() and np.isfinite(r.points_world).all()
         assert r.depth.shape == r.points_world.shape[:2] == (42, 56)
     backend.close()
+
+
+def test_replay_cli_with_tiny_pi3(tmp_path) -> None:  # noqa: ANN001 - pytest fixture
+    """`recon replay --backend laser --backbone pi3` end to end on a synthetic sequence (tiny random model)."""
+    from recon.cli import main
+    from recon.datasets.synthetic import generate_sequence
+    from recon.io.trajectory import read_tum_trajectory
+
+    seq = generate_sequence(tmp_path / "seq", seed=2, trajectory="orbit", num_frames=9, width=96, height=72,
+                            supersample=1)
+    out = tmp_path / "out"
+    code = main(["replay", str(seq), "--backend", "laser", "--backbone", "pi3", "--model-config", "tiny",
+                 "--device", "cpu", "--out", str(out), "--viewer", "none", "--no-progress",
+                 "--backend-opt", "window_size=4", "--backend-opt", "overlap=2", "--backend-opt", "image_width=56"])
+    assert code == 0
+    t_ns, T = read_tum_trajectory(out / "trajectory.tum")
+    assert len(t_ns) == 9 and np.isfinite(T).all()
+    assert (out / "points.ply").stat().st_size > 0 and (out / "metrics.json").is_file()
