@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from recon.errors import CorruptFrameError, SequenceError
+from recon.io.trajectory import seconds_to_ns
 from recon.types import CameraInfo
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -84,14 +84,6 @@ def natural_key(name: str) -> list[Any]:
     return [int(p) if p.isdigit() else p.lower() for p in _NUM.split(name)]
 
 
-def parse_seconds_ns(text: str) -> int:
-    """Exact integer nanoseconds from a decimal seconds string ("1305031102.175304"), no float rounding."""
-    try:
-        return int((Decimal(text) * 1_000_000_000).to_integral_value())
-    except InvalidOperation as e:
-        raise ValueError(f"not a timestamp: {text!r}") from e
-
-
 _SECONDS_STEM = re.compile(r"^(\d+\.\d+)$")
 _NANOS_STEM = re.compile(r"^(\d{16,})$")
 _INDEX_STEM = re.compile(r"(\d+)$")
@@ -100,7 +92,7 @@ _INDEX_STEM = re.compile(r"(\d+)$")
 def timestamp_from_name(stem: str) -> int | None:
     """t_ns encoded in a file stem: decimal seconds (`1305031102.175304`) or >= 16 digits of nanoseconds."""
     if _SECONDS_STEM.match(stem):
-        return parse_seconds_ns(stem)
+        return seconds_to_ns(stem)
     if _NANOS_STEM.match(stem):
         return int(stem)
     return None
@@ -125,7 +117,7 @@ def read_list_file(path: Path) -> list[tuple[int, list[str]]]:
             continue
         parts = line.replace(",", " ").split()
         try:
-            rows.append((parse_seconds_ns(parts[0]), parts[1:]))
+            rows.append((seconds_to_ns(parts[0]), parts[1:]))
         except ValueError as e:
             raise SequenceError(f"{path}:{lineno}: expected 'timestamp ...', got {line!r}") from e
     return rows

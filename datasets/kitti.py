@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from recon.datasets.base import IndexedSequence, OnError, Trajectory
-from recon.datasets.files import IMAGE_EXTENSIONS, image_size, natural_key, parse_seconds_ns, read_rgb
+from recon.datasets.files import IMAGE_EXTENSIONS, image_size, natural_key, read_rgb
 from recon.errors import SequenceError
+from recon.io.trajectory import seconds_to_ns
 from recon.types import CameraInfo, Frame
 
 logger = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class KittiSequence(IndexedSequence):
         if times.is_file():
             try:
                 vals = [ln.split()[0] for ln in times.read_text().splitlines() if ln.strip()]
-                self._t_ns = [parse_seconds_ns(v) for v in vals]
+                self._t_ns = [seconds_to_ns(v) for v in vals]
             except (OSError, ValueError) as e:
                 raise SequenceError(f"cannot read {times}: {e}") from e
             if len(self._t_ns) < n:

@@ -5,6 +5,7 @@ The pose is camera-to-world (`T_world_cam`), as in the TUM RGB-D benchmark's gro
 
 from __future__ import annotations
 
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +17,12 @@ from recon.geometry.transforms import make_se3, quat_xyzw_to_rotmat, rotmat_to_q
 def seconds_to_ns(text: str) -> int:
     """Exact integer nanoseconds from a decimal seconds string ("1305031102.175304" -> 1305031102175304000).
 
-    Parsing through float64 would lose up to ~100 ns at present-day epoch times.
+    Decimal arithmetic, because parsing through float64 loses up to ~100 ns at present-day epoch times.
     """
-    text = text.strip()
-    if "e" in text.lower():  # scientific notation: float is all we can do
-        return int(round(float(text) * 1e9))
-    sign = -1 if text.startswith("-") else 1
-    whole, _, frac = text.lstrip("+-").partition(".")
-    if not (whole or frac) or not (whole or "0").isdigit() or (frac and not frac.isdigit()):
-        raise ValueError(f"not a decimal number: {text!r}")
-    frac = (frac + "000000000")[:9]
-    return sign * (int(whole or "0") * 1_000_000_000 + int(frac))
+    try:
+        return int((Decimal(text.strip()) * 1_000_000_000).to_integral_value())
+    except InvalidOperation as e:
+        raise ValueError(f"not a timestamp: {text!r}") from e
 
 
 def read_tum_trajectory(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

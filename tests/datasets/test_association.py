@@ -7,8 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recon.datasets.association import associate, poses_at
-from recon.datasets.files import natural_key, parse_seconds_ns, timestamp_from_name
+from recon.datasets.files import natural_key, timestamp_from_name
 from recon.geometry import make_se3, rotation_angle, so3_exp
+from recon.io.trajectory import seconds_to_ns
 
 MS = 1_000_000
 
@@ -60,9 +61,9 @@ def test_poses_at_interpolates_and_respects_max_gap() -> None:
 
 
 def test_timestamp_parsing_is_exact() -> None:
-    assert parse_seconds_ns("1305031102.175304") == 1_305_031_102_175_304_000
-    assert parse_seconds_ns("0.1") == 100_000_000
-    assert parse_seconds_ns("1.0370000e-01") == 103_700_000
+    assert seconds_to_ns("1305031102.175304") == 1_305_031_102_175_304_000
+    assert seconds_to_ns("0.1") == 100_000_000
+    assert seconds_to_ns("1.0370000e-01") == 103_700_000
     assert timestamp_from_name("1403636579763555584") == 1_403_636_579_763_555_584  # EuRoC-style ns
     assert timestamp_from_name("frame_000123") is None
     assert sorted(["img10", "img2", "img1"], key=natural_key) == ["img1", "img2", "img10"]
