@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_backend_arguments(parser, default="geometric")
     parser.add_argument("--queue-size", type=int, default=8, help="frames queued per stream (= credit window)")
     parser.add_argument("--max-streams", type=int, default=16, help="sessions beyond this are refused")
+    parser.add_argument("--session-idle", type=float, default=600.0, metavar="S",
+                        help="flush and close a stream's session after S seconds without frames")
     parser.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
                         help="grant cameras no credit until N result subscribers are connected")
     parser.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat period in seconds")
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
                              backend_options=backend_options(args, args.backend), queue_size=args.queue_size,
                              heartbeat_s=args.heartbeat, points_dtype=args.points_dtype, stride=args.stride,
                              with_image=not args.no_image, max_streams=args.max_streams,
-                             min_subscribers=args.wait_subscribers,
+                             min_subscribers=args.wait_subscribers, session_idle_s=args.session_idle,
                              allow_remote=args.allow_remote, limits=limits, security=Security.from_args(args))
     node = ReconNode(config).start()
     stop = on_shutdown_signals(lambda: None)

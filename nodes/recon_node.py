@@ -64,6 +64,7 @@ class ReconNodeConfig:
         heartbeat_s: heartbeat period on the PUB socket.
         points_dtype, stride, with_image: how results are encoded (see protocol.encode_result).
         max_streams: sessions beyond this are refused (bounded memory).
+        session_idle_s: a session without frames for this long is flushed and closed, freeing its slot.
         min_subscribers: grant cameras no credit until this many result subscribers are connected (a recorded
             replay waits for its recorder instead of publishing into the void).
         allow_remote: permit non-loopback binds.
@@ -86,6 +87,7 @@ class ReconNodeConfig:
     with_image: bool = True
     max_streams: int = 16
     min_subscribers: int = 0
+    session_idle_s: float = 600.0
     allow_remote: bool = False
     limits: P.Limits = P.DEFAULT_LIMITS
     security: Security = field(default_factory=Security)
@@ -134,6 +136,8 @@ class Session:
         self.step_s_total = 0.0
         self.last_t = 0.0
         self.reset_requested = False
+        self.closing = False
+        self.last_frame_at = time.monotonic()
         self.epoch: int | None = None
         self.done: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.queued: set[int] = set()
@@ -167,8 +171,18 @@ class Session:
                 self.node.ack_later(old.peer, self.stream_id, old.epoch, [old.frame.seq])
             self.queue.append(item)
             self.queued.add(seq)
+            self.last_frame_at = time.monotonic()
             self.cond.notify()
         return "queued"
+
+    def close_if_idle(self, idle_s: float) -> bool:
+        """Start closing (flush, then the thread ends) when no frame came for `idle_s`; True if it did."""
+        with self.cond:
+            if self.queue or time.monotonic() - self.last_frame_at < idle_s:
+                return False
+            self.closing = True
+            self.cond.notify()
+        return True
 
     def request_reset(self) -> None:
         with self.cond:
@@ -208,9 +222,9 @@ class Session:
         stop = self.node._stop
         while True:
             with self.cond:
-                while not self.queue and not self.reset_requested and not stop.is_set():
+                while not self.queue and not self.reset_requested and not stop.is_set() and not self.closing:
                     self.cond.wait(0.2)
-                if (stop.is_set() and not self.queue) or self.node.failure is not None:
+                if ((stop.is_set() or self.closing) and not self.queue) or self.node.failure is not None:
                     break
                 reset, self.reset_requested = self.reset_requested, False
                 item = self.queue.popleft() if self.queue else None
@@ -261,6 +275,7 @@ class ReconNode:
         self.rejects = WarnOnce(logger)  # malformed messages, by kind
         self._local = threading.local()
         self.sessions: dict[str, Session] = {}
+        self._closing: list[Session] = []  # idle sessions still flushing
         self._sessions_lock = threading.Lock()
         self._stop = threading.Event()
         self._stopped = threading.Event()
@@ -331,8 +346,7 @@ class ReconNode:
             self._stopped.wait(timeout)
             return
         self._stop.set()
-        with self._sessions_lock:
-            sessions = list(self.sessions.values())
+        sessions = self._all_sessions()
         for s in sessions:
             with s.cond:
                 s.cond.notify()
@@ -433,13 +447,20 @@ class ReconNode:
     def _decode_loop(self, ready: threading.Barrier) -> None:
         ready.wait(10)
         try:
+            next_sweep = time.monotonic() + 1.0
             while True:
                 with self._decode_cond:
-                    while not self._decode_q and not self._stop.is_set():
+                    while not self._decode_q and not self._stop.is_set() and time.monotonic() < next_sweep:
                         self._decode_cond.wait(0.2)
                     if self._stop.is_set():
                         return
-                    peer, parts = self._decode_q.popleft()
+                    got = self._decode_q.popleft() if self._decode_q else None
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + 1.0
+                    self._close_idle_sessions()
+                if got is None:
+                    continue
+                peer, parts = got
                 try:
                     self._handle(peer, parts)
                 except ProtocolError as e:
@@ -490,6 +511,17 @@ class ReconNode:
                 self.sessions[stream_id] = s
                 logger.info("stream %s: new session with backend %s", stream_id, self.config.backend)
             return s
+
+    def _close_idle_sessions(self) -> None:
+        """Free the slots of streams that went quiet (bounded memory over many transient cameras)."""
+        with self._sessions_lock:
+            for sid, s in list(self.sessions.items()):
+                if s.close_if_idle(self.config.session_idle_s):
+                    del self.sessions[sid]
+                    self._closing.append(s)
+                    logger.info("stream %s: no frames for %.0f s, session flushed and closed", sid,
+                                self.config.session_idle_s)
+            self._closing = [s for s in self._closing if s.thread.is_alive()]
 
     def reset_stream(self, stream_id: str) -> bool:
         with self._sessions_lock:
@@ -580,7 +612,7 @@ class ReconNode:
 
     def _all_sessions(self) -> list[Session]:
         with self._sessions_lock:
-            return list(self.sessions.values())
+            return [*self.sessions.values(), *self._closing]
 
     # -- control thread -------------------------------------------------------------------------------
     def _control_loop(self, ready: threading.Barrier) -> None:

@@ -278,3 +278,27 @@ def test_strict_inproc_run_re_raises_a_backend_fault_and_keeps_frame_meta() -> N
         run_replay_inproc(Seq(), backend, sink)
     assert [r.seq for r in sink.results] == [0, 1, 2, 3, 4]
     assert backend.stats().frames_in == 5
+
+
+def test_idle_session_is_flushed_and_closed(ctx: zmq.Context) -> None:
+    """A stream that goes quiet frees its slot; its backend is flushed first, so held results still come out."""
+    node = _node(ctx, "idle", session_idle_s=0.5, backend_options={"window": 2})
+    sink = Collect()
+    viewer = ViewerNode("inproc://idle-out", [sink], context=ctx).start()
+    cam = open_socket(ctx, zmq.DEALER)
+    try:
+        assert viewer.wait_connected(5)
+        cam.connect("inproc://idle")
+        for i in range(5):
+            _send(cam, Frame("quiet", i, i, _img(4, 4)))
+        assert viewer.wait_results(3, 5)
+        assert viewer.wait_results(5, 10), "the flush on close publishes the 2 held results"
+        wait_for(lambda: "quiet" not in status(ctx, "inproc://idle-control")["sessions"], 10, "session closed")
+        _send(cam, Frame("quiet", 5, 5, _img(4, 4)))  # the stream comes back: a new session
+        wait_for(lambda: "quiet" in status(ctx, "inproc://idle-control")["sessions"], 10, "new session")
+    finally:
+        cam.close(0)
+        node.stop()
+        viewer.wait_bye(node.node_id, 5)  # the stop flushed seq 5 (held back) before saying bye
+        viewer.stop()
+    assert [r.seq for r in sink.results] == [0, 1, 2, 3, 4, 5]
