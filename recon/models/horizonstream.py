@@ -462,6 +462,13 @@ class HorizonStream(nn.Module):
         """The empty state before a stream's first chunk."""
         return HorizonStreamState()
 
+    def new_session(self, **kwargs: Any) -> Any:
+        """A live stream with the published chunk schedule and online motion averaging
+        (`recon.models.horizonstream_session.HorizonStreamSession`; keyword arguments go to it)."""
+        from recon.models.horizonstream_session import HorizonStreamSession
+
+        return HorizonStreamSession(self, **kwargs)
+
     def forward_chunk(self, images: torch.Tensor, state: HorizonStreamState, window_size: int | None = None,
                       intermediates: dict[str, torch.Tensor] | None = None
                       ) -> tuple[dict[str, torch.Tensor], HorizonStreamState]:
