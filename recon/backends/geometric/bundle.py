@@ -8,10 +8,14 @@ ten residual evaluations whatever the window size.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from scipy.optimize import least_squares
 from scipy.sparse import coo_matrix
 from scipy.spatial.transform import Rotation
+
+logger = logging.getLogger(__name__)
 
 
 def _project(cams_c6: np.ndarray, X_p3: np.ndarray, obs_cam: np.ndarray, obs_pt: np.ndarray,
@@ -24,12 +28,15 @@ def _project(cams_c6: np.ndarray, X_p3: np.ndarray, obs_cam: np.ndarray, obs_pt:
 
 def bundle_adjust(T_cw_c44: np.ndarray, fixed_c: np.ndarray, X_p3: np.ndarray, obs_cam: np.ndarray,
                   obs_pt: np.ndarray, obs_uv: np.ndarray, K: np.ndarray, *, huber_px: float = 1.5,
-                  max_nfev: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  max_nfev: int = 20, scale_pair: tuple[int, int] | None = None,
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Refined (T_cw [C,4,4], X [P,3], per-observation reprojection error [M]).
 
     Args:
         T_cw_c44: world-to-camera poses of the window's keyframes.
-        fixed_c: True for keyframes held constant (they fix the gauge: two fixed keyframes fix the scale).
+        fixed_c: True for keyframes held constant (one fixes the rigid gauge, two also fix the scale).
+        scale_pair: (i, j): keep the distance between camera centres i and j as it is, a soft scale gauge
+            that, unlike a second fixed keyframe, still lets camera j's position and rotation improve.
         X_p3: world points; obs_cam / obs_pt / obs_uv: observation m sees point obs_pt[m] in camera
             obs_cam[m] at pixel obs_uv[m].
     """
@@ -47,9 +54,21 @@ def bundle_adjust(T_cw_c44: np.ndarray, fixed_c: np.ndarray, X_p3: np.ndarray, o
         c[free] = x[:n_cam_params].reshape(-1, 6)
         return c, x[n_cam_params:].reshape(-1, 3)
 
+    def centre(c6: np.ndarray) -> np.ndarray:
+        return -Rotation.from_rotvec(c6[:3]).as_matrix().T @ c6[3:]
+
+    d0, w_scale = 0.0, 0.0
+    if scale_pair is not None:
+        d0 = float(np.linalg.norm(centre(cams[scale_pair[0]]) - centre(cams[scale_pair[1]])))
+        w_scale = 100.0 / max(d0, 1e-9)  # 1% change of the distance costs like a 1 px residual
+
     def residuals(x: np.ndarray) -> np.ndarray:
         c, X = unpack(x)
-        return (_project(c, X, obs_cam, obs_pt, K) - obs_uv).ravel()
+        r = (_project(c, X, obs_cam, obs_pt, K) - obs_uv).ravel()
+        if scale_pair is None:
+            return r
+        d = np.linalg.norm(centre(c[scale_pair[0]]) - centre(c[scale_pair[1]]))
+        return np.append(r, w_scale * (d - d0))
 
     rows, cols = [], []
     r = np.arange(M)
@@ -61,11 +80,21 @@ def bundle_adjust(T_cw_c44: np.ndarray, fixed_c: np.ndarray, X_p3: np.ndarray, o
         for j in range(3):
             rows.append(2 * r + k)
             cols.append(n_cam_params + 3 * obs_pt + j)
+    n_rows = 2 * M
+    if scale_pair is not None:
+        for cam in scale_pair:
+            if col_of_cam[cam] >= 0:
+                rows.append(np.full(6, n_rows))
+                cols.append(col_of_cam[cam] + np.arange(6))
+        n_rows += 1
     rows_a, cols_a = np.concatenate(rows), np.concatenate(cols)
-    sparsity = coo_matrix((np.ones(len(rows_a)), (rows_a, cols_a)), shape=(2 * M, n_cam_params + 3 * P)).tocsr()
+    sparsity = coo_matrix((np.ones(len(rows_a)), (rows_a, cols_a)), shape=(n_rows, n_cam_params + 3 * P)).tocsr()
     x0 = np.concatenate([cams[free].ravel(), X_p3.ravel()])
     sol = least_squares(residuals, x0, jac_sparsity=sparsity, method="trf", loss="huber", f_scale=huber_px,
                         x_scale="jac", max_nfev=max_nfev, xtol=1e-8, ftol=1e-6, tr_solver="lsmr")
+    logger.debug("bundle adjustment: %d cameras (%d free), %d points, %d observations, rms %.2f -> %.2f px, "
+                 "%d evaluations", C, len(free), P, M, np.sqrt(np.mean(residuals(x0) ** 2)),
+                 np.sqrt(np.mean(sol.fun ** 2)), sol.nfev)
     c, X = unpack(sol.x)
     T = np.tile(np.eye(4), (C, 1, 1))
     T[:, :3, :3] = Rotation.from_rotvec(c[:, :3]).as_matrix()

@@ -26,10 +26,11 @@ class KltTracker:
         win: Lucas-Kanade window size in pixels.
         levels: pyramid levels above the full image.
         fb_max: largest forward-backward disagreement (pixels) a track may have.
+        block_size: Shi-Tomasi window; larger windows prefer corners that are stable across scales.
     """
 
     def __init__(self, max_corners: int = 400, min_distance: int = 8, quality: float = 0.01, win: int = 21,
-                 levels: int = 3, fb_max: float = 0.7) -> None:
+                 levels: int = 3, fb_max: float = 0.7, block_size: int = 5) -> None:
         self.max_corners = int(max_corners)
         self.min_distance = int(min_distance)
         self.quality = float(quality)
@@ -39,6 +40,7 @@ class KltTracker:
             "criteria": (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01),
         }
         self.fb_max = float(fb_max)
+        self.block_size = int(block_size)
         self.next_id = 0
 
     def detect(self, gray: np.ndarray, existing_n2: np.ndarray | None = None, max_new: int | None = None,
@@ -53,7 +55,7 @@ class KltTracker:
         n = self.max_corners if max_new is None else int(max_new)
         if n <= 0:
             return np.zeros((0, 2), np.float32), np.zeros(0, np.int64)
-        pts = cv2.goodFeaturesToTrack(gray, n, self.quality, self.min_distance, mask=mask, blockSize=5)
+        pts = cv2.goodFeaturesToTrack(gray, n, self.quality, self.min_distance, mask=mask, blockSize=self.block_size)
         if pts is None:
             return np.zeros((0, 2), np.float32), np.zeros(0, np.int64)
         pts = pts.reshape(-1, 2).astype(np.float32)

@@ -35,7 +35,7 @@ import numpy as np
 from recon.backends.geometric.bundle import bundle_adjust
 from recon.backends.geometric.features import KltTracker, to_gray
 from recon.backends.geometric.grid import depth_point_map, strided_K
-from recon.backends.geometric.pnp import solve_pnp
+from recon.backends.geometric.pnp import rotation_deg, solve_pnp
 from recon.geometry.transforms import inv_se3
 from recon.types import Frame, FrameResult
 from recon.utils.log import WarnOnce
@@ -77,6 +77,9 @@ class MonoVO:
                  min_init_px: float | None = None, min_init_deg: float = 1.0, min_tri_deg: float = 1.0,
                  ba_window: int = 6, max_kf_gap: int = 8, min_inliers: int = 15, reproj_px: float = 2.0,
                  max_lost_frames: int = 3, max_pending: int = 60, ba_iterations: int = 20,
+                 anchor_tracks: bool = False, soft_scale: bool = True, emit_updates: bool = True,
+                 ba_outlier_px: float = 4.0, huber_px: float = 1.5, init_ba: bool = True,
+                 ba_fix_newest: bool = False,
                  klt: dict[str, Any] | None = None) -> None:
         self.K = np.asarray(K, dtype=np.float64)
         self.width, self.height = int(width), int(height)
@@ -96,6 +99,14 @@ class MonoVO:
         self.max_pending = int(max_pending)
         self.ba_iterations = int(ba_iterations)
         self._klt_options = dict(klt or {})
+        self.anchor_tracks = bool(anchor_tracks)
+        self.soft_scale = bool(soft_scale)
+        self.emit_updates = bool(emit_updates)
+        self.ba_outlier_px = float(ba_outlier_px)
+        self.huber_px = float(huber_px)
+        self.init_ba = bool(init_ba)
+        self.ba_fix_newest = bool(ba_fix_newest)
+        self.updates_emitted = 0
         self._warn = WarnOnce(logger)
         self._K_out = strided_K(self.K, self.stride)
         self.losses = 0
@@ -113,7 +124,8 @@ class MonoVO:
         """Counters for BackendStats.extra."""
         return {"state": self.state, "tracking_losses": self.losses, "reinitialisations": self.reinitialisations,
                 "keyframes": self.keyframe_count, "map_points": len(self.points), "tracks": len(self._ids),
-                "pending": len(self._pending), "guessed_poses": self.emitted_guessed, "lost": self.lost_in_row > 0}
+                "pending": len(self._pending), "guessed_poses": self.emitted_guessed,
+                "pose_updates": self.updates_emitted, "lost": self.lost_in_row > 0}
 
     def memory_bytes(self) -> int:
         """Rough bytes held: map points, keyframe observations, held frames and the last image."""
@@ -144,6 +156,9 @@ class MonoVO:
         self._kfs: list[_Keyframe] = []
         self._ids = np.zeros(0, np.int64)
         self._pts = np.zeros((0, 2), np.float32)
+        self._anchor_key = np.zeros(0, np.int64)  # image each track was detected in (for anchored refinement)
+        self._anchor_pts = np.zeros((0, 2), np.float32)
+        self._anchor_grays: dict[int, np.ndarray] = {}
         self._prev_gray: np.ndarray | None = None
         self._ref_gray: np.ndarray | None = None
         self._ref_pts = np.zeros((0, 2), np.float32)
@@ -152,6 +167,8 @@ class MonoVO:
         self._scale_depth = scale_depth
         self._frames_since_kf = 0
         self._kf_map_tracks = 0
+        self._attached: list[tuple[FrameResult, _Keyframe, np.ndarray]] = []  # result, its keyframe, T_kf_frame
+        self._init_poses = {}
 
     # -- initialisation -----------------------------------------------------------------------------------------
 
@@ -164,16 +181,20 @@ class MonoVO:
                 return [self._emit_guess(frame, self._T_world_ref)]
             self._ref_gray, self._prev_gray = gray, gray
             self._ref_pts, self._pts, self._ids = pts, pts.copy(), ids
+            self._anchor_grays = {}
+            self._anchor_key, self._anchor_pts = self._anchor_key[:0], self._anchor_pts[:0]
+            self._add_anchor(gray, pts)
             self._pending = [_Pending(frame, ids, pts)]
             self.T_world_last = self._T_world_ref.copy()
             return out
-        pts, ok = self.klt.track(self._prev_gray, gray, self._pts)
+        pts, ok = self._klt_track(gray)
         if ok.sum() < 0.4 * len(self._ref_pts) or ok.sum() < 50:
             # The reference is no longer visible (or this frame is garbage): emit what is held, start again.
             out = self.flush()
             self._ref_gray = None
             return out + self._step_init(frame, gray)
-        self._ids, self._pts, self._ref_pts = self._ids[ok], pts[ok], self._ref_pts[ok]
+        self._ref_pts = self._ref_pts[ok]
+        self._keep_tracks(ok, pts)
         self._prev_gray = gray
         self._pending.append(_Pending(frame, self._ids.copy(), self._pts.copy()))
         flow = np.median(np.linalg.norm(self._pts - self._ref_pts, axis=1))
@@ -210,7 +231,11 @@ class MonoVO:
         target = self._scale_depth or 1.0
         s = target / median_depth
         T_cur_ref[:3, 3] *= s
-        X_world = (s * X_ref) @ self._T_world_ref[:3, :3].T + self._T_world_ref[:3, 3]
+        X_ref = X_ref * s
+        self._init_poses: dict[int, np.ndarray] = {}
+        if self.init_ba and len(self._pending) >= 3:
+            T_cur_ref = self._refine_initial_views(T_cur_ref, X_ref, good)
+        X_world = X_ref @ self._T_world_ref[:3, :3].T + self._T_world_ref[:3, 3]
         T_ref_world = inv_se3(self._T_world_ref)
         kf0 = _Keyframe(self.keyframe_count, T_ref_world)
         kf1 = _Keyframe(self.keyframe_count + 1, T_cur_ref @ T_ref_world)
@@ -222,7 +247,7 @@ class MonoVO:
             kf1.obs[tid] = self._pts[i].copy()
             if good[i]:
                 self.points[tid] = X_world[i]
-        self._ids, self._pts = self._ids[keep], self._pts[keep]
+        self._keep_tracks(keep)
         self._kfs = [kf0, kf1]
         self.state = "track"
         self._frames_since_kf = 0
@@ -231,6 +256,49 @@ class MonoVO:
         logger.info("monocular VO initialised: %d map points, median parallax %.1f deg over %d frames",
                     len(self.points), float(np.median(angle)), len(self._pending))
         return True
+
+    def _refine_initial_views(self, T_cur_ref: np.ndarray, X_ref: np.ndarray, good: np.ndarray) -> np.ndarray:
+        """Bundle-adjust the two-view map with every held frame between the two views (in place on X_ref).
+
+        Two views a few frames apart leave depth and translation direction poorly conditioned; the frames in
+        between see the same tracks and turn it into a small multi-view reconstruction. Returns the refined
+        T_cur_ref and keeps the refined pose of each held frame (relative to the reference) for emission.
+        """
+        index = {int(t): i for i, t in enumerate(self._ids) if good[i]}
+        cams = [np.eye(4)]
+        frames = [0]
+        last = len(self._pending) - 1
+        for k in range(1, last):
+            p = self._pending[k]
+            rows = [(index[int(t)], uv) for t, uv in zip(p.ids, p.pts, strict=True) if int(t) in index]
+            if len(rows) < self.min_inliers:
+                continue
+            res = solve_pnp(X_ref[[r[0] for r in rows]], np.stack([r[1] for r in rows]), self.K, cams[-1],
+                            reproj_px=self.reproj_px, min_inliers=self.min_inliers)
+            if res is not None:
+                cams.append(res[0])
+                frames.append(k)
+        cams.append(T_cur_ref)
+        frames.append(last)
+        pids = sorted(set(index.values()))
+        col = {i: j for j, i in enumerate(pids)}
+        obs_cam, obs_pt, obs_uv = [], [], []
+        for c, k in enumerate(frames):
+            p = self._pending[k]
+            for t, uv in zip(p.ids, p.pts, strict=True):
+                i = index.get(int(t))
+                if i is not None:
+                    obs_cam.append(c)
+                    obs_pt.append(col[i])
+                    obs_uv.append(uv)
+        fixed = np.zeros(len(cams), bool)
+        fixed[0] = True
+        T, X, _ = bundle_adjust(np.stack(cams), fixed, X_ref[pids], np.array(obs_cam), np.array(obs_pt),
+                                np.asarray(obs_uv, np.float64), self.K, max_nfev=self.ba_iterations,
+                                huber_px=self.huber_px, scale_pair=(0, len(cams) - 1))
+        X_ref[pids] = X
+        self._init_poses = {k: T[c] for c, k in enumerate(frames)}
+        return T[-1]
 
     def _emit_pending(self) -> list[FrameResult]:
         """Pose the held frames by PnP against the new map; emit them in order."""
@@ -242,12 +310,15 @@ class MonoVO:
                 T_cw = self._kfs[0].T_cw
             elif k == last:
                 T_cw = self._kfs[-1].T_cw
+            elif k in self._init_poses:
+                T_cw = self._init_poses[k] @ self._kfs[0].T_cw
             else:
                 T_cw = self._pnp(p.ids, p.pts, T_guess_cw)
                 if T_cw is None:
                     T_cw = T_guess_cw
             T_guess_cw = T_cw
             out.append(self._result(p.frame, inv_se3(T_cw), p.ids, p.pts))
+            self._attach(out[-1], self._kfs[-1] if k == last else self._kfs[0])
         T_prev = inv_se3(self._kfs[-2].T_cw) if last < 1 else inv_se3(self._pnp_or(self._pending[-2], T_guess_cw))
         self.T_world_last = inv_se3(self._kfs[-1].T_cw)
         self.velocity = inv_se3(T_prev) @ self.T_world_last
@@ -263,9 +334,10 @@ class MonoVO:
 
     def _step_track(self, frame: Frame, gray: np.ndarray) -> list[FrameResult]:
         guess = self.T_world_last @ self.velocity
-        pts, ok = self.klt.track(self._prev_gray, gray, self._pts)
+        pts, ok = self._klt_track(gray)
         ids = self._ids[ok]
         pts = pts[ok]
+        sel = np.flatnonzero(ok)
         T_cw = None
         if len(ids):
             has = np.array([int(i) in self.points for i in ids])
@@ -280,22 +352,82 @@ class MonoVO:
                     keep[drop] = False
                     for tid in ids[drop]:
                         self.points.pop(int(tid), None)
-                    ids, pts = ids[keep], pts[keep]
+                    ids, pts, sel = ids[keep], pts[keep], sel[keep]
         if T_cw is None:
             return [self._lost(frame, guess)]
         T_world_cur = inv_se3(T_cw)
         self.velocity = inv_se3(self.T_world_last) @ T_world_cur
         self.T_world_last = T_world_cur
         self.lost_in_row = 0
-        self._ids, self._pts, self._prev_gray = ids, pts, gray
+        mask = np.zeros(len(self._ids), bool)
+        mask[sel] = True
+        full = self._pts.copy()
+        full[sel] = pts
+        self._keep_tracks(mask, full)
+        self._prev_gray = gray
         self._frames_since_kf += 1
         n_map = self._n_map_tracks()
+        updates: list[FrameResult] = []
         if (n_map < self.keyframe_ratio * self._kf_map_tracks or len(ids) < self.min_tracks
                 or self._frames_since_kf >= self.max_kf_gap):
             T_cw = self._add_keyframe(gray, T_cw)
             self.T_world_last = inv_se3(T_cw)
             self.velocity = inv_se3(T_world_cur) @ self.T_world_last @ self.velocity
-        return [self._result(frame, self.T_world_last, self._ids, self._pts)]
+            updates = self._revise_attached()
+        result = self._result(frame, self.T_world_last, self._ids, self._pts)
+        self._attach(result, self._kfs[-1])
+        return updates + [result]
+
+    def _attach(self, result: FrameResult, kf: _Keyframe) -> None:
+        """Remember an emitted frame relative to a keyframe, so bundle adjustment can revise its pose."""
+        if self.emit_updates:
+            self._attached.append((result, kf, kf.T_cw @ result.T_world_cam))
+
+    def _revise_attached(self) -> list[FrameResult]:
+        """Updated results (`is_update`) for emitted frames whose keyframe moved in the bundle adjustment."""
+        window = {id(kf) for kf in self._kfs}
+        self._attached = [a for a in self._attached if id(a[1]) in window]
+        depth = self._median_depth() or 1.0
+        out = []
+        for i, (old, kf, T_kf_frame) in enumerate(self._attached):
+            T_new = inv_se3(kf.T_cw) @ T_kf_frame
+            delta = T_new @ inv_se3(old.T_world_cam)  # maps the old world placement onto the new one
+            if np.linalg.norm(delta[:3, 3]) < 1e-3 * depth and rotation_deg(delta) < 0.05:
+                continue
+            pts = None
+            if old.points_world is not None:
+                pts = (old.points_world.astype(np.float64) @ delta[:3, :3].T + delta[:3, 3]).astype(np.float32)
+            new = FrameResult(old.stream_id, old.seq, old.t_ns, T_new, old.K, depth=old.depth,
+                              confidence=old.confidence, points_world=pts, metric=False, image=old.image,
+                              is_update=True)
+            self._attached[i] = (new, kf, T_kf_frame)
+            out.append(new)
+        self.updates_emitted += len(out)
+        return out
+
+    def _klt_track(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Frame-to-frame KLT, then (with `anchor_tracks`) re-measured against each track's first image."""
+        pts, ok = self.klt.track(self._prev_gray, gray, self._pts)
+        if self.anchor_tracks:
+            for key in np.unique(self._anchor_key[ok]):
+                idx = np.flatnonzero(ok & (self._anchor_key == key))
+                pts[idx], ok[idx] = self.klt.refine(self._anchor_grays[int(key)], gray, self._anchor_pts[idx],
+                                                    pts[idx])
+        return pts, ok
+
+    def _add_anchor(self, gray: np.ndarray, pts: np.ndarray) -> None:
+        key = len(self._anchor_grays) and max(self._anchor_grays) + 1
+        self._anchor_grays[key] = gray
+        self._anchor_key = np.concatenate([self._anchor_key, np.full(len(pts), key, np.int64)])
+        self._anchor_pts = np.concatenate([self._anchor_pts, pts]).astype(np.float32)
+
+    def _keep_tracks(self, mask: np.ndarray, pts: np.ndarray | None = None) -> None:
+        """Keep the live tracks selected by `mask` (moved to `pts` if given); forget unused anchor images."""
+        self._ids = self._ids[mask]
+        self._pts = (self._pts if pts is None else pts)[mask].astype(np.float32)
+        self._anchor_key, self._anchor_pts = self._anchor_key[mask], self._anchor_pts[mask]
+        live = set(np.unique(self._anchor_key).tolist())
+        self._anchor_grays = {k: g for k, g in self._anchor_grays.items() if k in live}
 
     def _n_map_tracks(self) -> int:
         return int(sum(1 for i in self._ids if int(i) in self.points))
@@ -350,8 +482,13 @@ class MonoVO:
         self.keyframe_count += 1
         self._kfs.append(kf)
         self._kfs = self._kfs[-self.ba_window:]
+        n_before = len(self.points)
         self._triangulate_new(kf)
+        n_new = len(self.points) - n_before
+        c_before = inv_se3(kf.T_cw)[:3, 3]
         self._local_ba()
+        logger.debug("keyframe %d: %d tracks, %d new points, %d map points, moved %.4f by the adjustment",
+                     kf.index, len(kf.obs), n_new, len(self.points), np.linalg.norm(inv_se3(kf.T_cw)[:3, 3] - c_before))
         self._replenish(gray, kf)
         self._frames_since_kf = 0
         self._kf_map_tracks = self._n_map_tracks()
@@ -418,15 +555,23 @@ class MonoVO:
                     obs_cam.append(c)
                     obs_pt.append(j)
                     obs_uv.append(uv)
+        # Gauge: the oldest keyframe is fixed; the scale is held by the distance from it to the newest (the
+        # longest, best-measured baseline) rather than by a second fixed keyframe, so a poorly conditioned
+        # early pair (e.g. the initialisation) can still be corrected while it is in the window.
         fixed = np.zeros(len(kfs), bool)
-        fixed[:2] = True
+        fixed[0] = True
+        if self.ba_fix_newest:
+            fixed[-1] = True
+        elif not self.soft_scale:
+            fixed[1] = True
         T, X, err = bundle_adjust(np.stack([kf.T_cw for kf in kfs]), fixed, np.stack([self.points[t] for t in pids]),
                                   np.array(obs_cam), np.array(obs_pt), np.asarray(obs_uv, np.float64), self.K,
-                                  max_nfev=self.ba_iterations)
+                                  max_nfev=self.ba_iterations, huber_px=self.huber_px,
+                                  scale_pair=(0, len(kfs) - 1) if self.soft_scale and not self.ba_fix_newest else None)
         for kf, Tc in zip(kfs, T, strict=True):
             kf.T_cw = Tc
         bad = set()
-        for m in np.flatnonzero(err > 2.0 * self.reproj_px):
+        for m in np.flatnonzero(err > self.ba_outlier_px):
             bad.add(pids[obs_pt[m]])
         for t, x in zip(pids, X, strict=True):
             if t in bad:
@@ -444,6 +589,7 @@ class MonoVO:
             kf.obs[int(i)] = p.copy()
         self._ids = np.concatenate([self._ids, ids])
         self._pts = np.concatenate([self._pts, pts]).astype(np.float32)
+        self._add_anchor(gray, pts)
 
     # -- results -----------------------------------------------------------------------------------------------
 
