@@ -96,8 +96,8 @@ def test_replay_runs_a_synthetic_sequence_with_the_tiny_model(tmp_path, monkeypa
                 yield frame
 
     monkeypatch.setattr(replay, "open_sequence_for_replay", lambda path, on_error, **kw: _Synthetic())
-    code = main(["replay", "synthetic", "--backend", "horizonstream", "--backend-opt", "model_config='tiny'",
-                 "--backend-opt", "sliding_size=2", "--viewer", "none", "--out", str(tmp_path), "--no-progress"])
+    code = main(["replay", "synthetic", "--backend", "horizonstream", "--model-config", "tiny", "--sliding-size", "2",
+                 "--viewer", "none", "--out", str(tmp_path), "--no-progress"])
     assert code == 0
     rows = [r for r in (tmp_path / "trajectory.tum").read_text().splitlines() if not r.startswith("#")]
     assert len(rows) == 7
