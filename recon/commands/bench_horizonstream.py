@@ -155,10 +155,14 @@ def _full_size(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    previous = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not args.skip_long:
-        _long_stream(args)
-    if not args.skip_full:
-        _full_size(args)
+    try:
+        if not args.skip_long:
+            _long_stream(args)
+        if not args.skip_full:
+            _full_size(args)
+    finally:
+        torch.set_num_threads(previous)
     return 0

@@ -138,3 +138,11 @@ def test_short_stream_is_padded_and_reset_after_flush(model: HorizonStream) -> N
     assert all(f.depth.shape == (56, 70) and bool((f.depth > 0).all()) for f in out)
     assert s.chunk_idx == 0 and not s.motion.state.online  # a new stream starts clean
     assert [f.index for f in s.flush()] == []
+
+
+def test_bench_long_stream_smoke(capsys) -> None:
+    from recon.cli import main
+
+    assert main(["bench", "horizonstream", "--frames", "12", "--block", "4", "--skip-full"]) == 0
+    out = capsys.readouterr().out
+    assert "late/early per-frame time" in out and "session bytes 1.000" in out
