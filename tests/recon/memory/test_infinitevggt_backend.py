@@ -104,4 +104,4 @@ def test_replay_budget_flag_is_refused_for_other_backends(tmp_path, caplog) -> N
     seq = synthetic.generate_sequence(tmp_path / "seq", seed=1, num_frames=2, width=40, height=30, supersample=1)
     code = main(["replay", str(seq), "--backend", "geometric", "--budget", "1000", "--viewer", "none",
                  "--out", str(tmp_path / "out"), "--no-progress"])
-    assert code == 1 and "--budget applies to the infinitevggt backend" in caplog.text
+    assert code == 1 and "--budget does not apply to the geometric backend" in caplog.text
