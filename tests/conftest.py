@@ -21,6 +21,17 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _isolated_model_cache(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN202 - generator fixture
+    """Point the Hugging Face cache at an empty folder: weights a developer has installed must not change what
+    `--backend auto` picks in tests (tests that need a cache set their own)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HF_HUB_CACHE", str(tmp_path_factory.mktemp("hf_cache")))
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    yield
+    mp.undo()
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _torch_threads() -> None:
     try:
         import torch

@@ -62,18 +62,19 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 
 
 def hf_cache_dir() -> Path:
-    """The Hugging Face hub cache in effect now ($HF_HUB_CACHE, else $HF_HOME/hub, else huggingface_hub's default).
+    """The Hugging Face hub cache in effect now: $HF_HUB_CACHE, else $HF_HOME/hub, else
+    ${XDG_CACHE_HOME:-~/.cache}/huggingface/hub (huggingface_hub's own default rule).
 
-    Read at call time rather than from huggingface_hub's constants (fixed at its import), so a cache chosen after
-    start-up, as tests do, is honoured.
+    Computed from the environment at call time, never from huggingface_hub's constants: those are fixed when the
+    package is first imported, so a cache variable set then (by a test, a wrapper script) would stick for the
+    rest of the process. Every lookup and download passes this folder explicitly.
     """
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"])
     if os.environ.get("HF_HOME"):
         return Path(os.environ["HF_HOME"]) / "hub"
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache_home) / "huggingface" / "hub"
 
 
 def _cached_file(cfg: WeightsCfg, filename: str, cache_dir: Path) -> Path | None:

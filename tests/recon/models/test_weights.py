@@ -219,3 +219,17 @@ def test_cli_list_and_verify(hf_cache: Path, tmp_path: Path, tiny_state_dict: di
     assert cli_main(["weights", "verify", "vggt-tiny", "--weights", str(path)]) == 0
     assert "keys and shapes match" in capsys.readouterr().out
     assert cli_main(["weights", "verify", "streamvggt"]) == 1  # the cached file is not a checkpoint
+
+
+def test_cache_dir_does_not_stick_after_the_variable_is_removed(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """huggingface_hub fixes its constants at import; our lookup must follow the environment of the moment."""
+    from recon.models.weights import hf_cache_dir
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "a"))
+    import huggingface_hub  # noqa: F401 - imported while the variable is set
+
+    assert hf_cache_dir() == tmp_path / "a"
+    monkeypatch.delenv("HF_HUB_CACHE")
+    monkeypatch.delenv("HF_HOME", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert hf_cache_dir() == tmp_path / "xdg" / "huggingface" / "hub"
