@@ -169,9 +169,10 @@ def test_fuzzed_live_node_socket_stays_up_and_bounded(tmp_path: Path, ctx: zmq.C
         @given(st.lists(_MALFORMED, min_size=100, max_size=100))
         def flood(batch: list[list[bytes]]) -> None:
             fuzzer.send(batch)
-            # Pace by the node: never more than ~500 messages ahead of it (its decode backlog is bounded).
-            if fuzzer.sent % 500 < 100:
-                wait_for(lambda: status(ctx, ep_ctl)["messages_in"] >= fuzzer.sent - 100, 30, "node catching up")
+            # Pace by the node's decoder: its backlog is bounded (overflow is dropped and counted, which would
+            # blur the exact reject count asserted below), so stay well under it even on a loaded machine.
+            wait_for(lambda: (s := status(ctx, ep_ctl))["messages_in"] >= fuzzer.sent - 100
+                     and s["decode_backlog"] < 150, 30, "node catching up")
 
         flood()
         sent = fuzzer.sent
@@ -219,7 +220,7 @@ def test_sigterm_flushes_held_results_and_says_bye(tmp_path: Path, ctx: zmq.Cont
         with NodeProcess(["camera", "--source", "pattern:12:32x24", "--connect", ep_in, "--stream-id", "w"],
                          tmp_path / "cam.log") as cam:
             assert cam.wait(60) == 0, cam.log()
-        assert keep.seqs == list(range(8)), "4 results are held back by the windowed backend"
+        wait_for(lambda: keep.seqs == list(range(8)), 10, "results 0-7 (4 are held back by the windowed backend)")
         assert node.terminate() == 0, node.log()
         assert viewer.wait_bye(node_id, 10), "the node's last heartbeat (bye) must arrive after its results"
         log = node.log()
