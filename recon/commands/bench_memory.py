@@ -36,6 +36,7 @@ HELP = "pruned vs unbounded streaming memory: per-frame time and memory over 10,
 logger = logging.getLogger(__name__)
 
 WINDOW = 50  # frames in each per-frame time median
+PAIR_CYCLE = 100  # the paired reference session restarts every this many frames
 TINY_MARKS = (100, 1000, 2000, 10000)
 
 
@@ -54,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--full-dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--device", default="cpu", help="device of the full-size part (cpu, cuda); tiny is on CPU")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per run (default 1)")
+    parser.add_argument("--no-pair", action="store_true",
+                        help="no paired reference session in the tiny pruned run (half the time, noisier ratio)")
     parser.add_argument("--skip-tiny", action="store_true")
     parser.add_argument("--skip-full", action="store_true")
     parser.add_argument("--plot", default="docs/benchmarks_memory.png", help="PNG output ('' for none)")
@@ -95,6 +98,13 @@ def stream_run(cfg: dict[str, Any]) -> dict[str, Any]:
     camera = camera_window_policy(cfg["camera_window"]) if cfg["pruned"] else None
     capacity = -(-5 * budget // (4 * layers)) if cfg["pruned"] else 0
     session = model.new_session(policy=policy, camera_policy=camera, capacity=capacity)
+    # Paired reference: a second session with the same settings, restarted every PAIR_CYCLE frames and stepped
+    # right after the long one, so "early" frames are timed under the same machine load as the late ones.
+    ref = None
+    if cfg.get("paired"):
+        ref = model.new_session(policy=DiversityPruningPolicy(budget), capacity=capacity,
+                                camera_policy=camera_window_policy(cfg["camera_window"]))
+    ref_ms: list[float] = []
     gen = torch.Generator().manual_seed(0)
     base = torch.rand(3, rows * patch, cols * patch + 64, generator=gen)
     proc = psutil.Process()
@@ -110,6 +120,12 @@ def stream_run(cfg: dict[str, Any]) -> dict[str, Any]:
             torch.cuda.synchronize(device)
         wall_ms.append(1000 * (time.perf_counter() - t))
         cpu_ms.append(1000 * (time.thread_time() - c))
+        if ref is not None:
+            if i % PAIR_CYCLE == 0:
+                ref.reset()
+            c = time.thread_time()
+            ref.step(image)
+            ref_ms.append(1000 * (time.thread_time() - c))
         cache_mb.append(session.nbytes() / 2**20)
         rss_mb.append(proc.memory_info().rss / 2**20 if i % 10 == 0 or i == n - 1 else rss_mb[-1])
     return {
@@ -120,6 +136,7 @@ def stream_run(cfg: dict[str, Any]) -> dict[str, Any]:
         "tokens_cached": session.memory.num_tokens(), "camera_entries": session.camera_cache_lengths()[0],
         "budget_reads_per_frame": (policy.host_reads / n) if policy is not None else 0.0,
         "gpu_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
+        "ref_ms": ref_ms,
     }
 
 
@@ -187,6 +204,21 @@ def _plot(path: str, tiny: dict[str, dict[str, Any]], full: dict[str, dict[str, 
     print(f"\nplot written to {path}")
 
 
+def paired_ratio(res: dict[str, Any], frame: int) -> float | None:
+    """Late/early time ratio at 1-based `frame`, both measured in the same stretch of wall time.
+
+    Numerator: median of the long run's last `WINDOW` frames up to `frame`. Denominator: median of the paired
+    reference session's steps at its own frames 51-100 (the same window as "frame 100"), taken during the
+    `PAIR_CYCLE` long frames up to `frame`.
+    """
+    ref = res.get("ref_ms") or []
+    if len(ref) < frame or frame < PAIR_CYCLE:
+        return None
+    lo = frame - PAIR_CYCLE
+    early = [ref[i] for i in range(lo, frame) if i % PAIR_CYCLE >= PAIR_CYCLE - WINDOW]
+    return frame_time(res["step_ms"], frame) / statistics.median(early)
+
+
 def _report_tiny(tiny: dict[str, dict[str, Any]], camera_window: int, threads: int) -> None:
     res, unb = tiny["pruned"], tiny["unbounded"]
     n_p, n_u = len(res["step_ms"]), len(unb["step_ms"])
@@ -202,6 +234,10 @@ def _report_tiny(tiny: dict[str, dict[str, Any]], camera_window: int, threads: i
         print(f"\npruned: per-frame time at frame {last} / frame {first} = {ratio:.3f} (target <= 1.1); "
               f"RSS {res['rss_mb'][first - 1]:.0f} -> {res['rss_mb'][last - 1]:.0f} MB; KV caches "
               f"{res['cache_mb'][first - 1]:.2f} -> {res['cache_mb'][last - 1]:.2f} MB")
+        paired = {m: paired_ratio(res, m) for m in TINY_MARKS if m <= n_p}
+        if any(v is not None for v in paired.values()):
+            print("pruned, paired with a session restarted every 100 frames (same machine load): frame M / frame "
+                  "100 = " + ", ".join(f"{v:.3f} at M={m}" for m, v in paired.items() if v is not None))
     if n_u >= first:
         print(f"unbounded (stopped at {n_u} frames): per-frame time at frame {n_u} / frame {first} = "
               f"{frame_time(unb['step_ms'], n_u) / frame_time(unb['step_ms'], first):.3f}; "
@@ -237,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
                    budget_frames=args.budget_frames)
         for name, pruned, frames in (("pruned", True, args.frames), ("unbounded", False, args.unbounded_frames)):
             t0 = time.perf_counter()
-            tiny[name] = _run_child(dict(cfg, pruned=pruned, frames=frames))
+            tiny[name] = _run_child(dict(cfg, pruned=pruned, frames=frames, paired=pruned and not args.no_pair))
             print(f"tiny {name}: {frames} frames in {time.perf_counter() - t0:.0f} s")
     if tiny:
         _report_tiny(tiny, args.camera_window, args.threads)
