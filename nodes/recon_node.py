@@ -283,6 +283,7 @@ class ReconNode:
         self._stopping = False
         self._started = False
         self._decode_q: collections.deque[tuple[bytes, list[Any]]] = collections.deque()
+        self._decoding = False  # a message popped from the queue and still being handled
         self._decode_cond = threading.Condition()
         self._pub_q: collections.deque[tuple[Any, ...]] = collections.deque()
         self._pub_cond = threading.Condition()
@@ -455,6 +456,9 @@ class ReconNode:
                     if self._stop.is_set():
                         return
                     got = self._decode_q.popleft() if self._decode_q else None
+                    # Counted as backlog until handled, so a status reply never shows an empty backlog while
+                    # the last message's outcome (accepted or rejected) is not yet counted.
+                    self._decoding = got is not None
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + 1.0
                     self._close_idle_sessions()
@@ -467,6 +471,8 @@ class ReconNode:
                     self.rejects(P.fault_kind(e), "rejected message: %s", e)
                 except Exception as e:  # never let one message kill the decode thread
                     self.rejects("internal_" + type(e).__name__, "error handling a message: %s", e)
+                finally:
+                    self._decoding = False
         finally:
             self._close_push_socket()
 
@@ -667,7 +673,8 @@ class ReconNode:
                 "frames": sum(s["frames"] for s in sessions.values()),
                 "fps": round(float(np.sum([s["fps"] for s in sessions.values()])), 2),
                 "drops": self.ingest_drops + sum(s["drops"] for s in sessions.values()),
-                "decode_backlog": len(self._decode_q), "result_subscribers": self.result_subscribers,
+                "decode_backlog": len(self._decode_q) + int(self._decoding),
+                "result_subscribers": self.result_subscribers,
                 "publish_backlog": len(self._pub_q),
                 "rejected": rejected, "rejected_total": int(sum(rejected.values())), "faults": self.warn.counts,
                 "rss_bytes": int(psutil.Process().memory_info().rss), "sessions": sessions}
