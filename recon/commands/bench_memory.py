@@ -253,9 +253,12 @@ def _report_full(full: dict[str, dict[str, Any]], dtype: str, device: str) -> No
     marks = tuple(m for m in (10, 50, 100, 200, 300, 1000) if m <= n) or (n,)
     _print_table("full-size architecture, reduced resolution", full, marks)
     for name, r in full.items():
-        gpu = f"peak GPU memory {r['gpu_peak_mb']:.0f} MB, " if r.get("gpu_peak_mb") is not None else ""
-        print(f"{name}: {gpu}{1000 / frame_time(r['step_ms'], n):.2f} frames/s at frame {n} "
-              f"({frame_time(r['step_ms'], n):.0f} ms/frame), KV caches {r['cache_mb'][-1]:.1f} MB")
+        t = frame_time(r["step_ms"], n)
+        if r.get("gpu_peak_mb") is not None:
+            print(f"{name}: peak GPU memory {r['gpu_peak_mb']:.0f} MB, {1000 / t:.2f} frames/s at frame {n}, "
+                  f"KV caches {r['cache_mb'][-1]:.1f} MB")
+        else:
+            print(f"{name}: {t:.0f} ms/frame at frame {n}, KV caches {r['cache_mb'][-1]:.1f} MB")
 
 
 def run(args: argparse.Namespace) -> int:
