@@ -89,8 +89,15 @@ def create(*, budget: int = DEFAULT_TOTAL_BUDGET, policy: str = "infinitevggt",
     logger.info("infinitevggt: policy %s, budget %d tokens over %d layers (%d preallocated per layer), camera "
                 "cache %s", aggregator_policy.name, budget, layers, capacity,
                 f"frame 0 + {camera_window} frames" if camera_window else "unbounded (published behaviour)")
-    return InfiniteVGGTBackend(model, budget=budget, camera_window=camera_window, device=dev,
-                               autocast_dtype=pick_autocast_dtype(dtype, dev),
-                               image_width=image_width or default_image_width(model_config),
-                               camera_cache=camera_cache, capacity=int(capacity), policy=aggregator_policy,
-                               points=points, camera_policy=camera_policy)
+    backend = InfiniteVGGTBackend(model, budget=budget, camera_window=camera_window, device=dev,
+                                  autocast_dtype=pick_autocast_dtype(dtype, dev),
+                                  image_width=image_width or default_image_width(model_config),
+                                  camera_cache=camera_cache, capacity=int(capacity), policy=aggregator_policy,
+                                  points=points, camera_policy=camera_policy)
+    camera_memory = backend.session.camera_memory
+    if camera_window and camera_memory is not None and model.camera_head is not None:
+        # Frame 0 + the window, plus the entry appended before each compaction: allocated once, never doubled.
+        per_frame = model.camera_head.num_iterations if camera_cache == "reference" else 1
+        for cache in camera_memory:
+            cache.initial_capacity = (camera_window + 1) * per_frame + 1
+    return backend

@@ -39,6 +39,7 @@ def test_memory_is_bounded_and_results_are_valid() -> None:
     stats = backend.stats()
     assert stats.extra["policy"] == "infinitevggt" and stats.extra["budget"] == budget
     assert stats.extra["camera_cache_entries"] == [12, 12]  # (frame 0 + 2 frames) x 4 refinement iterations
+    assert [c.capacity for c in backend.session.camera_memory] == [13, 13]  # preallocated, never doubled
     assert sum(stats.extra["layer_budgets"]) <= budget
     backend.reset()
     assert backend.stats().tokens_cached == 0
