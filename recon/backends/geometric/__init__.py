@@ -3,7 +3,11 @@
 It is the default when no model weights are installed and the baseline in every comparison. The mode is
 chosen from the first frame of a session: frames with depth go through `RgbdOdometry` (metric poses and
 depth back-projected to world point maps), frames without depth through `MonoVO` (poses and points in one
-arbitrary scale, see recon.backends.geometric.mono for what its point maps contain).
+arbitrary scale, see recon.backends.geometric.mono for what its point maps contain). RGB-D returns each
+frame's result at once; monocular holds frames until its map is initialised and re-emits frames whose pose
+the bundle adjustment revised (`is_update=True`, same `seq`).
+
+Invalid pixels (no depth, outside the monocular mesh) have depth 0, confidence 0 and NaN world points.
 
 Options (keyword arguments of `create`):
     mode: "auto" (RGB-D when the frame has depth), "rgbd" or "mono" (ignore depth, e.g. to compare).

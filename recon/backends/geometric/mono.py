@@ -4,13 +4,22 @@ Pipeline: Shi-Tomasi corners tracked with KLT; two-view initialisation from the 
 RANSAC + recoverPose) once the median flow and the triangulation angle show enough parallax; every later
 frame posed by RANSAC PnP against the triangulated map points, seeded with a constant-velocity guess;
 keyframes when tracks thin out, where tracks without a point are triangulated against the oldest window
-keyframe that saw them, followed by a local bundle adjustment of the last `ba_window` keyframes (the two
-oldest held fixed, which also pins the scale so it propagates instead of drifting freely).
+keyframe that saw them, followed by a local bundle adjustment of the last `ba_window` keyframes.
 
-Scale: the first map has median scene depth 1 in its first keyframe. World = the first camera.
+Gauge and scale: the oldest window keyframe is fixed and the distance from it to the newest is held by a soft
+prior, so the scale propagates from window to window while a poorly conditioned early pair can still move.
+The first map has median scene depth 1 in its first keyframe. World = the first camera.
+
+Why the initial views are bundle-adjusted together: a two-view reconstruction a few frames apart leaves the
+translation direction and the depths poorly conditioned, and every later frame inherits that distortion as a
+scale drift; the held frames between the two views see the same tracks, so they are added as cameras.
 
 Output: frames are held until the map is initialised (initialisation needs parallax), then emitted with
-poses from PnP against the new map. Point maps are built from the map points tracked in the frame: with
+poses from that multi-view initialisation. Frames already emitted are re-emitted with `is_update=True` when
+the bundle adjustment moves their keyframe noticeably (pose relative to the keyframe kept; points moved
+rigidly with it), so trajectory writers keep the refined poses.
+
+Point maps are built from the map points tracked in the frame: with
 `points="dense"` their depths are interpolated linearly over a Delaunay triangulation of their pixels
 (confidence 1 inside the convex hull, 0 and NaN points outside), with `points="sparse"` only the grid cells
 holding a tracked point are filled. Dense maps are smooth across depth edges: they are a preview, not a
@@ -70,6 +79,14 @@ class MonoVO:
         ba_window: keyframes in the local bundle adjustment; max_kf_gap: frames between keyframes at most.
         min_inliers: PnP inliers needed to accept a pose; max_lost_frames: failures before re-initialising.
         max_pending: frames held while initialising before the oldest is emitted with a guessed pose.
+        reproj_px: PnP / triangulation inlier threshold; ba_outlier_px: points with a larger residual after the
+            adjustment are dropped; huber_px: Huber scale of the adjustment; ba_iterations: its evaluations.
+        soft_scale: hold the scale by the oldest-to-newest distance (else: fix the two oldest keyframes).
+        ba_fix_newest: also hold the newest keyframe at its PnP pose (off: measured worse on rendered rooms).
+        init_ba: bundle-adjust the held frames of the initialisation; emit_updates: re-emit revised poses.
+        anchor_tracks: re-measure each track against the image it was detected in (off: did not help on
+            rendered rooms, where frame-to-frame flow with a forward-backward check was more accurate).
+        klt: options of KltTracker (defaults here: 7 px between corners).
     """
 
     def __init__(self, K: np.ndarray, width: int, height: int, *, stride: int = 1, points: str = "dense",
@@ -133,7 +150,10 @@ class MonoVO:
         """Rough bytes held: map points, keyframe observations, held frames and the last image."""
         obs = sum(len(kf.obs) for kf in self._kfs)
         held = sum(p.frame.image.nbytes for p in self._pending)
-        return 24 * len(self.points) + 40 * obs + held + self.width * self.height * 2
+        revisable = sum(r.points_world.nbytes + r.depth.nbytes for r, _, _ in self._attached
+                        if r.points_world is not None and r.depth is not None)
+        anchors = sum(g.nbytes for g in self._anchor_grays.values())
+        return 24 * len(self.points) + 40 * obs + held + revisable + anchors + self.width * self.height * 2
 
     def track(self, frame: Frame) -> list[FrameResult]:
         """Process one frame; returns its result, or nothing while held, or several when initialisation ends."""

@@ -51,7 +51,13 @@ class RgbdOdometry:
         min_inliers: PnP inliers needed to accept a pose.
         max_lost_frames: failures in a row after which the map is re-seeded at the predicted pose.
         max_jump: metres a pose may differ from the constant-velocity guess before it is rejected.
-        method: open3d fallback alignment: "hybrid", "point_to_plane" or "intensity".
+        method: open3d fallback alignment: "hybrid", "point_to_plane" or "intensity"; iterations: its
+            iterations per pyramid level (coarse to fine).
+        reproj_px: PnP inlier threshold in pixels.
+        depth_weight: weight of the depth residuals in the pose refinement (0: PnP only).
+        anchor_tracks: re-measure tracks against the keyframe they were seeded in (off: did not help on
+            rendered rooms).
+        klt: options of KltTracker.
     """
 
     def __init__(self, K: np.ndarray, *, depth_max: float = 8.0, max_features: int = 400,
