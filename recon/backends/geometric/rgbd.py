@@ -25,6 +25,7 @@ from recon.backends.geometric.pnp import rotation_deg, solve_pnp
 from recon.errors import ConfigError
 from recon.geometry.transforms import inv_se3
 from recon.utils.imports import require_package
+from recon.utils.log import WarnOnce
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class RgbdOdometry:
         self.anchor_tracks = bool(anchor_tracks)
         self.depth_weight = float(depth_weight)
         self._klt_options = dict(klt or {})
+        self._warn = WarnOnce(logger)
         self.reset()
 
     def reset(self) -> None:
@@ -274,6 +276,8 @@ class RgbdOdometry:
         """Count a loss; the pose continues from the constant-velocity guess for a few frames, then holds."""
         self.losses += 1
         self.lost_in_row += 1
+        self._warn("tracking_lost", "RGB-D odometry lost tracking (no usable depth, too few PnP inliers and the "
+                   "open3d alignment failed); continuing from a constant-velocity guess")
         if self.started and self.lost_in_row <= self.max_lost_frames:
             self.T_world_last = self.T_world_last @ self.velocity
         return RgbdTrackResult(self.T_world_last.copy(), False, "lost", False)
