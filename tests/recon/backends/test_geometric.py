@@ -245,9 +245,11 @@ def test_blank_frame_is_a_counted_loss_and_tracking_resumes(depth: bool, caplog:
     frames, gt = _frames("walk", 0, depth=depth)
     frames[30] = _blank(frames[30], depth)
     backend = create_backend("geometric")
+    caplog.set_level("WARNING")
     results = _run(backend, frames)
     extra = backend.stats().extra
     assert extra["tracking_losses"] == 1 and not extra["lost"]
+    assert len([r for r in caplog.records if "tracking_lost" in r.getMessage()]) == 1  # reported once
     assert sorted(_poses_by_seq(results)) == list(range(len(frames)))
     after = list(range(31, len(frames)))
     if depth:
