@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import threading
@@ -24,3 +25,21 @@ def on_shutdown_signals(callback: Callable[[], None]) -> threading.Event:
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
     return fired
+
+
+def run_standalone(prog: str, description: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+                   run: Callable[[argparse.Namespace], int], argv: list[str] | None = None) -> int:
+    """Parse `argv` with one node's own parser and run it (`python -m recon.nodes.<kind>_cli` starts faster than
+    the full `recon` parser, which node processes spawned by tests and `--distributed` rely on)."""
+    from recon.errors import ReconError
+    from recon.utils.log import setup_logging
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        return run(args)
+    except ReconError as e:
+        logger.error("%s", e)
+        return 1

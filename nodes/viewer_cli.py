@@ -87,19 +87,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point without the full `recon` parser (`python -m recon.nodes.viewer_cli`): starts faster."""
-    from recon.utils.log import setup_logging
+    from recon.nodes.cli_util import run_standalone
 
-    parser = argparse.ArgumentParser(prog="recon node viewer", description=HELP)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    setup_logging()
-    from recon.errors import ReconError
-
-    try:
-        return run(args)
-    except ReconError as e:
-        logger.error("%s", e)
-        return 1
+    return run_standalone("recon node viewer", HELP, add_arguments, run, argv)
 
 
 if __name__ == "__main__":
