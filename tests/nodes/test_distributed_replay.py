@@ -22,11 +22,8 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest.fixture(scope="module")
 def sequence(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    synthetic = pytest.importorskip("recon.datasets.synthetic")
-    from recon import datasets
+    from recon.datasets import synthetic
 
-    if not hasattr(datasets, "open_sequence"):
-        pytest.skip("recon.datasets.open_sequence is not in this build yet")
     return Path(synthetic.generate_sequence(tmp_path_factory.mktemp("seq") / "walk", seed=3, trajectory="walk",
                                             num_frames=16, width=128, height=96, supersample=1))
 

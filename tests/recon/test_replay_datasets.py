@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 from recon.cli import main
+from recon.datasets import synthetic
 from recon.io.trajectory import read_tum_trajectory
-
-synthetic = pytest.importorskip("recon.datasets.synthetic")
 
 
 @pytest.fixture(scope="module")

@@ -77,8 +77,8 @@ def test_missing_weights_name_the_file_and_the_fix(tmp_path) -> None:
 
 
 def test_replay_runs_a_synthetic_sequence_with_the_tiny_model(tmp_path, monkeypatch) -> None:
-    replay = pytest.importorskip("recon.commands.replay")
     from recon.cli import main
+    from recon.commands import replay
     from recon.datasets.base import ReadStats
 
     class _Synthetic:

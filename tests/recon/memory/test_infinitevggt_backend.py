@@ -81,9 +81,8 @@ def test_auto_prefers_infinitevggt_when_streamvggt_weights_are_installed(monkeyp
 
 
 def test_replay_streams_a_synthetic_sequence_with_the_tiny_model(tmp_path) -> None:
-    pytest.importorskip("recon.commands.replay")
-    synthetic = pytest.importorskip("recon.datasets.synthetic")
     from recon.cli import main
+    from recon.datasets import synthetic
 
     seq = synthetic.generate_sequence(tmp_path / "seq", seed=1, trajectory="walk", num_frames=8, width=80,
                                       height=60, supersample=1)
@@ -98,9 +97,8 @@ def test_replay_streams_a_synthetic_sequence_with_the_tiny_model(tmp_path) -> No
 
 
 def test_replay_budget_flag_is_refused_for_other_backends(tmp_path, caplog) -> None:
-    pytest.importorskip("recon.commands.replay")
-    synthetic = pytest.importorskip("recon.datasets.synthetic")
     from recon.cli import main
+    from recon.datasets import synthetic
 
     seq = synthetic.generate_sequence(tmp_path / "seq", seed=1, num_frames=2, width=40, height=30, supersample=1)
     code = main(["replay", str(seq), "--backend", "geometric", "--budget", "1000", "--viewer", "none",
