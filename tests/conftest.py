@@ -15,6 +15,21 @@ def golden_dir() -> Path:
     return Path(os.environ.get("RECON_GOLDEN_DIR", REPO_ROOT.parent / "shared" / "golden"))
 
 
+def require_golden(name: str) -> Path:
+    """The path of a fixture folder or file under the golden directory.
+
+    Missing: skipped on a developer machine without ../shared, but a failure under CI=true, where the folder
+    is part of the checkout layout and its absence means the tests would silently check nothing.
+    """
+    path = golden_dir() / name
+    if not path.exists():
+        message = f"golden fixture {path} not found (set RECON_GOLDEN_DIR)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

@@ -162,11 +162,9 @@ FIXTURE_CHECK = textwrap.dedent("""
 def test_pruning_fixture_with_the_triton_kernels_in_interpreter() -> None:
     """The golden pruning run with scores and compaction on the Triton kernels: the same kept tokens, every frame."""
     pytest.importorskip("triton", reason="triton is part of the dev extra; install with pip install -e '.[dev]'")
-    from tests.conftest import golden_dir
+    from tests.conftest import require_golden
 
-    folder = golden_dir() / "infinitevggt_tiny_pruned"
-    if not (folder / "config.json").is_file():
-        pytest.skip(f"fixture folder {folder} not found (set RECON_GOLDEN_DIR)")
+    folder = require_golden("infinitevggt_tiny_pruned")
     env = dict(os.environ, TRITON_INTERPRET="1")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.run([sys.executable, "-c", FIXTURE_CHECK, str(folder)], env=env, capture_output=True,

@@ -16,7 +16,7 @@ from recon.align.motion_averaging import (
     so3_exp,
     so3_log,
 )
-from tests.conftest import golden_dir
+from tests.conftest import require_golden
 
 
 def test_so3_round_trip_including_near_pi() -> None:
@@ -51,9 +51,7 @@ def test_median_rotation_ignores_one_outlier() -> None:
 
 
 def _fixture() -> tuple[dict, dict, dict]:
-    folder = golden_dir() / "motion_averaging"
-    if not folder.is_dir():
-        pytest.skip(f"golden fixture folder missing: {folder}")
+    folder = require_golden("motion_averaging")
     from tests.golden.util import load_tensors
 
     return (json.loads((folder / "config.json").read_text()), load_tensors(folder / "inputs.safetensors"),

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import golden_dir
+from tests.conftest import require_golden
 from tests.golden.runners.vggt_family import (
     build_model,
     streamvggt_stream_outputs,
@@ -20,9 +20,7 @@ from tests.golden.util import compare_outputs, load_tensors, tolerances
 
 
 def _fixture(name: str):
-    folder = golden_dir() / name
-    if not (folder / "config.json").is_file():
-        pytest.skip(f"golden fixture {name} not found under {golden_dir()}")
+    folder = require_golden(name)
     return folder, json.loads((folder / "config.json").read_text())
 
 

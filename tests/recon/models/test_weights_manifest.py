@@ -7,7 +7,6 @@ exactly, with equal shapes, and every key the filter removed must be one of the 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -16,19 +15,13 @@ import torch
 from recon.errors import ConfigError
 from recon.models.registry import build_model, get_weights_cfg
 from recon.models.weights import compare_keys, model_shapes, read_manifest
-from tests.conftest import golden_dir
+from tests.conftest import golden_dir, require_golden
 
 MANIFESTS = golden_dir() / "manifests"
 
 
 def _manifest(name: str) -> Path:
-    path = MANIFESTS / name
-    if not path.is_file():
-        message = f"manifest {path} not found (set RECON_GOLDEN_DIR)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return require_golden(f"manifests/{name}")
 
 
 def _as_checkpoint(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
