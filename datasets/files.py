@@ -6,9 +6,7 @@ only a warning on stderr); every failure becomes a `CorruptFrameError` whose mes
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,6 @@ from PIL import Image
 
 from recon.errors import CorruptFrameError, SequenceError
 from recon.io.trajectory import seconds_to_ns
-from recon.types import CameraInfo
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
@@ -121,67 +118,3 @@ def read_list_file(path: Path) -> list[tuple[int, list[str]]]:
         except ValueError as e:
             raise SequenceError(f"{path}:{lineno}: expected 'timestamp ...', got {line!r}") from e
     return rows
-
-
-@dataclass
-class Calibration:
-    """What a calibration file says: K, the image size it refers to (None: not stated), distortion, depth scale."""
-
-    K: np.ndarray
-    size: tuple[int, int] | None = None
-    distortion: np.ndarray | None = None
-    depth_scale: float | None = None
-
-    def camera_info(self, image_size: tuple[int, int] | None) -> CameraInfo | None:
-        """CameraInfo at the stated size, else at `image_size` (first image); None when neither is known."""
-        size = self.size or image_size
-        if size is None:
-            return None
-        dist = self.distortion if self.distortion is not None else np.zeros(0)
-        return CameraInfo(size[0], size[1], self.K, dist)
-
-
-def load_camera_file(path: Path) -> Calibration:
-    """Calibration from a `camera.json`, or a plain text file `fx fy cx cy [width height]` or 9 numbers of K.
-
-    JSON keys: `K` (3x3) or `fx, fy, cx, cy`; optional `width`, `height`, `distortion`, `depth_scale` (depth
-    units per metre).
-    """
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise SequenceError(f"cannot read calibration {path}: {e}") from e
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-            if "K" in data:
-                K = np.asarray(data["K"], dtype=np.float64).reshape(3, 3)
-            else:
-                K = np.array([[data["fx"], 0, data["cx"]], [0, data["fy"], data["cy"]], [0, 0, 1]], dtype=np.float64)
-            size = (int(data["width"]), int(data["height"])) if "width" in data and "height" in data else None
-            dist = np.asarray(data.get("distortion", []), dtype=np.float64)
-            scale = data.get("depth_scale")
-            return Calibration(K, size, dist, None if scale is None else float(scale))
-        except (ValueError, KeyError, TypeError) as e:
-            raise SequenceError(f"{path}: expected JSON with K (or fx, fy, cx, cy), width and height: {e}") from e
-    try:
-        nums = [float(x) for x in text.replace(",", " ").split()]
-    except ValueError as e:
-        raise SequenceError(f"{path}: expected numbers 'fx fy cx cy [width height]' or a 3x3 K: {e}") from e
-    if len(nums) == 9:
-        return Calibration(np.asarray(nums).reshape(3, 3))
-    if len(nums) in (4, 6):
-        fx, fy, cx, cy = nums[:4]
-        size = (int(nums[4]), int(nums[5])) if len(nums) == 6 else None
-        return Calibration(np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]]), size)
-    raise SequenceError(f"{path}: expected 'fx fy cx cy [width height]' or 9 numbers of K, got {len(nums)} numbers")
-
-
-def find_camera_file(folder: Path) -> Path | None:
-    """The calibration file of a sequence folder, if any (`camera.json`, `intrinsics.json`, `intrinsics.txt`...)."""
-    for name in ("camera.json", "intrinsics.json", "calibration.json", "intrinsics.txt", "camera.txt",
-                 "calibration.txt"):
-        p = folder / name
-        if p.is_file():
-            return p
-    return None

@@ -12,13 +12,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from recon.calib.camera_info import find_camera_file, load_camera_file
 from recon.datasets.base import IndexedSequence, OnError
 from recon.datasets.files import (
     IMAGE_EXTENSIONS,
-    find_camera_file,
     image_size,
     index_from_name,
-    load_camera_file,
     natural_key,
     read_rgb,
     timestamp_from_name,

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from recon.calib.camera_info import find_camera_file, load_camera_file
 from recon.datasets.base import IndexedSequence, OnError, Trajectory
 from recon.datasets.files import (
     corrupt_frame,
-    find_camera_file,
     image_size,
-    load_camera_file,
     natural_key,
     read_depth_png,
     read_rgb,

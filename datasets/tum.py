@@ -5,7 +5,7 @@ closest in time (at most `max_diff_s` apart, one-to-one). Without `depth.txt` th
 PNGs are uint16 with 5000 units per metre (or `depth_scale` of a `camera.json`); 0 is invalid.
 
 Intrinsics, first match wins: a calibration file in the folder (`camera.json`, `intrinsics.txt`, see
-`recon.datasets.files.load_camera_file`); the published calibration of the freiburg1/2/3 sensors when the folder
+`recon.calib.load_camera_file`); the published calibration of the freiburg1/2/3 sensors when the folder
 name says which (`rgbd_dataset_freiburg2_desk`, `fr3_office`); else the TUM default 525/525/319.5/239.5 for
 640x480, scaled to the image size. Note that the freiburg1/2 images are distorted: their coefficients are put in
 `camera_info.distortion`, the images are not undistorted here.
@@ -19,13 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from recon.calib.camera_info import find_camera_file, load_camera_file
 from recon.datasets.association import associate, poses_at
 from recon.datasets.base import IndexedSequence, OnError, Trajectory
 from recon.datasets.files import (
     corrupt_frame,
-    find_camera_file,
     image_size,
-    load_camera_file,
     read_depth_png,
     read_list_file,
     read_rgb,

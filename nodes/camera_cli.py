@@ -26,7 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connect", default="tcp://127.0.0.1:5555", help="reconstruction node endpoint")
     parser.add_argument("--stream-id", default=None, help="stream name (default: the source's name)")
     parser.add_argument("--fps", type=float, default=None, help="maximum frames per second")
-    parser.add_argument("--camera-info", default=None, metavar="FILE", help="ROS camera_info YAML or JSON")
+    parser.add_argument("--camera-info", default=None, metavar="FILE",
+                        help="calibration file: ROS camera_info YAML, OpenCV YAML/XML, camera.json, text")
+    parser.add_argument("--no-undistort", action="store_true",
+                        help="send frames as captured even when the camera info has lens distortion")
     parser.add_argument("--encoding", choices=("jpeg", "png", "raw"), default="jpeg", help="image encoding")
     parser.add_argument("--jpeg-quality", type=int, default=90)
     parser.add_argument("--depth-encoding", choices=("f4", "u2", "png"), default="f4",
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                               depth_encoding=args.depth_encoding,
                               fps=None if source.live else args.fps, max_frames=args.max_frames,
                               resend_s=args.resend, stride=args.stride, keep_acked=args.keep_acked,
-                              security=Security.from_args(args))
+                              undistort=not args.no_undistort, security=Security.from_args(args))
     node = CameraNode(source, config)
     on_shutdown_signals(node.stop)
     try:

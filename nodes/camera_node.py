@@ -26,6 +26,7 @@ from typing import Any
 
 import zmq
 
+from recon.calib.undistort import Undistorter, has_distortion
 from recon.errors import CorruptFrameError
 from recon.nodes import protocol as P
 from recon.nodes.sources import Source
@@ -53,11 +54,14 @@ class CameraNodeConfig:
         stride: recorded sources: send every `stride`-th frame only.
         keep_acked: recorded sources: the last acknowledged frames kept to re-send after a node restart.
         on_send: called with each frame before it is encoded (in-process runs keep `Frame.meta` aside with it).
+        undistort: remap frames of a camera whose CameraInfo has lens distortion to its pinhole camera before
+            sending (the wire then carries pinhole images and K, which is what every backend assumes).
     """
 
     connect: str = "tcp://127.0.0.1:5555"
     stream_id: str = "cam0"
     encoding: str = "raw"
+    undistort: bool = True
     jpeg_quality: int = 90
     depth_encoding: str = "f4"
     fps: float | None = None
@@ -104,6 +108,7 @@ class CameraNode:
         self._keep_latency = False
         self._index = -1
         self._resend_from_restart: set[int] = set()
+        self._undistorter: Undistorter | None = None
 
     def __str__(self) -> str:
         return f"CameraNode({self.config.stream_id}->{self.config.connect})"
@@ -117,7 +122,16 @@ class CameraNode:
         if cfg.on_send is not None:
             cfg.on_send(frame)
         info = self.source.camera_info
-        if frame.K is None and info is not None and (info.width, info.height) == (frame.width, frame.height):
+        same_size = info is not None and (info.width, info.height) == (frame.width, frame.height)
+        if same_size and cfg.undistort and has_distortion(info):
+            if self._undistorter is None:
+                self._undistorter = Undistorter(info)
+                logger.info("%s: undistorting frames (distortion %s) to the pinhole K", self, info.distortion.tolist())
+            frame.image = self._undistorter.image(frame.image)
+            if frame.depth is not None:
+                frame.depth = self._undistorter.depth(frame.depth)
+            frame.K = self._undistorter.K_new
+        elif frame.K is None and same_size:
             frame.K = info.K
         return P.encode_frame(frame, encoding=cfg.encoding, quality=cfg.jpeg_quality,
                               depth_encoding=cfg.depth_encoding, epoch=self.epoch,

@@ -314,30 +314,14 @@ class RosbagSource:
 
 
 def load_camera_info(path: str) -> CameraInfo:
-    """Camera info from a ROS camera_info YAML (image_width, camera_matrix.data, ...), or any calibration file
-    `recon.datasets` reads (camera.json with K or fx/fy/cx/cy plus width/height; `fx fy cx cy width height`)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--camera-info: {path} is not a file")
-    if p.suffix.lower() not in (".yaml", ".yml"):
-        from recon.datasets.files import load_camera_file
-
-        try:
-            info = load_camera_file(p).camera_info(None)
-        except SequenceError as e:
-            raise ConfigError(f"--camera-info {path}: {e}") from e
-        if info is None:
-            raise ConfigError(f"--camera-info {path}: the file must state the image width and height")
-        return info
-    import yaml
+    """`--camera-info FILE`: any calibration file recon.calib reads (ROS camera_info YAML, OpenCV FileStorage,
+    camera.json, plain text) that states the image size."""
+    from recon.calib import load_camera_info as load
 
     try:
-        d = yaml.safe_load(p.read_text())
-        return CameraInfo(int(d["image_width"]), int(d["image_height"]), np.reshape(d["camera_matrix"]["data"], (3, 3)),
-                          d.get("distortion_coefficients", {}).get("data", []), d.get("camera_name", "camera"))
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as e:
-        raise ConfigError(f"--camera-info {path}: expected a ROS camera_info YAML with image_width, image_height "
-                          f"and camera_matrix.data ({type(e).__name__}: {e})") from e
+        return load(path)
+    except SequenceError as e:
+        raise ConfigError(f"--camera-info {path}: {e}") from e
 
 
 class PatternSource:

@@ -1,0 +1,156 @@
+"""Camera-info files: one reader for every calibration format recon accepts, and the folder search.
+
+Used by the sequence readers (a `camera.json` beside a dataset), `recon node camera --camera-info FILE` and
+`recon live --camera-info FILE`. Errors are SequenceError naming the file and what was expected (the node CLI
+rewords them as option errors).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from recon.errors import SequenceError
+from recon.types import CameraInfo
+
+
+@dataclass
+class Calibration:
+    """What a calibration file says: K, the image size it refers to (None: not stated), distortion, depth scale."""
+
+    K: np.ndarray
+    size: tuple[int, int] | None = None
+    distortion: np.ndarray | None = None
+    depth_scale: float | None = None
+    frame_id: str = "camera"
+
+    def camera_info(self, image_size: tuple[int, int] | None) -> CameraInfo | None:
+        """CameraInfo at the stated size, else at `image_size` (first image); None when neither is known."""
+        size = self.size or image_size
+        if size is None:
+            return None
+        dist = self.distortion if self.distortion is not None else np.zeros(0)
+        return CameraInfo(size[0], size[1], self.K, dist, self.frame_id)
+
+
+def load_camera_file(path: Path) -> Calibration:
+    """Calibration from any supported file (the format follows the suffix and the content).
+
+    - `.json`: `K` (3x3) or `fx, fy, cx, cy`; optional `width`, `height`, `distortion`, `depth_scale` (depth units
+      per metre) - what `recon synth` writes as camera.json;
+    - `.yaml` / `.yml`: a ROS camera_info file (image_width, image_height, camera_matrix.data,
+      distortion_coefficients.data, as camera_calibration writes it), or an OpenCV FileStorage file
+      (camera_matrix / distortion_coefficients, image_width / image_height);
+    - `.xml`: OpenCV FileStorage;
+    - anything else: plain text `fx fy cx cy [width height]` or the 9 numbers of K.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SequenceError(f"cannot read calibration {path}: {e}") from e
+    if path.suffix.lower() in (".yaml", ".yml", ".xml"):
+        return _load_yaml_or_xml(path, text)
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+            if "K" in data:
+                K = np.asarray(data["K"], dtype=np.float64).reshape(3, 3)
+            else:
+                K = np.array([[data["fx"], 0, data["cx"]], [0, data["fy"], data["cy"]], [0, 0, 1]], dtype=np.float64)
+            size = (int(data["width"]), int(data["height"])) if "width" in data and "height" in data else None
+            dist = np.asarray(data.get("distortion", []), dtype=np.float64)
+            scale = data.get("depth_scale")
+            return Calibration(K, size, dist, None if scale is None else float(scale))
+        except (ValueError, KeyError, TypeError) as e:
+            raise SequenceError(f"{path}: expected JSON with K (or fx, fy, cx, cy), width and height: {e}") from e
+    try:
+        nums = [float(x) for x in text.replace(",", " ").split()]
+    except ValueError as e:
+        raise SequenceError(f"{path}: expected numbers 'fx fy cx cy [width height]' or a 3x3 K: {e}") from e
+    if len(nums) == 9:
+        return Calibration(np.asarray(nums).reshape(3, 3))
+    if len(nums) in (4, 6):
+        fx, fy, cx, cy = nums[:4]
+        size = (int(nums[4]), int(nums[5])) if len(nums) == 6 else None
+        return Calibration(np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]]), size)
+    raise SequenceError(f"{path}: expected 'fx fy cx cy [width height]' or 9 numbers of K, got {len(nums)} numbers")
+
+
+def find_camera_file(folder: Path) -> Path | None:
+    """The calibration file of a sequence folder, if any (`camera.json`, `intrinsics.json`, `intrinsics.txt`...)."""
+    for name in ("camera.json", "intrinsics.json", "calibration.json", "intrinsics.txt", "camera.txt",
+                 "calibration.txt"):
+        p = folder / name
+        if p.is_file():
+            return p
+    return None
+
+
+
+def _load_yaml_or_xml(path: Path, text: str) -> Calibration:
+    """ROS camera_info YAML, else OpenCV FileStorage (YAML with a %YAML header, or XML)."""
+    if path.suffix.lower() != ".xml" and not text.lstrip().startswith("%YAML"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise SequenceError(f"{path}: not valid YAML: {e}") from e
+        if isinstance(data, dict) and "camera_matrix" in data:
+            try:
+                K = np.asarray(data["camera_matrix"]["data"], dtype=np.float64).reshape(3, 3)
+                size = (int(data["image_width"]), int(data["image_height"]))
+                dist = np.asarray((data.get("distortion_coefficients") or {}).get("data", []), dtype=np.float64)
+            except (KeyError, TypeError, ValueError) as e:
+                raise SequenceError(f"{path}: a ROS camera_info YAML needs image_width, image_height and "
+                                    f"camera_matrix.data (3x3): {type(e).__name__}: {e}") from e
+            return Calibration(K, size, dist, frame_id=str(data.get("camera_name") or "camera"))
+        raise SequenceError(f"{path}: expected a ROS camera_info YAML (image_width, image_height, camera_matrix.data)"
+                            " or an OpenCV FileStorage file (starting with %YAML) with camera_matrix")
+    return _load_opencv_storage(path)
+
+
+def _load_opencv_storage(path: Path) -> Calibration:
+    import cv2
+
+    fs = cv2.FileStorage(str(path), cv2.FILE_STORAGE_READ)
+    try:
+        if not fs.isOpened():
+            raise SequenceError(f"{path}: not a ROS camera_info YAML nor an OpenCV FileStorage file")
+        K = fs.getNode("camera_matrix").mat()
+        if K is None or K.shape != (3, 3):
+            raise SequenceError(f"{path}: an OpenCV calibration file needs a 3x3 camera_matrix")
+        dist = fs.getNode("distortion_coefficients").mat()
+        w, h = fs.getNode("image_width").real(), fs.getNode("image_height").real()
+        size = (int(w), int(h)) if w > 0 and h > 0 else None
+        return Calibration(np.asarray(K, np.float64), size,
+                           np.zeros(0) if dist is None else np.asarray(dist, np.float64).reshape(-1))
+    finally:
+        fs.release()
+
+
+def load_camera_info(path: str | Path) -> CameraInfo:
+    """A CameraInfo from a calibration file that states the image size (SequenceError otherwise)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SequenceError(f"camera info {path} is not a file")
+    info = load_camera_file(path).camera_info(None)
+    if info is None:
+        raise SequenceError(f"{path}: the file must state the image width and height")
+    return info
+
+
+def write_camera_info_yaml(path: str | Path, info: CameraInfo) -> None:
+    """Write a ROS camera_info YAML (plumb_bob), readable by ROS tools and by `load_camera_info`."""
+    import yaml
+
+    data = {"image_width": int(info.width), "image_height": int(info.height), "camera_name": info.frame_id,
+            "camera_matrix": {"rows": 3, "cols": 3, "data": [float(v) for v in info.K.reshape(-1)]},
+            "distortion_model": "plumb_bob",
+            "distortion_coefficients": {"rows": 1, "cols": int(info.distortion.size),
+                                        "data": [float(v) for v in info.distortion]}}
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))

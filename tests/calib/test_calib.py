@@ -1,0 +1,116 @@
+"""recon.calib: every calibration format reads back to the same CameraInfo; undistortion maps distorted
+projections onto the pinhole ones; the camera node sends undistorted frames with the pinhole K."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from recon.calib import Undistorter, has_distortion, load_camera_file, load_camera_info, write_camera_info_yaml
+from recon.errors import SequenceError
+from recon.types import CameraInfo, Frame
+
+K = np.array([[300.0, 0.0, 161.5], [0.0, 305.0, 118.0], [0.0, 0.0, 1.0]])
+DIST = np.array([-0.28, 0.09, 0.001, -0.0005, -0.012])
+INFO = CameraInfo(320, 240, K, DIST, "front")
+
+
+def test_ros_yaml_round_trip(tmp_path: Path) -> None:
+    write_camera_info_yaml(tmp_path / "cam.yaml", INFO)
+    info = load_camera_info(tmp_path / "cam.yaml")
+    assert (info.width, info.height, info.frame_id) == (320, 240, "front")
+    np.testing.assert_allclose(info.K, K)
+    np.testing.assert_allclose(info.distortion, DIST)
+
+
+def test_opencv_filestorage_yaml_and_xml(tmp_path: Path) -> None:
+    for name in ("cam.yml", "cam.xml"):
+        fs = cv2.FileStorage(str(tmp_path / name), cv2.FILE_STORAGE_WRITE)
+        fs.write("image_width", 320)
+        fs.write("image_height", 240)
+        fs.write("camera_matrix", K)
+        fs.write("distortion_coefficients", DIST.reshape(1, -1))
+        fs.release()
+        info = load_camera_info(tmp_path / name)
+        assert (info.width, info.height) == (320, 240)
+        np.testing.assert_allclose(info.K, K)
+        np.testing.assert_allclose(info.distortion, DIST)
+
+
+def test_json_and_text(tmp_path: Path) -> None:
+    (tmp_path / "camera.json").write_text(json.dumps({"K": K.tolist(), "width": 320, "height": 240,
+                                                      "distortion": DIST.tolist(), "depth_scale": 5000}))
+    calib = load_camera_file(tmp_path / "camera.json")
+    assert calib.depth_scale == 5000 and calib.size == (320, 240)
+    (tmp_path / "intrinsics.txt").write_text("300 305 161.5 118 320 240\n")
+    np.testing.assert_allclose(load_camera_info(tmp_path / "intrinsics.txt").K, K)
+
+
+def test_malformed_files_name_what_is_missing(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("image_width: 320\n")
+    with pytest.raises(SequenceError, match="camera_matrix"):
+        load_camera_info(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("camera_matrix: {data: [1, 2]}\nimage_width: 3\nimage_height: 2\n")
+    with pytest.raises(SequenceError, match="b.yaml"):
+        load_camera_info(tmp_path / "b.yaml")
+    (tmp_path / "c.json").write_text(json.dumps({"K": K.tolist()}))
+    with pytest.raises(SequenceError, match="width and height"):
+        load_camera_info(tmp_path / "c.json")
+    with pytest.raises(SequenceError, match="not a file"):
+        load_camera_info(tmp_path / "missing.yaml")
+
+
+def test_undistortion_puts_distorted_points_on_the_pinhole_projection() -> None:
+    rng = np.random.default_rng(0)
+    pts = np.column_stack([rng.uniform(-0.5, 0.5, 60), rng.uniform(-0.35, 0.35, 60), np.ones(60)])
+    distorted, _ = cv2.projectPoints(pts, np.zeros(3), np.zeros(3), K, DIST)
+    pinhole, _ = cv2.projectPoints(pts, np.zeros(3), np.zeros(3), K, None)
+    distorted, pinhole = distorted.reshape(-1, 2), pinhole.reshape(-1, 2)
+    # Draw a dot at each distorted projection, undistort the image, find the dots again.
+    und = Undistorter(INFO)
+    errors = []
+    for d, p in zip(distorted, pinhole, strict=True):
+        if not (4 <= p[0] < 316 and 4 <= p[1] < 236):
+            continue
+        img = np.zeros((240, 320, 3), np.uint8)
+        cv2.circle(img, (int(round(d[0] * 16)), int(round(d[1] * 16))), 2 * 16, (255, 255, 255), -1, cv2.LINE_AA,
+                   shift=4)
+        out = und.image(img)[..., 0].astype(np.float64)
+        ys, xs = np.nonzero(out > 0)
+        w = out[ys, xs]
+        errors.append(np.hypot((xs * w).sum() / w.sum() - p[0], (ys * w).sum() / w.sum() - p[1]))
+    assert len(errors) > 30
+    assert np.median(errors) < 0.3 and max(errors) < 0.8, (np.median(errors), max(errors))
+    np.testing.assert_allclose(und.camera_info.K, K)
+    assert not has_distortion(und.camera_info)
+
+
+def test_zero_distortion_is_not_undistorted() -> None:
+    assert not has_distortion(CameraInfo(320, 240, K, np.zeros(5)))
+    assert not has_distortion(None)
+    assert has_distortion(INFO)
+
+
+def test_camera_node_sends_undistorted_frames() -> None:
+    from recon.nodes.camera_node import CameraNode, CameraNodeConfig
+    from recon.nodes.protocol import decode, to_frame
+
+    image = np.zeros((240, 320, 3), np.uint8)
+    cv2.rectangle(image, (40, 30), (280, 210), (255, 255, 255), 3)
+
+    class OneFrame:
+        live = False
+        name = "one"
+        camera_info = INFO
+
+    expected = Undistorter(INFO).image(image)
+    for undistort, want in ((True, expected), (False, image)):
+        node = CameraNode(OneFrame(), CameraNodeConfig(undistort=undistort, encoding="raw"))
+        parts = node._encode(Frame("one", 0, 0, image.copy()))
+        frame = to_frame(decode(parts))
+        np.testing.assert_array_equal(frame.image, want)
+        np.testing.assert_allclose(frame.K, K)
