@@ -717,3 +717,53 @@ class StopOnSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
+
+class ResultPublisher:
+    """What the ROS 1 node and the ROS 2 adapter publish per result, written once over their message classes.
+
+    A subclass provides `core` (RosNodeCore), `_msgs` (message classes by name: PoseStamped, TransformStamped,
+    TFMessage, Path, PointCloud2, PointField), `_stamp(t_ns)` (a ROS time of its flavour) and the publishers
+    `pose_pub`, `tf_pub`, `path_pub`, `points_pub`.
+    """
+
+    core: Any
+    _msgs: dict[str, Any]
+    pose_pub: Any
+    tf_pub: Any
+    path_pub: Any
+    points_pub: Any
+
+    def _stamp(self, t_ns: int) -> Any:
+        raise NotImplementedError
+
+    def _pose_msg(self, t_ns: int, T_world_cam: Any) -> Any:
+        """A PoseStamped in the map frame (path entries; cached by the core's PathBuffer)."""
+        p = self._msgs["PoseStamped"]()
+        p.header.stamp, p.header.frame_id = self._stamp(t_ns), self.core.config.map_frame
+        fill_pose(p.pose, T_world_cam)
+        return p
+
+    def publish(self, out: Output) -> None:
+        """Publish one result: pose, tf, path, and the cloud when there is one."""
+        m, cfg = self._msgs, self.core.config
+        stamp = self._stamp(out.t_ns)
+        pose = m["PoseStamped"]()
+        pose.header.stamp, pose.header.frame_id = stamp, cfg.map_frame
+        fill_pose(pose.pose, out.result.T_world_cam)
+        self.pose_pub.publish(pose)
+
+        tf = m["TransformStamped"]()
+        tf.header.stamp, tf.header.frame_id, tf.child_frame_id = stamp, cfg.map_frame, out.camera_frame
+        fill_transform(tf.transform, out.result.T_world_cam)
+        self.tf_pub.publish(m["TFMessage"](transforms=[tf]))
+
+        path = m["Path"]()
+        path.header.stamp, path.header.frame_id = stamp, cfg.map_frame
+        path.poses = self.core.path.messages(self._pose_msg)
+        self.path_pub.publish(path)
+
+        if out.cloud is not None:
+            cloud = m["PointCloud2"]()
+            cloud.header.stamp, cloud.header.frame_id = stamp, cfg.map_frame
+            fill_cloud(cloud, out.cloud, m["PointField"])
+            self.points_pub.publish(cloud)

@@ -17,13 +17,10 @@ from typing import Any
 
 from recon.backends import create_backend
 from recon.nodes.ros.core import (
-    Output,
+    ResultPublisher,
     RosNodeConfig,
     RosNodeCore,
     StopOnSignals,
-    fill_cloud,
-    fill_pose,
-    fill_transform,
     load_plugins,
     ns_to_sec_nsec,
 )
@@ -34,7 +31,7 @@ logger = logging.getLogger(__name__)
 FLUSH_DRAIN_S = 0.5
 
 
-class RosNode:
+class RosNode(ResultPublisher):
     """One rospy node: subscriptions, publishers and the worker loop around a RosNodeCore."""
 
     def __init__(self, core: RosNodeCore) -> None:
@@ -71,38 +68,6 @@ class RosNode:
     def _stamp(self, t_ns: int) -> Any:
         sec, nsec = ns_to_sec_nsec(t_ns)
         return self._rospy.Time(sec, nsec)
-
-    def _pose_msg(self, t_ns: int, T_world_cam: Any) -> Any:
-        """A PoseStamped in the map frame (path entries; cached by the core's PathBuffer)."""
-        p = self._msgs["PoseStamped"]()
-        p.header.stamp, p.header.frame_id = self._stamp(t_ns), self.core.config.map_frame
-        fill_pose(p.pose, T_world_cam)
-        return p
-
-    def publish(self, out: Output) -> None:
-        """Publish one result: pose, tf, path, and the cloud when there is one."""
-        m, cfg = self._msgs, self.core.config
-        stamp = self._stamp(out.t_ns)
-        pose = m["PoseStamped"]()
-        pose.header.stamp, pose.header.frame_id = stamp, cfg.map_frame
-        fill_pose(pose.pose, out.result.T_world_cam)
-        self.pose_pub.publish(pose)
-
-        tf = m["TransformStamped"]()
-        tf.header.stamp, tf.header.frame_id, tf.child_frame_id = stamp, cfg.map_frame, out.camera_frame
-        fill_transform(tf.transform, out.result.T_world_cam)
-        self.tf_pub.publish(m["TFMessage"](transforms=[tf]))
-
-        path = m["Path"]()
-        path.header.stamp, path.header.frame_id = stamp, cfg.map_frame
-        path.poses = self.core.path.messages(self._pose_msg)
-        self.path_pub.publish(path)
-
-        if out.cloud is not None:
-            cloud = m["PointCloud2"]()
-            cloud.header.stamp, cloud.header.frame_id = stamp, cfg.map_frame
-            fill_cloud(cloud, out.cloud, m["PointField"])
-            self.points_pub.publish(cloud)
 
 
 def _keep_console_logging(handlers: list[logging.Handler]) -> None:

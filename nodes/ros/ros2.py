@@ -22,13 +22,10 @@ from recon.backends import create_backend
 from recon.backends.options import parse_backend_options
 from recon.errors import MissingDependencyError
 from recon.nodes.ros.core import (
-    Output,
+    ResultPublisher,
     RosNodeConfig,
     RosNodeCore,
     StopOnSignals,
-    fill_cloud,
-    fill_pose,
-    fill_transform,
     load_plugins,
     ns_to_sec_nsec,
 )
@@ -48,7 +45,7 @@ def _ros2_default(value: Any) -> Any:
     return ",".join(value) if isinstance(value, tuple) else value
 
 
-class Ros2Node:
+class Ros2Node(ResultPublisher):
     """rclpy publishers and subscriptions around a RosNodeCore (same outputs as the ROS 1 node)."""
 
     def __init__(self, node: Any, core: RosNodeCore) -> None:
@@ -84,38 +81,6 @@ class Ros2Node:
 
         sec, nsec = ns_to_sec_nsec(t_ns)
         return Time(sec=sec, nanosec=nsec)
-
-    def _pose_msg(self, t_ns: int, T_world_cam: Any) -> Any:
-        """A PoseStamped in the map frame (path entries; cached by the core's PathBuffer)."""
-        p = self._msgs["PoseStamped"]()
-        p.header.stamp, p.header.frame_id = self._stamp(t_ns), self.core.config.map_frame
-        fill_pose(p.pose, T_world_cam)
-        return p
-
-    def publish(self, out: Output) -> None:
-        """Publish one result: pose, tf, path, and the cloud when there is one."""
-        m, cfg = self._msgs, self.core.config
-        stamp = self._stamp(out.t_ns)
-        pose = m["PoseStamped"]()
-        pose.header.stamp, pose.header.frame_id = stamp, cfg.map_frame
-        fill_pose(pose.pose, out.result.T_world_cam)
-        self.pose_pub.publish(pose)
-
-        tf = m["TransformStamped"]()
-        tf.header.stamp, tf.header.frame_id, tf.child_frame_id = stamp, cfg.map_frame, out.camera_frame
-        fill_transform(tf.transform, out.result.T_world_cam)
-        self.tf_pub.publish(m["TFMessage"](transforms=[tf]))
-
-        path = m["Path"]()
-        path.header.stamp, path.header.frame_id = stamp, cfg.map_frame
-        path.poses = self.core.path.messages(self._pose_msg)
-        self.path_pub.publish(path)
-
-        if out.cloud is not None:
-            cloud = m["PointCloud2"]()
-            cloud.header.stamp, cloud.header.frame_id = stamp, cfg.map_frame
-            fill_cloud(cloud, out.cloud, m["PointField"])
-            self.points_pub.publish(cloud)
 
 
 def config_with_ros2_params(node: Any, config: RosNodeConfig) -> RosNodeConfig:
