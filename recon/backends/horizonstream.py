@@ -37,9 +37,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from recon.backends.vggt import FrameMeta, make_result, pick_autocast_dtype, pick_device, to_uint8_image
+from recon.backends.vggt import (
+    FrameMeta,
+    make_result,
+    pick_autocast_dtype,
+    pick_device,
+    prepare_frame,
+    to_uint8_image,
+)
 from recon.errors import BackendError, ConfigError
-from recon.models.preprocess import preprocess_frames
 from recon.types import BackendStats, Frame, FrameResult
 from recon.utils.log import WarnOnce
 
@@ -105,8 +111,7 @@ class HorizonStreamBackend:
     def step(self, frame: Frame) -> list[FrameResult]:
         self._frames_in += 1
         t0 = time.perf_counter()
-        img = preprocess_frames(frame.image, mode="crop", target_size=self.image_width, patch_size=14,
-                                device=self.device)[0].to(self._dtype)
+        img = prepare_frame(frame, self.image_width, self.device).to(self._dtype)
         hw = (int(img.shape[-2]), int(img.shape[-1]))
         if self._grid is None:
             self._grid = hw

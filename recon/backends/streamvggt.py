@@ -38,10 +38,10 @@ from recon.backends.vggt import (
     make_result,
     pick_autocast_dtype,
     pick_device,
+    prepare_frame,
     to_uint8_image,
 )
 from recon.errors import BackendError, ConfigError
-from recon.models.preprocess import preprocess_frames
 from recon.types import BackendStats, Frame, FrameResult
 
 logger = logging.getLogger(__name__)
@@ -76,8 +76,7 @@ class StreamVGGTBackend:
     def step(self, frame: Frame) -> list[FrameResult]:
         self._frames_in += 1
         t0 = time.perf_counter()
-        img = preprocess_frames(frame.image, mode="crop", target_size=self.image_width, patch_size=14,
-                                device=self.device)[0].to(self._dtype)
+        img = prepare_frame(frame, self.image_width, self.device).to(self._dtype)
         t1 = time.perf_counter()
         try:
             with autocast_context(self.device, self.autocast_dtype):

@@ -52,6 +52,11 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
 POINT_SOURCES = ("depth", "head")
 
 
+def prepare_frame(frame: Frame, image_width: int, device: torch.device) -> torch.Tensor:
+    """A frame as a [3, H, W] float tensor on the model grid (width `image_width`, "crop" mode, patch 14)."""
+    return preprocess_frames(frame.image, mode="crop", target_size=image_width, patch_size=14, device=device)[0]
+
+
 def pick_device(device: str | torch.device) -> torch.device:
     """"auto" -> cuda when available, else cpu; anything else as given."""
     if str(device) == "auto":
@@ -170,8 +175,7 @@ class VGGTBackend:
         self._timings: dict[str, float] = {}
 
     def _prepare(self, frame: Frame) -> torch.Tensor:
-        img = preprocess_frames(frame.image, mode="crop", target_size=self.image_width, patch_size=14,
-                                device=self.device)[0]
+        img = prepare_frame(frame, self.image_width, self.device)
         hw = (int(img.shape[-2]), int(img.shape[-1]))
         if self._image_hw is not None and hw != self._image_hw:
             raise BackendError(f"vggt backend: frame {frame.seq} resizes to {hw[0]}x{hw[1]} but the session runs at "
