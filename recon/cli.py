@@ -14,11 +14,11 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
+from recon.commands import add_command_table
 from recon.errors import ReconError
 from recon.utils.log import setup_logging
 
@@ -41,12 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recon", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default INFO or $RECON_LOG_LEVEL)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module_name in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+    add_command_table(parser, COMMANDS, "command", "_run", "COMMAND", required=False)
     return parser
 
 

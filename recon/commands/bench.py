@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib
+
+from recon.commands import add_command_table
 
 HELP = "run a benchmark (geometric, transport, model, memory, laser, horizonstream)"
 
@@ -19,12 +20,7 @@ BENCHMARKS: dict[str, str] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
-    for name, module_name in BENCHMARKS.items():
-        module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
-        p.set_defaults(_bench_run=module.run)
+    add_command_table(parser, BENCHMARKS, "benchmark", "_bench_run", "BENCHMARK")
 
 
 def run(args: argparse.Namespace) -> int:

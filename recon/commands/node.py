@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib
+
+from recon.commands import add_command_table
 
 HELP = "run one node: camera, recon, viewer or ros"
 
@@ -17,12 +18,7 @@ NODES: dict[str, str] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="node", metavar="NODE", required=True)
-    for name, module_name in NODES.items():
-        module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
-        p.set_defaults(_node_run=module.run)
+    add_command_table(parser, NODES, "node", "_node_run", "NODE")
 
 
 def run(args: argparse.Namespace) -> int:
