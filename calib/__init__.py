@@ -6,9 +6,10 @@ from recon.calib.camera_info import (
     find_camera_file,
     load_camera_file,
     load_camera_info,
+    write_camera_info,
     write_camera_info_yaml,
 )
 from recon.calib.undistort import Undistorter, has_distortion
 
 __all__ = ["Calibration", "Undistorter", "find_camera_file", "has_distortion", "load_camera_file",
-           "load_camera_info", "write_camera_info_yaml"]
+           "load_camera_info", "write_camera_info", "write_camera_info_yaml"]

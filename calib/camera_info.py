@@ -26,6 +26,7 @@ class Calibration:
     distortion: np.ndarray | None = None
     depth_scale: float | None = None
     frame_id: str = "camera"
+    distortion_model: str = "plumb_bob"
 
     def camera_info(self, image_size: tuple[int, int] | None) -> CameraInfo | None:
         """CameraInfo at the stated size, else at `image_size` (first image); None when neither is known."""
@@ -64,7 +65,8 @@ def load_camera_file(path: Path) -> Calibration:
             size = (int(data["width"]), int(data["height"])) if "width" in data and "height" in data else None
             dist = np.asarray(data.get("distortion", []), dtype=np.float64)
             scale = data.get("depth_scale")
-            return Calibration(K, size, dist, None if scale is None else float(scale))
+            return Calibration(K, size, dist, None if scale is None else float(scale),
+                               distortion_model=str(data.get("distortion_model") or "plumb_bob"))
         except (ValueError, KeyError, TypeError) as e:
             raise SequenceError(f"{path}: expected JSON with K (or fx, fy, cx, cy), width and height: {e}") from e
     try:
@@ -108,7 +110,8 @@ def _load_yaml_or_xml(path: Path, text: str) -> Calibration:
             except (KeyError, TypeError, ValueError) as e:
                 raise SequenceError(f"{path}: a ROS camera_info YAML needs image_width, image_height and "
                                     f"camera_matrix.data (3x3): {type(e).__name__}: {e}") from e
-            return Calibration(K, size, dist, frame_id=str(data.get("camera_name") or "camera"))
+            return Calibration(K, size, dist, frame_id=str(data.get("camera_name") or "camera"),
+                               distortion_model=str(data.get("distortion_model") or "plumb_bob"))
         raise SequenceError(f"{path}: expected a ROS camera_info YAML (image_width, image_height, camera_matrix.data)"
                             " or an OpenCV FileStorage file (starting with %YAML) with camera_matrix")
     return _load_opencv_storage(path)
@@ -127,8 +130,10 @@ def _load_opencv_storage(path: Path) -> Calibration:
         dist = fs.getNode("distortion_coefficients").mat()
         w, h = fs.getNode("image_width").real(), fs.getNode("image_height").real()
         size = (int(w), int(h)) if w > 0 and h > 0 else None
+        model = fs.getNode("distortion_model").string() or "plumb_bob"
         return Calibration(np.asarray(K, np.float64), size,
-                           np.zeros(0) if dist is None else np.asarray(dist, np.float64).reshape(-1))
+                           np.zeros(0) if dist is None else np.asarray(dist, np.float64).reshape(-1),
+                           distortion_model=model)
     finally:
         fs.release()
 
@@ -144,13 +149,52 @@ def load_camera_info(path: str | Path) -> CameraInfo:
     return info
 
 
-def write_camera_info_yaml(path: str | Path, info: CameraInfo) -> None:
-    """Write a ROS camera_info YAML (plumb_bob), readable by ROS tools and by `load_camera_info`."""
+def write_camera_info_yaml(path: str | Path, info: CameraInfo, distortion_model: str | None = None) -> None:
+    """Write a ROS camera_info YAML (camera_calibration layout), readable by ROS tools and by `load_camera_info`."""
     import yaml
 
-    data = {"image_width": int(info.width), "image_height": int(info.height), "camera_name": info.frame_id,
+    w, h = int(info.width), int(info.height)
+    data = {"image_width": w, "image_height": h, "camera_name": info.frame_id,
             "camera_matrix": {"rows": 3, "cols": 3, "data": [float(v) for v in info.K.reshape(-1)]},
-            "distortion_model": "plumb_bob",
+            "distortion_model": distortion_model or _default_model(info),
             "distortion_coefficients": {"rows": 1, "cols": int(info.distortion.size),
-                                        "data": [float(v) for v in info.distortion]}}
+                                        "data": [float(v) for v in info.distortion]},
+            "rectification_matrix": {"rows": 3, "cols": 3, "data": [float(v) for v in np.eye(3).reshape(-1)]},
+            "projection_matrix": {"rows": 3, "cols": 4,
+                                  "data": [float(v) for v in np.hstack([info.K, np.zeros((3, 1))]).reshape(-1)]}}
     Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def write_camera_info(path: str | Path, info: CameraInfo, fmt: str | None = None,
+                      distortion_model: str | None = None) -> None:
+    """Write `info` as `fmt`: "ros" (camera_info YAML), "opencv" (cv2.FileStorage YAML/XML) or "json" (recon's
+    camera.json: width, height, K, distortion). Default from the suffix: .json -> json, .xml -> opencv, .yaml /
+    .yml -> ros. Every format reads back with `load_camera_info`."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    fmt = fmt or {".json": "json", ".xml": "opencv", ".yaml": "ros", ".yml": "ros"}.get(suffix)
+    model = distortion_model or _default_model(info)
+    if fmt == "ros":
+        write_camera_info_yaml(path, info, model)
+    elif fmt == "json":
+        path.write_text(json.dumps({"width": int(info.width), "height": int(info.height), "K": info.K.tolist(),
+                                    "distortion": info.distortion.tolist(), "distortion_model": model}, indent=1))
+    elif fmt == "opencv":
+        import cv2
+
+        fs = cv2.FileStorage(str(path), cv2.FILE_STORAGE_WRITE)
+        try:
+            fs.write("image_width", int(info.width))
+            fs.write("image_height", int(info.height))
+            fs.write("camera_matrix", info.K)
+            fs.write("distortion_coefficients", info.distortion.reshape(1, -1))
+            fs.write("distortion_model", model)
+        finally:
+            fs.release()
+    else:
+        raise SequenceError(f"{path}: unknown calibration format {fmt!r} (ros, opencv, json; or a .json / .xml / "
+                            ".yaml suffix)")
+
+
+def _default_model(info: CameraInfo) -> str:
+    return "rational_polynomial" if info.distortion.size == 8 else "plumb_bob"

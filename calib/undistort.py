@@ -1,10 +1,17 @@
 """Undistortion of images from cameras with lens distortion, so everything downstream sees a pinhole camera.
 
 The models and the geometric backend assume pinhole images with intrinsics K. A camera whose CameraInfo carries
-distortion coefficients (OpenCV order k1, k2, p1, p2[, k3, ...]) is remapped once per frame with maps built once
-(cv2.initUndistortRectifyMap); the new K keeps the original focal lengths and principal point (`alpha = 0`
-semantics: every output pixel is valid, the border regions that would need extrapolation are cropped away by
-construction of the same-K remap). Depth is remapped with nearest-neighbour lookups (no mixed depths at edges).
+distortion coefficients (OpenCV order k1, k2, p1, p2[, k3, ...]; or k1..k4 of the fisheye / equidistant model) is
+remapped per frame with maps built once (cv2.initUndistortRectifyMap, cv2.fisheye.initUndistortRectifyMap).
+
+Choice of the new pinhole K (`Undistorter.K_new`):
+- default (`alpha=None`): the original K, scaled to the output size. The image keeps its scale and principal point;
+  barrel-distorted corners that fall outside the output are cropped, pincushion borders get black pixels.
+- `alpha` in [0, 1]: cv2.getOptimalNewCameraMatrix (fisheye: `balance` of
+  cv2.fisheye.estimateNewCameraMatrixForUndistortRectify): 0 keeps only valid pixels, 1 keeps every source pixel.
+- `K_new`: an explicit 3x3 for the output size.
+Depth is remapped with nearest-neighbour lookups (no mixed depths at edges), 0 where no source pixel maps.
+With no non-zero coefficient and the same size and K, `image` / `depth` return their input unchanged.
 """
 
 from __future__ import annotations
@@ -13,9 +20,12 @@ import logging
 
 import numpy as np
 
+from recon.errors import ConfigError
 from recon.types import CameraInfo
 
 logger = logging.getLogger(__name__)
+
+FISHEYE_MODELS = ("equidistant", "fisheye", "kannala_brandt")
 
 
 def has_distortion(info: CameraInfo | None) -> bool:
@@ -27,43 +37,81 @@ class Undistorter:
     """Remaps images of one camera to the undistorted pinhole camera `K_new` (built once, applied per frame).
 
     Args:
-        info: the distorted camera (size and coefficients).
-        K_new: intrinsics of the output; default: the input K (same image size).
+        info: the distorted camera (size, K and coefficients).
+        size: output (width, height); default: the input size.
+        K_new: intrinsics of the output (pixels of the output size); overrides `alpha`.
+        alpha: free scaling in [0, 1] for the new K (see the module doc); None keeps the input K (scaled).
+        model: distortion model: "plumb_bob" / "rational_polynomial" (default, cv2 pinhole model, any number of
+            coefficients) or "equidistant" / "fisheye" (cv2.fisheye, 4 coefficients k1..k4).
     """
 
-    def __init__(self, info: CameraInfo, K_new: np.ndarray | None = None) -> None:
+    def __init__(self, info: CameraInfo, size: tuple[int, int] | None = None, *, K_new: np.ndarray | None = None,
+                 alpha: float | None = None, model: str | None = None) -> None:
         import cv2
 
         self.info = info
-        self.K_new = np.asarray(info.K if K_new is None else K_new, dtype=np.float64)
-        size = (int(info.width), int(info.height))
-        self._map1, self._map2 = cv2.initUndistortRectifyMap(info.K, info.distortion, None, self.K_new, size,
-                                                             cv2.CV_16SC2)
-        self._nearest = cv2.initUndistortRectifyMap(info.K, info.distortion, None, self.K_new, size, cv2.CV_32FC1)
+        in_size = (int(info.width), int(info.height))
+        self.size = in_size if size is None else (int(size[0]), int(size[1]))
+        self.fisheye = (model or "plumb_bob").lower() in FISHEYE_MODELS
+        dist = info.distortion
+        if self.fisheye:
+            if dist.size < 4:
+                raise ConfigError(f"fisheye undistortion needs 4 coefficients k1..k4, got {dist.size}")
+            dist = dist[:4].reshape(4, 1)
+        if alpha is not None and not 0.0 <= alpha <= 1.0:
+            raise ConfigError(f"undistortion alpha must be in [0, 1], got {alpha}")
+        if K_new is not None:
+            self.K_new = np.asarray(K_new, dtype=np.float64).reshape(3, 3)
+        elif alpha is not None and self.fisheye:
+            self.K_new = cv2.fisheye.estimateNewCameraMatrixForUndistortRectify(
+                info.K, dist, in_size, np.eye(3), balance=alpha, new_size=self.size)
+        elif alpha is not None and dist.size:
+            self.K_new, _ = cv2.getOptimalNewCameraMatrix(info.K, dist, in_size, alpha, self.size)
+        else:
+            self.K_new = info.scaled(*self.size).K if self.size != in_size else info.K.copy()
+        self.identity = (not has_distortion(info) and self.size == in_size and np.allclose(self.K_new, info.K))
+        if self.identity:
+            return
+        if self.fisheye:
+            maps = [cv2.fisheye.initUndistortRectifyMap(info.K, dist, np.eye(3), self.K_new, self.size, t)
+                    for t in (cv2.CV_16SC2, cv2.CV_32FC1)]
+        else:
+            d = dist if dist.size else None
+            maps = [cv2.initUndistortRectifyMap(info.K, d, None, self.K_new, self.size, t)
+                    for t in (cv2.CV_16SC2, cv2.CV_32FC1)]
+        self._map1, self._map2 = maps[0]
+        self._nearest = maps[1]
+
+    def __str__(self) -> str:
+        kind = "fisheye" if self.fisheye else "pinhole"
+        return (f"Undistorter({kind}, {self.info.width}x{self.info.height} -> {self.size[0]}x{self.size[1]}, "
+                f"fx={self.K_new[0, 0]:.1f} fy={self.K_new[1, 1]:.1f}{', no-op' if self.identity else ''})")
 
     @property
     def camera_info(self) -> CameraInfo:
-        """The pinhole camera the output images belong to."""
-        return CameraInfo(self.info.width, self.info.height, self.K_new, np.zeros(0), self.info.frame_id)
+        """The pinhole camera the output images belong to (no distortion)."""
+        return CameraInfo(self.size[0], self.size[1], self.K_new, np.zeros(0), self.info.frame_id)
 
     def image(self, image_hw3: np.ndarray) -> np.ndarray:
-        """Undistorted uint8 image (bilinear)."""
+        """Undistorted uint8 image (bilinear; black where no source pixel maps); the input itself on the no-op path."""
         import cv2
 
         self._check(image_hw3)
+        if self.identity:
+            return image_hw3
         return cv2.remap(image_hw3, self._map1, self._map2, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
 
     def depth(self, depth_hw: np.ndarray) -> np.ndarray:
-        """Undistorted depth (nearest neighbour, 0 outside the source image)."""
+        """Undistorted depth (nearest neighbour, 0 outside the source image); the input itself on the no-op path."""
         import cv2
 
         self._check(depth_hw)
+        if self.identity:
+            return depth_hw
         return cv2.remap(depth_hw, self._nearest[0], self._nearest[1], cv2.INTER_NEAREST,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
     def _check(self, array: np.ndarray) -> None:
         if array.shape[:2] != (self.info.height, self.info.width):
-            from recon.errors import ConfigError
-
             raise ConfigError(f"undistortion was set up for {self.info.width}x{self.info.height} images, got "
                               f"{array.shape[1]}x{array.shape[0]}")
