@@ -10,19 +10,14 @@ from recon.backends import create_backend
 from recon.backends.base import Backend
 from recon.errors import BackendError, ConfigError, WeightsNotFoundError
 from recon.types import Frame
-
-
-def _frames(n: int, h: int = 60, w: int = 80, seed: int = 0) -> list[Frame]:
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
-    return [Frame("cam", i, 1000 * i, np.roll(base, 2 * i, axis=1)) for i in range(n)]
+from tests.recon.backends._synthetic import SyntheticSequence, frames
 
 
 def test_emits_each_frame_when_its_chunk_is_averaged() -> None:
     backend = create_backend("horizonstream", model_config="tiny", device="cpu", sliding_size=1, unknown_opt=3)
     assert isinstance(backend, Backend)
     emitted, memory = [], []
-    for frame in _frames(9):
+    for frame in frames(9):
         emitted.append([r.seq for r in backend.step(frame)])
         memory.append(backend.stats().memory_bytes)
     # Window of 4, then one frame per step (sliding size 1): poses are live, not deferred to the end.
@@ -37,7 +32,7 @@ def test_emits_each_frame_when_its_chunk_is_averaged() -> None:
 def test_results_follow_the_conventions() -> None:
     backend = create_backend("horizonstream", model_config="tiny", device="cpu", sliding_size=2)
     out = []
-    for frame in _frames(7):
+    for frame in frames(7):
         out += backend.step(frame)
     out += backend.flush()
     assert [r.seq for r in out] == list(range(7))
@@ -60,12 +55,12 @@ def test_refusals_and_reset() -> None:
     with pytest.raises(ConfigError, match="sliding_size"):
         create_backend("horizonstream", model_config="tiny", device="cpu", sliding_size=0)
     backend = create_backend("horizonstream", model_config="tiny", device="cpu")
-    backend.step(_frames(1)[0])
+    backend.step(frames(1)[0])
     with pytest.raises(BackendError, match="resolution"):
         backend.step(Frame("cam", 9, 9, np.zeros((30, 80, 3), np.uint8)))
     backend.reset()
     assert backend.stats().memory_bytes == 0 and backend.stats().frames_in == 0
-    out = [r for f in _frames(2, h=30) for r in backend.step(f)] + backend.flush()
+    out = [r for f in frames(2, h=30) for r in backend.step(f)] + backend.flush()
     assert [r.seq for r in out] == [0, 1]  # a stream shorter than one window still gets its poses
 
 
@@ -79,23 +74,8 @@ def test_missing_weights_name_the_file_and_the_fix(tmp_path) -> None:
 def test_replay_runs_a_synthetic_sequence_with_the_tiny_model(tmp_path, monkeypatch) -> None:
     from recon.cli import main
     from recon.commands import replay
-    from recon.datasets.base import ReadStats
 
-    class _Synthetic:
-        name, camera_info, ground_truth, has_depth = "synthetic", None, None, False
-
-        def __init__(self) -> None:
-            self.stats = ReadStats()
-
-        def __len__(self) -> int:
-            return 7
-
-        def __iter__(self):
-            for frame in _frames(7):
-                self.stats.frames_read += 1
-                yield frame
-
-    monkeypatch.setattr(replay, "open_sequence_for_replay", lambda path, on_error, **kw: _Synthetic())
+    monkeypatch.setattr(replay, "open_sequence_for_replay", lambda path, on_error, **kw: SyntheticSequence(7))
     code = main(["replay", "synthetic", "--backend", "horizonstream", "--model-config", "tiny", "--sliding-size", "2",
                  "--viewer", "none", "--out", str(tmp_path), "--no-progress"])
     assert code == 0

@@ -9,12 +9,7 @@ from recon.backends import create_backend
 from recon.backends.base import Backend
 from recon.errors import BackendError, WeightsNotFoundError
 from recon.types import Frame
-
-
-def _frames(n: int, h: int = 60, w: int = 80, seed: int = 0) -> list[Frame]:
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
-    return [Frame("cam", i, 1000 * i, np.roll(base, 2 * i, axis=1)) for i in range(n)]
+from tests.recon.backends._synthetic import SyntheticSequence, frames
 
 
 def _check(result, h: int, w: int) -> None:
@@ -32,7 +27,7 @@ def test_streamvggt_tiny_end_to_end() -> None:
     backend = create_backend("streamvggt", model_config="tiny", image_width=56, device="cpu")
     assert isinstance(backend, Backend)
     sizes = []
-    for frame in _frames(4):
+    for frame in frames(4):
         out = backend.step(frame)
         assert [r.seq for r in out] == [frame.seq]
         _check(out[0], 42, 56)
@@ -49,7 +44,7 @@ def test_streamvggt_tiny_end_to_end() -> None:
 
 def test_streamvggt_points_are_depth_unprojected_with_pose_and_K() -> None:
     backend = create_backend("streamvggt", model_config="tiny", image_width=56, device="cpu")
-    r = backend.step(_frames(1)[0])[0]
+    r = backend.step(frames(1)[0])[0]
     K, T = r.K, r.T_world_cam
     v, u = 10, 20
     ray = np.array([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], 1.0]) * r.depth[v, u]
@@ -59,7 +54,7 @@ def test_streamvggt_points_are_depth_unprojected_with_pose_and_K() -> None:
 def test_vggt_clips_emit_every_frame_once_in_order() -> None:
     backend = create_backend("vggt", model_config="tiny", image_width=56, clip_length=3, overlap=1, device="cpu")
     out = []
-    for frame in _frames(6):
+    for frame in frames(6):
         out += backend.step(frame)
     assert [r.seq for r in out] == [0, 1, 2, 3, 4]  # clip 1: 0-2, clip 2: 2(overlap)-4
     out += backend.flush()
@@ -81,23 +76,8 @@ def test_missing_weights_name_the_file_and_the_fix(tmp_path) -> None:
 def test_replay_runs_a_synthetic_sequence_with_the_tiny_model(backend, tmp_path, monkeypatch) -> None:
     from recon.cli import main
     from recon.commands import replay
-    from recon.datasets.base import ReadStats
 
-    class _Synthetic:
-        name, camera_info, ground_truth, has_depth = "synthetic", None, None, False
-
-        def __init__(self) -> None:
-            self.stats = ReadStats()
-
-        def __len__(self) -> int:
-            return 5
-
-        def __iter__(self):
-            for frame in _frames(5):
-                self.stats.frames_read += 1
-                yield frame
-
-    monkeypatch.setattr(replay, "open_sequence_for_replay", lambda path, on_error: _Synthetic())
+    monkeypatch.setattr(replay, "open_sequence_for_replay", lambda path, on_error: SyntheticSequence(5))
     code = main(["replay", "synthetic", "--backend", backend, "--backend-opt", "model_config='tiny'",
                  "--backend-opt", "image_width=56", "--viewer", "none", "--out", str(tmp_path), "--no-progress"])
     assert code == 0
