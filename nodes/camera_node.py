@@ -109,6 +109,7 @@ class CameraNode:
         self._index = -1
         self._resend_from_restart: set[int] = set()
         self._undistorter: Undistorter | None = None
+        self._undistort_warned = False
 
     def __str__(self) -> str:
         return f"CameraNode({self.config.stream_id}->{self.config.connect})"
@@ -123,10 +124,16 @@ class CameraNode:
             cfg.on_send(frame)
         info = self.source.camera_info
         same_size = info is not None and (info.width, info.height) == (frame.width, frame.height)
+        if cfg.undistort and has_distortion(info) and not same_size and not self._undistort_warned:
+            self._undistort_warned = True
+            logger.warning("%s: camera info is %dx%d but frames are %dx%d: frames are sent without undistortion",
+                           self, info.width, info.height, frame.width, frame.height)
         if same_size and cfg.undistort and has_distortion(info):
-            if self._undistorter is None:
+            if self._undistorter is None or self._undistorter.info is not info:
                 self._undistorter = Undistorter(info)
-                logger.info("%s: undistorting frames (distortion %s) to the pinhole K", self, info.distortion.tolist())
+                logger.info("%s: undistorting frames (distortion %s) with %s; frames carry the pinhole K "
+                            "(--no-undistort to send them as captured)", self, info.distortion.tolist(),
+                            self._undistorter)
             frame.image = self._undistorter.image(frame.image)
             if frame.depth is not None:
                 frame.depth = self._undistorter.depth(frame.depth)

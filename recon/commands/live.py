@@ -33,17 +33,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=float, default=None, help="camera rate (with --realtime: playback rate)")
     parser.add_argument("--realtime", action="store_true",
                         help="play a recorded source at --fps as a live camera (latest-frame-wins)")
-    parser.add_argument("--camera-info", default=None, metavar="FILE", help="ROS camera_info YAML or JSON")
+    parser.add_argument("--camera-info", default=None, metavar="FILE",
+                        help="calibration file: ROS camera_info YAML, OpenCV YAML/XML, camera.json, text")
+    parser.add_argument("--no-undistort", action="store_true",
+                        help="send frames as captured even when the camera info has lens distortion (they are "
+                             "undistorted to the pinhole K by default)")
     parser.add_argument("--stream-id", default=None, help="stream name (default: the source's name)")
     parser.add_argument("--no-ply", action="store_true", help="do not write points.ply")
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
     import signal
     import threading
     from pathlib import Path
 
+    import numpy as np
+
     from recon.backends.identity import ensure_registered
+    from recon.calib import has_distortion
     from recon.commands.backend_args import backend_options, choose_backend
     from recon.errors import ConfigError
     from recon.nodes.pipeline import run_pipeline
@@ -59,6 +67,12 @@ def run(args: argparse.Namespace) -> int:
 
     info = load_camera_info(args.camera_info) if args.camera_info else None
     source = open_source(args.camera, fps=args.fps, camera_info=info)
+    if args.no_undistort and has_distortion(source.camera_info):
+        # The camera node undistorts whenever the camera info has coefficients: without them it sends the frames
+        # as captured, with K as calibrated.
+        logger.info("--no-undistort: frames are sent as captured (distortion %s ignored)",
+                    source.camera_info.distortion.tolist())
+        source.camera_info = dataclasses.replace(source.camera_info, distortion=np.zeros(0))
     if args.realtime and not source.live:
         if not args.fps:
             raise ConfigError("--realtime needs --fps (the rate to play the source at)")
