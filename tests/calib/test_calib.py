@@ -19,7 +19,7 @@ from recon.calib import (
     write_camera_info_yaml,
 )
 from recon.errors import ConfigError, SequenceError
-from recon.types import CameraInfo, Frame
+from recon.types import BackendStats, CameraInfo, Frame
 
 K = np.array([[300.0, 0.0, 161.5], [0.0, 305.0, 118.0], [0.0, 0.0, 1.0]])
 DIST = np.array([-0.28, 0.09, 0.001, -0.0005, -0.012])
@@ -243,3 +243,79 @@ def test_no_op_path_returns_the_input() -> None:
     assert set(np.unique(out)) <= {0.0, 1.0, 3.0}
     with pytest.raises(ConfigError, match="320x240"):
         und.image(image[:100])
+
+
+class _Recorder:
+    """A backend that keeps every frame it is given (and answers like `identity`)."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        from recon.backends.identity import IdentityBackend
+
+        self.inner = IdentityBackend()
+        self.frames: list[Frame] = []
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def step(self, frame: Frame) -> list:
+        self.frames.append(frame)
+        return self.inner.step(frame)
+
+    def flush(self) -> list:
+        return self.inner.flush()
+
+    def stats(self) -> BackendStats:
+        return self.inner.stats()
+
+
+def test_pipeline_carries_undistorted_frames_and_the_pinhole_k() -> None:
+    from recon.nodes.pipeline import run_pipeline
+    from recon.nodes.sources import PatternSource
+
+    source = PatternSource(3, 96, 72)
+    f = 80.0
+    source.camera_info = CameraInfo(96, 72, [[f, 0, 47.5], [0, f, 35.5], [0, 0, 1]], [-0.3, 0.1, 0.002, 0.001],
+                                    "lens")
+    und = Undistorter(source.camera_info)
+    backend = _Recorder()
+    stats = run_pipeline(source, backend, [], mode="inproc", encoding="raw", timeout_s=60)
+    assert stats.camera.sent == 3 and len(backend.frames) == 3
+    for i, frame in enumerate(backend.frames):
+        captured = source.image(i)
+        np.testing.assert_array_equal(frame.image, und.image(captured))
+        assert not np.array_equal(frame.image, captured)
+        np.testing.assert_allclose(frame.K, und.K_new)
+
+
+@pytest.mark.parametrize("no_undistort", [False, True])
+def test_recon_live_undistorts_unless_told_not_to(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  no_undistort: bool) -> None:
+    import argparse
+
+    import recon.nodes.pipeline as pipeline
+    from recon.commands import live
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 255, (72, 96, 3), dtype=np.uint8) for _ in range(2)]
+    for i, img in enumerate(images):
+        cv2.imwrite(str(folder / f"{i:04d}.png"), img[..., ::-1])
+    info = CameraInfo(96, 72, [[80.0, 0, 47.5], [0, 80.0, 35.5], [0, 0, 1]], [-0.3, 0.1, 0.002, 0.001], "lens")
+    write_camera_info(tmp_path / "cam.yaml", info)
+    backend = _Recorder()
+    real = pipeline.run_pipeline
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda source, _backend, sinks, **kw: real(source, backend, sinks,
+                                                                                             **kw))
+    parser = argparse.ArgumentParser()
+    live.add_arguments(parser)
+    argv = ["--camera", str(folder), "--camera-info", str(tmp_path / "cam.yaml"), "--backend", "identity",
+            "--viewer", "none", "--no-ply", "--out", str(tmp_path / "out")]
+    assert live.run(parser.parse_args(argv + (["--no-undistort"] if no_undistort else []))) == 0
+    assert len(backend.frames) == 2
+    und = Undistorter(info)
+    for frame, img in zip(backend.frames, images, strict=True):
+        np.testing.assert_array_equal(frame.image, img if no_undistort else und.image(img))
+        np.testing.assert_allclose(frame.K, info.K)
