@@ -33,6 +33,14 @@ class Calibration:
         size = self.size or image_size
         if size is None:
             return None
+        fisheye = self.distortion_model.lower() in ("equidistant", "fisheye", "kannala_brandt")
+        if fisheye and self.distortion is not None and np.any(self.distortion != 0):
+            # CameraInfo has no model field: its coefficients are read as k1, k2, p1, p2 by every consumer, which
+            # would "undistort" a fisheye image wrongly. Use Undistorter(..., model="equidistant") on the file's
+            # Calibration instead.
+            raise SequenceError(f"distortion_model {self.distortion_model!r} cannot be carried by a CameraInfo "
+                                "(pinhole plumb_bob / rational_polynomial only); undistort the images first with "
+                                "recon.calib.Undistorter(..., model='equidistant')")
         dist = self.distortion if self.distortion is not None else np.zeros(0)
         return CameraInfo(size[0], size[1], self.K, dist, self.frame_id)
 

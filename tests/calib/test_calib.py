@@ -159,10 +159,10 @@ def test_real_world_ros_camera_info_layout(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name,fmt", [("a.yaml", None), ("b.json", None), ("c.xml", None), ("d.yml", "opencv"),
                                       ("e.yaml", "opencv")])
 def test_write_camera_info_round_trips_every_format(tmp_path: Path, name: str, fmt: str | None) -> None:
-    write_camera_info(tmp_path / name, INFO, fmt, distortion_model="equidistant")
+    write_camera_info(tmp_path / name, INFO, fmt, distortion_model="rational_polynomial")
     calib = load_camera_file(tmp_path / name)
     info = load_camera_info(tmp_path / name)
-    assert (info.width, info.height) == (320, 240) and calib.distortion_model == "equidistant"
+    assert (info.width, info.height) == (320, 240) and calib.distortion_model == "rational_polynomial"
     np.testing.assert_allclose(info.K, K)
     np.testing.assert_allclose(info.distortion, DIST)
 
@@ -319,3 +319,14 @@ def test_recon_live_undistorts_unless_told_not_to(tmp_path: Path, monkeypatch: p
     for frame, img in zip(backend.frames, images, strict=True):
         np.testing.assert_array_equal(frame.image, img if no_undistort else und.image(img))
         np.testing.assert_allclose(frame.K, info.K)
+
+
+def test_fisheye_file_reads_as_calibration_but_not_as_a_pinhole_camera_info(tmp_path: Path) -> None:
+    write_camera_info(tmp_path / "fish.yaml", CameraInfo(320, 240, K, [0.08, -0.02, 0.004, -0.001]),
+                      distortion_model="equidistant")
+    calib = load_camera_file(tmp_path / "fish.yaml")
+    assert calib.distortion_model == "equidistant"
+    with pytest.raises(SequenceError, match="equidistant"):
+        load_camera_info(tmp_path / "fish.yaml")
+    und = Undistorter(CameraInfo(320, 240, calib.K, calib.distortion), model=calib.distortion_model)
+    assert und.fisheye and not und.identity
