@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rerun.chunk as rr_chunk
 
 import recon.backends as backends
 from recon.backends import BackendEntry
@@ -164,7 +165,6 @@ def test_replay_writes_every_output(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert summary["fps"] > 0 and summary["extra"]["ply_points"] == len(cloud.points)
     assert set(summary["outputs"]) >= {"trajectory", "points", "metrics", "rerun_rrd"}
 
-    rr_chunk = pytest.importorskip("rerun.chunk")
     seqs: set[int] = set()
     for chunk in rr_chunk.RrdReader(out / "recording.rrd").stream():
         if chunk.entity_path == "/world/tiny/cam":

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rerun.chunk as rr_chunk
 
 from recon.errors import ConfigError
 from recon.types import FrameResult
 from recon.viewer import APPLICATION_ID, ViewerSpec, build_blueprint, create_rerun_sink, parse_viewer_spec
-
-rr_chunk = pytest.importorskip("rerun.chunk")
 
 
 def make_result(stream_id: str, seq: int, h: int = 24, w: int = 32, is_update: bool = False) -> FrameResult:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from skimage import data
 
 from recon.errors import ConfigError
 from recon.models.preprocess import (
@@ -121,7 +122,6 @@ def test_fast_path_is_within_the_documented_bound(hw: tuple[int, int], mode: str
 
 
 def test_fast_path_on_natural_images() -> None:
-    data = pytest.importorskip("skimage.data")
     for name in ("astronaut", "coffee", "rocket"):
         a = np.ascontiguousarray(getattr(data, name)()[..., :3])
         worst, mean = _levels(preprocess_frames(a), load_and_preprocess_images([Image.fromarray(a)]))
