@@ -15,8 +15,8 @@ def golden_dir() -> Path:
     return Path(os.environ.get("RECON_GOLDEN_DIR", REPO_ROOT.parent / "shared" / "golden"))
 
 
-def require_golden(name: str) -> Path:
-    """The path of a fixture folder or file under the golden directory.
+def require_golden(name: str = "") -> Path:
+    """The path of a fixture folder or file under the golden directory (the directory itself by default).
 
     Missing: skipped on a developer machine without ../shared, but a failure under CI=true, where the folder
     is part of the checkout layout and its absence means the tests would silently check nothing.

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import pkgutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import golden_dir
+from tests.conftest import golden_dir, require_golden
 from tests.golden import runners
 
 Runner = Callable[[Path, dict], None]
@@ -57,12 +56,8 @@ def find_runner(cfg: dict) -> tuple[str, Runner | None]:
 
 
 def test_golden_folder_present() -> None:
-    if not FOLDERS:
-        message = f"no golden fixtures under {golden_dir()} (set RECON_GOLDEN_DIR)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    assert len(FOLDERS) >= 1
+    root = require_golden()
+    assert FOLDERS, f"no fixture folders with a config.json under {root}"
 
 
 @pytest.mark.golden

@@ -7,11 +7,11 @@ import torch
 
 from recon.models.pi3 import Pi3, build_window_model
 from recon.models.weights import model_shapes, read_manifest
-from tests.conftest import golden_dir
+from tests.conftest import require_golden
 
 
 def test_full_size_keys_and_shapes_match_manifest() -> None:
-    manifest = read_manifest(golden_dir() / "manifests" / "pi3_keys.tsv")
+    manifest = read_manifest(require_golden("manifests/pi3_keys.tsv"))
     model = Pi3(device="meta")
     shapes = model_shapes(model)
     assert sorted(set(manifest) - set(shapes)) == []

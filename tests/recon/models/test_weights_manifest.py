@@ -15,9 +15,7 @@ import torch
 from recon.errors import ConfigError
 from recon.models.registry import build_model, get_weights_cfg
 from recon.models.weights import compare_keys, model_shapes, read_manifest
-from tests.conftest import golden_dir, require_golden
-
-MANIFESTS = golden_dir() / "manifests"
+from tests.conftest import require_golden
 
 
 def _manifest(name: str) -> Path:
