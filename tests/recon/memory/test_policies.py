@@ -36,6 +36,7 @@ def stream(memory: StreamingMemory, frames: int, seed: int = 0, H: int = 2, D: i
 def test_sliding_window_keeps_the_most_recent_tokens() -> None:
     memory = StreamingMemory(2, SlidingWindowPolicy(12), track_token_ids=True)
     history = stream(memory, 7)
+    assert len(list(memory)) == 2  # the loop below must check both layers
     for layer, cache in enumerate(memory):
         assert len(cache) == 12
         assert cache.token_ids()[0, 0].tolist() == list(range(35 - 12, 35))
