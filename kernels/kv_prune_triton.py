@@ -28,8 +28,8 @@ BLOCK_ROWS = 64
 
 
 @triton.jit
-def _normalised_sum_kernel(k_ptr, part_ptr, C, H, s_b, s_h, s_c, D: tl.constexpr, BD: tl.constexpr,
-                           BC: tl.constexpr, EPS: tl.constexpr):
+def _load_key_block(k_ptr, C, H, s_b, s_h, s_c, D: tl.constexpr, BD: tl.constexpr, BC: tl.constexpr):
+    """This program's block of candidate keys [BC, BD] in float32, with its (batch*head, block, rows, cols)."""
     bh = tl.program_id(0)
     blk = tl.program_id(1)
     b = bh // H
@@ -39,6 +39,13 @@ def _normalised_sum_kernel(k_ptr, part_ptr, C, H, s_b, s_h, s_c, D: tl.constexpr
     mask = (rows < C)[:, None] & (cols < D)[None, :]
     ptrs = k_ptr + b * s_b + h * s_h + rows[:, None] * s_c + cols[None, :]
     k = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    return k, bh, blk, rows, cols
+
+
+@triton.jit
+def _normalised_sum_kernel(k_ptr, part_ptr, C, H, s_b, s_h, s_c, D: tl.constexpr, BD: tl.constexpr,
+                           BC: tl.constexpr, EPS: tl.constexpr):
+    k, bh, blk, rows, cols = _load_key_block(k_ptr, C, H, s_b, s_h, s_c, D, BD, BC)
     norm = tl.sqrt(tl.sum(k * k, axis=1))
     k_hat = k / tl.maximum(norm, EPS)[:, None]
     part = tl.sum(k_hat, axis=0)
@@ -49,15 +56,7 @@ def _normalised_sum_kernel(k_ptr, part_ptr, C, H, s_b, s_h, s_c, D: tl.constexpr
 @triton.jit
 def _score_kernel(k_ptr, mean_ptr, out_ptr, C, H, s_b, s_h, s_c, D: tl.constexpr, BD: tl.constexpr,
                   BC: tl.constexpr, EPS: tl.constexpr):
-    bh = tl.program_id(0)
-    blk = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    rows = blk * BC + tl.arange(0, BC)
-    cols = tl.arange(0, BD)
-    mask = (rows < C)[:, None] & (cols < D)[None, :]
-    ptrs = k_ptr + b * s_b + h * s_h + rows[:, None] * s_c + cols[None, :]
-    k = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    k, bh, blk, rows, cols = _load_key_block(k_ptr, C, H, s_b, s_h, s_c, D, BD, BC)
     mu = tl.load(mean_ptr + bh * D + cols, mask=cols < D, other=0.0)
     norm = tl.sqrt(tl.sum(k * k, axis=1))
     score = tl.sum(k * mu[None, :], axis=1) / tl.maximum(norm, EPS)
