@@ -161,6 +161,11 @@ def _run_inproc(source: str | Source, backend: str | Backend, sinks: list[Any], 
         viewer.stop()
         src.close()
         ctx.term()
+    return _finish(stats, viewer, t0)
+
+
+def _finish(stats: PipelineStats, viewer: Any, t0: float) -> PipelineStats:
+    """Re-raise a fault of the result subscriber, else complete the run's counters."""
     if viewer.error is not None:
         raise viewer.error
     stats.viewer = viewer.stats
@@ -252,11 +257,7 @@ def _run_tcp(source: str, backend: str, sinks: list[Any], options: dict[str, Any
                     p.wait()
         viewer.stop()
         ctx.term()
-    if viewer.error is not None:
-        raise viewer.error
-    stats.viewer = viewer.stats
-    stats.wall_s = time.perf_counter() - t0
-    return stats
+    return _finish(stats, viewer, t0)
 
 
 def run_replay_distributed(sequence: str, backend: str, sink: Any, *, backend_options: dict[str, Any] | None = None,
