@@ -134,6 +134,8 @@ KINDS: dict[str, KindSpec] = {
         fields=(
             FieldSpec("metric", (bool,), True, "true when depth, points and translation are in metres"),
             FieldSpec("is_update", (bool,), False, "true when this revises a pose already sent for the same seq"),
+            FieldSpec("tracked", (bool,), False, "false when the backend has no pose estimate for this frame "
+                                                 "(T_world_cam is a placeholder; default true)"),
             FieldSpec("stride", _INT, False, "per-pixel payloads are subsampled [::stride, ::stride] (default 1); "
                                              "K still refers to the full result grid"),
             FieldSpec("epoch", _INT, False, "epoch of the frame this result belongs to"),
@@ -312,7 +314,8 @@ def encode_result(result: FrameResult, *, points_dtype: str = "f4", stride: int 
     if with_image and result.image is not None:
         parts.append(_raw("image", np.asarray(result.image, dtype=np.uint8)[::stride, ::stride]))
     header = _header(RESULT, result.stream_id, result.seq, result.t_ns, metric=bool(result.metric),
-                     is_update=bool(result.is_update), stride=stride if stride != 1 else None, epoch=epoch,
+                     is_update=bool(result.is_update), tracked=None if result.tracked else False,
+                     stride=stride if stride != 1 else None, epoch=epoch,
                      session=session)
     return _pack(TOPIC_RESULT + result.stream_id.encode(), header, parts)
 
@@ -545,7 +548,8 @@ def to_result(msg: Message) -> FrameResult:
     try:
         return FrameResult(h["stream_id"], h["seq"], h["t_ns"], p["T_world_cam"], p["K"], depth=f32("depth"),
                            confidence=f32("confidence"), points_world=f32("points_world"), metric=h["metric"],
-                           image=p.get("image"), is_update=bool(h.get("is_update", False)))
+                           image=p.get("image"), is_update=bool(h.get("is_update", False)),
+                           tracked=bool(h.get("tracked", True)))
     except ConfigError as e:
         raise _err("bad_payload", f"{RESULT}: {e}") from e
 

@@ -21,6 +21,10 @@ class CheckpointMismatchError(ReconError, RuntimeError):
     """A checkpoint does not match the model: lists missing and unexpected keys."""
 
 
+class StateError(ReconError, RuntimeError):
+    """A saved session state cannot be restored: other backend, state version or configuration, or a damaged file."""
+
+
 class ProtocolError(ReconError, ValueError):
     """A wire message is malformed (bad header, sizes, dtype, payload count)."""
 

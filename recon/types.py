@@ -113,6 +113,9 @@ class FrameResult:
         metric: True when depth and translation are in metres.
         image: uint8 hxwx3 colours matching the result grid (for viewers and point clouds), or None.
         is_update: True when this result revises a pose already emitted for the same `seq`.
+        tracked: False when the backend could not estimate this frame's pose (tracking lost, before
+            initialisation): `T_world_cam` is then only a placeholder and sinks must not treat it as a
+            measured pose (no trajectory row, no points).
     """
 
     stream_id: str
@@ -126,6 +129,7 @@ class FrameResult:
     metric: bool = False
     image: np.ndarray | None = None
     is_update: bool = False
+    tracked: bool = True
 
     def __post_init__(self) -> None:
         self.T_world_cam = np.asarray(self.T_world_cam, dtype=np.float64)

@@ -5,7 +5,8 @@ The reconstruction node and the CLI only ever talk to this protocol, so methods 
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 from recon.types import BackendStats, Frame, FrameResult
 
@@ -28,3 +29,42 @@ class Backend(Protocol):
     def flush(self) -> list[FrameResult]: ...
 
     def stats(self) -> BackendStats: ...
+
+
+@dataclass
+class BackendState:
+    """A backend's streaming state, detached from the live objects so it can be written to disk.
+
+    The checkpoint writer stores `arrays` in safetensors and the rest in a msgpack manifest, so everything
+    here must be plain data: arrays are numpy arrays or CPU torch tensors under flat string names, `meta`
+    holds msgpack-able values only (ints, floats, strings, bools, lists, dicts, bytes).
+
+    Attributes:
+        backend: registry name of the backend that produced it.
+        version: version of that backend's state layout; a backend refuses to load any other.
+        config: the options the backend was built with that shape its state (model configuration, budget,
+            image grid ...); loading into a backend built with different values is refused.
+        arrays: tensors of the state (KV caches, keyframe images, map points ...).
+        meta: counters, sequence numbers, pending-frame bookkeeping.
+    """
+
+    backend: str
+    version: int
+    config: dict[str, Any]
+    arrays: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Checkpointable(Protocol):
+    """A backend whose streaming state survives a node restart (DESIGN.md §1: restart continuity).
+
+    `save_state` is called between steps (never concurrently with `step`); `load_state` on a freshly built
+    backend with the same configuration, after which the next `step` continues in the same world frame.
+    A state the backend cannot take (other backend, version or configuration) raises
+    `recon.errors.StateError` with the reason.
+    """
+
+    def save_state(self) -> BackendState: ...
+
+    def load_state(self, state: BackendState) -> None: ...
