@@ -3,12 +3,22 @@
 Flow control is credit based for every source: the reconstruction node grants a window (its
 per-stream queue size) and acknowledges each frame once its results are published.
 
-- Recorded sources keep every sent, unacknowledged frame, plus the last `keep_acked` acknowledged
-  ones. When the reconstruction node restarts (its id changes in the credit messages) they are sent
-  again, in seq order, paced by the new window; an overdue ack also triggers a re-send. The node
-  dedupes by (stream_id, epoch, seq) and so do subscribers, so every seq reaches the output once.
-- Live sources send only the newest frame when the window allows; older ones are dropped and
-  counted. After a restart nothing is re-sent: a live frame is worth nothing late.
+- Recorded sources keep every sent, unacknowledged frame, plus the acknowledged ones the node has
+  not checkpointed yet (after the `durable` seq of its credits; at most `keep_acked`). When the
+  reconstruction node restarts (its id changes in the credit messages) they are sent again, in seq
+  order, paced by the new window, so a restored session catches up to where it was; an overdue ack
+  also triggers a re-send. The node dedupes by (stream_id, epoch, seq) and so do subscribers, so
+  every seq reaches the output once.
+- Live sources have a window of 1: the newest captured frame is sent when the previous one has been
+  processed, so at most one frame ever waits anywhere (the capture buffer). Frames overwritten before
+  sending are dropped and counted. After a restart nothing is re-sent: a live frame is worth nothing
+  late.
+
+Refusals are visible: a frame larger than the node's `max_message_bytes` (which it advertises in its
+credits) stops the camera with an error naming both sizes instead of being sent (libzmq would drop the
+connection); a `refuse` message for the whole stream (no slot, quota, another owner) stops it with the
+node's reason, unless the node says a retry may succeed; refused single frames are counted and, when
+final, not re-sent.
 
 Heartbeats go out every `heartbeat_s`; the node answers each with a credit message, which is how
 a (re)started node is discovered. ZeroMQ reconnects the TCP link by itself.
@@ -52,7 +62,8 @@ class CameraNodeConfig:
         resend_s: re-send a recorded frame whose ack is this overdue.
         max_frames: stop after this many frames were sent (None: until the source ends).
         stride: recorded sources: send every `stride`-th frame only.
-        keep_acked: recorded sources: the last acknowledged frames kept to re-send after a node restart.
+        keep_acked: recorded sources: acknowledged frames kept to re-send after a node restart (those after the
+            node's last checkpoint, at most this many).
         on_send: called with each frame before it is encoded (in-process runs keep `Frame.meta` aside with it).
         undistort: remap frames of a camera whose CameraInfo has lens distortion to its pinhole camera before
             sending (the wire then carries pinhole images and K, which is what every backend assumes).
@@ -70,19 +81,33 @@ class CameraNodeConfig:
     resend_s: float = 5.0
     max_frames: int | None = None
     stride: int = 1
-    keep_acked: int = 16
+    keep_acked: int = 64
     on_send: Callable[[Frame], None] | None = None
     security: Security = field(default_factory=Security)
 
 
 @dataclass
 class CameraStats:
-    """What the camera node did (also logged at the end)."""
+    """What the camera node did (also logged at the end).
 
+    Attributes:
+        captured: frames the live source captured (0 for recorded sources).
+        sent / resent: frames sent for the first time / again.
+        acked: frames the node processed (acknowledged), whenever the ack came.
+        drops: frames the live source overwrote before they could be sent (dropped at the camera).
+        dropped_at_node: live frames the node dropped unprocessed (a newer frame replaced them).
+        refused: frames the node refused for good (malformed, or the stream was refused).
+        reconnects: node restarts seen.
+        stopped_on_error: why the stream stopped early (corrupt frame, refusal, oversize frame), else None.
+    """
+
+    captured: int = 0
     sent: int = 0
     resent: int = 0
     acked: int = 0
     drops: int = 0
+    dropped_at_node: int = 0
+    refused: int = 0
     reconnects: int = 0
     skipped_by_stride: int = 0
     stopped_on_error: str | None = None
@@ -105,6 +130,10 @@ class CameraNode:
         self._pending: collections.OrderedDict[int, list[Any]] = collections.OrderedDict()
         self._sent_at: dict[int, float] = {}  # in flight: sent, not acknowledged
         self._recent: collections.OrderedDict[int, list[Any]] = collections.OrderedDict()
+        self._unacked: collections.OrderedDict[int, None] = collections.OrderedDict()  # sent, no ack counted yet
+        self._durable = -1
+        self.max_message_bytes: int | None = None
+        self._paused_until = 0.0
         self._keep_latency = False
         self._index = -1
         self._resend_from_restart: set[int] = set()
@@ -140,16 +169,42 @@ class CameraNode:
             frame.K = self._undistorter.K_new
         elif frame.K is None and same_size:
             frame.K = info.K
+        capture_ns = frame.t_ns if self.source.live else time.time_ns()
         return P.encode_frame(frame, encoding=cfg.encoding, quality=cfg.jpeg_quality,
                               depth_encoding=cfg.depth_encoding, epoch=self.epoch,
-                              live=self.source.live, frame_id=None if info is None else info.frame_id)
+                              live=self.source.live, frame_id=None if info is None else info.frame_id,
+                              capture_ns=capture_ns)
+
+    def _fail(self, message: str) -> None:
+        """Stop streaming because of `message` (the CLI exits non-zero with it)."""
+        if self.stats.stopped_on_error is None:
+            self.stats.stopped_on_error = message
+            logger.error("%s: %s", self, message)
+        self._stop.set()
+
+    def _check_size(self, seq: int, parts: list[Any]) -> bool:
+        limit = self.max_message_bytes
+        if limit is None:
+            return True
+        size = P.message_bytes(parts)
+        if size <= limit:
+            return True
+        self._pending.pop(seq, None)
+        self._fail(f"frame {seq} is {size} bytes on the wire, over the reconstruction node's limit of {limit} bytes "
+                   f"(raise the node's --max-message-mb / --max-pixels, or send --encoding jpeg)")
+        return False
 
     def _send(self, sock: zmq.Socket, seq: int, parts: list[Any]) -> bool:
+        if not self._check_size(seq, parts):
+            return False
         try:
             sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return False
         self._sent_at[seq] = time.monotonic()
+        self._unacked[seq] = None
+        while len(self._unacked) > 4096:
+            self._unacked.popitem(last=False)
         return True
 
     def _on_reply(self, sock: zmq.Socket, parts: list[Any]) -> None:
@@ -158,21 +213,36 @@ class CameraNode:
         except Exception as e:
             self.warn(P.fault_kind(e), "%s: bad reply from the node: %s", self, e)
             return
+        if msg.kind == P.REFUSE:
+            self._on_refusal(msg.header)
+            return
         if msg.kind != P.CREDIT:
             return
         h = msg.header
         node = int(h["node"])
-        self.window = int(h["window"])
+        self.window = min(int(h["window"]), 1) if self.source.live else int(h["window"])
+        if "max_message_bytes" in h:
+            self.max_message_bytes = int(h["max_message_bytes"])
         if h.get("epoch", self.epoch) == self.epoch:
             now = time.monotonic()
+            if "durable" in h:
+                self._durable = int(h["durable"])
+                for seq in [s for s in self._recent if s <= self._durable]:
+                    del self._recent[seq]
+            for seq in h.get("dropped", ()):
+                if self._unacked.pop(seq, "gone") is None:
+                    self.stats.dropped_at_node += 1
+                self._pending.pop(seq, None)
+                self._sent_at.pop(seq, None)
             for seq in h["acked"]:
+                if self._unacked.pop(seq, "gone") is None:
+                    self.stats.acked += 1  # counted even when a live frame's ack comes after it expired
                 parts = self._pending.pop(seq, None)
+                t = self._sent_at.pop(seq, None)
                 if parts is not None:
-                    self.stats.acked += 1
-                    t = self._sent_at.pop(seq, None)
                     if self._keep_latency and t is not None:
                         self.stats.latency_ms.append(1000 * (now - t))
-                    if not self.source.live and self.config.keep_acked:
+                    if not self.source.live and self.config.keep_acked and seq > self._durable:
                         self._recent[seq] = parts
                         while len(self._recent) > self.config.keep_acked:
                             self._recent.popitem(last=False)
@@ -180,28 +250,57 @@ class CameraNode:
             if self.node_id is not None:
                 self.stats.reconnects += 1
                 logger.warning("%s: reconstruction node restarted (%x -> %x); re-sending %d unacknowledged and %d "
-                               "recently acknowledged frames", self, self.node_id, node,
+                               "acknowledged frames it had not checkpointed", self, self.node_id, node,
                                0 if self.source.live else len(self._pending), len(self._recent))
             else:
                 logger.info("%s: connected to reconstruction node %x (window %d)", self, node, self.window)
             self.node_id = node
             self._sent_at.clear()  # nothing is in flight at the new node
+            self._paused_until = 0.0
             if self.source.live:
                 self._pending.clear()
             else:
-                # An ack and the result it stands for leave a dying node on different sockets, so the ack can get
-                # out while the result is lost: the last acknowledged frames go again too (subscribers drop what
-                # they already have). They are sent in seq order, paced by the new window (see `_send_unsent`).
+                # The acknowledged frames the old node had not checkpointed go again, so a restored session catches
+                # up to where it was (an ack may also have left a dying node while its result did not). Subscribers
+                # drop what they already have. Sent in seq order, paced by the new window (`_send_unsent`).
                 merged = {**self._recent, **self._pending}
                 self._pending = collections.OrderedDict(sorted(merged.items()))
                 self._recent.clear()
+                self._durable = -1
                 self._resend_from_restart = set(self._pending)
+
+    def _on_refusal(self, h: dict[str, Any]) -> None:
+        if h.get("epoch", self.epoch) != self.epoch:
+            return
+        reason, detail, retry_s = str(h["reason"]), str(h["detail"]), float(h["retry_s"])
+        seqs = [int(s) for s in h["seqs"]]
+        if not seqs:
+            if retry_s > 0:
+                self._paused_until = time.monotonic() + retry_s
+                self._sent_at.clear()  # whatever was in flight is re-sent after the pause
+                self.warn("refused_" + reason, "%s: the node refused the stream for now (%s): %s; retrying in "
+                          "%.1f s", self, reason, detail, retry_s)
+                return
+            self.stats.refused += len(self._pending)
+            self._pending.clear()
+            self._fail(f"the reconstruction node refused stream {self.config.stream_id} ({reason}): {detail}")
+            return
+        for seq in seqs:
+            if retry_s > 0:
+                self._sent_at.pop(seq, None)  # re-sent by _send_unsent when the window allows
+                self._paused_until = max(self._paused_until, time.monotonic() + retry_s)
+            elif self._pending.pop(seq, None) is not None or self._unacked.pop(seq, "gone") is None:
+                self._sent_at.pop(seq, None)
+                self._unacked.pop(seq, None)
+                self.stats.refused += 1
+        self.warn("refused_frames_" + reason, "%s: the node refused frame(s) %s (%s): %s%s", self, seqs[:8], reason,
+                  detail, f"; re-sending after {retry_s:.1f} s" if retry_s > 0 else "")
 
     def _heartbeat(self, sock: zmq.Socket) -> None:
         with_room = sock.poll(0, zmq.POLLOUT)
         if with_room:
             sock.send_multipart(P.encode_control(P.HEARTBEAT, self.config.stream_id, t_ns=time.time_ns(),
-                                                 node=self.epoch, epoch=self.epoch,
+                                                 node=self.epoch, epoch=self.epoch, live=self.source.live or None,
                                                  interval_s=self.config.heartbeat_s, role="camera"), zmq.NOBLOCK)
 
     def run(self) -> CameraStats:
@@ -229,12 +328,13 @@ class CameraNode:
                     lost = True
                     logger.warning("%s: no word from the reconstruction node for %.1fs; waiting for it", self,
                                    now - last_heard)
-                self._expire(sock, now, live, lost)
+                paused = now < self._paused_until
+                self._expire(sock, now, live, lost or paused)
                 sent = False
-                if not live and not lost and self.node_id is not None:
+                if not live and not lost and not paused and self.node_id is not None:
                     sent = self._send_unsent(sock)
-                if (self.node_id is not None and not lost and not exhausted and len(self._pending) < self.window
-                        and now >= next_send):
+                if (self.node_id is not None and not lost and not paused and not exhausted
+                        and len(self._pending) < self.window and now >= next_send):
                     frame = self._next_frame(frames)
                     if frame is None:
                         exhausted = not live or self.source_finished()
@@ -243,6 +343,8 @@ class CameraNode:
                         self._pending[frame.seq] = parts
                         if self._send(sock, frame.seq, parts):
                             self.stats.sent += 1
+                        elif self._stop.is_set():
+                            break  # refused before sending (oversize): stopped_on_error says why
                         sent = True  # if the send queue was full, _send_unsent sends it later
                         count += 1
                         if cfg.fps:
@@ -268,8 +370,11 @@ class CameraNode:
         finally:
             sock.close(0)
             self.stats.drops = self.source.drops
-        logger.info("%s: done: sent %d, re-sent %d, acknowledged %d, dropped %d, reconnects %d", self,
-                    self.stats.sent, self.stats.resent, self.stats.acked, self.stats.drops, self.stats.reconnects)
+            self.stats.captured = int(getattr(self.source, "captured", 0))
+        st = self.stats
+        logger.info("%s: done: sent %d, re-sent %d, acknowledged (processed) %d, dropped at the camera %d, dropped "
+                    "at the node %d, refused %d, reconnects %d", self, st.sent, st.resent, st.acked, st.drops,
+                    st.dropped_at_node, st.refused, st.reconnects)
         return self.stats
 
     def _expire(self, sock: zmq.Socket, now: float, live: bool, lost: bool) -> None:
@@ -287,7 +392,7 @@ class CameraNode:
         """Send pending frames not in flight (after a restart, or a full send queue), oldest first, within the
         window; returns True when something went out."""
         sent = False
-        for seq, parts in self._pending.items():
+        for seq, parts in list(self._pending.items()):
             if len(self._sent_at) >= self.window:
                 break
             if seq in self._sent_at:

@@ -11,15 +11,20 @@ from collections.abc import Callable
 logger = logging.getLogger(__name__)
 
 
-def on_shutdown_signals(callback: Callable[[], None]) -> threading.Event:
-    """Call `callback` once on the first SIGINT/SIGTERM (main thread only); returns the event it sets."""
+def on_shutdown_signals(callback: Callable[[], None], force: Callable[[], None] | None = None) -> threading.Event:
+    """Call `callback` on the first SIGINT/SIGTERM and `force` on the next ones (main thread only); returns the event
+    the first one sets. Both must return at once (they run in a signal handler)."""
     fired = threading.Event()
 
     def handler(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
         if not fired.is_set():
             fired.set()
-            logger.info("received %s, shutting down cleanly", signal.Signals(signum).name)
+            logger.info("received %s, shutting down cleanly (send it again to force the stop)", name)
             callback()
+        elif force is not None:
+            logger.warning("received %s again: forcing the stop", name)
+            force()
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, handler)

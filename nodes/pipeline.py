@@ -42,7 +42,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class PipelineStats:
-    """What a pipeline run did: camera counters, results received, node status at the end."""
+    """What a pipeline run did: camera counters, results received, node status at the end.
+
+    `results_lost`: frames accepted by the node whose results did not reach the sinks (the node's own count at
+    stop plus what the result subscriber did not receive); a run that loses any should exit non-zero.
+    """
 
     mode: str
     camera: CameraStats = field(default_factory=CameraStats)
@@ -51,6 +55,7 @@ class PipelineStats:
     wall_s: float = 0.0
     stopped_on_error: str | None = None
     backend_s: float = 0.0
+    results_lost: int = 0
 
 
 def free_port() -> int:
@@ -65,7 +70,8 @@ def run_pipeline(source: str | Source, backend: str | Backend, sinks: Iterable[A
                  encoding: str = "raw", fps: float | None = None, queue_size: int = 8,
                  timeout_s: float = 3600.0, stop: threading.Event | None = None, max_frames: int | None = None,
                  stride: int = 1, on_error: str | None = None, close_sinks: bool = True,
-                 strict: bool = False, keep_meta: bool = False) -> PipelineStats:
+                 strict: bool = False, keep_meta: bool = False, abort: threading.Event | None = None
+                 ) -> PipelineStats:
     """Stream `source` through `backend` into `sinks` with the node classes; returns the run's counters.
 
     Args:
@@ -77,7 +83,9 @@ def run_pipeline(source: str | Source, backend: str | Backend, sinks: Iterable[A
         mode: "inproc" (threads) or "tcp" (camera and reconstruction node as processes on loopback).
         stream_id: defaults to the source's name.
         timeout_s: overall bound; the run is stopped and ReconError raised when exceeded.
-        stop: set it (from a signal handler or another thread) to end a live run cleanly (inproc).
+        stop: set it (from a signal handler or another thread) to end a live run cleanly (inproc): the camera
+            stops, the node drains and flushes, every result reaches the sinks, however long that takes.
+        abort: set it (a second signal) to cut that wait short; `PipelineStats.results_lost` counts what was lost.
         max_frames, stride: send at most `max_frames` frames, every `stride`-th of a recorded source.
         on_error: dataset sources: "skip" or "stop" at a corrupt frame (see `PipelineStats.stopped_on_error`).
         strict: inproc: a backend exception ends the run and is re-raised (replay), instead of being counted.
@@ -89,7 +97,7 @@ def run_pipeline(source: str | Source, backend: str | Backend, sinks: Iterable[A
         raise ConfigError(f"stride must be >= 1, got {stride}")
     cam = _CameraOptions(stream_id, encoding, fps, max_frames, stride, on_error, close_sinks, keep_meta)
     if mode == "inproc":
-        return _run_inproc(source, backend, list(sinks), options, cam, queue_size, timeout_s, stop, strict)
+        return _run_inproc(source, backend, list(sinks), options, cam, queue_size, timeout_s, stop, strict, abort)
     if mode == "tcp":
         if not isinstance(backend, str):
             raise ConfigError("mode='tcp' needs a backend name: the backend is built in the node process")
@@ -113,7 +121,7 @@ class _CameraOptions:
 
 def _run_inproc(source: str | Source, backend: str | Backend, sinks: list[Any], options: dict[str, Any],
                 co: _CameraOptions, queue_size: int, timeout_s: float, stop: threading.Event | None,
-                strict: bool) -> PipelineStats:
+                strict: bool, abort: threading.Event | None) -> PipelineStats:
     t0 = time.perf_counter()
     ctx = zmq.Context()
     tag = f"{os.getpid()}-{id(sinks):x}"
@@ -137,6 +145,7 @@ def _run_inproc(source: str | Source, backend: str | Backend, sinks: list[Any], 
                                      strict=strict, frame_hook=restore if co.keep_meta else None), ctx)
     viewer = ViewerNode(f"inproc://results-{tag}", sinks, context=ctx, close_sinks=co.close_sinks)
     stats = PipelineStats("inproc")
+    abort = abort or threading.Event()
     try:
         node.start()
         viewer.start()
@@ -146,22 +155,64 @@ def _run_inproc(source: str | Source, backend: str | Backend, sinks: list[Any], 
                                                stream_id=co.stream_id or getattr(src, "name", "cam0"),
                                                fps=None if src.live else co.fps, max_frames=co.max_frames,
                                                stride=co.stride, on_send=keep if co.keep_meta else None), ctx)
-        _run_bounded(cam, node, timeout_s, stop)
+        _run_bounded(cam, node, timeout_s, stop, abort)
         stats.camera = cam.stats
         stats.stopped_on_error = cam.stats.stopped_on_error
-        stats.node_status = node.status()
         stats.backend_s = sum(s.step_s_total for s in node.sessions.values())
-        node.stop()
+        _stop_and_drain(node, viewer, abort, stats)
+        stats.node_status = node.status()  # after the stop: final counts, latency of every session
         if node.failure is not None:
             raise node.failure
-        if not viewer.wait_bye(node.node_id, timeout=30):
-            logger.warning("in-process pipeline: final results not confirmed by the reconstruction node")
     finally:
+        if abort.is_set():
+            node.abort()
         node.stop()
         viewer.stop()
         src.close()
-        ctx.term()
+        _term(ctx)
     return _finish(stats, viewer, t0)
+
+
+def _term(ctx: zmq.Context) -> None:
+    """Terminate the pipeline's context; a thread still stuck in a backend or sink after a forced stop must not
+    hang the process, so the wait is bounded."""
+    t = threading.Thread(target=ctx.term, name="zmq-term", daemon=True)
+    t.start()
+    t.join(10)
+    if t.is_alive():
+        logger.warning("in-process pipeline: a thread still holds a socket after the stop; leaving it behind")
+
+
+def _stop_and_drain(node: ReconNode, viewer: ViewerNode, abort: threading.Event, stats: PipelineStats) -> None:
+    """Stop the node however long its sessions take to flush, then wait until the subscriber has every result.
+
+    `abort` (a second Ctrl-C or SIGTERM) cuts both waits short; what was given up is counted in
+    `stats.results_lost`."""
+    stopper = threading.Thread(target=node.stop, name="pipeline-stop", daemon=True)
+    stopper.start()
+    t0 = time.monotonic()
+    next_log = t0 + 10.0
+    while True:
+        try:
+            if abort.is_set():
+                node.abort()
+            stopper.join(0.2)
+            if not stopper.is_alive() and (viewer.wait_bye(node.node_id, timeout=0.2) or abort.is_set()
+                                           or viewer.error is not None):
+                break
+            if time.monotonic() >= next_log:
+                next_log = time.monotonic() + 10.0
+                logger.info("waiting for the last results to reach the outputs (%.0f s so far, %d received; "
+                            "interrupt again to give them up)", time.monotonic() - t0, viewer.stats.results)
+        except KeyboardInterrupt:
+            logger.warning("interrupted again: forcing the stop")
+            abort.set()
+    lost = viewer.lost_from(node.node_id)
+    stats.results_lost = node.results_lost if lost is None else lost
+    if lost is None and not abort.is_set():
+        logger.error("in-process pipeline: the reconstruction node's last message never arrived")
+    if stats.results_lost:
+        logger.error("%d result(s) lost: they never reached the outputs", stats.results_lost)
 
 
 def _finish(stats: PipelineStats, viewer: Any, t0: float) -> PipelineStats:
@@ -170,10 +221,13 @@ def _finish(stats: PipelineStats, viewer: Any, t0: float) -> PipelineStats:
         raise viewer.error
     stats.viewer = viewer.stats
     stats.wall_s = time.perf_counter() - t0
+    if viewer.stats.sink_errors:
+        logger.error("outputs failed on some results: %s (see the log above)", viewer.stats.sink_errors)
     return stats
 
 
-def _run_bounded(cam: CameraNode, node: ReconNode, timeout_s: float, stop: threading.Event | None) -> None:
+def _run_bounded(cam: CameraNode, node: ReconNode, timeout_s: float, stop: threading.Event | None,
+                 abort: threading.Event) -> None:
     """Run the camera node in a thread until its source ends, `stop` is set or Ctrl-C (then shut down cleanly)."""
     t = threading.Thread(target=cam.run, name="camera-node", daemon=True)
     t.start()
@@ -217,7 +271,7 @@ def _run_tcp(source: str, backend: str, sinks: list[Any], options: dict[str, Any
     try:
         recon_p = subprocess.Popen(node_command("recon", "--bind", ep_in, "--publish", ep_out, "--control", ep_ctl,
                                                 "--backend", backend, "--queue-size", str(queue_size),
-                                                "--heartbeat", "0.1", "--wait-subscribers", "1",
+                                                "--heartbeat", "0.1", "--wait-subscribers", "1", "--no-state",
                                                 *format_backend_options(options)))
         procs.append(recon_p)
         viewer.start()
@@ -243,8 +297,18 @@ def _run_tcp(source: str, backend: str, sinks: list[Any], options: dict[str, Any
             raise ReconError(f"camera node process failed with exit code {rc}")
         stats.node_status = request(ctx, ep_ctl, {"cmd": "status"}, timeout_s=10)
         request(ctx, ep_ctl, {"cmd": "shutdown"}, timeout_s=10)
-        if not viewer.wait_bye(int(status["node"]), timeout=60):
-            logger.warning("distributed pipeline: final results not confirmed by the reconstruction node")
+        node_id = int(status["node"])
+        t_wait = time.monotonic()
+        while not viewer.wait_bye(node_id, timeout=5.0):
+            if recon_p.poll() is not None and not viewer.wait_bye(node_id, timeout=2.0):
+                break
+            logger.info("distributed pipeline: waiting for the reconstruction node to flush (%.0f s)",
+                        time.monotonic() - t_wait)
+        lost = viewer.lost_from(node_id)
+        if lost is None:
+            raise ReconError(f"the reconstruction node process ended (exit code {recon_p.poll()}) without its last "
+                             "message: results may be lost")
+        stats.results_lost = lost
         recon_p.wait(30)
     finally:
         for p in procs:
@@ -272,7 +336,9 @@ def run_replay_distributed(sequence: str, backend: str, sink: Any, *, backend_op
     p = run_pipeline(sequence, backend, [sink], mode="tcp", backend_options=backend_options, max_frames=max_frames,
                      stride=stride, on_error=on_error, close_sinks=False)
     return LoopStats(frames_in=int(p.node_status.get("frames", 0)), results_out=p.viewer.results + p.viewer.updates,
-                     metric=p.viewer.metric, wall_s=p.wall_s, stopped_on_error=p.stopped_on_error)
+                     metric=p.viewer.metric, wall_s=p.wall_s, stopped_on_error=p.stopped_on_error,
+                     results_lost=p.results_lost + sum(p.viewer.sink_errors.values()),
+                     node_status=p.node_status)
 
 
 class _SequenceSource:
@@ -323,4 +389,6 @@ def run_replay_inproc(sequence: Any, backend: Backend, sink: Any, *, max_frames:
     loop.wall_s = p.wall_s
     loop.timings_s["backend"] = p.backend_s
     loop.stopped_on_error = p.stopped_on_error
+    loop.results_lost = p.results_lost + sum(p.viewer.sink_errors.values())
+    loop.node_status = p.node_status
     return loop

@@ -39,6 +39,7 @@ RESULT = "recon/result/v1"
 CREDIT = "recon/credit/v1"
 RESET = "recon/reset/v1"
 HEARTBEAT = "recon/heartbeat/v1"
+REFUSE = "recon/refuse/v1"
 
 TOPIC_FRAME = b"frame/"
 TOPIC_RESULT = b"result/"
@@ -117,15 +118,20 @@ KINDS: dict[str, KindSpec] = {
             FieldSpec("live", (bool,), False, "true for a live camera (latest-frame-wins), false for recorded data"),
             FieldSpec("depth_scale", (float, int), False, "metres per unit of a uint16 depth payload (e.g. 0.001)"),
             FieldSpec("frame_id", _STR, False, "camera optical frame name (ROS / Rerun entity naming)"),
+            FieldSpec("capture_ns", _INT, False, "wall-clock time (sender clock, ns) the frame was captured (live) or "
+                                                 "read from its recording; latency is measured from it (default "
+                                                 "t_ns)"),
         ),
         payloads=(
             PayloadSpec("image", _IMAGE_DTYPES, ("raw", "jpeg", "png"), ("H", "W", 3),
                         "RGB colour image, uint8 HxWx3, row-major, channel order R,G,B"),
             PayloadSpec("depth", ("<u2", "<f4"), ("raw", "png"), ("H", "W"),
                         "depth along the optical axis, same grid as image; float32 metres, or uint16 times "
-                        "depth_scale metres; 0 = invalid"),
+                        "depth_scale metres; 0 = invalid (NaN, infinite and negative values are read as 0)"),
             PayloadSpec("K", ("<f8",), ("raw",), (3, 3),
-                        "pinhole intrinsics in pixels of image, row-major [[fx,0,cx],[0,fy,cy],[0,0,1]]"),
+                        "pinhole intrinsics in pixels of image, row-major [[fx,s,cx],[0,fy,cy],[0,0,1]]: finite, "
+                        "0 < fx, fy <= 1000 max(W, H), |s| <= fx, principal point within 10 max(W, H) of the "
+                        "image"),
         ),
     ),
     RESULT: KindSpec(
@@ -140,6 +146,12 @@ KINDS: dict[str, KindSpec] = {
                                              "K still refers to the full result grid"),
             FieldSpec("epoch", _INT, False, "epoch of the frame this result belongs to"),
             FieldSpec("session", _INT, False, "session number of the stream on the node (increments on reset)"),
+            FieldSpec("map_epoch", _INT, False, "random id of the world frame the pose is in; it changes exactly "
+                                                "when the stream's world frame does (reset, resolution change, a "
+                                                "node restart without a restorable checkpoint): sinks start a new "
+                                                "segment then"),
+            FieldSpec("capture_ns", _INT, False, "capture_ns of the frame (sender clock)"),
+            FieldSpec("publish_ns", _INT, False, "wall-clock time (node clock, ns) the result was published"),
         ),
         payloads=(
             PayloadSpec("T_world_cam", ("<f8",), ("raw",), (4, 4),
@@ -157,15 +169,24 @@ KINDS: dict[str, KindSpec] = {
         fields=(
             FieldSpec("window", _INT, True, "frames the camera may have in flight (sent, not yet acknowledged)"),
             FieldSpec("acked", (list,), True, "seqs of this stream/epoch whose results were published"),
+            FieldSpec("dropped", (list,), False, "seqs of a live stream the node dropped unprocessed (a newer frame "
+                                                 "replaced them: latest wins)"),
+            FieldSpec("durable", _INT, False, "every processed frame of this epoch up to this seq is in the node's "
+                                              "last checkpoint (-1: none); frames after it are worth keeping for "
+                                              "a re-send after a node restart"),
             FieldSpec("epoch", _INT, False, "epoch the acks refer to"),
             FieldSpec("node", _INT, True, "random id of the reconstruction node process (changes on restart)"),
+            FieldSpec("max_message_bytes", _INT, False, "largest message the node accepts; a larger one makes "
+                                                        "libzmq drop the connection, so a camera checks first"),
         ),
     ),
     RESET: KindSpec(
         RESET,
         "asks the reconstruction node to reset the session of stream_id (camera -> node, or node -> subscribers "
         "to announce that a session restarted)",
-        fields=(FieldSpec("reason", _STR, False, "why: 'request', 'resolution', 'restart'"),),
+        fields=(FieldSpec("reason", _STR, False, "why: 'request', 'resolution', 'restart' (no checkpoint could be "
+                                                 "restored)"),
+                FieldSpec("map_epoch", _INT, False, "node -> subscribers: the world-frame id of the new segment"),),
     ),
     HEARTBEAT: KindSpec(
         HEARTBEAT,
@@ -175,26 +196,63 @@ KINDS: dict[str, KindSpec] = {
             FieldSpec("interval_s", (float, int), False, "seconds until the next heartbeat"),
             FieldSpec("role", _STR, False, "'camera', 'recon' or 'viewer'"),
             FieldSpec("bye", (bool,), False, "true on a node's last heartbeat: all its results were published"),
+            FieldSpec("live", (bool,), False, "camera: true for a live source (the node grants it a window of 1)"),
+            FieldSpec("results", _INT, False, "with bye: results the node published in all (a subscriber that got "
+                                              "fewer lost some in transport)"),
+            FieldSpec("lost", _INT, False, "with bye: accepted frames whose results the node gave up (a forced "
+                                           "stop)"),
+        ),
+    ),
+    REFUSE: KindSpec(
+        REFUSE,
+        "reconstruction node -> camera: the node will not take these frames (or this stream); the camera says so "
+        "and, when retry_s is 0 and no seqs are listed, stops with an error",
+        fields=(
+            FieldSpec("reason", _STR, True, "stable label: 'no_slot', 'quota', 'not_owner', 'busy' (memory budget), "
+                                            "'stopping', or the rejection label of a malformed frame"),
+            FieldSpec("detail", _STR, True, "human-readable explanation naming the limit involved"),
+            FieldSpec("seqs", (list,), True, "refused seqs of this stream/epoch; empty: the whole stream"),
+            FieldSpec("retry_s", (float, int), True, "seconds after which sending again may succeed; 0: never "
+                                                     "(the listed frames, or the stream when none are listed)"),
+            FieldSpec("epoch", _INT, False, "epoch the seqs refer to"),
+            FieldSpec("node", _INT, True, "random id of the reconstruction node process"),
         ),
     ),
 }
+
+
+DEFAULT_MAX_PIXELS = 3840 * 2160
+"""Largest image (width x height) a node decodes by default: 4K UHD. Larger frames need `--max-pixels`."""
 
 
 @dataclass(frozen=True)
 class Limits:
     """Upper bounds checked before anything is allocated from a header.
 
-    The defaults admit 8K RGB-D frames; a node can lower them. `max_message_bytes` is also what the
-    sockets get as zmq.MAXMSGSIZE, so an oversized frame is refused by libzmq before Python sees it.
+    The defaults admit 4K UHD RGB-D frames (float32 depth); `for_pixels` scales the byte limits to another
+    image size. `max_message_bytes` is also what the sockets get as zmq.MAXMSGSIZE, so an oversized frame is
+    refused by libzmq before Python sees it (which is why the node advertises it to cameras, who check first).
+    `max_pixels` bounds every image-shaped payload (H x W), so a compressed image that honestly declares
+    8192x8192 is refused before it is decompressed.
     """
 
     max_header_bytes: int = 16 * 1024
     max_payloads: int = 8
     max_dim: int = 8192
-    max_payload_bytes: int = 8192 * 8192 * 4
-    max_message_bytes: int = 8192 * 8192 * 4 + 1024 * 1024
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_payload_bytes: int = DEFAULT_MAX_PIXELS * 4
+    max_message_bytes: int = DEFAULT_MAX_PIXELS * 7 + 1024 * 1024
     max_stream_id: int = 128
     max_list: int = 1024
+
+    @classmethod
+    def for_pixels(cls, max_pixels: int, **changes: Any) -> Limits:
+        """Limits for images of up to `max_pixels` (RGB uint8 plus float32 depth in one message)."""
+        if max_pixels < 1:
+            raise ConfigError(f"max_pixels must be >= 1, got {max_pixels}")
+        sized = {"max_pixels": max_pixels, "max_payload_bytes": max_pixels * 4,
+                 "max_message_bytes": max_pixels * 7 + 1024 * 1024}
+        return cls(**{**sized, **changes})
 
 
 DEFAULT_LIMITS = Limits()
@@ -207,6 +265,9 @@ class Message:
     topic: bytes
     header: dict[str, Any]
     payloads: dict[str, np.ndarray] = field(default_factory=dict)
+    compressed: dict[str, bytes] = field(default_factory=dict)
+    """Compressed payloads whose image header was checked but whose pixels are not decoded yet (`decode(...,
+    images=False)`); `decode_images` decodes them."""
 
     @property
     def kind(self) -> str:
@@ -272,7 +333,7 @@ def _pack(topic: bytes, header: dict[str, Any], parts: list[tuple[dict[str, Any]
 
 def encode_frame(frame: Frame, *, encoding: str = "raw", quality: int = 90, depth_encoding: str = "f4",
                  depth_scale: float = 0.001, epoch: int | None = None, live: bool | None = None,
-                 frame_id: str | None = None) -> list[Any]:
+                 frame_id: str | None = None, capture_ns: int | None = None) -> list[Any]:
     """Multipart parts for `frame`; raw payloads are zero-copy views, ready for send_multipart(copy=False).
 
     Args:
@@ -295,12 +356,13 @@ def encode_frame(frame: Frame, *, encoding: str = "raw", quality: int = 90, dept
     if frame.K is not None:
         parts.append(_raw("K", np.asarray(frame.K, dtype=np.float64)))
     header = _header(FRAME, frame.stream_id, frame.seq, frame.t_ns, epoch=epoch, live=live, depth_scale=scale,
-                     frame_id=frame_id)
+                     frame_id=frame_id, capture_ns=capture_ns)
     return _pack(TOPIC_FRAME + frame.stream_id.encode(), header, parts)
 
 
 def encode_result(result: FrameResult, *, points_dtype: str = "f4", stride: int = 1, with_image: bool = True,
-                  epoch: int | None = None, session: int | None = None) -> list[Any]:
+                  epoch: int | None = None, session: int | None = None, map_epoch: int | None = None,
+                  capture_ns: int | None = None, publish_ns: int | None = None) -> list[Any]:
     """Multipart parts for `result` (see KINDS[RESULT]); `points_dtype` 'f2' halves the point-map bytes."""
     if stride < 1:
         raise _err("encode", f"stride must be >= 1, got {stride}")
@@ -316,7 +378,7 @@ def encode_result(result: FrameResult, *, points_dtype: str = "f4", stride: int 
     header = _header(RESULT, result.stream_id, result.seq, result.t_ns, metric=bool(result.metric),
                      is_update=bool(result.is_update), tracked=None if result.tracked else False,
                      stride=stride if stride != 1 else None, epoch=epoch,
-                     session=session)
+                     session=session, map_epoch=map_epoch, capture_ns=capture_ns, publish_ns=publish_ns)
     return _pack(TOPIC_RESULT + result.stream_id.encode(), header, parts)
 
 
@@ -391,6 +453,11 @@ def decode_header(raw: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
         raise _err("bad_stream_id", f"{kind}: empty stream_id")
     if not (-1 <= header["seq"] < 2**63) or not (0 <= header["t_ns"] < 2**63):
         raise _err("bad_field_value", "seq or t_ns out of range")
+    if kind in (FRAME, RESULT) and header["seq"] < 0:
+        raise _err("bad_field_value", f"{kind}: seq must be >= 0 (-1 is reserved for control messages)")
+    for name in ("capture_ns", "publish_ns"):
+        if name in header and not 0 <= header[name] < 2**63:
+            raise _err("bad_field_value", f"{kind}: {name} out of range")
     descs = header["payloads"]
     if len(descs) > min(limits.max_payloads, len(spec.payloads)):
         raise _err("bad_payload_list", f"{kind}: {len(descs)} payloads declared, at most {len(spec.payloads)} allowed")
@@ -418,9 +485,19 @@ def decode_header(raw: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     if kind == CREDIT:
         if not 0 <= header["window"] <= 1 << 16:
             raise _err("bad_field_value", f"{kind}: window out of range")
-        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in header["acked"]):
-            raise _err("bad_field_value", f"{kind}: acked must be a list of non-negative ints")
+        for name in ("acked", "dropped"):
+            if name in header and not _seq_list(header[name]):
+                raise _err("bad_field_value", f"{kind}: {name} must be a list of non-negative ints")
+    if kind == REFUSE:
+        if not _seq_list(header["seqs"]):
+            raise _err("bad_field_value", f"{kind}: seqs must be a list of non-negative ints")
+        if not (math.isfinite(header["retry_s"]) and 0 <= header["retry_s"] <= 3600):
+            raise _err("bad_field_value", f"{kind}: retry_s must be in [0, 3600]")
     return header
+
+
+def _seq_list(values: list[Any]) -> bool:
+    return all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**63 for s in values)
 
 
 def _check_payload(kind: str, p: PayloadSpec, d: dict[str, Any], limits: Limits) -> None:
@@ -438,6 +515,9 @@ def _check_payload(kind: str, p: PayloadSpec, d: dict[str, Any], limits: Limits)
             raise _err("bad_shape", f"{where}: shape {shape} does not match {p.shape}")
         if not 1 <= s <= limits.max_dim:
             raise _err("bad_shape", f"{where}: dimension {s} outside 1..{limits.max_dim}")
+    if "H" in p.shape and shape[0] * shape[1] > limits.max_pixels:
+        raise _err("too_many_pixels", f"{where}: {shape[1]}x{shape[0]} = {shape[0] * shape[1]} pixels exceeds the "
+                                      f"limit of {limits.max_pixels} (--max-pixels)")
     nbytes = math.prod(shape) * np.dtype(d["dtype"]).itemsize
     if nbytes > limits.max_payload_bytes:
         raise _err("too_large", f"{where}: {nbytes} bytes declared, limit {limits.max_payload_bytes}")
@@ -447,9 +527,9 @@ def _check_payload(kind: str, p: PayloadSpec, d: dict[str, Any], limits: Limits)
         raise _err("too_large", f"{where}: nbytes {d['nbytes']} out of range")
 
 
-def _decode_compressed(where: str, buf: memoryview, d: dict[str, Any]) -> np.ndarray:
-    """Decode JPEG/PNG after checking the file's own size matches the declared (limit-checked) shape."""
-    import cv2
+def _check_compressed(where: str, buf: memoryview, d: dict[str, Any]) -> bytes:
+    """The JPEG/PNG bytes after checking, from the file's own header only (no pixel buffer), that it is the
+    declared format and size (the declared size was checked against the limits); returns the bytes."""
     from PIL import Image, UnidentifiedImageError
 
     data = bytes(buf)  # bounded by nbytes, itself limit-checked
@@ -463,6 +543,13 @@ def _decode_compressed(where: str, buf: memoryview, d: dict[str, Any]) -> np.nda
     h, w = d["shape"][:2]
     if size != (w, h):
         raise _err("bad_image", f"{where}: image is {size[0]}x{size[1]}, header declares {w}x{h}")
+    return data
+
+
+def _decode_image(where: str, data: bytes, d: dict[str, Any]) -> np.ndarray:
+    """Pixels of checked JPEG/PNG bytes (`_check_compressed`), as the declared dtype and shape."""
+    import cv2
+
     flag = cv2.IMREAD_COLOR if len(d["shape"]) == 3 else cv2.IMREAD_UNCHANGED
     img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
     if img is None:
@@ -474,8 +561,12 @@ def _decode_compressed(where: str, buf: memoryview, d: dict[str, Any]) -> np.nda
     return img
 
 
-def decode(parts: list[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
-    """Validate and decode a received multipart (topic, header, payloads...); raw payloads stay zero-copy."""
+def decode(parts: list[Any], limits: Limits = DEFAULT_LIMITS, *, images: bool = True) -> Message:
+    """Validate and decode a received multipart (topic, header, payloads...); raw payloads stay zero-copy.
+
+    With `images=False` compressed payloads are only checked (format and size from their own header) and kept in
+    `Message.compressed`, so a receiver can validate on one thread and decompress on another (`decode_images`).
+    """
     if not isinstance(parts, list | tuple) or len(parts) < 2:
         n = len(parts) if isinstance(parts, list | tuple) else 0
         raise _err("bad_multipart", f"expected topic, header and payload frames, got {n} frames")
@@ -499,10 +590,33 @@ def decode(parts: list[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
                 # ZeroMQ gives no alignment guarantee; unaligned float arrays are slow and some libraries
                 # (open3d) refuse their buffer format, so those few are copied (bytes, already size-checked).
                 arr = arr.copy()
+            msg.payloads[d["name"]] = arr
         else:
-            arr = _decode_compressed(where, buf, d)
-        msg.payloads[d["name"]] = arr
+            data = _check_compressed(where, buf, d)
+            if images:
+                msg.payloads[d["name"]] = _decode_image(where, data, d)
+            else:
+                msg.compressed[d["name"]] = data
     return msg
+
+
+def decode_images(msg: Message) -> Message:
+    """Decompress the payloads `decode(..., images=False)` left in `msg.compressed` (in place; returns msg)."""
+    for d in msg.header["payloads"]:
+        data = msg.compressed.pop(d["name"], None)
+        if data is not None:
+            msg.payloads[d["name"]] = _decode_image(f"{msg.header['kind']} payload {d['name']!r}", data, d)
+    return msg
+
+
+def decoded_bytes(header: dict[str, Any]) -> int:
+    """Bytes the payloads of a validated header occupy once decoded (raw payloads: as received)."""
+    return sum(math.prod(d["shape"]) * np.dtype(d["dtype"]).itemsize for d in header["payloads"])
+
+
+def message_bytes(parts: list[Any]) -> int:
+    """Bytes of a multipart as it goes on the wire (what zmq.MAXMSGSIZE limits)."""
+    return sum(len(_buffer(p)) for p in parts)
 
 
 def _finite(where: str, arr: np.ndarray) -> None:
@@ -510,10 +624,39 @@ def _finite(where: str, arr: np.ndarray) -> None:
         raise _err("bad_value", f"{where}: contains NaN or infinity")
 
 
+def check_intrinsics(K: np.ndarray, width: int, height: int) -> None:
+    """Refuse a K that is not a finite pinhole with positive focal lengths (the bounds of KINDS[FRAME]'s K)."""
+    where = f"{FRAME} K"
+    _finite(where, K)
+    size = float(max(width, height))
+    fx, fy, skew, cx, cy = float(K[0, 0]), float(K[1, 1]), float(K[0, 1]), float(K[0, 2]), float(K[1, 2])
+    if K[1, 0] != 0 or K[2, 0] != 0 or K[2, 1] != 0 or K[2, 2] != 1:
+        raise _err("bad_intrinsics", f"{where}: not a pinhole matrix (the last row must be [0, 0, 1] and K[1][0] 0), "
+                                     f"got {np.asarray(K).tolist()}")
+    if not (0 < fx <= 1000 * size and 0 < fy <= 1000 * size):
+        raise _err("bad_intrinsics", f"{where}: focal lengths fx={fx:g}, fy={fy:g} must be in (0, {1000 * size:g}] "
+                                     f"pixels for a {width}x{height} image")
+    if abs(skew) > fx:
+        raise _err("bad_intrinsics", f"{where}: skew {skew:g} larger than fx {fx:g}")
+    if abs(cx - width / 2) > 10 * size or abs(cy - height / 2) > 10 * size:
+        raise _err("bad_intrinsics", f"{where}: principal point ({cx:g}, {cy:g}) is far outside the "
+                                     f"{width}x{height} image")
+
+
+def valid_depth(depth: np.ndarray) -> np.ndarray:
+    """Float depth with NaN, infinite and negative values set to 0 (invalid); the same array when all are valid."""
+    good = np.isfinite(depth) & (depth >= 0)
+    if good.all():
+        return depth
+    return np.where(good, depth, np.float32(0)).astype(depth.dtype, copy=False)
+
+
 def to_frame(msg: Message) -> Frame:
     """The recon.types.Frame in a decoded frame message (depth converted to float32 metres)."""
     if msg.kind != FRAME:
         raise _err("wrong_kind", f"expected {FRAME}, got {msg.kind}")
+    if msg.compressed:
+        decode_images(msg)
     h, p = msg.header, msg.payloads
     image = p["image"]
     depth = p.get("depth")
@@ -522,9 +665,11 @@ def to_frame(msg: Message) -> Frame:
             raise _err("bad_shape", f"{FRAME}: depth {depth.shape} does not match image {image.shape[:2]}")
         if depth.dtype == np.uint16:
             depth = depth.astype(np.float32) * np.float32(h.get("depth_scale", 0.001))
+        else:
+            depth = valid_depth(depth)
     K = p.get("K")
     if K is not None:
-        _finite(f"{FRAME} K", K)
+        check_intrinsics(K, image.shape[1], image.shape[0])
     meta = {"epoch": int(h.get("epoch", 0)), "live": bool(h.get("live", False))}
     if "frame_id" in h:
         meta["frame_id"] = h["frame_id"]

@@ -3,8 +3,15 @@
 Examples:
     recon node recon --bind tcp://127.0.0.1:5555 --publish tcp://127.0.0.1:5556 --backend geometric
     recon node recon --backend identity -o delay_ms=5          # test backend, 5 ms per frame
+    recon node recon --state-dir /var/lib/recon --checkpoint-every 60   # where sessions are checkpointed
     recon node recon --bind tcp://0.0.0.0:5555 --publish tcp://0.0.0.0:5556 --allow-remote \\
         --curve-secret-key server.key_secret --curve-public-key clients/
+
+Sessions are checkpointed by default (every `--checkpoint-every` frames and at a clean stop) under
+`--state-dir` (default: $RECON_STATE_DIR, else ~/.local/state/recon/<bind endpoint>), so a restarted node
+continues every stream in the same world frame; `--no-state` turns that off. SIGINT/SIGTERM stop cleanly,
+waiting for every session to flush however long it takes; a second one forces the stop and the exit code is 1
+if results were lost.
 """
 
 from __future__ import annotations
@@ -25,10 +32,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--publish", default="tcp://127.0.0.1:5556", help="endpoint results are published on")
     parser.add_argument("--control", default=None, help="REQ/REP control endpoint (default: --bind port + 2)")
     add_backend_arguments(parser, default="geometric")
-    parser.add_argument("--queue-size", type=int, default=8, help="frames queued per stream (= credit window)")
+    parser.add_argument("--queue-size", type=int, default=8,
+                        help="frames queued per recorded stream (= its credit window; live streams get 1)")
     parser.add_argument("--max-streams", type=int, default=16, help="sessions beyond this are refused")
-    parser.add_argument("--session-idle", type=float, default=600.0, metavar="S",
-                        help="flush and close a stream's session after S seconds without frames")
+    parser.add_argument("--max-streams-per-peer", type=int, default=4, metavar="N",
+                        help="streams one sender (CURVE key, remote address or connection) may hold")
+    parser.add_argument("--owner-timeout", type=float, default=5.0, metavar="S",
+                        help="without CURVE, another sender may take a stream over after its owner was silent S s")
+    parser.add_argument("--session-idle", type=float, default=60.0, metavar="S",
+                        help="checkpoint, flush and close a stream's session after S seconds without frames")
+    parser.add_argument("--state-dir", default=None, metavar="DIR",
+                        help="session checkpoints (default: $RECON_STATE_DIR or ~/.local/state/recon/<bind>)")
+    parser.add_argument("--no-state", action="store_true", help="no checkpoints: a restart starts new world frames")
+    parser.add_argument("--checkpoint-every", type=int, default=30, metavar="N",
+                        help="checkpoint each session every N frames (and at a clean stop)")
+    parser.add_argument("--state-max-age", type=float, default=3600.0, metavar="S",
+                        help="do not restore checkpoints older than S seconds at start")
+    parser.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                        help="largest image (width x height) accepted; sizes the message limits too "
+                             "(default 3840x2160)")
+    parser.add_argument("--max-buffered-mb", type=float, default=1024.0, metavar="MB",
+                        help="node-wide budget of decoded frame bytes held in queues and steps")
+    parser.add_argument("--no-warmup", action="store_true",
+                        help="do not build and step one backend at start (the first camera then waits for it)")
     parser.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
                         help="grant cameras no credit until N result subscribers are connected")
     parser.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat period in seconds")
@@ -45,27 +71,49 @@ def run(args: argparse.Namespace) -> int:
 
     from recon.commands.backend_args import backend_options
     from recon.nodes.cli_util import on_shutdown_signals
-    from recon.nodes.protocol import DEFAULT_LIMITS
+    from recon.nodes.protocol import DEFAULT_LIMITS, Limits
     from recon.nodes.recon_node import ReconNode, ReconNodeConfig
     from recon.nodes.transport import Security
 
-    limits = DEFAULT_LIMITS
+    limits = DEFAULT_LIMITS if not args.max_pixels else Limits.for_pixels(args.max_pixels)
     if args.max_message_mb:
         limits = replace(limits, max_message_bytes=int(args.max_message_mb * 2**20))
+    state_dir = None if args.no_state else (args.state_dir or default_state_dir(args.bind))
     config = ReconNodeConfig(bind=args.bind, publish=args.publish, control=args.control, backend=args.backend,
                              backend_options=backend_options(args, args.backend), queue_size=args.queue_size,
                              heartbeat_s=args.heartbeat, points_dtype=args.points_dtype, stride=args.stride,
                              with_image=not args.no_image, max_streams=args.max_streams,
+                             max_streams_per_peer=args.max_streams_per_peer, owner_timeout_s=args.owner_timeout,
                              min_subscribers=args.wait_subscribers, session_idle_s=args.session_idle,
-                             allow_remote=args.allow_remote, limits=limits, security=Security.from_args(args))
-    node = ReconNode(config).start()
-    stop = on_shutdown_signals(lambda: None)
+                             allow_remote=args.allow_remote, limits=limits,
+                             max_buffered_bytes=int(args.max_buffered_mb * 2**20), state_dir=state_dir,
+                             checkpoint_every=args.checkpoint_every, state_max_age_s=args.state_max_age,
+                             warmup=not args.no_warmup, security=Security.from_args(args))
+    node = ReconNode(config)
+    stop = on_shutdown_signals(lambda: None, node.abort)
+    node.start()
     try:
         while not stop.is_set() and not node.wait(0.2):
             pass
     finally:
-        node.stop()
-    return 0
+        lost = node.stop()
+    if lost:
+        logger.error("%d result(s) lost at the forced stop", lost)
+    return 1 if lost or node.failure is not None else 0
+
+
+def default_state_dir(bind: str) -> str:
+    """Where `recon node recon` keeps checkpoints unless told: $RECON_STATE_DIR, else under ~/.local/state/recon,
+    one folder per bind endpoint (so two nodes on one machine never share, and a restart finds its own)."""
+    import os
+    from pathlib import Path
+
+    root = os.environ.get("RECON_STATE_DIR")
+    if root:
+        return root
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "recon"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in bind)
+    return str(base / safe)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,23 +1,29 @@
-"""The reconstruction node: frames in (ROUTER), one backend session per stream, results out (PUB).
+"""The reconstruction node: frames in (ROUTER), one backend session per stream, results out (XPUB).
 
-Threads, so the model never waits on I/O (DESIGN.md §1, §6):
+The node is assembled from parts with one job each, talking through explicit interfaces:
 
-    io thread       ROUTER <- cameras (frames, heartbeats, resets); sends credits/acks back to cameras
-    decode thread   validates and decodes (JPEG/PNG included), dedupes by (stream_id, epoch, seq), queues
-    session threads one per stream: backend.step() over a bounded queue (latest-wins for live frames)
-    publish thread  encodes results, PUB -> subscribers, then acknowledges the frame to its camera
-    control thread  REP: status, reset-stream, shutdown
+    ingest      (recon.nodes.ingest)     ROUTER <- cameras: validation, admission, replies; its own thread
+    sessions    (recon.nodes.sessions)   per stream: backend build/restore, queue, step, publish, ack, checkpoint;
+                                         one thread each; the table decides slots, quotas and ownership
+    admission   (recon.nodes.admission)  who may use a stream, the node-wide memory budget
+    publisher   (recon.nodes.publisher)  XPUB -> subscribers: results, resets, heartbeats (thread-safe)
+    replies     (recon.nodes.replies)    credits and refusals back to one camera (thread-safe)
+    checkpoints (recon.nodes.checkpoints, recon.checkpoint)   the writer thread and the on-disk format
+    control     (recon.nodes.control)    REP: status, reset, shutdown; its own thread
 
-Flow control: the node grants each camera a window of `queue_size` frames; a frame is acknowledged
-after its results were published, so a recorded source never has more in flight than the queue holds
-and, after a node restart, re-sends exactly what was not published. A malformed message is counted,
-logged once per kind, and dropped; the node keeps serving.
+Flow control: the node grants each camera a window of `queue_size` frames (1 for a live camera: its newest frame
+is the only one ever waiting); a frame is acknowledged after the results of its step were published, so a recorded
+source never has more in flight than the queue holds and, after a node restart, re-sends exactly what was not
+processed. With `state_dir`, every session checkpoints its backend every `checkpoint_every` frames and at stop; a
+restarted node restores them and continues each stream in the same world frame.
+
+Stopping (`stop`) waits, however long the backends take, until every session has drained its queue, flushed
+and published; `abort` (a second SIGINT/SIGTERM) cuts that short and `results_lost` says how many frames lost
+their results.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import logging
 import threading
 import time
@@ -25,22 +31,30 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 import numpy as np
 import zmq
 
 from recon.backends import create_backend, registered
 from recon.backends.base import Backend
 from recon.backends.identity import ensure_registered
-from recon.errors import ConfigError, ProtocolError, ReconError
+from recon.checkpoint import CheckpointStore
+from recon.errors import ConfigError
 from recon.nodes import protocol as P
-from recon.nodes.transport import Authenticator, Security, check_bind, default_context, new_node_id, open_socket
-from recon.types import Frame, FrameResult
+from recon.nodes.admission import MemoryBudget
+from recon.nodes.checkpoints import CheckpointWriter
+from recon.nodes.control import ControlServer
+from recon.nodes.ingest import Ingest
+from recon.nodes.publisher import Publisher
+from recon.nodes.replies import Replies
+from recon.nodes.sessions import Session, SessionOptions, SessionServices, SessionTable, check_options
+from recon.nodes.transport import Authenticator, Security, check_bind, default_context, new_node_id
+from recon.types import Frame
 from recon.utils.log import WarnOnce
 
 logger = logging.getLogger(__name__)
 
-_ACKS = "inproc://recon-node-acks-{}"
+_REPLIES = "inproc://recon-node-replies-{}"
+DEFAULT_MAX_BUFFERED_BYTES = 1 << 30
 
 
 def derive_control(bind: str) -> str:
@@ -57,17 +71,27 @@ class ReconNodeConfig:
 
     Attributes:
         bind: ROUTER endpoint cameras connect to.
-        publish: PUB endpoint results go out on.
+        publish: XPUB endpoint results go out on.
         control: REP endpoint for status/reset/shutdown (default: derived from `bind`).
         backend: registry name; `backend_options` are passed to create_backend.
-        queue_size: bounded frames per stream, and the credit window granted to cameras.
-        heartbeat_s: heartbeat period on the PUB socket.
+        queue_size: bounded frames per recorded stream, and the credit window granted to its camera.
+        heartbeat_s: heartbeat period on the XPUB socket.
         points_dtype, stride, with_image: how results are encoded (see protocol.encode_result).
-        max_streams: sessions beyond this are refused (bounded memory).
-        session_idle_s: a session without frames for this long is flushed and closed, freeing its slot.
+        max_streams: sessions beyond this are refused (the camera is told, and exits with an error).
+        max_streams_per_peer: streams one sender (CURVE key, remote address or connection) may hold.
+        owner_timeout_s: a stream's owner silent this long may be replaced by another sender (not under CURVE).
+        session_idle_s: a session without frames for this long is checkpointed, flushed and closed, freeing its slot.
         min_subscribers: grant cameras no credit until this many result subscribers are connected (a recorded
             replay waits for its recorder instead of publishing into the void).
-        allow_remote: permit non-loopback binds.
+        allow_remote: permit binds reachable beyond this user on this machine (non-loopback tcp, shared ipc).
+        limits: message limits (`P.Limits.for_pixels` sizes them for an image size).
+        max_buffered_bytes: one node-wide budget of decoded frame bytes held between receipt and the end of the
+            backend step (queues, decoding, stepping).
+        state_dir: checkpoint folder (None: no checkpoints); checkpoint_every: frames between checkpoints;
+            state_max_age_s: older checkpoints are not restored at start (None: any age).
+        result_hwm: results queued per subscriber before publishing waits for it.
+        warmup: build one backend at start and step it on a synthetic frame, so the first camera does not wait
+            for imports and first-call initialisation.
         backend_instance: an already built backend for the first stream (in-process replay hands over its own,
             so its stats stay with the caller); further streams are refused.
         strict: a backend exception stops the node (`ReconNode.failure`) instead of being counted and skipped.
@@ -86,181 +110,63 @@ class ReconNodeConfig:
     stride: int = 1
     with_image: bool = True
     max_streams: int = 16
+    max_streams_per_peer: int = 4
+    owner_timeout_s: float = 5.0
     min_subscribers: int = 0
-    session_idle_s: float = 600.0
+    session_idle_s: float = 60.0
     allow_remote: bool = False
     limits: P.Limits = P.DEFAULT_LIMITS
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES
+    state_dir: str | None = None
+    checkpoint_every: int = 30
+    state_max_age_s: float | None = 3600.0
+    result_hwm: int = 64
+    warmup: bool = False
     security: Security = field(default_factory=Security)
     backend_instance: Backend | None = None
     strict: bool = False
     frame_hook: Callable[[Frame], None] | None = None
 
     def __post_init__(self) -> None:
-        if self.queue_size < 1:
-            raise ConfigError(f"queue_size must be >= 1, got {self.queue_size}")
         if self.points_dtype not in ("f2", "f4"):
             raise ConfigError(f"points_dtype must be f2 or f4, got {self.points_dtype!r}")
+        if self.max_buffered_bytes < self.limits.max_message_bytes:
+            raise ConfigError(f"max_buffered_bytes ({self.max_buffered_bytes}) must hold at least one message of "
+                              f"max_message_bytes ({self.limits.max_message_bytes})")
         if self.control is None:
             self.control = derive_control(self.bind)
 
+    def session_options(self) -> SessionOptions:
+        opts = SessionOptions(
+            backend=self.backend, backend_options=dict(self.backend_options), queue_size=self.queue_size,
+            points_dtype=self.points_dtype, stride=self.stride, with_image=self.with_image, strict=self.strict,
+            frame_hook=self.frame_hook, checkpoint_every=self.checkpoint_every, curve=self.security.enabled,
+            owner_timeout_s=self.owner_timeout_s, max_streams=self.max_streams,
+            max_streams_per_peer=self.max_streams_per_peer, session_idle_s=self.session_idle_s,
+            state_max_age_s=self.state_max_age_s)
+        check_options(opts)
+        return opts
 
-@dataclass
-class _Item:
-    frame: Frame
-    peer: bytes
-    epoch: int
 
-
-class Session:
-    """One stream's backend, bounded queue and counters, served by its own thread."""
-
-    def __init__(self, node: ReconNode, stream_id: str) -> None:
-        self.node = node
-        self.stream_id = stream_id
-        given = node.config.backend_instance
-        if given is not None:
-            if node.sessions:
-                raise ConfigError(f"stream {stream_id}: this node serves one stream with the backend it was given")
-            self.backend = given
-        else:
-            self.backend = create_backend(node.config.backend, **node.config.backend_options)
-        self.number = 0
-        self.queue: collections.deque[_Item] = collections.deque()
-        self.cond = threading.Condition()
-        self.size: tuple[int, int] | None = None
-        self.frames = 0
-        self.drops = 0
-        self.errors = 0
-        self.fps = 0.0
-        self.step_ms = 0.0
-        self.step_s_total = 0.0
-        self.last_t = 0.0
-        self.reset_requested = False
-        self.closing = False
-        self.last_frame_at = time.monotonic()
-        self.epoch: int | None = None
-        self.done: collections.OrderedDict[int, None] = collections.OrderedDict()
-        self.queued: set[int] = set()
-        self.thread = threading.Thread(target=self._run, name=f"session-{stream_id}", daemon=True)
-        self.thread.start()
-
-    # -- called from the decode thread ---------------------------------------------------------------
-    def offer(self, item: _Item, live: bool) -> str:
-        """Queue a frame; returns 'queued', 'duplicate' (already published: re-ack) or 'inflight'."""
-        seq = item.frame.seq
-        with self.cond:
-            if self.epoch != item.epoch:
-                # A restarted camera: forget the old epoch's seqs, keep the backend (the session continues).
-                self.epoch, self.done, self.queued = item.epoch, collections.OrderedDict(), set()
-            if seq in self.done:
-                return "duplicate"
-            if seq in self.queued:
-                return "inflight"
-            if len(self.queue) >= self.node.config.queue_size:
-                # A credit-respecting camera never gets here. Live: latest wins, the old frame is acked
-                # as dropped. Recorded: the new frame is refused unacked, so its camera re-sends it later.
-                self.drops += 1
-                if not live:
-                    self.node.warn("queue_overflow", "stream %s: queue full, refused recorded seq %d",
-                                   self.stream_id, seq)
-                    return "refused"
-                old = self.queue.popleft()
-                self.queued.discard(old.frame.seq)
-                self.node.warn("queue_overflow_live", "stream %s: queue full, dropped live seq %d",
-                               self.stream_id, old.frame.seq)
-                self.node.ack_later(old.peer, self.stream_id, old.epoch, [old.frame.seq])
-            self.queue.append(item)
-            self.queued.add(seq)
-            self.last_frame_at = time.monotonic()
-            self.cond.notify()
-        return "queued"
-
-    def close_if_idle(self, idle_s: float) -> bool:
-        """Start closing (flush, then the thread ends) when no frame came for `idle_s`; True if it did."""
-        with self.cond:
-            if self.queue or time.monotonic() - self.last_frame_at < idle_s:
-                return False
-            self.closing = True
-            self.cond.notify()
-        return True
-
-    def request_reset(self) -> None:
-        with self.cond:
-            self.reset_requested = True
-            self.cond.notify()
-
-    def mark_done(self, epoch: int, seq: int) -> None:
-        with self.cond:
-            if epoch == self.epoch:
-                self.queued.discard(seq)
-                self.done[seq] = None
-                while len(self.done) > 65536:
-                    self.done.popitem(last=False)
-
-    # -- session thread -------------------------------------------------------------------------------
-    def _reset(self, reason: str) -> None:
-        self.node.publish_results(self, self._safe(self.backend.flush), None)
-        self.backend.reset()
-        self.number += 1
-        self.node.publish_control(P.RESET, self.stream_id, reason=reason)
-        logger.info("stream %s: session reset (%s), session %d", self.stream_id, reason, self.number)
-
-    def _safe(self, fn: Any, *args: Any) -> list[FrameResult]:
+def warm_backend(name: str, options: dict[str, Any]) -> Backend:
+    """A backend of `name` that has stepped on synthetic frames (without and with depth, so both code paths are
+    imported and initialised) and been reset, so the first session does not pay for that while cameras wait."""
+    backend = create_backend(name, **options)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    K = np.array([[100.0, 0, 64], [0, 100.0, 48], [0, 0, 1]])
+    for depth in (None, np.full((96, 128), 2.0, np.float32)):
         try:
-            return list(fn(*args))
-        except Exception as e:  # a model fault must not kill the node
-            self.errors += 1
-            if self.node.config.strict:
-                self.node.fail(e)
-                return []
-            self.node.warn("backend_error", "stream %s: backend %s failed: %s: %s", self.stream_id,
-                           self.node.config.backend, type(e).__name__, e)
-            logger.debug("stream %s: backend traceback", self.stream_id, exc_info=True)
-            return []
-
-    def _run(self) -> None:
-        stop = self.node._stop
-        while True:
-            with self.cond:
-                while not self.queue and not self.reset_requested and not stop.is_set() and not self.closing:
-                    self.cond.wait(0.2)
-                if ((stop.is_set() or self.closing) and not self.queue) or self.node.failure is not None:
-                    break
-                reset, self.reset_requested = self.reset_requested, False
-                item = self.queue.popleft() if self.queue else None
-            if reset:
-                self._reset("request")
-            if item is None:
-                continue
-            frame = item.frame
-            size = (frame.height, frame.width)
-            if self.size is not None and size != self.size:
-                self._reset("resolution")
-            self.size = size
-            t0 = time.perf_counter()
-            results = self._safe(self.backend.step, frame)
-            t1 = time.perf_counter()
-            self.step_ms = 1000 * (t1 - t0)
-            self.frames += 1
-            self.step_s_total += t1 - t0
-            if self.last_t:
-                dt = max(t1 - self.last_t, 1e-6)
-                self.fps = 1 / dt if self.fps == 0 else 0.9 * self.fps + 0.1 / dt
-            self.last_t = t1
-            self.node.publish_results(self, results, item)
-        if self.node.failure is None:
-            self.node.publish_results(self, self._safe(self.backend.flush), None)
-
-    def status(self) -> dict[str, Any]:
-        st = self.backend.stats()
-        return {"session": self.number, "frames": self.frames, "fps": round(self.fps, 2),
-                "queue": len(self.queue), "queue_size": self.node.config.queue_size, "drops": self.drops,
-                "errors": self.errors, "step_ms": round(self.step_ms, 3), "size": list(self.size or ()),
-                "backend_memory_bytes": int(st.memory_bytes)}
+            backend.step(Frame("warmup", 0, 0, image, K=K, depth=depth))
+            backend.flush()
+        except Exception as e:  # noqa: BLE001 - a warm-up failure is only a missed optimisation
+            logger.info("backend %s: warm-up step failed (%s); the first session initialises it", name, e)
+        backend.reset()
+    return backend
 
 
 class ReconNode:
-    """The reconstruction node; `start()` spawns its threads, `stop()` flushes sessions and closes sockets."""
+    """The reconstruction node; `start()` binds and serves, `stop()` drains, flushes and closes."""
 
     def __init__(self, config: ReconNodeConfig, context: zmq.Context | None = None) -> None:
         ensure_registered()
@@ -269,416 +175,203 @@ class ReconNode:
         for ep in (config.bind, config.publish, config.control or ""):
             check_bind(ep, config.allow_remote)
         self.config = config
+        self.options = config.session_options()
         self.ctx = context or default_context()
         self.node_id = new_node_id()
-        self.warn = WarnOnce(logger)  # node faults (overflow, backend errors)
+        self.faults = WarnOnce(logger)  # node faults (overflow, backend errors, refusals)
         self.rejects = WarnOnce(logger)  # malformed messages, by kind
-        self._local = threading.local()
-        self.sessions: dict[str, Session] = {}
-        self._closing: list[Session] = []  # idle sessions still flushing
-        self._sessions_lock = threading.Lock()
-        self._stop = threading.Event()
+        self.failure: BaseException | None = None
+        self.started_at = time.time()
+        self._aborting = threading.Event()
+        self._stop_requested = threading.Event()
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self._stopping = False
-        self._started = False
-        self._decode_q: collections.deque[tuple[bytes, list[Any]]] = collections.deque()
-        self._decoding = False  # a message popped from the queue and still being handled
-        self._decode_cond = threading.Condition()
-        self._pub_q: collections.deque[tuple[Any, ...]] = collections.deque()
-        self._pub_cond = threading.Condition()
-        self._ack_ep = _ACKS.format(self.node_id)
         self._threads: list[threading.Thread] = []
         self._auth: Authenticator | None = None
-        self.started_at = time.time()
-        self.messages_in = 0
-        self.results_out = 0
-        self.ingest_drops = 0
-        self.result_subscribers = 0
-        self.failure: BaseException | None = None
+        self.results_lost = 0
+        self.store = CheckpointStore(config.state_dir) if config.state_dir else None
+        self.writer: CheckpointWriter | None = None
+        self.budget = MemoryBudget(config.max_buffered_bytes)
+        self.publisher: Publisher | None = None
+        self.ingest: Ingest | None = None
+        self.control: ControlServer | None = None
+        self.table: SessionTable | None = None
+        self.replies: Replies | None = None
 
     def __str__(self) -> str:
         return f"ReconNode({self.config.bind})"
 
-    # -- lifecycle ------------------------------------------------------------------------------------
+    # -- lifecycle --------------------------------------------------------------------------------------------
     def start(self) -> ReconNode:
-        """Bind sockets (in the threads that own them) and start serving; returns once bound."""
-        self._auth = Authenticator(self.ctx, self.config.security)
-        self._ack_pull = self.ctx.socket(zmq.PULL)
-        self._ack_pull.setsockopt(zmq.LINGER, 0)
-        self._ack_pull.bind(self._ack_ep)
-        ready = threading.Barrier(5)
-        errors: list[BaseException] = []
-        for name, fn in (("io", self._io_loop), ("decode", self._decode_loop), ("publish", self._publish_loop),
-                         ("control", self._control_loop)):
-            t = threading.Thread(target=self._guard, args=(fn, ready, errors), name=f"recon-{name}", daemon=True)
+        """Bind every socket (errors are raised here), restore checkpointed sessions, start serving."""
+        cfg = self.config
+        self._auth = Authenticator(self.ctx, cfg.security)
+        spare = None
+        if cfg.warmup and cfg.backend_instance is None:
+            spare = warm_backend(cfg.backend, cfg.backend_options)
+        self.publisher = Publisher(self.ctx, cfg.publish, node_id=self.node_id, heartbeat_s=cfg.heartbeat_s,
+                                   limits=cfg.limits, security=cfg.security, hwm=cfg.result_hwm,
+                                   min_subscribers=cfg.min_subscribers)
+        replies = Replies(self.ctx, _REPLIES.format(self.node_id), self.node_id, cfg.limits.max_message_bytes)
+        if self.store is not None:
+            self.writer = CheckpointWriter(self.store)
+        services = SessionServices(self.options, self.publisher, replies, self.budget, self.faults, self.rejects,
+                                   self.fail, self._aborting, self.store, self.writer)
+        self.table = SessionTable(services, spare_backend=spare, only_backend=cfg.backend_instance)
+        self.replies = replies
+        self.ingest = Ingest(self.ctx, cfg.bind, table=self.table, replies=replies, publisher=self.publisher,
+                             limits=cfg.limits, security=cfg.security, rejects=self.rejects)
+        self.control = ControlServer(self.ctx, cfg.control or "", security=cfg.security, faults=self.faults,
+                                     status=self.status, reset=self.table.reset, shutdown=self.stop)
+        try:
+            self.publisher.bind()
+            self.ingest.bind()
+            self.control.bind()
+        except zmq.ZMQError as e:
+            self._close_sockets()
+            raise ConfigError(f"{self}: cannot bind its sockets ({cfg.bind}, {cfg.publish}, {cfg.control}): {e}") \
+                from e
+        self.table.restore_all()
+        for name, fn in (("ingest", self.ingest.run), ("control", self.control.run)):
+            t = threading.Thread(target=self._guard, args=(fn,), name=f"recon-{name}", daemon=True)
             t.start()
             self._threads.append(t)
-        with contextlib.suppress(threading.BrokenBarrierError):
-            ready.wait(10)  # every thread passes the barrier once its socket is bound
-            self._started = True
-        if errors:
-            self.stop()
-            if isinstance(errors[0], zmq.ZMQError):
-                raise ConfigError(f"{self}: cannot bind its sockets ({self.config.bind}, {self.config.publish}, "
-                                  f"{self.config.control}): {errors[0]}") from errors[0]
-            raise errors[0]
-        logger.info("%s serving: frames %s, results %s, control %s, backend %s, node id %x", self,
-                    self.config.bind, self.config.publish, self.config.control, self.config.backend, self.node_id)
+        logger.info("%s serving: frames %s, results %s, control %s, backend %s, node id %x%s", self, cfg.bind,
+                    cfg.publish, cfg.control, cfg.backend, self.node_id,
+                    f", checkpoints in {self.store.root} every {cfg.checkpoint_every} frames" if self.store else "")
         return self
 
-    def _guard(self, fn: Any, ready: threading.Barrier, errors: list[BaseException]) -> None:
+    def _guard(self, fn: Callable[[], None]) -> None:
         try:
-            fn(ready)
-        except threading.BrokenBarrierError:
-            return  # another thread failed to bind; start() reports its error
-        except BaseException as e:  # bind errors go to start(); a later fault stops the node, loudly
-            errors.append(e)
-            ready.abort()
-            if self._started and not self._stop.is_set():
+            fn()
+        except BaseException:  # a dead ingest or control thread stops the node, loudly
+            if not self._stop_requested.is_set():
                 logger.exception("%s: thread %s died; stopping", self, threading.current_thread().name)
-                self._stop.set()
+                self._stop_requested.set()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop taking frames, let sessions drain and flush, publish the rest, close everything."""
+    def _close_sockets(self) -> None:
+        for part in (self.publisher, self.replies):
+            if part is not None:
+                part.close()
+        if self._auth is not None:
+            self._auth.stop()
+
+    def abort(self) -> None:
+        """Cut a stop short (second SIGINT/SIGTERM): sessions abandon their queues and skip the final flush.
+
+        Never blocks (safe in a signal handler); `stop()` then returns as soon as it can and `results_lost` counts
+        what was given up."""
+        if not self._aborting.is_set():
+            logger.warning("%s: forced stop: queued frames and results held by backends are given up", self)
+        self._aborting.set()
+        self._stop_requested.set()
+        if self.table is not None:
+            self.table.close_all(force=True)
+
+    def stop(self, timeout: float | None = None) -> int:
+        """Stop taking frames, let every session drain, checkpoint, flush and publish, then close; returns the
+        number of results lost (0 unless `abort` cut the stop short). `timeout`: abort after that many seconds."""
         with self._stop_lock:
             first, self._stopping = not self._stopping, True
         if not first:
-            self._stopped.wait(timeout)
-            return
-        self._stop.set()
-        sessions = self._all_sessions()
-        for s in sessions:
-            with s.cond:
-                s.cond.notify()
-            s.thread.join(timeout)
-        with self._decode_cond:
-            self._decode_cond.notify_all()
-        with self._pub_cond:
-            self._pub_cond.notify_all()
+            self._stopped.wait()
+            return self.results_lost
+        self._stop_requested.set()
+        if self.table is None:  # never started
+            self._stopped.set()
+            return 0
+        sessions = self.table.close_all(force=self._aborting.is_set())
+        t0 = time.monotonic()
+        next_log = t0 + 5.0
+        while any(s.alive for s in sessions):
+            for s in sessions:
+                s.thread.join(0.1)
+            if self._aborting.is_set():
+                for s in sessions:
+                    s.thread.join(1.0)  # give a session thread a moment to notice; a step in progress is not waited
+                break
+            now = time.monotonic()
+            if timeout is not None and now - t0 > timeout:
+                logger.error("%s: sessions still flushing after %.0f s; forcing the stop", self, timeout)
+                self.abort()
+            elif now >= next_log:
+                next_log = now + 5.0
+                busy = [s for s in sessions if s.alive]
+                logger.info("stopping: waiting %.0f s so far for %d session(s) to flush: %s", now - t0, len(busy),
+                            ", ".join(f"{s.stream_id} ({len(s.queue)} queued, {len(s._awaiting)} results pending)"
+                                      for s in busy[:8]))
+        self.results_lost = sum(s.results_lost + (len(s._awaiting) if s.alive else 0) for s in sessions)
+        if self.writer is not None:
+            if self._aborting.is_set():
+                self.writer.wait_idle(timeout=5.0)
+            self.writer.close()
+        assert self.publisher is not None and self.ingest is not None and self.control is not None
+        # Every session is done: say goodbye (after the last result on the same socket), deliver the last acks.
+        self.publisher.heartbeat(bye=True, lost=self.results_lost)
+        self.ingest.finish()
+        self.control.stop()
         for t in self._threads:
             if t is not threading.current_thread():
-                t.join(timeout)
-        if getattr(self, "_ack_pull", None) is not None:  # None when start() never ran
-            self._ack_pull.close(0)
+                t.join(10)
+        self.publisher.close()
+        if self.replies is not None:
+            self.replies.close()
         if self._auth is not None:
             self._auth.stop()
         self._stopped.set()
-        logger.info("%s stopped after %d messages, %d results", self, self.messages_in, self.results_out)
+        log = logger.error if self.results_lost else logger.info
+        log("%s stopped after %d messages, %d results, %d results lost", self, self.ingest.messages_in,
+            self.publisher.results_out, self.results_lost)
+        return self.results_lost
 
     def fail(self, error: BaseException) -> None:
         """Strict mode: remember the first fault and stop taking frames (the owner re-raises `failure`)."""
         if self.failure is None:
             self.failure = error
             logger.error("%s: backend failed (strict): %s: %s", self, type(error).__name__, error)
-        self._stop.set()
+        self._aborting.set()  # strict: nothing after the fault is processed or flushed
+        self._stop_requested.set()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the node stops (shutdown command, signal, or a dead thread)."""
-        return self._stop.wait(timeout)
+        """Block until a stop is requested (shutdown command, signal, strict failure or a dead thread)."""
+        return self._stop_requested.wait(timeout)
 
     @property
     def running(self) -> bool:
-        return not self._stop.is_set()
-
-    # -- io thread ------------------------------------------------------------------------------------
-    def _io_loop(self, ready: threading.Barrier) -> None:
-        cfg = self.config
-        sock = open_socket(self.ctx, zmq.ROUTER, limits=cfg.limits, security=cfg.security, server=True, hwm=1000)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        try:
-            sock.bind(cfg.bind)
-            ready.wait(10)
-            poller = zmq.Poller()
-            poller.register(sock, zmq.POLLIN)
-            poller.register(self._ack_pull, zmq.POLLIN)
-            backlog = 4 * cfg.queue_size * max(1, cfg.max_streams)
-            while not self._stop.is_set():
-                events = dict(poller.poll(100))
-                if self._ack_pull in events:
-                    for _ in range(256):
-                        try:
-                            sock.send_multipart(self._ack_pull.recv_multipart(zmq.NOBLOCK), zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                if sock in events:
-                    for _ in range(256):
-                        try:
-                            parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
-                        self.messages_in += 1
-                        with self._decode_cond:
-                            if len(self._decode_q) >= backlog:
-                                self.ingest_drops += 1
-                                self.warn("ingest_overflow", "decode backlog full (%d), dropping a message", backlog)
-                                continue
-                            self._decode_q.append((parts[0].bytes, parts[1:]))
-                            self._decode_cond.notify()
-        finally:
-            sock.close(0)
-
-    def ack_later(self, peer: bytes, stream_id: str, epoch: int, seqs: list[int]) -> None:
-        """Queue a credit message for the io thread (thread-safe through a private PUSH socket)."""
-        msg = P.encode_control(P.CREDIT, stream_id, t_ns=time.time_ns(), window=self.window,
-                               acked=seqs, epoch=epoch, node=self.node_id)
-        sock = self._push_socket()
-        try:
-            sock.send_multipart([peer, *msg], zmq.NOBLOCK)
-        except zmq.Again:
-            self.warn("ack_backlog", "ack queue full; a camera will re-send")
-
-    def _push_socket(self) -> zmq.Socket:
-        sock = getattr(self._local, "push", None)
-        if sock is None or getattr(self._local, "ep", None) != self._ack_ep:
-            sock = self.ctx.socket(zmq.PUSH)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, 10000)
-            sock.connect(self._ack_ep)
-            self._local.push, self._local.ep = sock, self._ack_ep
-        return sock
-
-    def _close_push_socket(self) -> None:
-        sock = getattr(self._local, "push", None)
-        if sock is not None:
-            sock.close(0)
-            self._local.push = None
-
-    # -- decode thread --------------------------------------------------------------------------------
-    def _decode_loop(self, ready: threading.Barrier) -> None:
-        ready.wait(10)
-        try:
-            next_sweep = time.monotonic() + 1.0
-            while True:
-                with self._decode_cond:
-                    while not self._decode_q and not self._stop.is_set() and time.monotonic() < next_sweep:
-                        self._decode_cond.wait(0.2)
-                    if self._stop.is_set():
-                        return
-                    got = self._decode_q.popleft() if self._decode_q else None
-                    # Counted as backlog until handled, so a status reply never shows an empty backlog while
-                    # the last message's outcome (accepted or rejected) is not yet counted.
-                    self._decoding = got is not None
-                if time.monotonic() >= next_sweep:
-                    next_sweep = time.monotonic() + 1.0
-                    self._close_idle_sessions()
-                if got is None:
-                    continue
-                peer, parts = got
-                try:
-                    self._handle(peer, parts)
-                except ProtocolError as e:
-                    self.rejects(P.fault_kind(e), "rejected message: %s", e)
-                except Exception as e:  # never let one message kill the decode thread
-                    self.rejects("internal_" + type(e).__name__, "error handling a message: %s", e)
-                finally:
-                    self._decoding = False
-        finally:
-            self._close_push_socket()
-
-    def _handle(self, peer: bytes, parts: list[Any]) -> None:
-        msg = P.decode(parts, self.config.limits)
-        kind, h = msg.kind, msg.header
-        if kind == P.FRAME:
-            frame = P.to_frame(msg)
-            if self.config.frame_hook is not None:
-                self.config.frame_hook(frame)
-            epoch = int(h.get("epoch", 0))
-            session = self._session(frame.stream_id)
-            if session is None:
-                return
-            live = bool(h.get("live", False))
-            state = session.offer(_Item(frame, peer, epoch), live)
-            if state == "duplicate":
-                self.ack_later(peer, frame.stream_id, epoch, [frame.seq])
-        elif kind == P.HEARTBEAT:
-            # Answer with a credit message: it carries the window and this node's id, so a camera
-            # learns both at connect time and notices a restarted node by its new id.
-            self.ack_later(peer, msg.stream_id, int(h.get("epoch", h["node"])), [])
-        elif kind == P.RESET:
-            self.reset_stream(msg.stream_id)
-        else:
-            raise P._err("wrong_direction", f"{kind} is not accepted by the reconstruction node")
-
-    def _session(self, stream_id: str) -> Session | None:
-        with self._sessions_lock:
-            s = self.sessions.get(stream_id)
-            if s is None:
-                if len(self.sessions) >= self.config.max_streams:
-                    self.warn("too_many_streams", "refusing stream %s: %d sessions already", stream_id,
-                              len(self.sessions))
-                    return None
-                try:
-                    s = Session(self, stream_id)
-                except ReconError as e:  # e.g. weights not installed: say so once, keep serving other work
-                    self.warn("backend_create_failed", "stream %s: cannot create backend %s: %s", stream_id,
-                              self.config.backend, e)
-                    return None
-                self.sessions[stream_id] = s
-                logger.info("stream %s: new session with backend %s", stream_id, self.config.backend)
-            return s
-
-    def _close_idle_sessions(self) -> None:
-        """Free the slots of streams that went quiet (bounded memory over many transient cameras)."""
-        with self._sessions_lock:
-            for sid, s in list(self.sessions.items()):
-                if s.close_if_idle(self.config.session_idle_s):
-                    del self.sessions[sid]
-                    self._closing.append(s)
-                    logger.info("stream %s: no frames for %.0f s, session flushed and closed", sid,
-                                self.config.session_idle_s)
-            self._closing = [s for s in self._closing if s.thread.is_alive()]
-
-    def reset_stream(self, stream_id: str) -> bool:
-        with self._sessions_lock:
-            s = self.sessions.get(stream_id)
-        if s is not None:
-            s.request_reset()
-        return s is not None
-
-    # -- publish thread -------------------------------------------------------------------------------
-    def publish_results(self, session: Session, results: list[FrameResult], item: _Item | None) -> None:
-        """Hand results (and the ack of `item`) to the publish thread; never blocks the model."""
-        with self._pub_cond:
-            self._pub_q.append(("results", session, results, item))
-            self._pub_cond.notify()
-
-    def publish_control(self, kind: str, stream_id: str, **fields: Any) -> None:
-        with self._pub_cond:
-            self._pub_q.append(("control", P.encode_control(kind, stream_id, t_ns=time.time_ns(), **fields)))
-            self._pub_cond.notify()
-
-    def _publish_loop(self, ready: threading.Barrier) -> None:
-        cfg = self.config
-        # XPUB (a PUB that also reports subscriptions) so recorded replays can wait for their recorder.
-        sock = open_socket(self.ctx, zmq.XPUB, limits=cfg.limits, security=cfg.security, server=True, hwm=1000)
-        sock.setsockopt(zmq.XPUB_VERBOSER, 1)
-        try:
-            sock.bind(cfg.publish)
-            ready.wait(10)
-            next_beat = 0.0
-            while True:
-                self._count_subscribers(sock)
-                with self._pub_cond:
-                    if not self._pub_q:
-                        if self._stop.is_set() and all(not s.thread.is_alive() for s in self._all_sessions()):
-                            break
-                        gated = self.result_subscribers < cfg.min_subscribers
-                        self._pub_cond.wait(min(0.02 if gated else 0.2, max(0.0, next_beat - time.monotonic())))
-                    entry = self._pub_q.popleft() if self._pub_q else None
-                now = time.monotonic()
-                if now >= next_beat:
-                    sock.send_multipart(P.encode_control(P.HEARTBEAT, t_ns=time.time_ns(), node=self.node_id,
-                                                         interval_s=cfg.heartbeat_s, role="recon"))
-                    next_beat = now + cfg.heartbeat_s
-                if entry is None:
-                    continue
-                if entry[0] == "control":
-                    sock.send_multipart(entry[1])
-                    continue
-                _, session, results, item = entry
-                for r in results:
-                    try:
-                        parts = P.encode_result(r, points_dtype=cfg.points_dtype, stride=cfg.stride,
-                                                with_image=cfg.with_image, epoch=item.epoch if item else None,
-                                                session=session.number)
-                    except Exception as e:
-                        self.warn("encode_error", "stream %s: cannot encode result: %s", session.stream_id, e)
-                        continue
-                    sock.send_multipart(parts, copy=False)
-                    self.results_out += 1
-                if item is not None:
-                    session.mark_done(item.epoch, item.frame.seq)
-                    self.ack_later(item.peer, session.stream_id, item.epoch, [item.frame.seq])
-            # Sessions are flushed and published: say goodbye so subscribers know nothing more comes.
-            sock.send_multipart(P.encode_control(P.HEARTBEAT, t_ns=time.time_ns(), node=self.node_id,
-                                                 interval_s=cfg.heartbeat_s, role="recon", bye=True))
-        finally:
-            self._close_push_socket()
-            sock.close(linger=2000)  # let the final results reach connected subscribers
-
-    def _count_subscribers(self, sock: zmq.Socket) -> None:
-        """Track how many subscribers listen to results (XPUB subscribe/unsubscribe messages)."""
-        while True:
-            try:
-                event = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if event[1:].startswith(P.TOPIC_RESULT[:-1]) or event[1:] == b"":
-                before = self.result_subscribers
-                self.result_subscribers = max(0, before + (1 if event[:1] == b"\x01" else -1))
-                if before < self.config.min_subscribers <= self.result_subscribers:
-                    logger.info("%s: %d result subscriber(s) present, accepting frames", self,
-                                self.result_subscribers)
+        return not self._stop_requested.is_set()
 
     @property
-    def window(self) -> int:
-        """Credit granted to cameras: none until `min_subscribers` listen, so no result is published unheard."""
-        return self.config.queue_size if self.result_subscribers >= self.config.min_subscribers else 0
+    def sessions(self) -> dict[str, Session]:
+        """Active sessions by stream id."""
+        return dict(self.table.items()) if self.table is not None else {}
 
-    def _all_sessions(self) -> list[Session]:
-        with self._sessions_lock:
-            return [*self.sessions.values(), *self._closing]
+    def reset_stream(self, stream_id: str) -> bool:
+        return self.table.reset(stream_id) if self.table is not None else False
 
-    # -- control thread -------------------------------------------------------------------------------
-    def _control_loop(self, ready: threading.Barrier) -> None:
-        cfg = self.config
-        sock = open_socket(self.ctx, zmq.REP, limits=P.Limits(max_message_bytes=64 * 1024),
-                           security=cfg.security, server=True)
-        try:
-            sock.bind(cfg.control or "")
-            ready.wait(10)
-            while not self._stop.is_set():
-                if not sock.poll(100):
-                    continue
-                raw = sock.recv_multipart()
-                reply = self._command(raw)
-                sock.send(msgpack.packb(reply, use_bin_type=True))
-                if reply.get("shutdown"):
-                    threading.Thread(target=self.stop, name="recon-shutdown", daemon=True).start()
-        finally:
-            sock.close(0)
-
-    def _command(self, raw: list[bytes]) -> dict[str, Any]:
-        try:
-            if len(raw) != 1 or len(raw[0]) > 4096:
-                raise ValueError("expected one small msgpack map")
-            cmd = msgpack.unpackb(raw[0], raw=False, max_str_len=1024, max_bin_len=0, max_array_len=16,
-                                  max_map_len=16)
-            if not isinstance(cmd, dict) or not isinstance(cmd.get("cmd"), str):
-                raise ValueError("missing 'cmd'")
-        except Exception as e:
-            self.warn("bad_control", "malformed control request: %s", e)
-            return {"ok": False, "error": f"malformed request: {e}"}
-        name = cmd["cmd"]
-        if name == "status":
-            return {"ok": True, **self.status()}
-        if name == "reset":
-            sid = cmd.get("stream_id")
-            ok = isinstance(sid, str) and self.reset_stream(sid)
-            return {"ok": ok, **({} if ok else {"error": f"no session for stream {sid!r}"})}
-        if name == "shutdown":
-            return {"ok": True, "shutdown": True}
-        return {"ok": False, "error": f"unknown command {name[:32]!r}; use status, reset, shutdown"}
-
+    # -- status -----------------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        """Snapshot for the control socket: sessions, rates, queues, drops, rejects by kind, memory."""
+        """Snapshot for the control socket: sessions (owners, latency, queues, drops), rejects by kind, refusals,
+        memory budget, checkpoints, RSS."""
         import psutil
 
-        sessions = {sid: s.status() for sid, s in self._all_sessions_items()}
+        assert self.table is not None and self.publisher is not None and self.ingest is not None
+        sessions = {sid: s.status() for sid, s in self.table.items()}
         rejected = self.rejects.counts
+        every = self.table.all()
         return {"node": self.node_id, "backend": self.config.backend,
-                "uptime_s": round(time.time() - self.started_at, 3),
-                "messages_in": self.messages_in, "results_out": self.results_out,
-                "frames": sum(s["frames"] for s in sessions.values()),
+                "uptime_s": round(time.time() - self.started_at, 3), "stopping": self._stopping,
+                "messages_in": self.ingest.messages_in, "results_out": self.publisher.results_out,
+                "results_unheard": self.publisher.unheard, "publish_waits": self.publisher.publish_waits,
+                "frames": sum(s.frames for s in every),
                 "fps": round(float(np.sum([s["fps"] for s in sessions.values()])), 2),
-                "drops": self.ingest_drops + sum(s["drops"] for s in sessions.values()),
-                "decode_backlog": len(self._decode_q) + int(self._decoding),
-                "result_subscribers": self.result_subscribers,
-                "publish_backlog": len(self._pub_q),
-                "rejected": rejected, "rejected_total": int(sum(rejected.values())), "faults": self.warn.counts,
+                "drops": sum(s.drops for s in every), "results_lost": self.table.results_lost(),
+                "result_subscribers": self.publisher.subscribers,
+                "rejected": rejected, "rejected_total": int(sum(rejected.values())), "faults": self.faults.counts,
+                "refused": dict(self.table.refusals), "not_owner": self.table.not_owner,
+                "takeovers": self.table.takeovers, "replies_lost": self.replies.lost if self.replies else 0,
+                "budget": self.budget.describe(),
+                "limits": {"max_pixels": self.config.limits.max_pixels,
+                           "max_message_bytes": self.config.limits.max_message_bytes},
+                "checkpoints": self.writer.describe() if self.writer is not None else None,
                 "rss_bytes": int(psutil.Process().memory_info().rss), "sessions": sessions}
-
-    def _all_sessions_items(self) -> list[tuple[str, Session]]:
-        with self._sessions_lock:
-            return list(self.sessions.items())

@@ -137,13 +137,42 @@ def open_socket(context: zmq.Context, kind: int, *, limits: Limits = DEFAULT_LIM
 
 
 def check_bind(endpoint: str, allow_remote: bool = False) -> None:
-    """Refuse a non-loopback tcp bind unless allowed explicitly (DESIGN.md §6: loopback by default)."""
-    if not endpoint.startswith("tcp://"):
+    """Refuse a bind others could reach unless allowed explicitly (DESIGN.md §6: loopback by default).
+
+    - `inproc://`: this process only, always fine;
+    - `tcp://`: loopback addresses only (127.0.0.1, localhost, ::1), not `*`, interfaces or other hosts;
+    - `ipc://`: the folder must exist; a socket in a folder other users may write to (such as /tmp) or in the
+      abstract namespace (`ipc://@name`) can be reached by every local user, so it needs `allow_remote`;
+    - anything else (pgm, epgm, udp, ws, wss, vmci, tipc...) reaches the network and needs `allow_remote`.
+    """
+    scheme, sep, address = endpoint.partition("://")
+    if not sep:
+        raise ConfigError(f"endpoint {endpoint!r} has no transport (expected tcp://, ipc:// or inproc://)")
+    hint = "pass --allow-remote (and CURVE keys) to serve beyond this user on this machine"
+    if scheme == "inproc":
         return
-    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
-    if host not in (LOOPBACK, "localhost", "::1") and not allow_remote:
-        raise ConfigError(f"refusing to bind {endpoint} beyond loopback; pass --allow-remote "
-                          f"(and CURVE keys) to serve other machines")
+    if scheme == "tcp":
+        host = address.rsplit(":", 1)[0].strip("[]")
+        if host not in (LOOPBACK, "localhost", "::1") and not allow_remote:
+            raise ConfigError(f"refusing to bind {endpoint} beyond loopback; {hint}")
+        return
+    if scheme == "ipc":
+        if address.startswith("@"):
+            if not allow_remote:
+                raise ConfigError(f"refusing to bind {endpoint}: an abstract ipc socket is reachable by every "
+                                  f"local user; {hint}")
+            return
+        folder = Path(address).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise ConfigError(f"cannot bind {endpoint}: folder {folder} does not exist")
+        if len(address.encode()) > 107:
+            raise ConfigError(f"cannot bind {endpoint}: ipc paths are limited to 107 bytes by the OS")
+        if folder.stat().st_mode & 0o002 and not allow_remote:
+            raise ConfigError(f"refusing to bind {endpoint}: other users may write to {folder}, so they could "
+                              f"connect; use a private folder or {hint}")
+        return
+    if not allow_remote:
+        raise ConfigError(f"refusing to bind {endpoint}: transport {scheme!r} reaches the network; {hint}")
 
 
 def recv_timeout(sock: zmq.Socket, timeout_s: float, copy: bool = True) -> list[Any] | None:

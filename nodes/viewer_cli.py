@@ -48,12 +48,14 @@ def make_sinks(args: argparse.Namespace) -> list[object]:
         if sink is not None:
             sinks.append(sink)
     if args.record:
-        from recon.sinks import PointCloudWriter, TrajectoryWriter
+        from recon.sinks import PointCloudWriter, SegmentedSink, TrajectoryWriter, segment_path
 
+        # One file per world segment: a stream whose world frame changes (a reset, a restart that could not be
+        # restored) continues in trajectory.seg1.tum, never in the same file.
         out = Path(args.record)
-        sinks.append(TrajectoryWriter(out / "trajectory.tum"))
+        sinks.append(SegmentedSink(lambda k: TrajectoryWriter(segment_path(out / "trajectory.tum", k))))
         if not args.no_ply:
-            sinks.append(PointCloudWriter(out / "points.ply"))
+            sinks.append(SegmentedSink(lambda k: PointCloudWriter(segment_path(out / "points.ply", k))))
     if not sinks:
         raise ConfigError("nothing to do: pass --viewer and/or --record")
     return sinks
@@ -77,12 +79,14 @@ def run(args: argparse.Namespace) -> int:
                 break
     finally:
         node.stop()
-        logger.info("viewer: %d results (%d duplicates dropped, %d updates), per stream %s", node.stats.results,
-                    node.stats.duplicates, node.stats.updates, node.stats.per_stream)
+        st = node.stats
+        logger.info("viewer: %d results (%d duplicates dropped, %d updates), per stream %s, sink errors %s, "
+                    "latency %s", st.results, st.duplicates, st.updates, st.per_stream, st.sink_errors or "none",
+                    {sid: v["publish"].get("p50") for sid, v in st.latency.items()})
         if args.summary:
-            summary = {**asdict(node.stats), "rejected": node.rejects.counts}
+            summary = {**asdict(st), "rejected": node.rejects.counts}
             Path(args.summary).write_text(json.dumps(summary, indent=1))
-    return 1 if node.error is not None else 0
+    return 1 if node.error is not None or node.stats.sink_errors else 0
 
 
 def main(argv: list[str] | None = None) -> int:

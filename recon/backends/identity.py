@@ -2,8 +2,10 @@
 
 It answers every frame at once with a pose that encodes the frame's `seq` (translation x = seq * 1 cm),
 so tests can check ordering and exactly-once delivery from the output alone. Optional `delay_ms`
-simulates a slow model; `points` adds a unit-depth point map so sinks have geometry to draw; `window` holds
-that many results back and releases them in `flush`, like a windowed backend that emits late.
+simulates a slow model; `build_ms` a slow construction (loading weights); `points` adds a unit-depth point map
+so sinks have geometry to draw; `window` holds that many results back and releases them in `flush`, like a
+windowed backend that emits late; `drift` adds a translation carried from frame to frame (state that a restart
+must restore: x = seq cm + drift * frames seen in the session).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import time
 
 import numpy as np
 
-from recon.backends import BackendEntry, register, registered
+from recon.backends import BackendEntry, register, registered, snapshot
+from recon.backends.base import BackendState
+from recon.checkpoint import check_state
 from recon.types import BackendStats, Frame, FrameResult
 
 ENTRY = BackendEntry("identity", "recon.backends.identity:create", (), -100,
@@ -31,27 +35,47 @@ def default_K(width: int, height: int) -> np.ndarray:
 
 
 class IdentityBackend:
-    """Answers each frame immediately; keeps only counters."""
+    """Answers each frame immediately; keeps only counters (and the held results, and the drift)."""
 
     name = "identity"
+    STATE_VERSION = 1
 
-    def __init__(self, delay_ms: float = 0.0, points: bool = False, window: int = 0) -> None:
+    def __init__(self, delay_ms: float = 0.0, points: bool = False, window: int = 0, drift: float = 0.0) -> None:
         self.delay_s = float(delay_ms) / 1000.0
         self.points = bool(points)
         self.window = int(window)
+        self.drift = float(drift)
         self._held: list[FrameResult] = []
         self._stats = BackendStats()
+        self._offset = 0.0
 
     def reset(self) -> None:
         self._stats = BackendStats()
         self._held = []
+        self._offset = 0.0
+
+    def _config(self) -> dict[str, object]:
+        return {"points": self.points, "window": self.window, "drift": self.drift}
+
+    def save_state(self) -> BackendState:
+        arrays: dict[str, object] = {}
+        tree = snapshot.pack({"held": self._held, "offset": self._offset, "frames_in": self._stats.frames_in,
+                              "results_out": self._stats.results_out}, arrays)
+        return BackendState(self.name, self.STATE_VERSION, self._config(), arrays, {"tree": tree})
+
+    def load_state(self, state: BackendState) -> None:
+        check_state(state, self.name, self.STATE_VERSION, self._config())
+        values = snapshot.unpack(state.meta["tree"], state.arrays)
+        self._held, self._offset = values["held"], float(values["offset"])
+        self._stats = BackendStats(frames_in=int(values["frames_in"]), results_out=int(values["results_out"]))
 
     def step(self, frame: Frame) -> list[FrameResult]:
         if self.delay_s:
             time.sleep(self.delay_s)
         self._stats.frames_in += 1
+        self._offset += self.drift
         T = np.eye(4)
-        T[0, 3] = 0.01 * frame.seq
+        T[0, 3] = 0.01 * frame.seq + self._offset
         K = frame.K if frame.K is not None else default_K(frame.width, frame.height)
         pts = depth = None
         if self.points:
@@ -76,6 +100,8 @@ class IdentityBackend:
         return self._stats
 
 
-def create(**options: object) -> IdentityBackend:
-    """Factory for the registry: `delay_ms`, `points`, `window`."""
+def create(build_ms: float = 0.0, **options: object) -> IdentityBackend:
+    """Factory for the registry: `delay_ms`, `points`, `window`, `drift`, and `build_ms` (construction time)."""
+    if build_ms:
+        time.sleep(float(build_ms) / 1000.0)
     return IdentityBackend(**options)  # type: ignore[arg-type]

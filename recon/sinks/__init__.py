@@ -6,7 +6,7 @@ them. Writers here: `TrajectoryWriter` (TUM), `PointCloudWriter` (voxel-downsamp
 kind of sink, lives in `recon.viewer`. `run_stream` is the `source -> backend.step -> sinks` loop.
 """
 
-from recon.sinks.base import ResultSink, SinkGroup
+from recon.sinks.base import ResultSink, SegmentedSink, SinkGroup, call_hook, segment_path
 from recon.sinks.points import PointCloudWriter, PointSelection, VoxelAccumulator, auto_voxel_size, select_points
 from recon.sinks.report import RunSummary, compute_metrics, write_json
 from recon.sinks.runner import LoopStats, run_stream
@@ -18,12 +18,15 @@ __all__ = [
     "PointSelection",
     "ResultSink",
     "RunSummary",
+    "SegmentedSink",
     "SinkGroup",
     "TrajectoryWriter",
     "VoxelAccumulator",
     "auto_voxel_size",
+    "call_hook",
     "compute_metrics",
     "run_stream",
+    "segment_path",
     "select_points",
     "write_json",
 ]

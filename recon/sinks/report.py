@@ -55,6 +55,10 @@ class RunSummary:
         wall_s: seconds from the first frame read to the sinks closed; fps: frames_in / wall_s.
         timings_s: seconds spent per stage (read, backend, and each sink).
         stopped_on_error: the error message when the run stopped early, else None.
+        results_lost: results that never reached the outputs (a forced stop, a failing sink); a run that
+            loses any exits non-zero.
+        latency_ms: per stream, capture-to-publish latency over the node's last window ({n, p50, p95, p99, max}).
+        streams: per stream counters of the node and camera (frames, drops at camera and node, refusals).
         outputs: output name -> path; backend_stats: the backend's own counters at the end.
     """
 
@@ -69,6 +73,9 @@ class RunSummary:
     fps: float = 0.0
     timings_s: dict[str, float] = field(default_factory=dict)
     stopped_on_error: str | None = None
+    results_lost: int = 0
+    latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    streams: dict[str, dict[str, Any]] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     backend_stats: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from recon.backends.base import Backend
 from recon.errors import CorruptFrameError
@@ -22,7 +23,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class LoopStats:
-    """Counters of one pass over a source."""
+    """Counters of one pass over a source.
+
+    `results_lost`: results that did not reach the sinks (a forced stop, a sink that failed on them);
+    `node_status`: the reconstruction node's status at the end when the pass ran through the nodes.
+    """
 
     frames_in: int = 0
     frames_dropped_by_stride: int = 0
@@ -31,6 +36,8 @@ class LoopStats:
     wall_s: float = 0.0
     timings_s: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "backend": 0.0, "sinks": 0.0})
     stopped_on_error: str | None = None
+    results_lost: int = 0
+    node_status: dict[str, Any] = field(default_factory=dict)
 
     @property
     def fps(self) -> float:

@@ -34,7 +34,9 @@ class NodeProcess:
         self.args = args
         self.log_path = log
         self._log = log.open("ab")
-        env = {**os.environ, "PYTHONPATH": str(REPO), "RECON_LOG_LEVEL": "INFO", "OMP_NUM_THREADS": "1"}
+        # Checkpoints of nodes started here go next to their log (a restarted node in the same test finds them).
+        env = {**os.environ, "PYTHONPATH": str(REPO), "RECON_LOG_LEVEL": "INFO", "OMP_NUM_THREADS": "1",
+               "RECON_STATE_DIR": str(log.parent / "state")}
         self.proc = subprocess.Popen(node_command(*args), cwd=REPO, env=env,
                                      stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
 

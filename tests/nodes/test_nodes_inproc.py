@@ -131,7 +131,7 @@ def test_control_socket_status_reset_and_errors(ctx: zmq.Context) -> None:
         _send(cam, Frame("a", 0, 1, _img(4, 4)))
         wait_for(lambda: status(ctx, "inproc://ctl-control")["frames"] == 1, 5, "one frame processed")
         st = status(ctx, "inproc://ctl-control")
-        for key in ("sessions", "fps", "drops", "rejected", "rss_bytes", "decode_backlog"):
+        for key in ("sessions", "fps", "drops", "rejected", "rss_bytes", "budget", "refused", "results_lost"):
             assert key in st
         assert st["sessions"]["a"]["queue"] == 0 and st["rss_bytes"] > 10**6
         assert request(ctx, "inproc://ctl-control", {"cmd": "reset", "stream_id": "a"})["ok"]

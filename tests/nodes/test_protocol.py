@@ -96,8 +96,12 @@ def test_unknown_major_version_is_incompatible() -> None:
      "bad_dtype"),
     ({"payloads": [{"name": "image", "encoding": "raw", "dtype": "|u1", "shape": [100000, 100000, 3],
                     "nbytes": 30000000000}]}, "bad_shape"),
-    ({"payloads": [{"name": "image", "encoding": "raw", "dtype": "|u1", "shape": [8000, 8000, 3],
+    ({"payloads": [{"name": "image", "encoding": "raw", "dtype": "|u1", "shape": [2000, 2000, 3],
                     "nbytes": 2304}]}, "size_mismatch"),
+    ({"payloads": [{"name": "image", "encoding": "jpeg", "dtype": "|u1", "shape": [8000, 8000, 3],
+                    "nbytes": 2304}]}, "too_many_pixels"),
+    ({"seq": -1}, "bad_field_value"),
+    ({"capture_ns": -5}, "bad_field_value"),
 ])
 def test_bad_headers_are_rejected_with_a_label(change: dict, label: str) -> None:
     parts = _wire(P.encode_frame(_frame(depth=False)))

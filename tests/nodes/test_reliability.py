@@ -42,7 +42,8 @@ def test_kill9_camera_mid_stream_and_restart_session_continues(tmp_path: Path, c
     ep_in, ep_out, ep_ctl = tcp(), tcp(), tcp()
     cam_args = ["camera", "--source", "pattern:100000:64x48", "--connect", ep_in, "--stream-id", "desk",
                 "--encoding", "jpeg", "--fps", "100"]
-    with NodeProcess(_recon_args(ep_in, ep_out, ep_ctl), tmp_path / "recon.log") as node:
+    # Without CURVE a new camera process may take the stream over once its owner was silent --owner-timeout s.
+    with NodeProcess(_recon_args(ep_in, ep_out, ep_ctl, "--owner-timeout", "1"), tmp_path / "recon.log") as node:
         with NodeProcess(cam_args, tmp_path / "cam1.log") as cam1:
             before = wait_for(lambda: (s := status(ctx, ep_ctl))["frames"] >= 30 and s, 30, "30 frames")
             cam1.kill9()
@@ -171,13 +172,12 @@ def test_fuzzed_live_node_socket_stays_up_and_bounded(tmp_path: Path, ctx: zmq.C
             fuzzer.send(batch)
             # Pace by the node's decoder: its backlog is bounded (overflow is dropped and counted, which would
             # blur the exact reject count asserted below), so stay well under it even on a loaded machine.
-            wait_for(lambda: (s := status(ctx, ep_ctl))["messages_in"] >= fuzzer.sent - 100
-                     and s["decode_backlog"] < 150, 30, "node catching up")
+            wait_for(lambda: status(ctx, ep_ctl)["messages_in"] >= fuzzer.sent - 100, 30, "node catching up")
 
         flood()
         sent = fuzzer.sent
-        st_ = wait_for(lambda: (s := status(ctx, ep_ctl))["messages_in"] >= sent and s["decode_backlog"] == 0 and s,
-                       60, "all fuzz messages consumed")
+        st_ = wait_for(lambda: (s := status(ctx, ep_ctl))["messages_in"] >= sent and s, 60,
+                       "all fuzz messages consumed")
         sock.close(0)
         assert sent >= 10_000
         assert node.alive()

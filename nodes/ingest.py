@@ -1,0 +1,186 @@
+"""The reconstruction node's ingest: the ROUTER socket cameras talk to, and the thread that owns it.
+
+For every message the ingest thread validates the header and every declared size against the limits (and, for a
+compressed image, the size its own header states) before anything is allocated, asks the session table whether
+the sender may use the stream and whether the frame fits the queue and the memory budget, and answers the camera:
+a credit for a duplicate or a dropped live frame, a refusal (with its reason) for a frame or a stream the node will
+not take. Decompression and everything after it happens on the stream's session thread, so this thread never
+waits for a model, a decoder or a backend being built. It also forwards replies queued by other threads, sends
+the publisher's heartbeats and closes idle sessions.
+
+A malformed message is counted by kind, logged once per kind and dropped; when its header names a frame, the
+camera is told (a refusal naming the fault), so it does not re-send it forever.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from recon.errors import ProtocolError
+from recon.nodes import protocol as P
+from recon.nodes.admission import Peer
+from recon.nodes.publisher import Publisher
+from recon.nodes.replies import Replies
+from recon.nodes.sessions import Offer, SessionTable
+from recon.nodes.transport import Security, open_socket
+from recon.utils.log import WarnOnce
+
+logger = logging.getLogger(__name__)
+
+
+class Ingest:
+    """Owns the ROUTER socket; `run` is the ingest thread's loop (until `finish`)."""
+
+    def __init__(self, context: zmq.Context, endpoint: str, *, table: SessionTable, replies: Replies,
+                 publisher: Publisher, limits: P.Limits, security: Security, rejects: WarnOnce,
+                 hwm: int = 256) -> None:
+        self.endpoint = endpoint
+        self.table = table
+        self.replies = replies
+        self.publisher = publisher
+        self.limits = limits
+        self.rejects = rejects
+        self.messages_in = 0
+        self._peers: collections.OrderedDict[bytes, Peer] = collections.OrderedDict()
+        self._finish = threading.Event()
+        self._sock = open_socket(context, zmq.ROUTER, limits=limits, security=security, server=True, hwm=hwm)
+        self._sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self._sock.setsockopt(zmq.SNDHWM, 1000)
+        self._pull = context.socket(zmq.PULL)
+        self._pull.setsockopt(zmq.LINGER, 0)
+        self._pull.setsockopt(zmq.RCVHWM, 100000)
+
+    def bind(self) -> None:
+        self._sock.bind(self.endpoint)
+        self._pull.bind(self.replies.endpoint)
+
+    def finish(self) -> None:
+        """End the loop after forwarding what is queued (the node calls it once every session is done)."""
+        self._finish.set()
+
+    # -- loop -------------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        self.replies.attach(self._sock)
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._pull, zmq.POLLIN)
+        next_sweep = time.monotonic() + 1.0
+        try:
+            while True:
+                finishing = self._finish.is_set()
+                timeout = 0 if finishing else max(1, min(100, int(1000 * self.publisher.heartbeat_s)))
+                events = dict(poller.poll(timeout))
+                if self._pull in events or finishing:
+                    self._forward()
+                if self._sock in events:
+                    self._receive()
+                self.publisher.poll_subscribers()
+                if finishing:
+                    return
+                self.publisher.heartbeat()
+                now = time.monotonic()
+                if now >= next_sweep:
+                    next_sweep = now + 1.0
+                    self.table.sweep()
+        finally:
+            self._sock.close(linger=500)
+            self._pull.close(0)
+
+    def _forward(self) -> None:
+        for _ in range(1024):
+            try:
+                parts = self._pull.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self._sock.send_multipart(parts, zmq.NOBLOCK)
+            except zmq.Again:
+                self.replies.lost += 1
+
+    def _receive(self) -> None:
+        for _ in range(256):
+            try:
+                parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            routing_id = parts[0].bytes
+            try:
+                self._handle(self._peer(routing_id, parts[1] if len(parts) > 1 else parts[0]), parts[1:])
+            except ProtocolError as e:
+                self.rejects(P.fault_kind(e), "rejected message: %s", e)
+            except Exception as e:  # never let one message kill the ingest thread
+                self.rejects("internal_" + type(e).__name__, "error handling a message: %s", e)
+                logger.debug("ingest traceback", exc_info=True)
+            finally:
+                # Counted once its outcome is: a status reply never shows a message whose rejection is not counted.
+                self.messages_in += 1
+
+    def _peer(self, routing_id: bytes, frame: Any) -> Peer:
+        peer = self._peers.get(routing_id)
+        if peer is None:
+            peer = self._peers[routing_id] = Peer.from_frame(routing_id, frame)
+            while len(self._peers) > 4096:
+                self._peers.popitem(last=False)
+        return peer
+
+    # -- one message ------------------------------------------------------------------------------------------
+    def _handle(self, peer: Peer, parts: list[Any]) -> None:
+        try:
+            msg = P.decode(parts, self.limits, images=False)
+        except ProtocolError as e:
+            self._refuse_malformed(peer, parts, e)
+            raise
+        kind, h = msg.kind, msg.header
+        if kind == P.FRAME:
+            session, offer = self.table.offer(peer, msg)
+            self._answer(peer, msg, offer, session)
+        elif kind == P.HEARTBEAT:
+            # Answered with a credit: it carries the window, the node's id and its limits, so a camera learns all
+            # three at connect time and notices a restarted node by its new id.
+            epoch = int(h.get("epoch", h["node"]))
+            session = self.table.heard(peer, msg.stream_id, epoch, h.get("live"))
+            window, session = self.table.window_for(msg.stream_id, bool(h.get("live", False))) if session is None \
+                else (session.window(), session)
+            durable = session.durable_seq(epoch) if session is not None else None
+            self.replies.credit(peer.routing_id, msg.stream_id, epoch, window=window, durable=durable)
+        elif kind == P.RESET:
+            refusal = self.table.reset_from(peer, msg.stream_id, h.get("epoch"))
+            if refusal is not None:
+                self.replies.refuse(peer.routing_id, msg.stream_id, h.get("epoch"), reason=refusal.reason,
+                                    detail=refusal.detail, retry_s=0.0)
+        else:
+            raise P._err("wrong_direction", f"{kind} is not accepted by the reconstruction node")
+
+    def _answer(self, peer: Peer, msg: P.Message, offer: Offer, session: Any) -> None:
+        stream_id, seq, epoch = msg.stream_id, msg.seq, int(msg.header.get("epoch", 0))
+        window = session.window() if session is not None else 0
+        if offer.replaced is not None:
+            old = offer.replaced
+            self.replies.credit(old.peer.routing_id, stream_id, old.epoch, window=window, dropped=[old.seq])
+        if offer.status == "duplicate":
+            durable = session.durable_seq(epoch) if session is not None else None
+            self.replies.credit(peer.routing_id, stream_id, epoch, window=window, acked=[seq], durable=durable)
+        elif offer.status == "dropped":
+            self.replies.credit(peer.routing_id, stream_id, epoch, window=window, dropped=[seq])
+        elif offer.status == "refused":
+            self.replies.refuse(peer.routing_id, stream_id, epoch, reason=offer.reason, detail=offer.detail,
+                                seqs=[] if offer.whole_stream else [seq], retry_s=offer.retry_s)
+
+    def _refuse_malformed(self, peer: Peer, parts: list[Any], error: ProtocolError) -> None:
+        """Tell the sender of a malformed frame which frame and why, when its header says that much."""
+        if len(parts) < 2:
+            return
+        try:
+            h = P.decode_header(parts[1], self.limits)
+        except ProtocolError:
+            return
+        if h["kind"] != P.FRAME or h["seq"] < 0:
+            return
+        self.replies.refuse(peer.routing_id, h["stream_id"], h.get("epoch"), reason=P.fault_kind(error),
+                            detail=str(error), seqs=[h["seq"]], retry_s=0.0)

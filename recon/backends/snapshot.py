@@ -1,0 +1,162 @@
+"""Plain-data snapshots of backend state: nested values split into a msgpack-able tree and a flat table of arrays.
+
+A backend's `save_state` names the attributes that make up its streaming state and hands their values to `pack`;
+`load_state` gets them back with `unpack`. Values may be None, bools, ints, floats, strings, bytes, numpy arrays
+and scalars, torch tensors (any device; restored to the same device) and generators, lists, tuples, dicts with
+any plain keys, deques, defaultdicts of a builtin factory, and instances of classes defined in recon (dataclasses
+and plain objects, by their `__dict__`). Anything else raises StateError naming where it was found, so a state
+is never saved with a piece silently missing.
+
+Why not pickle: a checkpoint is read back by a long-running service, and unpickling runs whatever code the file
+names. Here loading only ever creates recon classes by `cls.__new__` and fills their attributes.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib
+import sys
+from typing import Any
+
+import numpy as np
+
+from recon.errors import StateError
+
+_ALLOWED_MODULE_PREFIX = "recon."
+_FACTORIES: dict[str, Any] = {"list": list, "dict": dict, "int": int, "float": float, "set": set}
+
+
+class _Packer:
+    def __init__(self, arrays: dict[str, Any], prefix: str) -> None:
+        self.arrays = arrays
+        self.prefix = prefix
+
+    def _store(self, value: Any) -> str:
+        name = f"{self.prefix}{len(self.arrays)}"
+        while name in self.arrays:
+            name += "_"
+        self.arrays[name] = value
+        return name
+
+    def pack(self, value: Any, where: str) -> Any:
+        torch = sys.modules.get("torch")  # no tensor can exist unless torch was imported: never import it here
+        if value is None or isinstance(value, bool | int | float | str | bytes):
+            if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+                raise StateError(f"cannot save {where}: integer {value} does not fit in 64 bits")
+            return value
+        if isinstance(value, np.ndarray):
+            if value.dtype.kind not in "biuf":
+                raise StateError(f"cannot save {where}: numpy array of dtype {value.dtype}")
+            return {"$": "nd", "k": self._store(np.ascontiguousarray(value).copy())}
+        if isinstance(value, np.generic):
+            return {"$": "np", "dtype": value.dtype.str, "v": value.item()}
+        if torch is not None and isinstance(value, torch.Tensor):
+            t = value.detach()
+            return {"$": "t", "k": self._store(t.to("cpu", copy=True).contiguous()), "device": str(t.device)}
+        if torch is not None and isinstance(value, torch.Generator):
+            return {"$": "gen", "k": self._store(value.get_state().clone()), "device": str(value.device)}
+        if isinstance(value, collections.defaultdict):
+            factory = next((k for k, f in _FACTORIES.items() if f is value.default_factory), None)
+            if factory is None:
+                raise StateError(f"cannot save {where}: defaultdict with factory {value.default_factory!r}")
+            return {"$": "dd", "factory": factory, "v": self._pairs(value, where)}
+        if isinstance(value, dict):
+            return {"$": "map", "v": self._pairs(value, where)}
+        if isinstance(value, collections.deque):
+            return {"$": "deque", "maxlen": value.maxlen, "v": [self.pack(v, f"{where}[{i}]") for i, v in
+                                                                 enumerate(value)]}
+        if isinstance(value, list):
+            return [self.pack(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, tuple) and not hasattr(value, "_fields"):
+            return {"$": "tuple", "v": [self.pack(v, f"{where}[{i}]") for i, v in enumerate(value)]}
+        if isinstance(value, set | frozenset):
+            return {"$": "set", "v": [self.pack(v, f"{where}{{}}") for v in sorted(value, key=repr)]}
+        cls = type(value)
+        if cls.__module__.startswith(_ALLOWED_MODULE_PREFIX) and hasattr(value, "__dict__"):
+            fields = vars(value)
+            return {"$": "obj", "cls": f"{cls.__module__}:{cls.__qualname__}",
+                    "v": {k: self.pack(v, f"{where}.{k}") for k, v in fields.items()}}
+        raise StateError(f"cannot save {where}: values of type {cls.__module__}.{cls.__qualname__} are not plain data")
+
+    def _pairs(self, mapping: dict[Any, Any], where: str) -> list[list[Any]]:
+        return [[self.pack(k, f"{where} key"), self.pack(v, f"{where}[{k!r}]")] for k, v in mapping.items()]
+
+
+def pack(value: Any, arrays: dict[str, Any], prefix: str = "a") -> Any:
+    """The msgpack-able tree of `value`; arrays and tensors go into `arrays` under names starting with `prefix`.
+
+    Raises:
+        StateError: `value` holds something that is not plain data (the message says where).
+    """
+    return _Packer(arrays, prefix).pack(value, "state")
+
+
+def _class(path: str) -> type:
+    module_name, _, qualname = path.partition(":")
+    if not module_name.startswith(_ALLOWED_MODULE_PREFIX):
+        raise StateError(f"checkpoint names class {path!r} outside recon; refusing to create it")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise StateError(f"checkpoint names class {path!r}, which this version of recon does not have") from e
+    if not isinstance(obj, type):
+        raise StateError(f"checkpoint names {path!r}, which is not a class")
+    return obj
+
+
+def unpack(tree: Any, arrays: dict[str, Any]) -> Any:
+    """The value `pack` saved (arrays looked up in `arrays`, torch tensors moved back to their device)."""
+    if isinstance(tree, list):
+        return [unpack(v, arrays) for v in tree]
+    if not isinstance(tree, dict):
+        return tree
+    tag = tree.get("$")
+    if tag in ("nd", "t", "gen"):
+        if tree["k"] not in arrays:
+            raise StateError(f"checkpoint is missing array {tree['k']!r}")
+        a = arrays[tree["k"]]
+        if tag == "nd":
+            return np.asarray(a) if isinstance(a, np.ndarray) else a.numpy()
+        import torch
+
+        t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.asarray(a))
+        if tag == "gen":
+            gen = torch.Generator(device=tree["device"])
+            gen.set_state(t)
+            return gen
+        return t.to(tree["device"])
+    if tag == "np":
+        return np.dtype(tree["dtype"]).type(tree["v"])
+    if tag == "map":
+        return {_hashable(unpack(k, arrays)): unpack(v, arrays) for k, v in tree["v"]}
+    if tag == "dd":
+        out = collections.defaultdict(_FACTORIES[tree["factory"]])
+        out.update({_hashable(unpack(k, arrays)): unpack(v, arrays) for k, v in tree["v"]})
+        return out
+    if tag == "deque":
+        return collections.deque((unpack(v, arrays) for v in tree["v"]), maxlen=tree["maxlen"])
+    if tag == "tuple":
+        return tuple(unpack(v, arrays) for v in tree["v"])
+    if tag == "set":
+        return {_hashable(unpack(v, arrays)) for v in tree["v"]}
+    if tag == "obj":
+        cls = _class(tree["cls"])
+        obj = cls.__new__(cls)
+        obj.__dict__.update({k: unpack(v, arrays) for k, v in tree["v"].items()})
+        return obj
+    raise StateError(f"checkpoint holds an unknown value tag {tag!r}")
+
+
+def _hashable(key: Any) -> Any:
+    return tuple(_hashable(k) for k in key) if isinstance(key, list) else key
+
+
+def fields_of(obj: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """`{name: getattr(obj, name)}`: the attributes a backend saves, checked to exist (a renamed attribute must
+    fail the backend's own round-trip test, not vanish from its checkpoints)."""
+    missing = [n for n in names if not hasattr(obj, n)]
+    if missing:
+        raise StateError(f"{type(obj).__name__} has no attributes {missing} to save")
+    return {n: getattr(obj, n) for n in names}
