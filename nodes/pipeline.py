@@ -36,6 +36,7 @@ from recon.nodes.recon_node import ReconNode, ReconNodeConfig
 from recon.nodes.sources import Source, open_source
 from recon.nodes.transport import request
 from recon.nodes.viewer_node import ViewerNode, ViewerStats
+from recon.sinks.base import call_hook
 
 logger = logging.getLogger(__name__)
 
@@ -372,10 +373,18 @@ def run_replay_inproc(sequence: Any, backend: Backend, sink: Any, *, max_frames:
     loop = LoopStats()
 
     class _Progress:
+        name = str(getattr(sink, "name", "outputs"))
+
         def on_result(self, result: Any) -> None:
             sink.on_result(result)
             if on_frame is not None:
                 on_frame(loop)
+
+        def on_segment(self, *args: Any) -> None:
+            call_hook(sink, "on_segment", *args)
+
+        def on_latency(self, *args: Any) -> None:
+            call_hook(sink, "on_latency", *args)
 
         def close(self) -> None:
             pass

@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 TIMELINE_SEQ = "seq"
 TIMELINE_TIME = "t_ns"
+LATENCY = "latency"
+"""Root of the per-stream capture-to-publish latency scalars (milliseconds)."""
 
 
 @dataclass
@@ -188,6 +190,24 @@ class RerunLogger:
         colours = np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
         self.recording.log(f"{root}/map", rr.Points3D(xyz.astype(np.float32), colors=colours,
                                                       radii=rr.Radius.ui_points(1.0)))
+
+    def on_segment(self, stream_id: str, segment: int, reason: str) -> None:
+        """The stream's world frame changed: clear its subtree (recursively, at the current time) and forget its
+        path and map, so the new world frame is drawn from scratch, never on top of the old one."""
+        with self._lock:
+            state = self._streams.get(stream_id)
+            if state is not None and state.last_seq >= 0:
+                self._set_time(state.last_seq, state.last_t_ns)
+            self.recording.log(stream_root(stream_id), rr.Clear(recursive=True))
+            self._streams[stream_id] = _StreamState()
+            logger.info("stream %s: new world segment %d (%s): its entities were cleared", stream_id, segment,
+                        reason)
+
+    def on_latency(self, stream_id: str, seq: int, t_ns: int, latency_ms: float) -> None:
+        """Capture-to-publish latency of one result, as a time series `latency/<stream>` (milliseconds)."""
+        with self._lock:
+            self._set_time(seq, t_ns)
+            self.recording.log(f"{LATENCY}/{rr.escape_entity_path_part(stream_id)}", rr.Scalars(float(latency_ms)))
 
     def close(self) -> None:
         """Logs each stream's final map; the recording itself is closed by its owner."""

@@ -112,6 +112,12 @@ class RerunSink:
     def on_result(self, result: FrameResult) -> None:
         self.logger.on_result(result)
 
+    def on_segment(self, stream_id: str, segment: int, reason: str) -> None:
+        self.logger.on_segment(stream_id, segment, reason)
+
+    def on_latency(self, stream_id: str, seq: int, t_ns: int, latency_ms: float) -> None:
+        self.logger.on_latency(stream_id, seq, t_ns, latency_ms)
+
     def close(self) -> None:
         try:
             self.logger.close()

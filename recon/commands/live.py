@@ -9,7 +9,10 @@ Examples:
 The camera, reconstruction and viewer nodes run as threads over `inproc://` (`recon.nodes.run_pipeline`),
 the same classes `recon node ...` runs as processes. A live camera keeps only its newest frame (drops are
 counted); a file or folder is streamed without loss unless `--realtime` plays it as a camera.
-Outputs in OUT (default runs/live): trajectory.tum, points.ply, recording.rrd (with --viewer rrd).
+Outputs in OUT (default runs/live): trajectory.tum, points.ply, recording.rrd (with --viewer rrd), summary.json
+(per stream: captured, sent, dropped at the camera and at the node, processed, capture-to-publish latency
+p50/p95/p99, results lost). Ctrl-C stops cleanly (every processed frame's result is written, however long the
+backend takes); a second Ctrl-C forces the stop, and the exit code is 1 when results were lost.
 """
 
 from __future__ import annotations
@@ -56,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     from recon.errors import ConfigError
     from recon.nodes.pipeline import run_pipeline
     from recon.nodes.sources import as_live, load_camera_info, open_source
-    from recon.sinks import PointCloudWriter, TrajectoryWriter
+    from recon.sinks import PointCloudWriter, SegmentedSink, TrajectoryWriter, segment_path
+    from recon.sinks.report import write_json
 
     if args.weights and args.backend == "auto":
         raise ConfigError("--weights needs --backend NAME (the model the file belongs to)")
@@ -79,10 +83,9 @@ def run(args: argparse.Namespace) -> int:
         source = as_live(source, args.fps)
 
     out = Path(args.out)
-    trajectory = TrajectoryWriter(out / "trajectory.tum")
-    sinks: list[object] = [trajectory]
+    sinks: list[object] = [SegmentedSink(lambda k: TrajectoryWriter(segment_path(out / "trajectory.tum", k)))]
     if not args.no_ply:
-        sinks.append(PointCloudWriter(out / "points.ply"))
+        sinks.append(SegmentedSink(lambda k: PointCloudWriter(segment_path(out / "points.ply", k))))
     if args.viewer != "none":
         from recon.viewer import create_rerun_sink
 
@@ -90,20 +93,39 @@ def run(args: argparse.Namespace) -> int:
         if rerun is not None:
             sinks.append(rerun)
 
-    stop = threading.Event()
+    stop, abort = threading.Event(), threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
-        logger.info("received %s: finishing", signal.Signals(signum).name)
+        if stop.is_set():
+            logger.warning("received %s again: forcing the stop (results still held are given up)",
+                           signal.Signals(signum).name)
+            abort.set()
+            return
+        logger.info("received %s: finishing (send it again to force the stop)", signal.Signals(signum).name)
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         stats = run_pipeline(source, backend, sinks, mode="inproc", backend_options=options,
-                             stream_id=args.stream_id, stop=stop)
+                             stream_id=args.stream_id, stop=stop, abort=abort)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     cam = stats.camera
-    logger.info("live: %d frames sent, %d dropped at the camera, %d results, %.1f s; outputs in %s", cam.sent,
-                cam.drops, stats.viewer.results, stats.wall_s, out)
-    return 0
+    lost = stats.results_lost + sum(stats.viewer.sink_errors.values())
+    streams = {}
+    for stream_id, s in stats.node_status.get("sessions", {}).items():
+        streams[stream_id] = {"captured": cam.captured, "sent": cam.sent, "dropped_at_camera": cam.drops,
+                              "dropped_at_node": s.get("drops", 0), "processed": s.get("frames", 0),
+                              "results": stats.viewer.per_stream.get(stream_id, 0),
+                              "latency_ms": s.get("latency_ms", {}), "results_lost": s.get("results_lost", 0)}
+    write_json(out / "summary.json", {"backend": backend, "backend_reason": reason, "wall_s": stats.wall_s,
+                                      "results": stats.viewer.results, "results_lost": lost,
+                                      "sink_errors": stats.viewer.sink_errors, "streams": streams,
+                                      "stopped_on_error": stats.stopped_on_error})
+    logger.info("live: %d frames sent, %d dropped at the camera, %d results, %d lost, %.1f s; outputs in %s",
+                cam.sent, cam.drops, stats.viewer.results, lost, stats.wall_s, out)
+    if lost:
+        logger.error("%d results were lost (see %s)", lost, out / "summary.json")
+        return 1
+    return 1 if stats.stopped_on_error else 0

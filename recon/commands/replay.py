@@ -9,8 +9,10 @@ Examples:
 
 Outputs in OUT (default runs/<sequence name>): trajectory.tum (TUM, T_world_cam), points.ply (voxel-downsampled,
 coloured), recording.rrd (with --viewer rrd, the default), metrics.json (when the sequence has ground truth),
-summary.json (frames, skipped frames, frames/s, backend and why, timings). The exit code is 1 when the reader
-stopped on a corrupt frame (`--on-error stop`, the default); the outputs of the frames before it are written.
+summary.json (frames, skipped frames, frames/s, backend and why, timings, results lost, latency). The exit code
+is 1 when the reader stopped on a corrupt frame (`--on-error stop`, the default; the outputs of the frames before
+it are written) and when any result was lost (a second Ctrl-C, a failing output): the summary says how many.
+A session reset (resolution change) starts a new world frame, written to trajectory.seg1.tum / points.seg1.ply.
 
 Frames go `source -> backend.step -> sinks` through the node classes of `recon node ...` as threads over
 inproc:// (`recon.nodes.pipeline.run_replay_inproc`; `--distributed`: as processes over loopback tcp); each
@@ -81,7 +83,16 @@ def _total_frames(sequence: Any, stride: int, max_frames: int | None) -> int | N
 
 def run(args: argparse.Namespace) -> int:
     from recon.backends import create_backend
-    from recon.sinks import PointCloudWriter, RunSummary, SinkGroup, TrajectoryWriter, compute_metrics, run_stream
+    from recon.sinks import (
+        PointCloudWriter,
+        RunSummary,
+        SegmentedSink,
+        SinkGroup,
+        TrajectoryWriter,
+        compute_metrics,
+        run_stream,
+        segment_path,
+    )
     from recon.sinks.report import write_json
     from recon.viewer import parse_viewer_spec
 
@@ -103,15 +114,18 @@ def run(args: argparse.Namespace) -> int:
     # --distributed: the backend runs in the reconstruction node process, not here.
     backend = None if args.distributed else create_backend(backend_name, **options)
 
-    trajectory = TrajectoryWriter(out / "trajectory.tum")
-    cloud = PointCloudWriter(out / "points.ply", voxel_size=args.voxel_size)
-    file_sinks = SinkGroup([trajectory, cloud])
+    # One file per world segment (a reset starts a new world frame): the first segment's writers are the usual
+    # trajectory.tum / points.ply, which the metrics and the summary read.
+    trajectories = SegmentedSink(lambda k: TrajectoryWriter(segment_path(out / "trajectory.tum", k)))
+    clouds = SegmentedSink(lambda k: PointCloudWriter(segment_path(out / "points.ply", k), voxel_size=args.voxel_size))
+    trajectory, cloud = trajectories.first, clouds.first
+    file_sinks = SinkGroup([trajectories, clouds])
     rerun_sink = None
     if viewer_specs:
         from recon.viewer import create_rerun_sink
 
         rerun_sink = create_rerun_sink(viewer_specs)
-    sinks = SinkGroup([trajectory, cloud, *([rerun_sink] if rerun_sink else [])])
+    sinks = SinkGroup([trajectories, clouds, *([rerun_sink] if rerun_sink else [])])
 
     summary = RunSummary(sequence=sequence.name, backend=backend_name, backend_reason=reason)
     keep_serving = rerun_sink is not None and rerun_sink.output.serving and not args.no_wait
@@ -130,6 +144,9 @@ def run(args: argparse.Namespace) -> int:
             rerun_sink.close()
 
     _fill_summary(summary, stats, sequence, backend, sinks, trajectory, cloud, rerun_sink, args)
+    for k, extra in enumerate(trajectories.segments[1:], start=1):
+        for stream_id, path in extra.paths.items():
+            summary.outputs[f"trajectory:segment{k}" + (f":{stream_id}" if len(extra.paths) > 1 else "")] = str(path)
     gt = getattr(sequence, "ground_truth", None)
     if gt is not None and len(gt) and len(trajectory.stream_ids) == 1:
         try:
@@ -146,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     summary_path = summary.write(out / "summary.json")
 
     print(f"{stats.frames_in} frames in {stats.wall_s:.1f} s ({stats.fps:.2f} frames/s) with {backend_name}; "
-          f"{summary.frames_skipped} skipped")
+          f"{summary.frames_skipped} skipped, {summary.results_lost} results lost")
     for name, path in {**summary.outputs, "summary": str(summary_path)}.items():
         print(f"  {name:<12} {path}")
     if keep_serving:
@@ -156,6 +173,9 @@ def run(args: argparse.Namespace) -> int:
     if stats.stopped_on_error:
         print(f"stopped on a corrupt frame: {stats.stopped_on_error} (--on-error skip skips such frames)",
               file=sys.stderr)
+        return 1
+    if summary.results_lost:
+        print(f"{summary.results_lost} results were lost (see {summary_path})", file=sys.stderr)
         return 1
     return 0
 
@@ -169,6 +189,11 @@ def _fill_summary(summary: Any, stats: Any, sequence: Any, backend: Any, sinks: 
     summary.fps = stats.fps
     summary.timings_s = {**stats.timings_s, **{f"sink_{k}": v for k, v in sinks.time_s.items()}}
     summary.stopped_on_error = stats.stopped_on_error
+    summary.results_lost = int(getattr(stats, "results_lost", 0))
+    for stream_id, s in getattr(stats, "node_status", {}).get("sessions", {}).items():
+        summary.latency_ms[stream_id] = s.get("latency_ms", {})
+        summary.streams[stream_id] = {k: s.get(k) for k in ("frames", "accepted", "drops", "refused", "rejected",
+                                                            "errors", "results_lost", "session", "map_epoch")}
     read_stats = getattr(sequence, "stats", None)
     summary.frames_skipped = int(getattr(read_stats, "frames_skipped", 0))
     summary.skipped_paths = list(getattr(read_stats, "skipped_paths", []))
