@@ -101,19 +101,6 @@ def restore_backend_state(backend: Any, state: BackendState) -> None:
         _adapter(backend).load_state(backend, state)
 
 
-def check_state(state: BackendState, backend: str, version: int, config: dict[str, Any]) -> None:
-    """The check every `load_state` starts with: same backend, same state version, same configuration."""
-    if state.backend != backend:
-        raise StateError(f"state of backend {state.backend!r} cannot be loaded into {backend!r}")
-    if state.version != version:
-        raise StateError(f"{backend}: state layout version {state.version} is not this build's version {version}")
-    saved, mine = normalise(state.config), normalise(config)
-    if saved != mine:
-        diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
-        raise StateError(f"{backend}: the state was saved with another configuration; differing: "
-                         + ", ".join(f"{k} (saved {saved.get(k)!r}, now {mine.get(k)!r})" for k in diff))
-
-
 def normalise(value: Any) -> Any:
     """`value` as it reads back from msgpack (tuples become lists), so saved and live configurations compare."""
     return msgpack.unpackb(msgpack.packb(value, use_bin_type=True, default=_plain), raw=False,

@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from recon.backends import snapshot
+from recon.backends.base import BackendState
 from recon.backends.vggt import (
     FrameMeta,
     make_result,
@@ -82,9 +84,14 @@ def session_frame_to_pose(T_cam_world_34: torch.Tensor, fov_hw: torch.Tensor, im
 
 
 class HorizonStreamBackend:
-    """One stream through a HorizonStream session (`reset` starts a new one)."""
+    """One stream through a HorizonStream session (`reset` starts a new one).
+
+    Checkpointable: the state is the session's carried K/V and KDA states, its pending frames, the online
+    motion-averaging state with its generator, and this adapter's pending results and world re-basing.
+    """
 
     name = "horizonstream"
+    STATE_VERSION = 1
 
     def __init__(self, model: Any, *, device: torch.device, autocast_dtype: torch.dtype, image_width: int,
                  sliding_size: int = 1, window_size: int | None = None, seed: int = 0) -> None:
@@ -135,6 +142,26 @@ class HorizonStreamBackend:
         self._grid = None
         self._T_first_world = None
         return results
+
+    def _state_config(self) -> dict[str, Any]:
+        s = self.session
+        return {"model": snapshot.model_signature(self.model), "image_width": self.image_width,
+                "window_size": s.window_size, "sliding_size": s.sliding_size,
+                "autocast": str(s.autocast_dtype)}
+
+    def save_state(self) -> BackendState:
+        return snapshot.to_state(self.name, self.STATE_VERSION, self._state_config(),
+                                 {"session": self.session.export_state(), "pending": self._pending,
+                                  "grid": self._grid, "T_first_world": self._T_first_world,
+                                  "frames_in": self._frames_in, "results_out": self._results_out})
+
+    def load_state(self, state: BackendState) -> None:
+        values = snapshot.from_state(state, self.name, self.STATE_VERSION, self._state_config())
+        self.session.import_state(values["session"])
+        self._pending = deque(values["pending"])
+        self._grid = tuple(values["grid"]) if values["grid"] is not None else None
+        self._T_first_world = values["T_first_world"]
+        self._frames_in, self._results_out = int(values["frames_in"]), int(values["results_out"])
 
     def _results(self, fixed: list) -> list[FrameResult]:
         out = []

@@ -16,7 +16,6 @@ import numpy as np
 
 from recon.backends import BackendEntry, register, registered, snapshot
 from recon.backends.base import BackendState
-from recon.checkpoint import check_state
 from recon.types import BackendStats, Frame, FrameResult
 
 ENTRY = BackendEntry("identity", "recon.backends.identity:create", (), -100,
@@ -58,14 +57,12 @@ class IdentityBackend:
         return {"points": self.points, "window": self.window, "drift": self.drift}
 
     def save_state(self) -> BackendState:
-        arrays: dict[str, object] = {}
-        tree = snapshot.pack({"held": self._held, "offset": self._offset, "frames_in": self._stats.frames_in,
-                              "results_out": self._stats.results_out}, arrays)
-        return BackendState(self.name, self.STATE_VERSION, self._config(), arrays, {"tree": tree})
+        return snapshot.to_state(self.name, self.STATE_VERSION, self._config(),
+                                 {"held": self._held, "offset": self._offset, "frames_in": self._stats.frames_in,
+                                  "results_out": self._stats.results_out})
 
     def load_state(self, state: BackendState) -> None:
-        check_state(state, self.name, self.STATE_VERSION, self._config())
-        values = snapshot.unpack(state.meta["tree"], state.arrays)
+        values = snapshot.from_state(state, self.name, self.STATE_VERSION, self._config())
         self._held, self._offset = values["held"], float(values["offset"])
         self._stats = BackendStats(frames_in=int(values["frames_in"]), results_out=int(values["results_out"]))
 

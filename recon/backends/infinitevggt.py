@@ -52,6 +52,10 @@ class InfiniteVGGTBackend(StreamVGGTBackend):
         self.budget = budget
         self.camera_window = camera_window or 0
 
+    def _state_config(self) -> dict[str, Any]:
+        return {**super()._state_config(), "budget": self.budget, "camera_window": self.camera_window,
+                "temperature": getattr(self.session.memory.policy, "temperature", None)}
+
     def stats(self) -> BackendStats:
         s = super().stats()
         session = self.session

@@ -5,6 +5,10 @@ predicted by the backbone on a worker thread while the calling thread registers 
 (global Sim(3) + layer-wise scale alignment, recon.align.engine), so inference of window k+1 overlaps the
 registration of window k. Each frame is emitted once, when first registered; only the previous window and the
 frames of the window being filled are held.
+
+Checkpointable: the state is the previous registered window and the world-frame intrinsics (the engine), the
+frames of the window being filled, and the windows submitted but not registered yet, which a restored backend
+predicts again at its next step.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import torch
 from recon.align.engine import LaserEngine, RegisteredWindow, WindowPrediction
 from recon.align.layers import LayerConfig
 from recon.align.windows import WindowScheduler
+from recon.backends import snapshot
+from recon.backends.base import BackendState
 from recon.errors import BackendError, ConfigError
 from recon.types import BackendStats, Frame, FrameResult
 
@@ -86,6 +92,7 @@ class LaserBackend:
     """
 
     name = "laser"
+    STATE_VERSION = 1
 
     def __init__(
         self,
@@ -111,6 +118,8 @@ class LaserBackend:
         self._jobs: queue.Queue[list[_Pending] | None] = queue.Queue(maxsize=1)
         self._done: queue.Queue[tuple[list[_Pending], WindowPrediction | BaseException]] = queue.Queue()
         self._in_flight = 0
+        self._submitted: list[list[_Pending]] = []  # windows submitted, not registered yet (in order)
+        self._resubmit: list[list[_Pending]] = []  # restored in-flight windows, predicted at the next step
         self._worker: threading.Thread | None = None
         self._timings: dict[str, float] = {}
         self.reset()
@@ -134,21 +143,55 @@ class LaserBackend:
             raise BackendError(f"laser: resolution changed within a session ({self._grid_hw} -> "
                                f"{tuple(image.shape[1:])}); reset the stream first")
         self._frames_in += 1
+        results = self._submit_restored()
         window = self._scheduler.push(_Pending(frame.seq, frame.t_ns, frame.stream_id, image))
-        results: list[FrameResult] = []
         if window is not None:
             results += self._submit(window)
         results += self._collect(block=False)
         return results
 
     def flush(self) -> list[FrameResult]:
-        results: list[FrameResult] = []
+        results = self._submit_restored()
         tail = self._scheduler.flush()
         if tail is not None:
             results += self._submit(tail)
         while self._in_flight:
             results += self._collect(block=True)
         return results
+
+    def _submit_restored(self) -> list[FrameResult]:
+        results: list[FrameResult] = []
+        while self._resubmit:
+            results += self._submit(self._resubmit.pop(0))
+        return results
+
+    def _state_config(self) -> dict[str, Any]:
+        e = self.engine
+        return {"model": {"type": type(self.model).__name__, **snapshot.model_signature(getattr(self.model, "model",
+                                                                                                self.model))},
+                "image_width": self.image_width, "window_size": e.window_size, "overlap": e.overlap,
+                "top_conf_percentile": e.top_conf_percentile, "depth_refine": e.depth_refine,
+                "layer_config": snapshot.pack(e.layer_config, {}), "relative_tol": e.relative_tol}
+
+    def save_state(self) -> BackendState:
+        e, sched = self.engine, self._scheduler
+        return snapshot.to_state(self.name, self.STATE_VERSION, self._state_config(), {
+            "engine": {"K_ref": e.K_ref, "prev": e._prev, "index": e._index},
+            "scheduler": {"items": list(sched._items), "emitted_any": sched._emitted_any},
+            "in_flight": [list(w) for w in [*self._resubmit, *self._submitted]], "grid_hw": self._grid_hw,
+            "frames_in": self._frames_in, "results_out": self._results_out, "windows": self._windows})
+
+    def load_state(self, state: BackendState) -> None:
+        values = snapshot.from_state(state, self.name, self.STATE_VERSION, self._state_config())
+        self.reset()
+        e = values["engine"]
+        self.engine.K_ref, self.engine._prev, self.engine._index = e["K_ref"], e["prev"], int(e["index"])
+        self._scheduler._items = list(values["scheduler"]["items"])
+        self._scheduler._emitted_any = bool(values["scheduler"]["emitted_any"])
+        self._resubmit = [list(w) for w in values["in_flight"]]
+        self._grid_hw = tuple(values["grid_hw"]) if values["grid_hw"] is not None else None
+        self._frames_in, self._results_out = int(values["frames_in"]), int(values["results_out"])
+        self._windows = int(values["windows"])
 
     def stats(self) -> BackendStats:
         held = sum(p.image_chw.numel() * 4 for p in self._scheduler._items)
@@ -178,6 +221,7 @@ class LaserBackend:
 
     def _submit(self, window: list[_Pending]) -> list[FrameResult]:
         self._in_flight += 1
+        self._submitted.append(window)
         if not self.overlap_inference:
             try:
                 self._done.put((window, self._predict(window)))
@@ -204,6 +248,8 @@ class LaserBackend:
             except queue.Empty:
                 break
             self._in_flight -= 1
+            if self._submitted:
+                self._submitted.pop(0)
             if isinstance(pred, BaseException):
                 raise BackendError(f"laser: window inference failed: {pred}") from pred
             registered = self.engine.register(pred)
@@ -237,6 +283,8 @@ class LaserBackend:
         self._jobs = queue.Queue(maxsize=1)
         self._done = queue.Queue()
         self._in_flight = 0
+        self._submitted = []
+        self._resubmit = []
 
     def close(self) -> None:
         """Stop the inference worker."""

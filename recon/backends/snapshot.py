@@ -7,6 +7,9 @@ any plain keys, deques, defaultdicts of a builtin factory, and instances of clas
 and plain objects, by their `__dict__`). Anything else raises StateError naming where it was found, so a state
 is never saved with a piece silently missing.
 
+`to_state` / `from_state` wrap this into the `BackendState` of the Checkpointable protocol, with the check every
+`load_state` starts with (same backend, same state version, same configuration).
+
 Why not pickle: a checkpoint is read back by a long-running service, and unpickling runs whatever code the file
 names. Here loading only ever creates recon classes by `cls.__new__` and fills their attributes.
 """
@@ -20,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from recon.backends.base import BackendState
 from recon.errors import StateError
 
 _ALLOWED_MODULE_PREFIX = "recon."
@@ -27,9 +31,14 @@ _FACTORIES: dict[str, Any] = {"list": list, "dict": dict, "int": int, "float": f
 
 
 class _Packer:
+    """Packs one value; mutable values seen twice are saved once and referenced (`{"$": "ref"}`), so objects that
+    share a list, an array or another object still share it after a load, as in the live backend."""
+
     def __init__(self, arrays: dict[str, Any], prefix: str) -> None:
         self.arrays = arrays
         self.prefix = prefix
+        self._memo: dict[int, int] = {}
+        self._alive: list[Any] = []  # keeps packed values alive, so their ids stay unique while packing
 
     def _store(self, value: Any) -> str:
         name = f"{self.prefix}{len(self.arrays)}"
@@ -39,6 +48,18 @@ class _Packer:
         return name
 
     def pack(self, value: Any, where: str) -> Any:
+        if value is None or isinstance(value, bool | int | float | str | bytes | tuple | np.generic):
+            return self._pack_value(value, where)
+        ref = self._memo.get(id(value))
+        if ref is not None:
+            return {"$": "ref", "id": ref}
+        ref = self._memo[id(value)] = len(self._memo)
+        self._alive.append(value)
+        node = self._pack_value(value, where)
+        node["@"] = ref
+        return node
+
+    def _pack_value(self, value: Any, where: str) -> Any:
         torch = sys.modules.get("torch")  # no tensor can exist unless torch was imported: never import it here
         if value is None or isinstance(value, bool | int | float | str | bytes):
             if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
@@ -63,12 +84,11 @@ class _Packer:
         if isinstance(value, dict):
             return {"$": "map", "v": self._pairs(value, where)}
         if isinstance(value, collections.deque):
-            return {"$": "deque", "maxlen": value.maxlen, "v": [self.pack(v, f"{where}[{i}]") for i, v in
-                                                                 enumerate(value)]}
+            return {"$": "deque", "maxlen": value.maxlen, "v": self._items(value, where)}
         if isinstance(value, list):
-            return [self.pack(v, f"{where}[{i}]") for i, v in enumerate(value)]
+            return {"$": "list", "v": self._items(value, where)}
         if isinstance(value, tuple) and not hasattr(value, "_fields"):
-            return {"$": "tuple", "v": [self.pack(v, f"{where}[{i}]") for i, v in enumerate(value)]}
+            return {"$": "tuple", "v": self._items(value, where)}
         if isinstance(value, set | frozenset):
             return {"$": "set", "v": [self.pack(v, f"{where}{{}}") for v in sorted(value, key=repr)]}
         cls = type(value)
@@ -77,6 +97,9 @@ class _Packer:
             return {"$": "obj", "cls": f"{cls.__module__}:{cls.__qualname__}",
                     "v": {k: self.pack(v, f"{where}.{k}") for k, v in fields.items()}}
         raise StateError(f"cannot save {where}: values of type {cls.__module__}.{cls.__qualname__} are not plain data")
+
+    def _items(self, values: Any, where: str) -> list[Any]:
+        return [self.pack(v, f"{where}[{i}]") for i, v in enumerate(values)]
 
     def _pairs(self, mapping: dict[Any, Any], where: str) -> list[list[Any]]:
         return [[self.pack(k, f"{where} key"), self.pack(v, f"{where}[{k!r}]")] for k, v in mapping.items()]
@@ -108,15 +131,61 @@ def _class(path: str) -> type:
 
 def unpack(tree: Any, arrays: dict[str, Any]) -> Any:
     """The value `pack` saved (arrays looked up in `arrays`, torch tensors moved back to their device)."""
-    if isinstance(tree, list):
-        return [unpack(v, arrays) for v in tree]
-    if not isinstance(tree, dict):
-        return tree
-    tag = tree.get("$")
-    if tag in ("nd", "t", "gen"):
-        if tree["k"] not in arrays:
+    return _Unpacker(arrays).unpack(tree)
+
+
+class _Unpacker:
+    def __init__(self, arrays: dict[str, Any]) -> None:
+        self.arrays = arrays
+        self._refs: dict[int, Any] = {}
+
+    def _keep(self, tree: dict[str, Any], value: Any) -> Any:
+        if "@" in tree:
+            self._refs[int(tree["@"])] = value
+        return value
+
+    def unpack(self, tree: Any) -> Any:
+        if isinstance(tree, list):  # written by an older layout without list tags
+            return [self.unpack(v) for v in tree]
+        if not isinstance(tree, dict):
+            return tree
+        tag = tree.get("$")
+        if tag == "ref":
+            if int(tree["id"]) not in self._refs:
+                raise StateError(f"checkpoint refers to value {tree['id']} before defining it")
+            return self._refs[int(tree["id"])]
+        if tag in ("nd", "t", "gen"):
+            return self._keep(tree, self._array(tree, tag))
+        if tag == "np":
+            return np.dtype(tree["dtype"]).type(tree["v"])
+        if tag == "list":
+            out: list[Any] = self._keep(tree, [])
+            out.extend(self.unpack(v) for v in tree["v"])
+            return out
+        if tag in ("map", "dd"):
+            mapping: dict[Any, Any] = collections.defaultdict(_FACTORIES[tree["factory"]]) if tag == "dd" else {}
+            self._keep(tree, mapping)
+            mapping.update({_hashable(self.unpack(k)): self.unpack(v) for k, v in tree["v"]})
+            return mapping
+        if tag == "deque":
+            dq: collections.deque[Any] = self._keep(tree, collections.deque(maxlen=tree["maxlen"]))
+            dq.extend(self.unpack(v) for v in tree["v"])
+            return dq
+        if tag == "tuple":
+            return self._keep(tree, tuple(self.unpack(v) for v in tree["v"]))
+        if tag == "set":
+            return self._keep(tree, {_hashable(self.unpack(v)) for v in tree["v"]})
+        if tag == "obj":
+            cls = _class(tree["cls"])
+            obj = self._keep(tree, cls.__new__(cls))
+            obj.__dict__.update({k: self.unpack(v) for k, v in tree["v"].items()})
+            return obj
+        raise StateError(f"checkpoint holds an unknown value tag {tag!r}")
+
+    def _array(self, tree: dict[str, Any], tag: str) -> Any:
+        if tree["k"] not in self.arrays:
             raise StateError(f"checkpoint is missing array {tree['k']!r}")
-        a = arrays[tree["k"]]
+        a = self.arrays[tree["k"]]
         if tag == "nd":
             return np.asarray(a) if isinstance(a, np.ndarray) else a.numpy()
         import torch
@@ -127,26 +196,6 @@ def unpack(tree: Any, arrays: dict[str, Any]) -> Any:
             gen.set_state(t)
             return gen
         return t.to(tree["device"])
-    if tag == "np":
-        return np.dtype(tree["dtype"]).type(tree["v"])
-    if tag == "map":
-        return {_hashable(unpack(k, arrays)): unpack(v, arrays) for k, v in tree["v"]}
-    if tag == "dd":
-        out = collections.defaultdict(_FACTORIES[tree["factory"]])
-        out.update({_hashable(unpack(k, arrays)): unpack(v, arrays) for k, v in tree["v"]})
-        return out
-    if tag == "deque":
-        return collections.deque((unpack(v, arrays) for v in tree["v"]), maxlen=tree["maxlen"])
-    if tag == "tuple":
-        return tuple(unpack(v, arrays) for v in tree["v"])
-    if tag == "set":
-        return {_hashable(unpack(v, arrays)) for v in tree["v"]}
-    if tag == "obj":
-        cls = _class(tree["cls"])
-        obj = cls.__new__(cls)
-        obj.__dict__.update({k: unpack(v, arrays) for k, v in tree["v"].items()})
-        return obj
-    raise StateError(f"checkpoint holds an unknown value tag {tag!r}")
 
 
 def _hashable(key: Any) -> Any:
@@ -160,3 +209,43 @@ def fields_of(obj: Any, names: tuple[str, ...]) -> dict[str, Any]:
     if missing:
         raise StateError(f"{type(obj).__name__} has no attributes {missing} to save")
     return {n: getattr(obj, n) for n in names}
+
+
+def to_state(backend: str, version: int, config: dict[str, Any], values: dict[str, Any]) -> BackendState:
+    """A `BackendState` holding `values` (packed: arrays in `arrays`, the tree in `meta["tree"]`)."""
+    arrays: dict[str, Any] = {}
+    return BackendState(backend, version, dict(config), arrays, {"tree": pack(values, arrays)})
+
+
+def check_state(state: BackendState, backend: str, version: int, config: dict[str, Any]) -> None:
+    """Refuse a state of another backend, state version or configuration (StateError naming what differs)."""
+    from recon.checkpoint import normalise
+
+    if state.backend != backend:
+        raise StateError(f"state of backend {state.backend!r} cannot be loaded into {backend!r}")
+    if state.version != version:
+        raise StateError(f"{backend}: state layout version {state.version} is not this build's version {version}")
+    saved, mine = normalise(state.config), normalise(config)
+    if saved != mine:
+        diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+        raise StateError(f"{backend}: the state was saved with another configuration; differing: "
+                         + ", ".join(f"{k} (saved {saved.get(k)!r}, now {mine.get(k)!r})" for k in diff))
+
+
+def from_state(state: BackendState, backend: str, version: int, config: dict[str, Any]) -> dict[str, Any]:
+    """The values `to_state` saved, after `check_state`."""
+    check_state(state, backend, version, config)
+    if "tree" not in state.meta:
+        raise StateError(f"{backend}: the state holds no snapshot")
+    return unpack(state.meta["tree"], state.arrays)
+
+
+def model_signature(model: Any) -> dict[str, Any]:
+    """What of a model shapes the state computed with it: its configuration, parameter dtype and device type."""
+    import dataclasses
+
+    config = getattr(model, "config", None)
+    param = next(model.parameters(), None) if hasattr(model, "parameters") else None
+    return {"config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else repr(config),
+            "dtype": str(param.dtype) if param is not None else None,
+            "device": param.device.type if param is not None else None}

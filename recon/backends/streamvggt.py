@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from recon.backends import snapshot
+from recon.backends.base import BackendState
 from recon.backends.vggt import (
     POINT_SOURCES,
     FrameMeta,
@@ -48,9 +50,14 @@ logger = logging.getLogger(__name__)
 
 
 class StreamVGGTBackend:
-    """One stream through a StreamVGGT streaming session (`reset` starts a new session)."""
+    """One stream through a StreamVGGT streaming session (`reset` starts a new session).
+
+    Checkpointable: the state is the session's KV caches (aggregator and camera trunk, with the eviction
+    policy's anchors and scores) and the frame grid, so a restored backend continues in the same world frame.
+    """
 
     name = "streamvggt"
+    STATE_VERSION = 1
 
     def __init__(self, model: Any, *, device: torch.device, autocast_dtype: torch.dtype, image_width: int,
                  camera_cache: str = "reference", capacity: int = 0, policy: Any = None,
@@ -99,6 +106,22 @@ class StreamVGGTBackend:
 
     def flush(self) -> list[FrameResult]:
         return []
+
+    def _state_config(self) -> dict[str, Any]:
+        s = self.session
+        return {"model": snapshot.model_signature(self.model), "image_width": self.image_width,
+                "camera_cache": s.camera_cache, "points": self.points, "policy": s.memory.policy.name,
+                "camera_policy": s.camera_memory.policy.name if s.camera_memory is not None else None}
+
+    def save_state(self) -> BackendState:
+        return snapshot.to_state(self.name, self.STATE_VERSION, self._state_config(),
+                                 {"session": self.session.export_state(), "frames_in": self._frames_in,
+                                  "results_out": self._results_out})
+
+    def load_state(self, state: BackendState) -> None:
+        values = snapshot.from_state(state, self.name, self.STATE_VERSION, self._state_config())
+        self.session.import_state(values["session"])
+        self._frames_in, self._results_out = int(values["frames_in"]), int(values["results_out"])
 
     def stats(self) -> BackendStats:
         s = self.session

@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from recon.backends import snapshot
+from recon.backends.base import BackendState
 from recon.errors import BackendError, ConfigError
 from recon.geometry.pose_encoding import depth_to_cam_points, pose_encoding_to_T_world_cam
 from recon.models.preprocess import preprocess_frames
@@ -144,9 +146,14 @@ def _sim3_from_overlap(T_world_a: np.ndarray, T_clip_a: np.ndarray, depth_world:
 
 
 class VGGTBackend:
-    """Offline VGGT over overlapping clips (one stream; `reset` starts over)."""
+    """Offline VGGT over overlapping clips (one stream; `reset` starts over).
+
+    Checkpointable: the state is the frames of the clip being filled and the overlap frames carried into the next
+    clip with their world poses and depths (what ties the next clip to the world frame).
+    """
 
     name = "vggt"
+    STATE_VERSION = 1
 
     def __init__(self, model: Any, *, device: torch.device, autocast_dtype: torch.dtype, image_width: int,
                  clip_length: int = 16, overlap: int = 1, points: str = "depth") -> None:
@@ -234,6 +241,22 @@ class VGGTBackend:
                 self._carry.append((meta_i, images[i], T_world_cam, depth_w))
         self._results_out += len(results)
         return results
+
+    def _state_config(self) -> dict[str, Any]:
+        return {"model": snapshot.model_signature(self.model), "image_width": self.image_width,
+                "clip_length": self.clip_length, "overlap": self.overlap, "points": self.points}
+
+    def save_state(self) -> BackendState:
+        return snapshot.to_state(self.name, self.STATE_VERSION, self._state_config(),
+                                 {"buffer": self._buffer, "carry": self._carry, "image_hw": self._image_hw,
+                                  "frames_in": self._frames_in, "results_out": self._results_out})
+
+    def load_state(self, state: BackendState) -> None:
+        values = snapshot.from_state(state, self.name, self.STATE_VERSION, self._state_config())
+        self._buffer = list(values["buffer"])
+        self._carry = values["carry"]
+        self._image_hw = tuple(values["image_hw"]) if values["image_hw"] is not None else None
+        self._frames_in, self._results_out = int(values["frames_in"]), int(values["results_out"])
 
     def stats(self) -> BackendStats:
         held = sum(t.numel() * t.element_size() for _, t in self._buffer)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -48,6 +49,13 @@ class EvictionPolicy:
 
     def end_frame(self, frame_index: int) -> None:
         """Called once after the frame went through every layer (e.g. to update per-layer scores)."""
+
+    def export_state(self) -> dict[str, Any]:
+        """Per-session state for a checkpoint (plain values and tensors); the base policy keeps none."""
+        return {}
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        """Restore an `export_state` of the same policy class."""
 
 
 class KVCache:
@@ -183,6 +191,34 @@ class KVCache:
                 total += t.numel() * t.element_size()
         return total
 
+    def export_state(self) -> dict[str, Any]:
+        """Contents for a checkpoint: copies of the first `len` entries (K, V, token ids), the capacity and the
+        counters. Kept apart from the storage layout, so the storage may change without changing checkpoints."""
+        held = self._k is not None and self._v is not None
+        ids = self.token_ids()
+        return {"k": self.keys().clone() if held else None, "v": self.values().clone() if held else None,
+                "ids": ids.clone() if ids is not None else None, "capacity": self.capacity,
+                "appended": self._appended, "frame_index": self.frame_index}
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        """Replace the contents with an `export_state` of a cache of the same layer (capacity preserved)."""
+        self.reset()
+        self.frame_index = int(state["frame_index"])
+        self._appended = int(state["appended"])
+        k, v = state["k"], state["v"]
+        if k is None or v is None:
+            return
+        n = int(k.shape[2])
+        self._allocate(k, v, max(int(state["capacity"]), n))
+        assert self._k is not None and self._v is not None
+        self._k[:, :, :n].copy_(k)
+        self._v[:, :, :n].copy_(v)
+        ids = state.get("ids")
+        if self.track_token_ids and ids is not None:
+            assert self._ids is not None
+            self._ids[:, :, :n].copy_(ids)
+        self._n = n
+
 
 class StreamingMemory:
     """The per-layer caches of one streaming session plus their eviction policy.
@@ -234,3 +270,23 @@ class StreamingMemory:
     def nbytes(self) -> int:
         """Bytes of allocated cache storage over all layers."""
         return sum(c.nbytes() for c in self.caches)
+
+    def export_state(self) -> dict[str, Any]:
+        """Every cache's `export_state`, the frame counter and the policy's state (see `EvictionPolicy`)."""
+        return {"frame_index": self.frame_index, "caches": [c.export_state() for c in self.caches],
+                "policy": self.policy.export_state(), "policy_name": self.policy.name}
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        """Restore an `export_state` of a memory with the same number of layers and the same policy."""
+        from recon.errors import StateError
+
+        if len(state["caches"]) != len(self.caches):
+            raise StateError(f"streaming memory: the state has {len(state['caches'])} layers, this memory "
+                             f"{len(self.caches)}")
+        if state.get("policy_name", self.policy.name) != self.policy.name:
+            raise StateError(f"streaming memory: the state was saved with policy {state['policy_name']!r}, this "
+                             f"memory uses {self.policy.name!r}")
+        for cache, cs in zip(self.caches, state["caches"], strict=True):
+            cache.import_state(cs)
+        self.policy.import_state(state["policy"])
+        self.frame_index = int(state["frame_index"])

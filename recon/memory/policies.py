@@ -75,6 +75,13 @@ class _AnchorMixin:
         """Protected leading entries of `layer` (0 before its first frame)."""
         return self._anchors.get(layer, 0)
 
+    def _export_anchors(self) -> dict[str, Any]:
+        return {"anchors": dict(self._anchors)}
+
+    def _import_anchors(self, state: dict[str, Any]) -> None:
+        self._reset_anchors()
+        self._anchors = {int(k): int(v) for k, v in state["anchors"].items()}
+
     def _keep_index(self, anchors: int, tail: torch.Tensor) -> torch.Tensor:
         """`[B,H,anchors + m]`: positions 0..anchors-1 followed by `tail [B,H,m]` (positions in the cache)."""
         B, H, _ = tail.shape
@@ -122,6 +129,13 @@ class SlidingWindowPolicy(_AnchorMixin, EvictionPolicy):
 
     def begin_frame(self, frame_index: int, num_layers: int) -> None:
         self._num_layers = max(num_layers, 1)
+
+    def export_state(self) -> dict[str, Any]:
+        return {**self._export_anchors(), "num_layers": self._num_layers}
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        self._import_anchors(state)
+        self._num_layers = int(state["num_layers"])
 
     def budget_of(self, layer: int) -> int:
         """Entries `layer` may hold (anchors included)."""
@@ -228,6 +242,20 @@ class DiversityPruningPolicy(_AnchorMixin, EvictionPolicy):
         self.budgets: list[int] = []
         self._pending: _PendingBudgets | None = None
         self.host_reads = 0  # device-to-host reads of budgets (one per frame at most), for tests and stats
+
+    def export_state(self) -> dict[str, Any]:
+        """Anchors, per-layer scores and the current budgets. A budget copy still in flight (CUDA) is not kept:
+        the next frame recomputes it from `last_scores`, which gives the same integers."""
+        scores = None if self.last_scores is None else self.last_scores.clone()
+        return {**self._export_anchors(), "last_scores": scores, "budgets": list(self.budgets),
+                "host_reads": self.host_reads}
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        self._import_anchors(state)
+        self.last_scores = state["last_scores"]
+        self.budgets = [int(b) for b in state["budgets"]]
+        self.host_reads = int(state["host_reads"])
+        self._pending = None
 
     def budget_prefloor(self, scores: torch.Tensor) -> torch.Tensor:
         """float32 `softmax((1 - scores) / T) * total_budget`, the reference's arithmetic before `int()`."""

@@ -29,6 +29,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -184,6 +185,33 @@ class HorizonStreamSession:
         del st.relative[:-1]
         del st.fovs[:-1]
         del st.draws[:-1]
+
+    def export_state(self) -> dict[str, Any]:
+        """The stream's state for a checkpoint: carried model state (K/V, KDA), pending frames, the motion-averaging
+        state and its generator, counters. Streams replaying stored draws cannot be saved (an iterator)."""
+        from recon.errors import StateError
+
+        if self._replay is not None:
+            raise StateError("HorizonStreamSession: a session replaying stored draws cannot be checkpointed")
+        return {"state": self.state, "pending": list(self._pending), "frames_in": self.frames_in,
+                "frames_out": self.frames_out, "last_scale": self.last_scale, "motion": self.motion.state,
+                "generator": self.motion.generator, "window_size": self.window_size,
+                "sliding_size": self.sliding_size}
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        """Continue from an `export_state` of a session with the same window and sliding sizes."""
+        from recon.errors import StateError
+
+        if (state["window_size"], state["sliding_size"]) != (self.window_size, self.sliding_size):
+            raise StateError(f"HorizonStreamSession: the state has window/sliding {state['window_size']}/"
+                             f"{state['sliding_size']}, this session {self.window_size}/{self.sliding_size}")
+        self.reset()
+        self.state = state["state"]
+        self._pending = list(state["pending"])
+        self.frames_in, self.frames_out = int(state["frames_in"]), int(state["frames_out"])
+        self.last_scale = state["last_scale"]
+        self.motion.state = state["motion"]
+        self.motion.generator = state["generator"]
 
     def nbytes(self) -> int:
         """Bytes held: carried model state, pending frames and motion-averaging tensors."""

@@ -90,6 +90,27 @@ class StreamingSession:
         """Bytes of allocated cache storage (aggregator and camera head)."""
         return self.memory.nbytes() + (self.camera_memory.nbytes() if self.camera_memory is not None else 0)
 
+    def export_state(self) -> dict[str, Any]:
+        """The session's streaming state for a checkpoint: both memories (caches and policy state) and the grid."""
+        return {"memory": self.memory.export_state(),
+                "camera_memory": self.camera_memory.export_state() if self.camera_memory is not None else None,
+                "image_hw": list(self.image_hw) if self.image_hw else None, "camera_cache": self.camera_cache}
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        """Continue from an `export_state` of a session on the same model with the same cache layout."""
+        from recon.errors import StateError
+
+        if state["camera_cache"] != self.camera_cache:
+            raise StateError(f"streaming session: the state uses camera_cache={state['camera_cache']!r}, this "
+                             f"session {self.camera_cache!r}")
+        if (state["camera_memory"] is None) != (self.camera_memory is None):
+            raise StateError("streaming session: the state and this model differ in having a camera head")
+        self.reset()
+        self.memory.import_state(state["memory"])
+        if self.camera_memory is not None:
+            self.camera_memory.import_state(state["camera_memory"])
+        self.image_hw = tuple(state["image_hw"]) if state["image_hw"] else None
+
     @torch.inference_mode()
     def step(self, image: torch.Tensor) -> dict[str, Any]:
         """Process one frame.
