@@ -174,13 +174,9 @@ class Ingest:
 
     def _refuse_malformed(self, peer: Peer, parts: list[Any], error: ProtocolError) -> None:
         """Tell the sender of a malformed frame which frame and why, when its header says that much."""
-        if len(parts) < 2:
+        named = P.peek_frame(parts[1], self.limits) if len(parts) >= 2 else None
+        if named is None:
             return
-        try:
-            h = P.decode_header(parts[1], self.limits)
-        except ProtocolError:
-            return
-        if h["kind"] != P.FRAME or h["seq"] < 0:
-            return
-        self.replies.refuse(peer.routing_id, h["stream_id"], h.get("epoch"), reason=P.fault_kind(error),
-                            detail=str(error), seqs=[h["seq"]], retry_s=0.0)
+        stream_id, seq, epoch = named
+        self.replies.refuse(peer.routing_id, stream_id, epoch, reason=P.fault_kind(error), detail=str(error),
+                            seqs=[seq], retry_s=0.0)

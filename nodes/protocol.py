@@ -500,6 +500,28 @@ def _seq_list(values: list[Any]) -> bool:
     return all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**63 for s in values)
 
 
+def peek_frame(raw: Any, limits: Limits = DEFAULT_LIMITS) -> tuple[str, int, int | None] | None:
+    """(stream_id, seq, epoch) of a frame header that may break other rules, or None when it does not even say
+    that much: lets a receiver tell the sender which of its frames was refused."""
+    try:
+        buf = _buffer(raw)
+        if len(buf) > limits.max_header_bytes:
+            return None
+        h = msgpack.unpackb(buf, raw=False, max_str_len=limits.max_header_bytes, max_bin_len=0, max_ext_len=0,
+                            max_array_len=limits.max_list, max_map_len=64)
+    except Exception:  # noqa: BLE001 - anything unreadable is simply not a frame we can name
+        return None
+    if not isinstance(h, dict) or h.get("kind") != FRAME:
+        return None
+    sid, seq, epoch = h.get("stream_id"), h.get("seq"), h.get("epoch")
+    if not (isinstance(sid, str) and 0 < len(sid) <= limits.max_stream_id and sid.isprintable()):
+        return None
+    if not (isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < 2**63):
+        return None
+    ok_epoch = isinstance(epoch, int) and not isinstance(epoch, bool) and 0 <= epoch < 2**63
+    return sid, seq, epoch if ok_epoch else None
+
+
 def _check_payload(kind: str, p: PayloadSpec, d: dict[str, Any], limits: Limits) -> None:
     """Check one descriptor against its spec and the limits; no allocation happens before this passes."""
     where = f"{kind} payload {p.name!r}"
