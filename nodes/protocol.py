@@ -577,7 +577,7 @@ def _decode_image(where: str, data: bytes, d: dict[str, Any]) -> np.ndarray:
     if img is None:
         raise _err("bad_image", f"{where}: {d['encoding']} data is corrupt")
     if img.ndim == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)  # in place: no second full-size buffer
     if img.shape != tuple(d["shape"]) or img.dtype != np.dtype(d["dtype"]):
         raise _err("bad_image", f"{where}: decoded {img.dtype} {img.shape}, declared {d['dtype']} {d['shape']}")
     return img
