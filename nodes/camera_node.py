@@ -307,6 +307,9 @@ class CameraNode:
         """Stream until the source ends and every recorded frame is acknowledged, or until stop()."""
         cfg = self.config
         sock = open_socket(self.ctx, zmq.DEALER, security=cfg.security, hwm=256)
+        # Queue only to a live connection: frames sent while the node is down are not kept by libzmq and delivered
+        # to the restarted node ahead of the in-order re-send (they stay pending here and go again, in order).
+        sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         sock.connect(cfg.connect)

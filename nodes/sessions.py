@@ -185,6 +185,7 @@ class Session:
         self._awaiting: collections.OrderedDict[int, None] = collections.OrderedDict()  # accepted, no result yet
         self._frame_info: collections.OrderedDict[int, tuple[int, int]] = collections.OrderedDict()
         self._reset_reason: str | None = None
+        self._announce: str | None = None  # a new world frame to announce (reset message) before the next result
         self._closing = False
         self._force = False
         self._last_t = 0.0
@@ -340,7 +341,7 @@ class Session:
             store.discard(self.stream_id, str(e))
             self.backend.reset()
             self.map_epoch = new_map_epoch()
-            self.services.publisher.control(P.RESET, self.stream_id, reason="restart", map_epoch=self.map_epoch)
+            self._announce = "restart"  # published with the first result, once subscribers listen
             return
         rec = ckpt.session
         self.number = int(rec.get("session", 0))
@@ -369,16 +370,24 @@ class Session:
                     self.frames_before_restart, self.map_epoch, (time.time_ns() - ckpt.created_ns) / 1e9)
 
     def _serve(self) -> None:
+        publisher = self.services.publisher
         while True:
             with self.cond:
-                while not self.queue and self._reset_reason is None and not self._closing:
-                    self.cond.wait(0.5)
+                # Nothing is processed while too few subscribers listen (`min_subscribers`): its result would be
+                # published into the void. Frames wait in the queue (a restarted camera may re-send before the
+                # recorder is back).
+                while (not self.queue or not publisher.accepting) and self._reset_reason is None \
+                        and not self._closing:
+                    self.cond.wait(0.05 if self.queue else 0.5)
                 if self._closing and (self._force or not self.queue):
                     return
                 reset, self._reset_reason = self._reset_reason, None
                 item = self.queue.popleft() if self.queue else None
             if reset is not None:
                 self._reset(reset)
+            if self._announce is not None:
+                publisher.control(P.RESET, self.stream_id, reason=self._announce, map_epoch=self.map_epoch)
+                self._announce = None
             if item is not None:
                 self._process(item)
                 if self.services.aborting.is_set():

@@ -25,7 +25,6 @@ import zmq
 
 from recon.nodes import protocol as P
 from recon.nodes.transport import open_socket
-from recon.types import Frame
 from tests.nodes.node_support import NodeProcess, status, tcp, wait_for, zmq_context
 
 BUDGET_MB = 64
