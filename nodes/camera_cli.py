@@ -53,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
     from recon.nodes.camera_node import CameraNode, CameraNodeConfig
     from recon.nodes.cli_util import on_shutdown_signals
     from recon.nodes.sources import as_live, load_camera_info, open_source
-    from recon.nodes.transport import Security
+    from recon.nodes.transport import Security, tune_allocator
 
+    tune_allocator()  # frame buffers are reused instead of faulted in anew (recon.nodes.transport)
     info = load_camera_info(args.camera_info) if args.camera_info else None
     if args.stride < 1:
         raise ConfigError(f"--stride must be >= 1, got {args.stride}")

@@ -316,7 +316,7 @@ class CameraNode:
         live = self.source.live
         frames = iter(self.source) if not live else None
         exhausted = False
-        next_beat = next_send = 0.0
+        next_beat = next_send = next_expiry = 0.0
         last_heard = time.monotonic()
         lost = False
         count = 0
@@ -332,7 +332,9 @@ class CameraNode:
                     logger.warning("%s: no word from the reconstruction node for %.1fs; waiting for it", self,
                                    now - last_heard)
                 paused = now < self._paused_until
-                self._expire(sock, now, live, lost or paused)
+                if now >= next_expiry:
+                    next_expiry = now + 0.05
+                    self._expire(sock, now, live, lost or paused)
                 sent = False
                 if not live and not lost and not paused and self.node_id is not None:
                     sent = self._send_unsent(sock)
@@ -394,6 +396,8 @@ class CameraNode:
     def _send_unsent(self, sock: zmq.Socket) -> bool:
         """Send pending frames not in flight (after a restart, or a full send queue), oldest first, within the
         window; returns True when something went out."""
+        if len(self._sent_at) >= len(self._pending) or len(self._sent_at) >= self.window:
+            return False  # the common case: everything pending is in flight
         sent = False
         for seq, parts in list(self._pending.items()):
             if len(self._sent_at) >= self.window:

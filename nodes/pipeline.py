@@ -34,7 +34,7 @@ from recon.errors import ConfigError, ReconError
 from recon.nodes.camera_node import CameraNode, CameraNodeConfig, CameraStats
 from recon.nodes.recon_node import ReconNode, ReconNodeConfig
 from recon.nodes.sources import Source, open_source
-from recon.nodes.transport import request
+from recon.nodes.transport import request, tune_allocator
 from recon.nodes.viewer_node import ViewerNode, ViewerStats
 from recon.sinks.base import call_hook
 
@@ -93,6 +93,7 @@ def run_pipeline(source: str | Source, backend: str | Backend, sinks: Iterable[A
         keep_meta: inproc: hand each frame's `meta` (ground truth for evaluation...) to the backend, beside the
             wire message that cannot carry it.
     """
+    tune_allocator()
     options = dict(backend_options or {})
     if stride < 1:
         raise ConfigError(f"stride must be >= 1, got {stride}")

@@ -401,17 +401,38 @@ def _buffer(part: Any) -> memoryview:
         raise _err("bad_multipart", f"payload frame of type {type(part).__name__} is not a buffer") from e
 
 
-def _check_fields(where: str, obj: dict[str, Any], specs: tuple[FieldSpec, ...]) -> None:
-    for spec in specs:
-        if spec.name not in obj:
-            if spec.required:
-                raise _err("missing_field", f"{where}: missing field {spec.name!r}")
+def _compile(specs: tuple[FieldSpec, ...]) -> tuple[tuple[str, frozenset[type], bool, str], ...]:
+    """Field checks as (name, exact msgpack types, required, expected-type text): msgpack yields exact builtin types,
+    so one set lookup per field checks it (and keeps bool apart from int: `seq: true` is rejected)."""
+    return tuple((f.name, frozenset(f.types), f.required, "/".join(t.__name__ for t in f.types)) for f in specs)
+
+
+def _check_fields(where: str, obj: dict[str, Any], checks: tuple[tuple[str, frozenset[type], bool, str], ...]) -> None:
+    for name, types, required, expected in checks:
+        value = obj.get(name, _MISSING)
+        if value is _MISSING:
+            if required:
+                raise _err("missing_field", f"{where}: missing field {name!r}")
             continue
-        value = obj[spec.name]
-        # bool is an int subclass: keep them apart so `seq: true` is rejected.
-        if (isinstance(value, bool) and bool not in spec.types) or not isinstance(value, spec.types):
-            raise _err("bad_field_type", f"{where}: field {spec.name!r} has type {type(value).__name__}, "
-                                f"expected {'/'.join(t.__name__ for t in spec.types)}")
+        if type(value) not in types:
+            raise _err("bad_field_type", f"{where}: field {name!r} has type {type(value).__name__}, "
+                                         f"expected {expected}")
+
+
+_MISSING = object()
+_COMMON_CHECKS = _compile(COMMON_FIELDS)
+_PAYLOAD_CHECKS = _compile(PAYLOAD_FIELDS)
+_KIND_CHECKS = {k: _compile(spec.fields) for k, spec in KINDS.items()}
+_KIND_PAYLOADS = {k: {p.name: p for p in spec.payloads} for k, spec in KINDS.items()}
+_KIND_FAMILIES = frozenset(k.rsplit("/v", 1)[0] for k in KINDS)
+_ITEMSIZE: dict[str, int] = {}
+
+
+def _itemsize(dtype: str) -> int:
+    size = _ITEMSIZE.get(dtype)
+    if size is None:
+        size = _ITEMSIZE[dtype] = np.dtype(dtype).itemsize
+    return size
 
 
 def decode_header(raw: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
@@ -437,15 +458,15 @@ def decode_header(raw: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     if isinstance(v, int) and not isinstance(v, bool) and v != VERSION:
         raise IncompatibleVersionError(f"message has protocol major version {v}; this node reads version {VERSION} "
                                        f"(upgrade the older side)")
-    _check_fields("header", header, COMMON_FIELDS)
+    _check_fields("header", header, _COMMON_CHECKS)
     kind = header["kind"]
     if kind not in KINDS:
         major = kind.rsplit("/v", 1)
-        if len(major) == 2 and major[0] in {k.rsplit("/v", 1)[0] for k in KINDS}:
+        if len(major) == 2 and major[0] in _KIND_FAMILIES:
             raise IncompatibleVersionError(f"message kind {kind!r} has a version this node does not read")
         raise _err("unknown_kind", f"unknown message kind {kind[:64]!r}")
     spec = KINDS[kind]
-    _check_fields(kind, header, spec.fields)
+    _check_fields(kind, header, _KIND_CHECKS[kind])
     sid = header["stream_id"]
     if len(sid) > limits.max_stream_id or not sid.isprintable():
         raise _err("bad_stream_id", f"stream_id must be at most {limits.max_stream_id} printable characters")
@@ -461,12 +482,12 @@ def decode_header(raw: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     descs = header["payloads"]
     if len(descs) > min(limits.max_payloads, len(spec.payloads)):
         raise _err("bad_payload_list", f"{kind}: {len(descs)} payloads declared, at most {len(spec.payloads)} allowed")
-    allowed = {p.name: p for p in spec.payloads}
+    allowed = _KIND_PAYLOADS[kind]
     seen: set[str] = set()
     for i, d in enumerate(descs):
-        if not isinstance(d, dict):
+        if type(d) is not dict:
             raise _err("bad_payload_list", f"{kind}: payload descriptor {i} is not a map")
-        _check_fields(f"{kind} payload {i}", d, PAYLOAD_FIELDS)
+        _check_fields(f"{kind} payload {i}", d, _PAYLOAD_CHECKS)
         p = allowed.get(d["name"])
         if p is None or d["name"] in seen:
             raise _err("bad_payload_list", f"{kind}: unexpected or repeated payload {d['name'][:32]!r}")
@@ -530,17 +551,17 @@ def _check_payload(kind: str, p: PayloadSpec, d: dict[str, Any], limits: Limits)
     if d["dtype"] not in p.dtypes:
         raise _err("bad_dtype", f"{where}: dtype {d['dtype'][:16]!r} not in {p.dtypes}")
     shape = d["shape"]
-    if len(shape) != len(p.shape) or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
+    if len(shape) != len(p.shape) or not all(type(s) is int for s in shape):
         raise _err("bad_shape", f"{where}: shape must have {len(p.shape)} integer dims like {p.shape}")
     for s, want in zip(shape, p.shape, strict=True):
-        if isinstance(want, int) and s != want:
+        if type(want) is int and s != want:
             raise _err("bad_shape", f"{where}: shape {shape} does not match {p.shape}")
         if not 1 <= s <= limits.max_dim:
             raise _err("bad_shape", f"{where}: dimension {s} outside 1..{limits.max_dim}")
     if "H" in p.shape and shape[0] * shape[1] > limits.max_pixels:
         raise _err("too_many_pixels", f"{where}: {shape[1]}x{shape[0]} = {shape[0] * shape[1]} pixels exceeds the "
                                       f"limit of {limits.max_pixels} (--max-pixels)")
-    nbytes = math.prod(shape) * np.dtype(d["dtype"]).itemsize
+    nbytes = math.prod(shape) * _itemsize(d["dtype"])
     if nbytes > limits.max_payload_bytes:
         raise _err("too_large", f"{where}: {nbytes} bytes declared, limit {limits.max_payload_bytes}")
     if d["encoding"] == "raw" and d["nbytes"] != nbytes:
@@ -633,7 +654,7 @@ def decode_images(msg: Message) -> Message:
 
 def decoded_bytes(header: dict[str, Any]) -> int:
     """Bytes the payloads of a validated header occupy once decoded (raw payloads: as received)."""
-    return sum(math.prod(d["shape"]) * np.dtype(d["dtype"]).itemsize for d in header["payloads"])
+    return sum(math.prod(d["shape"]) * _itemsize(d["dtype"]) for d in header["payloads"])
 
 
 def message_bytes(parts: list[Any]) -> int:

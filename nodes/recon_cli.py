@@ -73,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
     from recon.nodes.cli_util import on_shutdown_signals
     from recon.nodes.protocol import DEFAULT_LIMITS, Limits
     from recon.nodes.recon_node import ReconNode, ReconNodeConfig
-    from recon.nodes.transport import Security
+    from recon.nodes.transport import Security, tune_allocator
 
+    tune_allocator()  # frame buffers are reused instead of faulted in anew (recon.nodes.transport)
     limits = DEFAULT_LIMITS if not args.max_pixels else Limits.for_pixels(args.max_pixels)
     if args.max_message_mb:
         limits = replace(limits, max_message_bytes=int(args.max_message_mb * 2**20))

@@ -186,6 +186,7 @@ class Session:
         self._frame_info: collections.OrderedDict[int, tuple[int, int]] = collections.OrderedDict()
         self._reset_reason: str | None = None
         self._announce: str | None = None  # a new world frame to announce (reset message) before the next result
+        self._ack_batch: list[Item] = []  # processed frames whose acknowledgement is being batched
         self._closing = False
         self._force = False
         self._last_t = 0.0
@@ -372,6 +373,8 @@ class Session:
     def _serve(self) -> None:
         publisher = self.services.publisher
         while True:
+            if self._ack_batch and not self.queue:
+                self._flush_acks()
             with self.cond:
                 # Nothing is processed while too few subscribers listen (`min_subscribers`): its result would be
                 # published into the void. Frames wait in the queue (a restarted camera may re-send before the
@@ -440,10 +443,26 @@ class Session:
         finally:
             item.msg = None  # type: ignore[assignment] - the decoded arrays go now, with their budget
             self.services.budget.release(item.cost)
-        self.services.replies.credit(item.peer.routing_id, self.stream_id, item.epoch, window=self.window(),
-                                     acked=[item.seq], durable=self.durable_seq(item.epoch))
+        self._ack(item)
         if due:
             self._checkpoint(tracker)
+
+    def _ack(self, item: Item) -> None:
+        """Acknowledge `item`; a recorded stream's acks are batched while more of its frames wait (up to half its
+        window), so a busy session sends one credit per few frames instead of one per frame."""
+        batch = self._ack_batch
+        if batch and (batch[0].peer.routing_id != item.peer.routing_id or batch[0].epoch != item.epoch):
+            self._flush_acks()
+        batch.append(item)
+        if item.live or len(batch) >= max(1, self.options.queue_size // 2) or not self.queue:
+            self._flush_acks()
+
+    def _flush_acks(self) -> None:
+        batch, self._ack_batch = self._ack_batch, []
+        if batch:
+            first = batch[0]
+            self.services.replies.credit(first.peer.routing_id, self.stream_id, first.epoch, window=self.window(),
+                                         acked=[i.seq for i in batch], durable=self.durable_seq(first.epoch))
 
     def _safe(self, fn: Callable[..., Any], *args: Any) -> list[FrameResult]:
         try:
@@ -544,6 +563,7 @@ class Session:
         self.state = "failed"
 
     def _finish(self) -> None:
+        self._flush_acks()
         force = self._force or self.services.aborting.is_set()
         if self.backend is not None and self.state == "running":
             self.state = "closing"

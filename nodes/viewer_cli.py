@@ -67,9 +67,10 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from recon.nodes.cli_util import on_shutdown_signals
-    from recon.nodes.transport import Security
+    from recon.nodes.transport import Security, tune_allocator
     from recon.nodes.viewer_node import ViewerNode
 
+    tune_allocator()  # frame buffers are reused instead of faulted in anew (recon.nodes.transport)
     node = ViewerNode(args.connect, make_sinks(args), security=Security.from_args(args))
     stop = on_shutdown_signals(lambda: None)
     node.start()

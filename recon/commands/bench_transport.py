@@ -1,18 +1,24 @@
-"""`recon bench transport`: camera -> reconstruction node throughput and latency, against a REQ/REP baseline.
+"""`recon bench transport`: camera -> reconstruction node throughput and latency, side by side with imagezmq.
 
 Examples:
-    recon bench transport                         # full run (about 3 minutes with the 60 s load test)
-    recon bench transport --duration 3 --load-duration 10 --json out.json
+    recon bench transport                               # 640x480 raw and JPEG, 1 and 4 streams, 4 rounds
+    recon bench transport --sizes 640x480 --encodings raw --rounds 6 --json out.json
 
-Part 1 streams frames from camera nodes (threads of this process) to a reconstruction node process
-(`--backend identity`: no model, so the transport is what is measured) over tcp on loopback, for
-640x480 and 1280x720, raw and JPEG, 1 and 4 streams. In the same run, the same frames go through an
-imagezmq-style baseline implemented here: a blocking REQ client per stream sending a JSON header and
-the array (or JPEG) to one REP server process that decodes and replies. Latency is capture -> result
-back on the camera's host (our result via the PUB socket; the baseline's reply), p50/p99 in ms.
+What runs, for each configuration (size, encoding, streams), in rounds, interleaved and with the order of the
+systems alternated from round to round (so a busy machine slows all of them alike):
 
-Part 2 is a load test: 4 live cameras at 30 fps (latest-frame-wins) on the geometric backend for
-`--load-duration` seconds, reporting frames captured, processed and dropped per stream.
+- recon, credit window N (`--window`, default 8) and window 1: camera nodes (threads of this process,
+  `CameraNode`) stream pre-made frames to a reconstruction node *process* on loopback tcp with
+  `--backend identity` (no model: transport, validation, session queue, result publishing and the credit
+  round trip are measured). Latency: capture (the frame's `capture_ns`) to the result arriving back in this
+  process on the result socket.
+- imagezmq: the real package (`pip install imagezmq`), as its users run it: one `ImageSender` (REQ) per stream
+  in this process, one `ImageHub` (REP) process that receives each image (JPEG: and decodes it, as our node does)
+  and replies. Latency: send to reply.
+
+Printed per configuration: the median frames/s over the rounds of each system, p50/p99 latency over all rounds,
+and the ratio recon / imagezmq computed per round (median and range), so the figure compares like with like.
+The load test that used to follow is `recon bench live`.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,40 +38,36 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-HELP = "transport: frames/s and p50/p99 latency camera->node vs an imagezmq-style REQ/REP baseline; 4x30fps load"
-
-SIZES = {"640x480": (640, 480), "1280x720": (1280, 720)}
+HELP = "transport: frames/s and latency camera->node, interleaved with the real imagezmq package"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per transport configuration")
-    parser.add_argument("--load-duration", type=float, default=60.0, help="seconds of the 4 x 30 fps load test "
-                                                                            "(0 skips it)")
-    parser.add_argument("--load-backend", default="geometric", help="backend of the load test")
-    parser.add_argument("--sizes", default="640x480,1280x720", help="comma-separated WxH")
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds per system per round")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds per configuration")
+    parser.add_argument("--sizes", default="640x480", help="comma-separated WxH")
     parser.add_argument("--streams", default="1,4", help="comma-separated stream counts")
     parser.add_argument("--encodings", default="raw,jpeg", help="comma-separated: raw, jpeg")
-    parser.add_argument("--window", type=int, default=8, help="credit window (node queue size) of the main run")
-    parser.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--window", type=int, default=8, help="credit window of the pipelined recon rows")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write every round as JSON")
 
 
 @dataclass
 class Row:
-    """One measured configuration."""
+    """One system in one round of one configuration."""
 
     system: str
     size: str
     encoding: str
     streams: int
+    round: int
     frames: int = 0
     seconds: float = 0.0
     fps: float = 0.0
-    p50_ms: float = 0.0
-    p99_ms: float = 0.0
+    latency_ms: list[float] = field(default_factory=list, repr=False)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _frames(width: int, height: int, n: int = 8) -> list[np.ndarray]:
+def frames_for(width: int, height: int, n: int = 8) -> list[np.ndarray]:
     """A few distinct, natural-ish images (smooth gradients plus noise) so JPEG sizes are realistic."""
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -76,7 +79,7 @@ def _frames(width: int, height: int, n: int = 8) -> list[np.ndarray]:
     return out
 
 
-class _CycleSource:
+class CycleSource:
     """Recorded source cycling pre-made images for `seconds`, stamped at 'capture' (when yielded)."""
 
     live = False
@@ -99,18 +102,7 @@ class _CycleSource:
         pass
 
 
-def _pcts(lat_ms: list[float]) -> tuple[float, float]:
-    if not lat_ms:
-        return float("nan"), float("nan")
-    a = np.asarray(lat_ms)
-    return float(np.percentile(a, 50)), float(np.percentile(a, 99))
-
-
-def _spawn(args: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
         proc.wait(20)
@@ -119,32 +111,29 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-class _ResultTimes:
-    """SUB thread recording arrival time minus capture time of every result."""
+class ResultTimes:
+    """A viewer node in this process recording, per result, its arrival time minus its capture time."""
 
     def __init__(self, ctx: Any, endpoint: str) -> None:
-        import zmq
-
         from recon.nodes.viewer_node import ViewerNode
 
         self.lat_ms: list[float] = []
-        self.count = 0
         outer = self
 
         class Sink:
+            name = "timing"
+
             def on_result(self, r: Any) -> None:
                 outer.lat_ms.append((time.time_ns() - r.t_ns) / 1e6)
-                outer.count += 1
 
             def close(self) -> None:
                 pass
 
         self.viewer = ViewerNode(endpoint, [Sink()], context=ctx, dedupe=False)
-        self._zmq = zmq
 
-    def __enter__(self) -> _ResultTimes:
+    def __enter__(self) -> ResultTimes:
         self.viewer.start()
-        if not self.viewer.wait_connected(30):
+        if not self.viewer.wait_connected(60):
             raise RuntimeError("no heartbeat from the reconstruction node")
         return self
 
@@ -152,23 +141,24 @@ class _ResultTimes:
         self.viewer.stop()
 
 
-def _ours(size: str, encoding: str, streams: int, seconds: float, images: list[np.ndarray], window: int = 8) -> Row:
+def _recon(cfg: tuple[str, str, int], seconds: float, images: list[np.ndarray], window: int, rnd: int) -> Row:
     import zmq
 
     from recon.nodes.camera_node import CameraNode, CameraNodeConfig
     from recon.nodes.pipeline import free_port, node_command
     from recon.nodes.transport import request
 
+    size, encoding, streams = cfg
     ep_in, ep_out, ep_ctl = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
     proc = subprocess.Popen(node_command("recon", "--bind", ep_in, "--publish", ep_out, "--control", ep_ctl,
                                          "--backend", "identity", "--heartbeat", "0.1", "--wait-subscribers", "1",
-                                         "--queue-size", str(window)),
+                                         "--queue-size", str(window), "--no-state"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ctx = zmq.Context()
-    row = Row(f"recon (credit window {window})", size, encoding, streams)
+    row = Row(f"recon window {window}", size, encoding, streams, rnd)
     try:
-        with _ResultTimes(ctx, ep_out) as times:
-            cams = [CameraNode(_CycleSource(images, seconds, f"s{i}"),
+        with ResultTimes(ctx, ep_out) as times:
+            cams = [CameraNode(CycleSource(images, seconds, f"s{i}"),
                                CameraNodeConfig(connect=ep_in, stream_id=f"s{i}", encoding=encoding), ctx)
                     for i in range(streams)]
             threads = [threading.Thread(target=c.run, daemon=True) for c in cams]
@@ -179,183 +169,162 @@ def _ours(size: str, encoding: str, streams: int, seconds: float, images: list[n
                 t.join(seconds + 60)
             elapsed = time.perf_counter() - t0
             status = request(ctx, ep_ctl, {"cmd": "status"})
+            acked = sum(c.stats.acked for c in cams)
             deadline = time.monotonic() + 5
-            while times.count < sum(c.stats.acked for c in cams) and time.monotonic() < deadline:
+            while len(times.lat_ms) < acked and time.monotonic() < deadline:
                 time.sleep(0.01)
-        row.frames = sum(c.stats.acked for c in cams)
-        row.seconds = elapsed
-        row.fps = row.frames / elapsed
-        row.p50_ms, row.p99_ms = _pcts(times.lat_ms)
+        row.frames, row.seconds, row.fps = acked, elapsed, acked / elapsed
+        row.latency_ms = list(times.lat_ms)
         row.extra = {"node_drops": status["drops"], "rejected": status["rejected_total"]}
     finally:
-        _stop(proc)
+        stop_process(proc)
         ctx.term()
     return row
 
 
-def baseline_server(endpoint: str) -> None:
-    """imagezmq-style hub: REP; each request is [JSON header, array bytes or JPEG]; decode, reply b'OK'."""
+def imagezmq_hub(endpoint: str, decode: bool) -> None:
+    """The imagezmq side as its users run it: `ImageHub` receives, (decodes a JPEG), replies b'OK'."""
     import cv2
-    import zmq
+    import imagezmq
 
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.REP)
-    sock.bind(endpoint)
+    hub = imagezmq.ImageHub(open_port=endpoint)
     while True:
-        header_b, payload = sock.recv_multipart(copy=False)
-        header = json.loads(bytes(header_b.buffer))
-        if header["encoding"] == "jpeg":
-            img = cv2.cvtColor(cv2.imdecode(np.frombuffer(payload.buffer, np.uint8), cv2.IMREAD_COLOR),
-                               cv2.COLOR_BGR2RGB)
+        if decode:
+            _, jpg = hub.recv_jpg()
+            cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR)
         else:
-            img = np.frombuffer(payload.buffer, dtype=header["dtype"]).reshape(header["shape"])
-        sock.send(b"OK" if img.size else b"EMPTY")
+            hub.recv_image()
+        hub.send_reply(b"OK")
 
 
-def _baseline(size: str, encoding: str, streams: int, seconds: float, images: list[np.ndarray]) -> Row:
+def _imagezmq(cfg: tuple[str, str, int], seconds: float, images: list[np.ndarray], rnd: int) -> Row:
     import cv2
-    import zmq
+    import imagezmq
 
     from recon.nodes.pipeline import free_port
 
+    size, encoding, streams = cfg
     ep = f"tcp://127.0.0.1:{free_port()}"
-    proc = _spawn(["-c", f"from recon.commands.bench_transport import baseline_server; baseline_server({ep!r})"])
-    ctx = zmq.Context()
+    code = f"from recon.commands.bench_transport import imagezmq_hub; imagezmq_hub({ep!r}, {encoding == 'jpeg'})"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lat: list[list[float]] = [[] for _ in range(streams)]
+    start = threading.Barrier(streams + 1)
 
     def client(k: int) -> None:
-        sock = ctx.socket(zmq.REQ)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(ep)
-        end = time.monotonic() + seconds
-        i = 0
-        while time.monotonic() < end:
-            t_ns = time.time_ns()
-            img = images[i % len(images)]
-            if encoding == "jpeg":
-                payload = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])[
-                    1].tobytes()
-            else:
-                payload = img
-            header = json.dumps({"stream": k, "seq": i, "t_ns": t_ns, "dtype": str(img.dtype),
-                                 "shape": list(img.shape), "encoding": encoding}).encode()
-            sock.send_multipart([header, payload], copy=False)
-            if not sock.poll(30_000):
-                break
-            sock.recv()
-            lat[k].append((time.time_ns() - t_ns) / 1e6)
-            i += 1
-        sock.close(0)
+        sender = imagezmq.ImageSender(connect_to=ep)
+        try:
+            sender.send_image("warmup", images[0][:2, :2].copy())  # the hub is up once this returns
+            start.wait()
+            end = time.monotonic() + seconds
+            i = 0
+            while time.monotonic() < end:
+                t_ns = time.time_ns()
+                img = images[i % len(images)]
+                if encoding == "jpeg":
+                    jpg = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
+                                       [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+                    sender.send_jpg(f"s{k}", jpg)
+                else:
+                    sender.send_image(f"s{k}", img)
+                lat[k].append((time.time_ns() - t_ns) / 1e6)
+                i += 1
+        finally:
+            sender.close()
 
-    row = Row("imagezmq-style REQ/REP", size, encoding, streams)
+    row = Row("imagezmq", size, encoding, streams, rnd)
     try:
-        warm = ctx.socket(zmq.REQ)  # wait until the server answers before timing
-        warm.setsockopt(zmq.LINGER, 0)
-        warm.connect(ep)
-        warm.send_multipart([json.dumps({"encoding": "raw", "dtype": "uint8", "shape": [1]}).encode(), b"\0"])
-        if not warm.poll(30_000):
-            raise RuntimeError("baseline server did not start")
-        warm.recv()
-        warm.close(0)
         threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(streams)]
-        t0 = time.perf_counter()
         for t in threads:
             t.start()
+        start.wait(60)
+        t0 = time.perf_counter()
         for t in threads:
             t.join(seconds + 60)
         row.seconds = time.perf_counter() - t0
-        all_lat = [x for s in lat for x in s]
-        row.frames = len(all_lat)
+        row.latency_ms = [x for s in lat for x in s]
+        row.frames = len(row.latency_ms)
         row.fps = row.frames / row.seconds
-        row.p50_ms, row.p99_ms = _pcts(all_lat)
     finally:
-        _stop(proc)
-        ctx.term()
+        stop_process(proc)
     return row
 
 
-def _load_test(seconds: float, backend: str) -> list[dict[str, Any]]:
-    """4 live cameras x 30 fps, 640x480 JPEG, into one node running `backend`; per-stream counters."""
-    import zmq
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
 
-    from recon.nodes.camera_node import CameraNode, CameraNodeConfig
-    from recon.nodes.pipeline import free_port, node_command
-    from recon.nodes.sources import as_live
-    from recon.nodes.transport import request
 
-    ep_in, ep_out, ep_ctl = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
-    proc = subprocess.Popen(node_command("recon", "--bind", ep_in, "--publish", ep_out, "--control", ep_ctl,
-                                         "--backend", backend, "--heartbeat", "0.1", "--queue-size", "2",
-                                         "--wait-subscribers", "1", "--no-image", "--stride", "4",
-                                         "--points-dtype", "f2"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ctx = zmq.Context()
-    images = _frames(640, 480)
+def summarize(rows: list[Row], window: int) -> list[dict[str, Any]]:
+    """Per configuration: median fps per system, latency percentiles, per-round fps ratios recon / imagezmq."""
     out = []
-    try:
-        with _ResultTimes(ctx, ep_out) as times:
-            sources = [as_live(_CycleSource(images, seconds, f"cam{i}"), fps=30.0) for i in range(4)]
-            cams = [CameraNode(s, CameraNodeConfig(connect=ep_in, stream_id=f"cam{i}", encoding="jpeg"), ctx)
-                    for i, s in enumerate(sources)]
-            threads = [threading.Thread(target=c.run, daemon=True) for c in cams]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(seconds + 120)
-            status = request(ctx, ep_ctl, {"cmd": "status"})
-        p50, p99 = _pcts(times.lat_ms)
-        for i, (src, cam) in enumerate(zip(sources, cams, strict=True)):
-            sess = status["sessions"].get(f"cam{i}", {})
-            out.append({"stream": f"cam{i}", "captured": src.captured, "sent": cam.stats.sent,
-                        "dropped_at_camera": src.drops, "processed": sess.get("frames", 0),
-                        "node_queue_drops": sess.get("drops", 0), "processed_fps": round(sess.get("frames", 0)
-                                                                                          / seconds, 2)})
-        out.append({"stream": "all", "latency_p50_ms": round(p50, 1), "latency_p99_ms": round(p99, 1),
-                    "backend": backend, "seconds": seconds, "rss_mb": round(status["rss_bytes"] / 2**20, 1)})
-    finally:
-        _stop(proc)
-        ctx.term()
+    configs = list(dict.fromkeys((r.size, r.encoding, r.streams) for r in rows))
+    for cfg in configs:
+        mine = [r for r in rows if (r.size, r.encoding, r.streams) == cfg]
+        entry: dict[str, Any] = {"size": cfg[0], "encoding": cfg[1], "streams": cfg[2]}
+        for system in (f"recon window {window}", "recon window 1", "imagezmq"):
+            rs = [r for r in mine if r.system == system]
+            lat = [x for r in rs for x in r.latency_ms]
+            entry[system] = {"fps": float(np.median([r.fps for r in rs])) if rs else float("nan"),
+                             "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "rounds": len(rs)}
+        for system in (f"recon window {window}", "recon window 1"):
+            ratios = []
+            for rnd in sorted({r.round for r in mine}):
+                a = [r.fps for r in mine if r.round == rnd and r.system == system]
+                b = [r.fps for r in mine if r.round == rnd and r.system == "imagezmq"]
+                if a and b and b[0] > 0:
+                    ratios.append(a[0] / b[0])
+            entry[f"{system} / imagezmq"] = {"median": float(np.median(ratios)) if ratios else float("nan"),
+                                            "min": min(ratios, default=float("nan")),
+                                            "max": max(ratios, default=float("nan"))}
+        entry["added_p99_ms (window 1)"] = entry["recon window 1"]["p99_ms"] - entry["imagezmq"]["p99_ms"]
+        out.append(entry)
     return out
 
 
 def run(args: argparse.Namespace) -> int:
     import os
 
+    import imagezmq  # noqa: F401 - fail early with a clear error when the peer is not installed
+
+    from recon.nodes.transport import tune_allocator
+
+    tune_allocator()  # as in every node process (the cameras run in this one)
+
     rows: list[Row] = []
-    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
-    for size in sizes:
+    for size in [s.strip() for s in args.sizes.split(",") if s.strip()]:
         w, h = (int(v) for v in size.lower().split("x"))
-        images = _frames(w, h)
+        images = frames_for(w, h)
         for encoding in args.encodings.split(","):
             for streams in (int(s) for s in args.streams.split(",")):
-                for fn, kw in ((_ours, {"window": args.window}), (_ours, {"window": 1}), (_baseline, {})):
-                    row = fn(size, encoding, streams, args.duration, images, **kw)
-                    rows.append(row)
-                    logger.info("%-32s %-9s %-4s x%d: %7.1f frames/s  p50 %6.1f ms  p99 %6.1f ms", row.system,
-                                size, encoding, streams, row.fps, row.p50_ms, row.p99_ms)
-    print(f"\nrecon bench transport  ({os.cpu_count()} CPUs, loopback tcp, {args.duration:g} s per row)\n")
-    print(f"| size | enc | streams | recon fps (window {args.window}) | p50 ms | p99 ms | recon fps (window 1) "
-          "| p50 ms | p99 ms | REQ/REP fps | p50 ms | p99 ms | fps ratio (best recon / REQ/REP) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for ours, one, base in zip(rows[::3], rows[1::3], rows[2::3], strict=True):
-        ratio = max(ours.fps, one.fps) / base.fps if base.fps else float("nan")
-        print(f"| {ours.size} | {ours.encoding} | {ours.streams} | {ours.fps:.0f} | {ours.p50_ms:.1f} | "
-              f"{ours.p99_ms:.1f} | {one.fps:.0f} | {one.p50_ms:.1f} | {one.p99_ms:.1f} | {base.fps:.0f} | "
-              f"{base.p50_ms:.1f} | {base.p99_ms:.1f} | {ratio:.2f}x |")
-    load: list[dict[str, Any]] = []
-    if args.load_duration > 0:
-        load = _load_test(args.load_duration, args.load_backend)
-        print(f"\nload: 4 live cameras x 30 fps, 640x480 JPEG, backend {args.load_backend}, "
-              f"{args.load_duration:g} s\n")
-        print("| stream | captured | sent | dropped at camera | dropped at node | processed | processed frames/s |")
-        print("|---|---|---|---|---|---|---|")
-        for r in load[:-1]:
-            print(f"| {r['stream']} | {r['captured']} | {r['sent']} | {r['dropped_at_camera']} | "
-                  f"{r['node_queue_drops']} | {r['processed']} | {r['processed_fps']} |")
-        tail = load[-1]
-        print(f"\nresult latency p50 {tail['latency_p50_ms']} ms, p99 {tail['latency_p99_ms']} ms; "
-              f"node RSS {tail['rss_mb']} MiB")
+                cfg = (size, encoding, streams)
+                systems: list[Callable[[int], Row]] = [
+                    lambda rnd, c=cfg, im=images: _recon(c, args.duration, im, args.window, rnd),
+                    lambda rnd, c=cfg, im=images: _recon(c, args.duration, im, 1, rnd),
+                    lambda rnd, c=cfg, im=images: _imagezmq(c, args.duration, im, rnd),
+                ]
+                for rnd in range(args.rounds):
+                    for fn in (systems if rnd % 2 == 0 else systems[::-1]):
+                        row = fn(rnd)
+                        rows.append(row)
+                        logger.info("round %d %-16s %-9s %-4s x%d: %7.1f frames/s  p50 %6.2f ms  p99 %6.2f ms", rnd,
+                                    row.system, size, encoding, streams, row.fps, _pct(row.latency_ms, 50),
+                                    _pct(row.latency_ms, 99))
+    table = summarize(rows, args.window)
+    w8 = f"recon window {args.window}"
+    print(f"\nrecon bench transport  ({os.cpu_count()} CPUs, loopback tcp, {args.rounds} interleaved rounds of "
+          f"{args.duration:g} s per system, order alternated)\n")
+    print(f"| size | enc | streams | {w8} fps | p50 / p99 ms | recon window 1 fps | p50 / p99 ms | imagezmq fps | "
+          f"p50 / p99 ms | {w8} / imagezmq (range) | window 1 / imagezmq (range) | added p99 ms (window 1) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for e in table:
+        a, b, z = e[w8], e["recon window 1"], e["imagezmq"]
+        ra, rb = e[f"{w8} / imagezmq"], e["recon window 1 / imagezmq"]
+        print(f"| {e['size']} | {e['encoding']} | {e['streams']} | {a['fps']:.0f} | {a['p50_ms']:.2f} / "
+              f"{a['p99_ms']:.2f} | {b['fps']:.0f} | {b['p50_ms']:.2f} / {b['p99_ms']:.2f} | {z['fps']:.0f} | "
+              f"{z['p50_ms']:.2f} / {z['p99_ms']:.2f} | {ra['median']:.2f}x ({ra['min']:.2f}-{ra['max']:.2f}) | "
+              f"{rb['median']:.2f}x ({rb['min']:.2f}-{rb['max']:.2f}) | {e['added_p99_ms (window 1)']:+.2f} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"transport": [asdict(r) for r in rows], "load": load}, f, indent=1)
+            json.dump({"summary": table, "rounds": [{**asdict(r), "latency_ms": None,
+                                                     "p50_ms": _pct(r.latency_ms, 50),
+                                                     "p99_ms": _pct(r.latency_ms, 99)} for r in rows]}, f, indent=1)
     return 0
