@@ -109,6 +109,7 @@ class Item:
     live: bool
     cost: int
     capture_ns: int
+    received_ns: int = 0
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,12 @@ class Session:
         self.fps = 0.0
         self.step_ms = 0.0
         self.step_s_total = 0.0
-        self.latency = LatencyWindow()
+        self.latency = LatencyWindow()  # capture -> publish, every result
+        self.step_latency = LatencyWindow()  # capture -> publish, results emitted by their own frame's step
+        self.results_late = 0  # results emitted by a later step or the flush (windowed / initialising backends)
+        self.arrival = LatencyWindow()  # capture -> received by the node (camera-side age and transport)
+        self.waiting = LatencyWindow()  # received -> its step starts (queue, decompression)
+        self.steps = LatencyWindow()  # backend step durations
         self.created = time.monotonic()
         self.last_frame_at = self.created
         self.results_out = 0
@@ -420,11 +426,15 @@ class Session:
             self._frame_info[item.seq] = (item.epoch, item.capture_ns)
             while len(self._frame_info) > 4096:
                 self._frame_info.popitem(last=False)
+            if item.received_ns:
+                self.arrival.add((item.received_ns - item.capture_ns) / 1e6)
+                self.waiting.add((time.time_ns() - item.received_ns) / 1e6)
             t0 = time.perf_counter()
             results = self._safe(self.backend.step, frame)
             t1 = time.perf_counter()
             del frame
             self.step_ms = 1000 * (t1 - t0)
+            self.steps.add(self.step_ms)
             self.frames += 1
             self.step_s_total += t1 - t0
             if self._last_t:
@@ -433,7 +443,7 @@ class Session:
             self._last_t = t1
             self._since_checkpoint += 1
             due = self.checkpointing and self._since_checkpoint >= self.options.checkpoint_every
-            tracker = self._publish(results, track=due)
+            tracker = self._publish(results, track=due, own_seq=item.seq)
             with self.cond:
                 if item.epoch == self.epoch:
                     self.done[item.seq] = None
@@ -477,8 +487,12 @@ class Session:
             logger.debug("%s: backend traceback", self, exc_info=True)
             return []
 
-    def _publish(self, results: list[FrameResult], track: bool = False) -> Any:
-        """Encode and publish `results`; returns the tracker of the last one when `track`."""
+    def _publish(self, results: list[FrameResult], track: bool = False, own_seq: int | None = None) -> Any:
+        """Encode and publish `results`; returns the tracker of the last one when `track`.
+
+        `own_seq`: the frame whose step emitted them. Its own result measures the service's freshness
+        (`step_latency`); results of earlier frames (a windowed backend emitting late, a monocular one holding
+        frames until initialised) count in `latency` only, which is what a user sees."""
         opts = self.options
         tracker = None
         for i, r in enumerate(results):
@@ -499,7 +513,12 @@ class Session:
                 tracker = sent
             self.results_out += 1
             if not r.is_update:
-                self.latency.add((publish_ns - capture_ns) / 1e6)
+                ms = (publish_ns - capture_ns) / 1e6
+                self.latency.add(ms)
+                if r.seq == own_seq:
+                    self.step_latency.add(ms)
+                else:
+                    self.results_late += 1
                 self._awaiting.pop(r.seq, None)
         return tracker
 
@@ -605,8 +624,12 @@ class Session:
                 "frames": self.frames, "accepted": self.accepted, "fps": round(self.fps, 2),
                 "queue": len(self.queue), "queue_size": self.capacity, "drops": self.drops,
                 "refused": self.refused, "rejected": self.rejected, "errors": self.errors,
-                "step_ms": round(self.step_ms, 3), "size": list(self.size or ()), "backend_memory_bytes": memory,
-                "latency_ms": self.latency.summary(), "results_out": self.results_out,
+                "step_ms": round(self.step_ms, 3),
+                "step_mean_ms": round(1000 * self.step_s_total / self.frames, 3) if self.frames else None,
+                "size": list(self.size or ()), "backend_memory_bytes": memory,
+                "latency_ms": self.latency.summary(), "step_latency_ms": self.step_latency.summary(),
+                "results_late": self.results_late, "arrival_ms": self.arrival.summary(),
+                "waiting_ms": self.waiting.summary(), "steps_ms": self.steps.summary(), "results_out": self.results_out,
                 "results_pending": len(self._awaiting), "results_lost": self.results_lost,
                 "owner": self.owner.describe(now), "age_s": round(now - self.created, 3),
                 "idle_s": round(self.idle_for(now), 3), "restored": self.restored,
@@ -678,7 +701,7 @@ class SessionTable:
             elif not self._may_use(session, peer, epoch):
                 return session, self._owner_refusal(session, peer, epoch)
         cost = P.decoded_bytes(h) + sum(len(b) for b in msg.compressed.values())
-        item = Item(msg, peer, epoch, seq, live, cost, int(h.get("capture_ns", h["t_ns"])))
+        item = Item(msg, peer, epoch, seq, live, cost, int(h.get("capture_ns", h["t_ns"])), time.time_ns())
         return session, session.offer(item)
 
     def _may_use(self, session: Session, peer: Peer, epoch: int | None) -> bool:

@@ -40,6 +40,7 @@ class _StreamState:
     pinhole_key: tuple | None = None
     frames: int = 0
     map: VoxelAccumulator | None = None
+    clear: bool = False  # a new world segment: clear the subtree before the next result
 
 
 class RerunLogger:
@@ -121,6 +122,9 @@ class RerunLogger:
         root = stream_root(result.stream_id)
         T = result.T_world_cam
         self._set_time(result.seq, result.t_ns)
+        if state.clear:
+            rec.log(root, rr.Clear(recursive=True))
+            state.clear = False
         # T_world_cam maps camera points into the world: the parent (world) from the child (camera).
         rec.log(f"{root}/cam", rr.Transform3D(translation=T[:3, 3], mat3x3=T[:3, :3],
                                               relation=rr.TransformRelation.ParentFromChild))
@@ -192,16 +196,12 @@ class RerunLogger:
                                                       radii=rr.Radius.ui_points(1.0)))
 
     def on_segment(self, stream_id: str, segment: int, reason: str) -> None:
-        """The stream's world frame changed: clear its subtree (recursively, at the current time) and forget its
-        path and map, so the new world frame is drawn from scratch, never on top of the old one."""
+        """The stream's world frame changed: its subtree is cleared (recursively) at the time of its next result,
+        and its path and map are forgotten, so the new world frame is drawn from scratch, never on top of the
+        old one."""
         with self._lock:
-            state = self._streams.get(stream_id)
-            if state is not None and state.last_seq >= 0:
-                self._set_time(state.last_seq, state.last_t_ns)
-            self.recording.log(stream_root(stream_id), rr.Clear(recursive=True))
-            self._streams[stream_id] = _StreamState()
-            logger.info("stream %s: new world segment %d (%s): its entities were cleared", stream_id, segment,
-                        reason)
+            self._streams[stream_id] = _StreamState(clear=True)
+            logger.info("stream %s: new world segment %d (%s): its entities are cleared", stream_id, segment, reason)
 
     def on_latency(self, stream_id: str, seq: int, t_ns: int, latency_ms: float) -> None:
         """Capture-to-publish latency of one result, as a time series `latency/<stream>` (milliseconds)."""

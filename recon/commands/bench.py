@@ -6,12 +6,13 @@ import argparse
 
 from recon.commands import add_command_table
 
-HELP = "run a benchmark (geometric, transport, model, memory, laser, horizonstream)"
+HELP = "run a benchmark (geometric, transport, live, model, memory, laser, horizonstream)"
 
 # Benchmark name -> module with HELP, add_arguments(parser) and run(args) -> int.
 BENCHMARKS: dict[str, str] = {
     "geometric": "recon.commands.bench_geometric",
     "transport": "recon.commands.bench_transport",
+    "live": "recon.commands.bench_live",
     "model": "recon.commands.bench_model",
     "memory": "recon.commands.bench_memory",
     "laser": "recon.commands.bench_laser",
