@@ -46,6 +46,8 @@ from recon.utils.log import WarnOnce
 
 logger = logging.getLogger(__name__)
 
+LIVE_ACK_TIMEOUT_S = 30.0
+
 
 @dataclass
 class CameraNodeConfig:
@@ -383,9 +385,12 @@ class CameraNode:
         return self.stats
 
     def _expire(self, sock: zmq.Socket, now: float, live: bool, lost: bool) -> None:
-        """Recorded: re-send overdue frames in order. Live: forget frames whose ack will never come."""
+        """Recorded: re-send overdue frames in order. Live: forget a frame whose ack will never come (its reply
+        lost), so the camera does not stall: only after LIVE_ACK_TIMEOUT_S, since a slow backend step is not a
+        lost ack (a restarted node is noticed by its id and clears the window at once)."""
         if live:
-            for seq in [s for s, t in self._sent_at.items() if now - t > self.config.timeout_s]:
+            for seq in [s for s, t in self._sent_at.items() if now - t > max(self.config.timeout_s,
+                                                                               LIVE_ACK_TIMEOUT_S)]:
                 self._pending.pop(seq, None)
                 self._sent_at.pop(seq, None)
         elif not lost:

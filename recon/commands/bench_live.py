@@ -172,18 +172,19 @@ def run(args: argparse.Namespace) -> int:
 
     ep_in, ep_out, ep_ctl = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
     state = tempfile.TemporaryDirectory(prefix="recon-bench-live-")
+    node_log = open(Path(state.name) / "node.log", "wb")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(node_command("recon", "--bind", ep_in, "--publish", ep_out, "--control", ep_ctl,
                                          "--backend", backend, "--heartbeat", "0.5", "--wait-subscribers", "1",
                                          *(["--no-state"] if args.no_state else ["--state-dir", state.name]),
                                          *format_backend_options(options)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=node_log, stderr=subprocess.STDOUT)
     ctx = zmq.Context()
     arrivals = _Arrivals(ctx, ep_out)
     rss: _RssSampler | None = None
     try:
         arrivals.viewer.start()
         if not arrivals.viewer.wait_connected(120):
-            raise RuntimeError(f"the node did not come up (exit code {proc.poll()})")
+            raise RuntimeError(f"the node did not come up (exit code {proc.poll()}; its log: {node_log.name})")
         rss = _RssSampler(proc.pid).start()
         sources = [as_live(_Loop(images, K, args.duration, f"cam{i}"), fps=args.fps) for i in range(args.cameras)]
         cams = [CameraNode(s, CameraNodeConfig(connect=ep_in, stream_id=f"cam{i}", encoding=args.encoding), ctx)
@@ -211,7 +212,12 @@ def run(args: argparse.Namespace) -> int:
             proc.kill()
             proc.wait()
         ctx.term()
+        node_log.close()
+        warnings = [line for line in (Path(state.name) / "node.log").read_text(errors="replace").splitlines()
+                    if " WARNING " in line or " ERROR " in line]
         state.cleanup()
+    for line in warnings[:20]:
+        logger.info("node: %s", line)
     streams = []
     for i, (src, cam) in enumerate(zip(sources, cams, strict=True)):
         sid = f"cam{i}"

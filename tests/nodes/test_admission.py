@@ -337,3 +337,32 @@ def test_bind_checks_cover_every_transport(tmp_path: Path) -> None:
             check_bind(endpoint)
     check_bind(f"ipc://{shared}/recon.sock", allow_remote=True)
     check_bind("pgm://eth0;239.192.1.1:5555", allow_remote=True)
+
+
+def test_heartbeats_delayed_by_a_busy_machine_raise_no_false_alarm(ctx: zmq.Context,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A publisher announcing 0.1 s heartbeats, then silent for 1.5 s (a loaded 2-core machine delays them that
+    much): the subscriber does not report it gone (it would after max(5 intervals, 3 s))."""
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind("inproc://beats")
+    viewer = ViewerNode("inproc://beats", [], context=ctx).start()
+
+    def beat() -> None:
+        pub.send_multipart(P.encode_control(P.HEARTBEAT, t_ns=time.time_ns(), node=1, interval_s=0.1, role="recon"))
+
+    try:
+        deadline = time.monotonic() + 5
+        while not viewer.wait_connected(0.1) and time.monotonic() < deadline:
+            beat()
+        for _ in range(3):
+            beat()
+            time.sleep(0.1)
+        time.sleep(1.5)
+        beat()
+        time.sleep(0.2)
+    finally:
+        viewer.stop()
+        pub.close(0)
+    assert viewer.stats.heartbeats >= 4
+    assert "no heartbeat" not in caplog.text
