@@ -43,8 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-error", choices=("skip", "stop"), default=None,
                         help="dataset sources: skip corrupt frames or stop at the first (exit code 1)")
     parser.add_argument("--resend", type=float, default=5.0, help="seconds before an unacknowledged frame is re-sent")
-    parser.add_argument("--keep-acked", type=int, default=16,
-                        help="recorded sources: acknowledged frames kept to re-send after a node restart")
+    parser.add_argument("--keep-acked", type=int, default=64,
+                        help="recorded sources: acknowledged frames the node has not checkpointed yet, kept (at most "
+                             "this many) to re-send after a node restart so its restored session catches up")
     add_security_arguments(parser)
 
 

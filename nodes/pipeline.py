@@ -314,16 +314,22 @@ def _run_tcp(source: str, backend: str, sinks: list[Any], options: dict[str, Any
         recon_p.wait(30)
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            stop_process(p, 10)
         viewer.stop()
         ctx.term()
     return _finish(stats, viewer, t0)
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 20.0) -> int:
+    """SIGTERM a node process (a clean stop), SIGKILL it when it has not exited after `timeout_s`; its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
 
 
 def run_replay_distributed(sequence: str, backend: str, sink: Any, *, backend_options: dict[str, Any] | None = None,

@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
 
     from recon.commands.backend_args import backend_options
     from recon.nodes.camera_node import CameraNode, CameraNodeConfig
-    from recon.nodes.pipeline import free_port, node_command
+    from recon.nodes.pipeline import free_port, node_command, stop_process
     from recon.nodes.sources import as_live
     from recon.nodes.transport import request, tune_allocator
 
@@ -205,12 +205,7 @@ def run(args: argparse.Namespace) -> int:
         if rss is not None:
             rss.stop()
         arrivals.viewer.stop()
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 60)
         ctx.term()
         node_log.close()
         warnings = [line for line in (Path(state.name) / "node.log").read_text(errors="replace").splitlines()

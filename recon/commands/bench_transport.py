@@ -102,15 +102,6 @@ class CycleSource:
         pass
 
 
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 class ResultTimes:
     """A viewer node in this process recording, per result, its arrival time minus its capture time."""
 
@@ -145,7 +136,7 @@ def _recon(cfg: tuple[str, str, int], seconds: float, images: list[np.ndarray], 
     import zmq
 
     from recon.nodes.camera_node import CameraNode, CameraNodeConfig
-    from recon.nodes.pipeline import free_port, node_command
+    from recon.nodes.pipeline import free_port, node_command, stop_process
     from recon.nodes.transport import request
 
     size, encoding, streams = cfg
@@ -201,7 +192,7 @@ def _imagezmq(cfg: tuple[str, str, int], seconds: float, images: list[np.ndarray
     import cv2
     import imagezmq
 
-    from recon.nodes.pipeline import free_port
+    from recon.nodes.pipeline import free_port, stop_process
 
     size, encoding, streams = cfg
     ep = f"tcp://127.0.0.1:{free_port()}"

@@ -18,7 +18,9 @@ from typing import Any
 import zmq
 
 from recon.nodes.pipeline import free_port, node_command
+from recon.nodes.recon_node import ReconNode, ReconNodeConfig
 from recon.nodes.transport import request
+from recon.types import FrameResult
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -110,3 +112,30 @@ def zmq_context() -> Iterator[zmq.Context]:
         t.join(10)
         if t.is_alive():
             raise AssertionError("zmq context did not terminate: a socket was left open")
+
+
+class Collect:
+    """A sink that keeps results (and the latency hook's figures) in memory."""
+
+    name = "collect"
+
+    def __init__(self) -> None:
+        self.results: list[FrameResult] = []
+        self.latency: list[float] = []
+        self.closed = False
+
+    def on_result(self, result: FrameResult) -> None:
+        self.results.append(result)
+
+    def on_latency(self, stream_id: str, seq: int, t_ns: int, ms: float) -> None:
+        self.latency.append(ms)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def inproc_node(ctx: zmq.Context, name: str, **kw: object) -> ReconNode:
+    """A started identity-backend node on inproc://NAME (results on NAME-out, control on NAME-control)."""
+    cfg = ReconNodeConfig(bind=f"inproc://{name}", publish=f"inproc://{name}-out", backend="identity",
+                          heartbeat_s=0.05, **kw)  # type: ignore[arg-type]
+    return ReconNode(cfg, ctx).start()

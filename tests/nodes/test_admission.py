@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
@@ -21,26 +20,9 @@ from recon.nodes.sources import PatternSource, as_live
 from recon.nodes.transport import Security, check_bind, open_socket, recv_timeout
 from recon.nodes.viewer_node import ViewerNode
 from recon.types import Frame, FrameResult
-from tests.nodes.node_support import status, tcp, wait_for, zmq_context
+from tests.nodes.node_support import Collect, inproc_node, status, tcp, wait_for
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class Collect:
-    name = "collect"
-
-    def __init__(self) -> None:
-        self.results: list[FrameResult] = []
-        self.latency: list[float] = []
-
-    def on_result(self, result: FrameResult) -> None:
-        self.results.append(result)
-
-    def on_latency(self, stream_id: str, seq: int, t_ns: int, ms: float) -> None:
-        self.latency.append(ms)
-
-    def close(self) -> None:
-        pass
 
 
 class Broken:
@@ -54,16 +36,9 @@ class Broken:
         pass
 
 
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context]:
-    with zmq_context() as c:
-        yield c
 
 
-def _node(ctx: zmq.Context, name: str, **kw: object) -> ReconNode:
-    cfg = ReconNodeConfig(bind=f"inproc://{name}", publish=f"inproc://{name}-out", backend="identity",
-                          heartbeat_s=0.05, **kw)  # type: ignore[arg-type]
-    return ReconNode(cfg, ctx).start()
+_node = inproc_node
 
 
 def _img(h: int = 8, w: int = 8) -> np.ndarray:
@@ -84,6 +59,13 @@ def _replies(sock: zmq.Socket, want: int, timeout: float = 5.0) -> list[P.Messag
 
 def _refusals(messages: list[P.Message]) -> list[dict]:
     return [m.header for m in messages if m.kind == P.REFUSE]
+
+
+def _serves_a_valid_stream(ctx: zmq.Context, endpoint: str, name: str = "valid") -> None:
+    """After an attack the node still serves a well-behaved camera: every frame processed and acknowledged."""
+    cam = CameraNode(PatternSource(5, 16, 12), CameraNodeConfig(connect=endpoint, stream_id=name), ctx)
+    stats = cam.run()
+    assert stats.stopped_on_error is None and stats.acked == 5, stats
 
 
 def test_a_live_stream_holds_one_frame_and_reports_its_latency(ctx: zmq.Context) -> None:
@@ -143,6 +125,7 @@ def test_an_oversize_frame_stops_the_camera_with_both_sizes(ctx: zmq.Context) ->
         cam = CameraNode(PatternSource(5, 128, 96), CameraNodeConfig(connect="inproc://big", stream_id="big"), ctx)
         stats = cam.run()
         st = status(ctx, "inproc://big-control")
+        _serves_a_valid_stream(ctx, "inproc://big")
     finally:
         node.stop()
     assert stats.stopped_on_error is not None and "limit of 20000 bytes" in stats.stopped_on_error
@@ -158,6 +141,7 @@ def test_a_frame_over_max_pixels_is_refused_to_its_camera(ctx: zmq.Context) -> N
         cam = CameraNode(PatternSource(3, 128, 96), CameraNodeConfig(connect="inproc://pixels", stream_id="p"), ctx)
         stats = cam.run()
         st = status(ctx, "inproc://pixels-control")
+        _serves_a_valid_stream(ctx, "inproc://pixels")
     finally:
         node.stop()
     assert stats.refused == 3 and stats.acked == 0 and stats.sent == 3, "refused for good, not re-sent forever"
@@ -176,6 +160,8 @@ def test_no_slot_and_quota_refusals_stop_the_camera_with_the_reason(ctx: zmq.Con
         first.send_multipart(P.encode_frame(Frame("c", 0, 1, _img()), epoch=7), copy=False)
         refused = _refusals(_replies(first, 1))
         st = status(ctx, "inproc://slots-control")
+        first.send_multipart(P.encode_frame(Frame("a", 1, 2, _img()), epoch=7), copy=False)
+        assert _replies(first, 1)[0].header["acked"] == [1], "the stream holding the slot is still served"
     finally:
         first.close(0)
         node.stop()
@@ -219,6 +205,7 @@ def test_a_stream_belongs_to_its_sender(ctx: zmq.Context) -> None:
         other.send_multipart(P.encode_frame(Frame("desk", 1, 2, _img()), epoch=12), copy=False)
         taken = _replies(other, 1)
         end = status(ctx, "inproc://own-control")
+        _serves_a_valid_stream(ctx, "inproc://own")
     finally:
         owner.close(0)
         other.close(0)
@@ -287,7 +274,8 @@ def test_a_failing_sink_is_a_sink_error_and_the_other_sinks_get_every_result(ctx
 
 
 def test_validation_gaps_are_closed(ctx: zmq.Context) -> None:
-    node = _node(ctx, "valid")
+    seen: dict[int, Frame] = {}
+    node = _node(ctx, "valid", frame_hook=lambda f: seen.setdefault(f.seq, f) if f.stream_id == "v" else None)
     sink = Collect()
     viewer = ViewerNode("inproc://valid-out", [sink], context=ctx).start()
     sock = open_socket(ctx, zmq.DEALER)
@@ -308,6 +296,7 @@ def test_validation_gaps_are_closed(ctx: zmq.Context) -> None:
         st = wait_for(lambda: (s := status(ctx, "inproc://valid-control"))["rejected_total"] == 5 and s, 5,
                       "five rejects")
         assert viewer.wait_results(1, 5)
+        _serves_a_valid_stream(ctx, "inproc://valid", "after")
     finally:
         sock.close(0)
         node.stop()
@@ -316,7 +305,10 @@ def test_validation_gaps_are_closed(ctx: zmq.Context) -> None:
     assert sorted(r["seqs"][0] for r in refused) == [0, 1, 2, 3]
     assert {r["reason"] for r in refused} == {"bad_intrinsics"} and all(r["retry_s"] == 0 for r in refused)
     assert st["rejected"] == {"bad_field_value": 1, "bad_intrinsics": 4}
-    assert [r.seq for r in sink.results] == [10], "NaN, infinite and negative depth are invalid pixels, not faults"
+    assert [r.seq for r in sink.results if r.stream_id == "v"] == [10], \
+        "NaN, infinite and negative depth are invalid pixels, not faults"
+    got = seen[10].depth
+    assert got is not None and got[0, :3].tolist() == [0.0, 0.0, 0.0] and float(got[1:].min()) == 2.0
 
 
 def test_bind_checks_cover_every_transport(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
@@ -19,35 +18,15 @@ from recon.nodes.sources import PatternSource, as_live
 from recon.nodes.transport import Security, open_socket, recv_timeout, request
 from recon.nodes.viewer_node import ViewerNode
 from recon.types import Frame, FrameResult
-from tests.nodes.node_support import status, tcp, wait_for, zmq_context
+from tests.nodes.node_support import Collect, inproc_node, status, tcp, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
 
-class Collect:
-    """A sink that keeps results in memory."""
-
-    def __init__(self) -> None:
-        self.results: list[FrameResult] = []
-        self.closed = False
-
-    def on_result(self, result: FrameResult) -> None:
-        self.results.append(result)
-
-    def close(self) -> None:
-        self.closed = True
 
 
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context]:
-    with zmq_context() as c:
-        yield c
 
-
-def _node(ctx: zmq.Context, name: str, **kw: object) -> ReconNode:
-    cfg = ReconNodeConfig(bind=f"inproc://{name}", publish=f"inproc://{name}-out", backend="identity",
-                          heartbeat_s=0.05, **kw)  # type: ignore[arg-type]
-    return ReconNode(cfg, ctx).start()
+_node = inproc_node
 
 
 def test_recorded_pipeline_delivers_every_seq_once_in_order() -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
@@ -23,13 +22,7 @@ from recon.io.trajectory import read_tum_trajectory
 from recon.nodes import protocol as P
 from recon.nodes.transport import open_socket
 from recon.types import Frame
-from tests.nodes.node_support import NodeProcess, status, tcp, wait_for, zmq_context
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context]:
-    with zmq_context() as c:
-        yield c
+from tests.nodes.node_support import NodeProcess, status, tcp, wait_for
 
 
 def _recon_args(ep_in: str, ep_out: str, ep_ctl: str, *extra: str) -> list[str]:

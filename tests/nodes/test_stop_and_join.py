@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from recon.nodes.recon_node import ReconNode, ReconNodeConfig
 from recon.nodes.transport import open_socket, recv_timeout
 from recon.nodes.viewer_node import ViewerNode
 from recon.types import Frame, FrameResult
-from tests.nodes.node_support import wait_for, zmq_context
+from tests.nodes.node_support import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -39,10 +38,6 @@ class Slow:
         pass
 
 
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context]:
-    with zmq_context() as c:
-        yield c
 
 
 def test_a_stop_waits_for_a_slow_flush_and_a_slow_sink() -> None:
