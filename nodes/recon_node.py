@@ -356,7 +356,7 @@ class ReconNode:
         import psutil
 
         assert self.table is not None and self.publisher is not None and self.ingest is not None
-        sessions = {sid: s.status() for sid, s in self.table.items()}
+        sessions = {sid: s.status() for sid, s in self.table.latest().items()}
         rejected = self.rejects.counts
         every = self.table.all()
         return {"node": self.node_id, "backend": self.config.backend,
@@ -364,7 +364,7 @@ class ReconNode:
                 "messages_in": self.ingest.messages_in, "results_out": self.publisher.results_out,
                 "results_unheard": self.publisher.unheard, "publish_waits": self.publisher.publish_waits,
                 "frames": sum(s.frames for s in every),
-                "fps": round(float(np.sum([s["fps"] for s in sessions.values()])), 2),
+                "fps": round(float(np.sum([s["fps"] for s in sessions.values() if s["state"] == "running"])), 2),
                 "drops": sum(s.drops for s in every), "results_lost": self.table.results_lost(),
                 "result_subscribers": self.publisher.subscribers,
                 "rejected": rejected, "rejected_total": int(sum(rejected.values())), "faults": self.faults.counts,

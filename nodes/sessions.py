@@ -646,6 +646,7 @@ class SessionTable:
         self.options = services.options
         self.sessions: dict[str, Session] = {}
         self.closing: list[Session] = []
+        self.ended: collections.OrderedDict[str, Session] = collections.OrderedDict()  # last ended, per stream
         self.not_owner = 0
         self.takeovers = 0
         self.refusals: collections.Counter[str] = collections.Counter()
@@ -810,7 +811,12 @@ class SessionTable:
                     if s.state != "failed" and s.alive:
                         logger.info("%s: no frames for %.0f s, session closed (checkpointed and flushed)", s, idle)
                     s.close()
-            self.closing = [s for s in self.closing if s.alive]
+            for s in [s for s in self.closing if not s.alive]:
+                self.closing.remove(s)
+                self.ended[s.stream_id] = s
+                self.ended.move_to_end(s.stream_id)
+                while len(self.ended) > 1024:
+                    self.ended.popitem(last=False)
 
     def stop_accepting(self) -> None:
         with self._lock:
@@ -825,12 +831,22 @@ class SessionTable:
         return every
 
     def all(self) -> list[Session]:
+        """Every session the node had: active, closing, and the last ended one of each stream (for the totals)."""
         with self._lock:
-            return [*self.sessions.values(), *self.closing]
+            return list({id(s): s for s in (*self.sessions.values(), *self.closing, *self.ended.values())}.values())
 
     def items(self) -> list[tuple[str, Session]]:
+        """Active sessions by stream id."""
         with self._lock:
             return list(self.sessions.items())
+
+    def latest(self) -> dict[str, Session]:
+        """Per stream its current session, or its last one when it has ended (what `status` lists)."""
+        with self._lock:
+            latest = dict(self.ended)
+            latest.update({s.stream_id: s for s in self.closing})
+            latest.update(self.sessions)
+            return latest
 
     def get(self, stream_id: str) -> Session | None:
         with self._lock:

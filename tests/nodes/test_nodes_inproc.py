@@ -272,9 +272,11 @@ def test_idle_session_is_flushed_and_closed(ctx: zmq.Context) -> None:
             _send(cam, Frame("quiet", i, i, _img(4, 4)))
         assert viewer.wait_results(3, 5)
         assert viewer.wait_results(5, 10), "the flush on close publishes the 2 held results"
-        wait_for(lambda: "quiet" not in status(ctx, "inproc://idle-control")["sessions"], 10, "session closed")
+        wait_for(lambda: status(ctx, "inproc://idle-control")["sessions"]["quiet"]["state"] == "closed", 10,
+                 "session closed")
         _send(cam, Frame("quiet", 5, 5, _img(4, 4)))  # the stream comes back: a new session
-        wait_for(lambda: "quiet" in status(ctx, "inproc://idle-control")["sessions"], 10, "new session")
+        wait_for(lambda: (s := status(ctx, "inproc://idle-control")["sessions"]["quiet"])["state"] == "running"
+                 and s["frames"] == 1, 10, "new session")
     finally:
         cam.close(0)
         node.stop()

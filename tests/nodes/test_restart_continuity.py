@@ -52,7 +52,7 @@ def _crash_and_restart(tmp_path: Path, sequence: Path, node_args: list[str], res
     ep_in, ep_out, ep_ctl = tcp(), tcp(), tcp()
     state = tmp_path / "state"
     base = ["recon", "--bind", ep_in, "--publish", ep_out, "--control", ep_ctl, "--heartbeat", "0.2",
-            "--wait-subscribers", "1", "--state-dir", str(state), "--checkpoint-every", "4"]
+            "--wait-subscribers", "1", "--state-dir", str(state), "--checkpoint-every", "4", "--no-warmup"]
     out = tmp_path / "out"
     with zmq_context() as ctx, \
             NodeProcess(["viewer", "--connect", ep_out, "--record", str(out), "--no-ply", "--summary",
