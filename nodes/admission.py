@@ -152,11 +152,6 @@ class MemoryBudget:
         with self._lock:
             self._used = max(0, self._used - nbytes)
 
-    @property
-    def used(self) -> int:
-        with self._lock:
-            return self._used
-
     def describe(self) -> dict[str, int]:
         with self._lock:
             return {"limit_bytes": self.limit, "used_bytes": self._used, "peak_bytes": self.peak,

@@ -376,8 +376,11 @@ class CameraNode:
                         self._on_reply(sock, parts)
         finally:
             sock.close(0)
-            self.stats.drops = self.source.drops
-            self.stats.captured = int(getattr(self.source, "captured", 0))
+            counts = getattr(self.source, "counts", None)
+            if callable(counts):
+                self.stats.captured, self.stats.drops = counts()
+            else:
+                self.stats.drops = self.source.drops
         st = self.stats
         logger.info("%s: done: sent %d, re-sent %d, acknowledged (processed) %d, dropped at the camera %d, dropped "
                     "at the node %d, refused %d, reconnects %d", self, st.sent, st.resent, st.acked, st.drops,

@@ -36,7 +36,6 @@ class Replies:
         self._push.setsockopt(zmq.SNDHWM, 100000)
         self._push_lock = threading.Lock()
         self._connected = False
-        self._ctx = context
         self._router: zmq.Socket | None = None
         self._io_thread: int | None = None
 

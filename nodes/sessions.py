@@ -818,10 +818,6 @@ class SessionTable:
                 while len(self.ended) > 1024:
                     self.ended.popitem(last=False)
 
-    def stop_accepting(self) -> None:
-        with self._lock:
-            self._accepting = False
-
     def close_all(self, force: bool = False) -> list[Session]:
         with self._lock:
             self._accepting = False

@@ -121,6 +121,12 @@ class LiveSource:
             self._taken = True
             return self._latest
 
+    def counts(self) -> tuple[int, int]:
+        """(captured, dropped) at this instant, consistently: a frame still waiting in the capture buffer (never
+        sent) counts as dropped, so captured == sent + dropped for whoever stops reading now."""
+        with self._cond:
+            return self.captured, self.drops + int(not self._taken and self._latest is not None)
+
     @property
     def finished(self) -> bool:
         """True once the feed ended and its last frame was taken."""

@@ -214,12 +214,12 @@ def run(args: argparse.Namespace) -> int:
     for line in warnings[:20]:
         logger.info("node: %s", line)
     streams = []
-    for i, (src, cam) in enumerate(zip(sources, cams, strict=True)):
+    for i, cam in enumerate(cams):
         sid = f"cam{i}"
         sess = status["sessions"].get(sid, {})
         lat = arrivals.latency.get(sid, [])
         streams.append({
-            "stream": sid, "captured": src.captured, "sent": cam.stats.sent, "dropped_at_camera": src.drops,
+            "stream": sid, "captured": cam.stats.captured, "sent": cam.stats.sent, "dropped_at_camera": cam.stats.drops,
             "dropped_at_node": sess.get("drops", 0), "processed": sess.get("frames", 0),
             "processed_fps": round(sess.get("frames", 0) / wall, 2), "latency_p50_ms": round(_pct(lat, 50), 1),
             "latency_p99_ms": round(_pct(lat, 99), 1),

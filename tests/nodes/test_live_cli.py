@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -44,3 +45,8 @@ def test_recon_live_runs_until_sigint_and_writes_its_outputs(tmp_path: Path) -> 
     assert np.any(np.diff(seqs) > 1), "a 100 fps camera on a 50 fps model drops frames (latest wins)"
     assert (out / "recording.rrd").stat().st_size > 0
     assert "dropped at the camera" in text
+    summary = json.loads((out / "summary.json").read_text())
+    stream = summary["streams"]["pattern32x24"]
+    assert summary["results_lost"] == 0 and stream["results"] == len(T)
+    assert stream["captured"] == stream["sent"] + stream["dropped_at_camera"] and stream["dropped_at_node"] == 0
+    assert stream["latency_ms"]["n"] > 0 and stream["latency_ms"]["p99"] < 1000, "live results are fresh"
