@@ -179,8 +179,8 @@ class ViewerNode:
         try:
             while not self._stop.is_set():
                 if not sock.poll(100):
-                    # Heartbeats come every interval_s; five missed ones mean the publisher is gone (ZeroMQ
-                    # reconnects by itself when it comes back).
+                    # Heartbeats come every interval_s; five missed ones, and at least MIN_SILENCE_S, mean the
+                    # publisher is gone (ZeroMQ reconnects by itself when it comes back).
                     if (self._heard.is_set() and not silent and not self._said_bye
                             and time.monotonic() - last > max(5 * self._interval, MIN_SILENCE_S)):
                         silent = True
