@@ -136,6 +136,7 @@ class CameraNode:
         self._durable = -1
         self.max_message_bytes: int | None = None
         self._paused_until = 0.0
+        self._reconnecting = False
         self._keep_latency = False
         self._index = -1
         self._resend_from_restart: set[int] = set()
@@ -222,6 +223,7 @@ class CameraNode:
             return
         h = msg.header
         node = int(h["node"])
+        self._reconnecting = False
         self.window = min(int(h["window"]), 1) if self.source.live else int(h["window"])
         if "max_message_bytes" in h:
             self.max_message_bytes = int(h["max_message_bytes"])
@@ -305,8 +307,8 @@ class CameraNode:
                                                  node=self.epoch, epoch=self.epoch, live=self.source.live or None,
                                                  interval_s=self.config.heartbeat_s, role="camera"), zmq.NOBLOCK)
 
-    def run(self) -> CameraStats:
-        """Stream until the source ends and every recorded frame is acknowledged, or until stop()."""
+    def _open(self) -> tuple[zmq.Socket, zmq.Socket]:
+        """The DEALER to the node and a monitor of its disconnections."""
         cfg = self.config
         sock = open_socket(self.ctx, zmq.DEALER, security=cfg.security, hwm=256)
         # Queue only to a live connection: frames sent while the node is down are not kept by libzmq and delivered
@@ -314,7 +316,29 @@ class CameraNode:
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         sock.connect(cfg.connect)
+        return sock, monitor
+
+    def _close(self, sock: zmq.Socket, monitor: zmq.Socket) -> None:
+        sock.disable_monitor()
+        monitor.close(0)
+        sock.close(0)
+
+    def _disconnected(self, monitor: zmq.Socket) -> bool:
+        """True when the connection to the node dropped since the last call (events are drained)."""
+        dropped = False
+        while True:
+            try:
+                monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return dropped
+            dropped = True
+
+    def run(self) -> CameraStats:
+        """Stream until the source ends and every recorded frame is acknowledged, or until stop()."""
+        cfg = self.config
+        sock, monitor = self._open()
         live = self.source.live
         frames = iter(self.source) if not live else None
         exhausted = False
@@ -336,12 +360,22 @@ class CameraNode:
                 paused = now < self._paused_until
                 if now >= next_expiry:
                     next_expiry = now + 0.05
+                    if self._disconnected(monitor):
+                        # libzmq keeps what was queued for a dropped connection and delivers it once the node is
+                        # back, ahead of the in-order re-send: a fresh socket drops it; in flight becomes unsent.
+                        self._close(sock, monitor)
+                        sock, monitor = self._open()
+                        self._sent_at.clear()
+                        self._reconnecting = True  # send nothing until the node says who it is (a restart?)
+                        if live:
+                            self._pending.clear()
+                        logger.info("%s: connection to the reconstruction node dropped; reconnecting", self)
                     self._expire(sock, now, live, lost or paused)
                 sent = False
-                if not live and not lost and not paused and self.node_id is not None:
+                ready = self.node_id is not None and not lost and not paused and not self._reconnecting
+                if not live and ready:
                     sent = self._send_unsent(sock)
-                if (self.node_id is not None and not lost and not paused and not exhausted
-                        and len(self._pending) < self.window and now >= next_send):
+                if ready and not exhausted and len(self._pending) < self.window and now >= next_send:
                     frame = self._next_frame(frames)
                     if frame is None:
                         exhausted = not live or self.source_finished()
@@ -375,7 +409,7 @@ class CameraNode:
                             logger.info("%s: reconstruction node is back", self)
                         self._on_reply(sock, parts)
         finally:
-            sock.close(0)
+            self._close(sock, monitor)
             counts = getattr(self.source, "counts", None)
             if callable(counts):
                 self.stats.captured, self.stats.drops = counts()

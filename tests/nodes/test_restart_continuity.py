@@ -4,9 +4,12 @@ viewer recording to disk.
 
 The restored session takes its last checkpoint (every 4 frames); the camera re-sends the frames the old node had
 acknowledged after that checkpoint plus the unacknowledged ones, so the restored backend catches up and every
-frame reaches the recording exactly once (the viewer drops the re-computed duplicates). With a deterministic
-backend the recorded trajectory is then the uninterrupted run's, which is checked directly, besides the
-"continuous" criterion: no step of the camera centre across the restart larger than 3x the median step.
+frame reaches the recording exactly once (the viewer drops the re-computed duplicates). Checked: the
+"continuous" criterion (no step of the camera centre across the restart larger than 3x the median step) and, for
+the learned backend, which draws no random numbers, that the recorded trajectory is the uninterrupted run's
+(computed in this process with the node processes' single thread, so float sums run in the same order). The
+geometric backend's RANSAC draws from OpenCV's process-wide generator, which a new process starts afresh, so its
+continuation is equivalent, not bit-identical.
 
 When the checkpoint cannot be restored (another backend configuration), the node says so, starts a new world
 frame and the recording continues in a new segment file: the two world frames never share a file.
@@ -39,8 +42,16 @@ def sequence(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _reference(sequence: Path, backend: str, options: dict) -> tuple[np.ndarray, np.ndarray]:
-    writer = TrajectoryWriter(sequence.parent / f"reference-{backend}.tum")
-    run_pipeline(str(sequence), backend, [writer], mode="inproc", backend_options=options)
+    """The uninterrupted run, single-threaded like the node processes (NodeProcess sets OMP_NUM_THREADS=1)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        writer = TrajectoryWriter(sequence.parent / f"reference-{backend}.tum")
+        run_pipeline(str(sequence), backend, [writer], mode="inproc", backend_options=options)
+    finally:
+        torch.set_num_threads(threads)
     traj = writer.trajectory()
     return traj.t_ns, traj.T_world_cam
 
@@ -80,12 +91,12 @@ def _assert_continuous(T: np.ndarray) -> None:
     assert np.max(late) <= 3 * np.median(steps), f"largest step {np.max(late):.4g}, median {np.median(steps):.4g}"
 
 
-@pytest.mark.parametrize(("backend", "options"), [
-    ("geometric", {}),
-    ("infinitevggt", {"model_config": "tiny", "image_width": 56, "device": "cpu", "budget": 400}),
+@pytest.mark.parametrize(("backend", "options", "exact"), [
+    ("geometric", {}, False),
+    ("infinitevggt", {"model_config": "tiny", "image_width": 56, "device": "cpu", "budget": 400}, True),
 ])
 def test_a_killed_node_restarts_in_the_same_world_frame(tmp_path: Path, sequence: Path, backend: str,
-                                                        options: dict) -> None:
+                                                        options: dict, exact: bool) -> None:
     t_ref, T_ref = _reference(sequence, backend, options)
     opts = [a for k, v in options.items() for a in ("-o", f"{k}={v}")]
     out, summary, log2 = _crash_and_restart(tmp_path, sequence, ["--backend", backend, *opts])
@@ -96,7 +107,8 @@ def test_a_killed_node_restarts_in_the_same_world_frame(tmp_path: Path, sequence
     assert summary["results"] == FRAMES and summary["duplicates"] > 0, "re-sent frames were re-computed, dropped"
     assert summary["segments"] == {}
     _assert_continuous(T)
-    np.testing.assert_allclose(T, T_ref, rtol=0, atol=1e-6, err_msg="the restored run is the uninterrupted run")
+    if exact:
+        np.testing.assert_allclose(T, T_ref, rtol=0, atol=1e-6, err_msg="the restored run is the uninterrupted run")
 
 
 def test_an_unrestorable_checkpoint_starts_a_new_segment(tmp_path: Path, sequence: Path) -> None:
