@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "replay": "recon.commands.replay",
     "live": "recon.commands.live",
     "eval": "recon.commands.evaluate",
+    "export": "recon.commands.export",
     "synth": "recon.commands.synth",
     "bench": "recon.commands.bench",
     "weights": "recon.commands.weights",

@@ -18,6 +18,7 @@ import argparse
 import logging
 
 from recon.commands.backend_args import add_backend_arguments
+from recon.commands.io_args import add_io_arguments, export_sinks, topic_options
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "undistorted to the pinhole K by default)")
     parser.add_argument("--stream-id", default=None, help="stream name (default: the source's name)")
     parser.add_argument("--no-ply", action="store_true", help="do not write points.ply")
+    add_io_arguments(parser, camera_info=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     options = backend_options(args, backend)
 
     info = load_camera_info(args.camera_info) if args.camera_info else None
-    source = open_source(args.camera, fps=args.fps, camera_info=info)
+    source = open_source(args.camera, fps=args.fps, camera_info=info, **topic_options(args))
     if args.no_undistort and has_distortion(source.camera_info):
         # The camera node undistorts whenever the camera info has coefficients: without them it sends the frames
         # as captured, with K as calibrated.
@@ -83,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     sinks: list[object] = [trajectory]
     if not args.no_ply:
         sinks.append(PointCloudWriter(out / "points.ply"))
+    sinks += export_sinks(args, out)
     if args.viewer != "none":
         from recon.viewer import create_rerun_sink
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from recon.backends.options import parse_backend_options  # noqa: F401 - part of this command's API
 from recon.commands.backend_args import add_backend_arguments, backend_options, choose_backend
+from recon.commands.io_args import add_io_arguments, apply_camera_info, export_outputs, export_sinks, topic_options
 from recon.errors import ConfigError, ReconError
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distributed", action="store_true",
                         help="run the camera and reconstruction nodes as separate processes over tcp on loopback "
                              "(recon.nodes); outputs are the same")
+    add_io_arguments(parser, camera_info=True)
 
 
 def open_sequence_for_replay(path: str, on_error: str, **options: Any) -> Any:
@@ -94,7 +96,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.fps is not None and not args.fps > 0:
         raise ConfigError(f"--fps must be positive, got {args.fps}")
-    sequence = open_sequence_for_replay(args.sequence, args.on_error, **({"fps": args.fps} if args.fps else {}))
+    if args.distributed and (topic_options(args) or args.camera_info):
+        raise ConfigError("--topic, --depth-topic, --camera-info-topic and --camera-info are not passed to the "
+                          "camera node process of --distributed yet; run without --distributed")
+    sequence = open_sequence_for_replay(args.sequence, args.on_error, **({"fps": args.fps} if args.fps else {}),
+                                        **topic_options(args))
+    sequence = apply_camera_info(sequence, args)
     out = Path(args.out) if args.out else Path("runs") / sequence.name
     viewer_specs = parse_viewer_spec(args.viewer, out / "recording.rrd")
     backend_name, reason = choose_backend(args.backend)
@@ -105,13 +112,14 @@ def run(args: argparse.Namespace) -> int:
 
     trajectory = TrajectoryWriter(out / "trajectory.tum")
     cloud = PointCloudWriter(out / "points.ply", voxel_size=args.voxel_size)
-    file_sinks = SinkGroup([trajectory, cloud])
+    exports = export_sinks(args, out, voxel_size=args.voxel_size)
+    file_sinks = SinkGroup([trajectory, cloud, *exports])
     rerun_sink = None
     if viewer_specs:
         from recon.viewer import create_rerun_sink
 
         rerun_sink = create_rerun_sink(viewer_specs)
-    sinks = SinkGroup([trajectory, cloud, *([rerun_sink] if rerun_sink else [])])
+    sinks = SinkGroup([trajectory, cloud, *exports, *([rerun_sink] if rerun_sink else [])])
 
     summary = RunSummary(sequence=sequence.name, backend=backend_name, backend_reason=reason)
     keep_serving = rerun_sink is not None and rerun_sink.output.serving and not args.no_wait
@@ -130,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
             rerun_sink.close()
 
     _fill_summary(summary, stats, sequence, backend, sinks, trajectory, cloud, rerun_sink, args)
+    summary.outputs.update(export_outputs(exports))
     gt = getattr(sequence, "ground_truth", None)
     if gt is not None and len(gt) and len(trajectory.stream_ids) == 1:
         try:
@@ -148,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{stats.frames_in} frames in {stats.wall_s:.1f} s ({stats.fps:.2f} frames/s) with {backend_name}; "
           f"{summary.frames_skipped} skipped")
     for name, path in {**summary.outputs, "summary": str(summary_path)}.items():
-        print(f"  {name:<12} {path}")
+        print(f"  {name:<17} {path}")
     if keep_serving:
         rerun_sink.logger.close()
         rerun_sink.output.serve_until_interrupted()
