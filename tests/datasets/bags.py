@@ -47,13 +47,15 @@ def camera_info_msg(types: dict, header: object, info: CameraInfo, ros1: bool) -
 
 
 def write_rgbd_bag(path: Path, frames: Iterable[Frame], info: CameraInfo | None, *, ros1: bool,
-                   colour: str = "rgb8", depth: str | None = "16UC1", frame_id: str = "camera_color_optical_frame",
-                   extra_topics: bool = True) -> Path:
+                   colour: str | None = "rgb8", depth: str | None = "16UC1",
+                   frame_id: str = "camera_color_optical_frame", depth_frame_id: str | None = None,
+                   depth_topic: str = "/camera/aligned_depth_to_color/image_raw", extra_topics: bool = True) -> Path:
     """Write `frames` to a bag; returns the path to open (the .bag file, or the rosbag2 folder).
 
     Args:
-        colour: "rgb8", "bgr8" (raw) or "jpeg" / "png" (CompressedImage).
+        colour: "rgb8", "bgr8" (raw), "jpeg" / "png" (CompressedImage) or None (no colour topic).
         depth: "16UC1" (millimetres), "32FC1" (metres) or None (no depth topic).
+        depth_frame_id, depth_topic: the depth image's header frame (default: the colour one) and topic name.
         extra_topics: also write an IMU-like unrelated topic and an unregistered infrared image, so topic choice
             by type is exercised.
     """
@@ -71,12 +73,11 @@ def write_rgbd_bag(path: Path, frames: Iterable[Frame], info: CameraInfo | None,
     img_type = "sensor_msgs/msg/CompressedImage" if colour in ("jpeg", "png") else "sensor_msgs/msg/Image"
     with writer:
         # Connection order is deliberate: depth first, colour after, so "the first image topic" is wrong.
-        c_depth = writer.add_connection("/camera/aligned_depth_to_color/image_raw", "sensor_msgs/msg/Image",
-                                        typestore=typestore) if depth else None
+        c_depth = writer.add_connection(depth_topic, "sensor_msgs/msg/Image", typestore=typestore) if depth else None
         c_ir = writer.add_connection("/camera/infra1/image_rect_raw", "sensor_msgs/msg/Image",
                                      typestore=typestore) if extra_topics else None
         topic = "/camera/color/image_raw" + ("/compressed" if img_type.endswith("CompressedImage") else "")
-        c_img = writer.add_connection(topic, img_type, typestore=typestore)
+        c_img = writer.add_connection(topic, img_type, typestore=typestore) if colour else None
         c_info = writer.add_connection("/camera/color/camera_info", "sensor_msgs/msg/CameraInfo",
                                        typestore=typestore) if info is not None else None
         for i, f in enumerate(frames):
@@ -88,11 +89,14 @@ def write_rgbd_bag(path: Path, frames: Iterable[Frame], info: CameraInfo | None,
             if c_depth is not None and f.depth is not None:
                 d = f.depth
                 arr = np.round(d * 1000).astype(np.uint16) if depth == "16UC1" else d.astype(np.float32)
-                writer.write(c_depth, t, ser(image_msg(types, header, arr, depth), "sensor_msgs/msg/Image"))
+                d_header = _header(types, t, depth_frame_id or frame_id, ros1, i)
+                writer.write(c_depth, t, ser(image_msg(types, d_header, arr, depth), "sensor_msgs/msg/Image"))
             if c_ir is not None:
                 ir_header = _header(types, t, "camera_infra1_optical_frame", ros1, i)
                 grey = f.image[..., 1]
                 writer.write(c_ir, t, ser(image_msg(types, ir_header, grey, "mono8"), "sensor_msgs/msg/Image"))
+            if c_img is None:
+                continue
             if img_type.endswith("CompressedImage"):
                 ok, buf = cv2.imencode("." + colour.replace("jpeg", "jpg"), cv2.cvtColor(f.image, cv2.COLOR_RGB2BGR))
                 assert ok
