@@ -21,6 +21,7 @@ from recon.errors import ConfigError
 from recon.export.common import CameraLog, frame_stem, safe_name
 from recon.geometry.transforms import inv_se3
 from recon.types import FrameResult
+from recon.utils.imports import require_package
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +116,9 @@ class MeshWriter:
         stem = "mesh" if len(self.cameras.stream_ids) <= 1 else f"mesh.{safe_name(stream_id)}"
         for fmt in self.formats:
             path = self.folder / f"{stem}.{fmt}"
-            if not o3d.io.write_triangle_mesh(str(path), mesh, write_vertex_colors=True):
+            if fmt == "glb":
+                _write_glb(path, mesh)
+            elif not o3d.io.write_triangle_mesh(str(path), mesh, write_vertex_colors=True):
                 raise OSError(f"open3d could not write {path}")
             self.paths.append(path)
         logger.info("mesh %s: %d frames fused, %d vertices, %d triangles -> %s", stream_id, len(frames),
@@ -129,3 +132,14 @@ class MeshWriter:
             median, far = float(np.median(valid)), float(np.quantile(valid, 0.99))
         voxel = self.voxel_size or 0.01 * median
         return voxel, self.depth_max or 1.5 * far
+
+
+def _write_glb(path: Path, mesh: object) -> None:
+    """Binary glTF with trimesh: Open3D 0.20's own GLB writer puts float buffer views at unaligned offsets, which
+    glTF forbids and its own reader (Assimp) rejects."""
+    trimesh = require_package("trimesh", extra="export")
+    vertices = np.asarray(mesh.vertices)  # type: ignore[attr-defined]
+    colours = np.clip(np.round(np.asarray(mesh.vertex_colors) * 255), 0, 255).astype(np.uint8)  # type: ignore
+    tm = trimesh.Trimesh(vertices, np.asarray(mesh.triangles), vertex_normals=np.asarray(mesh.vertex_normals),  # type: ignore
+                         vertex_colors=colours if len(colours) == len(vertices) else None, process=False)
+    tm.export(str(path), file_type="glb")
