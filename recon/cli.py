@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "live": "recon.commands.live",
     "eval": "recon.commands.evaluate",
     "export": "recon.commands.export",
+    "calib": "recon.commands.calib",
     "synth": "recon.commands.synth",
     "bench": "recon.commands.bench",
     "weights": "recon.commands.weights",
