@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     if viewer_specs:
         from recon.viewer import create_rerun_sink
 
-        rerun_sink = create_rerun_sink(viewer_specs)
+        rerun_sink = create_rerun_sink(viewer_specs, backend_stats=backend.stats if backend is not None else None)
     sinks = SinkGroup([trajectory, cloud, *exports, *([rerun_sink] if rerun_sink else [])])
 
     summary = RunSummary(sequence=sequence.name, backend=backend_name, backend_reason=reason)
