@@ -154,8 +154,8 @@ def test_parse_viewer_spec(value: str, expected: list[ViewerSpec]) -> None:
     assert parse_viewer_spec(value, "d.rrd") == expected
 
 
-@pytest.mark.parametrize("value", ["spawn", "web:127.0.0.1:notaport", "web:70000", "none,rrd", "", "web,web:1", "web:9000:9000",
-                                   "web:h:1:2:3", "web:[::1"])
+@pytest.mark.parametrize("value", ["spawn", "web:127.0.0.1:notaport", "web:70000", "none,rrd", "", "web,web:1",
+                                   "web:9000:9000", "web:h:1:2:3", "web:[::1"])
 def test_parse_viewer_spec_rejects(value: str) -> None:
     with pytest.raises(ConfigError):
         parse_viewer_spec(value, "d.rrd")
