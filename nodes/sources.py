@@ -144,7 +144,10 @@ def open_camera(spec: str, fps: float | None = None, camera_info: CameraInfo | N
     """A live OpenCV camera (index or device path)."""
     import cv2
 
-    cap = cv2.VideoCapture(int(spec) if spec.isdigit() else spec)
+    from recon.utils.log import opencv_silenced
+
+    with opencv_silenced():  # its "[ WARN ] can't open camera by index" lines would precede our own error
+        cap = cv2.VideoCapture(int(spec) if spec.isdigit() else spec)
     if not cap.isOpened():
         raise SequenceError(f"cannot open camera {spec!r} with OpenCV (is it connected? try another index)")
     if fps:

@@ -30,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="camera index or /dev/videoN, video file, image folder, dataset, bag, pattern:N:WxH")
     add_backend_arguments(parser)
     parser.add_argument("--out", default="runs/live", metavar="DIR", help="output folder (default runs/live)")
-    parser.add_argument("--viewer", default="rrd", help="Rerun output: rrd[:PATH] | web | connect[:URL] | none")
+    parser.add_argument("--viewer", default="rrd",
+                        help="Rerun viewer output: rrd[:PATH], web[:[HOST:]PORT[:GRPC]] (a browser page, loopback "
+                             "unless HOST), connect[:URL] or none; comma-separated to combine (default rrd)")
     parser.add_argument("--fps", type=float, default=None, help="camera rate (with --realtime: playback rate)")
     parser.add_argument("--realtime", action="store_true",
                         help="play a recorded source at --fps as a live camera (latest-frame-wins)")

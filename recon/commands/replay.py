@@ -37,11 +37,14 @@ HELP = "reconstruct a recorded sequence: trajectory, point cloud, Rerun recordin
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("sequence", metavar="SEQUENCE", help="sequence folder or file (image folder, video, TUM...)")
+    parser.add_argument("sequence", metavar="SEQUENCE",
+                        help="what to reconstruct: an image folder, a video, a TUM RGB-D / 7-Scenes / KITTI folder, "
+                             "or a ROS bag (.bag, .mcap, rosbag2 folder)")
     add_backend_arguments(parser)
     parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/<sequence name>)")
     parser.add_argument("--viewer", default="rrd",
-                        help="Rerun output: rrd[:PATH] | web[:[HOST:]PORT] | connect[:URL] | none; "
+                        help="Rerun viewer output: rrd[:PATH] (a file for `rerun FILE`), web[:[HOST:]PORT[:GRPC]] "
+                             "(a browser page, loopback unless HOST), connect[:URL] (a running `rerun`) or none; "
                              "comma-separated to combine (default rrd: OUT/recording.rrd)")
     parser.add_argument("--on-error", choices=("skip", "stop"), default="stop",
                         help="corrupt or missing frame: skip it (counted in the summary) or stop (exit code 1)")
@@ -201,13 +204,12 @@ def _fmt(value: Any) -> str:
 
 
 def _run_with_progress(sequence: Any, backend: Any, sinks: Any, args: argparse.Namespace, run_stream: Any) -> Any:
-    """run_stream with a tqdm bar (frames/s), log lines routed around the bar."""
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
+    """run_stream with progress (frames/s): a bar on a terminal, a log line every few seconds otherwise."""
+    from recon.utils.progress import logs_around_bar, progress
 
     total = _total_frames(sequence, args.stride, args.max_frames)
-    with tqdm(total=total, unit="frame", desc=sequence.name, disable=args.no_progress, dynamic_ncols=True,
-              mininterval=0.5) as bar, logging_redirect_tqdm():
+    with progress(total=total, unit="frame", desc=sequence.name, disable=args.no_progress) as bar, \
+            logs_around_bar():
         def on_frame(stats: Any) -> None:
             bar.update(1)
 

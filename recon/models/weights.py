@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import pickle
+import re
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
@@ -176,8 +177,11 @@ def download_weights(name: str, filename: str | None = None) -> Path:
     retry = (f"retry `recon weights pull {name}` with network access, or download {filename} from "
              f"https://huggingface.co/{cfg.hf_repo} elsewhere and pass it explicitly")
     logger.info("downloading %s from %s into %s (licence: %s)", filename, cfg.hf_repo, cache, cfg.licence)
+    from recon.utils.progress import tqdm_class
+
     try:
-        return Path(hf_hub_download(cfg.hf_repo, filename, cache_dir=str(cache)))
+        with _one_line_per_retry(filename):
+            return Path(hf_hub_download(cfg.hf_repo, filename, cache_dir=str(cache), tqdm_class=tqdm_class()))
     except GatedRepoError as e:
         raise _not_found(cfg, [f"Hugging Face {cfg.hf_repo}"], "access to the gated repo was refused", retry) from e
     except LocalEntryNotFoundError as e:
@@ -185,6 +189,54 @@ def download_weights(name: str, filename: str | None = None) -> Path:
                          "offline or Hugging Face unreachable, and not cached", retry) from e
     except (HfHubHTTPError, OSError) as e:
         raise _not_found(cfg, [f"Hugging Face {cfg.hf_repo}"], f"download failed: {e}", retry) from e
+
+
+_HF_RETRY = re.compile(r"Retrying in (?P<wait>[\d.]+)s \[Retry (?P<n>\d+)/(?P<of>\d+)\]")
+_HF_THROWN = re.compile(r"'(?P<error>.*)' thrown while requesting (?P<request>.*)")
+
+
+class _RetryLines(logging.Filter):
+    """Merges huggingface_hub's two records per retry ("'<error>' thrown while requesting <url>", then "Retrying in
+    Ns [Retry k/n].") into one line that says what is downloaded, why it failed and when it tries again."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self.what = what
+        self.error: str | None = None
+        self.lines = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        thrown = _HF_THROWN.match(message)
+        if thrown:
+            self.error = f"{thrown['error']} ({thrown['request']})"
+            return False  # said with the retry line, or in the error raised after the last attempt
+        retry = _HF_RETRY.match(message)
+        if retry:
+            record.msg = "download of %s failed: %s; retry %s of %s in %s s"
+            record.args = (self.what, self.error or "error", retry["n"], retry["of"], retry["wait"])
+            self.error = None
+            self.lines += 1
+        return True
+
+
+@contextmanager
+def _one_line_per_retry(what: str) -> Iterator[_RetryLines]:
+    """While downloading: one log line per retry, through recon's logging only. huggingface_hub's package logger has
+    a handler of its own and also propagates to ours, so each of its records was printed twice."""
+    hub = logging.getLogger("huggingface_hub")
+    http = logging.getLogger("huggingface_hub.utils._http")
+    merge = _RetryLines(what)
+    saved = hub.handlers[:]
+    for handler in saved:
+        hub.removeHandler(handler)
+    http.addFilter(merge)
+    try:
+        yield merge
+    finally:
+        http.removeFilter(merge)
+        for handler in saved:
+            hub.addHandler(handler)
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
