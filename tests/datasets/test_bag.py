@@ -128,3 +128,15 @@ def test_distortion_in_the_bag_is_applied_before_the_backend(tmp_path: Path, sam
     first = sink.results[0]
     np.testing.assert_allclose(first.K, expected.K_new)
     np.testing.assert_array_equal(first.image, expected.image(frames[0].image))
+
+
+def test_recon_live_plays_a_bag_with_a_named_topic(tmp_path: Path, sample: tuple) -> None:
+    frames, info = sample
+    bag = write_rgbd_bag(tmp_path / "live.bag", frames[:4], info, ros1=True)
+    out = tmp_path / "live"
+    assert main(["live", "--camera", str(bag), "--topic", "/camera/color/image_raw", "--depth-topic", "none",
+                 "--backend", "identity", "--viewer", "none", "--out", str(out)]) == 0
+    t_ns, _ = read_tum_trajectory(out / "trajectory.tum")
+    assert list(t_ns) == [f.t_ns for f in frames[:4]]  # the header stamps, every frame
+    lines = [json.loads(x) for x in (out / "frames" / "frames.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and not lines[0]["metric"]  # depth turned off: the identity backend got RGB only
