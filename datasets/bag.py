@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recon.datasets.base import OnError, ReadStats, fit_camera_info
+from recon.datasets.base import OnError, ReadStats, fit_camera_info, skip_or_raise
 from recon.datasets.files import corrupt_frame
 from recon.datasets.ros_msgs import (
     CAMERA_INFO_TYPE,
@@ -39,7 +39,7 @@ from recon.datasets.ros_msgs import (
     image_msg_encoding,
     is_depth_message,
 )
-from recon.errors import ConfigError, ProtocolError, SequenceError
+from recon.errors import ConfigError, CorruptFrameError, ProtocolError, SequenceError
 from recon.types import CameraInfo, Frame
 from recon.utils.imports import require_package
 
@@ -357,12 +357,8 @@ class BagSequence:
                 continue
             try:
                 frame = self._frame(seq, index, t_ns, msg, depth_msg, where)
-            except SequenceError as e:
-                if self.on_error is OnError.STOP:
-                    raise
-                self.stats.frames_skipped += 1
-                self.stats.skipped_paths.append(getattr(e, "path", None) or str(e))
-                logger.warning("%s: skipping frame %d: %s", self.name, index, e)
+            except CorruptFrameError as e:
+                skip_or_raise(self.stats, self.on_error, self.name, index, e)
                 seq += 1
                 continue
             if frame.depth is not None and depth_msg is not None and not size_warned and \

@@ -52,6 +52,15 @@ class ReadStats:
     skipped_paths: list[str] = field(default_factory=list)
 
 
+def skip_or_raise(stats: ReadStats, on_error: OnError, name: str, index: int, error: CorruptFrameError) -> None:
+    """A corrupt frame: re-raised with `OnError.STOP`, else counted in `stats`, its path kept and a warning logged."""
+    if on_error is OnError.STOP:
+        raise error
+    stats.frames_skipped += 1
+    stats.skipped_paths.append(getattr(error, "path", None) or str(error))
+    logger.warning("%s: skipping frame %d: %s", name, index, error)
+
+
 @runtime_checkable
 class Sequence(Protocol):
     """A recorded sequence.
@@ -121,11 +130,7 @@ class IndexedSequence:
             try:
                 frame = self._load(index, seq)
             except CorruptFrameError as e:
-                if self.on_error is OnError.STOP:
-                    raise
-                self.stats.frames_skipped += 1
-                self.stats.skipped_paths.append(getattr(e, "path", None) or str(e))
-                logger.warning("%s: skipping frame %d: %s", self.name, index, e)
+                skip_or_raise(self.stats, self.on_error, self.name, index, e)
                 continue
             self.stats.frames_read += 1
             yield frame

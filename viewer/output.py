@@ -27,6 +27,7 @@ import rerun as rr
 
 from recon.errors import ConfigError
 from recon.types import FrameResult
+from recon.utils.processes import stop_process
 from recon.viewer.logger import RerunLogger
 from recon.viewer.spec import APPLICATION_ID, ViewerSpec, parse_viewer_spec
 
@@ -86,13 +87,7 @@ class WebViewerServer:
         return self._log.read().decode(errors="replace")[-limit:].strip() or "(no output)"
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self._log.close()
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from recon.utils.processes import stop_process
+
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
                   "--ignore-gpu-blocklist", "--no-first-run", "--no-default-browser-check", "--disable-extensions",
                   "--hide-scrollbars", "--mute-audio", "--remote-debugging-address=127.0.0.1")
@@ -86,11 +88,5 @@ class Chromium:
         ws = getattr(self, "ws", None)
         if ws is not None:
             ws.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         shutil.rmtree(self.profile, ignore_errors=True)
