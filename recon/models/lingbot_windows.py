@@ -313,6 +313,56 @@ class LingBotWindowedSession:
             del self._raw[local]  # emitted frames are neither the next window's reference nor needed for this one
         return out
 
+    # -- checkpoints ------------------------------------------------------------------------------------------
+    def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """(meta, arrays): the current window's session, buffered images, unreleased frames, reference tail and
+        similarity. Restored frames carry no `pose_enc_list` (nothing downstream of the stitching reads it)."""
+        session_meta, session_arrays = self.session.state()
+        meta: dict[str, Any] = {"session": session_meta, "window_index": self.window_index,
+                                "window_start": self.window_start, "frames_in": self.frames_in, "local": self._local,
+                                "emitted": self._emitted, "images": len(self._images), "raw": {},
+                                "has_sim": self._sim is not None, "has_tail": self._prev_tail is not None}
+        arrays = {f"session.{k}": v for k, v in session_arrays.items()}
+        for i, image in enumerate(self._images):
+            arrays[f"images.{i}"] = image.cpu().clone()
+        for local, frame in self._raw.items():
+            scalars = {k: frame[k] for k in _FRAME_SCALARS}
+            meta["raw"][str(local)] = scalars | {"token_index": list(frame["token_index"])}
+            for k in _FRAME_TENSORS:
+                if frame.get(k) is not None:
+                    arrays[f"raw.{local}.{k}"] = frame[k].cpu().clone()
+        if self._sim is not None:
+            arrays["sim.s"], arrays["sim.R"], arrays["sim.t"] = (x.cpu().clone() for x in self._sim)
+        for k, v in (self._prev_tail or {}).items():
+            arrays[f"tail.{k}"] = v.cpu().clone()
+        return meta, arrays
+
+    def load_state(self, meta: dict[str, Any], arrays: dict[str, torch.Tensor]) -> None:
+        """Restore `state()` into this (identically configured) windowed session."""
+        device = next(self.session.model.parameters()).device
+        self.reset()
+        self.session.load_state(meta["session"], {k[8:]: v for k, v in arrays.items() if k.startswith("session.")})
+        self.window_index, self.window_start = int(meta["window_index"]), int(meta["window_start"])
+        self.frames_in, self._local, self._emitted = int(meta["frames_in"]), int(meta["local"]), int(meta["emitted"])
+        for i in range(int(meta["images"])):
+            self._images.append(arrays[f"images.{i}"].to(device))
+        for key, scalars in meta["raw"].items():
+            local = int(key)
+            frame: dict[str, Any] = {k: scalars[k] for k in _FRAME_SCALARS}
+            frame["token_index"] = tuple(scalars["token_index"])
+            for k in _FRAME_TENSORS:
+                if f"raw.{local}.{k}" in arrays:
+                    frame[k] = arrays[f"raw.{local}.{k}"].to(device)
+            self._raw[local] = frame
+        if meta["has_sim"]:
+            self._sim = (arrays["sim.s"].to(device), arrays["sim.R"].to(device), arrays["sim.t"].to(device))
+        if meta["has_tail"]:
+            self._prev_tail = {k: arrays[f"tail.{k}"].to(device) for k in ("pose_enc", "depth", "is_keyframe")}
+
+
+_FRAME_TENSORS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf")
+_FRAME_SCALARS = ("frame_index", "frame_type", "is_keyframe", "rope_t")
+
 
 def run_windowed(model: LingBot, images: torch.Tensor, stream: LingBotStreamConfig, windows: LingBotWindowConfig,
                  on_call: Callable[[LingBotSession], None] | None = None) -> dict[str, torch.Tensor]:
