@@ -227,8 +227,9 @@ class LingBotBackend:
         }
         if self.config.mode == "windowed":
             extra["window"] = self.session.window_index
-        return BackendStats(frames_in=self._frames_in, results_out=self._results_out, memory_bytes=self.session.nbytes(),
-                            tokens_cached=s.memory.num_tokens(), timings_ms=dict(self._timings), extra=extra)
+        return BackendStats(frames_in=self._frames_in, results_out=self._results_out,
+                            memory_bytes=self.session.nbytes(), tokens_cached=s.memory.num_tokens(),
+                            timings_ms=dict(self._timings), extra=extra)
 
     # -- Checkpointable -----------------------------------------------------------------------------------------
     def save_state(self) -> BackendState:
