@@ -89,14 +89,16 @@ class LingBotWindowConfig:
 # -- the similarity between two windows ----------------------------------------------------------------------
 
 
-def depth_ratio_scale(depth_a: torch.Tensor, depth_b: torch.Tensor) -> torch.Tensor:
-    """Per-batch median of depth_a / depth_b over finite pixels with |depth_b| > eps, float32, in [1e-3, 1e3].
+def depth_ratio_scale(depth_a: torch.Tensor, depth_b: torch.Tensor, dtype: torch.dtype = torch.float32
+                      ) -> torch.Tensor:
+    """Per-batch median of depth_a / depth_b over finite pixels with |depth_b| > eps, in [1e-3, 1e3].
 
-    `torch.median` takes the lower middle value for an even count, as the reference does.
+    The reference computes it in float32 (the default `dtype`); `torch.median` takes the lower middle value for an
+    even count, as the reference does.
     """
     B = depth_a.shape[0]
-    a = depth_a.to(torch.float32).reshape(B, -1)
-    b = depth_b.to(torch.float32).reshape(B, -1)
+    a = depth_a.to(dtype).reshape(B, -1)
+    b = depth_b.to(dtype).reshape(B, -1)
     ok = torch.isfinite(a) & torch.isfinite(b) & (b.abs() > torch.finfo(torch.float32).eps)
     scales = [(a[i, ok[i]] / b[i, ok[i]]).median() if ok[i].any() else a.new_tensor(1.0) for i in range(B)]
     return torch.stack(scales).clamp(min=1e-3, max=1e3)
@@ -130,7 +132,8 @@ def pairwise_alignment(prev_tail: dict[str, torch.Tensor], curr_head: dict[str, 
     Ra, ca = _c2w(prev_tail["pose_enc"][:, idx].to(work), alignment)
     Rb, cb = _c2w(curr_head["pose_enc"][:, idx].to(work), alignment)
     R_ab = Ra @ Rb.transpose(-1, -2)
-    s = depth_ratio_scale(prev_tail["depth"][:, pairs], curr_head["depth"][:, pairs]).to(work)
+    ratio_dtype = torch.float32 if alignment == "reference" else torch.float64
+    s = depth_ratio_scale(prev_tail["depth"][:, pairs], curr_head["depth"][:, pairs], ratio_dtype).to(work)
     t = ca - s[:, None] * (R_ab @ cb[..., None])[..., 0]
     return s.to(dtype), R_ab.to(dtype), t.to(dtype)
 
