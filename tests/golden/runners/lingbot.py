@@ -13,6 +13,8 @@ FlashInfer behaviour (`"skip"`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,21 @@ from recon.models.lingbot_windows import LingBotWindowConfig, run_windowed
 from tests.golden.util import TOLERANCE_SET, compare_outputs, load_tensors, tolerances
 
 SEMANTICS_FILES = {"store": "outputs.safetensors", "skip": "outputs_flashinfer_semantics.safetensors"}
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run tiny LingBot models on one torch thread (the fixtures were made on one).
+
+    They are all per-op overhead (24 rounds of tiny blocks): on a loaded 2-core machine two OpenMP threads made a
+    24-frame stream 30x slower (15 s against 0.5 s measured), one thread costs nothing.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _float32_run() -> bool:
@@ -137,6 +154,7 @@ def _compare(cfg: dict, got: dict[str, torch.Tensor], want: dict[str, torch.Tens
     compare_outputs(got, heads, atol=atol, rtol=rtol, exact_keys=exact)
 
 
+@one_thread()
 def run_stream(folder: Path, cfg: dict) -> None:
     """Both non-keyframe semantics of the stream fixture (each file present is checked)."""
     model, dtype = build_model(folder, cfg)
@@ -167,6 +185,7 @@ def windowed_outputs(model: LingBot, images: torch.Tensor, cfg: dict) -> dict[st
     return got
 
 
+@one_thread()
 def run_windowed_fixture(folder: Path, cfg: dict) -> None:
     model, dtype = build_model(folder, cfg)
     images = load_tensors(folder / "inputs.safetensors")["images"].to(dtype)

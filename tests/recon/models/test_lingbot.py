@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from recon.errors import CheckpointMismatchError, ConfigError
-from recon.models.lingbot import LingBot, LingBotConfig, VideoRoPEConfig, config_from_fixture, tiny_config
 from recon.models.layers.rope_video import VideoRotaryEmbedding3D, video_positions
+from recon.models.lingbot import LingBot, LingBotConfig, VideoRoPEConfig, config_from_fixture, tiny_config
 from recon.models.registry import build_model, get_weights_cfg
 from recon.models.weights import compare_keys, load_pretrained, model_shapes, read_manifest
 from tests.conftest import require_golden

@@ -21,18 +21,15 @@ from recon.models.lingbot_windows import (
     pairwise_alignment,
     warp_frame,
 )
+from tests.golden.runners.lingbot import one_thread
 
 P, S = 5, 2  # tokens per frame, of which special
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():  # noqa: ANN202 - generator fixture
-    """The tiny model is all per-op overhead: on a loaded 2-core machine two OpenMP threads cost ~30x (measured
-    0.5 s vs 15 s for 24 frames), one thread none."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 def _frame_kv(fid: int, n_frames: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
