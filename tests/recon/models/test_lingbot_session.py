@@ -303,3 +303,12 @@ def test_window_composition_on_synthetic_windows_with_known_poses(c2w_slots: boo
     else:
         assert errors["w2c"] < 1e-9
         assert errors["reference"] > 0.1
+
+
+def test_gpu_check_code_path_runs_on_the_tiny_model() -> None:
+    from recon.commands.bench_lingbot import gpu_check
+
+    report = gpu_check(device="cpu", frames=10, grid=(2, 3), dtype="fp32", repeats=1, model_config="tiny")
+    assert report["ours"]["fps_median"] > 0 and report["image_hw"] == [28, 42]
+    assert report["ours"]["kv_mb_first"] == report["ours"]["kv_mb_last"] > 0  # allocated once
+    assert "not run" in report["reference"]  # the authors' package is not installed here
