@@ -385,8 +385,9 @@ def run_windowed(model: LingBot, images: torch.Tensor, stream: LingBotStreamConf
         out[prefix + "pose_enc"] = torch.stack([f["pose_enc"] for f in frames], dim=1)
         out[prefix + "depth"] = torch.stack([f["depth"] for f in frames], dim=1)
         out[prefix + "depth_conf"] = torch.stack([f["depth_conf"] for f in frames], dim=1)
-        if "world_points" in frames[0]:
-            out[prefix + "world_points"] = torch.stack([f["world_points"] for f in frames], dim=1)
+        for name in ("world_points", "world_points_conf"):
+            if name in frames[0]:
+                out[prefix + name] = torch.stack([f[name] for f in frames], dim=1)
         ftype = torch.tensor([[f["frame_type"] for f in frames]], dtype=torch.uint8)
         out[prefix + "frame_type"] = ftype
         out[prefix + "is_keyframe"] = ftype != FRAME_NONKEY

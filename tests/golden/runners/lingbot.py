@@ -135,6 +135,9 @@ def stream_outputs(model: LingBot, images: torch.Tensor, scfg: LingBotStreamConf
         "frame_special_token_index": torch.tensor([[fr["token_index"][0]] * 2 + [fr["token_index"][1]]
                                                    for fr in frames], dtype=torch.int64),
     })
+    for name in ("world_points", "world_points_conf"):  # fixtures made with the point head
+        if name in frames[0]:
+            got[name] = torch.stack([fr[name] for fr in frames], dim=1)
     for i in range(len(frames[0]["aggregated_tokens"])):
         got[f"aggregated_tokens.{i}"] = torch.stack([fr["aggregated_tokens"][i] for fr in frames], dim=1)
     return got

@@ -171,3 +171,16 @@ def test_config_validation() -> None:
         LingBotConfig(rope3d=VideoRoPEConfig(fhw_dim=(20, 20, 20)))
     with pytest.raises(ConfigError, match="output_layers"):
         LingBotConfig(output_layers=(4, 11, 17, 24))
+
+
+def test_weights_verify_command(tmp_path: Path, tiny_weights: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    from recon.cli import main
+
+    good = tmp_path / "good.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_weights.items()}, str(good))
+    assert main(["weights", "verify", "lingbot-map-tiny", "--weights", str(good), "--full"]) == 0
+    bad = tmp_path / "bad.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_weights.items() if k != "aggregator.scale_token"}, str(bad))
+    assert main(["weights", "verify", "lingbot-map-tiny", "--weights", str(bad)]) != 0
