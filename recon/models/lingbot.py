@@ -221,14 +221,10 @@ class LingBot(nn.Module):
         super().__init__()
         self.config = cfg = config or LingBotConfig()
         with torch.device(device) if device is not None else nullcontext():
-            agg = cfg.aggregator
-            self.aggregator = LingBotAggregator(
-                rope3d=cfg.rope3d, img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim,
-                depth=agg.depth, num_heads=agg.num_heads, mlp_ratio=agg.mlp_ratio,
-                num_register_tokens=agg.num_register_tokens, qkv_bias=agg.qkv_bias, proj_bias=agg.proj_bias,
-                ffn_bias=agg.ffn_bias, aa_order=agg.aa_order, aa_block_size=agg.aa_block_size, qk_norm=agg.qk_norm,
-                qk_norm_eps=agg.qk_norm_eps, qk_norm_affine=agg.qk_norm_affine, rope_freq=agg.rope_freq,
-                init_values=agg.init_values, norm_eps=agg.norm_eps, patch_embed=asdict(cfg.patch_embed))
+            # AggregatorConfig's fields are the Aggregator's keyword arguments.
+            self.aggregator = LingBotAggregator(rope3d=cfg.rope3d, img_size=cfg.img_size, patch_size=cfg.patch_size,
+                                                embed_dim=cfg.embed_dim, patch_embed=asdict(cfg.patch_embed),
+                                                **asdict(cfg.aggregator))
             dim_in = 2 * cfg.embed_dim
             self.camera_head = CameraHead(dim_in=dim_in, **asdict(cfg.camera_head)) if cfg.enable_camera else None
             self.depth_head = (DPTHead(dim_in=dim_in, patch_size=cfg.patch_size, output_dim=2, activation="exp",

@@ -386,35 +386,21 @@ _LINGBOT_LICENCE = ("UNKNOWN for the weights: the Hugging Face model card (robby
 _LINGBOT_NOTES = ("Torch pickle of a state dict (or {'model': ...}), loaded with weights_only=True and strictly. "
                   "Pose encoding world-to-camera like VGGT's; scale normalised, not metric. No sha256 recorded.")
 
-register_weights(WeightsCfg(
-    name="lingbot-map-long",
-    family="lingbot",
-    hf_repo="robbyant/lingbot-map",
-    filenames=("lingbot-map-long.pt",),
-    licence=_LINGBOT_LICENCE,
-    commercial_use=False,
-    builder="recon.models.lingbot:LingBot",
-    config_builder="recon.models.lingbot:LingBotConfig",
-    model_kwargs={},
-    filter_fn=filter_lingbot_checkpoint,
-    manifest="lingbot_map_keys.tsv",
-    notes="Recommended by the authors for long sequences and large scenes. " + _LINGBOT_NOTES,
-))
 
-register_weights(WeightsCfg(
-    name="lingbot-map",
-    family="lingbot",
-    hf_repo="robbyant/lingbot-map",
-    filenames=("lingbot-map.pt",),
-    licence=_LINGBOT_LICENCE,
-    commercial_use=False,
-    builder="recon.models.lingbot:LingBot",
-    config_builder="recon.models.lingbot:LingBotConfig",
-    model_kwargs={},
-    filter_fn=filter_lingbot_checkpoint,
-    manifest="lingbot_map_keys.tsv",
-    notes="The balanced checkpoint (the paper's and the benchmark's). " + _LINGBOT_NOTES,
-))
+
+def _lingbot_entry(name: str, filename: str, notes: str) -> WeightsCfg:
+    """One of the two streaming checkpoints: same architecture, repo and rules, another file."""
+    return WeightsCfg(name=name, family="lingbot", hf_repo="robbyant/lingbot-map", filenames=(filename,),
+                      licence=_LINGBOT_LICENCE, commercial_use=False, builder="recon.models.lingbot:LingBot",
+                      config_builder="recon.models.lingbot:LingBotConfig", model_kwargs={},
+                      filter_fn=filter_lingbot_checkpoint, manifest="lingbot_map_keys.tsv",
+                      notes=notes + _LINGBOT_NOTES)
+
+
+register_weights(_lingbot_entry("lingbot-map-long", "lingbot-map-long.pt",
+                                "Recommended by the authors for long sequences and large scenes. "))
+register_weights(_lingbot_entry("lingbot-map", "lingbot-map.pt",
+                                "The balanced checkpoint (the paper's and the benchmark's). "))
 
 register_weights(WeightsCfg(
     name="lingbot-map-stage1",
