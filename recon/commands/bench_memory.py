@@ -162,7 +162,7 @@ def _lingbot_sessions(cfg: dict[str, Any], device: Any, dtype: Any) -> tuple[Any
     """(model, session, paired reference session or None, tokens per frame, layers, bound in tokens) for LingBot.
 
     "pruned" is the bounded memory; otherwise the trajectory memory and the camera-head cache are unbounded as in
-    the reference. The bound reported as `budget` is the tokens one layer holds when full.
+    the reference. The bound reported as `budget` is the tokens held over all layers when the bounded memory is full.
     """
     from recon.models.lingbot import build_lingbot
 

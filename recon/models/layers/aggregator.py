@@ -81,7 +81,8 @@ class Aggregator(nn.Module):
                          qk_norm_eps=qk_norm_eps, qk_norm_affine=qk_norm_affine, rope=rope)
 
         self.frame_blocks = nn.ModuleList([make_block(self.rope) for _ in range(depth)])
-        self.global_blocks = nn.ModuleList([make_block(global_rope or self.rope) for _ in range(depth)])
+        global_rope = self.rope if global_rope is None else global_rope
+        self.global_blocks = nn.ModuleList([make_block(global_rope) for _ in range(depth)])
         self.depth = depth
         self.aa_order = list(aa_order)
         self.aa_block_size = aa_block_size
