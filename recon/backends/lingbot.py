@@ -56,7 +56,7 @@ from recon.backends.vggt import (
     to_uint8_image,
 )
 from recon.errors import BackendError, ConfigError, StateError
-from recon.models.lingbot_session import LingBotStreamConfig
+from recon.models.lingbot_session import LingBotStreamConfig, SessionResetError
 from recon.models.lingbot_windows import LingBotWindowConfig
 from recon.types import BackendStats, Frame, FrameResult
 
@@ -181,7 +181,12 @@ class LingBotBackend:
         try:
             with autocast_context(self.device, self.autocast_dtype):
                 out = self.session.push(img)
-        except BackendError as e:
+        except SessionResetError as e:
+            lost = [m.seq for m, _ in self._pending]
+            self.reset()
+            raise BackendError(f"{self.name} backend, stream {frame.stream_id!r}: {e}; frames {lost} were dropped "
+                               "unpredicted and the next frame starts a new world frame") from e
+        except BackendError as e:  # refused before anything changed (e.g. the resolution)
             self._pending.pop()
             self._frames_in -= 1
             raise BackendError(f"{self.name} backend, stream {frame.stream_id!r} seq {frame.seq}: {e}") from e

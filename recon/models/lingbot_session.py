@@ -116,6 +116,10 @@ class LingBotStreamConfig:
         return asdict(self)
 
 
+class SessionResetError(BackendError):
+    """A model call failed mid-step; the session was reset (its memory would otherwise be half-updated)."""
+
+
 def is_keyframe(index: int, num_scale: int, interval: int) -> bool:
     """The reference's rule (gct_stream.py:450): scale frames, then every `interval`-th later frame."""
     return index < num_scale or interval <= 1 or (index - num_scale) % interval == 0
@@ -238,9 +242,10 @@ class LingBotSession:
         try:
             out = self.model.forward_frames(images, self.memory, caches if caches else None, first_frame=first == 0,
                                             scale_frames=scale, t_start=t_start)
-        except RuntimeError as e:
+        except (RuntimeError, ValueError) as e:
             self.reset()
-            raise BackendError(f"lingbot session: forward failed at frame {first} ({e}); the session was reset") from e
+            raise SessionResetError(f"lingbot session: the model call failed at frame {first} ({e}); the session "
+                                    "was reset") from e
         if key and cam is not None:
             cam.end_frame()
         if scale:

@@ -167,3 +167,20 @@ def test_replay_end_to_end(tmp_path, mode: str) -> None:
     assert code == 0
     rows = [r for r in (out / "trajectory.tum").read_text().splitlines() if not r.startswith("#")]
     assert len(rows) == 12
+
+
+def test_a_failing_model_call_resets_and_names_the_dropped_frames(monkeypatch) -> None:
+    backend = create_backend("lingbot", **SMALL)
+    items = frames(4)
+    backend.step(items[0])  # buffered: the scale phase needs 2 frames
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(backend.model, "forward_frames", boom)
+    with pytest.raises(BackendError, match=r"frames \[0, 1\] were dropped"):
+        backend.step(items[1])
+    monkeypatch.undo()
+    assert backend.stats().frames_in == 0 and backend.stats().extra["pending_frames"] == 0
+    _, results = _run(backend, items[2:])
+    assert [r.seq for r in results] == [2, 3]  # a new session, a new world frame
