@@ -88,18 +88,17 @@ class AnchorWindowLayer:
         """Forget the contents; the storage is kept (a new session reuses it without allocating)."""
         self._length = 0
 
-    def release(self) -> None:
-        self._k = self._v = None
-        self._length = 0
-
     def _ensure(self, k: torch.Tensor, v: torch.Tensor, required: int) -> None:
         if self._k is not None:
-            if self._k.shape[:2] != k.shape[:2] or self._k.shape[3] != k.shape[3] or self._k.dtype != k.dtype \
-                    or self._v.dtype != v.dtype or self._k.device != k.device:
+            mismatch = self._k.shape[:2] != k.shape[:2] or self._k.shape[3] != k.shape[3] \
+                or self._k.dtype != k.dtype or self._v.dtype != v.dtype or self._k.device != k.device
+            if mismatch and self._length == 0:  # a new session of another shape: start from fresh storage
+                self._k = self._v = None
+            elif mismatch:
                 raise ConfigError(f"anchor-window cache layer {self.layer}: K/V {tuple(k.shape)} {k.dtype} on "
                                   f"{k.device} do not match the storage {tuple(self._k.shape)} {self._k.dtype}; batch, "
                                   "heads, head_dim, dtype and device must stay fixed within a session (reset first)")
-            if required <= self.capacity:
+            elif required <= self.capacity:
                 return
         capacity = max(required, self.memory.capacity_tokens(grow_from=self.capacity))
         new_k = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[3])

@@ -92,6 +92,19 @@ def test_multi_frame_store_evicts_within_the_call() -> None:
         mem.begin_step([5, 6], P, store=False)
 
 
+def test_memory_refuses_other_kv_shapes_until_reset() -> None:
+    mem = AnchorWindowMemory(1, anchor_frames=1, window_frames=2, trajectory_tokens=S, trajectory_frames=2)
+    _attended(mem, [0])
+    mem.begin_step([1], P)
+    k, v = _frame_kv(1)
+    with pytest.raises(ConfigError, match="reset first"):
+        mem[0].update(k.float(), v.float())
+    mem.reset()  # a new session may change dtype, batch or heads: fresh storage
+    mem.begin_step([0], P)
+    keys, _ = mem[0].update(k.float(), v.float())
+    assert keys.dtype == torch.float32 and keys.shape[2] == P
+
+
 def _images(n: int, hw: tuple[int, int] = (28, 42), seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     base = torch.rand(3, hw[0], hw[1] + 4 * n, generator=gen)
