@@ -60,8 +60,8 @@ def build_model(folder: Path, cfg: dict) -> tuple[LingBot, torch.dtype]:
 def stream_config(cfg: dict, semantics: str, keep_tokens: bool = True) -> LingBotStreamConfig:
     """The reference's memory knobs from config.json, unbounded where the reference is."""
     m, run = cfg["model"], cfg["run"]
-    trajectory = "none" if not m["kv_cache_cross_frame_special"] else (
-        "camera" if m["kv_cache_camera_only"] else "special")
+    trajectory = "none" if not m.get("kv_cache_cross_frame_special", True) else (
+        "camera" if m.get("kv_cache_camera_only", False) else "special")
     return LingBotStreamConfig(
         num_scale_frames=int(run["num_scale_frames"]), anchor_frames=int(m["kv_cache_scale_frames"]),
         sliding_window=int(m["kv_cache_sliding_window"]), keyframe_interval=int(run["keyframe_interval"]),
