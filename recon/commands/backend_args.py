@@ -1,8 +1,8 @@
 """Backend selection flags shared by `recon replay`, `recon live` and `recon node recon`.
 
 Named flags cover the options users reach for (`--weights`, `--backbone`, `--model-config`, `--budget`,
-`--device`, `--dtype`, `--sliding-size`); `--backend-opt KEY=VALUE` passes anything else. A named flag given to a
-backend that does not take it is an error, not a silently ignored option.
+`--device`, `--dtype`, `--sliding-size`, `--mode`, `--keyframe-interval`); `--backend-opt KEY=VALUE` passes anything
+else. A named flag given to a backend that does not take it is an error, not a silently ignored option.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 from recon.backends.options import parse_backend_options
 from recon.errors import ConfigError
 
-LEARNED = ("infinitevggt", "streamvggt", "vggt", "laser", "horizonstream")
+LEARNED = ("lingbot", "infinitevggt", "streamvggt", "vggt", "laser", "horizonstream")
 # flag dest -> (backends that take it, help)
 NAMED_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "weights": (LEARNED, "model weights file (default: the installed copy; `recon weights list` shows them)"),
@@ -25,10 +25,13 @@ NAMED_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
                                   "smaller uses less GPU memory)"),
     "backbone": (("laser",), "model LASER runs on each window: pi3 or vggt"),
     "sliding_size": (("horizonstream",), "frames per step after the first window (1 = one result per frame)"),
+    "mode": (("lingbot",), "stream (one bounded memory) or windowed (overlapping windows joined by Sim(3))"),
+    "keyframe_interval": (("lingbot",), "keep every N-th frame in memory after the scale frames (1 = all)"),
 }
 _METAVARS = {"model_config": "{full,tiny}", "dtype": "{auto,fp32,bf16,fp16}", "backbone": "{pi3,vggt}",
-             "device": "DEVICE", "weights": "FILE", "budget": "TOKENS", "sliding_size": "N"}
-_TYPES = {"budget": int, "sliding_size": int}
+             "device": "DEVICE", "weights": "FILE", "budget": "TOKENS", "sliding_size": "N",
+             "mode": "{stream,windowed}", "keyframe_interval": "N"}
+_TYPES = {"budget": int, "sliding_size": int, "keyframe_interval": int}
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser, default: str = "auto") -> None:
