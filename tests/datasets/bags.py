@@ -49,13 +49,15 @@ def camera_info_msg(types: dict, header: object, info: CameraInfo, ros1: bool) -
 def write_rgbd_bag(path: Path, frames: Iterable[Frame], info: CameraInfo | None, *, ros1: bool,
                    colour: str | None = "rgb8", depth: str | None = "16UC1",
                    frame_id: str = "camera_color_optical_frame", depth_frame_id: str | None = None,
-                   depth_topic: str = "/camera/aligned_depth_to_color/image_raw", extra_topics: bool = True) -> Path:
+                   depth_topic: str = "/camera/aligned_depth_to_color/image_raw", extra_topics: bool = True,
+                   garbled: tuple[int, ...] = ()) -> Path:
     """Write `frames` to a bag; returns the path to open (the .bag file, or the rosbag2 folder).
 
     Args:
         colour: "rgb8", "bgr8" (raw), "jpeg" / "png" (CompressedImage) or None (no colour topic).
         depth: "16UC1" (millimetres), "32FC1" (metres) or None (no depth topic).
         depth_frame_id, depth_topic: the depth image's header frame (default: the colour one) and topic name.
+        garbled: frame indices whose compressed colour bytes are replaced by garbage (undecodable images).
         extra_topics: also write an IMU-like unrelated topic and an unregistered infrared image, so topic choice
             by type is exercised.
     """
@@ -100,6 +102,8 @@ def write_rgbd_bag(path: Path, frames: Iterable[Frame], info: CameraInfo | None,
             if img_type.endswith("CompressedImage"):
                 ok, buf = cv2.imencode("." + colour.replace("jpeg", "jpg"), cv2.cvtColor(f.image, cv2.COLOR_RGB2BGR))
                 assert ok
+                if i in garbled:
+                    buf = np.frombuffer(b"not an image at all", np.uint8)
                 msg = types["sensor_msgs/msg/CompressedImage"](header=header, format=colour, data=buf.reshape(-1))
             else:
                 arr = f.image if colour == "rgb8" else f.image[..., ::-1]

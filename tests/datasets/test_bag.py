@@ -140,3 +140,29 @@ def test_recon_live_plays_a_bag_with_a_named_topic(tmp_path: Path, sample: tuple
     assert list(t_ns) == [f.t_ns for f in frames[:4]]  # the header stamps, every frame
     lines = [json.loads(x) for x in (out / "frames" / "frames.jsonl").read_text().splitlines()]
     assert len(lines) == 4 and not lines[0]["metric"]  # depth turned off: the identity backend got RGB only
+
+
+def test_undecodable_image_stops_or_is_skipped_and_a_truncated_bag_is_an_error(tmp_path: Path, sample: tuple,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    frames, info = sample
+    bag = write_rgbd_bag(tmp_path / "bad.bag", frames[:5], info, ros1=True, colour="jpeg", garbled=(2,))
+    base = ["--viewer", "none", "--no-progress", "--backend", "identity", "--export", "none"]
+    from recon.backends.identity import ensure_registered
+
+    ensure_registered()
+    # Stops at frame 2 and writes the frames before it.
+    assert main(["replay", str(bag), *base, "--out", str(tmp_path / "stop")]) == 1
+    assert len(read_tum_trajectory(tmp_path / "stop" / "trajectory.tum")[0]) == 2
+    summary = json.loads((tmp_path / "stop" / "summary.json").read_text())
+    assert "/camera/color/image_raw/compressed#2" in summary["stopped_on_error"]
+    assert main(["replay", str(bag), *base, "--on-error", "skip", "--out", str(tmp_path / "skip")]) == 0
+    summary = json.loads((tmp_path / "skip" / "summary.json").read_text())
+    assert summary["frames_skipped"] == 1 and summary["frames_in"] == 4
+    assert "compressed#2" in summary["skipped_paths"][0]
+
+    truncated = tmp_path / "truncated.bag"
+    truncated.write_bytes(bag.read_bytes()[: bag.stat().st_size // 3])
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert main(["replay", str(truncated), *base, "--out", str(tmp_path / "t")]) == 1
+    assert "truncated.bag" in caplog.text
