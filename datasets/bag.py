@@ -250,6 +250,7 @@ class BagSequence:
     # ------------------------------------------------------------------------------------------ frames
 
     def __len__(self) -> int:
+        """Colour messages after stride and max_frames (an upper bound with depth: unpaired images are left out)."""
         n = len(range(0, self.colour.count, self.stride))
         return n if self.max_frames is None else min(n, self.max_frames)
 
