@@ -165,7 +165,8 @@ class HorizonStreamSession:
             fovs = cam_map[-1, :, 7:9]  # the last row holds every frame of the window (slot j = frame j)
         else:
             fovs = cam_map[:, -1, 7:9]  # each row's own slot is the last one
-        scale = float(out["predicted_metric_scale"][0])
+        # A model without the metric readout leaves depth and translation in its own units (scale 1).
+        scale = float(out["predicted_metric_scale"][0]) if "predicted_metric_scale" in out else 1.0
         self.last_scale = scale
         depth, conf = out["depth"][0, ..., 0].float(), out["depth_conf"][0].float()
         frames = [SessionFrame(first_index + i, chunk_idx, poses[i], fovs[i], depth[i], conf[i], scale)
