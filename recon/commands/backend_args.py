@@ -1,8 +1,11 @@
 """Backend selection flags shared by `recon replay`, `recon live` and `recon node recon`.
 
 Named flags cover the options users reach for (`--weights`, `--backbone`, `--model-config`, `--budget`,
-`--device`, `--dtype`, `--sliding-size`); `--backend-opt KEY=VALUE` passes anything else. A named flag given to a
-backend that does not take it is an error, not a silently ignored option.
+`--device`, `--dtype`, `--weights-dtype`, `--sliding-size`); `--backend-opt KEY=VALUE` passes anything else. A
+named flag given to a backend that does not take it is an error, not a silently ignored option.
+
+`--dtype` is the compute dtype for every learned backend (recon.models.weights.compute_dtype); the storage dtype of
+the weights is the separate `--weights-dtype`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,11 @@ NAMED_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "model_config": (LEARNED, "'full' (published architecture, weights required) or 'tiny' (random weights: "
                               "smoke runs without downloads)"),
     "device": (LEARNED, "torch device: auto (CUDA when available), cpu, cuda, cuda:1 ..."),
-    "dtype": (LEARNED, "compute dtype: auto (bf16 on CUDA), fp32, bf16, fp16"),
+    "dtype": (LEARNED, "compute dtype of the network, the same meaning for every learned backend: auto (bf16 on "
+                       "CUDA, fp16 where a GPU has no bf16, fp32 elsewhere), fp32, bf16, fp16; the weights stay "
+                       "fp32 (see --weights-dtype)"),
+    "weights_dtype": (("laser",), "storage dtype of the window model's weights: fp32 (default), bf16, fp16 (half "
+                                  "the memory; the network then computes in that dtype)"),
     "budget": (("infinitevggt",), "KV memory budget in tokens over all global layers (default 1200000)"),
     "backbone": (("laser",), "LASER window model: pi3 or vggt"),
     "sliding_size": (("horizonstream",), "HorizonStream frames per chunk after the first window (1 = per frame)"),

@@ -662,15 +662,13 @@ def build_horizonstream(*, weights: str | None = None, model_config: str = "full
         from recon.models.weights import load_pretrained
 
         return load_pretrained("horizonstream", weights, device=device, dtype=dtype)
+    if weights is not None:
+        from recon.models.registry import tiny_variant
+        from recon.models.weights import load_pretrained
+
+        return load_pretrained(tiny_variant("horizonstream"), weights, device=device, dtype=dtype)
     torch.manual_seed(seed)
     model = HorizonStream(tiny_config())
-    if weights is not None:
-        from recon.models.registry import filter_horizonstream_checkpoint
-        from recon.models.weights import load_into_model, load_state_dict_file
-
-        load_into_model(model, filter_horizonstream_checkpoint(load_state_dict_file(weights)), strict=True,
-                        source=str(weights))
-    else:
-        logger.info("tiny HorizonStream with random weights (seed %d): outputs are not meaningful", seed)
-        random_init(model, seed)
+    logger.info("tiny HorizonStream with random weights (seed %d): outputs are not meaningful", seed)
+    random_init(model, seed)
     return model.to(device=device, dtype=dtype).eval()

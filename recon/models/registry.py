@@ -122,6 +122,8 @@ class WeightsCfg:
         sha256: filename -> expected hex digest, where recorded (checked by `recon weights verify`).
         notes: caveats worth showing to a user (licence details, unverified facts).
         test_only: tiny random-weight variants used by tests; hidden from `recon weights list` by default.
+        tiny_variant: the entry of the same family at the tiny (golden-fixture) size, which `model_config="tiny"`
+            loads a weights file into (None: no tiny size).
     """
 
     name: str
@@ -144,6 +146,7 @@ class WeightsCfg:
     sha256: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     notes: str = ""
     test_only: bool = False
+    tiny_variant: str | None = None
 
     def __post_init__(self) -> None:
         if not self.filenames:
@@ -189,6 +192,17 @@ def get_weights_cfg(name: str) -> WeightsCfg:
         return _REGISTRY[name]
     except KeyError as e:
         raise ConfigError(f"unknown weights {name!r}; known: {', '.join(list_weights(include_test=True))}") from e
+
+
+def tiny_variant(name: str) -> str:
+    """The tiny-size registry entry of `name` (itself if it is tiny); ConfigError when the family has none."""
+    cfg = get_weights_cfg(name)
+    if cfg.test_only:
+        return name
+    if cfg.tiny_variant is None:
+        raise ConfigError(f"weights {name!r} have no tiny-size variant; tiny variants: "
+                          f"{', '.join(n for n in list_weights(include_test=True) if get_weights_cfg(n).test_only)}")
+    return get_weights_cfg(cfg.tiny_variant).name
 
 
 def _import(spec: str) -> Callable[..., Any]:
@@ -261,6 +275,7 @@ register_weights(WeightsCfg(
     filter_fn=filter_vggt_checkpoint,
     dropped_prefixes=_VGGT_DROPPED,
     manifest="vggt1b_keys.tsv",
+    tiny_variant="vggt-tiny",
     notes="Exact Hugging Face model-card licence string unverified. Scale is normalised, not metric.",
 ))
 
@@ -278,6 +293,7 @@ register_weights(WeightsCfg(
     filter_fn=filter_vggt_checkpoint,
     dropped_prefixes=_VGGT_DROPPED,
     manifest="vggt1b_keys.tsv",
+    tiny_variant="vggt-tiny",
     notes="Gated: accept the access form on Hugging Face and log in (HF_TOKEN) before pulling. "
           "File names assumed equal to VGGT-1B's (unverified); same architecture.",
 ))
@@ -295,6 +311,7 @@ register_weights(WeightsCfg(
     filter_fn=filter_vggt_checkpoint,
     dropped_prefixes=_VGGT_DROPPED,
     manifest="vggt1b_keys.tsv",
+    tiny_variant="streamvggt-tiny",
     notes="Torch pickle of a plain state dict, loaded with weights_only=True. Also used by InfiniteVGGT.",
 ))
 
@@ -312,6 +329,7 @@ register_weights(WeightsCfg(
     pose_encoding="c2w_4x4",
     filter_fn=filter_pi3_checkpoint,
     manifest="pi3_keys.tsv",
+    tiny_variant="pi3-tiny",
     notes="Input size is a pixel budget (255,000 px), not a fixed width. Stored dtype unknown: cast on load.",
 ))
 
@@ -327,6 +345,7 @@ register_weights(WeightsCfg(
     pose_encoding="absT_quaR_FoV",
     filter_fn=filter_horizonstream_checkpoint,
     manifest="horizonstream_keys.tsv",
+    tiny_variant="horizonstream-tiny",
     notes="Model-card licence only (see ../shared/reference/horizonstream.md §1); many source headers keep "
           "Meta copyright from VGGT/DINOv2. Loop closure needs extra files (dino_salad.ckpt) not handled here.",
 ))
@@ -359,5 +378,32 @@ register_weights(WeightsCfg(
     model_kwargs={"causal": True},
     filter_fn=filter_vggt_checkpoint,
     dropped_prefixes=_VGGT_DROPPED,
+    test_only=True,
+))
+
+register_weights(WeightsCfg(
+    name="pi3-tiny",
+    family="pi3",
+    hf_repo=None,
+    filenames=("weights.safetensors",),
+    licence="test weights (random init, ../shared/golden)",
+    commercial_use=True,
+    builder="recon.models.pi3:Pi3",
+    config_builder="recon.models.pi3:tiny_config",
+    pose_encoding="c2w_4x4",
+    filter_fn=filter_pi3_checkpoint,
+    test_only=True,
+))
+
+register_weights(WeightsCfg(
+    name="horizonstream-tiny",
+    family="horizonstream",
+    hf_repo=None,
+    filenames=("weights.safetensors",),
+    licence="test weights (random init, ../shared/golden)",
+    commercial_use=True,
+    builder="recon.models.horizonstream:HorizonStream",
+    config_builder="recon.models.horizonstream:tiny_config",
+    filter_fn=filter_horizonstream_checkpoint,
     test_only=True,
 ))
