@@ -72,8 +72,8 @@ class Plan:
 
 
 def make_plan(dry_run: bool, budget_s: float | None) -> Plan:
-    shares = {"correctness": 0.16, "infinitevggt": 0.22, "streamvggt": 0.08, "horizonstream": 0.22, "laser": 0.1,
-              "pi3_window": 0.04, "references": 0.18}
+    shares = {"correctness": 0.15, "infinitevggt": 0.2, "streamvggt": 0.07, "horizonstream": 0.2, "laser": 0.08,
+              "pi3_window": 0.03, "lingbot": 0.09, "references": 0.18}
     if dry_run:
         # 20 DINO patches/frame; a budget small enough that InfiniteVGGT prunes from the 3rd frame on; a
         # HorizonStream window of 2 so its first chunk and a sliding one both run within 3 frames.
@@ -542,6 +542,21 @@ def speed_ours(name: str, plan: Plan, deadline: Deadline) -> dict[str, Any]:
     return {"method": name, "impl": "recon", "build_s": build_s, **res}
 
 
+def speed_lingbot(plan: Plan) -> dict[str, Any]:
+    """LingBot-Map through its own GPU-check entry point (`recon.commands.bench_lingbot.gpu_check`, which also
+    runs the authors' package side by side when it is importable), at 518x378 (its 14-px grid near 518x392)."""
+    from recon.commands.bench_lingbot import gpu_check
+
+    frames = 4 if plan.dry_run else 120
+    grid = (4, 5) if plan.dry_run else (27, 37)
+    report = gpu_check(device=plan.device, frames=frames, grid=grid, dtype="bf16", repeats=1 if plan.dry_run else 2,
+                       model_config=plan.model_config)
+    peak = report.get("peak_gpu_mb", peak_mb(plan.device))
+    out = {"method": "lingbot", "impl": "recon",
+           "milestones": {str(frames): {"fps": report["ours"]["fps_median"], "peak_mb": peak}}, "lingbot": report}
+    return out
+
+
 def speed_pi3_window(plan: Plan, deadline: Deadline) -> dict[str, Any]:
     """Our pi3 forward on one LASER window (window frames in one call), ms per window."""
     torch = _torch()
@@ -799,6 +814,8 @@ def run(args: argparse.Namespace) -> int:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     _phase(report, "pi3_window", lambda: speed_pi3_window(plan, budget.phase("pi3_window")))
+    budget.phase("lingbot")  # its entry point sizes itself (120 frames, two repeats); the share is reserved for it
+    _phase(report, "lingbot", lambda: speed_lingbot(plan))
     for name in refs:
         _phase(report, f"reference.{name}",
                lambda name=name: speed_reference(name, plan, budget.phase(f"reference.{name}"), args))

@@ -1,8 +1,9 @@
 """Backend selection flags shared by `recon replay`, `recon live` and `recon node recon`.
 
 Named flags cover the options users reach for (`--weights`, `--backbone`, `--model-config`, `--budget`,
-`--device`, `--dtype`, `--weights-dtype`, `--sliding-size`); `--backend-opt KEY=VALUE` passes anything else. A
-named flag given to a backend that does not take it is an error, not a silently ignored option.
+`--device`, `--dtype`, `--weights-dtype`, `--sliding-size`, `--mode`, `--keyframe-interval`); `--backend-opt
+KEY=VALUE` passes anything else. A named flag given to a backend that does not take it is an error, not a silently
+ignored option.
 
 `--dtype` is the compute dtype for every learned backend (recon.models.weights.compute_dtype); the storage dtype of
 the weights is the separate `--weights-dtype`.
@@ -16,7 +17,7 @@ from typing import Any
 from recon.backends.options import parse_backend_options
 from recon.errors import ConfigError
 
-LEARNED = ("infinitevggt", "streamvggt", "vggt", "laser", "horizonstream")
+LEARNED = ("lingbot", "infinitevggt", "streamvggt", "vggt", "laser", "horizonstream")
 # flag dest -> (backends that take it, help)
 NAMED_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "weights": (LEARNED, "model weights file (default: the installed registry entry; `recon weights list`)"),
@@ -31,8 +32,10 @@ NAMED_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "budget": (("infinitevggt",), "KV memory budget in tokens over all global layers (default 1200000)"),
     "backbone": (("laser",), "LASER window model: pi3 or vggt"),
     "sliding_size": (("horizonstream",), "HorizonStream frames per chunk after the first window (1 = per frame)"),
+    "mode": (("lingbot",), "LingBot-Map: 'stream' (one bounded memory) or 'windowed' (overlapping windows, Sim(3))"),
+    "keyframe_interval": (("lingbot",), "LingBot-Map: every N-th frame after the scale frames is stored (1 = all)"),
 }
-_TYPES = {"budget": int, "sliding_size": int}
+_TYPES = {"budget": int, "sliding_size": int, "keyframe_interval": int}
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser, default: str = "auto") -> None:

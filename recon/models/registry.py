@@ -97,6 +97,23 @@ def filter_horizonstream_checkpoint(state_dict: Mapping[str, Any]) -> StateDict:
     return strip_prefixes(unwrap_checkpoint(state_dict), prefixes)
 
 
+def filter_lingbot_checkpoint(state_dict: Mapping[str, Any]) -> StateDict:
+    """LingBot-Map `.pt` files (`lingbot-map-long.pt`, `lingbot-map.pt`): demo.py reads `ckpt.get("model", ckpt)`;
+    unwrap that and strip wrapper prefixes, drop nothing. The published files hold exactly the model's 1342 keys
+    (../shared/golden/manifests/lingbot_map_keys.tsv), so the strict load catches what the reference's
+    `strict=False` hides: a wrong file, a truncated one, or `point_head.*` keys for a model built without it."""
+    return strip_prefixes(unwrap_checkpoint(state_dict))
+
+
+LINGBOT_SCALE_TOKEN = "aggregator.scale_token"
+
+
+def filter_lingbot_stage1_checkpoint(state_dict: Mapping[str, Any]) -> StateDict:
+    """`lingbot-map-stage1.pt` into recon's VGGT (the authors: it "can be loaded into the VGGT model for
+    bidirectional inference"): the VGGT filter, then the scale token VGGT has no use for is dropped by name."""
+    return {k: v for k, v in filter_vggt_checkpoint(state_dict).items() if k != LINGBOT_SCALE_TOKEN}
+
+
 @dataclass(frozen=True)
 class WeightsCfg:
     """Everything recon knows about one published (or test) checkpoint.
@@ -378,6 +395,61 @@ register_weights(WeightsCfg(
     model_kwargs={"causal": True},
     filter_fn=filter_vggt_checkpoint,
     dropped_prefixes=_VGGT_DROPPED,
+    test_only=True,
+))
+
+
+# LingBot-Map (Robbyant): Apache-2.0 code (Robbyant/lingbot-map README, LICENSE); ../shared/reference/lingbot_map.md §2.
+_LINGBOT_LICENCE = ("UNKNOWN for the weights: the Hugging Face model card (robbyant/lingbot-map) was not checked (no "
+                    "network here); the code is Apache-2.0. Check the card before any commercial use")
+_LINGBOT_NOTES = ("Torch pickle of a state dict (or {'model': ...}), loaded with weights_only=True and strictly. "
+                  "Pose encoding world-to-camera like VGGT's; scale normalised, not metric. No sha256 recorded.")
+
+
+
+def _lingbot_entry(name: str, filename: str, notes: str) -> WeightsCfg:
+    """One of the two streaming checkpoints: same architecture, repo and rules, another file."""
+    return WeightsCfg(name=name, family="lingbot", hf_repo="robbyant/lingbot-map", filenames=(filename,),
+                      licence=_LINGBOT_LICENCE, commercial_use=False, builder="recon.models.lingbot:LingBot",
+                      config_builder="recon.models.lingbot:LingBotConfig", model_kwargs={},
+                      filter_fn=filter_lingbot_checkpoint, manifest="lingbot_map_keys.tsv",
+                      notes=notes + _LINGBOT_NOTES, tiny_variant="lingbot-map-tiny")
+
+
+register_weights(_lingbot_entry("lingbot-map-long", "lingbot-map-long.pt",
+                                "Recommended by the authors for long sequences and large scenes. "))
+register_weights(_lingbot_entry("lingbot-map", "lingbot-map.pt",
+                                "The balanced checkpoint (the paper's and the benchmark's). "))
+
+register_weights(WeightsCfg(
+    name="lingbot-map-stage1",
+    family="vggt",
+    hf_repo="robbyant/lingbot-map",
+    filenames=("lingbot-map-stage1.pt",),
+    licence=_LINGBOT_LICENCE,
+    commercial_use=False,
+    builder="recon.models.vggt:VGGT",
+    config_builder="recon.models.vggt:VGGTConfig",
+    model_kwargs={"causal": False, "enable_point": False},
+    filter_fn=filter_lingbot_stage1_checkpoint,
+    dropped_prefixes=_VGGT_DROPPED + (LINGBOT_SCALE_TOKEN,),
+    manifest="lingbot_map_keys.tsv",
+    notes="Stage-1 training checkpoint; per the authors it loads into VGGT for bidirectional inference (their "
+          "README adds '(c2w)'). Its key list is assumed to be LingBot's (VGGT-1B's without track and point heads, "
+          "plus the scale token): unverified, `recon weights verify lingbot-map-stage1` reports any difference.",
+))
+
+register_weights(WeightsCfg(
+    name="lingbot-map-tiny",
+    family="lingbot",
+    hf_repo=None,
+    filenames=("weights.safetensors",),
+    licence="test weights (random init, ../shared/golden)",
+    commercial_use=True,
+    builder="recon.models.lingbot:LingBot",
+    config_builder="recon.models.lingbot:tiny_config",
+    model_kwargs={},
+    filter_fn=filter_lingbot_checkpoint,
     test_only=True,
 ))
 

@@ -63,6 +63,7 @@ def _assert_loaded(model: torch.nn.Module, weights_file, prefixes: tuple[str, ..
     (["--backend", "infinitevggt"], "infinitevggt_tiny_pruned"),
     (["--backend", "horizonstream"], "horizonstream_tiny"),
     (["--backend", "laser", "--backbone", "pi3"], "pi3_tiny"),
+    (["--backend", "lingbot"], "lingbot_tiny_stream"),
 ])
 def test_tiny_model_config_loads_a_tiny_weights_file(argv, fixture) -> None:
     weights = require_golden(f"{fixture}/weights.safetensors")
@@ -71,12 +72,18 @@ def test_tiny_model_config_loads_a_tiny_weights_file(argv, fixture) -> None:
     _assert_loaded(_model_of(backend), weights)
 
 
-def test_every_full_size_entry_names_a_tiny_variant_of_its_family() -> None:
+def test_tiny_variants_are_tiny_entries_of_the_same_family() -> None:
     for name in list_weights():
         cfg = get_weights_cfg(name)
+        if cfg.tiny_variant is None:  # e.g. a training-stage checkpoint with no tiny architecture
+            with pytest.raises(ConfigError, match="no tiny-size variant"):
+                tiny_variant(name)
+            continue
         tiny = get_weights_cfg(tiny_variant(name))
         assert tiny.test_only and tiny.family == cfg.family and tiny.name != name
     assert tiny_variant("vggt-1b") == "vggt-tiny" and tiny_variant("vggt-tiny") == "vggt-tiny"
+    assert {tiny_variant(n) for n in ("streamvggt", "pi3", "horizonstream")} == {
+        "streamvggt-tiny", "pi3-tiny", "horizonstream-tiny"}
 
 
 def test_dtype_auto_reaches_the_weights_lookup_for_full_size_pi3() -> None:
@@ -122,6 +129,7 @@ def _depths(name: str, opts: dict, n: int) -> tuple[np.ndarray, torch.nn.Module]
     (["--backend", "horizonstream"], 2),
     (["--backend", "laser", "--backbone", "pi3", "-o", "window_size=2", "-o", "overlap=1"], 2),
     (["--backend", "laser", "--backbone", "vggt", "-o", "window_size=2", "-o", "overlap=1"], 2),
+    (["--backend", "lingbot"], 2),
 ])
 def test_dtype_means_the_compute_dtype_for_every_learned_backend(argv, n) -> None:
     """`--dtype bf16` on the CPU computes in bf16 (results move by bf16 rounding, ~1e-2 relative, not 0) with the
