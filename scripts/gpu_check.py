@@ -547,8 +547,8 @@ def speed_lingbot(plan: Plan) -> dict[str, Any]:
     runs the authors' package side by side when it is importable), at 518x378 (its 14-px grid near 518x392)."""
     from recon.commands.bench_lingbot import gpu_check
 
-    frames = 4 if plan.dry_run else 120
-    grid = (4, 5) if plan.dry_run else (27, 37)
+    frames = 12 if plan.dry_run else 120  # the dry run of `recon bench lingbot`: 12 frames of 2x3 patches
+    grid = (2, 3) if plan.dry_run else (27, 37)
     report = gpu_check(device=plan.device, frames=frames, grid=grid, dtype="bf16", repeats=1 if plan.dry_run else 2,
                        model_config=plan.model_config)
     peak = report.get("peak_gpu_mb", peak_mb(plan.device))
