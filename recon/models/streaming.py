@@ -15,6 +15,11 @@ starts over (the published code keeps anchors and scores on the modules and neve
 - the frame counter (the session's first frame uses the frame-0 camera/register tokens) and the resolution.
 
 The published code never bounds the camera cache; pass `camera_policy` to bound it (issue 5).
+
+`static=True` gives every cache fixed storage (`recon.memory.kv_cache.StaticKVCache`): from the second frame on a
+step has the same shapes every frame and reads nothing back to the host, so it can be captured by CUDA graphs or
+compiled once (`torch.compile`). It needs bounded policies for both memories (the aggregator's at `capacity`
+entries per layer, the camera head's a window) and attends over the whole storage with a key mask.
 """
 
 from __future__ import annotations
@@ -46,23 +51,30 @@ class StreamingSession:
         track_token_ids: keep token ids in the aggregator caches (pruning logs, tests).
         camera_policy: eviction policy of the camera-trunk caches (None: unbounded). Its layer index is the trunk
             layer in "reference" mode and `iteration * trunk_depth + layer` in "per_iteration" mode.
+        static: fixed-shape caches (see the module docstring); `capacity` is then the per-layer bound.
     """
 
     def __init__(self, model: VGGT, camera_cache: str = "reference", policy: EvictionPolicy | None = None,
                  capacity: int = 0, track_token_ids: bool = False,
-                 camera_policy: EvictionPolicy | None = None) -> None:
+                 camera_policy: EvictionPolicy | None = None, static: bool = False) -> None:
         if camera_cache not in CAMERA_CACHE_MODES:
             raise ConfigError(f"camera_cache must be one of {CAMERA_CACHE_MODES}, got {camera_cache!r}")
         self.model = model
         self.camera_cache = camera_cache
-        self.memory = StreamingMemory(model.config.aggregator.depth, policy, capacity, track_token_ids)
+        self.static = static
+        self.memory = StreamingMemory(model.config.aggregator.depth, policy, capacity, track_token_ids, static)
         head = model.camera_head
         self.camera_caches: list[list[KVCache]] = []
         self.camera_memory: StreamingMemory | None = None
         if head is not None:
             per_iter = camera_cache == "per_iteration"
             n = head.trunk_depth * (head.num_iterations if per_iter else 1)
-            self.camera_memory = StreamingMemory(n, camera_policy)
+            if static and camera_policy is None:
+                raise ConfigError("static shapes need a bounded camera-head cache: pass camera_policy (e.g. "
+                                  "recon.memory.policies.camera_window_policy; the infinitevggt backend's "
+                                  "camera_window)")
+            self.camera_memory = StreamingMemory(n, camera_policy, static=static,
+                                                 appends_per_frame=1 if per_iter else head.num_iterations)
             flat = self.camera_memory.caches
             self.camera_caches = [flat[it * head.trunk_depth:(it + 1) * head.trunk_depth] if per_iter
                                   else flat for it in range(head.num_iterations)]

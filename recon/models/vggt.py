@@ -313,7 +313,7 @@ class VGGT(nn.Module):
         return out
 
     def new_session(self, camera_cache: str = "reference", policy: Any = None, capacity: int = 0,
-                    track_token_ids: bool = False, camera_policy: Any = None) -> Any:
+                    track_token_ids: bool = False, camera_policy: Any = None, static: bool = False) -> Any:
         """Open a per-frame streaming session (see `recon.models.streaming.StreamingSession`).
 
         Args:
@@ -322,11 +322,12 @@ class VGGT(nn.Module):
             capacity: initial per-layer cache capacity in tokens (0: grow by doubling).
             track_token_ids: keep an id per cached token and head (pruning logs, tests).
             camera_policy: eviction policy of the camera-trunk caches (None: unbounded, as published).
+            static: fixed-shape caches for CUDA graphs / torch.compile (bounded policies required).
         """
         from recon.models.streaming import StreamingSession
 
         return StreamingSession(self, camera_cache=camera_cache, policy=policy, capacity=capacity,
-                                track_token_ids=track_token_ids, camera_policy=camera_policy)
+                                track_token_ids=track_token_ids, camera_policy=camera_policy, static=static)
 
 
 # --------------------------------------------------------------------------------------------------------------
