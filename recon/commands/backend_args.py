@@ -1,9 +1,9 @@
 """Backend selection flags shared by `recon replay`, `recon live` and `recon node recon`.
 
 Named flags cover the options users reach for (`--weights`, `--backbone`, `--model-config`, `--budget`,
-`--device`, `--dtype`, `--weights-dtype`, `--sliding-size`, `--mode`, `--keyframe-interval`); `--backend-opt
-KEY=VALUE` passes anything else. A named flag given to a backend that does not take it is an error, not a silently
-ignored option.
+`--device`, `--dtype`, `--weights-dtype`, `--sliding-size`, `--mode`, `--keyframe-interval`, `--compile`);
+`--backend-opt KEY=VALUE` passes anything else. A named flag given to a backend that does not take it is an
+error, not a silently ignored option.
 
 `--dtype` is the compute dtype for every learned backend (recon.models.weights.compute_dtype); the storage dtype of
 the weights is the separate `--weights-dtype`.
@@ -34,7 +34,10 @@ NAMED_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "sliding_size": (("horizonstream",), "HorizonStream frames per chunk after the first window (1 = per frame)"),
     "mode": (("lingbot",), "LingBot-Map: 'stream' (one bounded memory) or 'windowed' (overlapping windows, Sim(3))"),
     "keyframe_interval": (("lingbot",), "LingBot-Map: every N-th frame after the scale frames is stored (1 = all)"),
+    "compile": (("infinitevggt",), "static-shape caches and the per-frame step compiled once with torch.compile "
+                                   "(CUDA graphs on CUDA)"),
 }
+_SWITCHES = ("compile",)  # flags without a value
 _TYPES = {"budget": int, "sliding_size": int, "keyframe_interval": int}
 
 
@@ -43,6 +46,10 @@ def add_backend_arguments(parser: argparse.ArgumentParser, default: str = "auto"
     parser.add_argument("--backend", default=default,
                         help=f"backend name, or 'auto': the best one whose weights are installed (default {default})")
     for dest, (_, text) in NAMED_FLAGS.items():
+        if dest in _SWITCHES:
+            parser.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, action="store_const",
+                                const=True, help=text)
+            continue
         parser.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, type=_TYPES.get(dest, str),
                             help=text)
     parser.add_argument("--backend-opt", "-o", "--option", dest="backend_opt", action="append", default=[],

@@ -85,6 +85,7 @@ class KVCache:
         self.initial_capacity = capacity
         self.track_token_ids = track_token_ids
         self.frame_index = 0
+        self.first_frame = True  # set with frame_index by StreamingMemory.begin_frame
         self._k: torch.Tensor | None = None
         self._v: torch.Tensor | None = None
         self._ids: torch.Tensor | None = None
@@ -222,6 +223,8 @@ class StaticKVCache(KVCache):
         super().__init__(layer, policy, capacity, track_token_ids)
         self.length: torch.Tensor | None = None  # int64 scalar on the storage's device
         self._positions: torch.Tensor | None = None  # arange(capacity), cached
+        self._next_id: torch.Tensor | None = None  # device counter of appended tokens (token ids)
+        self._per_frame = 0  # entries appended per frame, counted in the first frame
 
     def __len__(self) -> int:
         return 0 if self.length is None else int(self.length)
@@ -230,6 +233,25 @@ class StaticKVCache(KVCache):
         super().reset()
         self.length = None
         self._positions = None
+        self._next_id = None
+        self._per_frame = 0
+
+    def end_frame(self) -> None:
+        """Host bookkeeping after a frame (called by StreamingMemory, outside any compiled step): the host counter
+        of appended entries advances by the first frame's count, so the step itself never touches a Python number
+        that changes per frame (a compiled step would specialise on it and recompile every frame)."""
+        if self.first_frame:
+            self._per_frame = self._appended
+        else:
+            self._appended += self._per_frame
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """As `KVCache.update`; the policy gets frame index 0 for the first frame and 1 for every later one (all
+        a static policy distinguishes), for the same reason as `end_frame`."""
+        self.append(k, v)
+        if self.policy is not None:
+            self.policy.after_append(self.layer, self, 0 if self.first_frame else 1)
+        return self.keys(), self.values()
 
     def _allocate(self, like_k: torch.Tensor, like_v: torch.Tensor, capacity: int) -> None:
         """Zero-filled storage: attention reads every row, and a masked key still enters the kernel's arithmetic
@@ -253,6 +275,7 @@ class StaticKVCache(KVCache):
         if self._k is None:
             self._allocate(k, v, self._capacity_for(T))
             self.length = torch.zeros((), dtype=torch.long, device=k.device)
+            self._next_id = torch.zeros((), dtype=torch.long, device=k.device)
             self._positions = torch.arange(self.capacity, device=k.device)
         assert self._k is not None and self._v is not None and self.length is not None
         if self._k.shape[:2] != k.shape[:2] or self._k.dtype != k.dtype or self._v.dtype != v.dtype:
@@ -261,11 +284,13 @@ class StaticKVCache(KVCache):
         rows = self.length + self._positions[:T]
         self._k.index_copy_(2, rows, k)
         self._v.index_copy_(2, rows, v)
-        if self._ids is not None:
-            ids = (self._appended + self._positions[:T]).expand(k.shape[0], k.shape[1], T)
+        if self._ids is not None and self._next_id is not None:
+            ids = (self._next_id + self._positions[:T]).expand(k.shape[0], k.shape[1], T)
             self._ids.index_copy_(2, rows, ids)
+            self._next_id.add_(T)
         self.length.add_(T)  # in place: the tensor's address stays fixed (CUDA graphs)
-        self._appended += T
+        if self.first_frame:
+            self._appended += T  # later frames: end_frame
 
     def keys(self) -> torch.Tensor:
         """The whole storage `[B, H, capacity, Dk]`; rows at and after `length` are not valid (`key_mask`)."""
@@ -324,6 +349,7 @@ class StreamingMemory:
                  track_token_ids: bool = False, static: bool = False, appends_per_frame: int = 1) -> None:
         self.policy = policy if policy is not None else EvictionPolicy()
         self.static = static
+        self.first_frame = True  # frame_index == 0, as a flag a compiled step may read without specialising
         if static:
             self.policy.use_static_shapes(capacity, appends_per_frame)
         cls = StaticKVCache if static else KVCache
@@ -343,12 +369,17 @@ class StreamingMemory:
         """Announce a new frame to the policy and the caches."""
         for cache in self.caches:
             cache.frame_index = self.frame_index
+            cache.first_frame = self.first_frame
         self.policy.begin_frame(self.frame_index, len(self.caches))
 
     def end_frame(self) -> None:
         """Close the frame: policy bookkeeping, then advance the frame counter."""
         self.policy.end_frame(self.frame_index)
+        if self.static:
+            for cache in self.caches:
+                cache.end_frame()
         self.frame_index += 1
+        self.first_frame = False
 
     def reset(self) -> None:
         """Empty every cache and reset the policy and the frame counter."""
@@ -356,6 +387,7 @@ class StreamingMemory:
             cache.reset()
         self.policy.reset()
         self.frame_index = 0
+        self.first_frame = True
 
     def num_tokens(self) -> int:
         """Tokens held, summed over layers (each counted once, not per head)."""

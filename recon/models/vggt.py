@@ -313,7 +313,8 @@ class VGGT(nn.Module):
         return out
 
     def new_session(self, camera_cache: str = "reference", policy: Any = None, capacity: int = 0,
-                    track_token_ids: bool = False, camera_policy: Any = None, static: bool = False) -> Any:
+                    track_token_ids: bool = False, camera_policy: Any = None, static: bool = False,
+                    compile: bool | dict = False) -> Any:
         """Open a per-frame streaming session (see `recon.models.streaming.StreamingSession`).
 
         Args:
@@ -323,11 +324,13 @@ class VGGT(nn.Module):
             track_token_ids: keep an id per cached token and head (pruning logs, tests).
             camera_policy: eviction policy of the camera-trunk caches (None: unbounded, as published).
             static: fixed-shape caches for CUDA graphs / torch.compile (bounded policies required).
+            compile: compile the static step (True, or `torch.compile` options).
         """
         from recon.models.streaming import StreamingSession
 
         return StreamingSession(self, camera_cache=camera_cache, policy=policy, capacity=capacity,
-                                track_token_ids=track_token_ids, camera_policy=camera_policy, static=static)
+                                track_token_ids=track_token_ids, camera_policy=camera_policy, static=static,
+                                compile=compile)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -91,7 +91,7 @@ def _attention_shapes(session, image) -> list[tuple]:
 
 def test_static_step_has_the_same_shapes_every_frame(model) -> None:
     dyn, sta = _session(model, False), _session(model, True)
-    frames = _frames(6)
+    frames = _frames(4)
     static_shapes = [_attention_shapes(sta, im) for im in frames]
     dynamic_shapes = [_attention_shapes(dyn, im) for im in frames]
     assert all(s == static_shapes[1] for s in static_shapes[1:])
@@ -103,7 +103,7 @@ def test_no_host_synchronisation_inside_a_step(model) -> None:
     (prefetched asynchronously on CUDA). Unbounded StreamVGGT and a HorizonStream chunk: none."""
     sta, dyn = _session(model, True), _session(model, False)
     plain = model.new_session()
-    for image in _frames(5):
+    for image in _frames(4):
         for session, allowed in ((sta, 0), (plain, 0)):
             with HostReads() as reads:
                 session.step(image)
@@ -155,3 +155,41 @@ def test_budget_above_the_fixed_capacity_is_clamped_and_counted(model) -> None:
         session.step(image)
     assert all(isinstance(c, StaticKVCache) and len(c) <= 60 for c in session.memory)
     assert int(session.memory.policy.budget_clamped) > 0
+
+
+def test_compiled_static_step_is_one_graph_and_changes_nothing(model) -> None:
+    """torch.compile of the static step (dynamo with the eager backend: the graph capture without code
+    generation) traces every frame after the first into one graph, without a graph break (fullgraph), and gives
+    the uncompiled step's outputs exactly."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    plain = _session(model, True)
+    compiled = model.new_session(policy=DiversityPruningPolicy(200), capacity=90, track_token_ids=True,
+                                 camera_policy=camera_window_policy(2), static=True,
+                                 compile={"backend": "eager", "fullgraph": True})
+    before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for image in _frames(4):
+        a, b = plain.step(image), compiled.step(image)
+        assert torch.equal(a["depth"], b["depth"]) and torch.equal(a["pose_enc"], b["pose_enc"])
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - before == 1
+    with pytest.raises(ConfigError, match="compile needs static"):
+        model.new_session(compile=True)
+
+
+def test_compile_flag_reaches_the_infinitevggt_backend() -> None:
+    import argparse
+
+    from recon.backends import create_backend
+    from recon.commands.backend_args import add_backend_arguments, backend_options
+
+    parser = argparse.ArgumentParser()
+    add_backend_arguments(parser)
+    args = parser.parse_args(["--backend", "infinitevggt", "--compile", "--model-config", "tiny", "--budget", "400",
+                              "--device", "cpu"])
+    opts = backend_options(args, "infinitevggt")
+    assert opts["compile"] is True
+    backend = create_backend("infinitevggt", **{**opts, "compile": {"backend": "eager"}})
+    assert backend.session.static and isinstance(backend.session.memory[0], StaticKVCache)
+    with pytest.raises(ConfigError, match="--compile does not apply"):
+        backend_options(parser.parse_args(["--compile"]), "horizonstream")
