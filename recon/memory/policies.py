@@ -267,9 +267,11 @@ class DiversityPruningPolicy(_AnchorMixin, EvictionPolicy):
         if self.recorder is not None:
             raise ConfigError("infinitevggt: the recorder reads decisions back to the host; use dynamic shapes")
         self.static_layer_capacity = int(capacity)
+        self._appends_per_frame = appends_per_frame
 
     def static_capacity(self, layer: int, first_append: int) -> int:
-        return self.static_layer_capacity
+        # The first frame's entries (the anchors) are never evicted, whatever the budget.
+        return max(self.static_layer_capacity, first_append * self._appends_per_frame)
 
     def budget_prefloor(self, scores: torch.Tensor) -> torch.Tensor:
         """float32 `softmax((1 - scores) / T) * total_budget`, the reference's arithmetic before `int()`."""

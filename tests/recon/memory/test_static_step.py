@@ -193,3 +193,14 @@ def test_compile_flag_reaches_the_infinitevggt_backend() -> None:
     assert backend.session.static and isinstance(backend.session.memory[0], StaticKVCache)
     with pytest.raises(ConfigError, match="--compile does not apply"):
         backend_options(parser.parse_args(["--compile"]), "horizonstream")
+
+
+def test_storage_holds_the_anchors_when_the_capacity_is_smaller(model) -> None:
+    """A per-layer capacity below the first frame's token count still holds the anchors (never evicted) plus the
+    next frame's append: the bound is max(capacity, anchors)."""
+    session = model.new_session(policy=DiversityPruningPolicy(60), capacity=19, static=True,
+                                camera_policy=camera_window_policy(1))
+    per_frame = model.aggregator.patch_start_idx + (56 // 14) * (70 // 14)
+    for image in _frames(3):
+        session.step(image)
+    assert all(len(c) == per_frame and c.capacity == 2 * per_frame for c in session.memory)
