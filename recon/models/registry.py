@@ -368,35 +368,23 @@ register_weights(WeightsCfg(
 ))
 
 # Tiny random-weight variants: the golden fixtures' configuration, so tests run the real build-and-load path.
-register_weights(WeightsCfg(
-    name="vggt-tiny",
-    family="vggt",
-    hf_repo=None,
-    filenames=("weights.safetensors",),
-    licence="test weights (random init, ../shared/golden)",
-    commercial_use=True,
-    builder="recon.models.vggt:VGGT",
-    config_builder="recon.models.vggt:tiny_config",
-    model_kwargs={"causal": False},
-    filter_fn=filter_vggt_checkpoint,
-    dropped_prefixes=_VGGT_DROPPED,
-    test_only=True,
-))
+def _tiny_entry(name: str, family: str, builder: str, config_builder: str, **fields: Any) -> WeightsCfg:
+    """A test-only entry of a fixture's `weights.safetensors` (local file, random weights)."""
+    return WeightsCfg(name=name, family=family, hf_repo=None, filenames=("weights.safetensors",),
+                      licence="test weights (random init, ../shared/golden)", commercial_use=True, builder=builder,
+                      config_builder=config_builder, test_only=True, **fields)
 
-register_weights(WeightsCfg(
-    name="streamvggt-tiny",
-    family="vggt",
-    hf_repo=None,
-    filenames=("weights.safetensors",),
-    licence="test weights (random init, ../shared/golden)",
-    commercial_use=True,
-    builder="recon.models.vggt:VGGT",
-    config_builder="recon.models.vggt:tiny_config",
-    model_kwargs={"causal": True},
-    filter_fn=filter_vggt_checkpoint,
-    dropped_prefixes=_VGGT_DROPPED,
-    test_only=True,
-))
+
+register_weights(_tiny_entry("vggt-tiny", "vggt", "recon.models.vggt:VGGT", "recon.models.vggt:tiny_config",
+                             model_kwargs={"causal": False}, filter_fn=filter_vggt_checkpoint,
+                             dropped_prefixes=_VGGT_DROPPED))
+register_weights(_tiny_entry("streamvggt-tiny", "vggt", "recon.models.vggt:VGGT", "recon.models.vggt:tiny_config",
+                             model_kwargs={"causal": True}, filter_fn=filter_vggt_checkpoint,
+                             dropped_prefixes=_VGGT_DROPPED))
+register_weights(_tiny_entry("pi3-tiny", "pi3", "recon.models.pi3:Pi3", "recon.models.pi3:tiny_config",
+                             pose_encoding="c2w_4x4", filter_fn=filter_pi3_checkpoint))
+register_weights(_tiny_entry("horizonstream-tiny", "horizonstream", "recon.models.horizonstream:HorizonStream",
+                             "recon.models.horizonstream:tiny_config", filter_fn=filter_horizonstream_checkpoint))
 
 
 # LingBot-Map (Robbyant): Apache-2.0 code (Robbyant/lingbot-map README, LICENSE); ../shared/reference/lingbot_map.md §2.
@@ -439,43 +427,5 @@ register_weights(WeightsCfg(
           "plus the scale token): unverified, `recon weights verify lingbot-map-stage1` reports any difference.",
 ))
 
-register_weights(WeightsCfg(
-    name="lingbot-map-tiny",
-    family="lingbot",
-    hf_repo=None,
-    filenames=("weights.safetensors",),
-    licence="test weights (random init, ../shared/golden)",
-    commercial_use=True,
-    builder="recon.models.lingbot:LingBot",
-    config_builder="recon.models.lingbot:tiny_config",
-    model_kwargs={},
-    filter_fn=filter_lingbot_checkpoint,
-    test_only=True,
-))
-
-register_weights(WeightsCfg(
-    name="pi3-tiny",
-    family="pi3",
-    hf_repo=None,
-    filenames=("weights.safetensors",),
-    licence="test weights (random init, ../shared/golden)",
-    commercial_use=True,
-    builder="recon.models.pi3:Pi3",
-    config_builder="recon.models.pi3:tiny_config",
-    pose_encoding="c2w_4x4",
-    filter_fn=filter_pi3_checkpoint,
-    test_only=True,
-))
-
-register_weights(WeightsCfg(
-    name="horizonstream-tiny",
-    family="horizonstream",
-    hf_repo=None,
-    filenames=("weights.safetensors",),
-    licence="test weights (random init, ../shared/golden)",
-    commercial_use=True,
-    builder="recon.models.horizonstream:HorizonStream",
-    config_builder="recon.models.horizonstream:tiny_config",
-    filter_fn=filter_horizonstream_checkpoint,
-    test_only=True,
-))
+register_weights(_tiny_entry("lingbot-map-tiny", "lingbot", "recon.models.lingbot:LingBot",
+                             "recon.models.lingbot:tiny_config", filter_fn=filter_lingbot_checkpoint))
