@@ -28,6 +28,8 @@ from collections.abc import Iterator
 
 import torch
 
+from recon.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 
@@ -58,8 +60,6 @@ class EvictionPolicy:
         """Switch to `StaticKVCache`s (`capacity`: entries a layer may hold after eviction, 0: the policy's own
         bound; `appends_per_frame`: cache appends per frame, e.g. one per camera-head iteration). The base policy
         keeps everything, which no fixed storage can hold."""
-        from recon.errors import ConfigError
-
         raise ConfigError(f"memory policy {self.name!r} is unbounded; static shapes need a bounded policy "
                           "(infinitevggt, window, sinks)")
 
@@ -77,6 +77,8 @@ class KVCache:
         capacity: initial capacity in tokens (0: sized by the first append).
         track_token_ids: keep an int64 id per entry and head (ids count appended tokens from 0).
     """
+
+    static = False  # StaticKVCache: fixed storage, device-side length
 
     def __init__(self, layer: int = 0, policy: EvictionPolicy | None = None, capacity: int = 0,
                  track_token_ids: bool = False) -> None:

@@ -150,15 +150,15 @@ class SlidingWindowPolicy(_AnchorMixin, EvictionPolicy):
         return max(self.anchor_count(layer), 1) * (self.window_frames + int(self.keep_first_frame))
 
     def after_append(self, layer: int, cache: KVCache, frame_index: int) -> None:
-        n = cache.appended_total if getattr(cache, "static", False) else len(cache)  # static: no device read
         first = self._update_anchors(layer, cache, frame_index)
         if frame_index == 0 and self.window_frames is not None:
             return  # the first frame defines the unit of the window
         anchors = first if self.keep_first_frame else 0
         budget = self.budget_of(layer)
-        if getattr(cache, "static", False):
+        if cache.static:
             self._after_append_static(cache, anchors, budget)
             return
+        n = len(cache)
         if n <= budget or n <= anchors:
             return
         window = max(budget - anchors, 0)
@@ -168,7 +168,6 @@ class SlidingWindowPolicy(_AnchorMixin, EvictionPolicy):
         B, H = cache.keys().shape[:2]
         tail = torch.arange(n - window, n, device=cache.keys().device).expand(B, H, window)
         cache.compact(self._keep_index(anchors, tail), ascending=True, skip=anchors)
-
 
     def _after_append_static(self, cache: KVCache, anchors: int, budget: int) -> None:
         """Anchors plus the last `budget - anchors` valid rows; within budget that is every valid row."""
@@ -299,7 +298,7 @@ class DiversityPruningPolicy(_AnchorMixin, EvictionPolicy):
                                     "last_scores_before": self.last_scores.cpu().clone()})
 
     def after_append(self, layer: int, cache: KVCache, frame_index: int) -> None:
-        if getattr(cache, "static", False):
+        if cache.static:
             self._after_append_static(layer, cache, frame_index)
             return
         n = len(cache)
