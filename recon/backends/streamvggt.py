@@ -54,7 +54,8 @@ class StreamVGGTBackend:
 
     def __init__(self, model: Any, *, device: torch.device, autocast_dtype: torch.dtype, image_width: int,
                  camera_cache: str = "reference", capacity: int = 0, policy: Any = None,
-                 points: str = "depth", camera_policy: Any = None) -> None:
+                 points: str = "depth", camera_policy: Any = None, static: bool = False,
+                 compile: bool | dict = False) -> None:
         if points not in POINT_SOURCES:
             raise ConfigError(f"{self.name} backend: points must be one of {POINT_SOURCES}, got {points!r}")
         self.model = model
@@ -63,7 +64,7 @@ class StreamVGGTBackend:
         self.image_width = image_width
         self.points = points
         self.session = model.new_session(camera_cache=camera_cache, policy=policy, capacity=capacity,
-                                         camera_policy=camera_policy)
+                                         camera_policy=camera_policy, static=static, compile=compile)
         self._dtype = next(model.parameters()).dtype
         self.reset()
 

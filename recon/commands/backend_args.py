@@ -1,8 +1,12 @@
 """Backend selection flags shared by `recon replay`, `recon live` and `recon node recon`.
 
 Named flags cover the options users reach for (`--weights`, `--backbone`, `--model-config`, `--budget`,
-`--device`, `--dtype`, `--sliding-size`, `--mode`, `--keyframe-interval`); `--backend-opt KEY=VALUE` passes anything
-else. A named flag given to a backend that does not take it is an error, not a silently ignored option.
+`--device`, `--dtype`, `--weights-dtype`, `--sliding-size`, `--mode`, `--keyframe-interval`, `--compile`);
+`--backend-opt KEY=VALUE` passes anything else. A named flag given to a backend that does not take it is an
+error, not a silently ignored option.
+
+`--dtype` is the compute dtype for every learned backend (recon.models.weights.compute_dtype); the storage dtype of
+the weights is the separate `--weights-dtype`.
 """
 
 from __future__ import annotations
@@ -20,17 +24,24 @@ NAMED_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "model_config": (LEARNED, "full (the published model; needs its weights) or tiny (a small model with random "
                               "weights: tries the pipeline without any download, results are meaningless)"),
     "device": (LEARNED, "where the model runs: auto (a CUDA GPU when there is one, else cpu), cpu, cuda, cuda:1 ..."),
-    "dtype": (LEARNED, "number format: auto (bf16 on a GPU, fp32 on cpu), fp32, bf16, fp16"),
+    "dtype": (LEARNED, "number format the network computes in, the same for every learned backend: auto (bf16 on "
+                       "a GPU, fp16 on a GPU without bf16, fp32 on cpu), fp32, bf16, fp16; the weights stay fp32 "
+                       "(see --weights-dtype)"),
+    "weights_dtype": (("laser",), "storage format of the window model's weights: fp32 (default), bf16, fp16 (half "
+                                  "the memory; the network then computes in that format)"),
     "budget": (("infinitevggt",), "how many tokens the streaming memory keeps, over all layers (default 1200000; "
                                   "smaller uses less GPU memory)"),
     "backbone": (("laser",), "model LASER runs on each window: pi3 or vggt"),
     "sliding_size": (("horizonstream",), "frames per step after the first window (1 = one result per frame)"),
     "mode": (("lingbot",), "stream (one bounded memory) or windowed (overlapping windows joined by Sim(3))"),
     "keyframe_interval": (("lingbot",), "keep every N-th frame in memory after the scale frames (1 = all)"),
+    "compile": (("infinitevggt",), "static-shape caches and the per-frame step compiled once with torch.compile "
+                                   "(CUDA graphs on CUDA)"),
 }
-_METAVARS = {"model_config": "{full,tiny}", "dtype": "{auto,fp32,bf16,fp16}", "backbone": "{pi3,vggt}",
-             "device": "DEVICE", "weights": "FILE", "budget": "TOKENS", "sliding_size": "N",
-             "mode": "{stream,windowed}", "keyframe_interval": "N"}
+_SWITCHES = ("compile",)  # flags without a value
+_METAVARS = {"model_config": "{full,tiny}", "dtype": "{auto,fp32,bf16,fp16}", "weights_dtype": "{fp32,bf16,fp16}",
+             "backbone": "{pi3,vggt}", "device": "DEVICE", "weights": "FILE", "budget": "TOKENS",
+             "sliding_size": "N", "mode": "{stream,windowed}", "keyframe_interval": "N"}
 _TYPES = {"budget": int, "sliding_size": int, "keyframe_interval": int}
 
 
@@ -45,6 +56,10 @@ def add_backend_arguments(parser: argparse.ArgumentParser, default: str = "auto"
                              f"geometric) or one of {names} (default {default})")
     for dest, (takers, text) in NAMED_FLAGS.items():
         scope = "" if takers == LEARNED else f" [{', '.join(takers)}]"
+        if dest in _SWITCHES:
+            parser.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, action="store_const",
+                                const=True, help=text + scope)
+            continue
         parser.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, type=_TYPES.get(dest, str),
                             metavar=_METAVARS.get(dest), help=text + scope)
     parser.add_argument("--backend-opt", "-o", "--option", dest="backend_opt", action="append", default=[],

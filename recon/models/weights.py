@@ -48,6 +48,39 @@ DTYPES: dict[str, torch.dtype] = {
 _MAX_LISTED = 20
 
 
+# What `--dtype` means, for every learned backend (DESIGN §4: one meaning): the dtype the network computes in.
+# "auto" is bf16 on CUDA (fp16 where the GPU has no bf16) and fp32 elsewhere. The weights stay float32 and
+# torch.autocast casts per op; storing the weights in another dtype is a separate knob, `weights_dtype`.
+COMPUTE_DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
+
+
+def compute_dtype(dtype: str | torch.dtype | None, device: torch.device | str,
+                  weights_dtype: torch.dtype = torch.float32) -> torch.dtype:
+    """The compute (autocast) dtype for `--dtype` on `device`.
+
+    Args:
+        dtype: "auto" / None, "fp32", "bf16", "fp16" (or a torch dtype).
+        device: where the model runs.
+        weights_dtype: the parameters' storage dtype. A lower-precision storage dtype is also what the network
+            computes in, so "auto" follows it and an explicit fp32 with bf16/fp16 weights is refused.
+    """
+    device = torch.device(device)
+    if dtype is None or (isinstance(dtype, str) and dtype.lower() == "auto"):
+        if weights_dtype != torch.float32:
+            return weights_dtype
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        chosen = resolve_dtype(dtype)
+    except ConfigError as e:
+        raise ConfigError(f"--dtype {dtype!r}: choose one of {', '.join(COMPUTE_DTYPE_CHOICES)}") from e
+    if weights_dtype != torch.float32 and chosen != weights_dtype:
+        raise ConfigError(f"--dtype {dtype}: the weights are stored in {weights_dtype} (weights_dtype), which is "
+                          "what the network computes in; use --dtype auto or the same dtype")
+    return chosen
+
+
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     """"fp32"/"bf16"/"fp16" (or a torch dtype) -> torch dtype; None means float32."""
     if dtype is None:

@@ -169,5 +169,6 @@ class Aggregator(nn.Module):
         global block). The session's first frame uses the frame-0 special tokens."""
         if len(memory) != self.depth:
             raise ValueError(f"memory has {len(memory)} layers, the aggregator {self.depth} global blocks")
-        tokens, pos, max_pos = self._tokens(images.unsqueeze(1), first_frame_is_zero=memory.frame_index == 0)
+        # A flag, not the frame counter: a compiled step must not specialise on a number that changes every frame.
+        tokens, pos, max_pos = self._tokens(images.unsqueeze(1), first_frame_is_zero=memory.first_frame)
         return self._run(tokens, pos, max_pos, None, memory, keep_layers), self.patch_start_idx
