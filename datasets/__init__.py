@@ -6,7 +6,8 @@
     seq.ground_truth, seq.stats.frames_skipped
 
 Readers: `folder` (images), `video` (PyAV), `tum` (TUM RGB-D), `seven_scenes` (7-Scenes), `kitti` (KITTI
-odometry); `synthetic` renders scenes with ground truth in the TUM layout.
+odometry), `bag` (ROS 1 bags, rosbag2 folders and MCAP files, decoded by the ROS codec `ros_msgs`); `synthetic`
+renders scenes with ground truth in the TUM layout.
 """
 
 from recon.datasets.base import OnError, ReadStats, Sequence, Trajectory

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from recon.errors import ConfigError, CorruptFrameError
+from recon.errors import ConfigError, CorruptFrameError, ReconError
 from recon.types import CameraInfo, Frame
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,15 @@ class ReadStats:
     frames_read: int = 0
     frames_skipped: int = 0
     skipped_paths: list[str] = field(default_factory=list)
+
+
+def skip_or_raise(stats: ReadStats, on_error: OnError, name: str, index: int, error: CorruptFrameError) -> None:
+    """A corrupt frame: re-raised with `OnError.STOP`, else counted in `stats`, its path kept and a warning logged."""
+    if on_error is OnError.STOP:
+        raise error
+    stats.frames_skipped += 1
+    stats.skipped_paths.append(getattr(error, "path", None) or str(error))
+    logger.warning("%s: skipping frame %d: %s", name, index, error)
 
 
 @runtime_checkable
@@ -121,14 +130,59 @@ class IndexedSequence:
             try:
                 frame = self._load(index, seq)
             except CorruptFrameError as e:
-                if self.on_error is OnError.STOP:
-                    raise
-                self.stats.frames_skipped += 1
-                self.stats.skipped_paths.append(getattr(e, "path", None) or str(e))
-                logger.warning("%s: skipping frame %d: %s", self.name, index, e)
+                skip_or_raise(self.stats, self.on_error, self.name, index, e)
                 continue
             self.stats.frames_read += 1
             yield frame
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {len(self)} frames)"
+
+
+def fit_camera_info(info: CameraInfo, size: tuple[int, int] | None, where: str) -> CameraInfo:
+    """`info` for images of `size` (width, height): scaled, with a warning, when the calibration states another
+    size (made at another resolution, or the images were resized after calibration); unchanged otherwise."""
+    if size is None or (info.width, info.height) == tuple(size):
+        return info
+    w, h = size
+    sx, sy = w / info.width, h / info.height
+    aspect = " (another aspect ratio: check the calibration)" if abs(sx - sy) > 0.01 * sx else ""
+    logger.warning("%s: camera info is %dx%d but the images are %dx%d: K scaled to the images%s", where, info.width,
+                   info.height, w, h, aspect)
+    return info.scaled(w, h)
+
+
+def first_image_size(sequence: Sequence) -> tuple[int, int] | None:
+    """(width, height) of a sequence's first frame (read once and dropped), or None when it has none."""
+    try:
+        frame = next(iter(sequence), None)
+    except ReconError:
+        return None
+    return None if frame is None else (frame.width, frame.height)
+
+
+class CalibratedSequence:
+    """A sequence whose intrinsics come from a calibration file (`--camera-info`) instead of its reader.
+
+    The file's CameraInfo is fitted to the image size (`fit_camera_info`) and every frame's K is replaced; its
+    distortion stays in `camera_info`, for the camera node to undistort. Everything else is the wrapped reader's.
+    """
+
+    def __init__(self, sequence: Sequence, info: CameraInfo, size: tuple[int, int] | None = None) -> None:
+        self.sequence = sequence
+        name = getattr(sequence, "name", "sequence")
+        self.camera_info = fit_camera_info(info, size or first_image_size(sequence), str(name))
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.sequence, name)
+
+    def __len__(self) -> int:
+        return len(self.sequence)
+
+    def __iter__(self) -> Iterator[Frame]:
+        info = self.camera_info
+        for frame in self.sequence:
+            frame_info = info if (info.width, info.height) == (frame.width, frame.height) \
+                else info.scaled(frame.width, frame.height)
+            frame.K = frame_info.K
+            yield frame

@@ -35,6 +35,7 @@ import numpy as np
 
 from recon.errors import ConfigError, SequenceError
 from recon.io.trajectory import write_tum_trajectory
+from recon.utils.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -534,7 +535,8 @@ def generate_sequence(out_dir: str | Path, *, seed: int = 0, trajectory: str = "
     rgb_lines = ["# color images", "# synthetic sequence rendered by recon.datasets.synthetic", "# timestamp filename"]
     depth_lines = ["# depth maps", "# synthetic sequence rendered by recon.datasets.synthetic", "# timestamp filename"]
     png = [cv2.IMWRITE_PNG_COMPRESSION, 9]
-    for i, (T, tu) in enumerate(zip(poses, t_us, strict=True)):
+    frames = progress(zip(poses, t_us, strict=True), total=num_frames, desc=f"rendering {out.name}", unit="frame")
+    for i, (T, tu) in enumerate(frames):
         rgb, depth = renderer.render(T)
         rgb_name, depth_name = f"{_stamp(tu)}.{rgb_format}", f"{_stamp(tu)}.png"
         depth_u16 = np.clip(np.round(depth * DEPTH_SCALE), 0, 65535).astype(np.uint16)
@@ -546,6 +548,7 @@ def generate_sequence(out_dir: str | Path, *, seed: int = 0, trajectory: str = "
         rgb_lines.append(f"{_stamp(tu)} rgb/{rgb_name}")
         depth_lines.append(f"{_stamp(tu)} depth/{depth_name}")
         logger.debug("frame %d/%d rendered", i + 1, num_frames)
+    frames.close()
     (out / "rgb.txt").write_text("\n".join(rgb_lines) + "\n")
     (out / "depth.txt").write_text("\n".join(depth_lines) + "\n")
     write_tum_trajectory(out / "groundtruth.txt", np.asarray(t_us, dtype=np.int64) * 1000, poses)

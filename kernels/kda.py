@@ -112,19 +112,27 @@ def gated_delta_rule(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, *,
     scale: float | None = None, initial_state: torch.Tensor | None = None, impl: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dispatch to the best implementation for q's device (see `select_kda_impl`); key-major state."""
+    """Dispatch to the best implementation for q's device (see `select_kda_impl`); key-major state.
+
+    Returns (o in v's dtype, final state in float32). Every path accumulates in float32, as fla's kernels do: the
+    torch paths run with autocast off on float32 copies (the chunk form's triangular solve has no bf16/fp16 kernel
+    on either device, and a half-precision state would drift over a long stream); the state stays float32.
+    """
     impl = impl or select_kda_impl(q.device)
+    state = None if initial_state is None else initial_state.float()
     if impl == "fla":
         from fla.ops.kda import chunk_kda  # type: ignore[import-not-found]
 
         # fla >= 0.5.2 keeps the state value-major [B,H,V,K].
-        state = None if initial_state is None else initial_state.transpose(-1, -2).contiguous()
+        state = None if state is None else state.transpose(-1, -2).contiguous()
         o, final = chunk_kda(q, k, v, g, beta, scale=scale, initial_state=state, output_final_state=True)
-        return o, final.transpose(-1, -2)
+        return o.to(v.dtype), final.float().transpose(-1, -2)
     if impl == "triton":
         from recon.kernels.kda_triton import kda_chunked_triton
 
-        return kda_chunked_triton(q, k, v, g, beta, scale=scale, initial_state=initial_state)
-    if impl == "recurrent":
-        return kda_recurrent(q, k, v, g, beta, scale=scale, initial_state=initial_state)
-    return kda_chunked(q, k, v, g, beta, scale=scale, initial_state=initial_state)
+        o, final = kda_chunked_triton(q, k, v, g, beta, scale=scale, initial_state=state)
+        return o.to(v.dtype), final
+    fn = kda_recurrent if impl == "recurrent" else kda_chunked
+    with torch.autocast(q.device.type, enabled=False):
+        o, final = fn(*(x.float() for x in (q, k, v, g, beta)), scale=scale, initial_state=state)
+    return o.to(v.dtype), final

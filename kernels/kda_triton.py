@@ -79,7 +79,8 @@ def kda_chunked_triton(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, *,
     scale: float | None = None, initial_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as recon.kernels.kda.kda_chunked (key-major state), computed by the Triton kernel."""
+    """Same contract as recon.kernels.kda.kda_chunked (key-major state), computed by the Triton kernel; o in q's
+    dtype, the final state in float32 (the kernel's accumulator)."""
     B, T, H, K = k.shape
     V = v.shape[-1]
     scale = K**-0.5 if scale is None else scale
@@ -91,4 +92,4 @@ def kda_chunked_triton(
     BV = max(16, triton.next_power_of_2(V))
     _kda_chunk_kernel[(B * H,)](q, k, v, g, beta, s0, o, s_out, T, H, float(scale), K=K, V=V, BK=BK, BV=BV, C=CHUNK,
                      HAS_S0=initial_state is not None)
-    return o, s_out.to(q.dtype)
+    return o, s_out

@@ -94,6 +94,23 @@ def diversity_scores(k_cand: torch.Tensor, impl: str | None = None) -> torch.Ten
     return diversity_scores_reference(k_cand)
 
 
+def diversity_scores_masked(k_cand: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """`diversity_scores` over the rows where `valid [C]` is True, with static shapes: the mean direction averages
+    the valid rows only, and invalid rows score +inf (never among the kept lowest). For `StaticKVCache` storage,
+    whose tail rows are not entries; the torch path only (the scores feed a sort, not a kernel-sized hot loop)."""
+    k_hat = F.normalize(k_cand.to(_score_dtype(k_cand.dtype)), dim=-1, eps=NORM_EPS) * valid[:, None]
+    mu = k_hat.sum(dim=2, keepdim=True) / valid.sum().clamp(min=1)
+    scores = (k_hat * mu).sum(dim=-1)
+    return torch.where(valid, scores, torch.full_like(scores, float("inf")))
+
+
+def ranks(scores: torch.Tensor) -> torch.Tensor:
+    """`[..., C]` int64: each entry's position in ascending order of `scores` (ties: lower index first)."""
+    order = scores.argsort(dim=-1, stable=True)
+    steps = torch.arange(scores.shape[-1], device=scores.device).expand_as(order)
+    return torch.empty_like(order).scatter_(-1, order, steps)
+
+
 def select_kept_reference(scores: torch.Tensor, keep: int) -> torch.Tensor:
     """Positions `[B,H,keep]` of the `keep` lowest scores, ascending: top-k of the negated scores, then sorted."""
     idx = torch.topk(-scores, keep, dim=-1, sorted=False).indices

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from recon.commands.io_args import add_topic_arguments
 from recon.nodes.transport import add_security_arguments
 
 logger = logging.getLogger(__name__)
@@ -34,8 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jpeg-quality", type=int, default=90)
     parser.add_argument("--depth-encoding", choices=("f4", "u2", "png"), default="f4",
                         help="RGB-D sources: float32 metres (lossless), uint16 mm, or uint16 mm as PNG")
-    parser.add_argument("--topic", default=None, help="bag image topic (default: the first image topic)")
-    parser.add_argument("--camera-info-topic", default=None, help="bag CameraInfo topic (default: next to --topic)")
+    add_topic_arguments(parser)
     parser.add_argument("--live", action="store_true",
                         help="play a recorded source in real time at --fps as a live camera (latest-frame-wins)")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
@@ -50,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from recon.commands.io_args import topic_options
     from recon.errors import ConfigError
     from recon.nodes.camera_node import CameraNode, CameraNodeConfig
     from recon.nodes.cli_util import on_shutdown_signals
@@ -60,8 +61,7 @@ def run(args: argparse.Namespace) -> int:
     info = load_camera_info(args.camera_info) if args.camera_info else None
     if args.stride < 1:
         raise ConfigError(f"--stride must be >= 1, got {args.stride}")
-    source = open_source(args.source, fps=args.fps, camera_info=info, topic=args.topic,
-                         camera_info_topic=args.camera_info_topic, on_error=args.on_error)
+    source = open_source(args.source, fps=args.fps, camera_info=info, on_error=args.on_error, **topic_options(args))
     if args.live and not source.live:
         if not args.fps:
             raise ConfigError("--live needs --fps (the rate to play the recording at)")

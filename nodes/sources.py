@@ -5,8 +5,9 @@
 - an integer (`0`) or a device path (`/dev/video0`): a live OpenCV camera. A capture thread keeps only
   the newest frame, stamped at capture (`time.time_ns()` right after the grab); overwritten frames are
   counted as drops;
-- a `.bag` / `.mcap` file, or a rosbag2 folder (with `metadata.yaml`): read with `rosbags`
-  (sensor_msgs Image / CompressedImage, plus CameraInfo); stamps come from the message headers;
+- a `.bag` / `.mcap` file, or a rosbag2 folder (with `metadata.yaml`): `recon.datasets.bag.BagSequence`, the
+  reader `recon replay` uses (colour, registered depth and CameraInfo topics chosen by message type unless
+  `topic` / `depth_topic` / `camera_info_topic` name them); stamps come from the message headers;
 - `pattern:COUNT:WxH`: generated frames, for tests and benchmarks;
 - anything else (video file, image folder, dataset folder): `recon.datasets.open_sequence(path)`.
 
@@ -16,7 +17,6 @@ Recorded sources are iterated in order and never drop a frame: the camera node p
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +27,6 @@ import numpy as np
 
 from recon.errors import ConfigError, CorruptFrameError, SequenceError
 from recon.types import CameraInfo, Frame
-from recon.utils.imports import require_package
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +150,10 @@ def open_camera(spec: str, fps: float | None = None, camera_info: CameraInfo | N
     """A live OpenCV camera (index or device path)."""
     import cv2
 
-    cap = cv2.VideoCapture(int(spec) if spec.isdigit() else spec)
+    from recon.utils.log import opencv_silenced
+
+    with opencv_silenced():  # its "[ WARN ] can't open camera by index" lines would precede our own error
+        cap = cv2.VideoCapture(int(spec) if spec.isdigit() else spec)
     if not cap.isOpened():
         raise SequenceError(f"cannot open camera {spec!r} with OpenCV (is it connected? try another index)")
     if fps:
@@ -184,23 +186,26 @@ def as_live(source: Source, fps: float) -> LiveSource:
 
 
 class SequenceSource:
-    """A recorded sequence from recon.datasets (video file, image folder, dataset folder)."""
+    """A recorded sequence from recon.datasets (video file, image folder, dataset folder, ROS bag).
+
+    A given `camera_info` replaces the reader's own (fitted to the image size, see
+    `recon.datasets.base.CalibratedSequence`).
+    """
 
     live = False
 
-    def __init__(self, path: str, camera_info: CameraInfo | None = None, on_error: str | None = None) -> None:
-        from recon import datasets
+    def __init__(self, path: str, camera_info: CameraInfo | None = None, on_error: str | None = None,
+                 **topics: str | None) -> None:
+        from recon.datasets import open_sequence
+        from recon.datasets.base import CalibratedSequence, OnError
 
-        opener = getattr(datasets, "open_sequence", None)
-        if opener is None:
-            raise SequenceError(f"cannot read {path}: recon.datasets.open_sequence is not available in this build")
-        if on_error is None:
-            self.seq = opener(path)
-        else:
-            from recon.datasets.base import OnError
-
-            self.seq = opener(path, on_error=OnError(on_error))
-        self.camera_info = camera_info or getattr(self.seq, "camera_info", None)
+        options: dict[str, Any] = {k: v for k, v in topics.items() if v is not None}
+        if on_error is not None:
+            options["on_error"] = OnError(on_error)
+        self.seq = opener = open_sequence(path, **options)
+        if camera_info is not None:
+            self.seq = CalibratedSequence(opener, camera_info)
+        self.camera_info = getattr(self.seq, "camera_info", None)
         self.drops = 0
         self.name = getattr(self.seq, "name", Path(path).stem)
 
@@ -208,115 +213,12 @@ class SequenceSource:
         return len(self.seq)
 
     def __iter__(self) -> Iterator[Frame]:
-        K = None if self.camera_info is None else self.camera_info.K
-        for f in self.seq:
-            if f.K is None and K is not None:
-                f.K = K
-            yield f
+        return iter(self.seq)
 
     def close(self) -> None:
         close = getattr(self.seq, "close", None)
         if callable(close):
             close()
-
-
-_IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
-_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
-
-
-def _stamp_ns(msg: Any, fallback: int) -> int:
-    stamp = getattr(getattr(msg, "header", None), "stamp", None)
-    if stamp is None:
-        return fallback
-    return int(stamp.sec) * 1_000_000_000 + int(getattr(stamp, "nanosec", getattr(stamp, "nsec", 0)))
-
-
-def ros_image_to_rgb(msg: Any, msgtype: str) -> np.ndarray:
-    """RGB uint8 HxWx3 from a sensor_msgs Image (rgb8/bgr8/rgba8/bgra8/mono8) or CompressedImage."""
-    import cv2
-
-    if msgtype.endswith("CompressedImage"):
-        bgr = cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise CorruptFrameError(f"cannot decode CompressedImage ({msg.format})")
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    enc = str(msg.encoding).lower()
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8uc1": 1, "8uc3": 3}.get(enc)
-    if channels is None:
-        raise CorruptFrameError(f"unsupported Image encoding {msg.encoding!r} (rgb8, bgr8, rgba8, bgra8, mono8)")
-    data = np.frombuffer(bytes(msg.data), np.uint8)
-    if step < w * channels or data.size < h * step:
-        raise CorruptFrameError(f"Image data of {data.size} bytes too small for {w}x{h} {enc} step {step}")
-    img = data[: h * step].reshape(h, step)[:, : w * channels].reshape(h, w, channels)
-    if channels == 1:
-        return np.ascontiguousarray(np.repeat(img, 3, axis=2))
-    if enc.startswith("bgr") or enc == "8uc3":
-        img = img[..., 2::-1]
-    return np.ascontiguousarray(img[..., :3])
-
-
-def ros_camera_info(msg: Any) -> CameraInfo:
-    """CameraInfo from a sensor_msgs CameraInfo (ROS 2 lowercase or ROS 1 uppercase field names)."""
-    K = np.asarray(getattr(msg, "k", getattr(msg, "K", None)), dtype=np.float64).reshape(3, 3)
-    D = np.asarray(getattr(msg, "d", getattr(msg, "D", [])), dtype=np.float64)
-    frame_id = str(getattr(getattr(msg, "header", None), "frame_id", "") or "camera")
-    return CameraInfo(int(msg.width), int(msg.height), K, D, frame_id)
-
-
-class RosbagSource:
-    """Images (and CameraInfo) from a ROS 1 bag, a rosbag2 folder or an MCAP file, in log-time order."""
-
-    live = False
-
-    def __init__(self, path: str, topic: str | None = None, camera_info_topic: str | None = None,
-                 camera_info: CameraInfo | None = None) -> None:
-        require_package("rosbags", extra="ros")
-        from rosbags.highlevel import AnyReader
-
-        self.path = Path(path)
-        self.drops = 0
-        self.name = self.path.stem
-        paths = [self.path.parent] if self.path.suffix == ".mcap" and (self.path.parent / "metadata.yaml").exists() \
-            else [self.path]
-        try:
-            self.reader = AnyReader(paths)
-            self.reader.open()
-        except Exception as e:
-            raise SequenceError(f"cannot open bag {path}: {e}") from e
-        conns = self.reader.connections
-        images = [c for c in conns if c.msgtype in _IMAGE_TYPES and (topic is None or c.topic == topic)]
-        if not images:
-            found = ", ".join(sorted({f"{c.topic} ({c.msgtype})" for c in conns}))
-            raise SequenceError(f"{path}: no Image/CompressedImage topic {topic or ''} (topics: {found})")
-        self.image_conn = images[0]
-        self.topic = self.image_conn.topic
-        infos = [c for c in conns if c.msgtype == _INFO_TYPE]
-        if camera_info_topic is None and infos:
-            # Default: the CameraInfo topic sharing the longest namespace with the image topic
-            # (`/cam/image_raw/compressed` -> `/cam/camera_info`).
-            camera_info_topic = max(infos, key=lambda c: len(os.path.commonprefix([c.topic, self.topic]))).topic
-        self.info_conns = [c for c in infos if c.topic == camera_info_topic]
-        self.camera_info = camera_info
-        self._count = self.image_conn.msgcount
-        if self.camera_info is None and self.info_conns:
-            for c, _t, raw in self.reader.messages(connections=self.info_conns[:1]):
-                self.camera_info = ros_camera_info(self.reader.deserialize(raw, c.msgtype))
-                break
-        logger.info("bag %s: topic %s (%s), %d messages, camera_info %s", path, self.topic, self.image_conn.msgtype,
-                    self._count, "yes" if self.camera_info else "no")
-
-    def __len__(self) -> int:
-        return self._count
-
-    def __iter__(self) -> Iterator[Frame]:
-        K = None if self.camera_info is None else self.camera_info.K
-        for seq, (c, t_log, raw) in enumerate(self.reader.messages(connections=[self.image_conn])):
-            msg = self.reader.deserialize(raw, c.msgtype)
-            yield Frame(self.name, seq, _stamp_ns(msg, int(t_log)), ros_image_to_rgb(msg, c.msgtype), K=K)
-
-    def close(self) -> None:
-        self.reader.close()
 
 
 def load_camera_info(path: str) -> CameraInfo:
@@ -377,8 +279,9 @@ def parse_pattern(spec: str) -> PatternSource:
 
 
 def open_source(spec: str, *, fps: float | None = None, camera_info: CameraInfo | None = None,
-                topic: str | None = None, camera_info_topic: str | None = None, on_error: str | None = None) -> Source:
-    """Open SRC as described in the module docstring."""
+                topic: str | None = None, camera_info_topic: str | None = None, depth_topic: str | None = None,
+                on_error: str | None = None) -> Source:
+    """Open SRC as described in the module docstring (the topics apply to bags only)."""
     if _is_device(spec):
         return open_camera(spec, fps=fps, camera_info=camera_info)
     if spec.startswith("pattern:"):
@@ -386,6 +289,5 @@ def open_source(spec: str, *, fps: float | None = None, camera_info: CameraInfo 
     p = Path(spec)
     if not p.exists():
         raise ConfigError(f"--source {spec}: no such file or folder, and not a camera index")
-    if p.suffix in (".bag", ".mcap") or (p.is_dir() and (p / "metadata.yaml").exists()):
-        return RosbagSource(spec, topic, camera_info_topic, camera_info)
-    return SequenceSource(spec, camera_info, on_error)
+    return SequenceSource(spec, camera_info, on_error, topic=topic, depth_topic=depth_topic,
+                          camera_info_topic=camera_info_topic)

@@ -1,14 +1,16 @@
-"""The `recon` command line: a thin layer that parses arguments and calls library functions.
+"""recon: 3D reconstruction of a camera's path and surroundings, live or from recordings.
 
 Examples:
-    recon replay datasets/sample                       # weight-free geometric backend, writes runs/<name>/
-    recon replay SEQ --backend streamvggt --weights checkpoints.pth
-    recon live --camera 0                              # or any source: a video file, an image folder
+    recon replay datasets/sample                       # the bundled sample: trajectory, point cloud, viewer file
+    recon replay run.bag --viewer web                  # a ROS bag, watched in the browser at http://127.0.0.1:9090
+    recon replay SEQ --export colmap,nerfstudio,mesh   # hand the result to COLMAP, 3DGS/NeRF tools, Blender
+    recon live --camera 0                              # a webcam (or a video, an image folder, a bag)
+    recon calib shots/ --board checkerboard:9x6:0.025  # calibrate a camera; use it with --camera-info
     recon eval runs/sample/trajectory.tum datasets/sample/groundtruth.txt
-    recon synth out/ --seed 3 --trajectory orbit
-    recon bench geometric
-    recon weights list
-    recon node recon --bind tcp://127.0.0.1:5555 --publish tcp://127.0.0.1:5556 --backend geometric
+    recon weights pull streamvggt                      # download a learned model (the default runs without one)
+    recon node recon --bind tcp://127.0.0.1:5555 --publish tcp://127.0.0.1:5556
+
+`recon COMMAND --help` describes each command; outputs go to runs/<name>/ unless --out says otherwise.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ COMMANDS: dict[str, str] = {
     "replay": "recon.commands.replay",
     "live": "recon.commands.live",
     "eval": "recon.commands.evaluate",
+    "export": "recon.commands.export",
+    "calib": "recon.commands.calib",
     "synth": "recon.commands.synth",
     "bench": "recon.commands.bench",
     "weights": "recon.commands.weights",
@@ -38,9 +42,12 @@ COMMANDS: dict[str, str] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recon", description=__doc__.split("\n")[0],
+    description, _, epilog = __doc__.partition("\n\n")
+    parser = argparse.ArgumentParser(prog="recon", description=description, epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default INFO or $RECON_LOG_LEVEL)")
+    parser.add_argument("--log-level", default=None, metavar="{DEBUG,INFO,WARNING,ERROR}",
+                        help="how much to log (default INFO, or $RECON_LOG_LEVEL); progress bars: "
+                             "$RECON_PROGRESS=bar|log|off")
     add_command_table(parser, COMMANDS, "command", "_run", "COMMAND", required=False)
     return parser
 

@@ -1,8 +1,10 @@
 """`RerunLogger`: a result sink that draws FrameResults of any number of streams in Rerun.
 
 Per result, on two timelines (`seq` sequence and capture time `t_ns`): the camera pose, pinhole and
-JPEG-compressed image, depth, this frame's points, and the trajectory so far; every `map_every` frames the
-voxel-downsampled map of all points. Entity paths are listed in `recon.viewer.blueprint`. The logger only
+JPEG-compressed image, depth, this frame's points, the trajectory so far, and time series (results per second,
+capture-to-result latency, tracking state, and the backend's memory and cached tokens when a `backend_stats`
+callable is given); every `map_every` frames the voxel-downsampled map of all points. Each stream's camera
+frustum and trajectory have their own colour. Entity paths are listed in `recon.viewer.blueprint`. The logger only
 logs into a `RecordingStream` it is given; where the data goes (file, viewer, web) is `recon.viewer.output`'s
 business, so the viewer node and `recon replay` share this class unchanged.
 """
@@ -11,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,15 +22,18 @@ import rerun as rr
 
 from recon.errors import ConfigError
 from recon.sinks.points import DEFAULT_SELECTION, PointSelection, VoxelAccumulator, auto_voxel_size, select_points
-from recon.types import FrameResult
-from recon.viewer.blueprint import WORLD, build_blueprint, stream_root
+from recon.types import BackendStats, FrameResult
+from recon.viewer.blueprint import WORLD, build_blueprint, stats_root, stream_root
 
 logger = logging.getLogger(__name__)
 
 TIMELINE_SEQ = "seq"
 TIMELINE_TIME = "t_ns"
-LATENCY = "latency"
-"""Root of the per-stream capture-to-publish latency scalars (milliseconds)."""
+
+# Frustum and trajectory colour of the n-th stream (saturated, unlike the scene's colours).
+STREAM_COLOURS = ((255, 0, 200), (0, 210, 255), (255, 170, 0), (120, 255, 0), (170, 90, 255), (255, 60, 60))
+# A capture stamp further than this from the wall clock is on another clock (recorded data): no latency then.
+_LATENCY_PLAUSIBLE_NS = 3600 * 10**9
 
 
 @dataclass
@@ -40,6 +46,9 @@ class _StreamState:
     pinhole_key: tuple | None = None
     frames: int = 0
     map: VoxelAccumulator | None = None
+    colour: tuple[int, int, int] = STREAM_COLOURS[0]
+    last_wall: float | None = None
+    fps: float = 0.0
     clear: bool = False  # a new world segment: clear the subtree before the next result
 
 
@@ -57,6 +66,8 @@ class RerunLogger:
         max_2d_panels: cap on 2-D panels in the blueprint.
         world_axes: ViewCoordinates of `world` ("RDF": poses relative to an OpenCV camera, the usual case).
         trajectory_block: frames per trajectory segment entity (bounds what each frame re-logs).
+        backend_stats: returns the backend's BackendStats (memory and tokens plots); None: those plots stay empty.
+        plots: time-series plots in the blueprint; collapse_panels: hide the viewer's side panels.
     """
 
     name = "rerun"
@@ -65,7 +76,8 @@ class RerunLogger:
                  selection: PointSelection = DEFAULT_SELECTION,
                  jpeg_quality: int = 75, log_depth: bool = True, log_images: bool = True, map_every: int = 10,
                  map_voxel_size: float | None = None, max_2d_panels: int = 4, world_axes: str = "RDF",
-                 trajectory_block: int = 200) -> None:
+                 trajectory_block: int = 200, backend_stats: Callable[[], BackendStats] | None = None,
+                 plots: bool = True, collapse_panels: bool = False) -> None:
         self.recording = recording
         self.selection = selection
         self.jpeg_quality = int(jpeg_quality)
@@ -77,6 +89,9 @@ class RerunLogger:
         if int(trajectory_block) < 1:
             raise ConfigError(f"trajectory_block must be >= 1, got {trajectory_block!r}")
         self.trajectory_block = int(trajectory_block)
+        self.backend_stats = backend_stats
+        self.plots = plots
+        self.collapse_panels = collapse_panels
         self._streams: dict[str, _StreamState] = {}
         self._stream_order: list[str] = list(dict.fromkeys(stream_ids))
         self._lock = threading.Lock()
@@ -95,17 +110,19 @@ class RerunLogger:
         return list(self._stream_order)
 
     def _send_blueprint(self) -> None:
-        blueprint = build_blueprint(self._stream_order, max_2d_panels=self.max_2d_panels)
+        blueprint = build_blueprint(self._stream_order, max_2d_panels=self.max_2d_panels, plots=self.plots,
+                                    collapse_panels=self.collapse_panels)
         self.recording.send_blueprint(blueprint, make_active=True, make_default=True)
 
     def _state(self, stream_id: str) -> _StreamState:
         state = self._streams.get(stream_id)
         if state is None:
-            state = self._streams[stream_id] = _StreamState()
             if stream_id not in self._stream_order:
                 self._stream_order.append(stream_id)
                 self._send_blueprint()
                 logger.info("new stream %r in the viewer", stream_id)
+            colour = STREAM_COLOURS[self._stream_order.index(stream_id) % len(STREAM_COLOURS)]
+            state = self._streams[stream_id] = _StreamState(colour=colour)
         return state
 
     def _set_time(self, seq: int, t_ns: int) -> None:
@@ -125,6 +142,11 @@ class RerunLogger:
         if state.clear:
             rec.log(root, rr.Clear(recursive=True))
             state.clear = False
+        if not result.tracked:
+            # No pose: nothing to place in 3-D (the placeholder pose would draw a wrong camera); the plot says so.
+            self._log_stats(result, state)
+            self.results_logged += 1
+            return
         # T_world_cam maps camera points into the world: the parent (world) from the child (camera).
         rec.log(f"{root}/cam", rr.Transform3D(translation=T[:3, 3], mat3x3=T[:3, :3],
                                               relation=rr.TransformRelation.ParentFromChild))
@@ -134,7 +156,7 @@ class RerunLogger:
             if key != state.pinhole_key:
                 # Intrinsics are logged when they change only; OpenCV camera axes are RDF.
                 rec.log(f"{root}/cam/image", rr.Pinhole(image_from_camera=result.K, resolution=[hw[1], hw[0]],
-                                                        camera_xyz=rr.ViewCoordinates.RDF))
+                                                        camera_xyz=rr.ViewCoordinates.RDF, color=state.colour))
                 state.pinhole_key = key
         if self.log_images and result.image is not None:
             rec.log(f"{root}/cam/image", rr.Image(np.ascontiguousarray(result.image)).compress(self.jpeg_quality))
@@ -159,7 +181,30 @@ class RerunLogger:
             state.frames += 1
             if state.frames % self.map_every == 0:
                 self._log_map(root, state)
+        if not result.is_update:
+            self._set_time(result.seq, result.t_ns)
+            self._log_stats(result, state)
         self.results_logged += 1
+
+    def _log_stats(self, result: FrameResult, state: _StreamState) -> None:
+        """Time series of the stream at the result's time: rate, latency, tracking, backend memory and tokens."""
+        rec = self.recording
+        stats = stats_root(result.stream_id)
+        now = time.perf_counter()
+        if state.last_wall is not None:
+            rate = 1.0 / max(now - state.last_wall, 1e-6)
+            state.fps = rate if state.fps == 0 else 0.8 * state.fps + 0.2 * rate
+            rec.log(f"{stats}/fps", rr.Scalars(state.fps))
+        state.last_wall = now
+        latency_ns = time.time_ns() - int(result.t_ns)
+        if 0 <= latency_ns < _LATENCY_PLAUSIBLE_NS:
+            rec.log(f"{stats}/latency_ms", rr.Scalars(latency_ns / 1e6))
+        rec.log(f"{stats}/tracked", rr.Scalars(1.0 if result.tracked else 0.0))
+        if self.backend_stats is not None:
+            b = self.backend_stats()
+            rec.log(f"{stats}/memory_mb", rr.Scalars(b.memory_bytes / 2**20))
+            if b.tokens_cached:
+                rec.log(f"{stats}/tokens_k", rr.Scalars(b.tokens_cached / 1000))
 
     def _log_trajectory_block(self, root: str, state: _StreamState, block: int) -> None:
         """The path is cut into blocks of `trajectory_block` frames, each re-logged only while it grows (or is
@@ -169,7 +214,8 @@ class RerunLogger:
         if len(seqs) < 2 and first not in state.centres:
             return
         centres = np.array([state.centres[s] for s in seqs], dtype=np.float32)
-        self.recording.log(f"{root}/trajectory/{block}", rr.LineStrips3D([centres], radii=rr.Radius.ui_points(2.0)))
+        self.recording.log(f"{root}/trajectory/{block}", rr.LineStrips3D([centres], radii=rr.Radius.ui_points(2.0),
+                                                                          colors=[state.colour]))
 
     @staticmethod
     def _grid_hw(result: FrameResult) -> tuple[int, int] | None:
@@ -200,14 +246,16 @@ class RerunLogger:
         and its path and map are forgotten, so the new world frame is drawn from scratch, never on top of the
         old one."""
         with self._lock:
-            self._streams[stream_id] = _StreamState(clear=True)
+            old = self._state(stream_id)
+            self._streams[stream_id] = _StreamState(colour=old.colour, clear=True)
             logger.info("stream %s: new world segment %d (%s): its entities are cleared", stream_id, segment, reason)
 
     def on_latency(self, stream_id: str, seq: int, t_ns: int, latency_ms: float) -> None:
-        """Capture-to-publish latency of one result, as a time series `latency/<stream>` (milliseconds)."""
+        """The node's capture-to-publish latency of one result: `stats/<stream>/publish_latency_ms`, plotted with the
+        capture-to-viewer latency (both on the capture clock, so they also hold for recorded data)."""
         with self._lock:
             self._set_time(seq, t_ns)
-            self.recording.log(f"{LATENCY}/{rr.escape_entity_path_part(stream_id)}", rr.Scalars(float(latency_ms)))
+            self.recording.log(f"{stats_root(stream_id)}/publish_latency_ms", rr.Scalars(float(latency_ms)))
 
     def close(self) -> None:
         """Logs each stream's final map; the recording itself is closed by its owner."""

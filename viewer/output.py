@@ -3,11 +3,20 @@
 `open_recording(specs)` builds a `RecordingStream` with the chosen sinks (several at once, e.g. a file and
 the web viewer); `create_rerun_sink("rrd:out.rrd", ...)` adds a `RerunLogger` on top and returns one
 result sink for `recon replay`, the viewer node and tests alike. Nothing here needs a display.
+
+The web viewer: the SDK's own `serve_web_viewer` binds the page to every interface (0.0.0.0) and has no address
+option, so we run the SDK's `rerun` CLI (shipped in the same wheel), which can bind both the page and its gRPC
+proxy to one address (`--bind`): `WebViewerServer`. The data is streamed to that proxy, which keeps it (up to
+`server_memory_limit`) for browsers that connect later; it stops with `close()`.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -18,25 +27,85 @@ import rerun as rr
 
 from recon.errors import ConfigError
 from recon.types import FrameResult
+from recon.utils.processes import stop_process
 from recon.viewer.logger import RerunLogger
-from recon.viewer.spec import APPLICATION_ID, DEFAULT_WEB_PORT, ViewerSpec, parse_viewer_spec
+from recon.viewer.spec import APPLICATION_ID, ViewerSpec, parse_viewer_spec
 
 logger = logging.getLogger(__name__)
 
 
-class RerunOutput:
-    """A recording stream and the sinks it feeds; `close` flushes and disconnects them."""
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::"):
+        return "127.0.0.1"  # a browser on this machine reaches a server on every interface through loopback
+    return f"[{host}]" if ":" in host else host
 
-    def __init__(self, recording: rr.RecordingStream, specs: Sequence[ViewerSpec], urls: dict[str, str]) -> None:
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host.strip("[]"), port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class WebViewerServer:
+    """The web viewer page and its gRPC proxy, served by the SDK's `rerun` CLI on `host` (see the module doc)."""
+
+    def __init__(self, host: str, port: int, grpc_port: int, *, memory_limit: str = "1GiB",
+                 start_timeout_s: float = 30.0) -> None:
+        self.host, self.port, self.grpc_port = host, port, grpc_port
+        for p in (port, grpc_port):
+            if _port_open(_url_host(host), p):
+                raise ConfigError(f"cannot serve the web viewer on {host}:{p}: the port is in use (choose another "
+                                  "with --viewer web:PORT:GRPC_PORT)")
+        if host in ("0.0.0.0", "::"):
+            logger.warning("serving the web viewer on every network interface (%s): anyone who can reach this "
+                           "machine can see the reconstruction", host)
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - the child's output, kept for error messages until close
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "rerun_cli", "--serve-web", "--bind", host, "--web-viewer-port", str(port),
+             "--port", str(grpc_port), "--server-memory-limit", memory_limit],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + start_timeout_s
+        while not (_port_open(_url_host(host), port) and _port_open(_url_host(host), grpc_port)):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                output = self.output_tail()
+                self.close()
+                raise ConfigError(f"the Rerun web viewer did not start on {host}:{port} / {grpc_port}: {output}")
+            time.sleep(0.1)
+
+    @property
+    def grpc_url(self) -> str:
+        return f"rerun+http://{_url_host(self.host)}:{self.grpc_port}/proxy"
+
+    @property
+    def page_url(self) -> str:
+        return f"http://{_url_host(self.host)}:{self.port}/?url={self.grpc_url}"
+
+    def output_tail(self, limit: int = 2000) -> str:
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")[-limit:].strip() or "(no output)"
+
+    def close(self) -> None:
+        stop_process(self.process)
+        self._log.close()
+
+
+class RerunOutput:
+    """A recording stream and the sinks it feeds; `close` flushes and disconnects them (and stops a web viewer)."""
+
+    def __init__(self, recording: rr.RecordingStream, specs: Sequence[ViewerSpec], urls: dict[str, str],
+                 web: WebViewerServer | None = None) -> None:
         self.recording = recording
         self.specs = list(specs)
         self.urls = urls
+        self.web = web
         self._closed = False
 
     @property
     def serving(self) -> bool:
-        """True when a gRPC server (web viewer) serves the data: it stops when this process exits."""
-        return any(s.kind == "web" for s in self.specs)
+        """True when a web viewer serves the data: it stops when this output is closed."""
+        return self.web is not None
 
     def close(self, flush_timeout_s: float = 10.0) -> None:
         if self._closed:
@@ -48,6 +117,8 @@ class RerunOutput:
             # A viewer that is not running must not fail a reconstruction whose other outputs are fine.
             logger.warning("Rerun data could not be delivered: %s", e)
         self.recording.disconnect()
+        if self.web is not None:
+            self.web.close()
 
     def serve_until_interrupted(self) -> None:
         """Keep a web/gRPC server alive for viewers until Ctrl-C (the data lives in this process)."""
@@ -69,8 +140,7 @@ def open_recording(specs: Sequence[ViewerSpec], *, recording_id: str | None = No
     recording = rr.RecordingStream(APPLICATION_ID, recording_id=recording_id or str(uuid.uuid4()))
     sinks: list[Any] = []
     urls: dict[str, str] = {}
-    web_url = None
-    web_port = DEFAULT_WEB_PORT
+    web: WebViewerServer | None = None
     for spec in specs:
         if spec.kind == "rrd":
             assert spec.path is not None
@@ -81,23 +151,22 @@ def open_recording(specs: Sequence[ViewerSpec], *, recording_id: str | None = No
             sinks.append(rr.GrpcSink(spec.url))
             urls["connect"] = str(spec.url)
         elif spec.kind == "web":
-            try:
-                server = rr.GrpcServerSink(bind_ip=spec.host, port=spec.port)
-            except Exception as e:  # rerun raises plain RuntimeError/OSError when the port is taken
-                raise ConfigError(f"cannot serve Rerun gRPC on {spec.host}:{spec.port}: {e}") from e
-            sinks.append(server)
-            web_url = server.uri
-            web_port = spec.web_port
-            urls["grpc"] = web_url
+            web = WebViewerServer(spec.host, spec.port, spec.grpc_port)
+            sinks.append(rr.GrpcSink(web.grpc_url))
+            urls["grpc"] = web.grpc_url
+            urls["web"] = web.page_url
         else:
             raise ConfigError(f"unknown Rerun output {spec.kind!r}")
     recording.set_sinks(*sinks)
-    if web_url is not None:
-        rr.serve_web_viewer(web_port=web_port, open_browser=open_browser, connect_to=web_url)
-        urls["web"] = f"http://localhost:{web_port}/?url={web_url}"
+    if web is not None and open_browser:
+        import webbrowser
+
+        webbrowser.open(web.page_url)
     for spec in specs:
         logger.info("Rerun output: %s", spec.describe())
-    return RerunOutput(recording, specs, urls)
+    if web is not None:
+        logger.info("open %s in a browser", web.page_url)
+    return RerunOutput(recording, specs, urls, web)
 
 
 class RerunSink:

@@ -1,13 +1,15 @@
 """Parsing of `--viewer` values (no rerun import, so argument parsing stays cheap).
 
 Forms, comma-separated to combine (for example `rrd,web`):
-    rrd             write OUT/recording.rrd (the caller's default path)
-    rrd:PATH        write PATH
-    web             serve the data over gRPC on 127.0.0.1:9876 and the web viewer on port 9090
-    web:PORT        ... gRPC on PORT; `web:HOST:PORT` binds HOST (loopback unless you ask otherwise)
-    connect         stream to a running viewer at rerun+http://127.0.0.1:9876/proxy (start one with `rerun`)
-    connect:URL     ... at URL (`HOST:PORT` is completed to rerun+http://HOST:PORT/proxy)
-    none            no Rerun output
+    rrd                       write OUT/recording.rrd (the caller's default path)
+    rrd:PATH                  write PATH
+    web                       serve the web viewer at http://127.0.0.1:9090 and the data over gRPC on 127.0.0.1:9876
+    web:PORT                  ... the page on PORT
+    web:HOST:PORT             ... both bound to HOST instead of loopback (0.0.0.0: every interface; [::1] for IPv6)
+    web:[HOST:]PORT:GRPC      ... and the gRPC data port GRPC
+    connect                   stream to a running viewer at rerun+http://127.0.0.1:9876/proxy (start one with `rerun`)
+    connect:URL               ... at URL (`HOST:PORT` is completed to rerun+http://HOST:PORT/proxy)
+    none                      no Rerun output
 """
 
 from __future__ import annotations
@@ -28,20 +30,21 @@ KINDS = ("rrd", "web", "connect", "none")
 
 @dataclass(frozen=True)
 class ViewerSpec:
-    """One Rerun sink: `kind` in KINDS plus its target (rrd: path; web: host and port; connect: URL)."""
+    """One Rerun sink: `kind` in KINDS plus its target (rrd: path; web: bind address, page and gRPC ports;
+    connect: URL)."""
 
     kind: str
     path: Path | None = None
     url: str | None = None
     host: str = "127.0.0.1"
-    port: int = DEFAULT_GRPC_PORT
-    web_port: int = DEFAULT_WEB_PORT
+    port: int = DEFAULT_WEB_PORT
+    grpc_port: int = DEFAULT_GRPC_PORT
 
     def describe(self) -> str:
         if self.kind == "rrd":
             return f"file {self.path}"
         if self.kind == "web":
-            return f"web viewer (gRPC on {self.host}:{self.port}, web page on port {self.web_port})"
+            return f"web viewer on http://{_url_host(self.host)}:{self.port} (data over gRPC on port {self.grpc_port})"
         if self.kind == "connect":
             return f"viewer at {self.url}"
         return "none"
@@ -55,6 +58,31 @@ def _port(text: str, value: str) -> int:
     if not 0 < port < 65536:
         raise ConfigError(f"--viewer {value!r}: port {port} out of range")
     return port
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _web(target: str, value: str) -> ViewerSpec:
+    """`[HOST:]PORT[:GRPC]` (HOST may be a bracketed IPv6 address) -> a web ViewerSpec."""
+    host = ""
+    rest = target
+    if rest.startswith("["):
+        end = rest.find("]")
+        if end < 0:
+            raise ConfigError(f"--viewer {value!r}: unclosed '[' in the IPv6 address")
+        host, rest = rest[1:end], rest[end + 1:].lstrip(":")
+    parts = [p for p in rest.split(":")] if rest else []
+    if parts and not host and not parts[0].isdigit():
+        host = parts.pop(0)
+    if len(parts) > 2 or any(not p for p in parts):
+        raise ConfigError(f"--viewer {value!r}: expected web[:[HOST:]PORT[:GRPC_PORT]]")
+    port = _port(parts[0], value) if parts else DEFAULT_WEB_PORT
+    grpc = _port(parts[1], value) if len(parts) > 1 else DEFAULT_GRPC_PORT
+    if port == grpc:
+        raise ConfigError(f"--viewer {value!r}: the web page and the gRPC data need two different ports")
+    return ViewerSpec("web", host=host or "127.0.0.1", port=port, grpc_port=grpc)
 
 
 def _connect_url(target: str) -> str:
@@ -82,9 +110,7 @@ def parse_viewer_spec(value: str, default_rrd: str | Path | None = None) -> list
                 raise ConfigError(f"--viewer {value!r}: give a file, e.g. rrd:out/recording.rrd")
             specs.append(ViewerSpec("rrd", path=Path(path)))
         elif kind == "web":
-            host, _, port = target.rpartition(":") if ":" in target else ("", "", target)
-            specs.append(ViewerSpec("web", host=host or "127.0.0.1",
-                                    port=_port(port, value) if port else DEFAULT_GRPC_PORT))
+            specs.append(_web(target, value))
         else:
             specs.append(ViewerSpec("connect", url=_connect_url(target) if target else DEFAULT_CONNECT_URL))
     if not specs:

@@ -1,9 +1,9 @@
-"""The ROS-independent half of the ROS node: decoding, stamps, output fields and the node's state.
+"""The ROS-independent half of the ROS node: stamps, output fields and the node's state.
 
 The ROS 1 (rospy) and ROS 2 (rclpy) adapters only move messages in and out; everything that can be
-wrong about the numbers lives here and is unit-tested without ROS. Message objects are read by duck
-typing: `sensor_msgs` Image / CompressedImage / CameraInfo share field names across ROS 1 and 2, except
-the stamp (`secs/nsecs` vs `sec/nanosec`) and CameraInfo's `K/D` vs `k/d`, which are handled here.
+wrong about the numbers lives here and is unit-tested without ROS. Incoming Image / CompressedImage /
+CameraInfo messages are decoded by `recon.datasets.ros_msgs`, the codec the bag reader uses too (ROS 1 and
+ROS 2 field names, every image encoding), re-exported here.
 
 Conventions (DESIGN.md §3): images become uint8 HxWx3 RGB, time is integer nanoseconds, poses are
 `T_world_cam` and the map frame *is* the backend's world frame (OpenCV axes of the first camera, so
@@ -26,6 +26,18 @@ import numpy as np
 
 from recon.backends.base import Backend
 from recon.backends.options import parse_option_value  # noqa: F401 - re-exported for the adapters
+from recon.datasets.ros_msgs import (  # noqa: F401 - the codec shared with the bag reader, re-exported
+    DEPTH_ENCODINGS,
+    NS_PER_S,
+    RAW_ENCODINGS,
+    camera_info_from_msg,
+    decode_compressed_image,
+    decode_depth,
+    decode_depth_image,
+    decode_raw_image,
+    stamp_to_ns,
+)
+from recon.datasets.ros_msgs import decode_image as image_msg_to_rgb  # noqa: F401
 from recon.errors import ConfigError, ProtocolError, ReconError
 from recon.geometry.camera import depth_to_world_points
 from recon.geometry.transforms import rotmat_to_quat_xyzw
@@ -34,23 +46,8 @@ from recon.utils.log import WarnOnce
 
 logger = logging.getLogger(__name__)
 
-NS_PER_S = 1_000_000_000
-
 # sensor_msgs/PointField datatype codes (identical in ROS 1 and ROS 2).
 POINTFIELD_FLOAT32 = 7
-
-# Raw sensor_msgs/Image encodings we decode: name -> (numpy dtype, channels).
-RAW_ENCODINGS: dict[str, tuple[str, int]] = {
-    "rgb8": ("u1", 3),
-    "bgr8": ("u1", 3),
-    "rgba8": ("u1", 4),
-    "bgra8": ("u1", 4),
-    "mono8": ("u1", 1),
-    "8UC1": ("u1", 1),
-    "8UC3": ("u1", 3),
-    "mono16": ("u2", 1),
-    "16UC1": ("u2", 1),
-}
 
 # The point cloud layout we publish: x, y, z float32 and the PCL-style packed rgb (0x00RRGGBB stored in a
 # 4-byte field declared FLOAT32, which is what rviz and pcl_ros expect).
@@ -66,117 +63,11 @@ CLOUD_FIELDS: tuple[tuple[str, int, int, int], ...] = (
 # --------------------------------------------------------------------------------------------- time
 
 
-def stamp_to_ns(stamp: Any) -> int:
-    """Integer nanoseconds from a ROS 1 (`secs`, `nsecs`) or ROS 2 (`sec`, `nanosec`) stamp."""
-    if hasattr(stamp, "secs"):
-        return int(stamp.secs) * NS_PER_S + int(stamp.nsecs)
-    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
-
-
 def ns_to_sec_nsec(t_ns: int) -> tuple[int, int]:
     """Split nanoseconds into (seconds, nanoseconds) as both ROS stamp types store them."""
     if t_ns < 0:
         raise ConfigError(f"ROS stamps cannot be negative, got t_ns={t_ns}")
     return divmod(int(t_ns), NS_PER_S)
-
-
-# ------------------------------------------------------------------------------------------- images
-
-
-def decode_raw_image(encoding: str, height: int, width: int, step: int, is_bigendian: bool,
-                     data: bytes | bytearray | memoryview) -> np.ndarray:
-    """uint8 HxWx3 RGB from the fields of a sensor_msgs/Image (row padding and byte order honoured).
-
-    16-bit images (mono16, 16UC1) keep their top 8 bits: a fixed mapping, so brightness does not
-    change from frame to frame the way per-frame normalisation would.
-    """
-    if encoding not in RAW_ENCODINGS:
-        raise ProtocolError(f"unsupported image encoding {encoding!r}; supported: {', '.join(RAW_ENCODINGS)}")
-    kind, channels = RAW_ENCODINGS[encoding]
-    dtype = np.dtype(kind).newbyteorder(">" if is_bigendian else "<")
-    row_bytes = width * channels * dtype.itemsize
-    if height <= 0 or width <= 0 or step < row_bytes:
-        raise ProtocolError(f"bad image geometry {width}x{height} step {step} for {encoding} (row needs {row_bytes})")
-    buf = np.frombuffer(memoryview(data), dtype=np.uint8)
-    if buf.size < step * height:
-        raise ProtocolError(f"image data has {buf.size} bytes, {encoding} {width}x{height} step {step} needs "
-                            f"{step * height}")
-    rows = buf[: step * height].reshape(height, step)[:, :row_bytes]
-    img = np.ascontiguousarray(rows).view(dtype).reshape(height, width, channels)
-    if dtype.itemsize == 2:
-        img = (img.astype(np.uint16) >> 8).astype(np.uint8)
-    if channels == 1:
-        return np.repeat(img, 3, axis=2)
-    if encoding.startswith("bgr"):
-        img = img[..., 2::-1]
-    return np.ascontiguousarray(img[..., :3])
-
-
-DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
-
-
-def decode_depth_image(encoding: str, height: int, width: int, step: int, is_bigendian: bool,
-                       data: bytes | bytearray | memoryview, depth_scale: float = 0.001) -> np.ndarray:
-    """float32 HxW depth in metres from a depth Image: 16UC1/mono16 times `depth_scale` (mm: 0.001) or 32FC1.
-
-    Invalid depth (0, NaN, inf) becomes 0, the "no depth" value of Frame.depth.
-    """
-    if encoding not in DEPTH_ENCODINGS:
-        raise ProtocolError(f"unsupported depth encoding {encoding!r}; supported: {', '.join(DEPTH_ENCODINGS)}")
-    dtype = np.dtype("f4" if encoding == "32FC1" else "u2").newbyteorder(">" if is_bigendian else "<")
-    row_bytes = width * dtype.itemsize
-    if height <= 0 or width <= 0 or step < row_bytes:
-        raise ProtocolError(f"bad depth geometry {width}x{height} step {step} for {encoding}")
-    buf = np.frombuffer(memoryview(data), dtype=np.uint8)
-    if buf.size < step * height:
-        raise ProtocolError(f"depth data has {buf.size} bytes, {width}x{height} step {step} needs {step * height}")
-    raw = np.ascontiguousarray(buf[: step * height].reshape(height, step)[:, :row_bytes]).view(dtype)
-    depth = raw.astype(np.float32) * (np.float32(1.0) if encoding == "32FC1" else np.float32(depth_scale))
-    depth[~np.isfinite(depth) | (depth < 0)] = 0.0
-    return depth
-
-
-def decode_compressed_image(fmt: str, data: bytes | bytearray | memoryview) -> np.ndarray:
-    """uint8 HxWx3 RGB from a sensor_msgs/CompressedImage (jpeg or png, colour or grey, 8 or 16 bit)."""
-    import cv2  # opencv-python-headless is a core dependency; imported here to keep module import cheap
-
-    fmt_l = fmt.lower()
-    if "compresseddepth" in fmt_l:
-        raise ProtocolError(f"compressedDepth images are not colour images (format {fmt!r})")
-    if fmt_l and not any(k in fmt_l for k in ("jpeg", "jpg", "png")):
-        raise ProtocolError(f"unsupported CompressedImage format {fmt!r}; supported: jpeg, png")
-    img = cv2.imdecode(np.frombuffer(memoryview(data), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ProtocolError(f"cannot decode CompressedImage ({fmt!r}, {len(data)} bytes)")
-    if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)
-    if img.ndim == 2:
-        return np.repeat(img[:, :, None], 3, axis=2)
-    # OpenCV decodes to BGR(A), whatever the message's format string says about the source order.
-    return np.ascontiguousarray(img[..., 2::-1] if img.shape[2] >= 3 else np.repeat(img[..., :1], 3, axis=2))
-
-
-def image_msg_to_rgb(msg: Any) -> np.ndarray:
-    """RGB array from an Image or CompressedImage message of ROS 1 or ROS 2 (told apart by `format`)."""
-    if hasattr(msg, "format"):
-        return decode_compressed_image(str(msg.format), bytes(msg.data))
-    return decode_raw_image(str(msg.encoding), int(msg.height), int(msg.width), int(msg.step),
-                            bool(msg.is_bigendian), bytes(msg.data))
-
-
-def camera_info_from_msg(msg: Any) -> CameraInfo:
-    """CameraInfo from a sensor_msgs/CameraInfo of ROS 1 (`K`, `D`) or ROS 2 (`k`, `d`)."""
-    K = getattr(msg, "K", None)
-    if K is None:
-        K = msg.k
-    D = getattr(msg, "D", None)
-    if D is None:
-        D = msg.d
-    K_33 = np.asarray(K, dtype=np.float64).reshape(-1)
-    if K_33.size != 9 or K_33[0] <= 0 or K_33[4] <= 0:
-        raise ProtocolError(f"camera_info has an invalid K {list(K_33)}")
-    return CameraInfo(int(msg.width), int(msg.height), K_33.reshape(3, 3), np.asarray(D, dtype=np.float64),
-                      str(msg.header.frame_id) or "camera")
 
 
 # ----------------------------------------------------------------------------------------- outputs
@@ -570,8 +461,7 @@ class RosNodeCore:
                 return None
             msg = self._depths.pop(key)
         try:
-            depth = decode_depth_image(str(msg.encoding), int(msg.height), int(msg.width), int(msg.step),
-                                       bool(msg.is_bigendian), bytes(msg.data), self.config.depth_scale)
+            depth = decode_depth(msg, self.config.depth_scale)
         except ProtocolError as e:
             self.faults("bad_depth", "ignoring a depth image: %s", e)
             return None

@@ -90,6 +90,8 @@ def select_auto() -> tuple[str, str]:
 # Built-in backends. Priorities: learned streaming methods first, the weight-free baseline last.
 register(BackendEntry("geometric", "recon.backends.geometric:create", (), 0,
                       "weight-free: RGB-D odometry or monocular keyframe visual odometry"))
+register(BackendEntry("lingbot", "recon.backends.lingbot:create", ("lingbot-map-long",), 110,
+                      "LingBot-Map: anchor frames + pose window + trajectory memory (bounded; Apache-2.0 code)"))
 register(BackendEntry("infinitevggt", "recon.backends.infinitevggt:create", ("streamvggt",), 100,
                       "StreamVGGT weights with InfiniteVGGT pruned KV memory (bounded)"))
 register(BackendEntry("horizonstream", "recon.backends.horizonstream:create", ("horizonstream",), 90,

@@ -20,7 +20,7 @@ Options (keyword arguments of `create`):
         (`recon weights pull horizonstream`).
     model_config: "full" (published size) or "tiny" (the golden fixture's size, random weights unless `weights`).
     device: "auto" (cuda when available), "cpu", "cuda", ...
-    dtype: autocast dtype on CUDA: "auto" (bf16 on CUDA, fp32 elsewhere), "fp32", "bf16", "fp16".
+    dtype: compute dtype (autocast): "auto" (bf16 on CUDA, fp32 elsewhere), "fp32", "bf16", "fp16".
     sliding_size: frames per chunk after the first (default 1: per-frame streaming; the paper used 21).
     window_size: frames per window (default: the model's, 10 at full size, 4 tiny).
     image_width: model input width (default 518; 70 for the tiny model, the fixture's).

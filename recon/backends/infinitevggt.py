@@ -22,6 +22,10 @@ Options added here:
     camera_window: frames kept in the camera-trunk caches besides frame 0 (0: unbounded, as published).
     capacity: per-layer preallocated cache storage in tokens (default: 1.25 x the even per-layer share of the
         budget, so the storage is allocated once and never grows; the per-layer budgets move around that share).
+    static: fixed-shape caches (recon.memory.kv_cache.StaticKVCache): no host synchronisation and the same shapes
+        every frame, for CUDA graphs / torch.compile; a layer budget above `capacity` is clamped to it.
+    compile: `--compile`: static caches and the step compiled once with torch.compile (CUDA graphs on CUDA); a
+        dict gives torch.compile options.
 """
 
 from __future__ import annotations
@@ -71,8 +75,8 @@ def create(*, budget: int = DEFAULT_TOTAL_BUDGET, policy: str = "infinitevggt",
            temperature: float = DEFAULT_TEMPERATURE, camera_window: int | None = DEFAULT_CAMERA_WINDOW,
            capacity: int | None = None, weights: str | None = None, model_config: str = "full",
            random_init: bool = False, device: str = "auto", dtype: str = "auto", image_width: int | None = None,
-           camera_cache: str = "reference", points: str = "depth", seed: int = 0,
-           **unused: Any) -> InfiniteVGGTBackend:
+           camera_cache: str = "reference", points: str = "depth", seed: int = 0, static: bool = False,
+           compile: bool | dict = False, **unused: Any) -> InfiniteVGGTBackend:
     """Backend factory (`--backend infinitevggt`); see the module docstring. Unknown options are logged, ignored."""
     from recon.models.vggt import build_vggt
 
@@ -97,7 +101,8 @@ def create(*, budget: int = DEFAULT_TOTAL_BUDGET, policy: str = "infinitevggt",
                                   autocast_dtype=pick_autocast_dtype(dtype, dev),
                                   image_width=image_width or default_image_width(model_config),
                                   camera_cache=camera_cache, capacity=int(capacity), policy=aggregator_policy,
-                                  points=points, camera_policy=camera_policy)
+                                  points=points, camera_policy=camera_policy, static=static or bool(compile),
+                                  compile=compile)
     camera_memory = backend.session.camera_memory
     if camera_window and camera_memory is not None and model.camera_head is not None:
         # Frame 0 + the window, plus the entry appended before each compaction: allocated once, never doubled.

@@ -49,7 +49,7 @@ BACKBONES: dict[str, str] = {
     "vggt": "recon.models.vggt:build_window_model",
 }
 # Options every backbone builder understands; others given to `create` are logged and ignored.
-BACKBONE_OPTIONS = ("weights", "model_config", "device", "dtype", "seed")
+BACKBONE_OPTIONS = ("weights", "model_config", "device", "dtype", "weights_dtype", "seed")
 
 
 def load_backbone(name: str, **options: Any) -> WindowModel:

@@ -61,7 +61,8 @@ class StreamVGGTBackend:
 
     def __init__(self, model: Any, *, device: torch.device, autocast_dtype: torch.dtype, image_width: int,
                  camera_cache: str = "reference", capacity: int = 0, policy: Any = None,
-                 points: str = "depth", camera_policy: Any = None) -> None:
+                 points: str = "depth", camera_policy: Any = None, static: bool = False,
+                 compile: bool | dict = False) -> None:
         if points not in POINT_SOURCES:
             raise ConfigError(f"{self.name} backend: points must be one of {POINT_SOURCES}, got {points!r}")
         self.model = model
@@ -70,7 +71,7 @@ class StreamVGGTBackend:
         self.image_width = image_width
         self.points = points
         self.session = model.new_session(camera_cache=camera_cache, policy=policy, capacity=capacity,
-                                         camera_policy=camera_policy)
+                                         camera_policy=camera_policy, static=static, compile=compile)
         self._dtype = next(model.parameters()).dtype
         self.reset()
 
@@ -111,7 +112,8 @@ class StreamVGGTBackend:
         s = self.session
         return {"model": snapshot.model_signature(self.model), "image_width": self.image_width,
                 "camera_cache": s.camera_cache, "points": self.points, "policy": s.memory.policy.name,
-                "camera_policy": s.camera_memory.policy.name if s.camera_memory is not None else None}
+                "camera_policy": s.camera_memory.policy.name if s.camera_memory is not None else None,
+                "static": s.static}
 
     def save_state(self) -> BackendState:
         return snapshot.to_state(self.name, self.STATE_VERSION, self._state_config(),

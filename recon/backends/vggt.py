@@ -19,7 +19,8 @@ Options (keyword arguments of `create`):
     model_config: "full" (VGGT-1B) or "tiny" (the golden fixtures' size; random weights unless `weights`).
     random_init: random weights instead of a checkpoint (demos and benchmarks only).
     device: "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
-    dtype: autocast dtype of the aggregator: "auto" (bf16 on CUDA, fp32 elsewhere), "fp32", "bf16", "fp16".
+    dtype: compute dtype (autocast; the heads keep their float32 islands): "auto" (bf16 on CUDA, fp32 elsewhere),
+        "fp32", "bf16", "fp16".
     image_width: model input width (default 518; 224 for the tiny model).
     clip_length: frames per VGGT pass (default 16); overlap: frames shared by consecutive clips (default 1).
     points: "depth" (depth unprojected with the predicted camera, default) or "head" (point-head output).
@@ -43,14 +44,14 @@ from recon.backends.base import BackendState
 from recon.errors import BackendError, ConfigError
 from recon.geometry.pose_encoding import depth_to_cam_points, pose_encoding_to_T_world_cam
 from recon.models.preprocess import preprocess_frames
+from recon.models.weights import DTYPES as DTYPES  # the one table of dtype names, re-exported for the benchmarks
+from recon.models.weights import compute_dtype
 from recon.types import BackendStats, Frame, FrameResult
 from recon.utils.log import WarnOnce
 
 logger = logging.getLogger(__name__)
 _warn = WarnOnce(logger)
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
 POINT_SOURCES = ("depth", "head")
 
 
@@ -67,12 +68,9 @@ def pick_device(device: str | torch.device) -> torch.device:
 
 
 def pick_autocast_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """The aggregator's compute dtype: "auto" is bf16 on CUDA and fp32 elsewhere."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype must be auto, fp32, bf16 or fp16, got {dtype!r}")
-    return DTYPES[dtype]
+    """The compute dtype for `--dtype` (recon.models.weights.compute_dtype: "auto" is bf16 on CUDA, fp32
+    elsewhere); the weights stay float32."""
+    return compute_dtype(dtype, device)
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype):

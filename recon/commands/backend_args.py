@@ -1,8 +1,12 @@
 """Backend selection flags shared by `recon replay`, `recon live` and `recon node recon`.
 
 Named flags cover the options users reach for (`--weights`, `--backbone`, `--model-config`, `--budget`,
-`--device`, `--dtype`, `--sliding-size`); `--backend-opt KEY=VALUE` passes anything else. A named flag given to a
-backend that does not take it is an error, not a silently ignored option.
+`--device`, `--dtype`, `--weights-dtype`, `--sliding-size`, `--mode`, `--keyframe-interval`, `--compile`);
+`--backend-opt KEY=VALUE` passes anything else. A named flag given to a backend that does not take it is an
+error, not a silently ignored option.
+
+`--dtype` is the compute dtype for every learned backend (recon.models.weights.compute_dtype); the storage dtype of
+the weights is the separate `--weights-dtype`.
 """
 
 from __future__ import annotations
@@ -13,28 +17,51 @@ from typing import Any
 from recon.backends.options import parse_backend_options
 from recon.errors import ConfigError
 
-LEARNED = ("infinitevggt", "streamvggt", "vggt", "laser", "horizonstream")
+LEARNED = ("lingbot", "infinitevggt", "streamvggt", "vggt", "laser", "horizonstream")
 # flag dest -> (backends that take it, help)
 NAMED_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
-    "weights": (LEARNED, "model weights file (default: the installed registry entry; `recon weights list`)"),
-    "model_config": (LEARNED, "'full' (published architecture, weights required) or 'tiny' (random weights: "
-                              "smoke runs without downloads)"),
-    "device": (LEARNED, "torch device: auto (CUDA when available), cpu, cuda, cuda:1 ..."),
-    "dtype": (LEARNED, "compute dtype: auto (bf16 on CUDA), fp32, bf16, fp16"),
-    "budget": (("infinitevggt",), "KV memory budget in tokens over all global layers (default 1200000)"),
-    "backbone": (("laser",), "LASER window model: pi3 or vggt"),
-    "sliding_size": (("horizonstream",), "HorizonStream frames per chunk after the first window (1 = per frame)"),
+    "weights": (LEARNED, "model weights file (default: the installed copy; `recon weights list` shows them)"),
+    "model_config": (LEARNED, "full (the published model; needs its weights) or tiny (a small model with random "
+                              "weights: tries the pipeline without any download, results are meaningless)"),
+    "device": (LEARNED, "where the model runs: auto (a CUDA GPU when there is one, else cpu), cpu, cuda, cuda:1 ..."),
+    "dtype": (LEARNED, "number format the network computes in, the same for every learned backend: auto (bf16 on "
+                       "a GPU, fp16 on a GPU without bf16, fp32 on cpu), fp32, bf16, fp16; the weights stay fp32 "
+                       "(see --weights-dtype)"),
+    "weights_dtype": (("laser",), "storage format of the window model's weights: fp32 (default), bf16, fp16 (half "
+                                  "the memory; the network then computes in that format)"),
+    "budget": (("infinitevggt",), "how many tokens the streaming memory keeps, over all layers (default 1200000; "
+                                  "smaller uses less GPU memory)"),
+    "backbone": (("laser",), "model LASER runs on each window: pi3 or vggt"),
+    "sliding_size": (("horizonstream",), "frames per step after the first window (1 = one result per frame)"),
+    "mode": (("lingbot",), "stream (one bounded memory) or windowed (overlapping windows joined by Sim(3))"),
+    "keyframe_interval": (("lingbot",), "keep every N-th frame in memory after the scale frames (1 = all)"),
+    "compile": (("infinitevggt",), "static-shape caches and the per-frame step compiled once with torch.compile "
+                                   "(CUDA graphs on CUDA)"),
 }
-_TYPES = {"budget": int, "sliding_size": int}
+_SWITCHES = ("compile",)  # flags without a value
+_METAVARS = {"model_config": "{full,tiny}", "dtype": "{auto,fp32,bf16,fp16}", "weights_dtype": "{fp32,bf16,fp16}",
+             "backbone": "{pi3,vggt}", "device": "DEVICE", "weights": "FILE", "budget": "TOKENS",
+             "sliding_size": "N", "mode": "{stream,windowed}", "keyframe_interval": "N"}
+_TYPES = {"budget": int, "sliding_size": int, "keyframe_interval": int}
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser, default: str = "auto") -> None:
     """Add `--backend`, the named backend flags and `--backend-opt` to a parser."""
-    parser.add_argument("--backend", default=default,
-                        help=f"backend name, or 'auto': the best one whose weights are installed (default {default})")
-    for dest, (_, text) in NAMED_FLAGS.items():
+    from recon.backends import registered
+
+    entries = sorted(registered().values(), key=lambda e: -e.priority)
+    names = ", ".join(e.name + ("" if e.weights else " (no weights needed)") for e in entries)
+    parser.add_argument("--backend", default=default, metavar="NAME",
+                        help=f"reconstruction method: auto (the best one whose weights are installed, else "
+                             f"geometric) or one of {names} (default {default})")
+    for dest, (takers, text) in NAMED_FLAGS.items():
+        scope = "" if takers == LEARNED else f" [{', '.join(takers)}]"
+        if dest in _SWITCHES:
+            parser.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, action="store_const",
+                                const=True, help=text + scope)
+            continue
         parser.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, type=_TYPES.get(dest, str),
-                            help=text)
+                            metavar=_METAVARS.get(dest), help=text + scope)
     parser.add_argument("--backend-opt", "-o", "--option", dest="backend_opt", action="append", default=[],
                         metavar="KEY=VALUE", help="any other backend option (JSON or Python literal), repeatable")
 

@@ -6,7 +6,7 @@ import argparse
 
 from recon.commands import add_command_table
 
-HELP = "run a benchmark (geometric, transport, live, model, memory, laser, horizonstream)"
+HELP = "run a benchmark (geometric, transport, live, model, memory, laser, horizonstream, lingbot)"
 
 # Benchmark name -> module with HELP, add_arguments(parser) and run(args) -> int.
 BENCHMARKS: dict[str, str] = {
@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, str] = {
     "memory": "recon.commands.bench_memory",
     "laser": "recon.commands.bench_laser",
     "horizonstream": "recon.commands.bench_horizonstream",
+    "lingbot": "recon.commands.bench_lingbot",
 }
 
 

@@ -13,11 +13,17 @@ Two parts, each configuration run in its own spawned process so that the peak RS
 2. full: the published architecture (VGGT-1B / StreamVGGT, ~1.19 B parameters, random weights) at a reduced
    resolution, `--full-frames` frames pruned and unbounded (a small budget so that pruning starts early).
 
+`--model lingbot` runs the same two parts for LingBot-Map (recon.models.lingbot_session): "pruned" is then the
+bounded memory (anchors = the 8 scale frames, `--window-frames` sliding window, `--trajectory-frames` trajectory
+memory, `--camera-window` camera-head cache; all full after ~40 frames at the defaults), "unbounded" the
+reference's unbounded trajectory memory and camera-head cache (same anchors and window).
+
 Examples:
     recon bench memory                                        # both parts, CPU, 1 thread, writes the PNG plot
     recon bench memory --skip-full --frames 2000              # quick look at the tiny part
     recon bench memory --skip-tiny --full-grid 28x37 --full-dtype bf16 --device cuda \\
         --full-budget 1200000 --full-frames 300               # 518x392, published budget, on a GPU
+    recon bench memory --model lingbot --skip-full            # LingBot-Map tiny: 10,000 frames bounded
 """
 
 from __future__ import annotations
@@ -48,6 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget-frames", type=int, default=32,
                         help="tiny total budget in frames per layer (budget = layers x this x tokens/frame)")
     parser.add_argument("--camera-window", type=int, default=16, help="camera-cache frames kept besides frame 0")
+    parser.add_argument("--model", default="vggt", choices=("vggt", "lingbot"),
+                        help="vggt: InfiniteVGGT pruning vs the unbounded cache; lingbot: LingBot-Map's bounded memory "
+                             "vs its unbounded trajectory and camera caches")
+    parser.add_argument("--window-frames", type=int, default=16, help="lingbot: sliding-window frames")
+    parser.add_argument("--trajectory-frames", type=int, default=16, help="lingbot: trajectory-memory frames")
     parser.add_argument("--full-frames", type=int, default=300, help="full-size frames per run (default 300)")
     parser.add_argument("--full-grid", default="2x2", help="full-size patch grid (default 2x2 = 28x28 px)")
     parser.add_argument("--full-budget", type=int, default=None,
@@ -88,22 +99,29 @@ def stream_run(cfg: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(cfg["threads"])
     device = torch.device(cfg["device"])
     dtype = DTYPES[cfg["dtype"]]
-    model = build_vggt(model_config=cfg["model_config"], causal=True, random_init=True, device=device, dtype=dtype)
     rows, cols = cfg["grid"]
+    policy = None
+    if cfg.get("model") == "lingbot":
+        model, session, ref, P, layers, budget = _lingbot_sessions(cfg, device, dtype)
+    else:
+        model = build_vggt(model_config=cfg["model_config"], causal=True, random_init=True, device=device,
+                           dtype=dtype)
+        P = rows * cols + model.aggregator.patch_start_idx
+        layers = model.config.aggregator.depth
+        budget = cfg["budget"] or layers * cfg["budget_frames"] * P
+        policy = DiversityPruningPolicy(budget) if cfg["pruned"] else None
+        camera = camera_window_policy(cfg["camera_window"]) if cfg["pruned"] else None
+        capacity = -(-5 * budget // (4 * layers)) if cfg["pruned"] else 0
+        session = model.new_session(policy=policy, camera_policy=camera, capacity=capacity)
+        # Paired reference: a second session with the same settings, restarted every PAIR_CYCLE frames and stepped
+        # right after the long one, so "early" frames are timed under the same machine load as the late ones.
+        ref = None
+        if cfg.get("paired"):
+            ref = model.new_session(policy=DiversityPruningPolicy(budget), capacity=capacity,
+                                    camera_policy=camera_window_policy(cfg["camera_window"]))
     patch = model.config.patch_size
-    P = rows * cols + model.aggregator.patch_start_idx
-    layers = model.config.aggregator.depth
-    budget = cfg["budget"] or layers * cfg["budget_frames"] * P
-    policy = DiversityPruningPolicy(budget) if cfg["pruned"] else None
-    camera = camera_window_policy(cfg["camera_window"]) if cfg["pruned"] else None
-    capacity = -(-5 * budget // (4 * layers)) if cfg["pruned"] else 0
-    session = model.new_session(policy=policy, camera_policy=camera, capacity=capacity)
-    # Paired reference: a second session with the same settings, restarted every PAIR_CYCLE frames and stepped
-    # right after the long one, so "early" frames are timed under the same machine load as the late ones.
-    ref = None
-    if cfg.get("paired"):
-        ref = model.new_session(policy=DiversityPruningPolicy(budget), capacity=capacity,
-                                camera_policy=camera_window_policy(cfg["camera_window"]))
+    step = session.push if cfg.get("model") == "lingbot" else session.step
+    ref_step = None if ref is None else (ref.push if cfg.get("model") == "lingbot" else ref.step)
     ref_ms: list[float] = []
     gen = torch.Generator().manual_seed(0)
     base = torch.rand(3, rows * patch, cols * patch + 64, generator=gen)
@@ -115,7 +133,7 @@ def stream_run(cfg: dict[str, Any]) -> dict[str, Any]:
         shift = (7 * i) % 64  # a camera panning over a texture: frames differ, nothing is allocated per frame
         image = base[:, :, shift:shift + cols * patch].to(device=device, dtype=dtype)
         t, c = time.perf_counter(), time.thread_time()
-        session.step(image)
+        step(image)
         if cuda:
             torch.cuda.synchronize(device)
         wall_ms.append(1000 * (time.perf_counter() - t))
@@ -124,7 +142,7 @@ def stream_run(cfg: dict[str, Any]) -> dict[str, Any]:
             if i % PAIR_CYCLE == 0:
                 ref.reset()
             c = time.thread_time()
-            ref.step(image)
+            ref_step(image)
             ref_ms.append(1000 * (time.thread_time() - c))
         cache_mb.append(session.nbytes() / 2**20)
         rss_mb.append(proc.memory_info().rss / 2**20 if i % 10 == 0 or i == n - 1 else rss_mb[-1])
@@ -138,6 +156,28 @@ def stream_run(cfg: dict[str, Any]) -> dict[str, Any]:
         "gpu_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
         "ref_ms": ref_ms,
     }
+
+
+def _lingbot_sessions(cfg: dict[str, Any], device: Any, dtype: Any) -> tuple[Any, Any, Any, int, int, int]:
+    """(model, session, paired reference session or None, tokens per frame, layers, bound in tokens) for LingBot.
+
+    "pruned" is the bounded memory; otherwise the trajectory memory and the camera-head cache are unbounded as in
+    the reference. The bound reported as `budget` is the tokens held over all layers when the bounded memory is full.
+    """
+    from recon.models.lingbot import build_lingbot
+
+    model = build_lingbot(model_config=cfg["model_config"], random_init=True, device=device, dtype=dtype)
+    rows, cols = cfg["grid"]
+    P = rows * cols + model.patch_start_idx
+    layers = model.config.aggregator.depth
+    bounds = {"trajectory_frames": cfg["trajectory_frames"], "camera_window": cfg["camera_window"]}
+    if not cfg["pruned"]:
+        bounds = {"trajectory_frames": 0, "camera_window": 0}
+    options = dict(num_scale_frames=8, sliding_window=cfg["window_frames"], **bounds)
+    session = model.new_session(**options)
+    ref = model.new_session(**options) if cfg.get("paired") else None
+    full = (8 + cfg["window_frames"]) * P + cfg["trajectory_frames"] * model.config.num_special_tokens
+    return model, session, ref, P, layers, layers * full
 
 
 def _run_child(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -264,7 +304,8 @@ def _report_full(full: dict[str, dict[str, Any]], dtype: str, device: str) -> No
 def run(args: argparse.Namespace) -> int:
     import json
 
-    base = {"threads": args.threads, "budget": None, "camera_window": args.camera_window}
+    base = {"threads": args.threads, "budget": None, "camera_window": args.camera_window, "model": args.model,
+            "window_frames": args.window_frames, "trajectory_frames": args.trajectory_frames}
     tiny: dict[str, dict[str, Any]] = {}
     full: dict[str, dict[str, Any]] = {}
     if args.from_json:  # report a saved run, run nothing

@@ -21,6 +21,7 @@ import argparse
 import logging
 
 from recon.commands.backend_args import add_backend_arguments
+from recon.commands.io_args import add_io_arguments, export_sinks, topic_options
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="camera index or /dev/videoN, video file, image folder, dataset, bag, pattern:N:WxH")
     add_backend_arguments(parser)
     parser.add_argument("--out", default="runs/live", metavar="DIR", help="output folder (default runs/live)")
-    parser.add_argument("--viewer", default="rrd", help="Rerun output: rrd[:PATH] | web | connect[:URL] | none")
+    parser.add_argument("--viewer", default="rrd",
+                        help="Rerun viewer output: rrd[:PATH], web[:[HOST:]PORT[:GRPC]] (a browser page, loopback "
+                             "unless HOST), connect[:URL] or none; comma-separated to combine (default rrd)")
     parser.add_argument("--fps", type=float, default=None, help="camera rate (with --realtime: playback rate)")
     parser.add_argument("--realtime", action="store_true",
                         help="play a recorded source at --fps as a live camera (latest-frame-wins)")
@@ -43,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "undistorted to the pinhole K by default)")
     parser.add_argument("--stream-id", default=None, help="stream name (default: the source's name)")
     parser.add_argument("--no-ply", action="store_true", help="do not write points.ply")
+    add_io_arguments(parser, camera_info=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     options = backend_options(args, backend)
 
     info = load_camera_info(args.camera_info) if args.camera_info else None
-    source = open_source(args.camera, fps=args.fps, camera_info=info)
+    source = open_source(args.camera, fps=args.fps, camera_info=info, **topic_options(args))
     if args.no_undistort and has_distortion(source.camera_info):
         # The camera node undistorts whenever the camera info has coefficients: without them it sends the frames
         # as captured, with K as calibrated.
@@ -86,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     sinks: list[object] = [SegmentedSink(lambda k: TrajectoryWriter(segment_path(out / "trajectory.tum", k)))]
     if not args.no_ply:
         sinks.append(SegmentedSink(lambda k: PointCloudWriter(segment_path(out / "points.ply", k))))
+    sinks += export_sinks(args, out)
     if args.viewer != "none":
         from recon.viewer import create_rerun_sink
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from recon.backends.options import parse_backend_options  # noqa: F401 - part of this command's API
 from recon.commands.backend_args import add_backend_arguments, backend_options, choose_backend
+from recon.commands.io_args import add_io_arguments, apply_camera_info, export_outputs, export_sinks, topic_options
 from recon.errors import ConfigError, ReconError
 
 logger = logging.getLogger(__name__)
@@ -38,11 +39,14 @@ HELP = "reconstruct a recorded sequence: trajectory, point cloud, Rerun recordin
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("sequence", metavar="SEQUENCE", help="sequence folder or file (image folder, video, TUM...)")
+    parser.add_argument("sequence", metavar="SEQUENCE",
+                        help="what to reconstruct: an image folder, a video, a TUM RGB-D / 7-Scenes / KITTI folder, "
+                             "or a ROS bag (.bag, .mcap, rosbag2 folder)")
     add_backend_arguments(parser)
     parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/<sequence name>)")
     parser.add_argument("--viewer", default="rrd",
-                        help="Rerun output: rrd[:PATH] | web[:[HOST:]PORT] | connect[:URL] | none; "
+                        help="Rerun viewer output: rrd[:PATH] (a file for `rerun FILE`), web[:[HOST:]PORT[:GRPC]] "
+                             "(a browser page, loopback unless HOST), connect[:URL] (a running `rerun`) or none; "
                              "comma-separated to combine (default rrd: OUT/recording.rrd)")
     parser.add_argument("--on-error", choices=("skip", "stop"), default="stop",
                         help="corrupt or missing frame: skip it (counted in the summary) or stop (exit code 1)")
@@ -57,6 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distributed", action="store_true",
                         help="run the camera and reconstruction nodes as separate processes over tcp on loopback "
                              "(recon.nodes); outputs are the same")
+    add_io_arguments(parser, camera_info=True)
 
 
 def open_sequence_for_replay(path: str, on_error: str, **options: Any) -> Any:
@@ -105,7 +110,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.fps is not None and not args.fps > 0:
         raise ConfigError(f"--fps must be positive, got {args.fps}")
-    sequence = open_sequence_for_replay(args.sequence, args.on_error, **({"fps": args.fps} if args.fps else {}))
+    if args.distributed and (topic_options(args) or args.camera_info):
+        raise ConfigError("--topic, --depth-topic, --camera-info-topic and --camera-info are not passed to the "
+                          "camera node process of --distributed yet; run without --distributed")
+    sequence = open_sequence_for_replay(args.sequence, args.on_error, **({"fps": args.fps} if args.fps else {}),
+                                        **topic_options(args))
+    sequence = apply_camera_info(sequence, args)
     out = Path(args.out) if args.out else Path("runs") / sequence.name
     viewer_specs = parse_viewer_spec(args.viewer, out / "recording.rrd")
     backend_name, reason = choose_backend(args.backend)
@@ -119,13 +129,14 @@ def run(args: argparse.Namespace) -> int:
     trajectories = SegmentedSink(lambda k: TrajectoryWriter(segment_path(out / "trajectory.tum", k)))
     clouds = SegmentedSink(lambda k: PointCloudWriter(segment_path(out / "points.ply", k), voxel_size=args.voxel_size))
     trajectory, cloud = trajectories.first, clouds.first
-    file_sinks = SinkGroup([trajectories, clouds])
+    exports = export_sinks(args, out, voxel_size=args.voxel_size)
+    file_sinks = SinkGroup([trajectories, clouds, *exports])
     rerun_sink = None
     if viewer_specs:
         from recon.viewer import create_rerun_sink
 
-        rerun_sink = create_rerun_sink(viewer_specs)
-    sinks = SinkGroup([trajectories, clouds, *([rerun_sink] if rerun_sink else [])])
+        rerun_sink = create_rerun_sink(viewer_specs, backend_stats=backend.stats if backend is not None else None)
+    sinks = SinkGroup([trajectories, clouds, *exports, *([rerun_sink] if rerun_sink else [])])
 
     summary = RunSummary(sequence=sequence.name, backend=backend_name, backend_reason=reason)
     keep_serving = rerun_sink is not None and rerun_sink.output.serving and not args.no_wait
@@ -147,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
     for k, extra in enumerate(trajectories.segments[1:], start=1):
         for stream_id, path in extra.paths.items():
             summary.outputs[f"trajectory:segment{k}" + (f":{stream_id}" if len(extra.paths) > 1 else "")] = str(path)
+    summary.outputs.update(export_outputs(exports))
     gt = getattr(sequence, "ground_truth", None)
     if gt is not None and len(gt) and len(trajectory.stream_ids) == 1:
         try:
@@ -165,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{stats.frames_in} frames in {stats.wall_s:.1f} s ({stats.fps:.2f} frames/s) with {backend_name}; "
           f"{summary.frames_skipped} skipped, {summary.results_lost} results lost")
     for name, path in {**summary.outputs, "summary": str(summary_path)}.items():
-        print(f"  {name:<12} {path}")
+        print(f"  {name:<17} {path}")
     if keep_serving:
         rerun_sink.logger.close()
         rerun_sink.output.serve_until_interrupted()
@@ -217,13 +229,12 @@ def _fmt(value: Any) -> str:
 
 
 def _run_with_progress(sequence: Any, backend: Any, sinks: Any, args: argparse.Namespace, run_stream: Any) -> Any:
-    """run_stream with a tqdm bar (frames/s), log lines routed around the bar."""
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
+    """run_stream with progress (frames/s): a bar on a terminal, a log line every few seconds otherwise."""
+    from recon.utils.progress import logs_around_bar, progress
 
     total = _total_frames(sequence, args.stride, args.max_frames)
-    with tqdm(total=total, unit="frame", desc=sequence.name, disable=args.no_progress, dynamic_ncols=True,
-              mininterval=0.5) as bar, logging_redirect_tqdm():
+    with progress(total=total, unit="frame", desc=sequence.name, disable=args.no_progress) as bar, \
+            logs_around_bar():
         def on_frame(stats: Any) -> None:
             bar.update(1)
 

@@ -39,11 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from recon.datasets.synthetic import generate_sequence
+    from recon.utils.progress import logs_around_bar
 
     t0 = time.perf_counter()
-    out = generate_sequence(args.out, seed=args.seed, trajectory=args.trajectory, num_frames=args.frames,
-                            width=args.width, height=args.height, fps=args.fps, supersample=args.supersample,
-                            rgb_format=args.rgb_format, jpeg_quality=args.jpeg_quality)
+    with logs_around_bar():  # a bar per frame on a terminal, a log line every few seconds otherwise
+        out = generate_sequence(args.out, seed=args.seed, trajectory=args.trajectory, num_frames=args.frames,
+                                width=args.width, height=args.height, fps=args.fps, supersample=args.supersample,
+                                rgb_format=args.rgb_format, jpeg_quality=args.jpeg_quality)
     dt = time.perf_counter() - t0
     print(f"wrote {args.frames} frames ({args.trajectory}, seed {args.seed}, {args.width}x{args.height}) to {out} "
           f"in {dt:.1f} s; read it with `recon replay {out}`")

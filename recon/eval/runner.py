@@ -69,6 +69,8 @@ def evaluate_run(
     delta: int = 1,
     all_pairs: bool = False,
     max_diff_s: float = 0.01,
+    t_offset_s: float | str = 0.0,
+    min_match_fraction: float = 0.9,
 ) -> dict[str, Any]:
     """Associate, align and score a predicted trajectory; returns a JSON-serialisable dict.
 
@@ -78,23 +80,51 @@ def evaluate_run(
         delta: RPE frame delta (in matched poses); RPE uses the same alignment as ATE.
         all_pairs: RPE over every pair (i, i + delta) rather than evo's default stride of `delta`.
         max_diff_s: largest timestamp difference accepted when associating poses.
+        t_offset_s: seconds added to the prediction's stamps before matching, or "auto" to detect a constant offset
+            (`recon.eval.time_offset`; used when it matches more poses than none).
+        min_match_fraction: warn (and say so in the result, `match_warning`) when fewer predicted poses match.
 
     Keys: num_pred_poses, num_gt_poses, num_matched, align, ate_rmse/mean/median/std/max, trajectory_length
     (ground-truth path over the matched poses), ate_pct_of_length, rpe_delta, rpe_trans_rmse/mean/median/max,
-    rpe_rot_deg_rmse/mean/median/max, rpe_num_pairs, scale, alignment {s, R, t}, max_abs_dt_s. Undefined
-    numbers (no RPE pair, zero length) are null.
+    rpe_rot_deg_rmse/mean/median/max, rpe_num_pairs, scale, alignment {s, R, t}, max_abs_dt_s, t_offset_s,
+    t_offset_detected, match_fraction, match_warning. Undefined numbers (no RPE pair, zero length) are null.
     """
     pred_traj = _keep_last_per_timestamp(load_trajectory(pred, "prediction"))
     gt_traj = load_trajectory(gt, "ground truth")
-    assoc = associate_timestamps(pred_traj.t_ns, gt_traj.t_ns, int(round(max_diff_s * 1e9)))
+    max_diff_ns = int(round(max_diff_s * 1e9))
+    detected = isinstance(t_offset_s, str)
+    if detected:
+        if t_offset_s != "auto":
+            raise EvaluationError(f"t_offset_s must be a number of seconds or 'auto', got {t_offset_s!r}")
+        from recon.eval.time_offset import estimate_time_offset
+
+        found = estimate_time_offset(pred_traj.t_ns, pred_traj.T_world_cam, gt_traj.t_ns, gt_traj.T_world_cam,
+                                     max_diff_ns=max_diff_ns, align=align)
+        offset_ns = found.offset_ns
+        if offset_ns:
+            logger.warning("time offset detected: %+.6f s added to the prediction's stamps (%d poses match, %d "
+                           "without it); give --t-offset 0 to evaluate without it", offset_ns * 1e-9, found.matched,
+                           found.candidates["none"][1])
+    else:
+        offset_ns = int(round(float(t_offset_s) * 1e9))
+    t_pred = pred_traj.t_ns + offset_ns
+    assoc = associate_timestamps(t_pred, gt_traj.t_ns, max_diff_ns)
     if len(assoc) == 0:
         raise EvaluationError(
             f"no prediction timestamp lies within {max_diff_s} s of a ground-truth timestamp "
-            f"({len(pred_traj)} predicted, {len(gt_traj)} ground-truth poses); check both use the same clock"
+            f"({len(pred_traj)} predicted, {len(gt_traj)} ground-truth poses, offset {offset_ns * 1e-9:+.6f} s); "
+            "check both use the same clock, or detect a constant offset with --t-offset auto"
         )
     T_pred = np.asarray(pred_traj.T_world_cam, dtype=np.float64)[assoc.idx_pred]
     T_gt = np.asarray(gt_traj.T_world_cam, dtype=np.float64)[assoc.idx_gt]
     logger.info("matched %d of %d predicted poses to ground truth", len(assoc), len(pred_traj))
+    fraction = len(assoc) / len(pred_traj)
+    warning = None
+    if fraction < min_match_fraction:
+        warning = (f"only {len(assoc)} of {len(pred_traj)} predicted poses ({100 * fraction:.0f} %) have a "
+                   f"ground-truth pose within {max_diff_s} s: the figures describe that part only (a time offset? "
+                   "try --t-offset auto, or a larger --max-diff)")
+        logger.warning("%s", warning)
 
     ate = absolute_trajectory_error(T_pred, T_gt, align)
     length = trajectory_length(T_gt)
@@ -104,6 +134,10 @@ def evaluate_run(
         "num_matched": len(assoc),
         "align": align,
         "max_abs_dt_s": float(np.abs(assoc.dt_ns).max()) * 1e-9,
+        "t_offset_s": offset_ns * 1e-9,
+        "t_offset_detected": detected,
+        "match_fraction": fraction,
+        "match_warning": warning,
     }
     out.update({f"ate_{k}": _finite(v) for k, v in ate.stats.items() if k != "min"})
     out["trajectory_length"] = length

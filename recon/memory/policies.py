@@ -20,6 +20,14 @@ Policies (names for `make_policy` and the `infinitevggt` backend's `policy` opti
     (the most diverse keys) in temporal order; V follows K;
   - only layers that pruned set their `last_scores` entry to float32(mean candidate score).
 
+Static shapes (`StreamingMemory(static=True)`, for CUDA graphs and `torch.compile`): every policy here also runs on
+`recon.memory.kv_cache.StaticKVCache`, deciding with device tensors only: budgets are computed on the device and
+never read back, the kept entries become a keep mask (InfiniteVGGT: the `budget - anchors` lowest-ranked scores;
+the window policies: anchors plus the last `budget - anchors` rows), and a layer that need not prune keeps every
+valid row. The kept sets are the dynamic path's (ties aside: a stable sort instead of topk). One difference: the
+storage is fixed, so an InfiniteVGGT layer budget above the capacity is clamped to it (counted in
+`budget_clamped`; the dynamic path grows the storage instead).
+
 Synchronisation: the published code calls `.item()` once per layer per frame (the mean score), which stalls
 the GPU 24 times a frame. Here every per-layer quantity stays a device tensor: scores, kept indices, the mean
 score and `last_scores`. Whether a layer prunes depends only on host integers (cache length, budget). The only
@@ -40,7 +48,7 @@ from typing import Any
 import torch
 
 from recon.errors import ConfigError
-from recon.kernels.kv_prune import diversity_scores, select_kept
+from recon.kernels.kv_prune import diversity_scores, diversity_scores_masked, ranks, select_kept
 from recon.memory.kv_cache import EvictionPolicy, KVCache
 from recon.utils.log import WarnOnce
 
@@ -67,8 +75,8 @@ class _AnchorMixin:
         self._anchor_idx: dict[tuple[int, int, int, torch.device], torch.Tensor] = {}
 
     def _update_anchors(self, layer: int, cache: KVCache, frame_index: int) -> int:
-        if frame_index == 0:
-            self._anchors[layer] = len(cache)
+        if frame_index == 0:  # nothing is evicted during the first frame: appended == held, no device read
+            self._anchors[layer] = cache.appended_total
         return self._anchors.get(layer, 0)
 
     def anchor_count(self, layer: int) -> int:
@@ -121,6 +129,7 @@ class SlidingWindowPolicy(_AnchorMixin, EvictionPolicy):
         self.total_budget = total_budget
         self.window_frames = window_frames
         self._warn = WarnOnce(logger)
+        self._per_frame = 1  # cache appends per frame (use_static_shapes); survives reset
         self.reset()
 
     def reset(self) -> None:
@@ -137,6 +146,14 @@ class SlidingWindowPolicy(_AnchorMixin, EvictionPolicy):
         self._import_anchors(state)
         self._num_layers = int(state["num_layers"])
 
+    def use_static_shapes(self, capacity: int, appends_per_frame: int = 1) -> None:
+        self._per_frame = appends_per_frame
+
+    def static_capacity(self, layer: int, first_append: int) -> int:
+        if self.window_frames is not None:  # frames of what the first frame appends
+            return first_append * self._per_frame * (self.window_frames + int(self.keep_first_frame))
+        return self.budget_of(layer)
+
     def budget_of(self, layer: int) -> int:
         """Entries `layer` may hold (anchors included)."""
         if self.layer_budget is not None:
@@ -147,12 +164,15 @@ class SlidingWindowPolicy(_AnchorMixin, EvictionPolicy):
         return max(self.anchor_count(layer), 1) * (self.window_frames + int(self.keep_first_frame))
 
     def after_append(self, layer: int, cache: KVCache, frame_index: int) -> None:
-        n = len(cache)
         first = self._update_anchors(layer, cache, frame_index)
         if frame_index == 0 and self.window_frames is not None:
             return  # the first frame defines the unit of the window
         anchors = first if self.keep_first_frame else 0
         budget = self.budget_of(layer)
+        if cache.static:
+            self._after_append_static(cache, anchors, budget)
+            return
+        n = len(cache)
         if n <= budget or n <= anchors:
             return
         window = max(budget - anchors, 0)
@@ -162,6 +182,13 @@ class SlidingWindowPolicy(_AnchorMixin, EvictionPolicy):
         B, H = cache.keys().shape[:2]
         tail = torch.arange(n - window, n, device=cache.keys().device).expand(B, H, window)
         cache.compact(self._keep_index(anchors, tail), ascending=True, skip=anchors)
+
+    def _after_append_static(self, cache: KVCache, anchors: int, budget: int) -> None:
+        """Anchors plus the last `budget - anchors` valid rows; within budget that is every valid row."""
+        pos, length = cache.positions, cache.length
+        keep = ((pos < anchors) | (pos >= length - max(budget - anchors, 0))) & cache.valid()
+        B, H = cache.keys().shape[:2]
+        cache.compact_mask_(keep.expand(B, H, -1))
 
 
 class AttentionSinkPolicy(SlidingWindowPolicy):
@@ -234,6 +261,7 @@ class DiversityPruningPolicy(_AnchorMixin, EvictionPolicy):
         self.impl = impl
         self.recorder = recorder
         self._warn = WarnOnce(logger)
+        self.static_layer_capacity: int | None = None  # set by use_static_shapes (StaticKVCache storage)
         self.reset()
 
     def reset(self) -> None:
@@ -242,20 +270,37 @@ class DiversityPruningPolicy(_AnchorMixin, EvictionPolicy):
         self.budgets: list[int] = []
         self._pending: _PendingBudgets | None = None
         self.host_reads = 0  # device-to-host reads of budgets (one per frame at most), for tests and stats
+        self.budget_device: torch.Tensor | None = None  # static shapes: int64 [layers], never read back
+        self.budget_clamped: torch.Tensor | None = None  # static shapes: layer-frames whose budget hit capacity
+
+    def use_static_shapes(self, capacity: int, appends_per_frame: int = 1) -> None:
+        if capacity < 1:
+            raise ConfigError("infinitevggt with static shapes needs the per-layer capacity (entries a layer may "
+                              "hold); the backend sizes it from the budget")
+        if self.recorder is not None:
+            raise ConfigError("infinitevggt: the recorder reads decisions back to the host; use dynamic shapes")
+        self.static_layer_capacity = int(capacity)
+        self._appends_per_frame = appends_per_frame
+
+    def static_capacity(self, layer: int, first_append: int) -> int:
+        # The first frame's entries (the anchors) are never evicted, whatever the budget.
+        return max(self.static_layer_capacity, first_append * self._appends_per_frame)
 
     def export_state(self) -> dict[str, Any]:
         """Anchors, per-layer scores and the current budgets. A budget copy still in flight (CUDA) is not kept:
         the next frame recomputes it from `last_scores`, which gives the same integers."""
         scores = None if self.last_scores is None else self.last_scores.clone()
+        clamped = None if self.budget_clamped is None else self.budget_clamped.clone()
         return {**self._export_anchors(), "last_scores": scores, "budgets": list(self.budgets),
-                "host_reads": self.host_reads}
+                "host_reads": self.host_reads, "budget_clamped": clamped}
 
     def import_state(self, state: dict[str, Any]) -> None:
         self._import_anchors(state)
         self.last_scores = state["last_scores"]
         self.budgets = [int(b) for b in state["budgets"]]
         self.host_reads = int(state["host_reads"])
-        self._pending = None
+        self.budget_clamped = state.get("budget_clamped")
+        self._pending = None  # static shapes: budget_device is recomputed from last_scores at the next frame
 
     def budget_prefloor(self, scores: torch.Tensor) -> torch.Tensor:
         """float32 `softmax((1 - scores) / T) * total_budget`, the reference's arithmetic before `int()`."""
@@ -266,6 +311,12 @@ class DiversityPruningPolicy(_AnchorMixin, EvictionPolicy):
         if self.last_scores is None or self.last_scores.numel() != num_layers:
             self.last_scores = torch.zeros(num_layers, dtype=torch.float32)
             self._pending = None
+        if self.static_layer_capacity is not None:
+            raw = self.budget_prefloor(self.last_scores).to(torch.int64)
+            self.budget_device = raw.clamp(max=self.static_layer_capacity)
+            over = (raw > self.static_layer_capacity).sum()
+            self.budget_clamped = over if self.budget_clamped is None else self.budget_clamped + over
+            return
         if self._pending is not None and self._pending.pending:
             self.budgets = self._pending.result()
         else:
@@ -277,6 +328,9 @@ class DiversityPruningPolicy(_AnchorMixin, EvictionPolicy):
                                     "last_scores_before": self.last_scores.cpu().clone()})
 
     def after_append(self, layer: int, cache: KVCache, frame_index: int) -> None:
+        if cache.static:
+            self._after_append_static(layer, cache, frame_index)
+            return
         n = len(cache)
         anchors = self._update_anchors(layer, cache, frame_index)
         budget = self.budgets[layer]
@@ -304,10 +358,35 @@ class DiversityPruningPolicy(_AnchorMixin, EvictionPolicy):
                                     "n_after": len(cache), "pruned": True, "anchors": anchors, "cache": cache,
                                     "keep_idx": keep_idx, "scores": scores, "avg_score": avg})
 
+    def _after_append_static(self, layer: int, cache: KVCache, frame_index: int) -> None:
+        """The same rule on a `StaticKVCache`, decided on the device: prune iff length > budget and > anchors; keep
+        the anchors and the `budget - anchors` lowest-ranked candidate scores; the mean candidate score becomes
+        `last_scores[layer]` only when the layer pruned."""
+        anchors = self._update_anchors(layer, cache, frame_index)
+        keys = cache.keys()
+        if self.last_scores is None or self.budget_device is None:
+            raise RuntimeError("infinitevggt: after_append before begin_frame")
+        if self.last_scores.device != keys.device:
+            self.last_scores = self.last_scores.to(keys.device)
+            self.budget_device = self.budget_device.to(keys.device)
+        budget, length, valid = self.budget_device[layer], cache.length, cache.valid()
+        prune = (length > budget) & (length > anchors)
+        cand = valid[anchors:]
+        scores = diversity_scores_masked(keys[:, :, anchors:], cand)
+        keep_cand = ((ranks(scores) < (budget - anchors).clamp(min=0)) | ~prune) & cand
+        B, H = keys.shape[:2]
+        keep = torch.cat([valid[:anchors].expand(B, H, anchors), keep_cand], dim=-1)
+        cache.compact_mask_(keep)
+        total = torch.where(cand, scores, torch.zeros_like(scores)).sum()
+        avg = total / (cand.sum() * B * H).clamp(min=1)
+        self.last_scores[layer] = torch.where(prune, avg.to(torch.float32), self.last_scores[layer])
+
     def end_frame(self, frame_index: int) -> None:
         assert self.last_scores is not None
         if self.recorder is not None:
             self.recorder("frame_end", {"frame": frame_index, "last_scores_after": self.last_scores.cpu().clone()})
+        if self.static_layer_capacity is not None:
+            return  # static shapes: the next budgets are derived on the device in begin_frame
         if self.last_scores.is_cuda:
             # Next frame's budgets, derived on the device and fetched without blocking.
             if self._pending is None:

@@ -61,15 +61,28 @@ class HorizonStreamConfig:
         depth, num_heads, mlp_ratio: alternating frame/global blocks (24 each, 16 heads).
         qk_norm, qk_norm_eps, norm_eps, init_values, rope_freq: block settings (as VGGT's aggregator).
         gate_attn: "headwise" sigmoid gate per head in frame and global blocks (rule 10), or None.
-        rope_temporal_period: wrapping period of the temporal RoPE coordinate (rule 6; 21 at full size).
+        rope_temporal_period: wrapping period of the temporal RoPE coordinate (rule 6; 21 at full size). 0 turns
+            the offset off: every chunk starts at t = 1, as the reference does for a period of 0.
         num_pose_tokens: X, pose tokens per window slot.
         window_size: Win, frames per window (first chunk size; the cache holds Win-1 frames).
         gla_layers: global layers preceded by a KDA block (rule 8).
         gla_expand_v, gla_conv_size, gla_norm_eps: KDA layer settings.
-        num_register_tokens: size of the (unused) aggregator `register_token` parameter.
-        patch_embed, camera_head, depth_head: sub-configs (depth_head.intermediate_layer_idx are the DPT layers).
+        num_register_tokens: size of the aggregator `register_token` parameter.
+        use_register_token: prepend its second entry's tokens to every frame (off at inference); they come before
+            the metric token, both at position (0, 0, 0).
+        metric_readout: the metric readout token and head exist (on at inference). Off: no scale, depth and
+            translations stay in the model's own units and `predicted_metric_scale` is not output.
+        aggregator_layer_idx: the aggregator's `intermediate_layer_idx` (None: the DPT's). The reference requires
+            the last layer among them; the window pose tokens come from the layer of its last entry (rule 11),
+            which need not be the last layer, and the DPT reads only layers listed here.
+        patch_embed, camera_head, depth_head: sub-configs (depth_head.intermediate_layer_idx are the DPT taps, in
+            order; a layer may feed several taps).
         metric_hidden: hidden widths of the metric readout MLP (2C -> 256 -> 128 -> 1).
-        depth_log_clamp: the depth head's exp input is clamped at this value (rule 14: exp(min(x, 6.9))).
+
+    Depth is `exp(x) * scale` with no clamp on x: the reference head's "exp" activation
+    (`utils/vendor/models/components/heads/head_act.py`) has none. The `exps_max_clamp: 6.9` that the fixture
+    configs list among the DPT defaults is not an argument of that head and is never applied; horizonstream_tiny_v2
+    reaches x = 8.9 in later chunks and stores exp(8.9).
     """
 
     img_size: int = 518
@@ -95,11 +108,13 @@ class HorizonStreamConfig:
     gla_conv_size: int = 4
     gla_norm_eps: float = 1e-5
     num_register_tokens: int = 4
+    use_register_token: bool = False
+    metric_readout: bool = True
+    aggregator_layer_idx: tuple[int, ...] | None = None
     patch_embed: DinoConfig = field(default_factory=DinoConfig)
     camera_head: CameraHeadConfig = field(default_factory=CameraHeadConfig)
     depth_head: DPTConfig = field(default_factory=lambda: DPTConfig(frames_chunk_size=1))
     metric_hidden: tuple[int, ...] = (256, 128)
-    depth_log_clamp: float = 6.9
 
     def __post_init__(self) -> None:
         if self.embed_dim % self.num_heads:
@@ -107,38 +122,65 @@ class HorizonStreamConfig:
                               f"{self.num_heads}")
         if self.window_size < 2:
             raise ConfigError(f"HorizonStreamConfig.window_size must be >= 2, got {self.window_size}")
-        if self.rope_temporal_period < 1:
-            raise ConfigError(f"HorizonStreamConfig.rope_temporal_period must be >= 1, got {self.rope_temporal_period}")
-        bad = [i for i in (*self.gla_layers, *self.depth_head.intermediate_layer_idx) if not 0 <= i < self.depth]
+        if self.rope_temporal_period < 0:
+            raise ConfigError(f"HorizonStreamConfig.rope_temporal_period must be >= 0, got {self.rope_temporal_period}")
+        taps = self.output_layers
+        bad = [i for i in (*self.gla_layers, *self.depth_head.intermediate_layer_idx, *taps)
+               if not 0 <= i < self.depth]
         if bad:
             raise ConfigError(f"HorizonStreamConfig: layer indices {bad} outside depth {self.depth}")
+        if len(self.depth_head.intermediate_layer_idx) != 4:
+            raise ConfigError("HorizonStreamConfig: the DPT head reads exactly four taps, got "
+                              f"{list(self.depth_head.intermediate_layer_idx)}")
+        if self.depth - 1 not in taps:
+            raise ConfigError(f"HorizonStreamConfig: the aggregator layers {list(taps)} must include the last layer "
+                              f"{self.depth - 1} (the metric readout reads it)")
+        missing = sorted(set(self.depth_head.intermediate_layer_idx) - set(taps))
+        if missing:
+            raise ConfigError(f"HorizonStreamConfig: DPT taps {missing} are not aggregator layers {list(taps)}")
         if self.gate_attn not in (None, "headwise"):
             raise ConfigError(f"HorizonStreamConfig.gate_attn must be None or 'headwise', got {self.gate_attn!r}")
 
+    @property
+    def output_layers(self) -> tuple[int, ...]:
+        """The aggregator layers whose outputs are kept (`aggregator_layer_idx`, default the DPT taps)."""
+        if self.aggregator_layer_idx is not None:
+            return tuple(self.aggregator_layer_idx)
+        return tuple(self.depth_head.intermediate_layer_idx)
+
     @classmethod
     def from_fixture(cls, cfg: Mapping[str, Any]) -> HorizonStreamConfig:
-        """Config from a horizonstream fixture's config.json (../shared/golden/horizonstream_tiny)."""
+        """Config from a horizonstream fixture's config.json (`model_cfg` as given to the reference's
+        `HorizonStream(**cfg)`, plus the defaults it records); reference options we do not implement are refused."""
         model = cfg["model_cfg"]
         agg, cam, dpt = model["agg_regator_cfg"], model["cam_decoder_cfg"], model["dpt_decoder_cfg"]
         agg_def = cfg.get("aggregator_defaults_not_in_cfg", {})
         cam_def = cfg.get("cam_head_defaults_not_in_cfg", {})
+        dpt_def = cfg.get("dpt_defaults_not_in_cfg", {})
         pe = cfg["patch_embed_override"]
-        if pe["embed_dim"] != agg["embed_dim"]:
-            raise ConfigError("HorizonStream: the DINO width must equal the aggregator's embed_dim")
-        if agg.get("use_register_token") or agg.get("fuse_grm_priori"):
-            raise ConfigError("HorizonStream: register tokens and group-map fusion are not supported (off at "
-                              "inference, ../shared/reference/horizonstream.md §2.1)")
+        _refuse_unsupported(model, agg, agg_def, pe)
+        depth = agg["depth"]
+        agg_taps = agg.get("intermediate_layer_idx", agg_def.get("intermediate_layer_idx", [4, 11, 17, 23]))
+        dpt_taps = dpt.get("intermediate_layer_idx", agg_taps)  # the reference copies the aggregator's when absent
+        arch = str(agg.get("global_attn_arch", "swa")).lower()
+        gla = agg.get("gla_serial_layers") if arch in ("gla", "gla_hybrid", "gla+attn", "gla_swa") else []
+        if gla is None:  # the reference's default: a KDA block before every aggregator output layer
+            gla = agg_taps
         return cls(
-            img_size=agg["img_size"], patch_size=agg["patch_size"], embed_dim=agg["embed_dim"], depth=agg["depth"],
+            img_size=agg["img_size"], patch_size=agg["patch_size"], embed_dim=agg["embed_dim"], depth=depth,
             num_heads=agg["num_heads"], mlp_ratio=agg_def.get("mlp_ratio", 4.0),
             qk_norm=agg_def.get("qk_norm", True), qk_norm_eps=agg_def.get("qk_layernorm_eps", 1e-5),
             norm_eps=agg_def.get("block_layernorm_eps", 1e-5), init_values=agg_def.get("init_values", 0.01),
             rope_freq=agg_def.get("rope_freq", 100.0), gate_attn=agg.get("gate_attn"),
             rope_temporal_period=agg["rope_temporal_period"], num_pose_tokens=agg["num_pose_tokens"],
-            window_size=cfg.get("inference", {}).get("window_size", 10), gla_layers=tuple(agg["gla_serial_layers"]),
+            window_size=cfg.get("inference", {}).get("window_size", 10),
+            gla_layers=tuple(sorted({i + depth if i < 0 else i for i in gla})),
             gla_expand_v=agg.get("gla_expand_v", 1.0), gla_conv_size=agg.get("gla_conv_size", 4),
             gla_norm_eps=agg.get("gla_norm_eps", 1e-5),
             num_register_tokens=agg_def.get("num_register_tokens", 4),
+            use_register_token=bool(agg.get("use_register_token", True)),
+            metric_readout=bool(model.get("enable_metric_readout_token", False)),
+            aggregator_layer_idx=tuple(agg_taps),
             patch_embed=DinoConfig(depth=pe["depth"], num_heads=pe["num_heads"], mlp_ratio=pe["mlp_ratio"],
                                    num_register_tokens=pe["num_register_tokens"], init_values=pe["init_values"],
                                    norm_eps=pe["layernorm_eps"], interpolate_antialias=pe["interpolate_antialias"],
@@ -147,14 +189,37 @@ class HorizonStreamConfig:
                                          mlp_ratio=cam_def.get("mlp_ratio", 4.0),
                                          init_values=cam_def.get("init_values", 0.01),
                                          num_iterations=cam_def.get("num_iterations", 4)),
-            depth_head=DPTConfig(features=dpt["features"], out_channels=tuple(dpt["out_channels"]),
-                                 intermediate_layer_idx=tuple(dpt["intermediate_layer_idx"]),
+            depth_head=DPTConfig(features=dpt.get("features", 256),
+                                 out_channels=tuple(dpt.get("out_channels", (256, 512, 1024, 1024))),
+                                 intermediate_layer_idx=tuple(dpt_taps),
+                                 pos_embed=dpt.get("pos_embed", dpt_def.get("pos_embed", True)),
+                                 down_ratio=dpt.get("down_ratio", dpt_def.get("down_ratio", 1)),
                                  frames_chunk_size=model.get("frames_chunk_size", 1)),
-            metric_hidden=tuple(model["metric_readout_head_cfg"]["hidden_dims"]),
+            metric_hidden=tuple(model.get("metric_readout_head_cfg", {}).get("hidden_dims", (256, 128))),
         )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _refuse_unsupported(model: Mapping[str, Any], agg: Mapping[str, Any], agg_def: Mapping[str, Any],
+                        pe: Mapping[str, Any]) -> None:
+    """ConfigError for reference options whose code paths we do not implement (none is used at inference)."""
+    checks = [
+        (pe["embed_dim"] == agg["embed_dim"], "the DINO width must equal the aggregator's embed_dim"),
+        (not agg.get("fuse_grm_priori", True), "group-map fusion (fuse_grm_priori) needs group maps at inference"),
+        (str(agg.get("global_attn_impl", "softmax")).lower() in ("softmax", "sdpa", "swa"),
+         f"global_attn_impl {agg.get('global_attn_impl')!r} (linear global attention)"),
+        (str(agg.get("rope_type", "2d")) == "3d", f"rope_type {agg.get('rope_type', '2d')!r} (only the 3D RoPE)"),
+        (float(agg_def.get("rope_freq", 100)) > 0, "rope_freq <= 0 (no RoPE)"),
+        (list(agg_def.get("aa_order", ["frame", "global"])) == ["frame", "global"], "aa_order other than frame,global"),
+        (int(agg_def.get("aa_block_size", 1)) == 1, "aa_block_size other than 1"),
+        (not model.get("use_xyz_head", False), "the xyz (point) head"),
+        (not agg.get("use_cam_emb", False), "camera embeddings (use_cam_emb)"),
+    ]
+    failed = [why for ok, why in checks if not ok]
+    if failed:
+        raise ConfigError("HorizonStream: unsupported reference option(s): " + "; ".join(failed))
 
 
 def tiny_config() -> HorizonStreamConfig:
@@ -280,15 +345,33 @@ class HorizonStreamAggregator(nn.Module):
             str(i): KDABlock(C, cfg.num_heads, cfg.mlp_ratio, cfg.ffn_bias, cfg.init_values, cfg.norm_eps,
                              cfg.gla_expand_v, cfg.gla_conv_size, cfg.gla_norm_eps)
             for i in sorted(set(cfg.gla_layers))})
-        # Present in the checkpoint, never read at inference (README rule 4).
+        # camera_token is in the checkpoint but never read; register_token only with use_register_token (rule 4).
         self.camera_token = nn.Parameter(torch.zeros(1, 2, 1, C))
         self.register_token = nn.Parameter(torch.zeros(1, 2, cfg.num_register_tokens, C))
         self.pose_token = nn.Parameter(torch.zeros(2, cfg.num_pose_tokens, C))
-        self.metric_readout_token = nn.Parameter(torch.zeros(1, 1, C))
         nn.init.normal_(self.pose_token, std=1e-6)
-        nn.init.normal_(self.metric_readout_token, std=1e-6)
+        if cfg.metric_readout:
+            self.metric_readout_token = nn.Parameter(torch.zeros(1, 1, C))
+            nn.init.normal_(self.metric_readout_token, std=1e-6)
         self.register_buffer("_resnet_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_resnet_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def num_special_tokens(self) -> int:
+        """Tokens before the patch tokens of a frame: the register tokens (if used), then the metric token."""
+        cfg = self.cfg
+        return (cfg.num_register_tokens if cfg.use_register_token else 0) + int(cfg.metric_readout)
+
+    def _special_tokens(self, F: int, dtype: torch.dtype) -> list[torch.Tensor]:
+        """Per-frame leading tokens `[F, n, C]` in order (rule 4): register tokens (entry 1 of the parameter),
+        then the metric readout token."""
+        C = self.cfg.embed_dim
+        out = []
+        if self.cfg.use_register_token:
+            out.append(self.register_token[0, 1:].expand(F, -1, C))
+        if self.cfg.metric_readout:
+            out.append(self.metric_readout_token.expand(F, 1, C))
+        return [t.to(dtype) for t in out]
 
     def _pose_tokens(self, F: int, win: int, first: bool) -> torch.Tensor:
         """`[F*Win, X, C]` slot queries (rule 5): the reference token on the diagonal of chunk 0, else last slot."""
@@ -372,16 +455,18 @@ class HorizonStreamAggregator(nn.Module):
         C = tokens.shape[-1]
         if intermediates is not None:
             intermediates["patch_embed_tokens"] = tokens
-        patch = torch.cat([self.metric_readout_token.expand(F, 1, C).to(tokens.dtype), tokens], dim=1)  # rule 4
+        patch = torch.cat([*self._special_tokens(F, tokens.dtype), tokens], dim=1)  # rule 4
         P = patch.shape[1]
         pose = self._pose_tokens(F, win, first).to(tokens.dtype)  # [F*Win, X, C]
         X = pose.shape[1]
         # Rule 6: the temporal start wraps with the period; it uses this chunk's frame count (reference quirk).
-        t_start = (state.chunk_idx * F) % cfg.rope_temporal_period
-        patch_pos = spatiotemporal_positions(F, gh, gw, t_start, 1, device=images.device)
+        period = cfg.rope_temporal_period
+        t_start = (state.chunk_idx * F) % period if period > 0 else 0
+        patch_pos = spatiotemporal_positions(F, gh, gw, t_start, self.num_special_tokens, device=images.device)
         all_pos = torch.cat([patch_pos, patch_pos.new_zeros(F, win * X, 3)], dim=1)
         max_pos = max(t_start + F, gh, gw)
-        keep = set(cfg.depth_head.intermediate_layer_idx) | {cfg.depth - 1}
+        keep = set(cfg.output_layers)
+        pose_layer = cfg.output_layers[-1]  # rule 11: the last entry of the aggregator's layer list
         outputs: list[torch.Tensor | None] = [None] * cfg.depth
         new = HorizonStreamState(state.chunk_idx + 1, [None] * cfg.depth, [None] * cfg.depth, {})
         pose_out = None
@@ -404,11 +489,24 @@ class HorizonStreamAggregator(nn.Module):
             patch, pose = tokens_all[:, :P], tokens_all[:, P:].reshape(F * win, X, C)
             if layer in keep:  # rule 11
                 outputs[layer] = torch.cat([frame_patch, patch], dim=-1)[None]
-            if layer == cfg.depth - 1:
+            if layer == pose_layer:
                 pose_out = torch.cat([frame_pose.reshape(F, win, X, C)[:, :, 0],
                                       pose.reshape(F, win, X, C)[:, :, 0]], dim=-1)[None]
         assert pose_out is not None
         return outputs, pose_out, new
+
+
+def _metric_head(dim_in: int, hidden: tuple[int, ...]) -> nn.Sequential:
+    """The metric readout MLP `dim_in -> hidden... -> 1` with ReLU between layers and zero biases."""
+    widths = (dim_in, *hidden)
+    layers: list[nn.Module] = []
+    for a, b in zip(widths[:-1], widths[1:], strict=True):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    layers.append(nn.Linear(widths[-1], 1))
+    for m in layers:
+        if isinstance(m, nn.Linear) and m.bias is not None and not m.bias.is_meta:
+            nn.init.zeros_(m.bias)
+    return nn.Sequential(*layers)
 
 
 class HorizonStream(nn.Module):
@@ -427,18 +525,10 @@ class HorizonStream(nn.Module):
             dim_in = 2 * cfg.embed_dim
             self.agg_regator = HorizonStreamAggregator(cfg)
             self.cam_decoder = CameraHead(dim_in=dim_in, **asdict(cfg.camera_head))
-            # Activations applied here (rule 14: the depth exp is clamped, the checkpoint's own quirk).
+            # Activations applied in forward_chunk (rule 14), after the metric scale is known.
             self.dpt_decoder = DPTHead(dim_in=dim_in, patch_size=cfg.patch_size, output_dim=2, activation="linear",
                                        conf_activation="linear", **asdict(cfg.depth_head))
-            widths = (dim_in, *cfg.metric_hidden)
-            layers: list[nn.Module] = []
-            for a, b in zip(widths[:-1], widths[1:], strict=True):
-                layers += [nn.Linear(a, b), nn.ReLU()]
-            layers.append(nn.Linear(widths[-1], 1))
-            self.metric_readout_head = nn.Sequential(*layers)
-            for m in self.metric_readout_head:
-                if isinstance(m, nn.Linear) and m.bias is not None and not m.bias.is_meta:
-                    nn.init.zeros_(m.bias)
+            self.metric_readout_head = _metric_head(dim_in, cfg.metric_hidden) if cfg.metric_readout else None
         if dtype is not None:
             self.to(dtype)
         self._attention_key: tuple | None = None
@@ -482,9 +572,9 @@ class HorizonStream(nn.Module):
                 `cam_iter{k}_unscaled`, `metric_readout_features` and `gla_block{l}.input/output`.
 
         Returns:
-            (outputs, state for the next chunk). Outputs: `chunk_cam_map [F, Win, 9]` (metric translation),
-            `depth [1, F, H, W, 1]` (metric), `depth_conf [1, F, H, W]`, `predicted_metric_scale [1]`, and for the
-            first chunk `pose_enc [1, Win, 9]` (its last row).
+            (outputs, state for the next chunk). Outputs: `chunk_cam_map [F, Win, 9]`, `depth [1, F, H, W, 1]`,
+            `depth_conf [1, F, H, W]`, for the first chunk `pose_enc [1, Win, 9]` (its last row), and with the
+            metric readout `predicted_metric_scale [1]`, already multiplied into depth and translations.
         """
         if images.dim() == 5:
             if images.shape[0] != 1:
@@ -497,19 +587,25 @@ class HorizonStream(nn.Module):
         F, _, H, W = images.shape
         first = state.chunk_idx == 0
         layers, pose_tokens, new_state = self.agg_regator(images, state, win, intermediates)
-        last = layers[cfg.depth - 1]
-        assert last is not None
+        patch_start = self.agg_regator.num_special_tokens
         # Rule 12: rows are frames, each a sequence of Win slots; first chunk masks the trunk per row.
         mask = camera_trunk_mask(F, win, images.device) if first else None
         cams = self.cam_decoder([pose_tokens[0][:, :, None]], attn_mask=mask)
-        # Rule 13: the metric token of the last layer, averaged over the chunk's frames.
-        feats = last[0, :, 0].mean(dim=0, keepdim=True)  # [1, 2C]
-        scale = torch.exp(self.metric_readout_head(feats)).reshape(1)
-        cam_map = torch.cat([cams[-1][..., :3] * scale, cams[-1][..., 3:]], dim=-1)
-        raw, conf_raw = self.dpt_decoder(layers, (H, W), patch_start_idx=1)
-        depth = torch.exp(raw.clamp(max=cfg.depth_log_clamp)) * scale  # rule 14
-        conf = 1 + torch.exp(conf_raw)
-        out = {"chunk_cam_map": cam_map, "depth": depth, "depth_conf": conf, "predicted_metric_scale": scale}
+        cam_map = cams[-1]
+        raw, conf_raw = self.dpt_decoder(layers, (H, W), patch_start_idx=patch_start)
+        depth = torch.exp(raw)  # rule 14, without the clamp it states (see HorizonStreamConfig)
+        out = {"chunk_cam_map": cam_map, "depth": depth, "depth_conf": 1 + torch.exp(conf_raw)}
+        if self.metric_readout_head is not None:
+            # Rule 13: the metric token (the last special token) of the last layer, averaged over the chunk.
+            last = layers[cfg.depth - 1]
+            assert last is not None
+            feats = last[0, :, patch_start - 1].mean(dim=0, keepdim=True)  # [1, 2C]
+            scale = torch.exp(self.metric_readout_head(feats)).reshape(1)
+            out["chunk_cam_map"] = cam_map = torch.cat([cam_map[..., :3] * scale, cam_map[..., 3:]], dim=-1)
+            out["depth"] = depth * scale
+            out["predicted_metric_scale"] = scale
+            if intermediates is not None:
+                intermediates["metric_readout_features"] = feats
         if first:
             out["pose_enc"] = cam_map[-1:]
         if intermediates is not None:
@@ -517,7 +613,6 @@ class HorizonStream(nn.Module):
                 if t is not None:
                     intermediates[f"agg_layer{layer}"] = t
             intermediates["win_pose_tokens"] = pose_tokens
-            intermediates["metric_readout_features"] = feats
             for i, c in enumerate(cams):
                 intermediates[f"cam_iter{i}_unscaled"] = c
         return out, new_state
@@ -567,15 +662,13 @@ def build_horizonstream(*, weights: str | None = None, model_config: str = "full
         from recon.models.weights import load_pretrained
 
         return load_pretrained("horizonstream", weights, device=device, dtype=dtype)
+    if weights is not None:
+        from recon.models.registry import tiny_variant
+        from recon.models.weights import load_pretrained
+
+        return load_pretrained(tiny_variant("horizonstream"), weights, device=device, dtype=dtype)
     torch.manual_seed(seed)
     model = HorizonStream(tiny_config())
-    if weights is not None:
-        from recon.models.registry import filter_horizonstream_checkpoint
-        from recon.models.weights import load_into_model, load_state_dict_file
-
-        load_into_model(model, filter_horizonstream_checkpoint(load_state_dict_file(weights)), strict=True,
-                        source=str(weights))
-    else:
-        logger.info("tiny HorizonStream with random weights (seed %d): outputs are not meaningful", seed)
-        random_init(model, seed)
+    logger.info("tiny HorizonStream with random weights (seed %d): outputs are not meaningful", seed)
+    random_init(model, seed)
     return model.to(device=device, dtype=dtype).eval()

@@ -74,7 +74,7 @@ class HorizonStreamSession:
         seed: seed of the default generator.
         replay_draws: iterator of stored candidate draws (`[1, 10]` each), consumed in order instead.
         keep_history: keep the whole motion-averaging history (camera maps, audits); default trims it.
-        autocast_dtype: bf16/fp16 autocast on CUDA (None: the parameters' dtype).
+        autocast_dtype: compute dtype under torch.autocast on any device (`--dtype`; None: the parameters' dtype).
     """
 
     def __init__(self, model: HorizonStream, *, window_size: int | None = None, sliding_size: int = 1,
@@ -155,7 +155,7 @@ class HorizonStreamSession:
         chunk_idx = self.state.chunk_idx
         first_index = self.frames_out
         dev = images.device
-        use_autocast = self.autocast_dtype is not None and dev.type == "cuda"
+        use_autocast = self.autocast_dtype is not None
         ctx = torch.autocast(dev.type, dtype=self.autocast_dtype) if use_autocast else nullcontext()
         self.model.select_attention(dev, self.autocast_dtype if use_autocast else images.dtype)
         with torch.inference_mode(), ctx:
@@ -166,7 +166,8 @@ class HorizonStreamSession:
             fovs = cam_map[-1, :, 7:9]  # the last row holds every frame of the window (slot j = frame j)
         else:
             fovs = cam_map[:, -1, 7:9]  # each row's own slot is the last one
-        scale = float(out["predicted_metric_scale"][0])
+        # A model without the metric readout leaves depth and translation in its own units (scale 1).
+        scale = float(out["predicted_metric_scale"][0]) if "predicted_metric_scale" in out else 1.0
         self.last_scale = scale
         depth, conf = out["depth"][0, ..., 0].float(), out["depth_conf"][0].float()
         frames = [SessionFrame(first_index + i, chunk_idx, poses[i], fovs[i], depth[i], conf[i], scale)

@@ -141,12 +141,13 @@ class Pi3CameraHead(nn.Module):
         t, rot = self.fc_t(x), self.fc_rot(x)
         if intermediates is not None:
             intermediates.update(camera_head_fc_t_out=t, camera_head_fc_rot_out=rot)
-        M = F.normalize(rot.reshape(-1, 3, 3), dim=-1)
+        # The SVD needs float32 or better (no half-precision kernels); bf16 weights get their rotation in float32.
+        M = F.normalize(rot.reshape(-1, 3, 3), dim=-1).to(torch.promote_types(rot.dtype, torch.float32))
         U, _, Vh = torch.linalg.svd(M.transpose(-1, -2))
         V = Vh.transpose(-1, -2)
         d = torch.linalg.det(V @ U.transpose(-1, -2))
         D = torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], dim=-1))
-        R = V @ D @ U.transpose(-1, -2)
+        R = (V @ D @ U.transpose(-1, -2)).to(x.dtype)
         pose = torch.zeros(x.shape[0], 4, 4, dtype=x.dtype, device=x.device)
         pose[:, :3, :3], pose[:, :3, 3], pose[:, 3, 3] = R, t, 1.0
         return pose
@@ -214,12 +215,17 @@ class Pi3(nn.Module):
         if intermediates is not None:
             intermediates.update(decode_hidden_out=hidden, decode_pos=pos, point_decoder_out=pts_tok,
                                  conf_decoder_out=conf_tok, camera_decoder_out=cam_tok)
-        xyl = self.point_head(pts_tok[:, n_reg:], (h, w))
-        z = torch.exp(xyl[..., 2:3])
-        local = torch.cat([xyl[..., :2] * z, z], dim=-1).reshape(B, N, H, W, 3)
-        conf = self.conf_head(conf_tok[:, n_reg:], (h, w)).reshape(B, N, H, W, 1)
-        poses = self.camera_head(cam_tok[:, n_reg:], intermediates).reshape(B, N, 4, 4)
-        points = torch.einsum("bnij,bnhwj->bnhwi", poses[..., :3, :3], local) + poses[..., None, None, :3, 3]
+        # The heads run outside autocast in the parameters' dtype (float32 normally), as the stock code's
+        # `autocast(enabled=False)` + `.float()` does; the float64 run (islands off) stays float64.
+        head_dtype = self.point_head.proj.weight.dtype
+        with torch.autocast(images.device.type, enabled=False):
+            pts_tok, conf_tok, cam_tok = (t.to(head_dtype) for t in (pts_tok, conf_tok, cam_tok))
+            xyl = self.point_head(pts_tok[:, n_reg:], (h, w))
+            z = torch.exp(xyl[..., 2:3])
+            local = torch.cat([xyl[..., :2] * z, z], dim=-1).reshape(B, N, H, W, 3)
+            conf = self.conf_head(conf_tok[:, n_reg:], (h, w)).reshape(B, N, H, W, 1)
+            poses = self.camera_head(cam_tok[:, n_reg:], intermediates).reshape(B, N, 4, 4)
+            points = torch.einsum("bnij,bnhwj->bnhwi", poses[..., :3, :3], local) + poses[..., None, None, :3, 3]
         return {"local_points": local, "conf": conf, "camera_poses": poses, "points": points}
 
     def config_dict(self) -> dict[str, Any]:
@@ -250,35 +256,45 @@ class Pi3WindowModel:
         from recon.align.engine import WindowPrediction
 
         x = images.to(self.device, non_blocking=True)[None]
-        enabled = self.autocast_dtype is not None and self.device.type != "cpu"
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=enabled):
-            out = self.model(x.to(next(self.model.parameters()).dtype))
+        weights_dtype = next(self.model.parameters()).dtype
+        enabled = self.autocast_dtype is not None and self.autocast_dtype != weights_dtype
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                                                    enabled=enabled):
+            out = self.model(x.to(weights_dtype))
         return WindowPrediction([], out["local_points"][0].float().cpu(), out["camera_poses"][0].float().cpu(),
                                 out["conf"][0, ..., 0].float().cpu())
 
 
 def build_window_model(*, weights: str | None = None, model_config: str = "full", device: str | None = None,
-                       dtype: str | None = None, seed: int = 0) -> Pi3WindowModel:
+                       dtype: str | None = None, weights_dtype: str | None = None, seed: int = 0) -> Pi3WindowModel:
     """Window model for the LASER backend.
 
     Args:
         weights: checkpoint path (else the Hugging Face cache; see `recon weights pull pi3`).
-        model_config: "full" (published weights required) or "tiny" (random weights, no download: smoke runs).
+        model_config: "full" (published weights required) or "tiny" (the golden fixture's size: `weights` loaded
+            strictly into it, else random weights, no download: smoke runs).
         device: "cpu", "cuda", ... (default: CUDA when available).
-        dtype: weight dtype "fp32" | "bf16" | "fp16" for the full model (default fp32 on CPU, bf16 autocast on GPU).
+        dtype: compute dtype, as for every backend (`recon.models.weights.compute_dtype`): "auto" (bf16 on CUDA,
+            fp32 elsewhere), "fp32", "bf16", "fp16".
+        weights_dtype: storage dtype of the parameters, "fp32" (default), "bf16" or "fp16" (half the memory; the
+            network then computes in it).
     """
     from recon.errors import ConfigError
+    from recon.models.weights import compute_dtype, resolve_dtype
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device in (None, "auto") else torch.device(
         device)
-    if model_config == "tiny":
+    stored = resolve_dtype(weights_dtype)
+    autocast = compute_dtype(dtype, dev, stored)
+    if model_config not in ("full", "tiny"):
+        raise ConfigError(f"pi3 model_config must be 'full' or 'tiny', got {model_config!r}")
+    if model_config == "tiny" and weights is None:
         torch.manual_seed(seed)
         model = Pi3(tiny_config())
-        return Pi3WindowModel(model.to(dev), dev)
-    if model_config != "full":
-        raise ConfigError(f"pi3 model_config must be 'full' or 'tiny', got {model_config!r}")
+        return Pi3WindowModel(model.to(device=dev, dtype=stored).eval(), dev, autocast)
+    from recon.models.registry import tiny_variant
     from recon.models.weights import load_pretrained
 
-    model = load_pretrained("pi3", weights, device=dev, dtype=dtype)
-    autocast = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    name = tiny_variant("pi3") if model_config == "tiny" else "pi3"
+    model = load_pretrained(name, weights, device=dev, dtype=stored)
     return Pi3WindowModel(model, dev, autocast)

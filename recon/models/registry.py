@@ -97,6 +97,23 @@ def filter_horizonstream_checkpoint(state_dict: Mapping[str, Any]) -> StateDict:
     return strip_prefixes(unwrap_checkpoint(state_dict), prefixes)
 
 
+def filter_lingbot_checkpoint(state_dict: Mapping[str, Any]) -> StateDict:
+    """LingBot-Map `.pt` files (`lingbot-map-long.pt`, `lingbot-map.pt`): demo.py reads `ckpt.get("model", ckpt)`;
+    unwrap that and strip wrapper prefixes, drop nothing. The published files hold exactly the model's 1342 keys
+    (../shared/golden/manifests/lingbot_map_keys.tsv), so the strict load catches what the reference's
+    `strict=False` hides: a wrong file, a truncated one, or `point_head.*` keys for a model built without it."""
+    return strip_prefixes(unwrap_checkpoint(state_dict))
+
+
+LINGBOT_SCALE_TOKEN = "aggregator.scale_token"
+
+
+def filter_lingbot_stage1_checkpoint(state_dict: Mapping[str, Any]) -> StateDict:
+    """`lingbot-map-stage1.pt` into recon's VGGT (the authors: it "can be loaded into the VGGT model for
+    bidirectional inference"): the VGGT filter, then the scale token VGGT has no use for is dropped by name."""
+    return {k: v for k, v in filter_vggt_checkpoint(state_dict).items() if k != LINGBOT_SCALE_TOKEN}
+
+
 @dataclass(frozen=True)
 class WeightsCfg:
     """Everything recon knows about one published (or test) checkpoint.
@@ -122,6 +139,8 @@ class WeightsCfg:
         sha256: filename -> expected hex digest, where recorded (checked by `recon weights verify`).
         notes: caveats worth showing to a user (licence details, unverified facts).
         test_only: tiny random-weight variants used by tests; hidden from `recon weights list` by default.
+        tiny_variant: the entry of the same family at the tiny (golden-fixture) size, which `model_config="tiny"`
+            loads a weights file into (None: no tiny size).
     """
 
     name: str
@@ -144,6 +163,7 @@ class WeightsCfg:
     sha256: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     notes: str = ""
     test_only: bool = False
+    tiny_variant: str | None = None
 
     def __post_init__(self) -> None:
         if not self.filenames:
@@ -189,6 +209,17 @@ def get_weights_cfg(name: str) -> WeightsCfg:
         return _REGISTRY[name]
     except KeyError as e:
         raise ConfigError(f"unknown weights {name!r}; known: {', '.join(list_weights(include_test=True))}") from e
+
+
+def tiny_variant(name: str) -> str:
+    """The tiny-size registry entry of `name` (itself if it is tiny); ConfigError when the family has none."""
+    cfg = get_weights_cfg(name)
+    if cfg.test_only:
+        return name
+    if cfg.tiny_variant is None:
+        raise ConfigError(f"weights {name!r} have no tiny-size variant; tiny variants: "
+                          f"{', '.join(n for n in list_weights(include_test=True) if get_weights_cfg(n).test_only)}")
+    return get_weights_cfg(cfg.tiny_variant).name
 
 
 def _import(spec: str) -> Callable[..., Any]:
@@ -261,6 +292,7 @@ register_weights(WeightsCfg(
     filter_fn=filter_vggt_checkpoint,
     dropped_prefixes=_VGGT_DROPPED,
     manifest="vggt1b_keys.tsv",
+    tiny_variant="vggt-tiny",
     notes="Exact Hugging Face model-card licence string unverified. Scale is normalised, not metric.",
 ))
 
@@ -278,6 +310,7 @@ register_weights(WeightsCfg(
     filter_fn=filter_vggt_checkpoint,
     dropped_prefixes=_VGGT_DROPPED,
     manifest="vggt1b_keys.tsv",
+    tiny_variant="vggt-tiny",
     notes="Gated: accept the access form on Hugging Face and log in (HF_TOKEN) before pulling. "
           "File names assumed equal to VGGT-1B's (unverified); same architecture.",
 ))
@@ -295,6 +328,7 @@ register_weights(WeightsCfg(
     filter_fn=filter_vggt_checkpoint,
     dropped_prefixes=_VGGT_DROPPED,
     manifest="vggt1b_keys.tsv",
+    tiny_variant="streamvggt-tiny",
     notes="Torch pickle of a plain state dict, loaded with weights_only=True. Also used by InfiniteVGGT.",
 ))
 
@@ -312,6 +346,7 @@ register_weights(WeightsCfg(
     pose_encoding="c2w_4x4",
     filter_fn=filter_pi3_checkpoint,
     manifest="pi3_keys.tsv",
+    tiny_variant="pi3-tiny",
     notes="Input size is a pixel budget (255,000 px), not a fixed width. Stored dtype unknown: cast on load.",
 ))
 
@@ -327,37 +362,70 @@ register_weights(WeightsCfg(
     pose_encoding="absT_quaR_FoV",
     filter_fn=filter_horizonstream_checkpoint,
     manifest="horizonstream_keys.tsv",
+    tiny_variant="horizonstream-tiny",
     notes="Model-card licence only (see ../shared/reference/horizonstream.md §1); many source headers keep "
           "Meta copyright from VGGT/DINOv2. Loop closure needs extra files (dino_salad.ckpt) not handled here.",
 ))
 
 # Tiny random-weight variants: the golden fixtures' configuration, so tests run the real build-and-load path.
-register_weights(WeightsCfg(
-    name="vggt-tiny",
-    family="vggt",
-    hf_repo=None,
-    filenames=("weights.safetensors",),
-    licence="test weights (random init, ../shared/golden)",
-    commercial_use=True,
-    builder="recon.models.vggt:VGGT",
-    config_builder="recon.models.vggt:tiny_config",
-    model_kwargs={"causal": False},
-    filter_fn=filter_vggt_checkpoint,
-    dropped_prefixes=_VGGT_DROPPED,
-    test_only=True,
-))
+def _tiny_entry(name: str, family: str, builder: str, config_builder: str, **fields: Any) -> WeightsCfg:
+    """A test-only entry of a fixture's `weights.safetensors` (local file, random weights)."""
+    return WeightsCfg(name=name, family=family, hf_repo=None, filenames=("weights.safetensors",),
+                      licence="test weights (random init, ../shared/golden)", commercial_use=True, builder=builder,
+                      config_builder=config_builder, test_only=True, **fields)
+
+
+register_weights(_tiny_entry("vggt-tiny", "vggt", "recon.models.vggt:VGGT", "recon.models.vggt:tiny_config",
+                             model_kwargs={"causal": False}, filter_fn=filter_vggt_checkpoint,
+                             dropped_prefixes=_VGGT_DROPPED))
+register_weights(_tiny_entry("streamvggt-tiny", "vggt", "recon.models.vggt:VGGT", "recon.models.vggt:tiny_config",
+                             model_kwargs={"causal": True}, filter_fn=filter_vggt_checkpoint,
+                             dropped_prefixes=_VGGT_DROPPED))
+register_weights(_tiny_entry("pi3-tiny", "pi3", "recon.models.pi3:Pi3", "recon.models.pi3:tiny_config",
+                             pose_encoding="c2w_4x4", filter_fn=filter_pi3_checkpoint))
+register_weights(_tiny_entry("horizonstream-tiny", "horizonstream", "recon.models.horizonstream:HorizonStream",
+                             "recon.models.horizonstream:tiny_config", filter_fn=filter_horizonstream_checkpoint))
+
+
+# LingBot-Map (Robbyant): Apache-2.0 code (Robbyant/lingbot-map README, LICENSE); ../shared/reference/lingbot_map.md §2.
+_LINGBOT_LICENCE = ("UNKNOWN for the weights: the Hugging Face model card (robbyant/lingbot-map) was not checked (no "
+                    "network here); the code is Apache-2.0. Check the card before any commercial use")
+_LINGBOT_NOTES = ("Torch pickle of a state dict (or {'model': ...}), loaded with weights_only=True and strictly. "
+                  "Pose encoding world-to-camera like VGGT's; scale normalised, not metric. No sha256 recorded.")
+
+
+
+def _lingbot_entry(name: str, filename: str, notes: str) -> WeightsCfg:
+    """One of the two streaming checkpoints: same architecture, repo and rules, another file."""
+    return WeightsCfg(name=name, family="lingbot", hf_repo="robbyant/lingbot-map", filenames=(filename,),
+                      licence=_LINGBOT_LICENCE, commercial_use=False, builder="recon.models.lingbot:LingBot",
+                      config_builder="recon.models.lingbot:LingBotConfig", model_kwargs={},
+                      filter_fn=filter_lingbot_checkpoint, manifest="lingbot_map_keys.tsv",
+                      notes=notes + _LINGBOT_NOTES, tiny_variant="lingbot-map-tiny")
+
+
+register_weights(_lingbot_entry("lingbot-map-long", "lingbot-map-long.pt",
+                                "Recommended by the authors for long sequences and large scenes. "))
+register_weights(_lingbot_entry("lingbot-map", "lingbot-map.pt",
+                                "The balanced checkpoint (the paper's and the benchmark's). "))
 
 register_weights(WeightsCfg(
-    name="streamvggt-tiny",
+    name="lingbot-map-stage1",
     family="vggt",
-    hf_repo=None,
-    filenames=("weights.safetensors",),
-    licence="test weights (random init, ../shared/golden)",
-    commercial_use=True,
+    hf_repo="robbyant/lingbot-map",
+    filenames=("lingbot-map-stage1.pt",),
+    licence=_LINGBOT_LICENCE,
+    commercial_use=False,
     builder="recon.models.vggt:VGGT",
-    config_builder="recon.models.vggt:tiny_config",
-    model_kwargs={"causal": True},
-    filter_fn=filter_vggt_checkpoint,
-    dropped_prefixes=_VGGT_DROPPED,
-    test_only=True,
+    config_builder="recon.models.vggt:VGGTConfig",
+    model_kwargs={"causal": False, "enable_point": False},
+    filter_fn=filter_lingbot_stage1_checkpoint,
+    dropped_prefixes=_VGGT_DROPPED + (LINGBOT_SCALE_TOKEN,),
+    manifest="lingbot_map_keys.tsv",
+    notes="Stage-1 training checkpoint; per the authors it loads into VGGT for bidirectional inference (their "
+          "README adds '(c2w)'). Its key list is assumed to be LingBot's (VGGT-1B's without track and point heads, "
+          "plus the scale token): unverified, `recon weights verify lingbot-map-stage1` reports any difference.",
 ))
+
+register_weights(_tiny_entry("lingbot-map-tiny", "lingbot", "recon.models.lingbot:LingBot",
+                             "recon.models.lingbot:tiny_config", filter_fn=filter_lingbot_checkpoint))

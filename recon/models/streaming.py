@@ -15,6 +15,16 @@ starts over (the published code keeps anchors and scores on the modules and neve
 - the frame counter (the session's first frame uses the frame-0 camera/register tokens) and the resolution.
 
 The published code never bounds the camera cache; pass `camera_policy` to bound it (issue 5).
+
+`static=True` gives every cache fixed storage (`recon.memory.kv_cache.StaticKVCache`): from the second frame on a
+step has the same shapes every frame and reads nothing back to the host, so it can be captured by CUDA graphs or
+compiled once (`torch.compile`). It needs bounded policies for both memories (the aggregator's at `capacity`
+entries per layer, the camera head's a window) and attends over the whole storage with a key mask.
+
+`compile=True` (or a dict of `torch.compile` options) compiles the model part of a static step (aggregator, camera
+head, dense heads; the frame bookkeeping stays in Python) once, on the second frame: the first allocates the
+caches and uses the frame-0 tokens. Default options: CUDA graphs on CUDA (`mode="reduce-overhead"`), the default
+inductor mode elsewhere. A step reads no Python number that changes per frame, so it compiles to one graph.
 """
 
 from __future__ import annotations
@@ -46,23 +56,37 @@ class StreamingSession:
         track_token_ids: keep token ids in the aggregator caches (pruning logs, tests).
         camera_policy: eviction policy of the camera-trunk caches (None: unbounded). Its layer index is the trunk
             layer in "reference" mode and `iteration * trunk_depth + layer` in "per_iteration" mode.
+        static: fixed-shape caches (see the module docstring); `capacity` is then the per-layer bound.
+        compile: compile the static step with `torch.compile` (True: default options; a dict: those options).
     """
 
     def __init__(self, model: VGGT, camera_cache: str = "reference", policy: EvictionPolicy | None = None,
                  capacity: int = 0, track_token_ids: bool = False,
-                 camera_policy: EvictionPolicy | None = None) -> None:
+                 camera_policy: EvictionPolicy | None = None, static: bool = False,
+                 compile: bool | dict[str, Any] = False) -> None:
         if camera_cache not in CAMERA_CACHE_MODES:
             raise ConfigError(f"camera_cache must be one of {CAMERA_CACHE_MODES}, got {camera_cache!r}")
+        if compile and not static:
+            raise ConfigError("compile needs static=True: dynamic caches change shape every frame (a recompile each)")
+        self._compile_options: dict[str, Any] | None = (dict(compile) if isinstance(compile, dict) else {}) \
+            if compile else None
+        self._compiled: Any = None
         self.model = model
         self.camera_cache = camera_cache
-        self.memory = StreamingMemory(model.config.aggregator.depth, policy, capacity, track_token_ids)
+        self.static = static
+        self.memory = StreamingMemory(model.config.aggregator.depth, policy, capacity, track_token_ids, static)
         head = model.camera_head
         self.camera_caches: list[list[KVCache]] = []
         self.camera_memory: StreamingMemory | None = None
         if head is not None:
             per_iter = camera_cache == "per_iteration"
             n = head.trunk_depth * (head.num_iterations if per_iter else 1)
-            self.camera_memory = StreamingMemory(n, camera_policy)
+            if static and camera_policy is None:
+                raise ConfigError("static shapes need a bounded camera-head cache: pass camera_policy (e.g. "
+                                  "recon.memory.policies.camera_window_policy; the infinitevggt backend's "
+                                  "camera_window)")
+            self.camera_memory = StreamingMemory(n, camera_policy, static=static,
+                                                 appends_per_frame=1 if per_iter else head.num_iterations)
             flat = self.camera_memory.caches
             self.camera_caches = [flat[it * head.trunk_depth:(it + 1) * head.trunk_depth] if per_iter
                                   else flat for it in range(head.num_iterations)]
@@ -143,9 +167,20 @@ class StreamingSession:
         self.memory.begin_frame()
         if self.camera_memory is not None:
             self.camera_memory.begin_frame()
+        forward = self._forward
+        if self._compile_options is not None and frame_index > 0:
+            forward = self._compiled_forward(image.device)
+        out: dict[str, Any] = {"frame_index": frame_index, **forward(image, hw)}
+        self.memory.end_frame()
+        if self.camera_memory is not None:
+            self.camera_memory.end_frame()
+        return out
+
+    def _forward(self, image: torch.Tensor, hw: tuple[int, int]) -> dict[str, Any]:
+        """The model part of a step: aggregator against the caches, camera head, dense heads."""
         tokens, psi = self.model.aggregator.forward_step(image, self.memory, keep_layers=self._keep)
         model = self.model
-        out: dict[str, Any] = {"frame_index": frame_index}
+        out: dict[str, Any] = {}
         with torch.autocast(device_type=image.device.type, enabled=False):
             if model.camera_head is not None:
                 poses = model.camera_head.forward_step(tokens, self.camera_caches)
@@ -155,7 +190,14 @@ class StreamingSession:
                 if head is not None:
                     values, conf = head(tokens, hw, psi)
                     out[name], out[name + "_conf"] = values[:, 0], conf[:, 0]
-        self.memory.end_frame()
-        if self.camera_memory is not None:
-            self.camera_memory.end_frame()
         return out
+
+    def _compiled_forward(self, device: torch.device) -> Any:
+        if self._compiled is None:
+            assert self._compile_options is not None
+            options = dict(self._compile_options)
+            if device.type == "cuda":
+                options.setdefault("mode", "reduce-overhead")  # CUDA graphs: the step has static shapes
+            logger.info("compiling the static streaming step (%s)", options or "default options")
+            self._compiled = torch.compile(self._forward, **options)
+        return self._compiled

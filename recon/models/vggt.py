@@ -313,7 +313,8 @@ class VGGT(nn.Module):
         return out
 
     def new_session(self, camera_cache: str = "reference", policy: Any = None, capacity: int = 0,
-                    track_token_ids: bool = False, camera_policy: Any = None) -> Any:
+                    track_token_ids: bool = False, camera_policy: Any = None, static: bool = False,
+                    compile: bool | dict = False) -> Any:
         """Open a per-frame streaming session (see `recon.models.streaming.StreamingSession`).
 
         Args:
@@ -322,11 +323,14 @@ class VGGT(nn.Module):
             capacity: initial per-layer cache capacity in tokens (0: grow by doubling).
             track_token_ids: keep an id per cached token and head (pruning logs, tests).
             camera_policy: eviction policy of the camera-trunk caches (None: unbounded, as published).
+            static: fixed-shape caches for CUDA graphs / torch.compile (bounded policies required).
+            compile: compile the static step (True, or `torch.compile` options).
         """
         from recon.models.streaming import StreamingSession
 
         return StreamingSession(self, camera_cache=camera_cache, policy=policy, capacity=capacity,
-                                track_token_ids=track_token_ids, camera_policy=camera_policy)
+                                track_token_ids=track_token_ids, camera_policy=camera_policy, static=static,
+                                compile=compile)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -374,13 +378,15 @@ def build_vggt(*, weights: str | Path | None = None, weights_name: str = "vggt-1
 
     Args:
         weights: checkpoint path (`.safetensors`, `.pt`, `.pth`) or a folder holding it; None: the installed file.
-        weights_name: registry entry ("vggt-1b", "streamvggt"); "-tiny" is appended for the tiny config.
+        weights_name: registry entry of the full-size weights ("vggt-1b", "streamvggt"); with the tiny config the
+            entry's `tiny_variant` ("vggt-tiny", "streamvggt-tiny") is loaded instead.
         model_config: "full" (published size) or "tiny" (the golden fixtures' size).
         causal: StreamVGGT (block-causal) instead of VGGT.
         random_init: random weights (`sane_random_init`), nothing is read. "tiny" without weights implies it.
         seed: seed of the random init.
         device, dtype: where the parameters live and their dtype.
     """
+    from recon.models.registry import tiny_variant
     from recon.models.weights import load_pretrained
 
     if model_config not in MODEL_CONFIGS:
@@ -388,7 +394,7 @@ def build_vggt(*, weights: str | Path | None = None, weights_name: str = "vggt-1
     if model_config == "tiny" and weights is None:
         random_init = True
     if not random_init:
-        name = f"{weights_name}-tiny" if model_config == "tiny" else weights_name
+        name = tiny_variant(weights_name) if model_config == "tiny" else weights_name
         model = load_pretrained(name, weights, device=device, dtype=dtype)
         if model.config.causal != causal:  # the registry entry fixes the mode; the backend decides
             model.config.causal = causal
@@ -443,26 +449,25 @@ class VGGTWindowModel:
 
 
 def build_window_model(*, weights: str | None = None, model_config: str = "full", device: str | None = None,
-                       dtype: str | None = None, random_init: bool = False, seed: int = 0,
-                       **unused: Any) -> VGGTWindowModel:
+                       dtype: str | None = None, weights_dtype: str | None = None, random_init: bool = False,
+                       seed: int = 0, **unused: Any) -> VGGTWindowModel:
     """Window model for the LASER backend (`--backend laser --backbone vggt`).
 
     Args:
         weights: checkpoint path (else the installed `vggt-1b`; see `recon weights pull vggt-1b`).
         model_config: "full" or "tiny" (random weights unless `weights`: smoke runs).
         device: "cpu", "cuda", "auto"/None (CUDA when available).
-        dtype: aggregator autocast dtype "fp32" | "bf16" | "fp16" (default: bf16 on CUDA, fp32 elsewhere).
+        dtype: compute dtype, as for every backend (`recon.models.weights.compute_dtype`): "auto" (bf16 on CUDA,
+            fp32 elsewhere), "fp32", "bf16", "fp16".
+        weights_dtype: storage dtype of the parameters, "fp32" (default), "bf16" or "fp16".
         random_init, seed: random weights instead of a checkpoint.
     """
+    from recon.models.weights import compute_dtype, resolve_dtype
+
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device in (None, "auto") \
         else torch.device(device)
+    stored = resolve_dtype(weights_dtype)
+    autocast = compute_dtype(dtype, dev, stored)
     model = build_vggt(weights=weights, weights_name="vggt-1b", model_config=model_config, causal=False,
-                       random_init=random_init, seed=seed, device=dev)
-    names = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if dtype is None or dtype == "auto":
-        autocast = torch.bfloat16 if dev.type == "cuda" else None
-    elif dtype in names:
-        autocast = names[dtype]
-    else:
-        raise ConfigError(f"dtype must be fp32, bf16, fp16 or auto, got {dtype!r}")
-    return VGGTWindowModel(model, dev, autocast)
+                       random_init=random_init, seed=seed, device=dev, dtype=stored)
+    return VGGTWindowModel(model, dev, None if autocast == stored else autocast)

@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import pickle
+import re
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
@@ -45,6 +46,39 @@ DTYPES: dict[str, torch.dtype] = {
 
 # How many key names an error message spells out per category before it only counts.
 _MAX_LISTED = 20
+
+
+# What `--dtype` means, for every learned backend (DESIGN §4: one meaning): the dtype the network computes in.
+# "auto" is bf16 on CUDA (fp16 where the GPU has no bf16) and fp32 elsewhere. The weights stay float32 and
+# torch.autocast casts per op; storing the weights in another dtype is a separate knob, `weights_dtype`.
+COMPUTE_DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
+
+
+def compute_dtype(dtype: str | torch.dtype | None, device: torch.device | str,
+                  weights_dtype: torch.dtype = torch.float32) -> torch.dtype:
+    """The compute (autocast) dtype for `--dtype` on `device`.
+
+    Args:
+        dtype: "auto" / None, "fp32", "bf16", "fp16" (or a torch dtype).
+        device: where the model runs.
+        weights_dtype: the parameters' storage dtype. A lower-precision storage dtype is also what the network
+            computes in, so "auto" follows it and an explicit fp32 with bf16/fp16 weights is refused.
+    """
+    device = torch.device(device)
+    if dtype is None or (isinstance(dtype, str) and dtype.lower() == "auto"):
+        if weights_dtype != torch.float32:
+            return weights_dtype
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        chosen = resolve_dtype(dtype)
+    except ConfigError as e:
+        raise ConfigError(f"--dtype {dtype!r}: choose one of {', '.join(COMPUTE_DTYPE_CHOICES)}") from e
+    if weights_dtype != torch.float32 and chosen != weights_dtype:
+        raise ConfigError(f"--dtype {dtype}: the weights are stored in {weights_dtype} (weights_dtype), which is "
+                          "what the network computes in; use --dtype auto or the same dtype")
+    return chosen
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
@@ -176,8 +210,11 @@ def download_weights(name: str, filename: str | None = None) -> Path:
     retry = (f"retry `recon weights pull {name}` with network access, or download {filename} from "
              f"https://huggingface.co/{cfg.hf_repo} elsewhere and pass it explicitly")
     logger.info("downloading %s from %s into %s (licence: %s)", filename, cfg.hf_repo, cache, cfg.licence)
+    from recon.utils.progress import tqdm_class
+
     try:
-        return Path(hf_hub_download(cfg.hf_repo, filename, cache_dir=str(cache)))
+        with _one_line_per_retry(filename):
+            return Path(hf_hub_download(cfg.hf_repo, filename, cache_dir=str(cache), tqdm_class=tqdm_class()))
     except GatedRepoError as e:
         raise _not_found(cfg, [f"Hugging Face {cfg.hf_repo}"], "access to the gated repo was refused", retry) from e
     except LocalEntryNotFoundError as e:
@@ -185,6 +222,54 @@ def download_weights(name: str, filename: str | None = None) -> Path:
                          "offline or Hugging Face unreachable, and not cached", retry) from e
     except (HfHubHTTPError, OSError) as e:
         raise _not_found(cfg, [f"Hugging Face {cfg.hf_repo}"], f"download failed: {e}", retry) from e
+
+
+_HF_RETRY = re.compile(r"Retrying in (?P<wait>[\d.]+)s \[Retry (?P<n>\d+)/(?P<of>\d+)\]")
+_HF_THROWN = re.compile(r"'(?P<error>.*)' thrown while requesting (?P<request>.*)")
+
+
+class _RetryLines(logging.Filter):
+    """Merges huggingface_hub's two records per retry ("'<error>' thrown while requesting <url>", then "Retrying in
+    Ns [Retry k/n].") into one line that says what is downloaded, why it failed and when it tries again."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self.what = what
+        self.error: str | None = None
+        self.lines = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        thrown = _HF_THROWN.match(message)
+        if thrown:
+            self.error = f"{thrown['error']} ({thrown['request']})"
+            return False  # said with the retry line, or in the error raised after the last attempt
+        retry = _HF_RETRY.match(message)
+        if retry:
+            record.msg = "download of %s failed: %s; retry %s of %s in %s s"
+            record.args = (self.what, self.error or "error", retry["n"], retry["of"], retry["wait"])
+            self.error = None
+            self.lines += 1
+        return True
+
+
+@contextmanager
+def _one_line_per_retry(what: str) -> Iterator[_RetryLines]:
+    """While downloading: one log line per retry, through recon's logging only. huggingface_hub's package logger has
+    a handler of its own and also propagates to ours, so each of its records was printed twice."""
+    hub = logging.getLogger("huggingface_hub")
+    http = logging.getLogger("huggingface_hub.utils._http")
+    merge = _RetryLines(what)
+    saved = hub.handlers[:]
+    for handler in saved:
+        hub.removeHandler(handler)
+    http.addFilter(merge)
+    try:
+        yield merge
+    finally:
+        http.removeFilter(merge)
+        for handler in saved:
+            hub.addHandler(handler)
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:

@@ -2,17 +2,45 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import threading
+from collections.abc import Iterator
 
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
 def setup_logging(level: str | int | None = None) -> None:
-    """Configure the root logger once; `RECON_LOG_LEVEL` overrides the default INFO."""
+    """Configure the root logger once; `RECON_LOG_LEVEL` overrides the default INFO. OpenCV's own messages are
+    limited to errors (see `quiet_opencv`)."""
     level = level or os.environ.get("RECON_LOG_LEVEL", "INFO")
     logging.basicConfig(level=level, format=_FORMAT)
+    quiet_opencv()
+
+
+def quiet_opencv() -> None:
+    """OpenCV writes its warnings straight to stderr (`[ WARN:0@0.05] global cap_v4l.cpp:914 ...`), interleaved
+    with our log lines and with no way to route them into Python logging; keep only its errors. An OPENCV_LOG_LEVEL
+    the user set wins (it is read when cv2 is first imported)."""
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    cv2 = sys.modules.get("cv2")
+    if cv2 is not None and os.environ["OPENCV_LOG_LEVEL"] == "ERROR":
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
+@contextlib.contextmanager
+def opencv_silenced() -> Iterator[None]:
+    """No OpenCV messages at all inside the block (a camera probe whose failure we report ourselves)."""
+    import cv2
+
+    previous = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(previous)
 
 
 class WarnOnce:

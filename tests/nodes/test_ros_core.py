@@ -110,7 +110,7 @@ def test_mono_encodings_become_grey_rgb() -> None:
 
 
 @pytest.mark.parametrize(("encoding", "h", "w", "step", "nbytes", "match"), [
-    ("yuv422", 2, 2, 4, 8, "unsupported"),
+    ("nv12", 2, 2, 4, 8, "unsupported"),
     ("rgb8", 2, 2, 5, 10, "bad image geometry"),
     ("rgb8", 2, 2, 6, 11, "needs 12"),
     ("rgb8", 0, 2, 6, 0, "bad image geometry"),
@@ -286,7 +286,7 @@ def test_core_without_camera_info_topic_and_bad_messages() -> None:
     core.on_camera_info(_info_msg(64, 48, fx=0.0))
     assert core.faults.counts == {"camera_info": 1}
     bad = _image_msg(_rgb(), 1)
-    bad.encoding = "yuv422"
+    bad.encoding = "nv12"  # not a ROS image encoding
     core.on_image(bad)
     assert core.work(0.01) == []
     core.on_image(_image_msg(_rgb(), 2, ros2=True))

@@ -49,8 +49,9 @@ def test_a_new_world_frame_starts_a_new_segment_everywhere(tmp_path: Path) -> No
     np.testing.assert_allclose(T0[:, 0, 3], 0.01 * np.arange(6))  # identity backend: x = seq cm
     np.testing.assert_allclose(T1[:, 0, 3], 0.01 * np.arange(6, 12))
     seqs, cols, _, _ = read_rrd(rrd)
-    assert seqs["/latency/cam"] == set(range(12)), "one latency sample per result, on the seq timeline"
-    assert any("Scalars" in c or "scalars" in c for c in cols["/latency/cam"])
+    latency = "/stats/cam/publish_latency_ms"
+    assert seqs[latency] == set(range(12)), "one latency sample per result, on the seq timeline"
+    assert any("Scalars" in c or "scalars" in c for c in cols[latency])
     cleared = [e for e, c in cols.items() if e == "/world/cam" and any("Clear" in x or "clear" in x for x in c)]
     assert cleared, f"the stream's subtree is cleared at the new segment: {sorted(cols)}"
     assert seqs["/world/cam"] == {6}, "cleared at the time of the new world's first frame"

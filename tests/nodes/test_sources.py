@@ -11,7 +11,7 @@ import pytest
 
 from recon.errors import ConfigError, SequenceError
 from recon.nodes.pipeline import run_pipeline
-from recon.nodes.sources import PatternSource, as_live, load_camera_info, open_source, ros_image_to_rgb
+from recon.nodes.sources import PatternSource, as_live, load_camera_info, open_source
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -101,19 +101,6 @@ def test_bag_through_the_pipeline_and_unknown_topic(tmp_path: Path) -> None:
     assert sink.results[0].t_ns == 100 * 10**9 + 5
     with pytest.raises(SequenceError, match="topics: /cam/camera_info"):
         open_source(str(tmp_path / "b.bag"), topic="/nope")
-
-
-def test_ros_image_encodings() -> None:
-    class Msg:
-        height, width, step = 2, 3, 4
-        encoding = "mono8"
-        data = bytes(range(8))
-
-    mono = ros_image_to_rgb(Msg(), "sensor_msgs/msg/Image")
-    assert mono.shape == (2, 3, 3) and mono[1, 2, 0] == 6  # row stride 4 honoured, channel replicated
-    Msg.encoding = "32FC1"
-    with pytest.raises(SequenceError, match="unsupported"):
-        ros_image_to_rgb(Msg(), "sensor_msgs/msg/Image")
 
 
 def test_camera_info_files(tmp_path: Path) -> None:

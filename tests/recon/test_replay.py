@@ -135,7 +135,7 @@ def test_replay_writes_every_output(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     code = main(["replay", "seq", "--backend", fake_backend, "--out", str(out), "--no-progress"])
     assert code == 0
     assert {p.name for p in out.iterdir()} == {"trajectory.tum", "points.ply", "recording.rrd", "metrics.json",
-                                               "summary.json"}
+                                               "summary.json", "frames"}  # frames: the default --export
 
     # TUM round trip: the written poses are the ground truth, in order. The file holds exact nanoseconds, but
     # read_tum_trajectory parses seconds as float64, which resolves epoch-scale times to ~0.1 us only.

@@ -118,24 +118,32 @@ def test_rrd_content_values_follow_the_conventions(tmp_path: Path) -> None:
     assert "/world/s/map:Points3D:positions" not in rows
 
 
-def test_blueprint_caps_2d_panels() -> None:
+def test_blueprint_caps_2d_panels_and_adds_plots() -> None:
+    def rows(bp) -> list:
+        return list(bp.root_container.contents)  # [top row, plots row]
+
     def panels(bp) -> list:
-        side = bp.root_container.contents[1]
-        return list(side.contents)
+        return list(rows(bp)[0].contents[1].contents)
 
     assert len(panels(build_blueprint(["a"]))) == 2  # image + depth
     many = panels(build_blueprint([f"s{i}" for i in range(6)], max_2d_panels=4))
     assert len(many) == 4 and [p.name for p in many][:2] == ["s0 image", "s0 depth"]
-    only_3d = build_blueprint(["a"], max_2d_panels=0).root_container  # rerun wraps a lone view in Tabs
-    assert [type(v).__name__ for v in only_3d.contents] == ["Spatial3DView"]
+    top, plots = rows(build_blueprint(["a"], max_2d_panels=0))
+    assert type(top).__name__ == "Spatial3DView"
+    assert [p.name for p in plots.contents] == ["frames/s", "latency (ms)", "memory (MB) / tokens (k)", "tracked"]
+    assert type(build_blueprint(["a"], max_2d_panels=0, plots=False).root_container.contents[0]).__name__ == \
+        "Spatial3DView"  # rerun wraps a lone view in Tabs
 
 
 @pytest.mark.parametrize(("value", "expected"), [
     ("rrd", [ViewerSpec("rrd", path=Path("d.rrd"))]),
     ("rrd:x/y.rrd", [ViewerSpec("rrd", path=Path("x/y.rrd"))]),
-    ("web", [ViewerSpec("web")]),
+    ("web", [ViewerSpec("web", host="127.0.0.1", port=9090, grpc_port=9876)]),
     ("web:9000", [ViewerSpec("web", port=9000)]),
     ("web:0.0.0.0:9000", [ViewerSpec("web", host="0.0.0.0", port=9000)]),
+    ("web:9000:9001", [ViewerSpec("web", port=9000, grpc_port=9001)]),
+    ("web:localhost:9000:9001", [ViewerSpec("web", host="localhost", port=9000, grpc_port=9001)]),
+    ("web:[::1]:9000", [ViewerSpec("web", host="::1", port=9000)]),
     ("connect", [ViewerSpec("connect", url="rerun+http://127.0.0.1:9876/proxy")]),
     ("connect:10.0.0.2:9877", [ViewerSpec("connect", url="rerun+http://10.0.0.2:9877/proxy")]),
     ("connect:rerun+http://h:1/proxy", [ViewerSpec("connect", url="rerun+http://h:1/proxy")]),
@@ -146,7 +154,8 @@ def test_parse_viewer_spec(value: str, expected: list[ViewerSpec]) -> None:
     assert parse_viewer_spec(value, "d.rrd") == expected
 
 
-@pytest.mark.parametrize("value", ["spawn", "web:notaport", "web:70000", "none,rrd", "", "web,web:1"])
+@pytest.mark.parametrize("value", ["spawn", "web:127.0.0.1:notaport", "web:70000", "none,rrd", "", "web,web:1",
+                                   "web:9000:9000", "web:h:1:2:3", "web:[::1"])
 def test_parse_viewer_spec_rejects(value: str) -> None:
     with pytest.raises(ConfigError):
         parse_viewer_spec(value, "d.rrd")
@@ -171,7 +180,7 @@ def _free_port() -> int:
 def test_web_server_and_connect_deliver_over_grpc(caplog: pytest.LogCaptureFixture) -> None:
     """A served recording (--viewer web) on loopback; a second process-like sink streams to it (--viewer connect)."""
     grpc_port, web_port = _free_port(), _free_port()
-    server = create_rerun_sink([ViewerSpec("web", port=grpc_port, web_port=web_port)], stream_ids=["a"])
+    server = create_rerun_sink([ViewerSpec("web", port=web_port, grpc_port=grpc_port)], stream_ids=["a"])
     try:
         url = server.output.urls["grpc"]
         assert url == f"rerun+http://127.0.0.1:{grpc_port}/proxy"

@@ -51,6 +51,8 @@ class Aggregator(nn.Module):
         patch_embed: keyword overrides of `DinoVisionTransformer` (depth, num_heads, mlp_ratio, init_values,
             norm_eps, num_register_tokens, interpolate_antialias, interpolate_offset, ...). Defaults: ViT-L/14
             with 4 registers, LayerScale 1.0.
+        global_rope: position embedding of the global blocks when it differs from the frame blocks' 2D RoPE
+            (LingBot-Map's 3D video RoPE); None: the same 2D RoPE everywhere (VGGT).
     """
 
     def __init__(self, img_size: int = 518, patch_size: int = 14, embed_dim: int = 1024, depth: int = 24,
@@ -58,7 +60,8 @@ class Aggregator(nn.Module):
                  proj_bias: bool = True, ffn_bias: bool = True, aa_order: Sequence[str] = ("frame", "global"),
                  aa_block_size: int = 1, qk_norm: bool = True, qk_norm_eps: float = 1e-5,
                  qk_norm_affine: bool = True, rope_freq: float = 100.0, init_values: float = 0.01,
-                 norm_eps: float = 1e-5, patch_embed: dict | None = None) -> None:
+                 norm_eps: float = 1e-5, patch_embed: dict | None = None,
+                 global_rope: RotaryPositionEmbedding2D | None = None) -> None:
         super().__init__()
         if depth % aa_block_size:
             raise ValueError(f"Aggregator: depth {depth} is not divisible by aa_block_size {aa_block_size}")
@@ -72,13 +75,14 @@ class Aggregator(nn.Module):
         self.patch_embed = DinoVisionTransformer(**dino_kwargs)
         self.rope = RotaryPositionEmbedding2D(rope_freq) if rope_freq > 0 else None
 
-        def make_block() -> Block:
+        def make_block(rope: RotaryPositionEmbedding2D | None) -> Block:
             return Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, proj_bias=proj_bias,
                          ffn_bias=ffn_bias, init_values=init_values, norm_eps=norm_eps, qk_norm=qk_norm,
-                         qk_norm_eps=qk_norm_eps, qk_norm_affine=qk_norm_affine, rope=self.rope)
+                         qk_norm_eps=qk_norm_eps, qk_norm_affine=qk_norm_affine, rope=rope)
 
-        self.frame_blocks = nn.ModuleList([make_block() for _ in range(depth)])
-        self.global_blocks = nn.ModuleList([make_block() for _ in range(depth)])
+        self.frame_blocks = nn.ModuleList([make_block(self.rope) for _ in range(depth)])
+        global_rope = self.rope if global_rope is None else global_rope
+        self.global_blocks = nn.ModuleList([make_block(global_rope) for _ in range(depth)])
         self.depth = depth
         self.aa_order = list(aa_order)
         self.aa_block_size = aa_block_size
@@ -112,10 +116,15 @@ class Aggregator(nn.Module):
         return tokens, pos, max(gh, gw)
 
     def _run(self, tokens: torch.Tensor, pos: torch.Tensor, max_pos: int, global_mask: torch.Tensor | None,
-             memory: StreamingMemory | None, keep_layers: set[int] | None) -> list[torch.Tensor | None]:
+             memory: StreamingMemory | None, keep_layers: set[int] | None,
+             global_pos: torch.Tensor | None = None) -> list[torch.Tensor | None]:
+        """The alternating blocks; `global_pos` overrides the global blocks' positions (default: `pos` flattened
+        over frames), e.g. the (t, h, w) positions of a `global_rope`. `memory[i]` is any per-layer cache with
+        `update(k, v) -> (keys, values)`."""
         B, S, P, C = tokens.shape
         frame_pos = pos
-        global_pos = pos.reshape(B, S * P, 2)
+        if global_pos is None:
+            global_pos = pos.reshape(B, S * P, 2)
         frame_i = global_i = 0
         outputs: list[torch.Tensor | None] = []
         x = tokens
@@ -160,5 +169,6 @@ class Aggregator(nn.Module):
         global block). The session's first frame uses the frame-0 special tokens."""
         if len(memory) != self.depth:
             raise ValueError(f"memory has {len(memory)} layers, the aggregator {self.depth} global blocks")
-        tokens, pos, max_pos = self._tokens(images.unsqueeze(1), first_frame_is_zero=memory.frame_index == 0)
+        # A flag, not the frame counter: a compiled step must not specialise on a number that changes every frame.
+        tokens, pos, max_pos = self._tokens(images.unsqueeze(1), first_frame_is_zero=memory.first_frame)
         return self._run(tokens, pos, max_pos, None, memory, keep_layers), self.patch_start_idx

@@ -7,7 +7,8 @@ Key names (`qkv`, `q_norm`, `k_norm`, `proj`) follow the official checkpoints.
 Streaming: when a `KVCache` (recon.memory) is given, the new tokens' keys are appended *after* qk-norm and
 RoPE (post-norm, post-RoPE keys, as InfiniteVGGT caches them; bitwise equal to StreamVGGT's re-normalising of
 raw keys, README_vggt_family.md "Stream keys"), the cache's eviction policy runs, and the queries attend to
-whatever the cache then holds.
+whatever the cache then holds. RoPE therefore runs once per key, when it is written; cached keys are never
+rotated again. A static cache (`StaticKVCache`) hands back its whole storage and a key mask instead.
 
 Head-wise gate (HorizonStream, ../shared/golden/horizonstream_tiny/README.md rule 10): with `gate_attn="headwise"`
 a `gate_proj` linear maps the mean over the call's tokens of the (normed) input to one sigmoid gate per head,
@@ -87,6 +88,9 @@ class Attention(nn.Module):
         q, k, v = self.project_qkv(x, pos, max_position)
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)
+            key_mask = getattr(kv_cache, "key_mask", None)  # caches of other memories may not have one
+            if attn_mask is None and key_mask is not None:
+                attn_mask = key_mask()  # static caches: the whole storage, invalid rows masked
         return self.attend(q, k, v, x, attn_mask)
 
     def project_qkv(self, x: torch.Tensor, pos: torch.Tensor | None = None, max_position: int | None = None

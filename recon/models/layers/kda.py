@@ -78,9 +78,10 @@ class KimiDeltaAttention(nn.Module):
         self.o_proj = nn.Linear(self.value_dim, hidden_size, bias=False, **kw)
 
     def initial_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> KDAState:
-        """All-zero state (before the first call)."""
+        """All-zero state (before the first call). The recurrent state is float32 whatever the compute dtype: it
+        integrates the whole stream, and bf16 rounding of it would accumulate chunk after chunk."""
         z = lambda d: torch.zeros(batch, d, self.conv_size, device=device, dtype=dtype)  # noqa: E731
-        rec = torch.zeros(batch, self.num_heads, self.head_v, self.head_k, device=device, dtype=dtype)
+        rec = torch.zeros(batch, self.num_heads, self.head_v, self.head_k, device=device, dtype=torch.float32)
         return KDAState(rec, z(self.key_dim), z(self.key_dim), z(self.value_dim))
 
     def _short_conv(self, raw: torch.Tensor, conv: nn.Conv1d, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,6 +3,11 @@
 Every stored output is recomputed with recon's own functions and compared at its dtype's tolerance from
 `compare.tolerances` (float64 1e-12, float32 1e-5/1e-6); `compare.exact_keys` (preprocessing bytes, pads, shapes,
 the valid mask) must be equal.
+
+Two float64 outputs hold float32 arithmetic (README §3): `closed_form_inverse_se3` computes -R^T t in the float32
+input dtype and stores it in a float64 4x4, and the world points add that translation. Its last bit depends on the
+BLAS kernel numpy's OpenBLAS picks for the CPU (an AVX-512 kernel rounds differently from the Haswell one the
+fixture was made with), so those entries get the float32 dot-product bound on top of the float64 tolerance.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from recon.geometry.pose_encoding import (
     unproject_depth_map_to_point_map,
 )
 from recon.models.preprocess import preprocess_pil_images, stack_preprocessed
-from tests.golden.util import compare_outputs, is_exact, load_tensors, tolerances
+from tests.golden.util import compare_outputs, float32_dot_bound, is_exact, load_tensors, tolerances
 
 
 def _pose_outputs(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -51,6 +56,23 @@ def _unproject_outputs(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         "unproject.cam_from_world_inverse": torch.from_numpy(closed_form_inverse_se3(extr)),
         "unproject.cam_from_world_inverse_torch": closed_form_inverse_se3(x["unproject.extrinsics"]),
     }
+
+
+def _float32_rounding_bounds(x: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-element allowance for the float64 outputs that carry the float32 product -R^T t (README §3).
+
+    The inverse's top-right column is a 3-term float32 dot product per entry: bound 2*gamma_3 * (|R|^T |t|). The
+    rest of the inverse (R^T, the bottom row) is copied exactly. A world point is float32 camera point (exact,
+    rounded once from float64) times R^T (exact) summed in float64, plus that translation: the same bound per
+    frame and axis; the float64 sum itself stays inside the float64 tolerance.
+    """
+    extr = x["unproject.extrinsics"].double()
+    R, t = extr[:, :3, :3], extr[:, :3, 3]
+    t_bound = float32_dot_bound(torch.einsum("sji,sj->si", R.abs(), t.abs()), 3)  # [S, 3]
+    inverse = torch.zeros_like(want["unproject.cam_from_world_inverse"])
+    inverse[:, :3, 3] = t_bound
+    world = t_bound[:, None, None, :].expand(want["unproject.world_points"].shape)
+    return {"unproject.cam_from_world_inverse": inverse, "unproject.world_points": world}
 
 
 def _preprocess_outputs(x: dict[str, torch.Tensor], cfg: dict, want: dict[str, torch.Tensor]) -> dict:
@@ -86,10 +108,11 @@ def run(folder: Path, cfg: dict) -> None:
         assert key in got, f"output {key} not produced"
         if ref.is_floating_point() and not is_exact(key, patterns):
             assert got[key].dtype == ref.dtype, f"{key}: dtype {got[key].dtype}, reference {ref.dtype}"
+    bounds = _float32_rounding_bounds(x, want)
     for dtype_name, dtype in (("float64", torch.float64), ("float32", torch.float32)):
         atol, rtol = tolerances(cfg, dtype_name)
         keys = [k for k, v in want.items() if v.dtype == dtype and not is_exact(k, patterns)]
-        compare_outputs({k: got[k] for k in keys}, {k: want[k] for k in keys}, atol=atol, rtol=rtol)
+        compare_outputs({k: got[k] for k in keys}, {k: want[k] for k in keys}, atol=atol, rtol=rtol, bounds=bounds)
     exact_keys = [k for k, v in want.items() if is_exact(k, patterns) or not v.is_floating_point()]
     compare_outputs({k: got[k] for k in exact_keys}, {k: want[k] for k in exact_keys}, atol=0.0, rtol=0.0,
                     exact_keys=exact_keys)

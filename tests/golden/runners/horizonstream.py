@@ -13,8 +13,11 @@ from recon.models.horizonstream import HorizonStream, HorizonStreamConfig
 from recon.models.horizonstream_session import HorizonStreamSession
 from tests.golden.util import compare_outputs, load_tensors
 
-# README "Tolerances (fp32)": features, camera maps, scale, KV and KDA states atol/rtol 1e-4; depth/conf rtol 1e-4;
-# motion-averaged poses <= 1e-4 (our chunk camera maps differ from the reference by ~5e-6, so not bit-exact).
+# README "Tolerances (fp32)": features, camera maps, scale, KV and KDA states atol 1e-4, rtol 1e-4; depth and conf
+# rtol 1e-4. Motion-averaged poses get the camera maps' atol/rtol 1e-4: they are medians of compositions of those
+# camera maps (ours differ from the reference's by ~5e-6, so the replayed draws cannot give bit equality), and a
+# rotation difference moves a translation in proportion to it (horizonstream_tiny_v2 README: translations reach 15,
+# "add rtol 1e-4").
 MODEL_TOL = {"atol": 1e-4, "rtol": 1e-4}
 DENSE_TOL = {"atol": 0.0, "rtol": 1e-4}
 DENSE_KEYS = ("depth", "depth_conf")
@@ -26,9 +29,10 @@ def run_motion_averaging(folder: Path, cfg: dict) -> None:
     want = load_tensors(folder / "outputs.safetensors")
     draws = iter(want["median_rotation_init_ids"])
     ma = OnlineMotionAveraging(cfg["window_size"], replay_draws=draws)
-    # The median rotation stops within eps = 1e-5 of its fixed point along a path that float32 rounding in our
-    # SO(3) log/exp steers slightly differently: with the replayed draws we measured <= 9.1e-6; the README bounds
-    # re-implementations at ~2e-5.
+    # README "Tolerances": replaying the draws matches exactly (ours does, bit for bit, on this machine); about
+    # 2e-5 with other draws. We keep the README's 2e-5: what can still differ on another CPU is float32 rounding
+    # of the 3x3 products (BLAS kernel), which moves results continuously by a few ulps per averaged frame (a stop
+    # test |m| < eps flips only if |m| lies within one ulp of eps), far inside 2e-5 at these magnitudes (|t| < 6).
     tol = {"atol": 2e-5, "rtol": 0.0}
     for c in range(len(cfg["chunk_rows"])):
         ma.add_chunk(x[f"chunk{c}"])

@@ -10,7 +10,18 @@ import torch
 from recon.models.pi3 import Pi3, Pi3Config
 from tests.golden.util import load_tensors
 
+# README "Tolerances": float32 against f32.* at atol 1e-4 on local_points / points, 2e-5 on conf and poses; float64
+# (no float32 islands) against f64.* at atol 1e-9.
 F32_TOL = {"local_points": 1e-4, "points": 1e-4, "conf": 2e-5, "camera_poses": 2e-5}
+F64_ATOL = 1e-9
+
+
+def _float32_intermediate_atol(want: dict[str, torch.Tensor], ref: torch.Tensor) -> float:
+    """The README gives no tolerance for the float32 intermediates. Float32 rounding grows with the values, so we ask
+    each intermediate for the README's strictest output accuracy relative to that output's magnitude (2e-5 on
+    conf / poses, 1e-4 on points of ~12), times the intermediate's own magnitude."""
+    relative = min(tol / float(want[f"f32.{name}"].abs().max()) for name, tol in F32_TOL.items())
+    return relative * float(ref.abs().max())
 
 
 def _build(cfg: dict, weights: dict[str, torch.Tensor], dtype: torch.dtype) -> Pi3:
@@ -41,7 +52,10 @@ def run(folder: Path, cfg: dict) -> None:
             if not ref.is_floating_point():
                 assert torch.equal(got.to(ref.dtype), ref), key
                 continue
-            atol = 1e-9 if prefix == "f64" else F32_TOL.get(name, 1e-4)
+            if prefix == "f64":
+                atol = F64_ATOL
+            else:
+                atol = F32_TOL[name] if name in F32_TOL else _float32_intermediate_atol(want, ref)
             torch.testing.assert_close(got, ref.to(got.dtype), atol=atol, rtol=0, msg=key)
 
 

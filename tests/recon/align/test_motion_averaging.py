@@ -71,8 +71,25 @@ def test_explicit_generator_is_deterministic_and_close_to_reference() -> None:
     b = _run(cfg, x, torch.Generator().manual_seed(5))
     assert all(torch.equal(p, q) for p, q in zip(a.state.online, b.state.online, strict=True))
     assert all(torch.equal(p, q) for p, q in zip(a.state.draws, b.state.draws, strict=True))
-    # Another seed moves the result only within the reference's own seed sensitivity (~1e-5).
-    torch.testing.assert_close(torch.stack(a.state.online)[None], want["online_absolute_w2c"], atol=5e-5, rtol=0)
+    # Another seed changes only where each start stops: every converged start sits within eps of the same fixed
+    # point (the step it would take next is < eps), so rotations differ by <= 2 eps and the translations t = -R C
+    # by <= 2 eps |C| more. (The README's "about 2e-5" was measured over 5 seeds; 40 seeds reach 4.3e-5 here.)
+    ref = want["online_absolute_w2c"][0]
+    C = -ref[:, :, :3].transpose(-1, -2) @ ref[:, :, 3:]
+    bound = 2 * a.eps * (1 + float(C.norm(dim=1).max()))
+    torch.testing.assert_close(torch.stack(a.state.online), ref, atol=bound, rtol=0)
+
+
+def test_median_rotation_stops_before_the_step_that_converges() -> None:
+    """The reference returns the iterate whose next step is below eps, without taking that step."""
+    gen = torch.Generator().manual_seed(3)
+    Rs = so3_exp(0.05 * torch.randn(4, 3, generator=gen))
+    start = torch.tensor([0])
+    loose = median_rotation(Rs, start, eps=1.0)  # converges at once: the start itself
+    assert torch.equal(loose, Rs[0])
+    tight = median_rotation(Rs, start, eps=1e-7)
+    m = midpoint_median(so3_log(Rs @ tight.T))
+    assert 0 < float(m.norm()) < 1e-7
 
 
 def test_first_chunk_must_be_a_window() -> None:

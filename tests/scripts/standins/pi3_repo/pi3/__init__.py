@@ -1,0 +1,1 @@
+"""Stand-in package for the gpu-check reference adapters (tests only)."""
