@@ -80,18 +80,10 @@ class SegmentedSink:
         logger.info("stream %s: world segment %d (%s) goes to a new %s", stream_id, segment, reason, self.name)
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        first: BaseException | None = None
-        for sink in self.segments:
-            try:
-                sink.close()
-            except Exception as e:  # noqa: BLE001 - every segment must get its chance to close
-                logger.error("closing %s failed: %s", self.name, e)
-                first = first or e
-        if first is not None:
-            raise first
+        """Close every segment's sink (each gets its chance; the first error is raised after)."""
+        if not self._closed:
+            self._closed = True
+            SinkGroup(self.segments).close()
 
 
 class SinkGroup:
