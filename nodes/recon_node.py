@@ -36,7 +36,6 @@ import zmq
 
 from recon.backends import create_backend, registered
 from recon.backends.base import Backend
-from recon.backends.identity import ensure_registered
 from recon.checkpoint import CheckpointStore
 from recon.errors import ConfigError
 from recon.nodes import protocol as P
@@ -169,7 +168,6 @@ class ReconNode:
     """The reconstruction node; `start()` binds and serves, `stop()` drains, flushes and closes."""
 
     def __init__(self, config: ReconNodeConfig, context: zmq.Context | None = None) -> None:
-        ensure_registered()
         if config.backend_instance is None and config.backend not in registered():
             raise ConfigError(f"unknown backend {config.backend!r}; known: {', '.join(sorted(registered()))}")
         for ep in (config.bind, config.publish, config.control or ""):

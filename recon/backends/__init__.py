@@ -1,7 +1,9 @@
-"""Backend registry: names map to lazily imported factories, so listing backends imports no model code.
+"""Backend registry: names map to typed configs and lazily imported factories, so listing backends (and their
+options) imports no model code.
 
-Each entry says how to build the backend and how to tell whether it can run here (weights installed),
-which is what `--backend auto` uses to pick one and explain why.
+Each entry says which options the backend takes (its `BackendConfig` dataclass, recon.backends.configs), how to
+build it and how to tell whether it can run here (weights installed), which is what `--backend auto` uses to
+pick one and explain why.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from recon.backends import configs
 from recon.backends.base import Backend
+from recon.backends.configs import BackendConfig
 from recon.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -24,10 +28,11 @@ class BackendEntry:
 
     Attributes:
         name: the `--backend` value.
-        factory: "module:function" returning a Backend from keyword options.
+        factory: "module:function" returning a Backend from its config.
         weights: registry names of the weights it needs (empty: weight-free).
-        priority: higher wins in `--backend auto` among runnable backends.
+        priority: higher wins in `--backend auto` among runnable backends (negative: never chosen by auto).
         summary: one line for `recon replay --help` and the auto-selection message.
+        config: the dataclass of its options (the base class: a backend without options).
     """
 
     name: str
@@ -35,6 +40,7 @@ class BackendEntry:
     weights: tuple[str, ...] = ()
     priority: int = 0
     summary: str = ""
+    config: type[BackendConfig] = BackendConfig
 
 
 _REGISTRY: dict[str, BackendEntry] = {}
@@ -50,13 +56,25 @@ def registered() -> dict[str, BackendEntry]:
     return dict(_REGISTRY)
 
 
-def create_backend(name: str, **options: Any) -> Backend:
-    """Build backend `name` with `options`; unknown names raise ConfigError listing the known ones."""
+def entry(name: str) -> BackendEntry:
+    """The entry of backend `name`; unknown names raise ConfigError listing the known ones."""
     if name not in _REGISTRY:
         raise ConfigError(f"unknown backend {name!r}; known backends: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def backend_config(name: str, **options: Any) -> BackendConfig:
+    """The validated config of backend `name`; an unknown or ill-typed option raises ConfigError (listing the
+    valid options). Builds no model."""
+    return entry(name).config.from_options(options, kind=f"{name} backend")
+
+
+def create_backend(name: str, **options: Any) -> Backend:
+    """Build backend `name` from keyword options (validated by its config first)."""
+    config = backend_config(name, **options)
     module_name, func_name = _REGISTRY[name].factory.split(":")
-    factory: Callable[..., Backend] = getattr(importlib.import_module(module_name), func_name)
-    return factory(**options)
+    factory: Callable[[BackendConfig], Backend] = getattr(importlib.import_module(module_name), func_name)
+    return factory(config)
 
 
 def _weights_installed(names: tuple[str, ...]) -> tuple[bool, str]:
@@ -77,28 +95,41 @@ def _weights_installed(names: tuple[str, ...]) -> tuple[bool, str]:
 def select_auto() -> tuple[str, str]:
     """Pick the best runnable backend; returns (name, human-readable reason)."""
     reasons = []
-    for entry in sorted(_REGISTRY.values(), key=lambda e: -e.priority):
-        ok, why = _weights_installed(entry.weights)
+    for candidate in sorted(_REGISTRY.values(), key=lambda e: -e.priority):
+        if candidate.priority < 0:
+            continue
+        ok, why = _weights_installed(candidate.weights)
         if ok:
             skipped = "; ".join(reasons)
-            reason = f"{entry.name}: {why}" + (f" (skipped: {skipped})" if skipped else "")
-            return entry.name, reason
-        reasons.append(f"{entry.name}: {why}")
+            reason = f"{candidate.name}: {why}" + (f" (skipped: {skipped})" if skipped else "")
+            return candidate.name, reason
+        reasons.append(f"{candidate.name}: {why}")
     raise ConfigError("no backend can run: " + "; ".join(reasons))
 
 
-# Built-in backends. Priorities: learned streaming methods first, the weight-free baseline last.
+# Built-in backends. Priorities: learned streaming methods first, the weight-free baseline last; the identity test
+# backend is never chosen by auto but can be asked for everywhere (node tests, transport benchmarks).
 register(BackendEntry("geometric", "recon.backends.geometric:create", (), 0,
-                      "weight-free: RGB-D odometry or monocular keyframe visual odometry"))
+                      "weight-free: RGB-D odometry or monocular keyframe visual odometry",
+                      configs.GeometricBackendConfig))
 register(BackendEntry("lingbot", "recon.backends.lingbot:create", ("lingbot-map-long",), 110,
-                      "LingBot-Map: anchor frames + pose window + trajectory memory (bounded; Apache-2.0 code)"))
+                      "LingBot-Map: anchor frames + pose window + trajectory memory (bounded; Apache-2.0 code)",
+                      configs.LingBotBackendConfig))
 register(BackendEntry("infinitevggt", "recon.backends.infinitevggt:create", ("streamvggt",), 100,
-                      "StreamVGGT weights with InfiniteVGGT pruned KV memory (bounded)"))
+                      "StreamVGGT weights with InfiniteVGGT pruned KV memory (bounded)",
+                      configs.InfiniteVGGTBackendConfig))
 register(BackendEntry("horizonstream", "recon.backends.horizonstream:create", ("horizonstream",), 90,
-                      "HorizonStream: windowed + gated linear attention, metric scale"))
+                      "HorizonStream: windowed + gated linear attention, metric scale",
+                      configs.HorizonStreamBackendConfig))
 register(BackendEntry("laser", "recon.backends.laser:create", ("pi3",), 80,
-                      "LASER: offline pi3/VGGT windows aligned by Sim(3) and per-layer scales"))
+                      "LASER: offline pi3/VGGT windows aligned by Sim(3) and per-layer scales",
+                      configs.LaserBackendConfig))
 register(BackendEntry("streamvggt", "recon.backends.streamvggt:create", ("streamvggt",), 50,
-                      "StreamVGGT with an unbounded KV cache (comparison)"))
+                      "StreamVGGT with an unbounded KV cache (comparison)",
+                      configs.StreamVGGTBackendConfig))
 register(BackendEntry("vggt", "recon.backends.vggt:create", ("vggt-1b",), 40,
-                      "VGGT offline over short clips"))
+                      "VGGT offline over short clips",
+                      configs.VGGTBackendConfig))
+register(BackendEntry("identity", "recon.backends.identity:create", (), -100,
+                      "test backend: pose x = seq cm, no model (node tests, transport benchmarks)",
+                      configs.IdentityBackendConfig))

@@ -39,6 +39,7 @@ import torch
 
 from recon.backends import snapshot
 from recon.backends.base import BackendState
+from recon.backends.configs import HorizonStreamBackendConfig
 from recon.backends.vggt import (
     FrameMeta,
     make_result,
@@ -47,7 +48,7 @@ from recon.backends.vggt import (
     prepare_frame,
     to_uint8_image,
 )
-from recon.errors import BackendError, ConfigError
+from recon.errors import BackendError
 from recon.types import BackendStats, Frame, FrameResult
 from recon.utils.log import WarnOnce
 
@@ -191,18 +192,13 @@ class HorizonStreamBackend:
                                    "pending_frames": len(self._pending)})
 
 
-def create(*, weights: str | None = None, model_config: str = "full", device: str = "auto", dtype: str = "auto",
-           sliding_size: int = 1, window_size: int | None = None, image_width: int | None = None, seed: int = 0,
-           **unused: Any) -> HorizonStreamBackend:
-    """Backend factory (`--backend horizonstream`). Unknown options are logged and ignored."""
+def create(config: HorizonStreamBackendConfig) -> HorizonStreamBackend:
+    """Backend factory (`--backend horizonstream`); options: recon.backends.configs.HorizonStreamBackendConfig."""
     from recon.models.horizonstream import build_horizonstream
 
-    if unused:
-        logger.info("horizonstream backend ignores options: %s", sorted(unused))
-    if not isinstance(sliding_size, int) or sliding_size < 1:
-        raise ConfigError(f"horizonstream backend: sliding_size must be a positive integer, got {sliding_size!r}")
-    dev = pick_device(device)
-    model = build_horizonstream(weights=weights, model_config=model_config, seed=seed, device=dev)
-    width = image_width or (TINY_IMAGE_WIDTH if model_config == "tiny" else 518)
-    return HorizonStreamBackend(model, device=dev, autocast_dtype=pick_autocast_dtype(dtype, dev),
-                                image_width=width, sliding_size=sliding_size, window_size=window_size, seed=seed)
+    dev = pick_device(config.device)
+    model = build_horizonstream(weights=config.weights, model_config=config.model_config, seed=config.seed, device=dev)
+    width = config.image_width or (TINY_IMAGE_WIDTH if config.model_config == "tiny" else 518)
+    return HorizonStreamBackend(model, device=dev, autocast_dtype=pick_autocast_dtype(config.dtype, dev),
+                                image_width=width, sliding_size=config.sliding_size, window_size=config.window_size,
+                                seed=config.seed)

@@ -14,18 +14,11 @@ import time
 
 import numpy as np
 
-from recon.backends import BackendEntry, register, registered, snapshot
+from recon.backends import snapshot
 from recon.backends.base import BackendState
+from recon.backends.configs import IdentityBackendConfig
+from recon.errors import BackendError
 from recon.types import BackendStats, Frame, FrameResult
-
-ENTRY = BackendEntry("identity", "recon.backends.identity:create", (), -100,
-                     "test backend: pose x = seq cm, no model (node tests, transport benchmarks)")
-
-
-def ensure_registered() -> None:
-    """Register `identity` once; the node CLIs call this so `--backend identity` works in any process."""
-    if "identity" not in registered():
-        register(ENTRY)
 
 
 def default_K(width: int, height: int) -> np.ndarray:
@@ -47,11 +40,13 @@ class IdentityBackend:
         self._held: list[FrameResult] = []
         self._stats = BackendStats()
         self._offset = 0.0
+        self._size: tuple[int, int] | None = None
 
     def reset(self) -> None:
         self._stats = BackendStats()
         self._held = []
         self._offset = 0.0
+        self._size = None
 
     def _config(self) -> dict[str, object]:
         return {"points": self.points, "window": self.window, "drift": self.drift}
@@ -67,6 +62,10 @@ class IdentityBackend:
         self._stats = BackendStats(frames_in=int(values["frames_in"]), results_out=int(values["results_out"]))
 
     def step(self, frame: Frame) -> list[FrameResult]:
+        if self._size is not None and self._size != (frame.height, frame.width):
+            raise BackendError(f"identity backend: frame {frame.seq} is {frame.height}x{frame.width}, the session "
+                               f"{self._size[0]}x{self._size[1]}; call reset() before changing resolution")
+        self._size = (frame.height, frame.width)
         if self.delay_s:
             time.sleep(self.delay_s)
         self._stats.frames_in += 1
@@ -97,8 +96,8 @@ class IdentityBackend:
         return self._stats
 
 
-def create(build_ms: float = 0.0, **options: object) -> IdentityBackend:
-    """Factory for the registry: `delay_ms`, `points`, `window`, `drift`, and `build_ms` (construction time)."""
-    if build_ms:
-        time.sleep(float(build_ms) / 1000.0)
-    return IdentityBackend(**options)  # type: ignore[arg-type]
+def create(config: IdentityBackendConfig) -> IdentityBackend:
+    """Registry factory; options: recon.backends.configs.IdentityBackendConfig (`build_ms`: construction time)."""
+    if config.build_ms:
+        time.sleep(float(config.build_ms) / 1000.0)
+    return IdentityBackend(delay_ms=config.delay_ms, points=config.points, window=config.window, drift=config.drift)

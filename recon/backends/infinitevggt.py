@@ -34,15 +34,14 @@ import logging
 import math
 from typing import Any
 
+from recon.backends.configs import InfiniteVGGTBackendConfig
 from recon.backends.streamvggt import StreamVGGTBackend
 from recon.backends.vggt import default_image_width, pick_autocast_dtype, pick_device
-from recon.errors import ConfigError
-from recon.memory.policies import DEFAULT_TEMPERATURE, DEFAULT_TOTAL_BUDGET, camera_window_policy, make_policy
+from recon.memory.policies import camera_window_policy, make_policy
 from recon.types import BackendStats
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CAMERA_WINDOW = 128
 CAPACITY_HEADROOM = 1.25
 
 
@@ -71,26 +70,17 @@ class InfiniteVGGTBackend(StreamVGGTBackend):
         return s
 
 
-def create(*, budget: int = DEFAULT_TOTAL_BUDGET, policy: str = "infinitevggt",
-           temperature: float = DEFAULT_TEMPERATURE, camera_window: int | None = DEFAULT_CAMERA_WINDOW,
-           capacity: int | None = None, weights: str | None = None, model_config: str = "full",
-           random_init: bool = False, device: str = "auto", dtype: str = "auto", image_width: int | None = None,
-           camera_cache: str = "reference", points: str = "depth", seed: int = 0, static: bool = False,
-           compile: bool | dict = False, **unused: Any) -> InfiniteVGGTBackend:
-    """Backend factory (`--backend infinitevggt`); see the module docstring. Unknown options are logged, ignored."""
+def create(config: InfiniteVGGTBackendConfig) -> InfiniteVGGTBackend:
+    """Backend factory (`--backend infinitevggt`); the options are recon.backends.configs.InfiniteVGGTBackendConfig."""
     from recon.models.vggt import build_vggt
 
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise ConfigError(f"infinitevggt backend: budget must be a positive number of tokens, got {budget!r}")
-    if camera_window is not None and camera_window < 0:
-        raise ConfigError(f"infinitevggt backend: camera_window must be >= 0 frames, got {camera_window}")
-    if unused:
-        logger.debug("infinitevggt backend ignores options: %s", sorted(unused))
-    aggregator_policy = make_policy(policy, budget, temperature)
+    budget, policy, camera_window, capacity = config.budget, config.policy, config.camera_window, config.capacity
+    model_config, camera_cache, compile = config.model_config, config.camera_cache, config.compile
+    aggregator_policy = make_policy(policy, budget, config.temperature)
     camera_policy = camera_window_policy(camera_window) if camera_window else None
-    dev = pick_device(device)
-    model = build_vggt(weights=weights, weights_name="streamvggt", model_config=model_config, causal=True,
-                       random_init=random_init, seed=seed, device=dev)
+    dev = pick_device(config.device)
+    model = build_vggt(weights=config.weights, weights_name="streamvggt", model_config=model_config, causal=True,
+                       random_init=config.random_init, seed=config.seed, device=dev)
     layers = model.config.aggregator.depth
     if capacity is None:
         capacity = math.ceil(CAPACITY_HEADROOM * budget / layers) if policy != "unbounded" else 0
@@ -98,10 +88,11 @@ def create(*, budget: int = DEFAULT_TOTAL_BUDGET, policy: str = "infinitevggt",
                 "cache %s", aggregator_policy.name, budget, layers, capacity,
                 f"frame 0 + {camera_window} frames" if camera_window else "unbounded (published behaviour)")
     backend = InfiniteVGGTBackend(model, budget=budget, camera_window=camera_window, device=dev,
-                                  autocast_dtype=pick_autocast_dtype(dtype, dev),
-                                  image_width=image_width or default_image_width(model_config),
+                                  autocast_dtype=pick_autocast_dtype(config.dtype, dev),
+                                  image_width=config.image_width or default_image_width(model_config),
                                   camera_cache=camera_cache, capacity=int(capacity), policy=aggregator_policy,
-                                  points=points, camera_policy=camera_policy, static=static or bool(compile),
+                                  points=config.points, camera_policy=camera_policy,
+                                  static=config.static or bool(compile),
                                   compile=compile)
     camera_memory = backend.session.camera_memory
     if camera_window and camera_memory is not None and model.camera_head is not None:

@@ -29,6 +29,7 @@ from recon.align.layers import LayerConfig
 from recon.align.windows import WindowScheduler
 from recon.backends import snapshot
 from recon.backends.base import BackendState
+from recon.backends.configs import LaserBackendConfig
 from recon.errors import BackendError, ConfigError
 from recon.types import BackendStats, Frame, FrameResult
 
@@ -48,8 +49,6 @@ BACKBONES: dict[str, str] = {
     "pi3": "recon.models.pi3:build_window_model",
     "vggt": "recon.models.vggt:build_window_model",
 }
-# Options every backbone builder understands; others given to `create` are logged and ignored.
-BACKBONE_OPTIONS = ("weights", "model_config", "device", "dtype", "weights_dtype", "seed")
 
 
 def load_backbone(name: str, **options: Any) -> WindowModel:
@@ -291,28 +290,12 @@ class LaserBackend:
         self._drain()
 
 
-def create(
-    *,
-    backbone: str = "pi3",
-    window_size: int = 20,
-    overlap: int = 5,
-    image_width: int | None = None,
-    top_conf_percentile: float = 0.5,
-    depth_refine: bool = True,
-    relative_tol: bool = False,
-    layer_downsample: int = 1,
-    overlap_inference: bool = True,
-    **options: Any,
-) -> LaserBackend:
-    """Backend factory (`--backend laser --backbone pi3|vggt`); backbone options (weights, model_config, device,
-    dtype, seed) go to the backbone builder, anything else is logged and ignored (the CLI passes shared options)."""
-    model_options = {k: v for k, v in options.items() if k in BACKBONE_OPTIONS and v is not None}
-    ignored = sorted(set(options) - set(model_options))
-    if ignored:
-        logger.debug("laser backend ignores options: %s", ignored)
-    model = load_backbone(backbone, **model_options)
-    width = image_width or getattr(model, "default_width", 518)
-    return LaserBackend(model, window_size=window_size, overlap=overlap, image_width=width,
-                        top_conf_percentile=top_conf_percentile, depth_refine=depth_refine,
-                        layer_config=LayerConfig(downsample=layer_downsample), relative_tol=relative_tol,
-                        overlap_inference=overlap_inference)
+def create(config: LaserBackendConfig) -> LaserBackend:
+    """Backend factory (`--backend laser --backbone pi3|vggt`); options: recon.backends.configs.LaserBackendConfig
+    (the model ones go to the backbone's window-model builder)."""
+    model = load_backbone(config.backbone, **{k: v for k, v in config.backbone_options().items() if v is not None})
+    width = config.image_width or getattr(model, "default_width", 518)
+    return LaserBackend(model, window_size=config.window_size, overlap=config.overlap, image_width=width,
+                        top_conf_percentile=config.top_conf_percentile, depth_refine=config.depth_refine,
+                        layer_config=LayerConfig(downsample=config.layer_downsample),
+                        relative_tol=config.relative_tol, overlap_inference=config.overlap_inference)

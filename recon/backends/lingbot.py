@@ -16,7 +16,7 @@ from the predicted fields of view at the model grid. Memory, per-frame time and 
 (see the session's `trajectory_frames` / `camera_window`); `stats()` reports them. The session state is
 checkpointable (`save_state` / `load_state`).
 
-Options (`LingBotBackendConfig`; unknown options are errors):
+Options (recon.backends.configs.LingBotBackendConfig; unknown options are errors):
     weights, weights_name: checkpoint path, or the registry entry to use ("lingbot-map-long" default, "lingbot-map").
     model_config: "full" or "tiny" (random weights unless `weights`); random_init, seed: random weights.
     device, dtype, image_width, points: as for the `vggt` backend.
@@ -32,19 +32,17 @@ Example (no downloads): `recon replay datasets/sample --backend lingbot --model-
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from recon.backends.base import BackendState
+from recon.backends.configs import LingBotBackendConfig
 from recon.backends.vggt import (
-    POINT_SOURCES,
     FrameMeta,
     autocast_context,
     decode_pose,
@@ -55,80 +53,13 @@ from recon.backends.vggt import (
     prepare_frame,
     to_uint8_image,
 )
-from recon.errors import BackendError, ConfigError, StateError
-from recon.models.lingbot_session import LingBotStreamConfig, SessionResetError
-from recon.models.lingbot_windows import LingBotWindowConfig
+from recon.errors import BackendError, StateError
+from recon.models.lingbot_session import SessionResetError
 from recon.types import BackendStats, Frame, FrameResult
 
 logger = logging.getLogger(__name__)
 
-MODES = ("stream", "windowed")
 STATE_VERSION = 1
-
-
-@dataclass
-class LingBotBackendConfig:
-    """Every option of the `lingbot` backend (see the module docstring); validated on construction."""
-
-    weights: str | None = None
-    weights_name: str = "lingbot-map-long"
-    model_config: str = "full"
-    random_init: bool = False
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    image_width: int | None = None
-    points: str = "depth"
-    mode: str = "stream"
-    keyframe_interval: int = 1
-    keyframe_semantics: str = "skip"
-    num_scale_frames: int = 8
-    anchor_frames: int | None = None
-    sliding_window: int = 64
-    trajectory: str = "special"
-    trajectory_frames: int | None = None
-    camera_window: int | None = None
-    window_size: int = 64
-    overlap_keyframes: int | None = None
-    overlap_size: int | None = None
-    window_alignment: str = "w2c"
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"lingbot backend: mode must be one of {MODES}, got {self.mode!r}")
-        if self.points not in POINT_SOURCES:
-            raise ConfigError(f"lingbot backend: points must be one of {POINT_SOURCES}, got {self.points!r}")
-        if self.image_width is not None and (not isinstance(self.image_width, int) or self.image_width < 14):
-            raise ConfigError(f"lingbot backend: image_width must be an integer >= 14, got {self.image_width!r}")
-        self.stream_config()
-        if self.mode == "windowed":
-            self.window_config().frames(self.num_scale_frames, self.keyframe_interval)
-
-    @classmethod
-    def from_options(cls, options: dict[str, Any]) -> LingBotBackendConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ConfigError(f"lingbot backend: unknown options {unknown}; known: {', '.join(sorted(known))}")
-        return cls(**options)
-
-    def stream_config(self) -> LingBotStreamConfig:
-        return LingBotStreamConfig(
-            num_scale_frames=self.num_scale_frames, anchor_frames=self.anchor_frames,
-            sliding_window=self.sliding_window, keyframe_interval=self.keyframe_interval,
-            keyframe_semantics=self.keyframe_semantics, trajectory=self.trajectory,
-            trajectory_frames=self.trajectory_frames, camera_window=self.camera_window)
-
-    def window_config(self) -> LingBotWindowConfig:
-        return LingBotWindowConfig(window_size=self.window_size, overlap_keyframes=self.overlap_keyframes,
-                                   overlap_size=self.overlap_size, alignment=self.window_alignment)
-
-    def state_key(self) -> dict[str, Any]:
-        """The options a saved state depends on (a state is refused by a backend built with other values)."""
-        keep = ("weights_name", "model_config", "image_width", "mode", "keyframe_interval", "keyframe_semantics",
-                "num_scale_frames", "anchor_frames", "sliding_window", "trajectory", "trajectory_frames",
-                "camera_window", "window_size", "overlap_keyframes", "overlap_size", "window_alignment", "points")
-        return {k: v for k, v in asdict(self).items() if k in keep}
 
 
 class LingBotBackend:
@@ -273,11 +204,10 @@ class LingBotBackend:
         self._frames_in, self._results_out = int(state.meta["frames_in"]), int(state.meta["results_out"])
 
 
-def create(**options: Any) -> LingBotBackend:
-    """Backend factory (`--backend lingbot`); see the module docstring for the options."""
+def create(config: LingBotBackendConfig) -> LingBotBackend:
+    """Backend factory (`--backend lingbot`); the options are recon.backends.configs.LingBotBackendConfig."""
     from recon.models.lingbot import build_lingbot
 
-    config = LingBotBackendConfig.from_options(options)
     dev = pick_device(config.device)
     model = build_lingbot(weights=config.weights, weights_name=config.weights_name, model_config=config.model_config,
                           random_init=config.random_init, seed=config.seed, device=dev)

@@ -31,6 +31,7 @@ import torch
 
 from recon.backends import snapshot
 from recon.backends.base import BackendState
+from recon.backends.configs import StreamVGGTBackendConfig
 from recon.backends.vggt import (
     POINT_SOURCES,
     FrameMeta,
@@ -133,19 +134,14 @@ class StreamVGGTBackend:
                                    "policy": s.memory.policy.name})
 
 
-def create(*, weights: str | None = None, model_config: str = "full", random_init: bool = False,
-           device: str = "auto", dtype: str = "auto", image_width: int | None = None,
-           camera_cache: str = "reference", capacity: int = 0, policy: Any = None, points: str = "depth",
-           seed: int = 0, camera_policy: Any = None, **unused: Any) -> StreamVGGTBackend:
-    """Backend factory (`--backend streamvggt`). Unknown options are logged and ignored."""
+def create(config: StreamVGGTBackendConfig) -> StreamVGGTBackend:
+    """Backend factory (`--backend streamvggt`); the options are recon.backends.configs.StreamVGGTBackendConfig."""
     from recon.models.vggt import build_vggt
 
-    if unused:
-        logger.debug("streamvggt backend ignores options: %s", sorted(unused))
-    dev = pick_device(device)
-    model = build_vggt(weights=weights, weights_name="streamvggt", model_config=model_config, causal=True,
-                       random_init=random_init, seed=seed, device=dev)
-    return StreamVGGTBackend(model, device=dev, autocast_dtype=pick_autocast_dtype(dtype, dev),
-                             image_width=image_width or default_image_width(model_config),
-                             camera_cache=camera_cache, capacity=capacity, policy=policy, points=points,
-                             camera_policy=camera_policy)
+    dev = pick_device(config.device)
+    model = build_vggt(weights=config.weights, weights_name="streamvggt", model_config=config.model_config,
+                       causal=True, random_init=config.random_init, seed=config.seed, device=dev)
+    return StreamVGGTBackend(model, device=dev, autocast_dtype=pick_autocast_dtype(config.dtype, dev),
+                             image_width=config.image_width or default_image_width(config.model_config),
+                             camera_cache=config.camera_cache, capacity=config.capacity, policy=config.policy,
+                             points=config.points, camera_policy=config.camera_policy)

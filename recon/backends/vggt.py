@@ -41,6 +41,7 @@ import torch
 
 from recon.backends import snapshot
 from recon.backends.base import BackendState
+from recon.backends.configs import POINT_SOURCES, VGGTBackendConfig
 from recon.errors import BackendError, ConfigError
 from recon.geometry.pose_encoding import depth_to_cam_points, pose_encoding_to_T_world_cam
 from recon.models.preprocess import preprocess_frames
@@ -52,7 +53,6 @@ from recon.utils.log import WarnOnce
 logger = logging.getLogger(__name__)
 _warn = WarnOnce(logger)
 
-POINT_SOURCES = ("depth", "head")
 
 
 def prepare_frame(frame: Frame, image_width: int, device: torch.device) -> torch.Tensor:
@@ -264,17 +264,13 @@ class VGGTBackend:
                             extra={"buffered_frames": len(self._buffer), "clip_length": self.clip_length})
 
 
-def create(*, weights: str | None = None, model_config: str = "full", random_init: bool = False,
-           device: str = "auto", dtype: str = "auto", image_width: int | None = None, clip_length: int = 16,
-           overlap: int = 1, points: str = "depth", seed: int = 0, **unused: Any) -> VGGTBackend:
-    """Backend factory (`--backend vggt`). Unknown options are logged and ignored (the CLI passes shared ones)."""
+def create(config: VGGTBackendConfig) -> VGGTBackend:
+    """Backend factory (`--backend vggt`); the options are recon.backends.configs.VGGTBackendConfig."""
     from recon.models.vggt import build_vggt
 
-    if unused:
-        logger.debug("vggt backend ignores options: %s", sorted(unused))
-    dev = pick_device(device)
-    model = build_vggt(weights=weights, weights_name="vggt-1b", model_config=model_config, causal=False,
-                       random_init=random_init, seed=seed, device=dev)
-    return VGGTBackend(model, device=dev, autocast_dtype=pick_autocast_dtype(dtype, dev),
-                       image_width=image_width or default_image_width(model_config), clip_length=clip_length,
-                       overlap=overlap, points=points)
+    dev = pick_device(config.device)
+    model = build_vggt(weights=config.weights, weights_name="vggt-1b", model_config=config.model_config, causal=False,
+                       random_init=config.random_init, seed=config.seed, device=dev)
+    return VGGTBackend(model, device=dev, autocast_dtype=pick_autocast_dtype(config.dtype, dev),
+                       image_width=config.image_width or default_image_width(config.model_config),
+                       clip_length=config.clip_length, overlap=config.overlap, points=config.points)

@@ -1,9 +1,10 @@
-"""Backend selection flags shared by `recon replay`, `recon live` and `recon node recon`.
+"""Backend selection flags shared by `recon replay`, `recon live` and `recon node recon`, built from the backends'
+config dataclasses (recon.backends.configs).
 
-Named flags cover the options users reach for (`--weights`, `--backbone`, `--model-config`, `--budget`,
-`--device`, `--dtype`, `--weights-dtype`, `--sliding-size`, `--mode`, `--keyframe-interval`, `--compile`);
-`--backend-opt KEY=VALUE` passes anything else. A named flag given to a backend that does not take it is an
-error, not a silently ignored option.
+A config field marked `flag=True` becomes a named flag (`--model-config`, `--budget` ...) with its help, type and
+choices; the help says which backends take it. `--backend-opt KEY=VALUE` passes any other field. A named flag
+given to a backend whose config lacks that field is an error, and so is an unknown `--backend-opt` (the message
+lists the backend's valid options): nothing is silently ignored.
 
 `--dtype` is the compute dtype for every learned backend (recon.models.weights.compute_dtype); the storage dtype of
 the weights is the separate `--weights-dtype`.
@@ -12,37 +13,56 @@ the weights is the separate `--weights-dtype`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import typing
 from typing import Any
 
 from recon.backends.options import parse_backend_options
 from recon.errors import ConfigError
 
-LEARNED = ("lingbot", "infinitevggt", "streamvggt", "vggt", "laser", "horizonstream")
-# flag dest -> (backends that take it, help)
-NAMED_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
-    "weights": (LEARNED, "model weights file (default: the installed copy; `recon weights list` shows them)"),
-    "model_config": (LEARNED, "full (the published model; needs its weights) or tiny (a small model with random "
-                              "weights: tries the pipeline without any download, results are meaningless)"),
-    "device": (LEARNED, "where the model runs: auto (a CUDA GPU when there is one, else cpu), cpu, cuda, cuda:1 ..."),
-    "dtype": (LEARNED, "number format the network computes in, the same for every learned backend: auto (bf16 on "
-                       "a GPU, fp16 on a GPU without bf16, fp32 on cpu), fp32, bf16, fp16; the weights stay fp32 "
-                       "(see --weights-dtype)"),
-    "weights_dtype": (("laser",), "storage format of the window model's weights: fp32 (default), bf16, fp16 (half "
-                                  "the memory; the network then computes in that format)"),
-    "budget": (("infinitevggt",), "how many tokens the streaming memory keeps, over all layers (default 1200000; "
-                                  "smaller uses less GPU memory)"),
-    "backbone": (("laser",), "model LASER runs on each window: pi3 or vggt"),
-    "sliding_size": (("horizonstream",), "frames per step after the first window (1 = one result per frame)"),
-    "mode": (("lingbot",), "stream (one bounded memory) or windowed (overlapping windows joined by Sim(3))"),
-    "keyframe_interval": (("lingbot",), "keep every N-th frame in memory after the scale frames (1 = all)"),
-    "compile": (("infinitevggt",), "static-shape caches and the per-frame step compiled once with torch.compile "
-                                   "(CUDA graphs on CUDA)"),
-}
-_SWITCHES = ("compile",)  # flags without a value
-_METAVARS = {"model_config": "{full,tiny}", "dtype": "{auto,fp32,bf16,fp16}", "weights_dtype": "{fp32,bf16,fp16}",
-             "backbone": "{pi3,vggt}", "device": "DEVICE", "weights": "FILE", "budget": "TOKENS",
-             "sliding_size": "N", "mode": "{stream,windowed}", "keyframe_interval": "N"}
-_TYPES = {"budget": int, "sliding_size": int, "keyframe_interval": int}
+
+@dataclasses.dataclass
+class NamedFlag:
+    """One named backend flag: the field it sets and the backends whose config has that field."""
+
+    dest: str
+    help: str
+    kind: type  # int, float, str, or bool (a switch)
+    choices: tuple[Any, ...] | None
+    metavar: str | None
+    takers: tuple[str, ...]
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.dest.replace("_", "-")
+
+
+def named_flags() -> dict[str, NamedFlag]:
+    """The named flags of every registered backend's config, by destination (built fresh: the registry may grow)."""
+    from recon.backends import registered
+
+    entries = sorted(registered().values(), key=lambda e: -e.priority)
+    flags: dict[str, NamedFlag] = {}
+    for entry in entries:
+        hints = typing.get_type_hints(entry.config)
+        for f in dataclasses.fields(entry.config):
+            if f.metadata.get("flag") and f.name not in flags:
+                flags[f.name] = NamedFlag(f.name, f.metadata.get("help", ""), _scalar(hints[f.name]),
+                                          f.metadata.get("choices"), f.metadata.get("metavar"), ())
+    for entry in entries:
+        names = {f.name for f in dataclasses.fields(entry.config)}
+        for flag in flags.values():
+            if flag.dest in names:
+                flag.takers += (entry.name,)
+    return flags
+
+
+def _scalar(hint: Any) -> type:
+    """The command-line type of an annotation: its first scalar member (bool means a switch)."""
+    for arg in typing.get_args(hint) or (hint,):
+        if arg in (bool, int, float, str):
+            return arg
+    return str
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser, default: str = "auto") -> None:
@@ -50,33 +70,41 @@ def add_backend_arguments(parser: argparse.ArgumentParser, default: str = "auto"
     from recon.backends import registered
 
     entries = sorted(registered().values(), key=lambda e: -e.priority)
-    names = ", ".join(e.name + ("" if e.weights else " (no weights needed)") for e in entries)
+    names = ", ".join(e.name + ("" if e.weights else " (no weights needed)") for e in entries if e.priority >= 0)
+    tests = ", ".join(e.name for e in entries if e.priority < 0)
     parser.add_argument("--backend", default=default, metavar="NAME",
                         help=f"reconstruction method: auto (the best one whose weights are installed, else "
-                             f"geometric) or one of {names} (default {default})")
-    for dest, (takers, text) in NAMED_FLAGS.items():
-        scope = "" if takers == LEARNED else f" [{', '.join(takers)}]"
-        if dest in _SWITCHES:
-            parser.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, action="store_const",
-                                const=True, help=text + scope)
+                             f"geometric) or one of {names}" + (f"; test backends: {tests}" if tests else "")
+                             + f" (default {default})")
+    learned = {e.name for e in entries if e.weights}
+    for flag in named_flags().values():
+        scope = "" if set(flag.takers) == learned else f" [{', '.join(flag.takers)}]"
+        if flag.kind is bool:
+            parser.add_argument(flag.flag, dest=flag.dest, default=None, action="store_const", const=True,
+                                help=flag.help + scope)
             continue
-        parser.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, type=_TYPES.get(dest, str),
-                            metavar=_METAVARS.get(dest), help=text + scope)
+        parser.add_argument(flag.flag, dest=flag.dest, default=None, type=flag.kind, choices=flag.choices,
+                            metavar=flag.metavar, help=flag.help + scope)
     parser.add_argument("--backend-opt", "-o", "--option", dest="backend_opt", action="append", default=[],
-                        metavar="KEY=VALUE", help="any other backend option (JSON or Python literal), repeatable")
+                        metavar="KEY=VALUE", help="any other option of the backend's config (JSON or Python "
+                                                  "literal), repeatable; a wrong name lists the valid ones")
 
 
 def backend_options(args: argparse.Namespace, backend: str) -> dict[str, Any]:
-    """The keyword options for `backend` from parsed flags; named flags must suit the backend."""
+    """The keyword options for `backend` from parsed flags, validated against its config (ConfigError listing the
+    valid options otherwise); builds no model."""
+    from recon.backends import backend_config
+
     options = parse_backend_options(args.backend_opt)
-    for dest, (takers, _) in NAMED_FLAGS.items():
-        value = getattr(args, dest, None)
+    for flag in named_flags().values():
+        value = getattr(args, flag.dest, None)
         if value is None:
             continue
-        if backend not in takers:
-            flag = "--" + dest.replace("_", "-")
-            raise ConfigError(f"{flag} does not apply to the {backend} backend (it applies to: {', '.join(takers)})")
-        options[dest] = value
+        if backend not in flag.takers:
+            raise ConfigError(f"{flag.flag} does not apply to the {backend} backend (it applies to: "
+                              f"{', '.join(flag.takers)})")
+        options[flag.dest] = value
+    backend_config(backend, **options)
     return options
 
 

@@ -57,7 +57,6 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from recon.backends.identity import ensure_registered
     from recon.calib import has_distortion
     from recon.commands.backend_args import backend_options, choose_backend
     from recon.errors import ConfigError
@@ -68,7 +67,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.weights and args.backend == "auto":
         raise ConfigError("--weights needs --backend NAME (the model the file belongs to)")
-    ensure_registered()  # `--backend identity` (no model) for trying the plumbing
     backend, reason = choose_backend(args.backend)
     logger.info("%s", reason)
     options = backend_options(args, backend)

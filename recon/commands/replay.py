@@ -113,14 +113,14 @@ def run(args: argparse.Namespace) -> int:
     if args.distributed and (topic_options(args) or args.camera_info):
         raise ConfigError("--topic, --depth-topic, --camera-info-topic and --camera-info are not passed to the "
                           "camera node process of --distributed yet; run without --distributed")
+    backend_name, reason = choose_backend(args.backend)
+    logger.info("%s", reason)
+    options = backend_options(args, backend_name)  # a wrong option fails here, before anything is read
     sequence = open_sequence_for_replay(args.sequence, args.on_error, **({"fps": args.fps} if args.fps else {}),
                                         **topic_options(args))
     sequence = apply_camera_info(sequence, args)
     out = Path(args.out) if args.out else Path("runs") / sequence.name
     viewer_specs = parse_viewer_spec(args.viewer, out / "recording.rrd")
-    backend_name, reason = choose_backend(args.backend)
-    logger.info("%s", reason)
-    options = backend_options(args, backend_name)
     # --distributed: the backend runs in the reconstruction node process, not here.
     backend = None if args.distributed else create_backend(backend_name, **options)
 

@@ -147,9 +147,6 @@ def test_undecodable_image_stops_or_is_skipped_and_a_truncated_bag_is_an_error(t
     frames, info = sample
     bag = write_rgbd_bag(tmp_path / "bad.bag", frames[:5], info, ros1=True, colour="jpeg", garbled=(2,))
     base = ["--viewer", "none", "--no-progress", "--backend", "identity", "--export", "none"]
-    from recon.backends.identity import ensure_registered
-
-    ensure_registered()
     # Stops at frame 2 and writes the frames before it.
     assert main(["replay", str(bag), *base, "--out", str(tmp_path / "stop")]) == 1
     assert len(read_tum_trajectory(tmp_path / "stop" / "trajectory.tum")[0]) == 2

@@ -7,9 +7,13 @@ not the newest image. Points form a small plane whose first point is NaN (it mus
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from recon.backends import BackendEntry, register
+from recon.backends.configs import BackendConfig
+from recon.config import option
 from recon.geometry.transforms import make_se3, so3_exp
 from recon.types import BackendStats, Frame, FrameResult
 
@@ -67,8 +71,16 @@ class FakeBackend:
         return self._stats
 
 
-def create(**options: object) -> FakeBackend:
-    return FakeBackend(**options)  # type: ignore[arg-type]
+@dataclass
+class FakeBackendConfig(BackendConfig):
+    kind = "ros_fake backend"
+
+    lag: int = option(0, "results emitted this many frames late")
 
 
-register(BackendEntry("ros_fake", f"{__name__}:create", (), -100, "deterministic test backend (ROS tests)"))
+def create(config: FakeBackendConfig) -> FakeBackend:
+    return FakeBackend(lag=config.lag)
+
+
+register(BackendEntry("ros_fake", f"{__name__}:create", (), -100, "deterministic test backend (ROS tests)",
+                      FakeBackendConfig))

@@ -14,7 +14,7 @@ from recon import backends
 from recon.backends import BackendEntry
 from recon.cli import main
 from recon.commands import replay
-from tests.recon.test_replay import GroundTruthBackend, TinySequence
+from tests.recon.test_replay import GroundTruthBackend, GroundTruthConfig, TinySequence
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -36,10 +36,11 @@ class FailsOnSeq3:
 def test_a_result_an_output_failed_on_is_counted_lost_and_fails_the_run(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     module = types.ModuleType("recon_test_fake_backend_losses")
-    module.create = lambda **options: GroundTruthBackend(**options)  # type: ignore[attr-defined]
+    module.create = lambda config: GroundTruthBackend(late=config.late)  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, module.__name__, module)
     monkeypatch.setitem(backends._REGISTRY, "fake_gt",
-                        BackendEntry("fake_gt", f"{module.__name__}:create", (), -1, "test: ground-truth poses"))
+                        BackendEntry("fake_gt", f"{module.__name__}:create", (), -1, "test: ground-truth poses",
+                                     GroundTruthConfig))
     monkeypatch.setattr(replay, "open_sequence_for_replay", lambda path, on_error: TinySequence(on_error=on_error, n=8))
     import recon.viewer
 

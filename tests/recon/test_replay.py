@@ -8,6 +8,7 @@ import json
 import sys
 import types
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,10 @@ import rerun.chunk as rr_chunk
 
 import recon.backends as backends
 from recon.backends import BackendEntry
+from recon.backends.configs import BackendConfig
 from recon.cli import main
 from recon.commands import replay
+from recon.config import option
 from recon.datasets.base import ReadStats, Trajectory
 from recon.errors import CorruptFrameError
 from recon.geometry.transforms import so3_exp
@@ -73,6 +76,13 @@ class TinySequence:
             yield Frame(self.name, i, self.t_ns(i), image, K, depth, meta={"T_world_cam_gt": gt_pose(i)})
 
 
+@dataclass
+class GroundTruthConfig(BackendConfig):
+    kind = "fake_gt backend"
+
+    late: bool = option(True, "emit each frame one step late")
+
+
 class GroundTruthBackend:
     """Fake backend: the ground-truth pose and the depth back-projected; emits each frame one step late."""
 
@@ -116,10 +126,11 @@ class GroundTruthBackend:
 def fake_backend(monkeypatch: pytest.MonkeyPatch) -> str:
     """Registers `fake_gt` through the real registry (factory in a module made importable for the test)."""
     module = types.ModuleType("recon_test_fake_backend")
-    module.create = lambda **options: GroundTruthBackend(**options)  # type: ignore[attr-defined]
+    module.create = lambda config: GroundTruthBackend(late=config.late)  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, module.__name__, module)
     monkeypatch.setitem(backends._REGISTRY, "fake_gt",
-                        BackendEntry("fake_gt", f"{module.__name__}:create", (), -1, "test: ground-truth poses"))
+                        BackendEntry("fake_gt", f"{module.__name__}:create", (), -1, "test: ground-truth poses",
+                                     GroundTruthConfig))
     return "fake_gt"
 
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from recon.backends.configs import GeometricBackendConfig
 from recon.backends.geometric.grid import choose_stride, default_intrinsics, depth_point_map, strided_K
 from recon.errors import BackendError, ConfigError
 from recon.types import BackendStats, Frame, FrameResult
@@ -181,6 +182,6 @@ class GeometricBackend:
                            image=np.ascontiguousarray(frame.image[::s, ::s]))
 
 
-def create(**options: Any) -> GeometricBackend:
-    """Registry factory (recon.backends): `create_backend("geometric", **options)`."""
-    return GeometricBackend(**options)
+def create(config: GeometricBackendConfig) -> GeometricBackend:
+    """Registry factory (recon.backends): `create_backend("geometric", **options)`; options: GeometricBackendConfig."""
+    return GeometricBackend(**config.to_options())

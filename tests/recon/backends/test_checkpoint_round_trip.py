@@ -20,14 +20,12 @@ import pytest
 
 from recon.backends import create_backend
 from recon.backends.base import BackendState
-from recon.backends.identity import ensure_registered
 from recon.checkpoint import CheckpointStore, SessionCheckpoint, backend_state, restore_backend_state
 from recon.errors import StateError
 from recon.types import Frame, FrameResult
 from tests.recon.backends._synthetic import frames as rolled_frames
 
 pytestmark = pytest.mark.timeout(300)
-ensure_registered()
 
 TOKENS_PER_FRAME = 5 + 3 * 4  # tiny model, 42x56 grid (see tests/recon/memory/test_infinitevggt_backend.py)
 

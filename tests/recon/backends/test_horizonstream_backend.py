@@ -14,7 +14,7 @@ from tests.recon.backends._synthetic import SyntheticSequence, frames
 
 
 def test_emits_each_frame_when_its_chunk_is_averaged() -> None:
-    backend = create_backend("horizonstream", model_config="tiny", device="cpu", sliding_size=1, unknown_opt=3)
+    backend = create_backend("horizonstream", model_config="tiny", device="cpu", sliding_size=1)
     assert isinstance(backend, Backend)
     emitted, memory = [], []
     for frame in frames(9):

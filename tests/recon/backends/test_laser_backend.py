@@ -92,7 +92,7 @@ def test_tiny_backbones_run_end_to_end(backbone: str) -> None:
     from recon.backends import create_backend
 
     backend = create_backend("laser", backbone=backbone, model_config="tiny", device="cpu", window_size=4,
-                             overlap=2, image_width=56, layer_downsample=1, unrelated_cli_option=3)
+                             overlap=2, image_width=56, layer_downsample=1)
     rng = np.random.default_rng(0)
     base = rng.integers(0, 255, size=(48, 64, 3), dtype=np.uint8)
     results = []

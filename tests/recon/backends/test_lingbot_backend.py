@@ -128,7 +128,7 @@ def test_checkpoints_of_other_configurations_are_refused() -> None:
 
 
 def test_option_errors_and_refusals() -> None:
-    with pytest.raises(ConfigError, match="unknown options"):
+    with pytest.raises(ConfigError, match="unknown option budget; valid options: anchor_frames"):
         create_backend("lingbot", model_config="tiny", budget=3)
     with pytest.raises(ConfigError, match="mode"):
         create_backend("lingbot", model_config="tiny", mode="offline")
