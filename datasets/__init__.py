@@ -10,7 +10,8 @@ odometry), `bag` (ROS 1 bags, rosbag2 folders and MCAP files, decoded by the ROS
 renders scenes with ground truth in the TUM layout.
 """
 
-from recon.datasets.base import OnError, ReadStats, Sequence, Trajectory
+from recon.datasets.base import OnError, ReadStats, Sequence
 from recon.datasets.detect import detect_layout, open_sequence
+from recon.types import Trajectory
 
 __all__ = ["OnError", "ReadStats", "Sequence", "Trajectory", "detect_layout", "open_sequence"]

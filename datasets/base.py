@@ -12,10 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-import numpy as np
-
 from recon.errors import ConfigError, CorruptFrameError, ReconError
-from recon.types import CameraInfo, Frame
+from recon.types import CameraInfo, Frame, Trajectory
 
 logger = logging.getLogger(__name__)
 
@@ -25,22 +23,6 @@ class OnError(enum.StrEnum):
 
     SKIP = "skip"
     STOP = "stop"
-
-
-@dataclass
-class Trajectory:
-    """Timestamped camera-to-world poses (ground truth or estimate).
-
-    Attributes:
-        t_ns: int64 [N] timestamps in nanoseconds.
-        T_world_cam: float64 [N,4,4] camera-to-world poses.
-    """
-
-    t_ns: np.ndarray
-    T_world_cam: np.ndarray
-
-    def __len__(self) -> int:
-        return int(len(self.t_ns))
 
 
 @dataclass

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from recon.datasets.base import IndexedSequence, OnError, Trajectory
+from recon.datasets.base import IndexedSequence, OnError
 from recon.datasets.files import IMAGE_EXTENSIONS, image_size, natural_key, read_rgb
 from recon.errors import SequenceError
 from recon.io.trajectory import seconds_to_ns
-from recon.types import CameraInfo, Frame
+from recon.types import CameraInfo, Frame, Trajectory
 
 logger = logging.getLogger(__name__)
 

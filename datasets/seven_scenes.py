@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from recon.calib.camera_info import find_camera_file, load_camera_file
-from recon.datasets.base import IndexedSequence, OnError, Trajectory
+from recon.datasets.base import IndexedSequence, OnError
 from recon.datasets.files import (
     corrupt_frame,
     image_size,
@@ -26,7 +26,7 @@ from recon.datasets.files import (
     read_rgb,
 )
 from recon.errors import SequenceError
-from recon.types import CameraInfo, Frame
+from recon.types import CameraInfo, Frame, Trajectory
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from recon.calib.camera_info import find_camera_file, load_camera_file
 from recon.datasets.association import associate, poses_at
-from recon.datasets.base import IndexedSequence, OnError, Trajectory
+from recon.datasets.base import IndexedSequence, OnError
 from recon.datasets.files import (
     corrupt_frame,
     image_size,
@@ -31,7 +31,7 @@ from recon.datasets.files import (
 )
 from recon.errors import SequenceError
 from recon.io.trajectory import read_tum_trajectory
-from recon.types import CameraInfo, Frame
+from recon.types import CameraInfo, Frame, Trajectory
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from recon.errors import ConfigError, MissingDependencyError
+from recon.kernels._base import ConfigError, MissingDependencyError
 
 logger = logging.getLogger(__name__)
 

@@ -98,7 +98,7 @@ def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 def select_kda_impl(device: torch.device) -> str:
     """'fla' (CUDA + flash-linear-attention), 'triton' (CUDA + triton) or 'torch'."""
-    from recon.utils.imports import is_available
+    from recon.kernels._base import is_available
 
     if device.type == "cuda":
         if is_available("fla"):

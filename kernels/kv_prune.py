@@ -63,7 +63,7 @@ def prune_impl(name: str | None) -> Iterator[None]:
 
 def select_prune_impl(device: torch.device) -> str:
     """'triton' on CUDA when triton is installed, else 'torch' (CPU, MPS, or no triton); `prune_impl` overrides."""
-    from recon.utils.imports import is_available
+    from recon.kernels._base import is_available
 
     if _forced_impl is not None:
         return _forced_impl

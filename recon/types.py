@@ -10,11 +10,14 @@ Conventions relied on everywhere:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from recon.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _check_matrix(name: str, value: np.ndarray | None, shape: tuple[int, ...]) -> None:
@@ -159,3 +162,36 @@ class BackendStats:
     tokens_cached: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Trajectory:
+    """Timestamped camera-to-world poses (ground truth or estimate).
+
+    Attributes:
+        t_ns: int64 [N] timestamps in nanoseconds.
+        T_world_cam: float64 [N,4,4] camera-to-world poses.
+    """
+
+    t_ns: np.ndarray
+    T_world_cam: np.ndarray
+
+    def __len__(self) -> int:
+        return int(len(self.t_ns))
+
+
+@dataclass
+class WindowPrediction:
+    """What an offline window model returns for one window (the contract of recon.align.engine.LaserEngine).
+
+    Attributes:
+        frames: global frame ids (or sequence numbers) of the window, in order.
+        local_points: [n,H,W,3] camera-frame points.
+        camera_poses: [n,4,4] camera-to-world poses in the window's own frame.
+        conf: [n,H,W] confidence (any monotone scale: logits are fine, only quantiles are used).
+    """
+
+    frames: list[int]
+    local_points: torch.Tensor
+    camera_poses: torch.Tensor
+    conf: torch.Tensor  # tensors: annotations only, recon.types imports no torch

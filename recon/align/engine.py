@@ -19,27 +19,11 @@ import torch
 
 from recon.align.layers import LayerConfig, WindowLayers, align_layers, build_window_layers
 from recon.align.sim3 import WindowSim3, apply_sim3_to_poses, confidence_mask, register_adjacent_windows
+from recon.types import WindowPrediction
 from recon.utils.log import WarnOnce
 
 logger = logging.getLogger(__name__)
 _warn = WarnOnce(logger)
-
-
-@dataclass
-class WindowPrediction:
-    """What the offline model returns for one window (engine contract).
-
-    Attributes:
-        frames: global frame ids (or sequence numbers) of the window, in order.
-        local_points: [n,H,W,3] camera-frame points.
-        camera_poses: [n,4,4] camera-to-world poses in the window's own frame.
-        conf: [n,H,W] confidence (any monotone scale: logits are fine, only quantiles are used).
-    """
-
-    frames: list[int]
-    local_points: torch.Tensor
-    camera_poses: torch.Tensor
-    conf: torch.Tensor
 
 
 @dataclass

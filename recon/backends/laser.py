@@ -24,14 +24,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from recon.align.engine import LaserEngine, RegisteredWindow, WindowPrediction
+from recon.align.engine import LaserEngine, RegisteredWindow
 from recon.align.layers import LayerConfig
 from recon.align.windows import WindowScheduler
 from recon.backends import snapshot
 from recon.backends.base import BackendState
 from recon.backends.configs import LaserBackendConfig
 from recon.errors import BackendError, ConfigError
-from recon.types import BackendStats, Frame, FrameResult
+from recon.types import BackendStats, Frame, FrameResult, WindowPrediction
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ import argparse
 import time
 
 import numpy as np
-import torch
 
 HELP = "LASER registration time per window (CPU) and the superpixel share"
 
@@ -45,7 +44,9 @@ def _scene_depth(h: int, w: int, frame: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _window(h: int, w: int, start: int, n: int, rng: np.random.Generator):
-    from recon.align.engine import WindowPrediction
+    import torch
+
+    from recon.types import WindowPrediction
 
     s = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
     factors = rng.uniform(0.92, 1.08, size=8)
@@ -65,6 +66,8 @@ def _window(h: int, w: int, start: int, n: int, rng: np.random.Generator):
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from recon.align.engine import LaserEngine
     from recon.align.layers import LayerConfig
 

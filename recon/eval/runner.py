@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from recon.datasets.base import Trajectory
 from recon.eval.trajectory import (
     AlignMode,
     EvaluationError,
@@ -23,6 +22,7 @@ from recon.eval.trajectory import (
     trajectory_length,
 )
 from recon.io.trajectory import read_tum_trajectory
+from recon.types import Trajectory
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ K/V of the last Win-1 frames (frame and global blocks) and the KDA recurrent + s
 
 Outputs are model-native: `chunk_cam_map [F, Win, 9]` holds, for every frame and window slot, the pose of the frame
 relative to the slot's reference frame (absT_quaR_FoV, world-to-camera, translation already multiplied by the
-chunk's metric scale); turning them into absolute poses is online motion averaging (recon.align.motion_averaging,
+chunk's metric scale); turning them into absolute poses is online motion averaging (recon.geometry.motion_averaging,
 run per chunk by `recon.models.horizonstream_session`).
 
 Building a full-size model without memory: `HorizonStream(device="meta")`.

@@ -9,7 +9,7 @@ a live service needs poses as frames arrive. This session therefore:
 - carries the model's constant-size state (rolling Win-1-frame K/V caches, KDA recurrent and short-conv states)
   from chunk to chunk (`HorizonStreamState`), dropping it at the end of the stream;
 - feeds each chunk's slot-relative poses (`chunk_cam_map`, translations already metric) to
-  `recon.align.motion_averaging.OnlineMotionAveraging` at once, so every frame of the chunk leaves with its
+  `recon.geometry.motion_averaging.OnlineMotionAveraging` at once, so every frame of the chunk leaves with its
   absolute pose: chunk 0 fixes its Win frames (its last row holds every frame's pose relative to frame Win-1,
   whose camera is therefore the world), each later row fixes one new frame against the Win-1 frames before it;
 - applies the metric scale: depth and translations are metric (results say `metric=True`).
@@ -33,8 +33,8 @@ from typing import Any
 
 import torch
 
-from recon.align.motion_averaging import OnlineMotionAveraging
 from recon.errors import ConfigError
+from recon.geometry.motion_averaging import OnlineMotionAveraging
 from recon.models.horizonstream import HorizonStream, HorizonStreamState
 
 logger = logging.getLogger(__name__)

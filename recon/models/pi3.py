@@ -253,7 +253,7 @@ class Pi3WindowModel:
         self.patch_size = model.patch_size
 
     def predict_window(self, images: torch.Tensor):  # noqa: ANN201 - recon.align.engine.WindowPrediction
-        from recon.align.engine import WindowPrediction
+        from recon.types import WindowPrediction
 
         x = images.to(self.device, non_blocking=True)[None]
         weights_dtype = next(self.model.parameters()).dtype

@@ -426,8 +426,8 @@ class VGGTWindowModel:
         self.patch_size = model.config.patch_size
 
     def predict_window(self, images: torch.Tensor) -> Any:
-        from recon.align.engine import WindowPrediction
         from recon.geometry.pose_encoding import pose_encoding_to_T_world_cam
+        from recon.types import WindowPrediction
 
         x = images.to(self.device, dtype=next(self.model.parameters()).dtype)[None]
         enabled = self.autocast_dtype is not None

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from recon.datasets.base import Trajectory
+from recon.types import Trajectory
 
 logger = logging.getLogger(__name__)
 

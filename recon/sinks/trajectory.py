@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from recon.datasets.base import Trajectory
 from recon.io.trajectory import write_tum_trajectory
-from recon.types import FrameResult
+from recon.types import FrameResult, Trajectory
 
 logger = logging.getLogger(__name__)
 

@@ -8,19 +8,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from functools import cache
 from types import ModuleType
 
 from recon.errors import MissingDependencyError
+from recon.kernels._base import is_available
 
-
-@cache
-def is_available(module: str) -> bool:
-    """True when `module` can be imported (checked without importing it)."""
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
+__all__ = ["is_available", "require_package"]
 
 
 def require_package(module: str, extra: str | None = None, pip_name: str | None = None) -> ModuleType:

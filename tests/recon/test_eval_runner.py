@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from recon.cli import main
-from recon.datasets.base import Trajectory
 from recon.eval import EvaluationError, evaluate_run
 from recon.geometry import Sim3, make_se3, so3_exp
 from recon.io.trajectory import write_tum_trajectory
+from recon.types import Trajectory
 
 
 def _gt(n: int = 40) -> Trajectory:

@@ -21,12 +21,12 @@ from recon.backends.configs import BackendConfig
 from recon.cli import main
 from recon.commands import replay
 from recon.config import option
-from recon.datasets.base import ReadStats, Trajectory
+from recon.datasets.base import ReadStats
 from recon.errors import CorruptFrameError
 from recon.geometry.transforms import so3_exp
 from recon.io.trajectory import read_tum_trajectory
 from recon.sinks import PointCloudWriter, SinkGroup, TrajectoryWriter, VoxelAccumulator, run_stream
-from recon.types import BackendStats, CameraInfo, Frame, FrameResult
+from recon.types import BackendStats, CameraInfo, Frame, FrameResult, Trajectory
 
 H, W = 24, 32
 K = np.array([[28.0, 0, W / 2], [0, 28.0, H / 2], [0, 0, 1]])

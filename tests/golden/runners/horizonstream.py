@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from recon.align.motion_averaging import OnlineMotionAveraging
+from recon.geometry.motion_averaging import OnlineMotionAveraging
 from recon.models.horizonstream import HorizonStream, HorizonStreamConfig
 from recon.models.horizonstream_session import HorizonStreamSession
 from tests.golden.util import compare_outputs, load_tensors

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recon.align.engine import LaserEngine, WindowPrediction
+from recon.align.engine import LaserEngine
 from recon.align.layers import LayerConfig, align_layers, build_window_layers
 from recon.align.sim3 import apply_sim3_to_poses, confidence_mask, register_adjacent_windows
+from recon.types import WindowPrediction
 from tests.golden.util import float32_dot_bound, load_tensors
 
 # Tolerances, each from the fixture README's "Tolerances" section unless a comment derives it:

@@ -21,11 +21,12 @@ import numpy as np
 import pytest
 import torch
 
-from recon.align.engine import LaserEngine, WindowPrediction
+from recon.align.engine import LaserEngine
 from recon.align.layers import LayerConfig
 from recon.align.windows import window_ranges
 from recon.datasets.synthetic import Renderer, build_scene, default_intrinsics, make_trajectory
 from recon.eval import absolute_trajectory_error, trajectory_length
+from recon.types import WindowPrediction
 
 W, H, N, WINDOW, OVERLAP = 96, 72, 16, 6, 2
 LAYERS = LayerConfig(felz_min_size=100)

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from recon.align.motion_averaging import (
+from recon.geometry.motion_averaging import (
     OnlineMotionAveraging,
     median_rotation,
     midpoint_median,

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from recon.align.engine import WindowPrediction
 from recon.backends.laser import LaserBackend
 from recon.errors import BackendError
-from recon.types import Frame
+from recon.types import Frame, WindowPrediction
 
 
 class PlaneModel:
