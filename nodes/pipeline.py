@@ -339,7 +339,7 @@ def run_replay_distributed(sequence: str, backend: str, sink: Any, *, backend_op
     The caller's `sink` (replay's SinkGroup) gets every result and stays open (replay closes its outputs).
     Frames are sent raw and losslessly, so a deterministic backend gives the in-process trajectory.
     """
-    from recon.sinks.runner import LoopStats
+    from recon.sinks.loop_stats import LoopStats
 
     p = run_pipeline(sequence, backend, [sink], mode="tcp", backend_options=backend_options, max_frames=max_frames,
                      stride=stride, on_error=on_error, close_sinks=False)
@@ -375,7 +375,7 @@ def run_replay_inproc(sequence: Any, backend: Backend, sink: Any, *, max_frames:
     the caller). A backend exception ends the run and propagates, as in the direct loop. `on_frame(stats)` is
     called once per result (progress bars).
     """
-    from recon.sinks.runner import LoopStats
+    from recon.sinks.loop_stats import LoopStats
 
     loop = LoopStats()
 

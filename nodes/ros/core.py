@@ -39,8 +39,9 @@ from recon.datasets.ros_msgs import (  # noqa: F401 - the codec shared with the 
 )
 from recon.datasets.ros_msgs import decode_image as image_msg_to_rgb  # noqa: F401
 from recon.errors import ConfigError, ProtocolError, ReconError
-from recon.geometry.camera import depth_to_world_points
 from recon.geometry.transforms import rotmat_to_quat_xyzw
+from recon.nodes.latency import LatencyWindow
+from recon.sinks.points import PointSelection, resample_nearest, result_points_hw3, select_points
 from recon.types import CameraInfo, Frame, FrameResult
 from recon.utils.log import WarnOnce
 
@@ -127,13 +128,6 @@ def unpack_rgb(packed_n: np.ndarray) -> np.ndarray:
     return np.stack([(p >> 16) & 0xFF, (p >> 8) & 0xFF, p & 0xFF], axis=1).astype(np.uint8)
 
 
-def _resize_nearest(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Nearest-neighbour resample (colours for a coarser point grid; no interpolation artefacts)."""
-    rows = (np.arange(h) * img.shape[0] // h).clip(0, img.shape[0] - 1)
-    cols = (np.arange(w) * img.shape[1] // w).clip(0, img.shape[1] - 1)
-    return img[rows][:, cols]
-
-
 def cloud_from_result(result: FrameResult, image: np.ndarray | None = None, stride: int = 1,
                       min_confidence: float = 0.0, max_points: int = 0) -> Cloud | None:
     """World-frame coloured points of one result, or None when the backend gave no geometry.
@@ -141,33 +135,20 @@ def cloud_from_result(result: FrameResult, image: np.ndarray | None = None, stri
     Points come from `points_world`, else from `depth` with `K` and the pose. Colours come from the
     result's image, else from `image` (the input frame), resampled to the point grid; grey otherwise.
     Non-finite points and points below `min_confidence` are dropped; `stride` subsamples the grid and
-    `max_points` (0: no cap) thins the rest evenly.
+    `max_points` (0: no cap) thins the rest evenly. The selection is recon.sinks.points.select_points, the same
+    as the PLY and Rerun outputs'.
     """
-    if result.points_world is not None:
-        pts = np.asarray(result.points_world, dtype=np.float32)
-    elif result.depth is not None:
-        pts = depth_to_world_points(result.depth, result.K, result.T_world_cam)
-    else:
+    if result.points_world is not None and np.ndim(result.points_world) == 2:
+        result = replace(result, points_world=np.asarray(result.points_world)[None])
+    if result.image is None and image is not None and np.ndim(image) == 3:
+        result = replace(result, image=np.asarray(image, dtype=np.uint8)[..., :3])
+    if result_points_hw3(result) is None:
         return None
-    if pts.ndim == 2:
-        pts = pts[None]
-    h, w = pts.shape[:2]
-    colours = result.image if result.image is not None else image
-    if colours is not None and colours.ndim == 3:
-        rgb = _resize_nearest(np.asarray(colours, dtype=np.uint8), h, w)[..., :3]
-    else:
-        rgb = np.full((h, w, 3), 128, dtype=np.uint8)
-    valid = np.isfinite(pts).all(axis=-1)
-    if result.depth is not None and result.points_world is None:
-        valid &= result.depth > 0
-    if min_confidence > 0 and result.confidence is not None and result.confidence.shape == (h, w):
-        valid &= result.confidence >= min_confidence
-    s = max(1, int(stride))
-    pts, rgb, valid = pts[::s, ::s].reshape(-1, 3), rgb[::s, ::s].reshape(-1, 3), valid[::s, ::s].reshape(-1)
-    pts, rgb = pts[valid], rgb[valid]
-    if max_points > 0 and pts.shape[0] > max_points:
-        keep = np.linspace(0, pts.shape[0] - 1, max_points).astype(np.int64)
-        pts, rgb = pts[keep], rgb[keep]
+    selection = PointSelection(stride=max(1, int(stride)), max_points=max_points if max_points > 0 else None,
+                               min_confidence=min_confidence if min_confidence > 0 else None)
+    pts, rgb = select_points(result, selection)  # the selection and colour resampling of the PLY and Rerun sinks
+    if rgb is None:
+        rgb = np.full((pts.shape[0], 3), 128, dtype=np.uint8)
     out = np.empty(pts.shape[0], dtype=CLOUD_DTYPE)
     out["x"], out["y"], out["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
     out["rgb"] = pack_rgb(rgb)
@@ -422,6 +403,7 @@ class RosNodeCore:
         self.results_out = 0
         self.waiting_for_info = 0
         self.resets = 0
+        self.latency = LatencyWindow()  # capture (header stamp) to publish, what /diagnostics reports
         self._seq = 0
         self._size: tuple[int, int] | None = None
         self._images: OrderedDict[int, np.ndarray] = OrderedDict()  # recent inputs, for colours of late results
@@ -468,7 +450,7 @@ class RosNodeCore:
         if depth.shape != shape:
             self.faults("depth_size", "depth %s differs from the colour image %s: resampled (use depth registered "
                         "to the colour camera)", depth.shape, shape)
-            depth = _resize_nearest(depth, *shape)
+            depth = resample_nearest(depth, *shape)
         return depth
 
     def on_image(self, msg: Any) -> None:
@@ -546,6 +528,14 @@ class RosNodeCore:
                 outs += self.process(frame)
         return outs
 
+    def diagnostic_values(self) -> list[tuple[str, str]]:
+        """Key/value pairs of the node's /diagnostics status: counters and the capture-to-publish latency."""
+        values = [("backend", self.config.backend), ("frames_in", str(self.frames_in)),
+                  ("results_out", str(self.results_out)), ("resets", str(self.resets)),
+                  ("waiting_for_camera_info", str(self.waiting_for_info))]
+        return values + [(f"latency_ms_{k}" if k != "n" else "latency_samples", str(v))
+                         for k, v in self.latency.summary().items()]
+
     def camera_frame_for(self, seq: int) -> str:
         """The tf child frame: the configured one, else the image header's frame_id, else "camera"."""
         return self.config.camera_frame or self._frame_ids.get(seq, "") or "camera"
@@ -608,6 +598,9 @@ class StopOnSignals:
             signal.signal(sig, handler)
 
 
+DIAGNOSTICS_PERIOD_S = 1.0  # /diagnostics at 1 Hz, the rate diagnostic_aggregator expects
+
+
 class ResultPublisher:
     """What the ROS 1 node and the ROS 2 adapter publish per result, written once over their message classes.
 
@@ -622,6 +615,8 @@ class ResultPublisher:
     tf_pub: Any
     path_pub: Any
     points_pub: Any
+    diagnostics_pub: Any = None  # /diagnostics (DiagnosticArray in _msgs), at most DIAGNOSTICS_PERIOD_S apart
+    _last_diagnostics = 0.0
 
     def _stamp(self, t_ns: int) -> Any:
         raise NotImplementedError
@@ -657,3 +652,22 @@ class ResultPublisher:
             cloud.header.stamp, cloud.header.frame_id = stamp, cfg.map_frame
             fill_cloud(cloud, out.cloud, m["PointField"])
             self.points_pub.publish(cloud)
+        self.core.latency.add_since(out.t_ns)
+        self.publish_diagnostics()
+
+    def publish_diagnostics(self, force: bool = False) -> None:
+        """The node's status on /diagnostics (counters, capture-to-publish latency p50/p95/p99), rate-limited."""
+        now = time.monotonic()
+        if self.diagnostics_pub is None or (not force and now - self._last_diagnostics < DIAGNOSTICS_PERIOD_S):
+            return
+        self._last_diagnostics = now
+        m = self._msgs
+        status = m["DiagnosticStatus"]()
+        status.level, status.name, status.hardware_id = 0, f"recon: {self.core.config.backend}", "recon"
+        summary = self.core.latency.summary()
+        status.message = (f"capture-to-publish p95 {summary['p95']:.1f} ms" if summary.get("n") else "no results yet")
+        status.values = [m["KeyValue"](key=k, value=v) for k, v in self.core.diagnostic_values()]
+        array = m["DiagnosticArray"]()
+        array.header.stamp = self._stamp(time.time_ns())
+        array.status = [status]
+        self.diagnostics_pub.publish(array)

@@ -50,6 +50,13 @@ class RosNode(ResultPublisher):
         self.path_pub = rospy.Publisher("~path", Path, queue_size=2)
         self.points_pub = rospy.Publisher("~points", PointCloud2, queue_size=2)
         self.tf_pub = rospy.Publisher("/tf", TFMessage, queue_size=10)
+        try:
+            from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+        except ImportError:
+            logger.warning("diagnostic_msgs is not installed: no /diagnostics (apt install python3-diagnostic-msgs)")
+        else:
+            self._msgs.update(DiagnosticArray=DiagnosticArray, DiagnosticStatus=DiagnosticStatus, KeyValue=KeyValue)
+            self.diagnostics_pub = rospy.Publisher("/diagnostics", DiagnosticArray, queue_size=2)
         image_type = CompressedImage if cfg.compressed else Image
         # Large buff_size: with the default, rospy keeps reading stale data from the socket for big images.
         self.image_sub = rospy.Subscriber(cfg.image_topic, image_type, core.on_image, queue_size=cfg.queue_size,

@@ -63,6 +63,13 @@ class Ros2Node(ResultPublisher):
         self.path_pub = node.create_publisher(Path, "~/path", 2)
         self.points_pub = node.create_publisher(PointCloud2, "~/points", 2)
         self.tf_pub = node.create_publisher(TFMessage, "/tf", 100)
+        try:
+            from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+        except ImportError:
+            logger.warning("diagnostic_msgs is not installed: no /diagnostics")
+        else:
+            self._msgs.update(DiagnosticArray=DiagnosticArray, DiagnosticStatus=DiagnosticStatus, KeyValue=KeyValue)
+            self.diagnostics_pub = node.create_publisher(DiagnosticArray, "/diagnostics", 2)
         image_type = CompressedImage if cfg.compressed else Image
         self.image_sub = node.create_subscription(image_type, cfg.image_topic, core.on_image, qos_profile_sensor_data)
         self.info_sub = None

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from recon.align.layers import LayerConfig, WindowLayers, align_layers, build_window_layers
-from recon.align.sim3 import WindowSim3, apply_sim3_to_poses, confidence_mask, register_adjacent_windows
+from recon.align.depth_layers import LayerConfig, WindowLayers, align_layers, build_window_layers
+from recon.align.window_registration import WindowSim3, apply_sim3_to_poses, confidence_mask, register_adjacent_windows
 from recon.types import WindowPrediction
 from recon.utils.log import WarnOnce
 

@@ -40,7 +40,7 @@ import torch
 from recon.backends import snapshot
 from recon.backends.base import BackendState
 from recon.backends.configs import HorizonStreamBackendConfig
-from recon.backends.vggt import (
+from recon.backends.runtime import (
     FrameMeta,
     make_result,
     pick_autocast_dtype,
@@ -49,11 +49,10 @@ from recon.backends.vggt import (
     to_uint8_image,
 )
 from recon.errors import BackendError
+from recon.geometry.pose_encoding import guard_fov
 from recon.types import BackendStats, Frame, FrameResult
-from recon.utils.log import WarnOnce
 
 logger = logging.getLogger(__name__)
-_warn = WarnOnce(logger)
 
 TINY_IMAGE_WIDTH = 70
 
@@ -63,7 +62,7 @@ def session_frame_to_pose(T_cam_world_34: torch.Tensor, fov_hw: torch.Tensor, im
     """(T_world_cam 4x4, K 3x3) float64 from a world-to-camera [3,4] pose and (fov_h, fov_w) in radians.
 
     The rotation is projected onto SO(3) (SVD) in float64 before inverting; degenerate fields of view (possible
-    with random weights: the FoV passes a ReLU) are clamped to [1e-3, 3.1] rad with a one-time warning.
+    with random weights: the FoV passes a ReLU) are clamped (recon.geometry.pose_encoding.guard_fov).
     """
     T = T_cam_world_34.detach().to(torch.float64).cpu()
     U, _, Vh = torch.linalg.svd(T[:, :3])
@@ -74,9 +73,7 @@ def session_frame_to_pose(T_cam_world_34: torch.Tensor, fov_hw: torch.Tensor, im
     T_world_cam[:3, :3] = R.T.numpy()
     T_world_cam[:3, 3] = -(R.T @ T[:, 3]).numpy()
     fov = fov_hw.detach().to(torch.float64).cpu()
-    if not bool(((fov > 1e-3) & (fov < 3.1)).all()):
-        _warn("fov", "predicted field of view %s rad is degenerate; clamped to [1e-3, 3.1]", fov.tolist())
-        fov = fov.clamp(1e-3, 3.1)
+    fov = guard_fov(fov)
     H, W = image_hw
     K = np.array([[(W / 2.0) / np.tan(float(fov[1]) / 2.0), 0.0, W / 2.0],
                   [0.0, (H / 2.0) / np.tan(float(fov[0]) / 2.0), H / 2.0],

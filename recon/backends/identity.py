@@ -18,6 +18,7 @@ from recon.backends import snapshot
 from recon.backends.base import BackendState
 from recon.backends.configs import IdentityBackendConfig
 from recon.errors import BackendError
+from recon.geometry.camera import depth_to_world_points
 from recon.types import BackendStats, Frame, FrameResult
 
 
@@ -75,11 +76,8 @@ class IdentityBackend:
         K = frame.K if frame.K is not None else default_K(frame.width, frame.height)
         pts = depth = None
         if self.points:
-            h, w = frame.height, frame.width
-            v, u = np.mgrid[0:h, 0:w].astype(np.float32)
-            pts = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
-            pts[..., 0] += T[0, 3]
-            depth = np.ones((h, w), np.float32)
+            depth = np.ones((frame.height, frame.width), np.float32)
+            pts = depth_to_world_points(depth, K, T)
         self._held.append(FrameResult(frame.stream_id, frame.seq, frame.t_ns, T, K, depth=depth, points_world=pts,
                                       image=frame.image if self.points else None))
         cut = max(0, len(self._held) - self.window)

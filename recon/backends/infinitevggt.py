@@ -35,8 +35,8 @@ import math
 from typing import Any
 
 from recon.backends.configs import InfiniteVGGTBackendConfig
+from recon.backends.runtime import default_image_width, pick_autocast_dtype, pick_device
 from recon.backends.streamvggt import StreamVGGTBackend
-from recon.backends.vggt import default_image_width, pick_autocast_dtype, pick_device
 from recon.memory.policies import camera_window_policy, make_policy
 from recon.types import BackendStats
 

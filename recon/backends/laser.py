@@ -24,12 +24,13 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from recon.align.depth_layers import LayerConfig
 from recon.align.engine import LaserEngine, RegisteredWindow
-from recon.align.layers import LayerConfig
 from recon.align.windows import WindowScheduler
 from recon.backends import snapshot
 from recon.backends.base import BackendState
 from recon.backends.configs import LaserBackendConfig
+from recon.backends.runtime import to_uint8_image
 from recon.errors import BackendError, ConfigError
 from recon.types import BackendStats, Frame, FrameResult, WindowPrediction
 
@@ -265,12 +266,11 @@ class LaserBackend:
         out = []
         for f in reg.frames:
             p = pending[f.frame]
-            colours = (p.image_chw.permute(1, 2, 0) * 255.0).round().to(torch.uint8).numpy()
             out.append(FrameResult(
                 stream_id=p.stream_id, seq=p.seq, t_ns=p.t_ns,
                 T_world_cam=f.T_world_cam.double().numpy(), K=f.K.double().numpy(),
                 depth=f.depth.float().numpy(), confidence=conf_by_seq[f.frame].float().numpy(),
-                points_world=f.world_points.float().numpy(), metric=False, image=colours,
+                points_world=f.world_points.float().numpy(), metric=False, image=to_uint8_image(p.image_chw),
             ))
         return out
 

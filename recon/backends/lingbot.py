@@ -42,7 +42,7 @@ import torch
 
 from recon.backends.base import BackendState
 from recon.backends.configs import LingBotBackendConfig
-from recon.backends.vggt import (
+from recon.backends.runtime import (
     FrameMeta,
     autocast_context,
     decode_pose,

@@ -31,9 +31,8 @@ import torch
 
 from recon.backends import snapshot
 from recon.backends.base import BackendState
-from recon.backends.configs import StreamVGGTBackendConfig
-from recon.backends.vggt import (
-    POINT_SOURCES,
+from recon.backends.configs import POINT_SOURCES, StreamVGGTBackendConfig
+from recon.backends.runtime import (
     FrameMeta,
     autocast_context,
     decode_pose,

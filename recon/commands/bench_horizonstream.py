@@ -110,8 +110,9 @@ def _long_stream(args: argparse.Namespace) -> None:
 def _full_size(args: argparse.Namespace) -> None:
     import torch
 
-    from recon.backends.vggt import DTYPES, pick_device
+    from recon.backends.runtime import pick_device
     from recon.models.horizonstream import HorizonStream, random_init
+    from recon.models.weights import DTYPES
 
     rows_, cols_ = (int(v) for v in args.grid.lower().split("x"))
     device, dtype = pick_device(args.device), DTYPES[args.dtype]

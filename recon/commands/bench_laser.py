@@ -68,8 +68,8 @@ def _window(h: int, w: int, start: int, n: int, rng: np.random.Generator):
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from recon.align.depth_layers import LayerConfig
     from recon.align.engine import LaserEngine
-    from recon.align.layers import LayerConfig
 
     rng = np.random.default_rng(0)
     stride = args.window - args.overlap

@@ -63,7 +63,7 @@ def _sync(device: Any) -> None:
 def _run_ours(model: Any, images: Any, interval: int, autocast: Any) -> tuple[dict[str, Any], Any]:
     import torch
 
-    from recon.backends.vggt import autocast_context
+    from recon.backends.runtime import autocast_context
 
     session = model.new_session(keyframe_interval=interval)
     device = images.device
@@ -117,7 +117,7 @@ def gpu_check(device: str = "cuda", frames: int = 120, grid: tuple[int, int] = (
     """Run the LingBot part of the GPU check; returns the figures (also logged). See the module docstring."""
     import torch
 
-    from recon.backends.vggt import pick_autocast_dtype, pick_device
+    from recon.backends.runtime import pick_autocast_dtype, pick_device
     from recon.models.lingbot import build_lingbot
 
     dev = pick_device(device)

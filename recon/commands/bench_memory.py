@@ -92,9 +92,9 @@ def stream_run(cfg: dict[str, Any]) -> dict[str, Any]:
     import psutil
     import torch
 
-    from recon.backends.vggt import DTYPES
     from recon.memory.policies import DiversityPruningPolicy, camera_window_policy
     from recon.models.vggt import build_vggt
+    from recon.models.weights import DTYPES
 
     torch.set_num_threads(cfg["threads"])
     device = torch.device(cfg["device"])

@@ -46,8 +46,9 @@ def _rss_mb() -> float:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from recon.backends.vggt import DTYPES, pick_device
+    from recon.backends.runtime import pick_device
     from recon.models.vggt import build_vggt
+    from recon.models.weights import DTYPES
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -28,7 +28,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from recon.backends.options import parse_backend_options  # noqa: F401 - part of this command's API
 from recon.commands.backend_args import add_backend_arguments, backend_options, choose_backend
 from recon.commands.io_args import add_io_arguments, apply_camera_info, export_outputs, export_sinks, topic_options
 from recon.errors import ConfigError, ReconError
@@ -95,7 +94,6 @@ def run(args: argparse.Namespace) -> int:
         SinkGroup,
         TrajectoryWriter,
         compute_metrics,
-        run_stream,
         segment_path,
     )
     from recon.sinks.report import write_json
@@ -147,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
             stats = run_replay_distributed(args.sequence, backend_name, sinks, backend_options=options,
                                            max_frames=args.max_frames, stride=args.stride, on_error=args.on_error)
         else:
-            stats = _run_with_progress(sequence, backend, sinks, args, run_stream)
+            stats = _run_with_progress(sequence, backend, sinks, args)
     finally:
         # Outputs of the frames processed so far are written even when the loop fails.
         file_sinks.close()
@@ -228,8 +226,9 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, int | float) else str(value)
 
 
-def _run_with_progress(sequence: Any, backend: Any, sinks: Any, args: argparse.Namespace, run_stream: Any) -> Any:
-    """run_stream with progress (frames/s): a bar on a terminal, a log line every few seconds otherwise."""
+def _run_with_progress(sequence: Any, backend: Any, sinks: Any, args: argparse.Namespace) -> Any:
+    """The in-process replay through the node classes, with progress (frames/s): a bar on a terminal, a log line
+    every few seconds otherwise."""
     from recon.utils.progress import logs_around_bar, progress
 
     total = _total_frames(sequence, args.stride, args.max_frames)

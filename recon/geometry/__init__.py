@@ -6,7 +6,7 @@ that want wxyz (evo, PyTorch3D) get it through `quat_xyzw_to_wxyz` at the call s
 translation first.
 """
 
-from recon.geometry.camera import backproject_depth, depth_to_world_points, project_points
+from recon.geometry.camera import backproject_depth, depth_to_world_points
 from recon.geometry.sim3 import Sim3
 from recon.geometry.transforms import (
     GeometryError,
@@ -39,7 +39,6 @@ __all__ = [
     "inv_se3",
     "is_rotation",
     "make_se3",
-    "project_points",
     "quat_wxyz_to_xyzw",
     "quat_xyzw_to_rotmat",
     "quat_xyzw_to_wxyz",

@@ -20,8 +20,29 @@ one conversion models and backends should call.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
+
+from recon.geometry.camera import backproject_depth
+from recon.utils.log import WarnOnce
+
+logger = logging.getLogger(__name__)
+_warn = WarnOnce(logger)
+
+# Fields of view (rad) a decoded pose may have: the models predict them through a ReLU, so random weights can give 0,
+# which would be an infinite focal length.
+FOV_RANGE = (1e-3, 3.1)
+
+
+def guard_fov(fov: torch.Tensor) -> torch.Tensor:
+    """`fov` clamped to FOV_RANGE, with a one-time warning when any value was outside (the one FoV guard)."""
+    lo, hi = FOV_RANGE
+    if bool(((fov > lo) & (fov < hi)).all()):
+        return fov
+    _warn("fov", "predicted field of view %s rad is degenerate; clamped to [%g, %g]", fov.tolist(), lo, hi)
+    return fov.clamp(lo, hi)
 
 POSE_ENCODING_TYPE = "absT_quaR_FoV"
 """The only pose encoding the VGGT family (VGGT, StreamVGGT, InfiniteVGGT, HorizonStream) uses."""
@@ -145,21 +166,7 @@ def closed_form_inverse_se3(se3: np.ndarray | torch.Tensor) -> np.ndarray | torc
     return out
 
 
-def depth_to_cam_points(depth_hw: np.ndarray, K_33: np.ndarray) -> np.ndarray:
-    """Camera-frame points [H,W,3] float32 from one depth map; pixel (u, v) is the integer column/row, no +0.5.
-
-    The arithmetic runs in float64 (integer grid minus float32 principal point promotes) and is rounded to float32
-    once, which is what the fixture's `cam_points` record.
-    """
-    H, W = depth_hw.shape
-    u, v = np.meshgrid(np.arange(W), np.arange(H))
-    d = depth_hw.astype(np.float64)
-    x = (u - np.float64(K_33[0, 2])) * d / np.float64(K_33[0, 0])
-    y = (v - np.float64(K_33[1, 2])) * d / np.float64(K_33[1, 1])
-    return np.stack((x, y, d), axis=-1).astype(np.float32)
-
-
-def depth_to_world_points(
+def extrinsic_depth_to_points(
     depth_hw: np.ndarray, extrinsic_34: np.ndarray, K_33: np.ndarray, eps: float = 1e-8
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(world points [H,W,3] float64, camera points [H,W,3] float32, valid mask depth > eps) for one frame.
@@ -169,7 +176,7 @@ def depth_to_world_points(
     """
     depth_hw = np.asarray(depth_hw)
     valid = depth_hw > eps
-    pts_cam = depth_to_cam_points(depth_hw, np.asarray(K_33))
+    pts_cam = backproject_depth(depth_hw, np.asarray(K_33), np.float32)
     T_world_cam = closed_form_inverse_se3(np.asarray(extrinsic_34)[None])[0]
     pts_world = np.dot(pts_cam, T_world_cam[:3, :3].T) + T_world_cam[:3, 3]
     return pts_world, pts_cam, valid
@@ -189,7 +196,7 @@ def unproject_depth_map_to_point_map(
     depth, extr, intr = arrays
     if depth.ndim == 4:
         depth = depth[..., 0]
-    return np.stack([depth_to_world_points(depth[i], extr[i], intr[i])[0] for i in range(depth.shape[0])], axis=0)
+    return np.stack([extrinsic_depth_to_points(depth[i], extr[i], intr[i])[0] for i in range(depth.shape[0])], axis=0)
 
 
 def pose_encoding_to_T_world_cam(

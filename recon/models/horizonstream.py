@@ -37,19 +37,16 @@ from recon.errors import ConfigError
 from recon.kernels.attention import select_attention
 from recon.models.layers.attention import set_attention_impl
 from recon.models.layers.block import Block
-from recon.models.layers.camera_head import CameraHead
-from recon.models.layers.dinov2 import DinoVisionTransformer
-from recon.models.layers.dpt_head import DPTHead
-from recon.models.layers.kda import KDAState, KimiDeltaAttention
+from recon.models.layers.camera_head import CameraHead, CameraHeadConfig
+from recon.models.layers.dinov2 import IMAGENET_MEAN, IMAGENET_STD, DinoConfig, DinoVisionTransformer
+from recon.models.layers.dpt_head import DPTConfig, DPTHead
+from recon.models.layers.kda_attention import KDAState, KimiDeltaAttention
 from recon.models.layers.layer_scale import LayerScale
 from recon.models.layers.mlp import Mlp
 from recon.models.layers.rope3d import RotaryPositionEmbedding3D, spatiotemporal_positions
-from recon.models.vggt import CameraHeadConfig, DinoConfig, DPTConfig
 
 logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -241,7 +238,7 @@ class HorizonStreamState:
         chunk_idx: index of the next chunk (0: nothing carried yet).
         frame_kv: per frame block, the post-RoPE patch K/V of the last Win-1 frames, `[2, 1, Win-1, H, P, D]`.
         global_kv: per global block, the same for the global attention, `[2, 1, H, Win-1, P, D]`.
-        kda: per KDA layer index, the recurrent and short-conv states (recon.models.layers.kda).
+        kda: per KDA layer index, the recurrent and short-conv states (recon.models.layers.kda_attention).
     """
 
     chunk_idx: int = 0

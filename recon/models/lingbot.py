@@ -37,12 +37,13 @@ from torch import nn
 
 from recon.errors import ConfigError
 from recon.kernels.attention import select_attention
-from recon.models.layers.aggregator import Aggregator
+from recon.models.layers.aggregator import Aggregator, AggregatorConfig
 from recon.models.layers.attention import set_attention_impl
-from recon.models.layers.camera_head import CameraHead
-from recon.models.layers.dpt_head import DPTHead
+from recon.models.layers.camera_head import CameraHeadConfig
+from recon.models.layers.dinov2 import DinoConfig
+from recon.models.layers.dpt_head import DPTConfig
 from recon.models.layers.rope_video import VideoRotaryEmbedding3D, video_positions
-from recon.models.vggt import AggregatorConfig, CameraHeadConfig, DinoConfig, DPTConfig, _pick, sane_random_init
+from recon.models.vggt import _pick, build_heads, sane_random_init
 
 logger = logging.getLogger(__name__)
 
@@ -225,14 +226,7 @@ class LingBot(nn.Module):
             self.aggregator = LingBotAggregator(rope3d=cfg.rope3d, img_size=cfg.img_size, patch_size=cfg.patch_size,
                                                 embed_dim=cfg.embed_dim, patch_embed=asdict(cfg.patch_embed),
                                                 **asdict(cfg.aggregator))
-            dim_in = 2 * cfg.embed_dim
-            self.camera_head = CameraHead(dim_in=dim_in, **asdict(cfg.camera_head)) if cfg.enable_camera else None
-            self.depth_head = (DPTHead(dim_in=dim_in, patch_size=cfg.patch_size, output_dim=2, activation="exp",
-                                       conf_activation="expp1", **asdict(cfg.depth_head))
-                               if cfg.enable_depth else None)
-            self.point_head = (DPTHead(dim_in=dim_in, patch_size=cfg.patch_size, output_dim=4,
-                                       activation="inv_log", conf_activation="expp1", **asdict(cfg.point_head))
-                               if cfg.enable_point else None)
+            self.camera_head, self.depth_head, self.point_head = build_heads(cfg)
         if dtype is not None:
             self.to(dtype)
         self._attention_key: tuple | None = None

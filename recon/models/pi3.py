@@ -21,11 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from recon.models.layers.block import Block
-from recon.models.layers.dinov2 import DinoVisionTransformer
+from recon.models.layers.dinov2 import IMAGENET_MEAN, IMAGENET_STD, DinoVisionTransformer
 from recon.models.layers.rope import RotaryPositionEmbedding2D, patch_positions
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -280,10 +277,9 @@ def build_window_model(*, weights: str | None = None, model_config: str = "full"
             network then computes in it).
     """
     from recon.errors import ConfigError
-    from recon.models.weights import compute_dtype, resolve_dtype
+    from recon.models.weights import compute_dtype, pick_device, resolve_dtype
 
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device in (None, "auto") else torch.device(
-        device)
+    dev = pick_device(device)
     stored = resolve_dtype(weights_dtype)
     autocast = compute_dtype(dtype, dev, stored)
     if model_config not in ("full", "tiny"):

@@ -31,10 +31,11 @@ from torch import nn
 
 from recon.errors import ConfigError
 from recon.kernels.attention import select_attention
-from recon.models.layers.aggregator import Aggregator
+from recon.models.layers.aggregator import Aggregator, AggregatorConfig
 from recon.models.layers.attention import set_attention_impl
-from recon.models.layers.camera_head import CameraHead
-from recon.models.layers.dpt_head import DPTHead
+from recon.models.layers.camera_head import CameraHead, CameraHeadConfig
+from recon.models.layers.dinov2 import DinoConfig
+from recon.models.layers.dpt_head import DPTConfig, DPTHead
 
 logger = logging.getLogger(__name__)
 
@@ -49,76 +50,6 @@ def filter_track_head(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     input is not modified.
     """
     return {k: v for k, v in state_dict.items() if not k.startswith(TRACK_HEAD_PREFIX)}
-
-
-@dataclass
-class DinoConfig:
-    """DINOv2 patch-embed settings (defaults: ViT-L/14 with 4 registers, as in VGGT-1B)."""
-
-    depth: int = 24
-    num_heads: int = 16
-    mlp_ratio: float = 4.0
-    num_register_tokens: int = 4
-    qkv_bias: bool = True
-    proj_bias: bool = True
-    ffn_bias: bool = True
-    init_values: float = 1.0
-    norm_eps: float = 1e-6
-    interpolate_antialias: bool = True
-    interpolate_offset: float = 0.0
-
-
-@dataclass
-class AggregatorConfig:
-    """Alternating-attention settings (defaults: VGGT-1B)."""
-
-    depth: int = 24
-    num_heads: int = 16
-    mlp_ratio: float = 4.0
-    num_register_tokens: int = 4
-    qkv_bias: bool = True
-    proj_bias: bool = True
-    ffn_bias: bool = True
-    aa_order: tuple[str, ...] = ("frame", "global")
-    aa_block_size: int = 1
-    qk_norm: bool = True
-    qk_norm_eps: float = 1e-5
-    qk_norm_affine: bool = True
-    rope_freq: float = 100.0
-    init_values: float = 0.01
-    norm_eps: float = 1e-5
-
-
-@dataclass
-class CameraHeadConfig:
-    """Camera head settings (defaults: VGGT-1B)."""
-
-    trunk_depth: int = 4
-    num_heads: int = 16
-    mlp_ratio: float = 4.0
-    init_values: float = 0.01
-    trans_act: str = "linear"
-    quat_act: str = "linear"
-    fl_act: str = "relu"
-    num_iterations: int = 4
-    norm_eps: float = 1e-5
-    adaln_eps: float = 1e-6
-
-
-@dataclass
-class DPTConfig:
-    """DPT head settings shared by the depth and point heads (defaults: VGGT-1B)."""
-
-    features: int = 256
-    out_channels: tuple[int, ...] = (256, 512, 1024, 1024)
-    intermediate_layer_idx: tuple[int, ...] = (4, 11, 17, 23)
-    pos_embed: bool = True
-    down_ratio: int = 1
-    head_features_2: int = 32
-    pos_embed_ratio: float = 0.1
-    pos_embed_omega_0: float = 100.0
-    norm_eps: float = 1e-5
-    frames_chunk_size: int | None = 8
 
 
 @dataclass
@@ -202,6 +133,18 @@ def tiny_config(causal: bool = True) -> VGGTConfig:
     )
 
 
+def build_heads(cfg: Any) -> tuple[CameraHead | None, DPTHead | None, DPTHead | None]:
+    """The camera, depth and point heads of a VGGT-family model (VGGT, StreamVGGT, LingBot) from its config
+    (`embed_dim`, `patch_size`, `camera_head`, `depth_head`, `point_head`, `enable_*`), built in that order."""
+    dim_in = 2 * cfg.embed_dim
+    camera = CameraHead(dim_in=dim_in, **asdict(cfg.camera_head)) if cfg.enable_camera else None
+    depth = (DPTHead(dim_in=dim_in, patch_size=cfg.patch_size, output_dim=2, activation="exp",
+                     conf_activation="expp1", **asdict(cfg.depth_head)) if cfg.enable_depth else None)
+    point = (DPTHead(dim_in=dim_in, patch_size=cfg.patch_size, output_dim=4, activation="inv_log",
+                     conf_activation="expp1", **asdict(cfg.point_head)) if cfg.enable_point else None)
+    return camera, depth, point
+
+
 class VGGT(nn.Module):
     """VGGT (config.causal=False) or StreamVGGT (config.causal=True).
 
@@ -224,14 +167,7 @@ class VGGT(nn.Module):
                 qk_norm_affine=agg.qk_norm_affine, rope_freq=agg.rope_freq, init_values=agg.init_values,
                 norm_eps=agg.norm_eps, patch_embed=asdict(cfg.patch_embed),
             )
-            dim_in = 2 * cfg.embed_dim
-            self.camera_head = CameraHead(dim_in=dim_in, **asdict(cfg.camera_head)) if cfg.enable_camera else None
-            self.depth_head = (DPTHead(dim_in=dim_in, patch_size=cfg.patch_size, output_dim=2, activation="exp",
-                                       conf_activation="expp1", **asdict(cfg.depth_head))
-                               if cfg.enable_depth else None)
-            self.point_head = (DPTHead(dim_in=dim_in, patch_size=cfg.patch_size, output_dim=4,
-                                       activation="inv_log", conf_activation="expp1", **asdict(cfg.point_head))
-                               if cfg.enable_point else None)
+            self.camera_head, self.depth_head, self.point_head = build_heads(cfg)
         if dtype is not None:
             self.to(dtype)
         self._attention_key: tuple | None = None
@@ -426,7 +362,7 @@ class VGGTWindowModel:
         self.patch_size = model.config.patch_size
 
     def predict_window(self, images: torch.Tensor) -> Any:
-        from recon.geometry.pose_encoding import pose_encoding_to_T_world_cam
+        from recon.geometry.pose_encoding import guard_fov, pose_encoding_to_T_world_cam
         from recon.types import WindowPrediction
 
         x = images.to(self.device, dtype=next(self.model.parameters()).dtype)[None]
@@ -436,7 +372,7 @@ class VGGTWindowModel:
             out = self.model(x)
         H, W = x.shape[-2:]
         enc = out["pose_enc"][0].double().clone()
-        enc[:, 7:9] = enc[:, 7:9].clamp(1e-3, 3.1)  # relu'd FoV can be 0 with untrained weights
+        enc[:, 7:9] = guard_fov(enc[:, 7:9])
         T_world_cam, K = pose_encoding_to_T_world_cam(enc, (H, W))
         depth = out["depth"][0, ..., 0].double()
         rows = torch.arange(H, dtype=torch.float64, device=depth.device).view(1, H, 1)
@@ -462,10 +398,9 @@ def build_window_model(*, weights: str | None = None, model_config: str = "full"
         weights_dtype: storage dtype of the parameters, "fp32" (default), "bf16" or "fp16".
         random_init, seed: random weights instead of a checkpoint.
     """
-    from recon.models.weights import compute_dtype, resolve_dtype
+    from recon.models.weights import compute_dtype, pick_device, resolve_dtype
 
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device in (None, "auto") \
-        else torch.device(device)
+    dev = pick_device(device)
     stored = resolve_dtype(weights_dtype)
     autocast = compute_dtype(dtype, dev, stored)
     model = build_vggt(weights=weights, weights_name="vggt-1b", model_config=model_config, causal=False,

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from recon.config import COMPUTE_DTYPE_CHOICES
 from recon.errors import CheckpointMismatchError, ConfigError, WeightsNotFoundError
 from recon.models.registry import WeightsCfg, build_model, get_weights_cfg
 
@@ -51,7 +52,13 @@ _MAX_LISTED = 20
 # What `--dtype` means, for every learned backend (DESIGN §4: one meaning): the dtype the network computes in.
 # "auto" is bf16 on CUDA (fp16 where the GPU has no bf16) and fp32 elsewhere. The weights stay float32 and
 # torch.autocast casts per op; storing the weights in another dtype is a separate knob, `weights_dtype`.
-COMPUTE_DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
+
+
+def pick_device(device: str | torch.device | None) -> torch.device:
+    """Where a model runs: "auto" / None -> cuda when available, else cpu; anything else as given."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
 def compute_dtype(dtype: str | torch.dtype | None, device: torch.device | str,

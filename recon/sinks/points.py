@@ -54,8 +54,9 @@ class PointSelection:
 DEFAULT_SELECTION = PointSelection(stride=2, conf_quantile=0.1, max_points=50_000)
 
 
-def _resample_nearest(img_hwc: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Nearest-neighbour resize by index sampling (colour images given at another resolution than points)."""
+def resample_nearest(img_hwc: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Nearest-neighbour resize by index sampling at pixel centres (colours or depth at another resolution than the
+    point grid): the one resampling of the PLY, Rerun and ROS outputs."""
     rows = np.minimum((np.arange(h) + 0.5) * img_hwc.shape[0] / h, img_hwc.shape[0] - 1).astype(np.intp)
     cols = np.minimum((np.arange(w) + 0.5) * img_hwc.shape[1] / w, img_hwc.shape[1] - 1).astype(np.intp)
     return img_hwc[rows][:, cols]
@@ -102,7 +103,7 @@ def select_points(result: FrameResult, selection: PointSelection = PointSelectio
     if result.image is not None:
         img = np.asarray(result.image)
         if img.shape[:2] != (h, w):
-            img = _resample_nearest(img, h, w)
+            img = resample_nearest(img, h, w)
         rgb = np.ascontiguousarray(img[::s, ::s].reshape(-1, 3)[idx], dtype=np.uint8)
     return xyz, rgb
 

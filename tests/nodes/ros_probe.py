@@ -3,7 +3,7 @@
 It is its own ROS node (rospy allows one per process, and the pytest process must stay free of rospy's
 threads and signal handlers). Images are solid colours that encode their index, stamped far from wall
 time so a stamp can only match if the node copied it from the image header. Everything received on
-~pose, ~path, ~points and /tf is written to a JSON file for the test to assert on.
+~pose, ~path, ~points, /tf (and /diagnostics with --diagnostics) is written to a JSON file for the test.
 
     python tests/nodes/ros_probe.py --node /recon_a --count 5 --out rec.json [--compressed png] [--encoding bgr8]
 """
@@ -87,6 +87,7 @@ def main() -> int:
     ap.add_argument("--depth-topic", default="/cam/depth")
     ap.add_argument("--ready-at", type=int, default=0, help="write --ready-file once this many poses arrived")
     ap.add_argument("--ready-file", default="")
+    ap.add_argument("--diagnostics", action="store_true", help="also record /diagnostics and wait for one")
     ap.add_argument("--timeout", type=float, default=30.0)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -99,7 +100,7 @@ def main() -> int:
     from tf2_msgs.msg import TFMessage
 
     rospy.init_node("recon_probe", anonymous=True, disable_signals=True)
-    rec: dict[str, list[dict[str, Any]]] = {"pose": [], "path": [], "points": [], "tf": []}
+    rec: dict[str, list[dict[str, Any]]] = {"pose": [], "path": [], "points": [], "tf": [], "diagnostics": []}
 
     def on_pose(m: Any) -> None:
         p, q = m.pose.position, m.pose.orientation
@@ -131,6 +132,15 @@ def main() -> int:
             rospy.Subscriber(args.node + "/path", PathMsg, on_path, queue_size=100),
             rospy.Subscriber(args.node + "/points", PointCloud2, on_points, queue_size=100),
             rospy.Subscriber("/tf", TFMessage, on_tf, queue_size=100)]
+    if args.diagnostics:
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        def on_diagnostics(m: Any) -> None:
+            for s in m.status:
+                rec["diagnostics"].append({"name": s.name, "level": int(s.level), "message": s.message,
+                                           "values": {kv.key: kv.value for kv in s.values}})
+
+        subs.append(rospy.Subscriber("/diagnostics", DiagnosticArray, on_diagnostics, queue_size=100))
     image_pub = rospy.Publisher(args.image_topic, CompressedImage if args.compressed else Image, queue_size=100)
     info_pub = rospy.Publisher(args.info_topic, CameraInfo, queue_size=10, latch=True)
 
@@ -182,7 +192,8 @@ def main() -> int:
         time.sleep(0.1)
 
     expect = args.count if args.expect is None else args.expect
-    while time.monotonic() < deadline and min(len(rec["pose"]), len(rec["path"]), len(rec["points"])) < expect:
+    while time.monotonic() < deadline and (min(len(rec["pose"]), len(rec["path"]), len(rec["points"])) < expect
+                                           or (args.diagnostics and not rec["diagnostics"])):
         if args.ready_file and len(rec["pose"]) >= args.ready_at and not Path(args.ready_file).exists():
             Path(args.ready_file).write_text("ready")  # the test may now stop the node (flush on shutdown)
         time.sleep(0.05)

@@ -179,7 +179,8 @@ def test_ros_node_publishes_pose_path_points_tf(launch: Callable[..., subprocess
     """rgb8 images: every output carries the image's stamp, the frames from the parameter server, exact poses."""
     n = 5
     _set_params(roscore, {"/recon_a/map_frame": "odom_a", "/recon_a/cloud_stride": 1})
-    rec, node = _run(launch, tmp_path, "recon_a", [], ["--count", str(n), "--encoding", "rgb8", "--frame-id", "cam_a"])
+    rec, node = _run(launch, tmp_path, "recon_a", [], ["--count", str(n), "--encoding", "rgb8", "--frame-id", "cam_a",
+                                                       "--diagnostics"])
     stamps = [stamp_ns(i) for i in range(n)]
 
     assert [p["stamp"] for p in rec["pose"]] == stamps
@@ -209,6 +210,14 @@ def test_ros_node_publishes_pose_path_points_tf(launch: Callable[..., subprocess
         T = pose_for(i)  # the fake backend's plane lies at depth 2 in its camera
         np.testing.assert_allclose(((xyz - T[:3, 3]) @ T[:3, :3])[:, 2], 2.0, atol=1e-5)
         assert {tuple(rgb) for rgb in c["rgb"]} == {colour(i)}
+    # /diagnostics: the node's counters and its capture-to-publish latency (the stamps are from 2017, so the
+    # latency is the years since then: what matters is that it is measured from the image's own stamp).
+    status = [d for d in rec["diagnostics"] if d["name"] == "recon: ros_fake"]
+    assert status, rec["diagnostics"]
+    values = status[0]["values"]
+    assert int(values["results_out"]) >= 1 and int(values["latency_samples"]) >= 1
+    years_ms = (time.time_ns() - stamps[0]) / 1e6
+    assert float(values["latency_ms_p50"]) == pytest.approx(years_ms, rel=1e-3)
     assert "5 frames in, 5 results out, 0 images dropped, faults {}" in _stop(node, tmp_path / "node.log")
 
 

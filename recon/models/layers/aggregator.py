@@ -17,17 +17,38 @@ a boolean mask equal to the reference's additive `finfo.min` mask) and cached st
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from recon.memory.kv_cache import StreamingMemory
 from recon.models.layers.block import Block
-from recon.models.layers.dinov2 import DinoVisionTransformer
+from recon.models.layers.dinov2 import IMAGENET_MEAN, IMAGENET_STD, DinoVisionTransformer
 from recon.models.layers.rope import RotaryPositionEmbedding2D, patch_positions
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+
+@dataclass
+class AggregatorConfig:
+    """Alternating-attention settings (defaults: VGGT-1B)."""
+
+    depth: int = 24
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    num_register_tokens: int = 4
+    qkv_bias: bool = True
+    proj_bias: bool = True
+    ffn_bias: bool = True
+    aa_order: tuple[str, ...] = ("frame", "global")
+    aa_block_size: int = 1
+    qk_norm: bool = True
+    qk_norm_eps: float = 1e-5
+    qk_norm_affine: bool = True
+    rope_freq: float = 100.0
+    init_values: float = 0.01
+    norm_eps: float = 1e-5
+
+
 
 
 def block_causal_mask(num_frames: int, tokens_per_frame: int, device: torch.device | None = None) -> torch.Tensor:

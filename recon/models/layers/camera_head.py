@@ -19,6 +19,7 @@ The trunk attends across the frames' camera tokens. Three modes:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -27,6 +28,23 @@ from torch import nn
 from recon.models.layers.block import Block
 from recon.models.layers.head_act import activate_pose
 from recon.models.layers.mlp import Mlp
+
+
+@dataclass
+class CameraHeadConfig:
+    """Camera head settings (defaults: VGGT-1B)."""
+
+    trunk_depth: int = 4
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    init_values: float = 0.01
+    trans_act: str = "linear"
+    quat_act: str = "linear"
+    fl_act: str = "relu"
+    num_iterations: int = 4
+    norm_eps: float = 1e-5
+    adaln_eps: float = 1e-6
+
 
 if TYPE_CHECKING:
     from recon.memory.kv_cache import KVCache

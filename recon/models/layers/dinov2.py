@@ -16,12 +16,34 @@ Quirks kept on purpose:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from recon.models.layers.block import Block
+
+# The normalisation DINOv2 (and the ResNet stems beside it) were trained with: images in [0,1] minus mean over std.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class DinoConfig:
+    """DINOv2 patch-embed settings (defaults: ViT-L/14 with 4 registers, as in VGGT-1B)."""
+
+    depth: int = 24
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    num_register_tokens: int = 4
+    qkv_bias: bool = True
+    proj_bias: bool = True
+    ffn_bias: bool = True
+    init_values: float = 1.0
+    norm_eps: float = 1e-6
+    interpolate_antialias: bool = True
+    interpolate_offset: float = 0.0
 
 
 class PatchEmbed(nn.Module):

@@ -14,12 +14,29 @@ Key names (`norm`, `projects`, `resize_layers.{0,1,3}`, `scratch.layerN_rn`, `sc
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from recon.models.layers.head_act import activate_head
+
+
+@dataclass
+class DPTConfig:
+    """DPT head settings shared by the depth and point heads (defaults: VGGT-1B)."""
+
+    features: int = 256
+    out_channels: tuple[int, ...] = (256, 512, 1024, 1024)
+    intermediate_layer_idx: tuple[int, ...] = (4, 11, 17, 23)
+    pos_embed: bool = True
+    down_ratio: int = 1
+    head_features_2: int = 32
+    pos_embed_ratio: float = 0.1
+    pos_embed_omega_0: float = 100.0
+    norm_eps: float = 1e-5
+    frames_chunk_size: int | None = 8
 
 
 def uv_grid(width: int, height: int, aspect_ratio: float, dtype: torch.dtype, device: torch.device

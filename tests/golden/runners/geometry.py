@@ -18,8 +18,8 @@ import torch
 
 from recon.geometry.pose_encoding import (
     closed_form_inverse_se3,
-    depth_to_world_points,
     extri_intri_to_pose_encoding,
+    extrinsic_depth_to_points,
     mat_to_quat_xyzw,
     pose_encoding_to_extri_intri,
     quat_xyzw_to_mat,
@@ -48,7 +48,7 @@ def _unproject_outputs(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     depth = x["unproject.depth"].numpy()
     extr = x["unproject.extrinsics"].numpy()
     intr = x["unproject.intrinsics"].numpy()
-    _, cam0, valid0 = depth_to_world_points(depth[0, ..., 0], extr[0], intr[0])
+    _, cam0, valid0 = extrinsic_depth_to_points(depth[0, ..., 0], extr[0], intr[0])
     return {
         "unproject.world_points": torch.from_numpy(unproject_depth_map_to_point_map(depth, extr, intr)),
         "unproject.frame0.cam_points": torch.from_numpy(cam0),

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from recon.kernels.kda import activate_kda_inputs, kda_chunked, kda_recurrent, l2_normalize
-from recon.models.layers.kda import KimiDeltaAttention
+from recon.models.layers.kda_attention import KimiDeltaAttention
 from tests.golden.util import load_tensors
 
 # README "Tolerances": the raw op (outputs and states) atol 1e-5; the layer output atol 5e-5, rtol 1e-4, because the

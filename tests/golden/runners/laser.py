@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recon.align.depth_layers import LayerConfig, align_layers, build_window_layers
 from recon.align.engine import LaserEngine
-from recon.align.layers import LayerConfig, align_layers, build_window_layers
-from recon.align.sim3 import apply_sim3_to_poses, confidence_mask, register_adjacent_windows
+from recon.align.window_registration import apply_sim3_to_poses, confidence_mask, register_adjacent_windows
 from recon.types import WindowPrediction
 from tests.golden.util import float32_dot_bound, load_tensors
 

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 
+from recon.align.depth_layers import LayerConfig
 from recon.align.engine import LaserEngine
-from recon.align.layers import LayerConfig
 from recon.align.windows import window_ranges
 from recon.datasets.synthetic import Renderer, build_scene, default_intrinsics, make_trajectory
 from recon.eval import absolute_trajectory_error, trajectory_length

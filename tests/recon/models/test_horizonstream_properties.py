@@ -19,7 +19,9 @@ from hypothesis import strategies as st
 
 from recon.errors import ConfigError
 from recon.models.horizonstream import HorizonStream, HorizonStreamConfig, random_init
-from recon.models.vggt import CameraHeadConfig, DinoConfig, DPTConfig
+from recon.models.layers.camera_head import CameraHeadConfig
+from recon.models.layers.dinov2 import DinoConfig
+from recon.models.layers.dpt_head import DPTConfig
 
 H, W = 28, 42  # a 2 x 3 patch grid keeps every draw under a second
 

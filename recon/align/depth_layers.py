@@ -184,7 +184,7 @@ def irls_depth_scale(
 ) -> tuple[np.float32, np.ndarray]:
     """Robust 1-D scale s with s·x ≈ y (weights 1/|s·x - y|), in float32 numpy like the reference.
 
-    Unlike the window scale (recon.align.sim3.irls_scale, torch), the reference layer fit is numpy; with
+    Unlike the window scale (recon.align.window_registration.irls_scale, torch), the reference layer fit is numpy; with
     1/|r| weights the summation order shows in the last digits, so we keep numpy's pairwise sums here.
     Returns (scale, iterates [max_iters+1], value after k updates, fixed after convergence).
     """
