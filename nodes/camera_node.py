@@ -40,7 +40,7 @@ from recon.calib.undistort import Undistorter, has_distortion
 from recon.errors import CorruptFrameError
 from recon.nodes import protocol as P
 from recon.nodes.sources import Source
-from recon.nodes.transport import Security, default_context, new_node_id, open_socket
+from recon.nodes.transport import Security, default_context, new_node_id, open_socket, readable
 from recon.types import Frame
 from recon.utils.log import WarnOnce
 
@@ -398,11 +398,8 @@ class CameraNode:
                 if cfg.fps and not sent:
                     wait_ms = max(0, min(wait_ms, int(1000 * (next_send - now))))
                 if sock.poll(wait_ms, zmq.POLLIN):
-                    while True:
-                        try:
-                            parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
+                    while readable(sock):
+                        parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                         last_heard = time.monotonic()
                         if lost:
                             lost = False

@@ -28,7 +28,7 @@ from recon.nodes.admission import Peer
 from recon.nodes.publisher import Publisher
 from recon.nodes.replies import Replies
 from recon.nodes.sessions import Offer, SessionTable
-from recon.nodes.transport import Security, open_socket
+from recon.nodes.transport import Security, open_socket, readable
 from recon.utils.log import WarnOnce
 
 logger = logging.getLogger(__name__)
@@ -94,10 +94,9 @@ class Ingest:
 
     def _forward(self) -> None:
         for _ in range(1024):
-            try:
-                parts = self._pull.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            if not readable(self._pull):
                 return
+            parts = self._pull.recv_multipart(zmq.NOBLOCK)
             try:
                 self._sock.send_multipart(parts, zmq.NOBLOCK)
             except zmq.Again:
@@ -105,10 +104,9 @@ class Ingest:
 
     def _receive(self) -> None:
         for _ in range(256):
-            try:
-                parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            if not readable(self._sock):
                 return
+            parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
             routing_id = parts[0].bytes
             try:
                 self._handle(self._peer(routing_id, parts[1] if len(parts) > 1 else parts[0]), parts[1:])

@@ -175,6 +175,12 @@ def check_bind(endpoint: str, allow_remote: bool = False) -> None:
         raise ConfigError(f"refusing to bind {endpoint}: transport {scheme!r} reaches the network; {hint}")
 
 
+def readable(sock: zmq.Socket) -> bool:
+    """A message is waiting on `sock` (ZMQ_EVENTS): the hot loops drain sockets with this instead of a
+    NOBLOCK receive that ends in zmq.Again, since raising and catching that costs ~4x the check."""
+    return bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+
+
 def recv_timeout(sock: zmq.Socket, timeout_s: float, copy: bool = True) -> list[Any] | None:
     """Multipart from `sock` within `timeout_s`, or None: no receive can block forever."""
     if sock.poll(int(timeout_s * 1000), zmq.POLLIN):
