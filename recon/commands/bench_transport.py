@@ -9,9 +9,11 @@ systems alternated from round to round (so a busy machine slows all of them alik
 
 - recon, credit window N (`--window`, default 8) and window 1: camera nodes (threads of this process,
   `CameraNode`) stream pre-made frames to a reconstruction node *process* on loopback tcp with
-  `--backend identity` (no model: transport, validation, session queue, result publishing and the credit
-  round trip are measured). Latency: capture (the frame's `capture_ns`) to the result arriving back in this
-  process on the result socket.
+  `--backend identity` (no model: transport, validation, session queue, result encoding and publishing and the
+  credit round trip are measured). Latency: send to the frame's acknowledgement arriving back at its camera (the
+  node acknowledges a frame once its result is published), like imagezmq's send to reply. With `--subscriber`
+  a result subscriber in this process also receives every result, and latency is capture to the result's
+  arrival there (end to end, one more hop than imagezmq has, and a second busy thread in the cameras' process).
 - imagezmq: the real package (`pip install imagezmq`), as its users run it: one `ImageSender` (REQ) per stream
   in this process, one `ImageHub` (REP) process that receives each image (JPEG: and decodes it, as our node does)
   and replies. Latency: send to reply.
@@ -24,6 +26,7 @@ The load test that used to follow is `recon bench live`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import subprocess
@@ -48,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--streams", default="1,4", help="comma-separated stream counts")
     parser.add_argument("--encodings", default="raw,jpeg", help="comma-separated: raw, jpeg")
     parser.add_argument("--window", type=int, default=8, help="credit window of the pipelined recon rows")
+    parser.add_argument("--subscriber", action="store_true",
+                        help="recon rows: a result subscriber in this process receives every result; latency is "
+                             "capture to result arrival (default: send to acknowledgement, like imagezmq's reply)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write every round as JSON")
 
 
@@ -132,7 +138,8 @@ class ResultTimes:
         self.viewer.stop()
 
 
-def _recon(cfg: tuple[str, str, int], seconds: float, images: list[np.ndarray], window: int, rnd: int) -> Row:
+def _recon(cfg: tuple[str, str, int], seconds: float, images: list[np.ndarray], window: int, rnd: int,
+           subscriber: bool = False) -> Row:
     import zmq
 
     from recon.nodes.camera_node import CameraNode, CameraNodeConfig
@@ -142,15 +149,17 @@ def _recon(cfg: tuple[str, str, int], seconds: float, images: list[np.ndarray], 
     size, encoding, streams = cfg
     ep_in, ep_out, ep_ctl = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
     proc = subprocess.Popen(node_command("recon", "--bind", ep_in, "--publish", ep_out, "--control", ep_ctl,
-                                         "--backend", "identity", "--heartbeat", "0.1", "--wait-subscribers", "1",
+                                         "--backend", "identity", "--heartbeat", "0.1",
+                                         "--wait-subscribers", "1" if subscriber else "0",
                                          "--queue-size", str(window), "--no-state"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ctx = zmq.Context()
     row = Row(f"recon window {window}", size, encoding, streams, rnd)
     try:
-        with ResultTimes(ctx, ep_out) as times:
+        with ResultTimes(ctx, ep_out) if subscriber else contextlib.nullcontext() as times:
             cams = [CameraNode(CycleSource(images, seconds, f"s{i}"),
-                               CameraNodeConfig(connect=ep_in, stream_id=f"s{i}", encoding=encoding), ctx)
+                               CameraNodeConfig(connect=ep_in, stream_id=f"s{i}", encoding=encoding,
+                                                record_latency=not subscriber), ctx)
                     for i in range(streams)]
             threads = [threading.Thread(target=c.run, daemon=True) for c in cams]
             t0 = time.perf_counter()
@@ -162,10 +171,10 @@ def _recon(cfg: tuple[str, str, int], seconds: float, images: list[np.ndarray], 
             status = request(ctx, ep_ctl, {"cmd": "status"})
             acked = sum(c.stats.acked for c in cams)
             deadline = time.monotonic() + 5
-            while len(times.lat_ms) < acked and time.monotonic() < deadline:
+            while times is not None and len(times.lat_ms) < acked and time.monotonic() < deadline:
                 time.sleep(0.01)
         row.frames, row.seconds, row.fps = acked, elapsed, acked / elapsed
-        row.latency_ms = list(times.lat_ms)
+        row.latency_ms = list(times.lat_ms) if times is not None else [x for c in cams for x in c.stats.latency_ms]
         row.extra = {"node_drops": status["drops"], "rejected": status["rejected_total"]}
     finally:
         stop_process(proc)
@@ -288,8 +297,8 @@ def run(args: argparse.Namespace) -> int:
             for streams in (int(s) for s in args.streams.split(",")):
                 cfg = (size, encoding, streams)
                 systems: list[Callable[[int], Row]] = [
-                    lambda rnd, c=cfg, im=images: _recon(c, args.duration, im, args.window, rnd),
-                    lambda rnd, c=cfg, im=images: _recon(c, args.duration, im, 1, rnd),
+                    lambda rnd, c=cfg, im=images: _recon(c, args.duration, im, args.window, rnd, args.subscriber),
+                    lambda rnd, c=cfg, im=images: _recon(c, args.duration, im, 1, rnd, args.subscriber),
                     lambda rnd, c=cfg, im=images: _imagezmq(c, args.duration, im, rnd),
                 ]
                 for rnd in range(args.rounds):
@@ -301,8 +310,11 @@ def run(args: argparse.Namespace) -> int:
                                     _pct(row.latency_ms, 99))
     table = summarize(rows, args.window)
     w8 = f"recon window {args.window}"
-    print(f"\nrecon bench transport  ({os.cpu_count()} CPUs, loopback tcp, {args.rounds} interleaved rounds of "
-          f"{args.duration:g} s per system, order alternated)\n")
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    what = ("capture -> result at a subscriber" if args.subscriber
+            else "send -> acknowledgement (recon), send -> reply (imagezmq)")
+    print(f"\nrecon bench transport  ({os.cpu_count()} CPUs, load average {load}, loopback tcp, {args.rounds} "
+          f"interleaved rounds of {args.duration:g} s per system, order alternated; latency: {what})\n")
     print(f"| size | enc | streams | {w8} fps | p50 / p99 ms | recon window 1 fps | p50 / p99 ms | imagezmq fps | "
           f"p50 / p99 ms | {w8} / imagezmq (range) | window 1 / imagezmq (range) | added p99 ms (window 1) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
