@@ -37,7 +37,7 @@ HELP = "geometric backend: frames/s on 640x480 RGB-D and monocular synthetic inp
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", default="640x480", help="image size WxH of the synthetic sequence")
     parser.add_argument("--frames", type=int, default=60, help="number of frames")
-    parser.add_argument("--trajectory", default="walk", choices=("walk", "orbit", "forward"))
+    parser.add_argument("--trajectory", default="walk", choices=("walk", "orbit", "forward", "loop"))
     parser.add_argument("--seed", type=int, default=0, help="scene and trajectory seed")
     parser.add_argument("--modes", default="rgbd,mono", help="comma-separated: rgbd, mono")
     parser.add_argument("--keep", default=None, metavar="DIR", help="render into DIR and keep it (default: temp)")
