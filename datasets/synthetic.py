@@ -444,9 +444,10 @@ def trajectory_at(kind: str, size: tuple[float, float, float], t: np.ndarray, se
 # Rendering
 
 
-def default_intrinsics(width: int, height: int) -> np.ndarray:
-    """Pinhole K with a ~64 degree horizontal field of view and the principal point at the image centre."""
-    f = 0.8 * width
+def default_intrinsics(width: int, height: int, focal: float | None = None) -> np.ndarray:
+    """Pinhole K with a ~64 degree horizontal field of view (or focal length `focal` in pixels) and the principal
+    point at the image centre."""
+    f = 0.8 * width if focal is None else float(focal)
     return np.array([[f, 0.0, (width - 1) / 2], [0.0, f, (height - 1) / 2], [0.0, 0.0, 1.0]])
 
 
@@ -560,7 +561,7 @@ def _render_degraded(renderer: Renderer, deg: Degradations, trajectory: str, siz
 def generate_sequence(out_dir: str | Path, *, seed: int = 0, trajectory: str = "walk", num_frames: int = 60,
                       width: int = 320, height: int = 240, fps: float = 30.0, supersample: int = 2,
                       rgb_format: str = "png", jpeg_quality: int = 92,
-                      degradations: Degradations | None = None) -> Path:
+                      degradations: Degradations | None = None, focal: float | None = None) -> Path:
     """Render a synthetic RGB-D sequence with ground truth into `out_dir` (TUM RGB-D layout); returns the folder.
 
     Args:
@@ -573,6 +574,8 @@ def generate_sequence(out_dir: str | Path, *, seed: int = 0, trajectory: str = "
         jpeg_quality: JPEG quality when rgb_format is "jpg".
         degradations: sensor effects (depth noise and holes, motion blur, exposure, noise, JPEG, fast motion;
             `Degradations.realistic()` is the `--realistic` preset); ground truth stays exact. None: clean.
+        focal: focal length in pixels (default 0.8 * width, which is also what the geometric backend assumes
+            without intrinsics; a Kinect at 640x480 has about 525-585, i.e. 0.82-0.91 * width).
     """
     deg = degradations or Degradations()
     if rgb_format not in ("png", "jpg"):
@@ -583,6 +586,8 @@ def generate_sequence(out_dir: str | Path, *, seed: int = 0, trajectory: str = "
         raise ConfigError(f"image size must be at least 8x8, got {width}x{height}")
     if fps <= 0:
         raise ConfigError(f"fps must be positive, got {fps}")
+    if focal is not None and not focal > 0:
+        raise ConfigError(f"focal must be positive, got {focal}")
     if supersample < 1:
         raise ConfigError(f"supersample must be >= 1, got {supersample}")
     out = Path(out_dir)
@@ -594,7 +599,7 @@ def generate_sequence(out_dir: str | Path, *, seed: int = 0, trajectory: str = "
 
     scene = build_scene(seed)
     poses = make_trajectory(trajectory, scene.size, num_frames, fps, seed, speed=deg.speed)
-    K = default_intrinsics(width, height)
+    K = default_intrinsics(width, height, focal)
     renderer = Renderer(scene, K, width, height, supersample)
     t_us = [_T0_US + round(i * 1e6 / fps) for i in range(num_frames)]
     logger.info("rendering %d frames (%s, seed %d, %dx%d) into %s", num_frames, trajectory, seed, width, height, out)
@@ -622,7 +627,7 @@ def generate_sequence(out_dir: str | Path, *, seed: int = 0, trajectory: str = "
     camera = {"width": width, "height": height, "K": K.tolist(), "depth_scale": DEPTH_SCALE,
               "distortion": [], "generator": {"module": __name__, "seed": seed, "trajectory": trajectory,
                                               "num_frames": num_frames, "fps": fps, "supersample": supersample,
-                                              "rgb_format": rgb_format,
+                                              "rgb_format": rgb_format, "focal": focal,
                                               "jpeg_quality": jpeg_quality if rgb_format == "jpg" else None,
                                               "degradations": deg.to_dict()}}
     (out / "camera.json").write_text(json.dumps(camera, indent=2) + "\n")

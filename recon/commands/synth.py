@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rgb-format", choices=("png", "jpg"), default="png",
                         help="colour image format (default png; jpg is ~6x smaller)")
     parser.add_argument("--jpeg-quality", type=int, default=92, metavar="Q", help="JPEG quality (default 92)")
+    parser.add_argument("--focal", type=float, default=None, metavar="F",
+                        help="focal length in pixels (default 0.8 x width, the geometric backend's own guess)")
     g = parser.add_argument_group("sensor degradations (recon.datasets.degrade; ground truth stays exact)")
     g.add_argument("--realistic", action="store_true",
                    help="preset of a hand-held Kinect-class camera: every option below on at its stated value "
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         out = generate_sequence(args.out, seed=args.seed, trajectory=args.trajectory, num_frames=args.frames,
                                 width=args.width, height=args.height, fps=args.fps, supersample=args.supersample,
                                 rgb_format=args.rgb_format, jpeg_quality=args.jpeg_quality,
-                                degradations=degradations_from_args(args))
+                                degradations=degradations_from_args(args), focal=args.focal)
     dt = time.perf_counter() - t0
     print(f"wrote {args.frames} frames ({args.trajectory}, seed {args.seed}, {args.width}x{args.height}) to {out} "
           f"in {dt:.1f} s; read it with `recon replay {out}`")
