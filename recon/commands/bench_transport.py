@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,6 +72,17 @@ class Row:
     fps: float = 0.0
     latency_ms: list[float] = field(default_factory=list, repr=False)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def process_cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system, every thread) a process has used so far; this process when `pid` is None."""
+    import os
+
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def frames_for(width: int, height: int, n: int = 8) -> list[np.ndarray]:
@@ -162,12 +174,14 @@ def _recon(cfg: tuple[str, str, int], seconds: float, images: list[np.ndarray], 
                                                 record_latency=not subscriber), ctx)
                     for i in range(streams)]
             threads = [threading.Thread(target=c.run, daemon=True) for c in cams]
+            cpu0 = (process_cpu_s(proc.pid), process_cpu_s())
             t0 = time.perf_counter()
             for t in threads:
                 t.start()
             for t in threads:
                 t.join(seconds + 60)
             elapsed = time.perf_counter() - t0
+            cpu1 = (process_cpu_s(proc.pid), process_cpu_s())
             status = request(ctx, ep_ctl, {"cmd": "status"})
             acked = sum(c.stats.acked for c in cams)
             deadline = time.monotonic() + 5
@@ -175,7 +189,8 @@ def _recon(cfg: tuple[str, str, int], seconds: float, images: list[np.ndarray], 
                 time.sleep(0.01)
         row.frames, row.seconds, row.fps = acked, elapsed, acked / elapsed
         row.latency_ms = list(times.lat_ms) if times is not None else [x for c in cams for x in c.stats.latency_ms]
-        row.extra = {"node_drops": status["drops"], "rejected": status["rejected_total"]}
+        row.extra = {"node_drops": status["drops"], "rejected": status["rejected_total"],
+                     **_cpu_per_frame(cpu0, cpu1, acked)}
     finally:
         stop_process(proc)
         ctx.term()
@@ -237,16 +252,25 @@ def _imagezmq(cfg: tuple[str, str, int], seconds: float, images: list[np.ndarray
         for t in threads:
             t.start()
         start.wait(60)
+        cpu0 = (process_cpu_s(proc.pid), process_cpu_s())
         t0 = time.perf_counter()
         for t in threads:
             t.join(seconds + 60)
         row.seconds = time.perf_counter() - t0
+        cpu1 = (process_cpu_s(proc.pid), process_cpu_s())
         row.latency_ms = [x for s in lat for x in s]
         row.frames = len(row.latency_ms)
         row.fps = row.frames / row.seconds
+        row.extra = _cpu_per_frame(cpu0, cpu1, row.frames)
     finally:
         stop_process(proc)
     return row
+
+
+def _cpu_per_frame(before: tuple[float, float], after: tuple[float, float], frames: int) -> dict[str, float]:
+    """Microseconds of CPU per frame of the receiving process (node / hub) and of this, the sending, process."""
+    n = max(frames, 1)
+    return {"receiver_cpu_us": 1e6 * (after[0] - before[0]) / n, "sender_cpu_us": 1e6 * (after[1] - before[1]) / n}
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -264,7 +288,11 @@ def summarize(rows: list[Row], window: int) -> list[dict[str, Any]]:
             rs = [r for r in mine if r.system == system]
             lat = [x for r in rs for x in r.latency_ms]
             entry[system] = {"fps": float(np.median([r.fps for r in rs])) if rs else float("nan"),
-                             "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "rounds": len(rs)}
+                             "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "rounds": len(rs),
+                             "receiver_cpu_us": float(np.median([r.extra["receiver_cpu_us"] for r in rs]))
+                             if rs else float("nan"),
+                             "sender_cpu_us": float(np.median([r.extra["sender_cpu_us"] for r in rs]))
+                             if rs else float("nan")}
         for system in (f"recon window {window}", "recon window 1"):
             ratios = []
             for rnd in sorted({r.round for r in mine}):
@@ -325,6 +353,15 @@ def run(args: argparse.Namespace) -> int:
               f"{a['p99_ms']:.2f} | {b['fps']:.0f} | {b['p50_ms']:.2f} / {b['p99_ms']:.2f} | {z['fps']:.0f} | "
               f"{z['p50_ms']:.2f} / {z['p99_ms']:.2f} | {ra['median']:.2f}x ({ra['min']:.2f}-{ra['max']:.2f}) | "
               f"{rb['median']:.2f}x ({rb['min']:.2f}-{rb['max']:.2f}) | {e['added_p99_ms (window 1)']:+.2f} |")
+    print("\nCPU per frame, median over the rounds (microseconds, every thread of the process: receiver = the "
+          "reconstruction node / the imagezmq hub, sender = this process, the cameras / the ImageSenders)\n")
+    print(f"| size | enc | streams | {w8} receiver / sender | recon window 1 receiver / sender | imagezmq receiver / "
+          f"sender |")
+    print("|---|---|---|---|---|---|")
+    for e in table:
+        cells = [f"{e[k]['receiver_cpu_us']:.0f} / {e[k]['sender_cpu_us']:.0f}" for k in (w8, "recon window 1",
+                                                                                           "imagezmq")]
+        print(f"| {e['size']} | {e['encoding']} | {e['streams']} | {' | '.join(cells)} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"summary": table, "rounds": [{**asdict(r), "latency_ms": None,
