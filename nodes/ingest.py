@@ -54,7 +54,9 @@ class Ingest:
         self._peers: collections.OrderedDict[bytes, Peer] = collections.OrderedDict()
         self._finish = threading.Event()
         self._sock = open_socket(context, zmq.ROUTER, limits=limits, security=security, server=True, hwm=hwm)
-        self._sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        # A reply that cannot be queued (the camera's queue is full, or it is gone) fails instead of vanishing, so
+        # `Replies` counts it.
+        self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._sock.setsockopt(zmq.SNDHWM, 1000)
 
     def bind(self) -> None:
