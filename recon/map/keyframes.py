@@ -28,6 +28,7 @@ class Keyframe:
         keypoints: float32 [n,2] pixel positions in the full-resolution image.
         descriptors: uint8 [n,32] ORB descriptors.
         points_cam: float32 [n,3] keypoint positions in the camera frame; NaN where unknown.
+        size: (width, height) of the image the keypoints are in.
         scale: median keypoint depth (the keyframe's scene scale in its own units; 1 when unknown).
         words: vocabulary word of each descriptor (int32 [n]); empty until a vocabulary exists.
     """
@@ -39,8 +40,23 @@ class Keyframe:
     keypoints: np.ndarray
     descriptors: np.ndarray
     points_cam: np.ndarray
+    size: tuple[int, int] = (0, 0)
     scale: float = 1.0
     words: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+
+    @property
+    def has_points(self) -> bool:
+        return bool(np.isfinite(self.points_cam[:, 2]).any()) if len(self.points_cam) else False
+
+    def refresh_points(self, result: FrameResult, depth: np.ndarray | None = None) -> None:
+        """Take 3-D keypoints from a revised result of the same frame (where it has them) and re-measure the scale."""
+        pts = keypoint_points(result, self.keypoints, self.size[0], self.size[1], depth)
+        ok = np.isfinite(pts[:, 2])
+        if ok.any():
+            self.points_cam = np.where(ok[:, None], pts, self.points_cam).astype(np.float32)
+        z = self.points_cam[:, 2][np.isfinite(self.points_cam[:, 2])]
+        if len(z):
+            self.scale = float(np.median(z))
 
 
 def full_resolution_K(result: FrameResult, width: int, height: int) -> np.ndarray:
@@ -109,17 +125,25 @@ def _backproject(kp_n2: np.ndarray, z_n: np.ndarray, K: np.ndarray) -> np.ndarra
 
 
 class OrbExtractor:
-    """ORB keypoints and descriptors (OpenCV): binary, rotation invariant, free of weights and licences."""
+    """ORB keypoints and descriptors (OpenCV): binary, rotation invariant, free of weights and licences.
 
-    def __init__(self, n_features: int = 1000) -> None:
+    Images narrower than `min_width` are upsampled by an integer factor first: ORB's 31-pixel patches and
+    8-level pyramid find few corners in a 160-pixel image (keypoints are returned in the original pixels).
+    """
+
+    def __init__(self, n_features: int = 1000, min_width: int = 480) -> None:
         self.n_features = int(n_features)
+        self.min_width = int(min_width)
         self._orb = cv2.ORB_create(nfeatures=self.n_features, scaleFactor=1.2, nlevels=8, fastThreshold=12)
 
     def __call__(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        kps, desc = self._orb.detectAndCompute(gray, None)
+        up = max(1, -(-self.min_width // gray.shape[1]))
+        img = gray if up == 1 else cv2.resize(gray, None, fx=up, fy=up, interpolation=cv2.INTER_LINEAR)
+        kps, desc = self._orb.detectAndCompute(img, None)
         if desc is None or not kps:
             return np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
-        return np.array([k.pt for k in kps], np.float32), desc
+        pts = (np.array([k.pt for k in kps], np.float32) + 0.5) / up - 0.5
+        return pts.astype(np.float32), desc
 
 
 @dataclass

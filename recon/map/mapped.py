@@ -59,6 +59,7 @@ class MapOptions:
         update_tolerance: a past frame is re-emitted when its corrected centre moved by more than this fraction of
             the scene scale, or its rotation by more than 0.1 degree.
         frame_cache: recent input frames kept for keyframe features (windowed backends emit late).
+        min_3d: fraction of a keyframe's keypoints that must have a 3-D position.
         verify, noise: verification thresholds and pose-graph sigmas.
     """
 
@@ -73,6 +74,7 @@ class MapOptions:
     optimise_every: int = 3
     update_tolerance: float = 1e-3
     frame_cache: int = 64
+    min_3d: float = 0.3
     verify: VerifyOptions = field(default_factory=VerifyOptions)
     noise: GraphNoise = field(default_factory=GraphNoise)
 
@@ -198,13 +200,19 @@ class MappedBackend:
                 rec.T_odom = r.T_world_cam.copy()
                 k = rec.keyframe
                 if k >= 0 and self.keyframes[k].seq == r.seq:
-                    self.keyframes[k].T_odom_cam = r.T_world_cam.copy()
+                    kf = self.keyframes[k]
+                    kf.T_odom_cam = r.T_world_cam.copy()
+                    if r.points_world is not None or r.depth is not None:
+                        kf.refresh_points(r, self._recent.get(r.seq, (None, None))[1])
+                        self._set_unit()
             else:
                 k = len(self.keyframes) - 1
                 last = self.keyframes[-1] if self.keyframes else None
                 if self.options.keyframe.is_keyframe(r.T_world_cam, r.seq, last):
-                    k = self._add_keyframe(r)
-                    updates = self._after_keyframe(k)
+                    kf = self._make_keyframe(r)
+                    if kf is not None:
+                        k = self._add_keyframe(kf)
+                        updates = self._after_keyframe(k)
                 rec = _Record(int(r.t_ns), r.T_world_cam.copy(), r.K.copy(), k, bool(r.metric), r.T_world_cam.copy())
                 self._frames[r.seq] = rec
             C = self._correction(rec.keyframe) if rec.keyframe >= 0 else Sim3.identity()
@@ -220,7 +228,9 @@ class MappedBackend:
             pts = C.apply_points(pts.astype(np.float64)).astype(pts.dtype)
         return replace(r, T_world_cam=C.apply_poses(r.T_world_cam), points_world=pts)
 
-    def _add_keyframe(self, r: FrameResult) -> int:
+    def _make_keyframe(self, r: FrameResult) -> Keyframe | None:
+        """Features and 3-D keypoints of a result; None when too few keypoints have 3-D (a monocular frame held
+        before initialisation, an empty view): the next result gets the chance instead."""
         image, depth = self._recent.get(r.seq, (r.image, None))
         if image is None:
             raise ConfigError(f"map layer: result {r.stream_id}/{r.seq} has no image and its frame is no longer "
@@ -231,18 +241,26 @@ class MappedBackend:
         h, w = gray.shape
         kp, desc = self._orb(gray)
         pts = keypoint_points(r, kp, w, h, depth)
-        z = pts[:, 2][np.isfinite(pts[:, 2])]
-        scale = float(np.median(z)) if len(z) else (self.keyframes[-1].scale if self.keyframes else 1.0)
-        k = len(self.keyframes)
-        kf = Keyframe(k, int(r.seq), int(r.t_ns), r.T_world_cam.copy(), kp, desc, pts, scale)
+        ok = np.isfinite(pts[:, 2])
+        if ok.sum() < max(self.options.verify.min_inliers, self.options.min_3d * len(kp)):
+            return None
         self._K_full = full_resolution_K(r, w, h)
+        return Keyframe(len(self.keyframes), int(r.seq), int(r.t_ns), r.T_world_cam.copy(), kp, desc, pts, (w, h),
+                        float(np.median(pts[ok, 2])))
+
+    def _add_keyframe(self, kf: Keyframe) -> int:
+        k = kf.index
         C_prev = self._correction(k - 1) if k > 0 else Sim3.identity()
         self.keyframes.append(kf)
         self._nodes.append(C_prev @ Sim3.from_se3(kf.T_odom_cam))
-        if k == 0:
-            self._unit = scale
+        self._set_unit()
         self._index_keyframe(kf)
         return k
+
+    def _set_unit(self) -> None:
+        """The graph's scene scale: the median depth of the first keyframe that has 3-D points."""
+        first = next((kf for kf in self.keyframes if kf.has_points), None)
+        self._unit = first.scale if first is not None else 1.0
 
     def _index_keyframe(self, kf: Keyframe) -> None:
         n = len(self.keyframes)

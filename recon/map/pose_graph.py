@@ -5,7 +5,10 @@ the backend measured; loop edges carry verified relative transforms. In Sim(3) m
 scale, so the scale drift of monocular and up-to-scale learned backends is absorbed per keyframe chunk (the
 Sim(3) pose graph of Strasdat et al. 2010, ORB-SLAM's essential graph). GTSAM's Python wrapper has
 `Similarity3` and `BetweenFactorSimilarity3` (checked with gtsam 4.3), so both modes are plain GTSAM graphs
-solved by Levenberg-Marquardt; loop edges get a Cauchy kernel so one wrong loop cannot bend the whole map.
+solved by Levenberg-Marquardt. Loops are verified before they get here, so they enter as plain Gaussian edges
+(a robust kernel on the first loop of a long drift would treat the loop itself as the outlier: the residual is
+the whole drift); after the solve, a loop whose whitened error stays above `reject_chi2` while others agree
+is dropped and the graph solved again, so one wrong loop cannot bend the whole map.
 
 Noise is relative to the map's scene scale `unit` (the median keyframe depth), so the same sigmas fit metres and
 arbitrary units. Loop edges are given smaller sigmas than one odometry edge: a loop is one direct measurement,
@@ -33,7 +36,7 @@ class GraphNoise:
     loop_rot: float = 0.005
     loop_trans: float = 0.005
     loop_scale: float = 0.005
-    cauchy: float = 1.0
+    reject_chi2: float = 100.0
 
 
 def _gtsam():
@@ -87,28 +90,38 @@ def optimise_pose_graph(initial: list[Sim3], odometry: list[Sim3], loops: list[t
 
     Diagonal = gtsam.noiseModel.Diagonal
     odom_model = Diagonal.Sigmas(sigmas(noise.odom_rot, noise.odom_trans, noise.odom_scale))
-    loop_model = gtsam.noiseModel.Robust.Create(gtsam.noiseModel.mEstimator.Cauchy.Create(noise.cauchy),
-                                                Diagonal.Sigmas(sigmas(noise.loop_rot, noise.loop_trans,
-                                                                       noise.loop_scale)))
+    loop_model = Diagonal.Sigmas(sigmas(noise.loop_rot, noise.loop_trans, noise.loop_scale))
     prior_model = Diagonal.Sigmas(sigmas(1e-6, 1e-6, 1e-6))
     Between = gtsam.BetweenFactorSimilarity3 if sim3 else gtsam.BetweenFactorPose3
     Prior = gtsam.PriorFactorSimilarity3 if sim3 else gtsam.PriorFactorPose3
 
-    graph = gtsam.NonlinearFactorGraph()
     values = gtsam.Values()
     for i, S in enumerate(initial):
         values.insert(i, _to_gtsam(S, sim3))
-    graph.add(Prior(0, _to_gtsam(initial[0], sim3), prior_model))
-    for i, S in enumerate(odometry):
-        graph.add(Between(i, i + 1, _to_gtsam(S, sim3), odom_model))
-    for i, j, S in loops:
-        graph.add(Between(int(i), int(j), _to_gtsam(S, sim3), loop_model))
-    params = gtsam.LevenbergMarquardtParams()
-    params.setMaxIterations(int(iterations))
-    optimiser = gtsam.LevenbergMarquardtOptimizer(graph, values, params)
-    before = float(graph.error(values))
-    result = optimiser.optimize()
+    keep = list(range(len(loops)))
+    rejected = 0
+    while True:
+        graph = gtsam.NonlinearFactorGraph()
+        graph.add(Prior(0, _to_gtsam(initial[0], sim3), prior_model))
+        for i, S in enumerate(odometry):
+            graph.add(Between(i, i + 1, _to_gtsam(S, sim3), odom_model))
+        loop_factors = []
+        for li in keep:
+            i, j, S = loops[li]
+            loop_factors.append(Between(int(i), int(j), _to_gtsam(S, sim3), loop_model))
+            graph.add(loop_factors[-1])
+        params = gtsam.LevenbergMarquardtParams()
+        params.setMaxIterations(int(iterations))
+        optimiser = gtsam.LevenbergMarquardtOptimizer(graph, values, params)
+        before = float(graph.error(values))
+        result = optimiser.optimize()
+        errors = np.array([2.0 * f.error(result) for f in loop_factors])
+        worst = int(np.argmax(errors)) if len(errors) > 1 else -1
+        if worst < 0 or errors[worst] <= noise.reject_chi2:
+            break
+        keep.pop(worst)  # the loop the others disagree with most
+        rejected += 1
     info = {"error_before": before, "error_after": float(graph.error(result)),
-            "iterations": float(optimiser.iterations())}
+            "iterations": float(optimiser.iterations()), "loops_rejected": float(rejected)}
     getter = result.atSimilarity3 if sim3 else result.atPose3
     return [_from_gtsam(getter(i), sim3) for i in range(n)], info

@@ -3,8 +3,11 @@
 Steps: ORB matches (Hamming, Lowe's ratio test); an essential matrix by RANSAC on the matches (two-view
 epipolar consistency, which needs no 3-D and rejects most false place matches); then the relative transform
 from the 3-D keypoints of both keyframes by RANSAC over Umeyama fits: SE(3) when both are metric, Sim(3) when
-scale may have drifted (monocular and learned up-to-scale backends). The result maps camera points of `query`
-into the camera frame of `match`.
+scale may have drifted (monocular and learned up-to-scale backends); last, that transform is refined by
+minimising the reprojection error of both keyframes' 3-D points in the other image (ORB-SLAM's Sim(3)
+refinement): depth from monocular or learned point maps is coarse, pixel positions are not, so the rotation
+and translation direction come out far better than from the 3-D fit alone. The result maps camera points of
+`query` into the camera frame of `match`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from recon.geometry import GeometryError, Sim3, umeyama
+from recon.geometry import GeometryError, Sim3, so3_exp, so3_log, umeyama
 from recon.map.keyframes import Keyframe
 
 logger = logging.getLogger(__name__)
@@ -131,8 +134,43 @@ def verify_loop(query: Keyframe, match: Keyframe, K: np.ndarray, *, metric: bool
     if fit is None:
         return None
     S, inl = fit
+    S = refine_reprojection(S, src[inl], dst[inl], query.keypoints[pairs[ok][inl, 0]],
+                            match.keypoints[pairs[ok][inl, 1]], K, with_scale=not metric,
+                            pixel_scale=options.epipolar_px)
     n_in = int(inl.sum())
     if n_in < options.min_inliers or n_in < options.min_inlier_ratio * len(src):
         logger.debug("loop %d -> %d rejected: %d/%d 3-D inliers", query.index, match.index, n_in, len(src))
         return None
     return LoopMeasurement(query.index, match.index, S, n_in, len(pairs))
+
+
+def _project(P_n3: np.ndarray, K: np.ndarray) -> np.ndarray:
+    z = np.maximum(P_n3[:, 2:3], 1e-9)
+    return (P_n3[:, :2] / z) * np.array([K[0, 0], K[1, 1]]) + np.array([K[0, 2], K[1, 2]])
+
+
+def refine_reprojection(S: Sim3, X_query: np.ndarray, X_match: np.ndarray, uv_query: np.ndarray,
+                        uv_match: np.ndarray, K: np.ndarray, *, with_scale: bool, pixel_scale: float) -> Sim3:
+    """`S_match_query` minimising both images' reprojection errors (robust soft-L1 loss, scipy)."""
+    from scipy.optimize import least_squares
+
+    if len(X_query) < 6:
+        return S
+
+    def unpack(x: np.ndarray) -> Sim3:
+        return Sim3(float(np.exp(x[6])) if with_scale else 1.0, so3_exp(x[:3]), x[3:6])
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        T = unpack(x)
+        in_match = T.apply_points(X_query)
+        in_query = T.inverse().apply_points(X_match)
+        return np.concatenate([(_project(in_match, K) - uv_match).ravel(),
+                               (_project(in_query, K) - uv_query).ravel()])
+
+    x0 = np.concatenate([so3_log(S.R), S.t, [np.log(S.s)]])
+    try:
+        sol = least_squares(residuals, x0, loss="soft_l1", f_scale=pixel_scale, max_nfev=50)
+        refined = unpack(sol.x)
+    except (ValueError, GeometryError):
+        return S
+    return refined

@@ -48,25 +48,46 @@ def loop_frames(*, depth: bool, seed: int = 3, width: int = 160, height: int = 1
     return frames, poses
 
 
-def drift(i: int, yaw: float, climb: float, scale: float) -> Sim3:
-    """The accumulated error after frame `i`: yaw about world z, a vertical creep, a scale change."""
-    return Sim3((1.0 + scale) ** i, so3_exp(np.array([0.0, 0.0, yaw * i])), np.array([0.0, 0.0, climb * i]))
-
-
 class DriftingBackend:
-    """Wraps a backend and drifts its output (poses and points) by `drift(seq, ...)`, as odometry does."""
+    """Wraps a backend and makes its odometry drift the way real odometry does: every relative motion picks up
+    a small error (a yaw about the camera's up axis, a creep along it, a scale change for up-to-scale backends),
+    so the error accumulates along the path. Points move with their frame's drifted pose."""
 
-    def __init__(self, inner, yaw: float = math.radians(0.15), climb: float = 0.004, scale: float = 0.0) -> None:
+    def __init__(self, inner, yaw: float = math.radians(0.3), climb: float = 0.004, scale: float = 0.0) -> None:
         self.inner, self.name = inner, inner.name
         self.yaw, self.climb, self.scale = yaw, climb, scale
+        self.reset_drift()
+
+    def reset_drift(self) -> None:
+        self._last: tuple[np.ndarray, np.ndarray, float] | None = None  # raw pose, drifted pose, scale so far
+        self._by_seq: dict[int, Sim3] = {}
+
+    def _error(self) -> np.ndarray:
+        E = np.eye(4)
+        E[:3, :3] = so3_exp(np.array([0.0, -self.yaw, 0.0]))  # camera y points down: -y is up
+        E[1, 3] = -self.climb
+        return E
 
     def _drift(self, results: list[FrameResult]) -> list[FrameResult]:
         out = []
         for r in results:
-            D = drift(r.seq, self.yaw, self.climb, self.scale)
+            D = self._by_seq.get(r.seq)
+            if D is None:
+                if self._last is None:
+                    T_new, s = r.T_world_cam.copy(), 1.0
+                else:
+                    raw, drifted, s = self._last
+                    rel = np.linalg.inv(raw) @ r.T_world_cam
+                    s *= 1.0 + self.scale
+                    rel[:3, 3] *= s
+                    T_new = drifted @ self._error() @ rel
+                self._last = (r.T_world_cam.copy(), T_new, s)
+                # points: camera frame of the raw pose, scaled by the accumulated scale, into the drifted pose
+                D = Sim3.from_se3(T_new) @ Sim3(s, np.eye(3), np.zeros(3)) @ Sim3.from_se3(r.T_world_cam).inverse()
+                self._by_seq[r.seq] = D
             pts = None if r.points_world is None else D.apply_points(r.points_world.astype(np.float64))
             pts = None if pts is None else pts.astype(np.float32)
-            depth = None if r.depth is None else r.depth * D.s
+            depth = None if r.depth is None else (r.depth * D.s).astype(np.float32)
             out.append(FrameResult(r.stream_id, r.seq, r.t_ns, D.apply_poses(r.T_world_cam), r.K, depth=depth,
                                    confidence=r.confidence, points_world=pts,
                                    metric=r.metric, image=r.image, is_update=r.is_update, tracked=r.tracked))
@@ -74,6 +95,7 @@ class DriftingBackend:
 
     def reset(self) -> None:
         self.inner.reset()
+        self.reset_drift()
 
     def step(self, frame: Frame) -> list[FrameResult]:
         return self._drift(self.inner.step(frame))
