@@ -19,6 +19,7 @@ import numpy as np
 
 from recon.errors import ConfigError
 from recon.geometry.camera import depth_to_world_points
+from recon.geometry.transforms import inv_se3
 from recon.types import FrameResult
 
 logger = logging.getLogger(__name__)
@@ -204,27 +205,45 @@ _EMPTY_PLY = ("ply\nformat ascii 1.0\nelement vertex 0\nproperty double x\nprope
 class PointCloudWriter:
     """Sink writing the voxel-downsampled coloured union of all point maps to a PLY file at `close`.
 
-    Revised results (`is_update`) are not added again: their points were already counted once, and a
-    voxel grid cannot remove the stale copy. Without `voxel_size` it is chosen from the first result with
-    points (`auto_voxel_size`), because monocular backends have an arbitrary scale.
+    Revised results (`is_update`, same `seq`) are applied: a revision that carries points replaces the frame's
+    points; a pose-only revision (recon.map's loop-closure corrections) moves the frame's points with the new
+    pose (`T_new T_old^-1`). For that the writer holds each frame's points (voxel-downsampled on their own)
+    until `revisable_points` are held, then folds the oldest frames into the shared voxel grid, where they can no
+    longer move (a revision of a folded frame is counted and logged once). Without `voxel_size` it is chosen from
+    the first result with points (`auto_voxel_size`), because monocular backends have an arbitrary scale.
     """
 
     name = "ply"
 
     def __init__(self, path: str | Path, *, voxel_size: float | None = None,
                  selection: PointSelection = DEFAULT_SELECTION,
-                 buffer_points: int = 300_000) -> None:
+                 buffer_points: int = 300_000, revisable_points: int = 3_000_000) -> None:
         self.path = Path(path)
         self.selection = selection
         self.voxel_size = voxel_size
         self.buffer_points = buffer_points
+        self.revisable_points = int(revisable_points)
         self._acc: VoxelAccumulator | None = None
+        self._held: dict[tuple[str, int], tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+        self._held_points = 0
+        self._folded: set[tuple[str, int]] = set()
         self._closed = False
         self.points_written = 0
+        self.revisions_applied = 0
+        self.revisions_too_late = 0
 
     def on_result(self, result: FrameResult) -> None:
-        if result.is_update:
-            return
+        key = (result.stream_id, int(result.seq))
+        if result.is_update and key not in self._held:
+            if key in self._folded:
+                self.revisions_too_late += 1
+                if self.revisions_too_late == 1:
+                    logger.warning("point cloud: a revision of %s/%d came after its points were merged into the "
+                                   "voxel grid (raise revisable_points); it and later ones keep their first pose",
+                                   *key)
+                return
+            if result_points_hw3(result) is None:
+                return  # a pose revision of a frame that had no points
         if self._acc is None:
             voxel = self.voxel_size or auto_voxel_size(result)
             if voxel is None:
@@ -232,8 +251,34 @@ class PointCloudWriter:
             self._acc = VoxelAccumulator(voxel, self.buffer_points)
             how = "" if self.voxel_size else " (auto: 1% of the median depth)"
             logger.info("point cloud voxel size %.4g%s", voxel, how)
+        if result.is_update:
+            self.revisions_applied += 1
+        if result.is_update and result_points_hw3(result) is None:
+            T_old, xyz, rgb = self._held[key]
+            M = result.T_world_cam @ inv_se3(T_old)
+            self._held[key] = (result.T_world_cam.copy(), (xyz @ M[:3, :3].T + M[:3, 3]).astype(np.float32), rgb)
+            return
+        xyz, rgb = self._frame_points(result)
+        old = self._held.pop(key, None)
+        self._held_points += len(xyz) - (0 if old is None else len(old[1]))
+        self._held[key] = (result.T_world_cam.copy(), xyz, rgb)
+        while self._held_points > self.revisable_points and len(self._held) > 1:
+            oldest = next(iter(self._held))
+            _, f_xyz, f_rgb = self._held.pop(oldest)
+            self._acc.add(f_xyz, f_rgb)
+            self._held_points -= len(f_xyz)
+            self._folded.add(oldest)
+
+    def _frame_points(self, result: FrameResult) -> tuple[np.ndarray, np.ndarray | None]:
+        """One frame's selected points, downsampled on the map's voxel grid (float32 xyz, uint8 rgb or None)."""
         xyz, rgb = select_points(result, self.selection)
-        self._acc.add(xyz, rgb)
+        if len(xyz) == 0:
+            return xyz, rgb
+        frame = VoxelAccumulator(self._acc.voxel_size, buffer_points=len(xyz) + 1)
+        frame.add(xyz, rgb)
+        v_xyz, v_rgb = frame.points()
+        colours = None if rgb is None else np.clip(np.round(v_rgb * 255.0), 0, 255).astype(np.uint8)
+        return v_xyz.astype(np.float32), colours
 
     def close(self) -> None:
         if self._closed:
@@ -243,6 +288,9 @@ class PointCloudWriter:
 
         pcd = o3d.geometry.PointCloud()
         if self._acc is not None:
+            for _, xyz, rgb in self._held.values():
+                self._acc.add(xyz, rgb)
+            self._held.clear()
             xyz, rgb = self._acc.points()
             pcd.points = o3d.utility.Vector3dVector(xyz)
             pcd.colors = o3d.utility.Vector3dVector(rgb)
@@ -260,4 +308,5 @@ class PointCloudWriter:
 
     def summary(self) -> dict[str, Any]:
         return {"path": str(self.path), "points": self.points_written,
-                "voxel_size": None if self._acc is None else self._acc.voxel_size}
+                "voxel_size": None if self._acc is None else self._acc.voxel_size,
+                "revisions_applied": self.revisions_applied, "revisions_too_late": self.revisions_too_late}
