@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import open3d as o3d
+import pytest
 
 from recon.geometry import make_se3, so3_exp
 from recon.sinks.points import PointCloudWriter
@@ -57,3 +58,31 @@ def test_a_revision_with_points_replaces_them_and_a_folded_frame_is_counted(tmp_
     z = np.unique(np.round(_read(tmp_path / "b.ply")[:, 2], 1))
     assert set(z.tolist()) == {2.0, 6.0}
     assert writer.summary()["revisions_too_late"] == 1 and writer.summary()["revisions_applied"] == 1
+
+
+def test_the_rerun_path_and_map_follow_a_pose_only_revision(tmp_path: Path) -> None:
+    import rerun.chunk as rr_chunk
+
+    from recon.viewer import create_rerun_sink
+    from tests.viewer.test_rerun_logger import make_result
+
+    path = tmp_path / "rec.rrd"
+    sink = create_rerun_sink(f"rrd:{path}", stream_ids=["cam"], map_every=2, trajectory_block=10)
+    for seq in range(4):
+        sink.on_result(make_result("cam", seq))
+    moved = make_result("cam", 3)
+    T = moved.T_world_cam.copy()
+    T[0, 3] += 5.0
+    sink.on_result(FrameResult("cam", 3, moved.t_ns, T, moved.K, metric=True, is_update=True))
+    sink.close()
+
+    def last(entity: str, column: str) -> list:
+        rows = [c.to_record_batch().column(column).to_pylist() for c in rr_chunk.RrdReader(path).stream()
+                if c.entity_path == entity]
+        return [row for batch in rows for row in batch if row is not None][-1]
+
+    strip = last("/world/cam/trajectory/0", "LineStrips3D:strips")[0]
+    assert [p[0] for p in strip] == pytest.approx([0.0, 0.1, 0.2, 5.3])
+    xyz = np.array(last("/world/cam/map", "Points3D:positions"))
+    assert (xyz[:, 0] > 4.0).any()  # frame 3's points moved with it, 5 m along x
+    assert (xyz[:, 0] < 2.0).any()  # the other frames' points stayed
