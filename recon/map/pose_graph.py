@@ -40,7 +40,7 @@ class GraphNoise:
 
 
 def _gtsam():
-    return require_package("gtsam", extra="map")
+    return require_package("gtsam", pip_name="gtsam")
 
 
 def _to_gtsam(S: Sim3, sim3: bool):
