@@ -7,7 +7,12 @@ direction (minus the image y axis, averaged over the path) over the path length,
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import numpy as np
+
+from recon.types import BackendStats, Frame, FrameResult
 
 
 def path_length(T_world_cam: np.ndarray) -> float:
@@ -27,3 +32,36 @@ def loop_figures(T_world_cam: np.ndarray) -> dict[str, float]:
     h = (c - c[0]) @ up
     return {"path": length, "return_error": float(np.linalg.norm(c[-1] - c[0]) / length),
             "vertical_drift": float((h.max() - h.min()) / length)}
+
+
+class OdometryRecorder:
+    """Passes a backend through and keeps what it emitted (seq -> pose) and its time: the odometry before the map
+    layer, measured in the same run as the corrected output (`MappedBackend(OdometryRecorder(inner))`)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.name = inner, inner.name
+        self.poses: dict[int, np.ndarray] = {}
+        self.seconds = 0.0
+
+    def _keep(self, results: list[FrameResult]) -> list[FrameResult]:
+        self.poses.update({r.seq: r.T_world_cam for r in results if r.tracked})
+        return results
+
+    def reset(self) -> None:
+        self.inner.reset()
+        self.poses.clear()
+
+    def step(self, frame: Frame) -> list[FrameResult]:
+        t0 = time.perf_counter()
+        out = self.inner.step(frame)
+        self.seconds += time.perf_counter() - t0
+        return self._keep(out)
+
+    def flush(self) -> list[FrameResult]:
+        t0 = time.perf_counter()
+        out = self.inner.flush()
+        self.seconds += time.perf_counter() - t0
+        return self._keep(out)
+
+    def stats(self) -> BackendStats:
+        return self.inner.stats()

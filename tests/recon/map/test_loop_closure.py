@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from recon.backends import create_backend
-from recon.map import MapOptions, MappedBackend, loop_figures
+from recon.map import MapOptions, MappedBackend, OdometryRecorder, loop_figures
 from recon.sinks.trajectory import TrajectoryWriter
 from recon.types import BackendStats, Frame, FrameResult
 from tests.recon.map._loop import DriftingBackend, loop_frames
@@ -36,29 +36,6 @@ def _run(backend, frames: list[Frame]) -> tuple[list[FrameResult], dict[int, np.
 
 def _figures(poses: dict[int, np.ndarray]) -> dict[str, float]:
     return loop_figures(np.stack([poses[s] for s in range(N_LOOP + 1)]))
-
-
-class Tap:
-    """Passes a backend through and keeps the poses it emitted (the odometry before the map layer)."""
-
-    def __init__(self, inner) -> None:
-        self.inner, self.name, self.poses = inner, inner.name, {}
-
-    def _keep(self, results: list[FrameResult]) -> list[FrameResult]:
-        self.poses.update({r.seq: r.T_world_cam for r in results})
-        return results
-
-    def reset(self) -> None:
-        self.inner.reset()
-
-    def step(self, frame: Frame) -> list[FrameResult]:
-        return self._keep(self.inner.step(frame))
-
-    def flush(self) -> list[FrameResult]:
-        return self._keep(self.inner.flush())
-
-    def stats(self) -> BackendStats:
-        return self.inner.stats()
 
 
 class OraclePointMaps:
@@ -92,7 +69,7 @@ class OraclePointMaps:
 
 def test_rgbd_loop_closes_and_the_trajectory_sink_keeps_the_corrected_poses() -> None:
     frames, _ = loop_frames(depth=True)
-    tap = Tap(DriftingBackend(create_backend("geometric")))
+    tap = OdometryRecorder(DriftingBackend(create_backend("geometric")))
     mapped = MappedBackend(tap)
     out, final = _run(mapped, frames)
     raw = tap.poses
@@ -121,7 +98,7 @@ def test_rgbd_loop_closes_and_the_trajectory_sink_keeps_the_corrected_poses() ->
 def test_up_to_scale_point_maps_close_the_loop_with_sim3() -> None:
     """What the learned backends emit (point maps in their own unit, scale drifting from chunk to chunk)."""
     frames, gt = loop_frames(depth=True)
-    tap = Tap(DriftingBackend(OraclePointMaps(gt), yaw=math.radians(0.3), climb=0.004, scale=0.004))
+    tap = OdometryRecorder(DriftingBackend(OraclePointMaps(gt), yaw=math.radians(0.3), climb=0.004, scale=0.004))
     mapped = MappedBackend(tap)
     out, final = _run(mapped, frames)
     before = _figures(tap.poses)
