@@ -4,7 +4,7 @@ Why this method: DBoW2 (ORB-SLAM's place recogniser) shows that a vocabulary of 
 weights and an L1 score finds revisits reliably from ORB descriptors alone, but its vocabulary is a
 file trained offline on other imagery. Here the vocabulary is trained from the sequence itself (k-majority
 clustering of the keyframes' descriptors, Grana et al. 2013: k-means where the centre of a cluster is the
-bitwise majority), so nothing is downloaded and the words fit the scene being mapped. It is re-trained as the
+bitwise majority, seeded with k-means++), so nothing is downloaded and the words fit the scene being mapped. It is re-trained as the
 map grows (each time the number of keyframes doubles, up to `max_train_keyframes`), which re-assigns the
 words of every stored keyframe; with a few thousand words that costs milliseconds.
 
@@ -68,9 +68,7 @@ class BinaryVocabulary:
             n = self.max_train
         bits = _bits(descriptors)
         k = min(self.k, n)
-        # Seeding: a random sample is enough for binary words (every centre is a real descriptor); k-means++
-        # on all n would cost n*k distances per pick.
-        centres = bits[rng.choice(n, size=k, replace=False)]
+        centres = self._seed(bits, k, rng)
         for _ in range(self.iterations):
             assign = self._nearest(bits, centres)
             counts = np.bincount(assign, minlength=k).astype(np.float32)
@@ -83,6 +81,20 @@ class BinaryVocabulary:
             if len(empty):
                 centres[empty] = bits[rng.choice(n, size=len(empty), replace=False)]
         self.centres = centres
+
+    @staticmethod
+    def _seed(bits: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+        """k-means++ seeding on Hamming distance (Arthur & Vassilvitskii 2007): spread-out starting words, so
+        distinct clusters do not share one word while another is split."""
+        chosen = [int(rng.integers(len(bits)))]
+        dist = hamming_to(bits, bits[chosen[0]][None])[:, 0]
+        for _ in range(k - 1):
+            w = dist.astype(np.float64) ** 2
+            total = w.sum()
+            nxt = int(rng.choice(len(bits), p=w / total)) if total > 0 else int(rng.integers(len(bits)))
+            chosen.append(nxt)
+            dist = np.minimum(dist, hamming_to(bits, bits[nxt][None])[:, 0])
+        return bits[chosen].copy()
 
     @staticmethod
     def _nearest(bits: np.ndarray, centres: np.ndarray, chunk: int = 8192) -> np.ndarray:
