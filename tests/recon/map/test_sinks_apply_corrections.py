@@ -86,3 +86,18 @@ def test_the_rerun_path_and_map_follow_a_pose_only_revision(tmp_path: Path) -> N
     xyz = np.array(last("/world/cam/map", "Points3D:positions"))
     assert (xyz[:, 0] > 4.0).any()  # frame 3's points moved with it, 5 m along x
     assert (xyz[:, 0] < 2.0).any()  # the other frames' points stayed
+
+
+def test_the_exports_map_points_follow_a_pose_only_revision() -> None:
+    from recon.export.common import MapPoints
+
+    first, revised = MapPoints(voxel_size=0.05), MapPoints(voxel_size=0.05)
+    for points in (first, revised):
+        points.add(_result(0, np.eye(4)))
+        points.add(_result(1, make_se3(np.eye(3), np.array([0.0, 0.0, 10.0]))))
+    revised.add(_result(1, make_se3(np.eye(3), np.array([7.0, 0.0, 10.0])), is_update=True, points=False))
+    (a, _), (b, _) = first.points("cam"), revised.points("cam")
+    far_a, far_b = a[a[:, 2] > 5], b[b[:, 2] > 5]
+    assert np.allclose(far_b[:, 2], 12.0, atol=0.03)
+    assert far_b[:, 0].mean() - far_a[:, 0].mean() == pytest.approx(7.0, abs=0.03)  # voxel rounding
+    np.testing.assert_allclose(np.sort(b[b[:, 2] < 5], axis=0), np.sort(a[a[:, 2] < 5], axis=0))
