@@ -48,7 +48,9 @@ class MapOptions:
     Attributes:
         features: ORB features per keyframe.
         keyframe: when a result becomes a keyframe.
-        words: vocabulary size; vocabulary_after: keyframes before the vocabulary is first trained.
+        words: vocabulary size; vocabulary_after: keyframes before the vocabulary is first trained; it is
+            re-trained each time the keyframes double, up to `vocabulary_until` keyframes (a re-training stalls the
+            stream for its duration, seconds on a loaded laptop at 64 keyframes; the words are generic by then).
         min_loop_gap: keyframes between a query and its loop candidates (recent ones overlap trivially).
         candidates: best-scoring candidates verified per query.
         min_score: a candidate's score relative to the query's score with its previous keyframe (DBoW2's
@@ -67,6 +69,7 @@ class MapOptions:
     keyframe: KeyframePolicy = field(default_factory=KeyframePolicy)
     words: int = 256
     vocabulary_after: int = 8
+    vocabulary_until: int = 64
     min_loop_gap: int = 8
     candidates: int = 3
     min_score: float = 0.5
@@ -118,6 +121,9 @@ class MappedBackend:
         self.name = inner.name
         self.options = options or MapOptions()
         self._orb = OrbExtractor(self.options.features)
+        from recon.map.pose_graph import _gtsam
+
+        _gtsam()  # import (and a missing package's error) now, not as a stall at the first loop
         self._reset_map()
 
     # -- Backend interface -------------------------------------------------------------------------------------
@@ -268,7 +274,7 @@ class MappedBackend:
             if n < self.options.vocabulary_after:
                 return
             self._retrain()
-        elif n >= 2 * self._trained_at and n <= 256:
+        elif n >= 2 * self._trained_at and n <= self.options.vocabulary_until:
             self._retrain()
         else:
             kf.words = self._vocab.words(kf.descriptors)

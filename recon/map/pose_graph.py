@@ -39,7 +39,8 @@ class GraphNoise:
     reject_chi2: float = 100.0
 
 
-def _gtsam():
+def _gtsam():  # noqa: ANN202 - the gtsam module
+    """gtsam, or an ImportError saying how to install it."""
     return require_package("gtsam", pip_name="gtsam")
 
 

@@ -4,9 +4,9 @@ Why this method: DBoW2 (ORB-SLAM's place recogniser) shows that a vocabulary of 
 weights and an L1 score finds revisits reliably from ORB descriptors alone, but its vocabulary is a
 file trained offline on other imagery. Here the vocabulary is trained from the sequence itself (k-majority
 clustering of the keyframes' descriptors, Grana et al. 2013: k-means where the centre of a cluster is the
-bitwise majority, seeded with k-means++), so nothing is downloaded and the words fit the scene being mapped. It is re-trained as the
-map grows (each time the number of keyframes doubles, up to `max_train_keyframes`), which re-assigns the
-words of every stored keyframe; with a few thousand words that costs milliseconds.
+bitwise majority, seeded with k-means++), so nothing is downloaded and the words fit the scene being mapped.
+It is re-trained as the map grows (each time the number of keyframes doubles, up to
+`MapOptions.vocabulary_until`), which re-assigns the words of every stored keyframe.
 
 Hamming distances are computed as matrix products of unpacked bits (`|a| + |b| - 2 a.b`), so clustering and
 word assignment run in numpy without a per-descriptor loop.
