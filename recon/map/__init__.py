@@ -5,6 +5,6 @@ the registry. See recon.map.mapped for how corrected poses reach the sinks.
 """
 
 from recon.map.mapped import MapOptions, MappedBackend
-from recon.map.metrics import OdometryRecorder, loop_figures, path_length
+from recon.map.metrics import OdometryRecorder, loop_figures
 
-__all__ = ["MapOptions", "MappedBackend", "OdometryRecorder", "loop_figures", "path_length"]
+__all__ = ["MapOptions", "MappedBackend", "OdometryRecorder", "loop_figures"]
