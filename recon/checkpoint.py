@@ -73,6 +73,9 @@ class SessionCheckpoint:
 
 def supports_checkpoints(backend: Any) -> bool:
     """True when `backend_state` / `restore_backend_state` work for this backend."""
+    inner = getattr(backend, "inner", None)  # recon.map.MappedBackend saves its map beside the inner state
+    if inner is not None:
+        return supports_checkpoints(inner)
     return isinstance(backend, Checkpointable) or str(getattr(backend, "name", "")) in STATE_ADAPTERS
 
 
