@@ -94,3 +94,50 @@ def test_batched_refuses_mixed_sizes_and_repeated_sessions(model: VGGT) -> None:
     with pytest.raises(BackendError):
         step_batch([a, a], [torch.rand(3, 28, 42), torch.rand(3, 28, 42)])
     assert a.num_frames == 0 and b.num_frames == 0  # nothing stepped
+
+
+# HorizonStream: chunks of several streams in one call (recon.models.horizonstream forward_chunk_batch).
+
+
+@pytest.fixture(scope="module")
+def horizon():
+    from recon.models.horizonstream import HorizonStream, random_init
+    from recon.models.horizonstream import tiny_config as hs_tiny
+
+    return random_init(HorizonStream(hs_tiny()), seed=0).eval()
+
+
+def _hs_frames(n: int, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(3, 56, 90, generator=g)
+    return [base[:, :, i:i + 70] for i in range(n)]
+
+
+def test_horizonstream_batched_equals_unbatched_for_streams_of_different_lengths(horizon) -> None:
+    from recon.models.horizonstream_session import HorizonStreamSession, push_batch
+
+    # Frames pushed before the batched ticks: 6 and 4 (past the first window, at different chunk indices, so
+    # different temporal RoPE starts), 0 and 0 (their first windows complete together in the last tick).
+    history, ticks = [6, 4, 0, 0], 4
+    streams = [_hs_frames(h + ticks, seed=20 + i) for i, h in enumerate(history)]
+    alone = [HorizonStreamSession(horizon) for _ in history]
+    batched = [HorizonStreamSession(horizon) for _ in history]
+    for sessions in (alone, batched):
+        for s, frames, h in zip(sessions, streams, history, strict=True):
+            for f in frames[:h]:
+                s.push(f)
+    emitted = 0
+    for tick in range(ticks):
+        ref = [s.push(frames[h + tick]) for s, frames, h in zip(alone, streams, history, strict=True)]
+        got = push_batch(batched, [frames[h + tick] for frames, h in zip(streams, history, strict=True)])
+        for fa, fb in zip(got, ref, strict=True):
+            assert [f.index for f in fa] == [f.index for f in fb]
+            emitted += len(fa)
+            for a, b in zip(fa, fb, strict=True):
+                for name in ("T_cam_world", "fov", "depth", "conf"):
+                    x, y = getattr(a, name), getattr(b, name)
+                    torch.testing.assert_close(x, y, rtol=RTOL, atol=ATOL * max(float(y.abs().max()), 1.0),
+                                               msg=name)
+                assert a.metric_scale == pytest.approx(b.metric_scale, rel=RTOL)
+    assert emitted == 4 + 4 + 4 + 4  # 1 per tick for the first two, a whole window at the end for the others
+    assert [s.chunk_idx for s in batched] == [s.chunk_idx for s in alone] == [7, 5, 1, 1]
