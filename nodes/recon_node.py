@@ -97,6 +97,10 @@ class ReconNodeConfig:
         strict: a backend exception stops the node (`ReconNode.failure`) instead of being counted and skipped.
         frame_hook: called with each decoded frame (in-process runs use it to re-attach `Frame.meta`, which is
             not part of the wire format).
+        batch_window_ms: batch streams (recon.nodes.scheduler): every tick, the streams with a pending frame step
+            in one model call, waiting at most this long for each other; streams share one model per backend
+            configuration. None: every session steps alone on its own model (the default).
+        batch_deadline_ms: per-frame deadline of the batch scheduler (None: only the window).
     """
 
     bind: str = "tcp://127.0.0.1:5555"
@@ -126,6 +130,8 @@ class ReconNodeConfig:
     backend_instance: Backend | None = None
     strict: bool = False
     frame_hook: Callable[[Frame], None] | None = None
+    batch_window_ms: float | None = None
+    batch_deadline_ms: float | None = None
 
     def __post_init__(self) -> None:
         if self.points_dtype not in ("f2", "f4"):
@@ -197,6 +203,7 @@ class ReconNode:
         self.ingest: Ingest | None = None
         self.control: ControlServer | None = None
         self.table: SessionTable | None = None
+        self.scheduler: Any = None  # recon.nodes.scheduler.BatchScheduler with batch_window_ms
         self.replies: Replies | None = None
 
     def __str__(self) -> str:
@@ -218,6 +225,13 @@ class ReconNode:
             self.writer = CheckpointWriter(self.store)
         services = SessionServices(self.options, self.publisher, replies, self.budget, self.faults, self.rejects,
                                    self.fail, self._aborting, self.store, self.writer)
+        if cfg.batch_window_ms is not None:
+            from recon.backends import create_backend
+            from recon.nodes.scheduler import BatchScheduler, SchedulerConfig, SharedBackends
+
+            self.scheduler = BatchScheduler(SchedulerConfig(window_ms=cfg.batch_window_ms,
+                                                            deadline_ms=cfg.batch_deadline_ms)).start()
+            services.scheduler, services.backend_factory = self.scheduler, SharedBackends(create_backend)
         self.table = SessionTable(services, spare_backend=spare, only_backend=cfg.backend_instance)
         self.replies = replies
         self.ingest = Ingest(self.ctx, cfg.bind, table=self.table, replies=replies, publisher=self.publisher,
@@ -311,6 +325,8 @@ class ReconNode:
         self.publisher.heartbeat(bye=True, lost=self.results_lost)
         self.ingest.finish()
         self.control.stop()
+        if self.scheduler is not None:
+            self.scheduler.stop()
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(10)
@@ -374,4 +390,5 @@ class ReconNode:
                 "limits": {"max_pixels": self.config.limits.max_pixels,
                            "max_message_bytes": self.config.limits.max_message_bytes},
                 "checkpoints": self.writer.describe() if self.writer is not None else None,
-                "rss_bytes": int(psutil.Process().memory_info().rss), "sessions": sessions}
+                "rss_bytes": int(psutil.Process().memory_info().rss), "sessions": sessions,
+                "batching": self.scheduler.stats.as_dict() if self.scheduler is not None else None}

@@ -96,6 +96,8 @@ class SessionServices:
     aborting: threading.Event
     store: CheckpointStore | None = None
     writer: CheckpointWriter | None = None
+    scheduler: Any = None  # recon.nodes.scheduler.BatchScheduler: steps go through it, batched across streams
+    backend_factory: Callable[..., Backend] | None = None  # default create_backend (SharedBackends: one model)
 
 
 @dataclass
@@ -319,7 +321,8 @@ class Session:
                 self.services.writer.wait_idle(self.stream_id)
         try:
             if self.backend is None:
-                self.backend = create_backend(self.options.backend, **self.options.backend_options)
+                create = self.services.backend_factory or create_backend
+                self.backend = create(self.options.backend, **self.options.backend_options)
         except ReconError as e:  # e.g. weights not installed: say so to the camera, keep serving other streams
             self.services.faults("backend_create_failed", "%s: cannot create backend %s: %s", self,
                                  self.options.backend, e)
@@ -430,7 +433,9 @@ class Session:
                 self.arrival.add((item.received_ns - item.capture_ns) / 1e6)
                 self.waiting.add((time.time_ns() - item.received_ns) / 1e6)
             t0 = time.perf_counter()
-            results = self._safe(self.backend.step, frame)
+            scheduler = self.services.scheduler
+            results = self._safe(self.backend.step, frame) if scheduler is None \
+                else self._safe(scheduler.step, self.stream_id, self.backend, frame)
             t1 = time.perf_counter()
             del frame
             self.step_ms = 1000 * (t1 - t0)
@@ -590,6 +595,8 @@ class Session:
                 if self.checkpointing and self.frames:
                     self._checkpoint(None)  # resumable: taken before the flush ends the stream
                 self._publish(self._safe(self.backend.flush))
+            if self.services.scheduler is not None:
+                self.services.scheduler.forget(self.stream_id)
             close = getattr(self.backend, "close", None)
             if callable(close) and not force:
                 try:
