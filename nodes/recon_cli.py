@@ -68,6 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "MS for each other (one shared model; default: every stream alone)")
     parser.add_argument("--batch-deadline-ms", type=float, default=None, metavar="MS",
                         help="per-frame deadline of the batch scheduler: a batch goes early to meet it")
+    parser.add_argument("--kv-memory", type=float, default=None, metavar="MB",
+                        help="one budget (MiB) for every session's streaming state: idle sessions move to host "
+                             "memory and back on their next frame (default: no budget)")
+    parser.add_argument("--kv-idle", type=float, default=30.0, metavar="S",
+                        help="with --kv-memory: a session idle this long is offloaded (default 30)")
     add_security_arguments(parser)
 
 
@@ -95,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
                              max_buffered_bytes=int(args.max_buffered_mb * 2**20), state_dir=state_dir,
                              checkpoint_every=args.checkpoint_every, state_max_age_s=args.state_max_age,
                              warmup=not args.no_warmup, security=Security.from_args(args),
-                             batch_window_ms=args.batch_window_ms, batch_deadline_ms=args.batch_deadline_ms)
+                             batch_window_ms=args.batch_window_ms, batch_deadline_ms=args.batch_deadline_ms,
+                             kv_memory_bytes=None if args.kv_memory is None else int(args.kv_memory * 2**20),
+                             kv_idle_s=args.kv_idle)
     node = ReconNode(config)
     stop = on_shutdown_signals(lambda: None, node.abort)
     node.start()

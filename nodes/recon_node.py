@@ -101,6 +101,9 @@ class ReconNodeConfig:
             in one model call, waiting at most this long for each other; streams share one model per backend
             configuration. None: every session steps alone on its own model (the default).
         batch_deadline_ms: per-frame deadline of the batch scheduler (None: only the window).
+        kv_memory_bytes: one budget for every session's streaming state (recon.memory.offload.KVPagePool): idle
+            sessions (`kv_idle_s`) and, to make room, the least recently used ones move to host memory and back on
+            their next frame. None: no budget, nothing offloaded.
     """
 
     bind: str = "tcp://127.0.0.1:5555"
@@ -132,6 +135,8 @@ class ReconNodeConfig:
     frame_hook: Callable[[Frame], None] | None = None
     batch_window_ms: float | None = None
     batch_deadline_ms: float | None = None
+    kv_memory_bytes: int | None = None
+    kv_idle_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.points_dtype not in ("f2", "f4"):
@@ -204,6 +209,7 @@ class ReconNode:
         self.control: ControlServer | None = None
         self.table: SessionTable | None = None
         self.scheduler: Any = None  # recon.nodes.scheduler.BatchScheduler with batch_window_ms
+        self.kv_pool: Any = None  # recon.memory.offload.KVPagePool with kv_memory_bytes
         self.replies: Replies | None = None
 
     def __str__(self) -> str:
@@ -232,6 +238,15 @@ class ReconNode:
             self.scheduler = BatchScheduler(SchedulerConfig(window_ms=cfg.batch_window_ms,
                                                             deadline_ms=cfg.batch_deadline_ms)).start()
             services.scheduler, services.backend_factory = self.scheduler, SharedBackends(create_backend)
+        if cfg.kv_memory_bytes is not None:
+            import torch
+
+            from recon.memory.offload import KVPagePool
+
+            wanted = str(cfg.backend_options.get("device", "auto"))
+            device = ("cuda" if torch.cuda.is_available() else "cpu") if wanted == "auto" else wanted
+            self.kv_pool = KVPagePool(cfg.kv_memory_bytes, device, idle_s=cfg.kv_idle_s)
+            services.kv_pool = self.kv_pool
         self.table = SessionTable(services, spare_backend=spare, only_backend=cfg.backend_instance)
         self.replies = replies
         self.ingest = Ingest(self.ctx, cfg.bind, table=self.table, replies=replies, publisher=self.publisher,
@@ -391,4 +406,5 @@ class ReconNode:
                            "max_message_bytes": self.config.limits.max_message_bytes},
                 "checkpoints": self.writer.describe() if self.writer is not None else None,
                 "rss_bytes": int(psutil.Process().memory_info().rss), "sessions": sessions,
-                "batching": self.scheduler.stats.as_dict() if self.scheduler is not None else None}
+                "batching": self.scheduler.stats.as_dict() if self.scheduler is not None else None,
+                "kv_memory": self.kv_pool.describe() if self.kv_pool is not None else None}
