@@ -101,6 +101,9 @@ class SessionServices:
     aborting: threading.Event
     store: CheckpointStore | None = None
     writer: CheckpointWriter | None = None
+    scheduler: Any = None  # recon.nodes.scheduler.BatchScheduler: steps go through it, batched across streams
+    backend_factory: Callable[..., Backend] | None = None  # default create_backend (SharedBackends: one model)
+    kv_pool: Any = None  # recon.memory.offload.KVPagePool: the node's session-memory budget, idle offload
 
 
 @dataclass
@@ -324,7 +327,8 @@ class Session:
                 self.services.writer.wait_idle(self.stream_id)
         try:
             if self.backend is None:
-                self.backend = create_backend(self.options.backend, **self.options.backend_options)
+                create = self.services.backend_factory or create_backend
+                self.backend = create(self.options.backend, **self.options.backend_options)
         except ReconError as e:  # e.g. weights not installed: say so to the camera, keep serving other streams
             self.services.faults("backend_create_failed", "%s: cannot create backend %s: %s", self,
                                  self.options.backend, e)
@@ -435,7 +439,7 @@ class Session:
                 self.arrival.add((item.received_ns - item.capture_ns) / 1e6)
                 self.waiting.add((time.time_ns() - item.received_ns) / 1e6)
             t0 = time.perf_counter()
-            results = self._safe(self.backend.step, frame)
+            results = self._safe(self._step, frame)
             t1 = time.perf_counter()
             del frame
             self.step_ms = 1000 * (t1 - t0)
@@ -461,6 +465,20 @@ class Session:
         self._ack(item)
         if due:
             self._checkpoint(tracker)
+
+    def _step(self, frame: Frame) -> list[FrameResult]:
+        """The backend step: through the batch scheduler when the node batches, with the session's state made
+        resident in the node's KV pool first when it has one (recon.memory.offload)."""
+        assert self.backend is not None
+        pool, scheduler = self.services.kv_pool, self.services.scheduler
+        if pool is not None:
+            pool.acquire(self.stream_id, self.backend)
+        try:
+            return self.backend.step(frame) if scheduler is None else scheduler.step(self.stream_id, self.backend,
+                                                                                     frame)
+        finally:
+            if pool is not None:
+                pool.release(self.stream_id)
 
     def _ack(self, item: Item) -> None:
         """Acknowledge `item`; a recorded stream's acks are batched while more of its frames wait (up to half its
@@ -595,6 +613,10 @@ class Session:
                 if self.checkpointing and self.frames:
                     self._checkpoint(None)  # resumable: taken before the flush ends the stream
                 self._publish(self._safe(self.backend.flush))
+            if self.services.scheduler is not None:
+                self.services.scheduler.forget(self.stream_id)
+            if self.services.kv_pool is not None:
+                self.services.kv_pool.forget(self.stream_id)
             close = getattr(self.backend, "close", None)
             if callable(close) and not force:
                 try:
