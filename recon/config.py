@@ -57,12 +57,14 @@ class Config:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def from_options(cls: type[C], options: Mapping[str, Any], kind: str | None = None) -> C:
+    def from_options(cls: type[C], options: Mapping[str, Any], kind: str | None = None,
+                     also: tuple[str, ...] = ()) -> C:
         """Build from keyword options; an unknown name raises ConfigError (starting with `kind`, default the
-        class's) listing the valid ones."""
-        unknown = sorted(set(options) - set(cls.option_names()))
+        class's) listing the valid ones (with `also`, names a caller takes besides the fields)."""
+        unknown = sorted(set(options) - set(cls.option_names()) - set(also))
         if unknown:
             valid = ", ".join(sorted(cls.option_names())) or "none"
+            valid += f" (and {', '.join(also)})" if also else ""
             plural = "s" if len(unknown) > 1 else ""
             names = ", ".join(unknown)
             raise ConfigError(f"{kind or cls.kind}: unknown option{plural} {names}; valid options: {valid}")

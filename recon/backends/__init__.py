@@ -56,6 +56,11 @@ def registered() -> dict[str, BackendEntry]:
     return dict(_REGISTRY)
 
 
+# Options of the map layer, not of any backend: `loop_closure` (true: wrap the backend in recon.map.MappedBackend)
+# and `map` (a dict of recon.map.MapOptions fields).
+MAP_OPTIONS = ("loop_closure", "map")
+
+
 def entry(name: str) -> BackendEntry:
     """The entry of backend `name`; unknown names raise ConfigError listing the known ones."""
     if name not in _REGISTRY:
@@ -63,18 +68,37 @@ def entry(name: str) -> BackendEntry:
     return _REGISTRY[name]
 
 
+def _split_map_options(options: dict[str, Any]) -> tuple[dict[str, Any], bool, Any]:
+    """(backend options, loop_closure, map options), the map layer's checked."""
+    rest = {k: v for k, v in options.items() if k not in MAP_OPTIONS}
+    loop_closure, map_options = options.get("loop_closure", False), options.get("map")
+    if not isinstance(loop_closure, bool):
+        raise ConfigError(f"loop_closure must be true or false, got {loop_closure!r}")
+    if map_options is not None and not loop_closure:
+        raise ConfigError("map options given but loop_closure is off")
+    return rest, loop_closure, map_options
+
+
 def backend_config(name: str, **options: Any) -> BackendConfig:
-    """The validated config of backend `name`; an unknown or ill-typed option raises ConfigError (listing the
-    valid options). Builds no model."""
-    return entry(name).config.from_options(options, kind=f"{name} backend")
+    """The validated config of backend `name` (map-layer options aside); an unknown or ill-typed option raises
+    ConfigError listing the valid ones. Builds no model."""
+    rest, _, _ = _split_map_options(options)
+    return entry(name).config.from_options(rest, kind=f"{name} backend", also=MAP_OPTIONS)
 
 
 def create_backend(name: str, **options: Any) -> Backend:
-    """Build backend `name` from keyword options (validated by its config first)."""
+    """Build backend `name` from keyword options (validated by its config first), wrapped in the map layer when
+    `loop_closure` is true."""
     config = backend_config(name, **options)
+    _, loop_closure, map_options = _split_map_options(options)
     module_name, func_name = _REGISTRY[name].factory.split(":")
     factory: Callable[[BackendConfig], Backend] = getattr(importlib.import_module(module_name), func_name)
-    return factory(config)
+    backend = factory(config)
+    if loop_closure:
+        from recon.map import MapOptions, MappedBackend
+
+        backend = MappedBackend(backend, MapOptions.from_dict(dict(map_options or {})))
+    return backend
 
 
 def _weights_installed(names: tuple[str, ...]) -> tuple[bool, str]:

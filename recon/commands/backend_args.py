@@ -85,6 +85,9 @@ def add_backend_arguments(parser: argparse.ArgumentParser, default: str = "auto"
             continue
         parser.add_argument(flag.flag, dest=flag.dest, default=None, type=flag.kind, choices=flag.choices,
                             metavar=flag.metavar, help=flag.help + scope)
+    parser.add_argument("--loop-closure", dest="loop_closure", choices=("auto", "on", "off"), default="auto",
+                        help="map layer (recon.map): place recognition, loop closure and a pose graph over the "
+                             "backend's poses; auto = on for geometric, off for the learned backends")
     parser.add_argument("--backend-opt", "-o", "--option", dest="backend_opt", action="append", default=[],
                         metavar="KEY=VALUE", help="any other option of the backend's config (JSON or Python "
                                                   "literal), repeatable; a wrong name lists the valid ones")
@@ -104,6 +107,9 @@ def backend_options(args: argparse.Namespace, backend: str) -> dict[str, Any]:
             raise ConfigError(f"{flag.flag} does not apply to the {backend} backend (it applies to: "
                               f"{', '.join(flag.takers)})")
         options[flag.dest] = value
+    switch = getattr(args, "loop_closure", "auto")
+    if switch == "on" or (switch == "auto" and backend == "geometric"):
+        options.setdefault("loop_closure", True)
     backend_config(backend, **options)
     return options
 
