@@ -21,7 +21,7 @@ import logging
 import numpy as np
 
 from recon.errors import ConfigError
-from recon.types import CameraInfo
+from recon.types import CameraInfo, Frame
 
 logger = logging.getLogger(__name__)
 
@@ -115,3 +115,42 @@ class Undistorter:
         if array.shape[:2] != (self.info.height, self.info.width):
             raise ConfigError(f"undistortion was set up for {self.info.width}x{self.info.height} images, got "
                               f"{array.shape[1]}x{array.shape[0]}")
+
+
+class FrameUndistorter:
+    """Frames of a distorted camera remapped to its pinhole camera, the one rule for every front end (the camera
+    node before the wire, the ROS node before the backend).
+
+    A frame the size of its CameraInfo with non-zero distortion gets its image (and depth) remapped and carries
+    `K_new`; a frame of another size is passed as captured, with one warning; a distortion-free camera only gives
+    its K to frames without one. The remap tables are built once per CameraInfo object.
+    """
+
+    def __init__(self, owner: str, enabled: bool = True) -> None:
+        self.owner = owner
+        self.enabled = enabled
+        self.undistorter: Undistorter | None = None
+        self._warned = False
+
+    def apply(self, frame: Frame, info: CameraInfo | None) -> None:
+        """Undistort `frame` in place (image, depth, K) for camera `info`."""
+        if info is None:
+            return
+        same_size = (info.width, info.height) == (frame.width, frame.height)
+        if self.enabled and has_distortion(info) and not same_size:
+            if not self._warned:
+                self._warned = True
+                logger.warning("%s: camera info is %dx%d but frames are %dx%d: frames are used without "
+                               "undistortion", self.owner, info.width, info.height, frame.width, frame.height)
+            return
+        if same_size and self.enabled and has_distortion(info):
+            if self.undistorter is None or self.undistorter.info is not info:
+                self.undistorter = Undistorter(info)
+                logger.info("%s: undistorting frames (distortion %s) with %s; frames carry the pinhole K",
+                            self.owner, info.distortion.tolist(), self.undistorter)
+            frame.image = self.undistorter.image(frame.image)
+            if frame.depth is not None:
+                frame.depth = self.undistorter.depth(frame.depth)
+            frame.K = self.undistorter.K_new
+        elif frame.K is None and same_size:
+            frame.K = info.K

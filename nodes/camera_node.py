@@ -36,7 +36,7 @@ from typing import Any
 
 import zmq
 
-from recon.calib.undistort import Undistorter, has_distortion
+from recon.calib.undistort import FrameUndistorter
 from recon.errors import CorruptFrameError
 from recon.nodes import protocol as P
 from recon.nodes.sources import Source
@@ -142,8 +142,7 @@ class CameraNode:
         self._reconnecting = False
         self._index = -1
         self._resend_from_restart: set[int] = set()
-        self._undistorter: Undistorter | None = None
-        self._undistort_warned = False
+        self._undistort = FrameUndistorter(str(self), config.undistort)
 
     def __str__(self) -> str:
         return f"CameraNode({self.config.stream_id}->{self.config.connect})"
@@ -157,23 +156,7 @@ class CameraNode:
         if cfg.on_send is not None:
             cfg.on_send(frame)
         info = self.source.camera_info
-        same_size = info is not None and (info.width, info.height) == (frame.width, frame.height)
-        if cfg.undistort and has_distortion(info) and not same_size and not self._undistort_warned:
-            self._undistort_warned = True
-            logger.warning("%s: camera info is %dx%d but frames are %dx%d: frames are sent without undistortion",
-                           self, info.width, info.height, frame.width, frame.height)
-        if same_size and cfg.undistort and has_distortion(info):
-            if self._undistorter is None or self._undistorter.info is not info:
-                self._undistorter = Undistorter(info)
-                logger.info("%s: undistorting frames (distortion %s) with %s; frames carry the pinhole K "
-                            "(--no-undistort to send them as captured)", self, info.distortion.tolist(),
-                            self._undistorter)
-            frame.image = self._undistorter.image(frame.image)
-            if frame.depth is not None:
-                frame.depth = self._undistorter.depth(frame.depth)
-            frame.K = self._undistorter.K_new
-        elif frame.K is None and same_size:
-            frame.K = info.K
+        self._undistort.apply(frame, info)  # --no-undistort sends frames as captured
         capture_ns = frame.t_ns if self.source.live else time.time_ns()
         return P.encode_frame(frame, encoding=cfg.encoding, quality=cfg.jpeg_quality,
                               depth_encoding=cfg.depth_encoding, epoch=self.epoch,

@@ -55,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-confidence", type=float, default=d.min_confidence, help="drop less confident points")
     parser.add_argument("--max-points", type=int, default=d.max_points, help="points per cloud, 0: no cap")
     parser.add_argument("--max-path", type=int, default=d.max_path, help="poses kept in ~path")
+    parser.add_argument("--no-undistort", action="store_true",
+                        help="use images as captured even when the CameraInfo has lens distortion")
     parser.add_argument("ros_args", nargs=argparse.REMAINDER,
                         help="ROS remappings and parameters: name:=value, _param:=value, __name:=node")
 
@@ -77,7 +79,8 @@ def config_from_args(args: argparse.Namespace) -> RosNodeConfig:
         camera_info_topic=args.camera_info_topic, compressed=args.compressed, map_frame=args.map_frame,
         camera_frame=args.camera_frame, stream_id=args.stream_id, queue_size=args.queue_size,
         cloud_stride=args.cloud_stride, min_confidence=args.min_confidence, max_points=args.max_points,
-        max_path=args.max_path, depth_topic=args.depth_topic, depth_scale=args.depth_scale)
+        max_path=args.max_path, depth_topic=args.depth_topic, depth_scale=args.depth_scale,
+        undistort=not args.no_undistort)
 
 
 def _pick_version(choice: str) -> str:

@@ -26,6 +26,7 @@ import numpy as np
 
 from recon.backends.base import Backend
 from recon.backends.options import parse_option_value  # noqa: F401 - re-exported for the adapters
+from recon.calib.undistort import FrameUndistorter
 from recon.datasets.ros_msgs import (  # noqa: F401 - the codec shared with the bag reader, re-exported
     DEPTH_ENCODINGS,
     NS_PER_S,
@@ -204,6 +205,8 @@ class RosNodeConfig:
         depth_scale: metres per unit of 16-bit depth (0.001 for millimetres).
         depth_slop: seconds between colour and depth stamps still considered the same capture.
         depth_wait: seconds a colour image waits for its depth before going on without it.
+        undistort: remap images (and depth) of a camera whose CameraInfo has lens distortion to its pinhole
+            camera before the backend (recon.calib.undistort.FrameUndistorter, as the camera node does).
     """
 
     backend: str = "geometric"
@@ -225,6 +228,7 @@ class RosNodeConfig:
     depth_scale: float = 0.001
     depth_slop: float = 0.02
     depth_wait: float = 0.2
+    undistort: bool = True
 
     def __post_init__(self) -> None:
         if not self.backend:
@@ -256,7 +260,8 @@ class RosNodeConfig:
         changes: dict[str, Any] = {}
         for name in ("backend", "image_topic", "camera_info_topic", "compressed", "map_frame", "camera_frame",
                      "stream_id", "queue_size", "cloud_stride", "min_confidence", "max_points", "max_path",
-                     "wait_camera_info", "plugins", "depth_topic", "depth_scale", "depth_slop", "depth_wait"):
+                     "wait_camera_info", "plugins", "depth_topic", "depth_scale", "depth_slop", "depth_wait",
+                     "undistort"):
             default = getattr(self, name)
             value = get_param(name, default)
             if value is not default:
@@ -403,6 +408,7 @@ class RosNodeCore:
         self.results_out = 0
         self.waiting_for_info = 0
         self.resets = 0
+        self.undistort = FrameUndistorter("recon ROS node", config.undistort)
         self.latency = LatencyWindow()  # capture (header stamp) to publish, what /diagnostics reports
         self._seq = 0
         self._size: tuple[int, int] | None = None
@@ -479,7 +485,10 @@ class RosNodeCore:
         depth = self._take_depth(t_ns, rgb.shape[:2]) if self.config.depth_topic else None
         seq = self._seq
         self._seq += 1
-        return Frame(self.config.stream_id, seq, t_ns, rgb, K, depth=depth, meta={"frame_id": str(msg.header.frame_id)})
+        frame = Frame(self.config.stream_id, seq, t_ns, rgb, K, depth=depth,
+                      meta={"frame_id": str(msg.header.frame_id)})
+        self.undistort.apply(frame, info)
+        return frame
 
     def process(self, frame: Frame) -> list[Output]:
         """Run the backend on one frame and turn its results (possibly for earlier frames) into Outputs."""

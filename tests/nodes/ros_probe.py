@@ -87,6 +87,7 @@ def main() -> int:
     ap.add_argument("--depth-topic", default="/cam/depth")
     ap.add_argument("--ready-at", type=int, default=0, help="write --ready-file once this many poses arrived")
     ap.add_argument("--ready-file", default="")
+    ap.add_argument("--k1", type=float, default=0.0, help="radial distortion k1 of the published CameraInfo")
     ap.add_argument("--diagnostics", action="store_true", help="also record /diagnostics and wait for one")
     ap.add_argument("--timeout", type=float, default=30.0)
     ap.add_argument("--out", required=True)
@@ -157,7 +158,8 @@ def main() -> int:
         return 2
 
     def info_msg(i: int) -> Any:
-        info = CameraInfo(width=WIDTH, height=HEIGHT, K=K, D=[0.0] * 5, distortion_model="plumb_bob")
+        info = CameraInfo(width=WIDTH, height=HEIGHT, K=K, D=[args.k1, 0.0, 0.0, 0.0, 0.0],
+                          distortion_model="plumb_bob")
         if (width, height) != (WIDTH, HEIGHT):  # the same lens at the texture's resolution
             sx, sy = width / WIDTH, height / HEIGHT
             info.width, info.height = width, height

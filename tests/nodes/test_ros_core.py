@@ -58,10 +58,12 @@ def _image_msg(rgb: np.ndarray, t_ns: int, frame_id: str = "cam", ros2: bool = F
                            encoding="rgb8", is_bigendian=0, step=w * 3, data=rgb.tobytes())
 
 
-def _info_msg(w: int, h: int, ros2: bool = False, fx: float = 50.0) -> SimpleNamespace:
+def _info_msg(w: int, h: int, ros2: bool = False, fx: float = 50.0, D: tuple[float, ...] = (0.0,) * 5
+              ) -> SimpleNamespace:
     K = [fx, 0, w / 2, 0, fx, h / 2, 0, 0, 1]
-    fields = {"k": K, "d": [0.0] * 5} if ros2 else {"K": K, "D": [0.0] * 5}
-    return SimpleNamespace(header=SimpleNamespace(frame_id="cam"), width=w, height=h, **fields)
+    fields = {"k": K, "d": list(D)} if ros2 else {"K": K, "D": list(D)}
+    return SimpleNamespace(header=SimpleNamespace(frame_id="cam"), width=w, height=h, distortion_model="plumb_bob",
+                           **fields)
 
 
 # ------------------------------------------------------------------------------------------------ time
@@ -279,6 +281,32 @@ def test_core_waits_for_camera_info_then_scales_K_to_the_image() -> None:
     assert out.t_ns == 7 and out.result.seq == 0 and out.camera_frame == "cam"
     frame_K = out.result.K / np.array([[GRID_W / 64], [GRID_H / 48], [1]])  # the fake backend rescales K to its grid
     np.testing.assert_allclose(frame_K, [[25, 0, 32], [0, 25, 24], [0, 0, 1]], atol=1e-9)
+
+
+@pytest.mark.parametrize("undistort", [True, False])
+def test_core_undistorts_frames_of_a_distorted_camera_info(undistort: bool) -> None:
+    """Barrel distortion in CameraInfo: the backend gets the frame remapped to the pinhole camera (as the camera
+    node sends it), or as captured with `undistort=False`."""
+    from recon.calib import Undistorter
+
+    core = _core(undistort=undistort)
+    seen: list = []
+    step = core.backend.step
+    core.backend.step = lambda frame: seen.append(frame) or step(frame)  # type: ignore[method-assign]
+    info_msg = _info_msg(64, 48, D=(-0.3, 0.1, 0.0, 0.0, 0.0))
+    core.on_camera_info(info_msg)
+    rgb = RNG.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    core.on_image(_image_msg(rgb, 11))
+    (out,) = core.work(0.01)
+    (frame,) = seen
+    if not undistort:
+        np.testing.assert_array_equal(frame.image, rgb)
+        np.testing.assert_allclose(frame.K, [[50, 0, 32], [0, 50, 24], [0, 0, 1]])
+        return
+    reference = Undistorter(camera_info_from_msg(info_msg))
+    np.testing.assert_array_equal(frame.image, reference.image(rgb))
+    np.testing.assert_allclose(frame.K, reference.K_new)
+    assert not np.array_equal(frame.image, rgb)
 
 
 def test_core_without_camera_info_topic_and_bad_messages() -> None:

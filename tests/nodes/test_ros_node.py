@@ -221,6 +221,18 @@ def test_ros_node_publishes_pose_path_points_tf(launch: Callable[..., subprocess
     assert "5 frames in, 5 results out, 0 images dropped, faults {}" in _stop(node, tmp_path / "node.log")
 
 
+def test_ros_node_undistorts_a_distorted_camera_info(launch: Callable[..., subprocess.Popen],
+                                                     tmp_path: Path) -> None:
+    """CameraInfo with barrel distortion: frames are remapped to the pinhole camera before the backend (the
+    camera node's rule, recon.calib.undistort.FrameUndistorter), and the outputs still carry every stamp."""
+    n = 3
+    rec, node = _run(launch, tmp_path, "recon_u", [], ["--count", str(n), "--k1", "-0.25"])
+    assert [p["stamp"] for p in rec["pose"]] == [stamp_ns(i) for i in range(n)]
+    log = _stop(node, tmp_path / "node.log")
+    assert "undistorting frames (distortion [-0.25, 0.0, 0.0, 0.0, 0.0])" in log
+    assert "3 frames in, 3 results out" in log
+
+
 def test_ros_node_params_lagging_backend_bgr8(launch: Callable[..., subprocess.Popen], roscore: dict[str, str],
                                               tmp_path: Path) -> None:
     """A backend emitting one frame late: stamps follow the result, not the newest image; the result still
