@@ -7,7 +7,7 @@ a credit for a duplicate or a dropped live frame, a refusal (with its reason) fo
 not take. Decompression and everything after it happens on the stream's session thread, so this thread never
 waits for a model, a decoder or a backend being built. Sessions send their acknowledgements onto the ROUTER
 themselves (`Replies`: the socket is shared under a lock, so an ack is no hand-off to this thread). It also
-sends the publisher's heartbeats, closes idle sessions and, once a minute, returns the heap's free pages to the OS.
+sends the publisher's heartbeats and closes idle sessions.
 
 A malformed message is counted by kind, logged once per kind and dropped; when its header names a frame, the
 camera is told (a refusal naming the fault), so it does not re-send it forever.
@@ -29,13 +29,10 @@ from recon.nodes.admission import Peer
 from recon.nodes.publisher import Publisher
 from recon.nodes.replies import Replies
 from recon.nodes.sessions import Offer, SessionTable
-from recon.nodes.transport import Security, open_socket, trim_heap
+from recon.nodes.transport import Security, open_socket
 from recon.utils.log import WarnOnce
 
 logger = logging.getLogger(__name__)
-
-TRIM_EVERY_S = 60.0
-"""Period of returning the heap's free pages to the OS (`transport.trim_heap`): RSS follows memory in use."""
 
 
 class Ingest:
@@ -76,7 +73,6 @@ class Ingest:
         poller.register(self.replies.wake_fd, zmq.POLLIN)
         timeout = max(1, min(100, int(1000 * self.publisher.heartbeat_s)))
         next_sweep = time.monotonic() + 1.0
-        next_trim = time.monotonic() + TRIM_EVERY_S
         try:
             while not self._finish.is_set():
                 self.replies.wait(poller, timeout)
@@ -87,9 +83,6 @@ class Ingest:
                 if now >= next_sweep:
                     next_sweep = now + 1.0
                     self.table.sweep()
-                if now >= next_trim:
-                    next_trim = now + TRIM_EVERY_S
-                    trim_heap()
             self.publisher.poll_subscribers()
         finally:
             sock = self.replies.detach()

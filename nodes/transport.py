@@ -232,22 +232,6 @@ def tune_allocator(max_block: int = 32 * 2**20) -> bool:
     return ok
 
 
-def trim_heap() -> bool:
-    """Give the free pages of the heap back to the OS (glibc `malloc_trim`; else a no-op returning False).
-
-    With `tune_allocator`'s thresholds freed frame buffers stay in the heap, and the long-running node's heap keeps
-    free, fragmented memory it reached once: measured over a 8-minute live soak the bytes in use stayed flat
-    while the free part of the heap (and RSS with it) crept up by ~2 MiB/min (docs/benchmarks.md). The node calls
-    this once a minute; the frames after it fault their buffers in again, a few hundred page faults each.
-    """
-    try:
-        import ctypes
-
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
-
-
 _ctx_lock = threading.Lock()
 
 
