@@ -87,6 +87,9 @@ class MonoVO:
         anchor_tracks: re-measure each track against the image it was detected in (off: did not help on
             rendered rooms, where frame-to-frame flow with a forward-backward check was more accurate).
         klt: options of KltTracker (defaults here: 7 px between corners).
+        calibrate_focal: K is a guess: estimate the focal length when the map is initialised
+            (recon.backends.geometric.selfcalib) and refine it in the bundle adjustments of the first
+            `focal_keyframes` keyframes (principal point kept at K's).
     """
 
     def __init__(self, K: np.ndarray, width: int, height: int, *, stride: int = 1, points: str = "dense",
@@ -96,7 +99,7 @@ class MonoVO:
                  max_lost_frames: int = 3, max_pending: int = 60, ba_iterations: int = 20,
                  anchor_tracks: bool = False, soft_scale: bool = True, emit_updates: bool = True,
                  ba_outlier_px: float = 4.0, huber_px: float = 1.5, init_ba: bool = True,
-                 ba_fix_newest: bool = False,
+                 ba_fix_newest: bool = False, calibrate_focal: bool = False, focal_keyframes: int = 40,
                  klt: dict[str, Any] | None = None) -> None:
         self.K = np.asarray(K, dtype=np.float64)
         self.width, self.height = int(width), int(height)
@@ -125,6 +128,10 @@ class MonoVO:
         self.huber_px = float(huber_px)
         self.init_ba = bool(init_ba)
         self.ba_fix_newest = bool(ba_fix_newest)
+        self.calibrate_focal = bool(calibrate_focal)
+        self.focal_keyframes = int(focal_keyframes)
+        self.focal_source = "assumed (not calibrated yet)" if self.calibrate_focal else "given"
+        self._focal_refinements = 0
         self.updates_emitted = 0
         self._warn = WarnOnce(logger)
         self._K_out = strided_K(self.K, self.stride)
@@ -144,7 +151,9 @@ class MonoVO:
         return {"state": self.state, "tracking_losses": self.losses, "reinitialisations": self.reinitialisations,
                 "keyframes": self.keyframe_count, "map_points": len(self.points), "tracks": len(self._ids),
                 "pending": len(self._pending), "guessed_poses": self.emitted_guessed,
-                "pose_updates": self.updates_emitted, "lost": self.lost_in_row > 0}
+                "pose_updates": self.updates_emitted, "lost": self.lost_in_row > 0,
+                "intrinsics": {"fx": float(self.K[0, 0]), "fy": float(self.K[1, 1]), "cx": float(self.K[0, 2]),
+                               "cy": float(self.K[1, 2]), "source": self.focal_source}}
 
     def memory_bytes(self) -> int:
         """Rough bytes held: map points, keyframe observations, held frames and the last image."""
@@ -228,6 +237,8 @@ class MonoVO:
 
     def _try_initialise(self, gray: np.ndarray) -> bool:
         """Two-view map from the reference and the current frame; False when the parallax is too small."""
+        if self.calibrate_focal and self._focal_refinements == 0:
+            self._search_focal()
         p0, p1 = self._ref_pts.astype(np.float64), self._pts.astype(np.float64)
         E, mask = cv2.findEssentialMat(p0, p1, self.K, method=cv2.RANSAC, prob=0.999, threshold=1.0)
         if E is None or E.shape != (3, 3) or mask is None:
@@ -279,6 +290,49 @@ class MonoVO:
                     len(self.points), float(np.median(angle)), len(self._pending))
         return True
 
+    def _search_focal(self) -> None:
+        """Focal length from the held frames (pairs of the reference with later frames), when well defined."""
+        from recon.backends.geometric.selfcalib import estimate_focal
+
+        ref = {int(t): uv for t, uv in zip(self._pending[0].ids, self._pending[0].pts, strict=True)}
+        n = len(self._pending)
+        pairs = []
+        for k in sorted({max(1, n // 3), max(1, n // 2), max(1, 2 * n // 3), max(1, 5 * n // 6), n - 1}):
+            p = self._pending[k]
+            common = [(ref[int(t)], uv) for t, uv in zip(p.ids, p.pts, strict=True) if int(t) in ref]
+            if common:
+                pairs.append((np.array([c[0] for c in common]), np.array([c[1] for c in common])))
+        est = estimate_focal(pairs, self.width, self.height)
+        if est.f is not None and est.confident:
+            self._set_focal(est.f)
+            self.focal_source = "self-calibrated (essential-matrix focal search)"
+            logger.info("monocular VO: focal length self-calibrated to %.1f px from %d image pairs (a guess until "
+                        "the bundle adjustment refines it)", est.f, est.pairs)
+        else:
+            logger.info("monocular VO: the first frames do not determine the focal length (%s); starting from "
+                        "f = %.1f px and refining it in the bundle adjustment",
+                        "no usable pairs" if est.f is None else f"search found {est.f:.1f} px, not confident",
+                        self.K[0, 0])
+
+    def _set_focal(self, f: float) -> None:
+        self.K = self.K.copy()
+        self.K[0, 0] = self.K[1, 1] = float(f)
+        self._K_out = strided_K(self.K, self.stride)
+
+    def _refining_focal(self) -> bool:
+        return self.calibrate_focal and self._focal_refinements < self.focal_keyframes
+
+    def _apply_focal_scale(self, scale: float) -> None:
+        """Take the focal length the bundle adjustment found; log it once it is final."""
+        if not self._refining_focal():
+            return
+        self._focal_refinements += 1
+        self._set_focal(self.K[0, 0] * scale)
+        self.focal_source = "self-calibrated (bundle adjustment)"
+        if not self._refining_focal():
+            logger.info("monocular VO: focal length self-calibrated to %.1f px over %d bundle adjustments (no "
+                        "calibration given: this is an estimate)", self.K[0, 0], self._focal_refinements)
+
     def _refine_initial_views(self, T_cur_ref: np.ndarray, X_ref: np.ndarray, good: np.ndarray) -> np.ndarray:
         """Bundle-adjust the two-view map with every held frame between the two views (in place on X_ref).
 
@@ -315,9 +369,11 @@ class MonoVO:
                     obs_uv.append(uv)
         fixed = np.zeros(len(cams), bool)
         fixed[0] = True
-        T, X, _ = bundle_adjust(np.stack(cams), fixed, X_ref[pids], np.array(obs_cam), np.array(obs_pt),
-                                np.asarray(obs_uv, np.float64), self.K, max_nfev=self.ba_iterations,
-                                huber_px=self.huber_px, scale_pair=(0, len(cams) - 1))
+        T, X, _, fs = bundle_adjust(np.stack(cams), fixed, X_ref[pids], np.array(obs_cam), np.array(obs_pt),
+                                    np.asarray(obs_uv, np.float64), self.K, max_nfev=self.ba_iterations,
+                                    huber_px=self.huber_px, scale_pair=(0, len(cams) - 1),
+                                    refine_focal=self._refining_focal())
+        self._apply_focal_scale(fs)
         X_ref[pids] = X
         self._init_poses = {k: T[c] for c, k in enumerate(frames)}
         return T[-1]
@@ -586,10 +642,13 @@ class MonoVO:
             fixed[-1] = True
         elif not self.soft_scale:
             fixed[1] = True
-        T, X, err = bundle_adjust(np.stack([kf.T_cw for kf in kfs]), fixed, np.stack([self.points[t] for t in pids]),
-                                  np.array(obs_cam), np.array(obs_pt), np.asarray(obs_uv, np.float64), self.K,
-                                  max_nfev=self.ba_iterations, huber_px=self.huber_px,
-                                  scale_pair=(0, len(kfs) - 1) if self.soft_scale and not self.ba_fix_newest else None)
+        T, X, err, fs = bundle_adjust(np.stack([kf.T_cw for kf in kfs]), fixed,
+                                      np.stack([self.points[t] for t in pids]), np.array(obs_cam), np.array(obs_pt),
+                                      np.asarray(obs_uv, np.float64), self.K, max_nfev=self.ba_iterations,
+                                      huber_px=self.huber_px, refine_focal=self._refining_focal(),
+                                      scale_pair=(0, len(kfs) - 1) if self.soft_scale and not self.ba_fix_newest
+                                      else None)
+        self._apply_focal_scale(fs)
         for kf, Tc in zip(kfs, T, strict=True):
             kf.T_cw = Tc
         bad = set()
