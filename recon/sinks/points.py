@@ -223,7 +223,7 @@ class PointCloudWriter:
         self.points_written = 0
 
     def on_result(self, result: FrameResult) -> None:
-        if result.is_update:
+        if result.is_update or not result.tracked:  # untracked: the placeholder pose would misplace the points
             return
         if self._acc is None:
             voxel = self.voxel_size or auto_voxel_size(result)

@@ -183,11 +183,10 @@ class GeometricBackend:
         depth = np.where(np.isfinite(depth) & (depth > 0) & (depth < self.depth_max), depth, 0.0).astype(np.float32)
         K_out = strided_K(self._K, s)
         pts, conf = depth_point_map(depth, K_out, res.T_world_cam)
-        if not res.ok:
-            conf *= 0.5  # the pose is a guess: keep the points but rank them below tracked frames
+        # A lost frame's pose is a guess: `tracked=False` keeps it out of trajectories and maps.
         return FrameResult(frame.stream_id, frame.seq, frame.t_ns, res.T_world_cam, K_out, depth=depth,
                            confidence=conf, points_world=pts, metric=True,
-                           image=np.ascontiguousarray(frame.image[::s, ::s]))
+                           image=np.ascontiguousarray(frame.image[::s, ::s]), tracked=bool(res.ok))
 
 
 def create(**options: Any) -> GeometricBackend:

@@ -45,6 +45,7 @@ from recon.backends.geometric.bundle import bundle_adjust
 from recon.backends.geometric.features import KltTracker, to_gray
 from recon.backends.geometric.grid import depth_point_map, strided_K
 from recon.backends.geometric.pnp import rotation_deg, solve_pnp
+from recon.backends.geometric.reloc import DescriptorDatabase
 from recon.geometry.transforms import inv_se3
 from recon.types import Frame, FrameResult
 from recon.utils.log import WarnOnce
@@ -87,6 +88,8 @@ class MonoVO:
         anchor_tracks: re-measure each track against the image it was detected in (off: did not help on
             rendered rooms, where frame-to-frame flow with a forward-backward check was more accurate).
         klt: options of KltTracker (defaults here: 7 px between corners).
+        relocalise: when KLT + PnP fail, match ORB descriptors against the keyframes (local window first) and
+            pose the frame by PnP (recon.backends.geometric.reloc); reloc: options of DescriptorDatabase.
         calibrate_focal: K is a guess: estimate the focal length when the map is initialised
             (recon.backends.geometric.selfcalib) and refine it in the bundle adjustments of the first
             `focal_keyframes` keyframes (principal point kept at K's).
@@ -100,6 +103,7 @@ class MonoVO:
                  anchor_tracks: bool = False, soft_scale: bool = True, emit_updates: bool = True,
                  ba_outlier_px: float = 4.0, huber_px: float = 1.5, init_ba: bool = True,
                  ba_fix_newest: bool = False, calibrate_focal: bool = False, focal_keyframes: int = 40,
+                 relocalise: bool = True, reloc: dict[str, Any] | None = None,
                  klt: dict[str, Any] | None = None) -> None:
         self.K = np.asarray(K, dtype=np.float64)
         self.width, self.height = int(width), int(height)
@@ -131,6 +135,9 @@ class MonoVO:
         self.calibrate_focal = bool(calibrate_focal)
         self.focal_keyframes = int(focal_keyframes)
         self.focal_source = "assumed (not calibrated yet)" if self.calibrate_focal else "given"
+        self.relocalise = bool(relocalise)
+        self._reloc_options = dict(reloc or {})
+        self.relocalisations = 0
         self._focal_refinements = 0
         self.updates_emitted = 0
         self._warn = WarnOnce(logger)
@@ -140,6 +147,7 @@ class MonoVO:
         self.keyframe_count = 0
         self.emitted_guessed = 0
         self._reset_map(np.eye(4), scale_depth=None)
+        self._lost_map: dict[str, Any] | None = None
         self.velocity = np.eye(4)
         self.T_world_last = np.eye(4)
         self.lost_in_row = 0
@@ -152,6 +160,7 @@ class MonoVO:
                 "keyframes": self.keyframe_count, "map_points": len(self.points), "tracks": len(self._ids),
                 "pending": len(self._pending), "guessed_poses": self.emitted_guessed,
                 "pose_updates": self.updates_emitted, "lost": self.lost_in_row > 0,
+                "relocalisations": self.relocalisations,
                 "intrinsics": {"fx": float(self.K[0, 0]), "fy": float(self.K[1, 1]), "cx": float(self.K[0, 2]),
                                "cy": float(self.K[1, 2]), "source": self.focal_source}}
 
@@ -200,11 +209,22 @@ class MonoVO:
         self._kf_map_tracks = 0
         self._attached: list[tuple[FrameResult, _Keyframe, np.ndarray]] = []  # result, its keyframe, T_kf_frame
         self._init_poses = {}
+        self._db = DescriptorDatabase(**self._reloc_options)
 
     # -- initialisation -----------------------------------------------------------------------------------------
 
     def _step_init(self, frame: Frame, gray: np.ndarray) -> list[FrameResult]:
         out: list[FrameResult] = []
+        if self._lost_map is not None:
+            lost = self._lost_map
+            found = lost["db"].relocalise(gray, lost["points"], self.K)
+            if found is not None:
+                # Back in the old map: the frames held for the new one have no pose in it.
+                out = self.flush()
+                self.points, self._kfs, self._db, self.klt = lost["points"], lost["kfs"], lost["db"], lost["klt"]
+                self._lost_map = None
+                self.state = "track"
+                return out + self._relocalised(frame, gray, found)
         if self._ref_gray is None:
             pts, ids = self.klt.detect(gray)
             if len(pts) < 60:  # blank or textureless: cannot start here
@@ -284,8 +304,11 @@ class MonoVO:
         self._kfs = [kf0, kf1]
         self.state = "track"
         self._frames_since_kf = 0
+        self._describe(self._ref_gray, kf0)
+        self._describe(gray, kf1)
         self._replenish(gray, kf1)
         self._kf_map_tracks = self._n_map_tracks()
+        self._lost_map = None  # the new map replaces the lost one
         logger.info("monocular VO initialised: %d map points, median parallax %.1f deg over %d frames",
                     len(self.points), float(np.median(angle)), len(self._pending))
         return True
@@ -431,6 +454,10 @@ class MonoVO:
                     for tid in ids[drop]:
                         self.points.pop(int(tid), None)
                     ids, pts, sel = ids[keep], pts[keep], sel[keep]
+        if T_cw is None and self.relocalise:
+            found = self._db.relocalise(gray, self.points, self.K, inv_se3(guess))
+            if found is not None:
+                return self._relocalised(frame, gray, found)
         if T_cw is None:
             return [self._lost(frame, guess)]
         T_world_cur = inv_se3(T_cw)
@@ -452,6 +479,27 @@ class MonoVO:
             self.T_world_last = inv_se3(T_cw)
             self.velocity = inv_se3(T_world_cur) @ self.T_world_last @ self.velocity
             updates = self._revise_attached()
+        result = self._result(frame, self.T_world_last, self._ids, self._pts)
+        self._attach(result, self._kfs[-1])
+        return updates + [result]
+
+    def _relocalised(self, frame: Frame, gray: np.ndarray, found: Any) -> list[FrameResult]:
+        """Continue from a descriptor-matched pose: its matches become the tracks and the frame a keyframe."""
+        self.relocalisations += 1
+        if self.lost_in_row:
+            logger.info("monocular VO: relocalised at %s/%d against keyframe %d (%d matched map points) after %d "
+                        "lost frames", frame.stream_id, frame.seq, found.keyframe, len(found.ids), self.lost_in_row)
+        self.lost_in_row = 0
+        self._ids = found.ids.astype(np.int64)
+        self._pts = found.pts.astype(np.float32)
+        self._anchor_grays = {}
+        self._anchor_key, self._anchor_pts = self._anchor_key[:0], self._anchor_pts[:0]
+        self._add_anchor(gray, self._pts)
+        self._prev_gray = gray
+        T_cw = self._add_keyframe(gray, found.T_cw)
+        self.T_world_last = inv_se3(T_cw)
+        self.velocity = np.eye(4)  # the motion since the last tracked frame is unknown
+        updates = self._revise_attached()
         result = self._result(frame, self.T_world_last, self._ids, self._pts)
         self._attach(result, self._kfs[-1])
         return updates + [result]
@@ -532,7 +580,10 @@ class MonoVO:
             self.reinitialisations += 1
             logger.info("monocular VO: re-initialising after %d lost frames", self.lost_in_row)
             depth = self._median_depth()
+            lost_map = {"points": self.points, "kfs": self._kfs, "db": self._db, "klt": self.klt} \
+                if self.relocalise else None
             self._reset_map(self.T_world_last, scale_depth=depth)
+            self._lost_map = lost_map  # tried by relocalisation until the new map is initialised
         self.emitted_guessed += 1
         return self._result(frame, self.T_world_last, np.zeros(0, np.int64), np.zeros((0, 2)), ok=False)
 
@@ -567,10 +618,19 @@ class MonoVO:
         self._local_ba()
         logger.debug("keyframe %d: %d tracks, %d new points, %d map points, moved %.4f by the adjustment",
                      kf.index, len(kf.obs), n_new, len(self.points), np.linalg.norm(inv_se3(kf.T_cw)[:3, 3] - c_before))
+        self._describe(gray, kf)
         self._replenish(gray, kf)
         self._frames_since_kf = 0
         self._kf_map_tracks = self._n_map_tracks()
         return kf.T_cw
+
+    def _describe(self, gray: np.ndarray, kf: _Keyframe) -> None:
+        """Store the keyframe's ORB descriptors at its map points, for relocalisation."""
+        if not self.relocalise:
+            return
+        ids = np.array([t for t in kf.obs if t in self.points], np.int64)
+        if len(ids):
+            self._db.add(kf.index, gray, ids, np.stack([kf.obs[int(t)] for t in ids]))
 
     def _triangulate_new(self, kf: _Keyframe) -> None:
         """Points for tracks without one, against the oldest window keyframe that saw them."""
@@ -698,7 +758,7 @@ class MonoVO:
         conf = conf * valid
         return FrameResult(frame.stream_id, frame.seq, frame.t_ns, T_world_cam, self._K_out, depth=depth,
                            confidence=conf.astype(np.float32), points_world=pts_world, metric=False,
-                           image=np.ascontiguousarray(frame.image[::s, ::s]))
+                           image=np.ascontiguousarray(frame.image[::s, ::s]), tracked=ok)
 
 
 def _point_depths(uv_n2: np.ndarray, z_n: np.ndarray, h: int, w: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
