@@ -1,13 +1,15 @@
 """Relocalisation of the monocular tracker: ORB descriptors of keyframes' map points, matched when KLT fails.
 
 Why: frame-to-frame optical flow breaks on fast motion, blur and occlusion, and the tracker used to continue
-from a guessed pose. Descriptors survive large image motion: each keyframe stores ORB descriptors computed at
-its tracked map points; a frame whose KLT tracks do not give a pose is matched against them (Hamming distance,
-ratio test), the keyframes with most matches first (the local window is among them, so this is also matching
-against the local map), and posed by RANSAC PnP without a motion prior. The inlier matches become the frame's
-new tracks, carrying the map points' ids.
+from a guessed pose. Descriptors survive large image motion: each keyframe stores upright ORB descriptors
+computed at its tracked map points (KLT corners have no orientation; hand-held cameras roll little), and a
+query frame is described the same way at its own Shi-Tomasi corners. A frame whose KLT tracks give no pose is
+matched against the keyframes (Hamming distance, ratio test), those with most matches first (the local window
+is among them, so this is also matching against the local map), and posed by RANSAC PnP without a motion
+prior. The inlier matches become the frame's new tracks, carrying the map points' ids.
 
-The database is of one map: it is cleared when the tracker re-initialises (the new map has another scale).
+One database per map: after a re-initialisation the lost map's database is still tried (MonoVO) until the new
+map is initialised, so a camera that comes back to the old map continues in it, with its scale.
 """
 
 from __future__ import annotations
@@ -74,14 +76,14 @@ class DescriptorDatabase:
         """Describe keyframe `index` at its map points' pixels (ORB drops those too near the border)."""
         if len(ids) == 0:
             return
-        kps = [cv2.KeyPoint(float(x), float(y), 19.0) for x, y in pts]
+        # Upright descriptors (angle -1: ORB keeps the given orientation); class_id carries the row back, since
+        # compute() drops keypoints without a full patch.
+        kps = [cv2.KeyPoint(float(x), float(y), 19.0, -1, 0, 0, k) for k, (x, y) in enumerate(pts)]
         kept, desc = self._orb().compute(gray, kps)
         if desc is None or not kept:
             return
-        # compute() drops keypoints without a full patch; map the survivors back to their ids by position.
-        where = {(round(p[0], 3), round(p[1], 3)): int(i) for i, p in zip(ids, pts, strict=True)}
-        kid = np.array([where.get((round(k.pt[0], 3), round(k.pt[1], 3)), -1) for k in kept], np.int64)
-        good = kid >= 0
+        rows = np.array([k.class_id for k in kept], np.int64)
+        kid, good = ids[rows], np.ones(len(rows), bool)
         self.entries.append(KeyframeDescriptors(int(index), kid[good], desc[good]))
         self.entries = self.entries[-self.max_keyframes:]
 
@@ -91,7 +93,13 @@ class DescriptorDatabase:
         if not self.entries:
             return None
         self.attempts += 1
-        kps, desc = self._orb().detectAndCompute(gray, None)
+        # The same corners (Shi-Tomasi) and upright descriptors as the keyframes': FAST keypoints would land
+        # beside the tracked corners and describe other patches.
+        corners = cv2.goodFeaturesToTrack(gray, self.n_features, 0.005, 5, blockSize=5)
+        if corners is None:
+            return None
+        kps = [cv2.KeyPoint(float(x), float(y), 19.0, -1, 0, 0) for x, y in corners.reshape(-1, 2)]
+        kps, desc = self._orb().compute(gray, kps)
         if desc is None or len(kps) < self.min_inliers:
             return None
         uv = np.array([k.pt for k in kps], np.float64)
