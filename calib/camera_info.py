@@ -8,6 +8,7 @@ rewords them as option errors).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +55,10 @@ def load_camera_file(path: Path) -> Calibration:
       distortion_coefficients.data, as camera_calibration writes it), or an OpenCV FileStorage file
       (camera_matrix / distortion_coefficients, image_width / image_height);
     - `.xml`: OpenCV FileStorage;
-    - anything else: plain text `fx fy cx cy [width height]` or the 9 numbers of K.
+    - `cameras.txt`: COLMAP's text model (`CAMERA_ID MODEL WIDTH HEIGHT PARAMS...`, first camera);
+    - text with `P0:` ... `P3:` lines: KITTI's `calib.txt` (K of `P2`, the left colour camera, else `P0`);
+    - anything else: plain text `fx fy cx cy [width height]` or the 9 numbers of K (7-Scenes'
+      `camera-intrinsics.txt` holds the 3x3 K).
     """
     path = Path(path)
     try:
@@ -63,6 +67,10 @@ def load_camera_file(path: Path) -> Calibration:
         raise SequenceError(f"cannot read calibration {path}: {e}") from e
     if path.suffix.lower() in (".yaml", ".yml", ".xml"):
         return _load_yaml_or_xml(path, text)
+    if path.name.lower() == "cameras.txt":
+        return _load_colmap_cameras(path, text)
+    if re.search(r"^\s*P[0-3]\s*:", text, re.MULTILINE):
+        return _load_kitti_calib(path, text)
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
@@ -90,14 +98,82 @@ def load_camera_file(path: Path) -> Calibration:
     raise SequenceError(f"{path}: expected 'fx fy cx cy [width height]' or 9 numbers of K, got {len(nums)} numbers")
 
 
+CAMERA_FILE_NAMES = ("camera.json", "intrinsics.json", "calibration.json", "camera_info.yaml", "camera_info.yml",
+                     "camera.yaml", "calibration.yaml", "intrinsics.txt", "camera-intrinsics.txt", "camera.txt",
+                     "calibration.txt", "cameras.txt", "sparse/0/cameras.txt", "calib.txt")
+"""Calibration file names `find_camera_file` looks for, first found wins: recon's own, ROS / OpenCV YAML, plain
+text, 7-Scenes (`camera-intrinsics.txt`), COLMAP (`cameras.txt`, also in `sparse/0/`), KITTI (`calib.txt`)."""
+
+
 def find_camera_file(folder: Path) -> Path | None:
-    """The calibration file of a sequence folder, if any (`camera.json`, `intrinsics.json`, `intrinsics.txt`...)."""
-    for name in ("camera.json", "intrinsics.json", "calibration.json", "intrinsics.txt", "camera.txt",
-                 "calibration.txt"):
-        p = folder / name
+    """The calibration file of a sequence folder, if any (the names of `CAMERA_FILE_NAMES`, in that order)."""
+    for name in CAMERA_FILE_NAMES:
+        p = Path(folder) / name
         if p.is_file():
             return p
     return None
+
+
+# COLMAP camera models: parameter names in file order (https://colmap.github.io/cameras.html).
+_COLMAP_MODELS = {
+    "SIMPLE_PINHOLE": ("f", "cx", "cy"),
+    "PINHOLE": ("fx", "fy", "cx", "cy"),
+    "SIMPLE_RADIAL": ("f", "cx", "cy", "k1"),
+    "RADIAL": ("f", "cx", "cy", "k1", "k2"),
+    "OPENCV": ("fx", "fy", "cx", "cy", "k1", "k2", "p1", "p2"),
+    "FULL_OPENCV": ("fx", "fy", "cx", "cy", "k1", "k2", "p1", "p2", "k3", "k4", "k5", "k6"),
+    "OPENCV_FISHEYE": ("fx", "fy", "cx", "cy", "k1", "k2", "k3", "k4"),
+}
+
+
+def _load_colmap_cameras(path: Path, text: str) -> Calibration:
+    """The first camera of a COLMAP `cameras.txt` (pixel centres at +0.5 in COLMAP: moved to OpenCV's integers)."""
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        model = parts[1].upper() if len(parts) > 1 else ""
+        names = _COLMAP_MODELS.get(model)
+        if names is None:
+            raise SequenceError(f"{path}:{lineno}: COLMAP camera model {model or '?'!r} is not supported "
+                                f"({', '.join(_COLMAP_MODELS)})")
+        try:
+            w, h = int(parts[2]), int(parts[3])
+            p = dict(zip(names, (float(x) for x in parts[4:4 + len(names)]), strict=True))
+        except (ValueError, IndexError) as e:
+            raise SequenceError(f"{path}:{lineno}: expected 'CAMERA_ID {model} WIDTH HEIGHT "
+                                f"{' '.join(n.upper() for n in names)}': {e}") from e
+        fx, fy = p.get("fx", p.get("f")), p.get("fy", p.get("f"))
+        K = np.array([[fx, 0, p["cx"] - 0.5], [0, fy, p["cy"] - 0.5], [0, 0, 1]], dtype=np.float64)
+        if model == "OPENCV_FISHEYE":
+            dist, dist_model = np.array([p[k] for k in ("k1", "k2", "k3", "k4")]), "equidistant"
+        else:
+            order = ("k1", "k2", "p1", "p2", "k3", "k4", "k5", "k6")
+            n = max((i + 1 for i, k in enumerate(order) if k in p), default=0)
+            dist = np.array([p.get(k, 0.0) for k in order[:n]])
+            dist_model = "rational_polynomial" if n > 5 else "plumb_bob"
+        return Calibration(K, (w, h), dist, distortion_model=dist_model)
+    raise SequenceError(f"{path}: no camera line in the COLMAP cameras.txt")
+
+
+def _load_kitti_calib(path: Path, text: str) -> Calibration:
+    """K of a KITTI `calib.txt`: the left colour camera's `P2`, else `P0` (rectified: no distortion)."""
+    P: dict[str, np.ndarray] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        key, sep, rest = line.partition(":")
+        if not sep:
+            continue
+        try:
+            vals = np.array([float(x) for x in rest.split()])
+        except ValueError as e:
+            raise SequenceError(f"{path}:{lineno}: not numbers: {line!r}") from e
+        if vals.size == 12:
+            P[key.strip()] = vals.reshape(3, 4)
+    for name in ("P2", "P0"):
+        if name in P:
+            return Calibration(P[name][:, :3].copy())
+    raise SequenceError(f"{path}: a KITTI calib.txt needs a P2 or P0 line of 12 numbers")
 
 
 

@@ -88,6 +88,8 @@ class IndexedSequence:
         self.ground_truth = ground_truth
         self.has_depth = has_depth
         self.stats = ReadStats()
+        # Where `camera_info` came from, for the run summary (readers set it; None: unknown or not said).
+        self.intrinsics_source: str | None = None
 
     def _count(self) -> int:
         """Number of frames in the whole sequence (before stride and max_frames)."""
@@ -154,6 +156,7 @@ class CalibratedSequence:
         self.sequence = sequence
         name = getattr(sequence, "name", "sequence")
         self.camera_info = fit_camera_info(info, size or first_image_size(sequence), str(name))
+        self.intrinsics_source = "--camera-info"
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.sequence, name)

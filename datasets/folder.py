@@ -4,7 +4,9 @@ Timestamps, first rule that applies to *every* file name wins:
 1. names that are timestamps: decimal seconds (`1305031102.175304.png`) or >= 16 digits of nanoseconds;
 2. with `fps`: names ending in a frame number (`frame_000123.png` -> 123 / fps);
 3. otherwise position / fps (30 when no fps is given).
-Intrinsics come from a calibration file in the folder (`camera.json`, `intrinsics.txt`), else unknown.
+Intrinsics come from a calibration file in the folder (`recon.calib.camera_info.CAMERA_FILE_NAMES`: camera.json,
+ROS / OpenCV YAML, COLMAP cameras.txt, 7-Scenes camera-intrinsics.txt...), else from the first image's EXIF focal
+length (phone and camera JPEGs), else unknown (the geometric backend then self-calibrates the focal length).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 from pathlib import Path
 
 from recon.calib.camera_info import find_camera_file, load_camera_file
+from recon.calib.exif import exif_intrinsics
 from recon.datasets.base import IndexedSequence, OnError
 from recon.datasets.files import (
     IMAGE_EXTENSIONS,
@@ -23,7 +26,7 @@ from recon.datasets.files import (
     timestamp_from_name,
 )
 from recon.errors import ConfigError, SequenceError
-from recon.types import Frame
+from recon.types import CameraInfo, Frame
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +70,18 @@ class ImageFolderSequence(IndexedSequence):
             raise SequenceError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
         self._t_ns = folder_timestamps(self._paths, fps)
         cam_file = find_camera_file(root)
-        camera_info = load_camera_file(cam_file).camera_info(image_size(self._paths[0])) if cam_file else None
+        size = image_size(self._paths[0])
+        camera_info, source = None, None
+        if cam_file:
+            camera_info, source = load_camera_file(cam_file).camera_info(size), f"calibration file {cam_file.name}"
+        elif size is not None and (exif := exif_intrinsics(self._paths[0], size)) is not None:
+            camera_info, source = CameraInfo(size[0], size[1], exif[0]), exif[1]
+        if camera_info is not None:
+            logger.info("%s: intrinsics fx %.1f fy %.1f cx %.1f cy %.1f from %s", root.name, camera_info.K[0, 0],
+                        camera_info.K[1, 1], camera_info.K[0, 2], camera_info.K[1, 2], source)
         super().__init__(root.resolve().name, on_error=on_error, stride=stride, max_frames=max_frames,
                          camera_info=camera_info, has_depth=False)
+        self.intrinsics_source = source
 
     def _count(self) -> int:
         return len(self._paths)

@@ -119,6 +119,8 @@ class KittiSequence(IndexedSequence):
                 break
         super().__init__(f"kitti_{root.name}", on_error=on_error, stride=stride, max_frames=max_frames,
                          camera_info=camera_info, ground_truth=ground_truth, has_depth=False)
+        camera = "P2" if cam == "image_2" else "P0"
+        self.intrinsics_source = None if P is None else f"calibration file calib.txt ({camera})"
 
     def _count(self) -> int:
         return len(self._images)

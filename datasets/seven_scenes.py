@@ -100,6 +100,8 @@ class SevenScenesSequence(IndexedSequence):
         name = f"{root.resolve().parent.name}-{root.name}"
         super().__init__(name, on_error=on_error, stride=stride, max_frames=max_frames, camera_info=camera_info,
                          ground_truth=ground_truth, has_depth=has_depth)
+        self.intrinsics_source = (f"calibration file {cam_file.name}" if cam_file is not None
+                                  else "7-Scenes default calibration (585, 320, 240 at 640x480)")
 
     def _t_ns(self, idx: int) -> int:
         return round(idx * 1e9 / self.fps)

@@ -112,6 +112,8 @@ class TumSequence(IndexedSequence):
             camera_info = tum_camera(root.resolve().name, w, h)
         super().__init__(root.resolve().name, on_error=on_error, stride=stride, max_frames=max_frames,
                          camera_info=camera_info, ground_truth=ground_truth, has_depth=bool(depth))
+        self.intrinsics_source = (f"calibration file {cam_file.name}" if cam_file is not None
+                                  else "published TUM RGB-D calibration")
 
     def _count(self) -> int:
         return len(self._entries)

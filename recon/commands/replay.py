@@ -214,6 +214,7 @@ def _fill_summary(summary: Any, stats: Any, sequence: Any, backend: Any, sinks: 
     summary.extra = {"metric": stats.metric, "stride": args.stride, "max_frames": args.max_frames,
                      "frames_dropped_by_stride": stats.frames_dropped_by_stride,
                      "voxel_size": cloud.summary()["voxel_size"], "ply_points": cloud.points_written}
+    summary.extra["intrinsics"] = _intrinsics(sequence, summary.backend_stats.get("extra", {}))
     for stream_id, path in trajectory.paths.items():
         key = "trajectory" if len(trajectory.paths) == 1 else f"trajectory:{stream_id}"
         summary.outputs[key] = str(path)
@@ -242,3 +243,21 @@ def _run_with_progress(sequence: Any, backend: Any, sinks: Any, args: argparse.N
         # The camera / reconstruction / viewer node classes of `recon node ...`, as threads over inproc://.
         return run_replay_inproc(sequence, backend, sinks, max_frames=args.max_frames, stride=args.stride,
                                  on_frame=on_frame)
+
+
+def _intrinsics(sequence: Any, backend_extra: dict[str, Any]) -> dict[str, Any] | None:
+    """Intrinsics used and where they came from: what the backend ended with (self-calibrated or given) when it
+    says, named after the reader's source (`--camera-info`, a calibration file, EXIF) when the frames had K."""
+    used = backend_extra.get("intrinsics")
+    info = getattr(sequence, "camera_info", None)
+    source = getattr(sequence, "intrinsics_source", None)
+    if used is not None:
+        used = dict(used)
+        if used.get("source") == "given" and info is not None:
+            used["source"] = source or "the sequence reader"
+        return used
+    if info is None:
+        return None
+    K = info.K
+    return {"fx": float(K[0, 0]), "fy": float(K[1, 1]), "cx": float(K[0, 2]), "cy": float(K[1, 2]),
+            "source": source or "the sequence reader"}

@@ -296,6 +296,8 @@ class PointCloudWriter:
         self.revisions_too_late = 0
 
     def on_result(self, result: FrameResult) -> None:
+        if not result.tracked:  # the placeholder pose of a frame without one would misplace its points
+            return
         key = (result.stream_id, int(result.seq))
         has_points = result_points_hw3(result) is not None
         if result.is_update and self._acc is not None and self._acc.folded(key):

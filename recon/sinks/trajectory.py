@@ -1,7 +1,9 @@
 """Sink collecting camera poses per stream and writing them as TUM trajectories.
 
 A revised pose (`is_update`, same `seq`) replaces the earlier one, so the file holds each frame's final
-estimate. Poses are kept in memory (a few hundred bytes per frame) and written at `close`.
+estimate. Frames without a pose (`tracked=False`) get no row: their pose is a placeholder, not an estimate (an
+untracked revision removes the frame's row). Poses are kept in memory (a few hundred bytes per frame) and
+written at `close`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,11 @@ class TrajectoryWriter:
         self.paths: dict[str, Path] = {}
 
     def on_result(self, result: FrameResult) -> None:
-        self._poses.setdefault(result.stream_id, {})[result.seq] = (int(result.t_ns), result.T_world_cam.copy())
+        poses = self._poses.setdefault(result.stream_id, {})
+        if not result.tracked:
+            poses.pop(result.seq, None)
+            return
+        poses[result.seq] = (int(result.t_ns), result.T_world_cam.copy())
 
     @property
     def stream_ids(self) -> list[str]:

@@ -81,6 +81,7 @@ class GeometricBackend:
         self._active_mode: str | None = None
         self._size: tuple[int, int] | None = None
         self._K: np.ndarray | None = None
+        self._K_guessed = False
         self._stride = 1
         self._frames_in = 0
         self._results_out = 0
@@ -121,6 +122,9 @@ class GeometricBackend:
             t = self._tracker
             extra.update(tracking_losses=t.losses, keyframes=t.keyframes, reanchors=t.reanchors,
                          open3d_fallbacks=t.fallbacks, tracks=t.n_tracks, lost=t.lost_in_row > 0)
+            K = self._K
+            extra["intrinsics"] = {"fx": float(K[0, 0]), "fy": float(K[1, 1]), "cx": float(K[0, 2]),
+                                   "cy": float(K[1, 2]), "source": "assumed" if self._K_guessed else "given"}
             if self._size is not None:
                 memory = self._size[0] * self._size[1] * 16  # keyframe colour + depth as float32
         elif self._active_mode == "mono" and self._tracker is not None:
@@ -139,14 +143,18 @@ class GeometricBackend:
     def _start(self, frame: Frame) -> None:
         """Choose the mode, intrinsics and output grid from the session's first frame."""
         self._size = (frame.width, frame.height)
+        self._K_guessed = False
         if frame.K is not None:
             self._K = frame.K
         elif self.K_option is not None:
             self._K = self.K_option
         else:
             self._K = default_intrinsics(frame.width, frame.height)
-            logger.info("geometric backend: no intrinsics for stream %s; assuming fx = fy = %.1f (0.8 * max(w, h))",
-                        frame.stream_id, self._K[0, 0])
+            self._K_guessed = True
+            logger.info("geometric backend: no intrinsics for stream %s; starting from fx = fy = %.1f "
+                        "(0.8 * max(w, h))%s", frame.stream_id, self._K[0, 0],
+                        "" if frame.depth is not None and self.mode != "mono" else
+                        ", to be self-calibrated from the first frames")
         self._stride = choose_stride(frame.width, frame.height, self.stride_option, self.max_points)
         use_rgbd = self.mode == "rgbd" or (self.mode == "auto" and frame.depth is not None)
         if use_rgbd:
@@ -158,8 +166,9 @@ class GeometricBackend:
             from recon.backends.geometric.mono import MonoVO
 
             self._active_mode = "mono"
+            options = {"calibrate_focal": self._K_guessed, **self.mono_options}
             self._tracker = MonoVO(self._K, frame.width, frame.height, stride=self._stride,
-                                   points=self.mono_points, **self.mono_options)
+                                   points=self.mono_points, **options)
         logger.info("geometric backend: %s mode for stream %s at %dx%d (output stride %d)", self._active_mode,
                     frame.stream_id, frame.width, frame.height, self._stride)
 
@@ -175,8 +184,7 @@ class GeometricBackend:
         depth = np.where(np.isfinite(depth) & (depth > 0) & (depth < self.depth_max), depth, 0.0).astype(np.float32)
         K_out = strided_K(self._K, s)
         pts, conf = depth_point_map(depth, K_out, res.T_world_cam)
-        if not res.ok:
-            conf *= 0.5  # the pose is a guess: keep the points but rank them below tracked frames
+        # A lost frame's pose is a guess: `tracked=False` keeps it out of trajectories and maps.
         return FrameResult(frame.stream_id, frame.seq, frame.t_ns, res.T_world_cam, K_out, depth=depth,
                            confidence=conf, points_world=pts, metric=True,
                            image=np.ascontiguousarray(frame.image[::s, ::s]), tracked=bool(res.ok))

@@ -19,18 +19,18 @@ logger = logging.getLogger(__name__)
 
 
 def _project(cams_c6: np.ndarray, X_p3: np.ndarray, obs_cam: np.ndarray, obs_pt: np.ndarray,
-             K: np.ndarray) -> np.ndarray:
+             K: np.ndarray, focal_scale: float = 1.0) -> np.ndarray:
     R = Rotation.from_rotvec(cams_c6[:, :3]).as_matrix()
     Xc = np.einsum("mij,mj->mi", R[obs_cam], X_p3[obs_pt]) + cams_c6[obs_cam, 3:]
     z = np.maximum(Xc[:, 2], 1e-6)
-    return Xc[:, :2] / z[:, None] * [K[0, 0], K[1, 1]] + [K[0, 2], K[1, 2]]
+    return Xc[:, :2] / z[:, None] * (focal_scale * np.array([K[0, 0], K[1, 1]])) + [K[0, 2], K[1, 2]]
 
 
 def bundle_adjust(T_cw_c44: np.ndarray, fixed_c: np.ndarray, X_p3: np.ndarray, obs_cam: np.ndarray,
                   obs_pt: np.ndarray, obs_uv: np.ndarray, K: np.ndarray, *, huber_px: float = 1.5,
-                  max_nfev: int = 20, scale_pair: tuple[int, int] | None = None,
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Refined (T_cw [C,4,4], X [P,3], per-observation reprojection error [M]).
+                  max_nfev: int = 20, scale_pair: tuple[int, int] | None = None, refine_focal: bool = False,
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Refined (T_cw [C,4,4], X [P,3], per-observation reprojection error [M], focal scale).
 
     Args:
         T_cw_c44: world-to-camera poses of the window's keyframes.
@@ -39,6 +39,8 @@ def bundle_adjust(T_cw_c44: np.ndarray, fixed_c: np.ndarray, X_p3: np.ndarray, o
             that, unlike a second fixed keyframe, still lets camera j's position and rotation improve.
         X_p3: world points; obs_cam / obs_pt / obs_uv: observation m sees point obs_pt[m] in camera
             obs_cam[m] at pixel obs_uv[m].
+        refine_focal: also estimate one factor s on fx and fy (principal point fixed), returned as the last
+            value (1.0 when not refined); the focal self-calibration of recon.backends.geometric.selfcalib.
     """
     C, P, M = len(T_cw_c44), len(X_p3), len(obs_cam)
     cams = np.zeros((C, 6))
@@ -49,10 +51,13 @@ def bundle_adjust(T_cw_c44: np.ndarray, fixed_c: np.ndarray, X_p3: np.ndarray, o
     col_of_cam[free] = np.arange(len(free)) * 6
     n_cam_params = 6 * len(free)
 
-    def unpack(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n_point_params = 3 * P
+
+    def unpack(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         c = cams.copy()
         c[free] = x[:n_cam_params].reshape(-1, 6)
-        return c, x[n_cam_params:].reshape(-1, 3)
+        fs = float(np.exp(x[-1])) if refine_focal else 1.0
+        return c, x[n_cam_params:n_cam_params + n_point_params].reshape(-1, 3), fs
 
     def centre(c6: np.ndarray) -> np.ndarray:
         return -Rotation.from_rotvec(c6[:3]).as_matrix().T @ c6[3:]
@@ -63,8 +68,8 @@ def bundle_adjust(T_cw_c44: np.ndarray, fixed_c: np.ndarray, X_p3: np.ndarray, o
         w_scale = 100.0 / max(d0, 1e-9)  # 1% change of the distance costs like a 1 px residual
 
     def residuals(x: np.ndarray) -> np.ndarray:
-        c, X = unpack(x)
-        r = (_project(c, X, obs_cam, obs_pt, K) - obs_uv).ravel()
+        c, X, fs = unpack(x)
+        r = (_project(c, X, obs_cam, obs_pt, K, fs) - obs_uv).ravel()
         if scale_pair is None:
             return r
         d = np.linalg.norm(centre(c[scale_pair[0]]) - centre(c[scale_pair[1]]))
@@ -87,17 +92,21 @@ def bundle_adjust(T_cw_c44: np.ndarray, fixed_c: np.ndarray, X_p3: np.ndarray, o
                 rows.append(np.full(6, n_rows))
                 cols.append(col_of_cam[cam] + np.arange(6))
         n_rows += 1
+    n_params = n_cam_params + n_point_params + int(refine_focal)
+    if refine_focal:  # one dense column: every reprojection residual depends on the focal length
+        rows.append(np.arange(2 * M))
+        cols.append(np.full(2 * M, n_params - 1))
     rows_a, cols_a = np.concatenate(rows), np.concatenate(cols)
-    sparsity = coo_matrix((np.ones(len(rows_a)), (rows_a, cols_a)), shape=(n_rows, n_cam_params + 3 * P)).tocsr()
-    x0 = np.concatenate([cams[free].ravel(), X_p3.ravel()])
+    sparsity = coo_matrix((np.ones(len(rows_a)), (rows_a, cols_a)), shape=(n_rows, n_params)).tocsr()
+    x0 = np.concatenate([cams[free].ravel(), X_p3.ravel(), np.zeros(int(refine_focal))])
     sol = least_squares(residuals, x0, jac_sparsity=sparsity, method="trf", loss="huber", f_scale=huber_px,
                         x_scale="jac", max_nfev=max_nfev, xtol=1e-8, ftol=1e-6, tr_solver="lsmr")
     logger.debug("bundle adjustment: %d cameras (%d free), %d points, %d observations, rms %.2f -> %.2f px, "
                  "%d evaluations", C, len(free), P, M, np.sqrt(np.mean(residuals(x0) ** 2)),
                  np.sqrt(np.mean(sol.fun ** 2)), sol.nfev)
-    c, X = unpack(sol.x)
+    c, X, fs = unpack(sol.x)
     T = np.tile(np.eye(4), (C, 1, 1))
     T[:, :3, :3] = Rotation.from_rotvec(c[:, :3]).as_matrix()
     T[:, :3, 3] = c[:, 3:]
-    err = np.linalg.norm(_project(c, X, obs_cam, obs_pt, K) - obs_uv, axis=1)
-    return T, X, err
+    err = np.linalg.norm(_project(c, X, obs_cam, obs_pt, K, fs) - obs_uv, axis=1)
+    return T, X, err, fs

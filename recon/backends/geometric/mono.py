@@ -45,6 +45,7 @@ from recon.backends.geometric.bundle import bundle_adjust
 from recon.backends.geometric.features import KltTracker, to_gray
 from recon.backends.geometric.grid import depth_point_map, strided_K
 from recon.backends.geometric.pnp import rotation_deg, solve_pnp
+from recon.backends.geometric.reloc import DescriptorDatabase
 from recon.geometry.transforms import inv_se3
 from recon.types import Frame, FrameResult
 from recon.utils.log import WarnOnce
@@ -87,6 +88,11 @@ class MonoVO:
         anchor_tracks: re-measure each track against the image it was detected in (off: did not help on
             rendered rooms, where frame-to-frame flow with a forward-backward check was more accurate).
         klt: options of KltTracker (defaults here: 7 px between corners).
+        relocalise: when KLT + PnP fail, match ORB descriptors against the keyframes (local window first) and
+            pose the frame by PnP (recon.backends.geometric.reloc); reloc: options of DescriptorDatabase.
+        calibrate_focal: K is a guess: estimate the focal length when the map is initialised
+            (recon.backends.geometric.selfcalib) and refine it in the bundle adjustments of the first
+            `focal_keyframes` keyframes (principal point kept at K's).
     """
 
     def __init__(self, K: np.ndarray, width: int, height: int, *, stride: int = 1, points: str = "dense",
@@ -96,7 +102,8 @@ class MonoVO:
                  max_lost_frames: int = 3, max_pending: int = 60, ba_iterations: int = 20,
                  anchor_tracks: bool = False, soft_scale: bool = True, emit_updates: bool = True,
                  ba_outlier_px: float = 4.0, huber_px: float = 1.5, init_ba: bool = True,
-                 ba_fix_newest: bool = False,
+                 ba_fix_newest: bool = False, calibrate_focal: bool = False, focal_keyframes: int = 40,
+                 relocalise: bool = True, reloc: dict[str, Any] | None = None,
                  klt: dict[str, Any] | None = None) -> None:
         self.K = np.asarray(K, dtype=np.float64)
         self.width, self.height = int(width), int(height)
@@ -125,6 +132,13 @@ class MonoVO:
         self.huber_px = float(huber_px)
         self.init_ba = bool(init_ba)
         self.ba_fix_newest = bool(ba_fix_newest)
+        self.calibrate_focal = bool(calibrate_focal)
+        self.focal_keyframes = int(focal_keyframes)
+        self.focal_source = "assumed (not calibrated yet)" if self.calibrate_focal else "given"
+        self.relocalise = bool(relocalise)
+        self._reloc_options = dict(reloc or {})
+        self.relocalisations = 0
+        self._focal_refinements = 0
         self.updates_emitted = 0
         self._warn = WarnOnce(logger)
         self._K_out = strided_K(self.K, self.stride)
@@ -133,6 +147,7 @@ class MonoVO:
         self.keyframe_count = 0
         self.emitted_guessed = 0
         self._reset_map(np.eye(4), scale_depth=None)
+        self._lost_map: dict[str, Any] | None = None
         self.velocity = np.eye(4)
         self.T_world_last = np.eye(4)
         self.lost_in_row = 0
@@ -144,7 +159,10 @@ class MonoVO:
         return {"state": self.state, "tracking_losses": self.losses, "reinitialisations": self.reinitialisations,
                 "keyframes": self.keyframe_count, "map_points": len(self.points), "tracks": len(self._ids),
                 "pending": len(self._pending), "guessed_poses": self.emitted_guessed,
-                "pose_updates": self.updates_emitted, "lost": self.lost_in_row > 0}
+                "pose_updates": self.updates_emitted, "lost": self.lost_in_row > 0,
+                "relocalisations": self.relocalisations,
+                "intrinsics": {"fx": float(self.K[0, 0]), "fy": float(self.K[1, 1]), "cx": float(self.K[0, 2]),
+                               "cy": float(self.K[1, 2]), "source": self.focal_source}}
 
     def memory_bytes(self) -> int:
         """Rough bytes held: map points, keyframe observations, held frames and the last image."""
@@ -191,11 +209,22 @@ class MonoVO:
         self._kf_map_tracks = 0
         self._attached: list[tuple[FrameResult, _Keyframe, np.ndarray]] = []  # result, its keyframe, T_kf_frame
         self._init_poses = {}
+        self._db = DescriptorDatabase(**self._reloc_options)
 
     # -- initialisation -----------------------------------------------------------------------------------------
 
     def _step_init(self, frame: Frame, gray: np.ndarray) -> list[FrameResult]:
         out: list[FrameResult] = []
+        if self._lost_map is not None:
+            lost = self._lost_map
+            found = lost["db"].relocalise(gray, lost["points"], self.K)
+            if found is not None:
+                # Back in the old map: the frames held for the new one have no pose in it.
+                out = self.flush()
+                self.points, self._kfs, self._db, self.klt = lost["points"], lost["kfs"], lost["db"], lost["klt"]
+                self._lost_map = None
+                self.state = "track"
+                return out + self._relocalised(frame, gray, found)
         if self._ref_gray is None:
             pts, ids = self.klt.detect(gray)
             if len(pts) < 60:  # blank or textureless: cannot start here
@@ -228,6 +257,8 @@ class MonoVO:
 
     def _try_initialise(self, gray: np.ndarray) -> bool:
         """Two-view map from the reference and the current frame; False when the parallax is too small."""
+        if self.calibrate_focal and self._focal_refinements == 0:
+            self._search_focal()
         p0, p1 = self._ref_pts.astype(np.float64), self._pts.astype(np.float64)
         E, mask = cv2.findEssentialMat(p0, p1, self.K, method=cv2.RANSAC, prob=0.999, threshold=1.0)
         if E is None or E.shape != (3, 3) or mask is None:
@@ -273,11 +304,57 @@ class MonoVO:
         self._kfs = [kf0, kf1]
         self.state = "track"
         self._frames_since_kf = 0
+        self._describe(self._ref_gray, kf0)
+        self._describe(gray, kf1)
         self._replenish(gray, kf1)
         self._kf_map_tracks = self._n_map_tracks()
+        self._lost_map = None  # the new map replaces the lost one
         logger.info("monocular VO initialised: %d map points, median parallax %.1f deg over %d frames",
                     len(self.points), float(np.median(angle)), len(self._pending))
         return True
+
+    def _search_focal(self) -> None:
+        """Focal length from the held frames (pairs of the reference with later frames), when well defined."""
+        from recon.backends.geometric.selfcalib import estimate_focal
+
+        ref = {int(t): uv for t, uv in zip(self._pending[0].ids, self._pending[0].pts, strict=True)}
+        n = len(self._pending)
+        pairs = []
+        for k in sorted({max(1, n // 3), max(1, n // 2), max(1, 2 * n // 3), max(1, 5 * n // 6), n - 1}):
+            p = self._pending[k]
+            common = [(ref[int(t)], uv) for t, uv in zip(p.ids, p.pts, strict=True) if int(t) in ref]
+            if common:
+                pairs.append((np.array([c[0] for c in common]), np.array([c[1] for c in common])))
+        est = estimate_focal(pairs, self.width, self.height)
+        if est.f is not None and est.confident:
+            self._set_focal(est.f)
+            self.focal_source = "self-calibrated (essential-matrix focal search)"
+            logger.info("monocular VO: focal length self-calibrated to %.1f px from %d image pairs (a guess until "
+                        "the bundle adjustment refines it)", est.f, est.pairs)
+        else:
+            logger.info("monocular VO: the first frames do not determine the focal length (%s); starting from "
+                        "f = %.1f px and refining it in the bundle adjustment",
+                        "no usable pairs" if est.f is None else f"search found {est.f:.1f} px, not confident",
+                        self.K[0, 0])
+
+    def _set_focal(self, f: float) -> None:
+        self.K = self.K.copy()
+        self.K[0, 0] = self.K[1, 1] = float(f)
+        self._K_out = strided_K(self.K, self.stride)
+
+    def _refining_focal(self) -> bool:
+        return self.calibrate_focal and self._focal_refinements < self.focal_keyframes
+
+    def _apply_focal_scale(self, scale: float) -> None:
+        """Take the focal length the bundle adjustment found; log it once it is final."""
+        if not self._refining_focal():
+            return
+        self._focal_refinements += 1
+        self._set_focal(self.K[0, 0] * scale)
+        self.focal_source = "self-calibrated (bundle adjustment)"
+        if not self._refining_focal():
+            logger.info("monocular VO: focal length self-calibrated to %.1f px over %d bundle adjustments (no "
+                        "calibration given: this is an estimate)", self.K[0, 0], self._focal_refinements)
 
     def _refine_initial_views(self, T_cur_ref: np.ndarray, X_ref: np.ndarray, good: np.ndarray) -> np.ndarray:
         """Bundle-adjust the two-view map with every held frame between the two views (in place on X_ref).
@@ -315,9 +392,11 @@ class MonoVO:
                     obs_uv.append(uv)
         fixed = np.zeros(len(cams), bool)
         fixed[0] = True
-        T, X, _ = bundle_adjust(np.stack(cams), fixed, X_ref[pids], np.array(obs_cam), np.array(obs_pt),
-                                np.asarray(obs_uv, np.float64), self.K, max_nfev=self.ba_iterations,
-                                huber_px=self.huber_px, scale_pair=(0, len(cams) - 1))
+        T, X, _, fs = bundle_adjust(np.stack(cams), fixed, X_ref[pids], np.array(obs_cam), np.array(obs_pt),
+                                    np.asarray(obs_uv, np.float64), self.K, max_nfev=self.ba_iterations,
+                                    huber_px=self.huber_px, scale_pair=(0, len(cams) - 1),
+                                    refine_focal=self._refining_focal())
+        self._apply_focal_scale(fs)
         X_ref[pids] = X
         self._init_poses = {k: T[c] for c, k in enumerate(frames)}
         return T[-1]
@@ -375,6 +454,10 @@ class MonoVO:
                     for tid in ids[drop]:
                         self.points.pop(int(tid), None)
                     ids, pts, sel = ids[keep], pts[keep], sel[keep]
+        if T_cw is None and self.relocalise:
+            found = self._db.relocalise(gray, self.points, self.K, inv_se3(guess))
+            if found is not None:
+                return self._relocalised(frame, gray, found)
         if T_cw is None:
             return [self._lost(frame, guess)]
         T_world_cur = inv_se3(T_cw)
@@ -396,6 +479,27 @@ class MonoVO:
             self.T_world_last = inv_se3(T_cw)
             self.velocity = inv_se3(T_world_cur) @ self.T_world_last @ self.velocity
             updates = self._revise_attached()
+        result = self._result(frame, self.T_world_last, self._ids, self._pts)
+        self._attach(result, self._kfs[-1])
+        return updates + [result]
+
+    def _relocalised(self, frame: Frame, gray: np.ndarray, found: Any) -> list[FrameResult]:
+        """Continue from a descriptor-matched pose: its matches become the tracks and the frame a keyframe."""
+        self.relocalisations += 1
+        if self.lost_in_row:
+            logger.info("monocular VO: relocalised at %s/%d against keyframe %d (%d matched map points) after %d "
+                        "lost frames", frame.stream_id, frame.seq, found.keyframe, len(found.ids), self.lost_in_row)
+        self.lost_in_row = 0
+        self._ids = found.ids.astype(np.int64)
+        self._pts = found.pts.astype(np.float32)
+        self._anchor_grays = {}
+        self._anchor_key, self._anchor_pts = self._anchor_key[:0], self._anchor_pts[:0]
+        self._add_anchor(gray, self._pts)
+        self._prev_gray = gray
+        T_cw = self._add_keyframe(gray, found.T_cw)
+        self.T_world_last = inv_se3(T_cw)
+        self.velocity = np.eye(4)  # the motion since the last tracked frame is unknown
+        updates = self._revise_attached()
         result = self._result(frame, self.T_world_last, self._ids, self._pts)
         self._attach(result, self._kfs[-1])
         return updates + [result]
@@ -476,7 +580,10 @@ class MonoVO:
             self.reinitialisations += 1
             logger.info("monocular VO: re-initialising after %d lost frames", self.lost_in_row)
             depth = self._median_depth()
+            lost_map = {"points": self.points, "kfs": self._kfs, "db": self._db, "klt": self.klt} \
+                if self.relocalise else None
             self._reset_map(self.T_world_last, scale_depth=depth)
+            self._lost_map = lost_map  # tried by relocalisation until the new map is initialised
         self.emitted_guessed += 1
         return self._result(frame, self.T_world_last, np.zeros(0, np.int64), np.zeros((0, 2)), ok=False)
 
@@ -511,10 +618,19 @@ class MonoVO:
         self._local_ba()
         logger.debug("keyframe %d: %d tracks, %d new points, %d map points, moved %.4f by the adjustment",
                      kf.index, len(kf.obs), n_new, len(self.points), np.linalg.norm(inv_se3(kf.T_cw)[:3, 3] - c_before))
+        self._describe(gray, kf)
         self._replenish(gray, kf)
         self._frames_since_kf = 0
         self._kf_map_tracks = self._n_map_tracks()
         return kf.T_cw
+
+    def _describe(self, gray: np.ndarray, kf: _Keyframe) -> None:
+        """Store the keyframe's ORB descriptors at its map points, for relocalisation."""
+        if not self.relocalise:
+            return
+        ids = np.array([t for t in kf.obs if t in self.points], np.int64)
+        if len(ids):
+            self._db.add(kf.index, gray, ids, np.stack([kf.obs[int(t)] for t in ids]))
 
     def _triangulate_new(self, kf: _Keyframe) -> None:
         """Points for tracks without one, against the oldest window keyframe that saw them."""
@@ -586,10 +702,13 @@ class MonoVO:
             fixed[-1] = True
         elif not self.soft_scale:
             fixed[1] = True
-        T, X, err = bundle_adjust(np.stack([kf.T_cw for kf in kfs]), fixed, np.stack([self.points[t] for t in pids]),
-                                  np.array(obs_cam), np.array(obs_pt), np.asarray(obs_uv, np.float64), self.K,
-                                  max_nfev=self.ba_iterations, huber_px=self.huber_px,
-                                  scale_pair=(0, len(kfs) - 1) if self.soft_scale and not self.ba_fix_newest else None)
+        T, X, err, fs = bundle_adjust(np.stack([kf.T_cw for kf in kfs]), fixed,
+                                      np.stack([self.points[t] for t in pids]), np.array(obs_cam), np.array(obs_pt),
+                                      np.asarray(obs_uv, np.float64), self.K, max_nfev=self.ba_iterations,
+                                      huber_px=self.huber_px, refine_focal=self._refining_focal(),
+                                      scale_pair=(0, len(kfs) - 1) if self.soft_scale and not self.ba_fix_newest
+                                      else None)
+        self._apply_focal_scale(fs)
         for kf, Tc in zip(kfs, T, strict=True):
             kf.T_cw = Tc
         bad = set()
@@ -639,7 +758,7 @@ class MonoVO:
         conf = conf * valid
         return FrameResult(frame.stream_id, frame.seq, frame.t_ns, T_world_cam, self._K_out, depth=depth,
                            confidence=conf.astype(np.float32), points_world=pts_world, metric=False,
-                           image=np.ascontiguousarray(frame.image[::s, ::s]))
+                           image=np.ascontiguousarray(frame.image[::s, ::s]), tracked=ok)
 
 
 def _point_depths(uv_n2: np.ndarray, z_n: np.ndarray, h: int, w: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
