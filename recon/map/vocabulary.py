@@ -83,9 +83,11 @@ class BinaryVocabulary:
         self.centres = centres
 
     @staticmethod
-    def _seed(bits: np.ndarray, k: int, rng: np.random.Generator, batch: int = 16) -> np.ndarray:
-        """k-means++ seeding on Hamming distance (Arthur & Vassilvitskii 2007), `batch` seeds per round: spread-out
-        starting words, so distinct clusters do not share one word while another is split."""
+    def _seed(bits: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+        """k-means++ seeding on Hamming distance (Arthur & Vassilvitskii 2007): spread-out starting words, so
+        distinct clusters do not share one word while another is split. k/16 seeds are drawn per round (one
+        matrix product per round instead of one per seed; with many words a rare double pick costs little)."""
+        batch = max(1, k // 16)
         chosen = [int(rng.integers(len(bits)))]
         dist = hamming_to(bits, bits[chosen])[:, 0]
         while len(chosen) < k:
