@@ -85,16 +85,22 @@ class BinaryVocabulary:
     @staticmethod
     def _seed(bits: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
         """k-means++ seeding on Hamming distance (Arthur & Vassilvitskii 2007): spread-out starting words, so
-        distinct clusters do not share one word while another is split."""
+        distinct clusters do not share one word while another is split. k/16 seeds are drawn per round (one
+        matrix product per round instead of one per seed; with many words a rare double pick costs little)."""
+        batch = max(1, k // 16)
         chosen = [int(rng.integers(len(bits)))]
-        dist = hamming_to(bits, bits[chosen[0]][None])[:, 0]
-        for _ in range(k - 1):
+        dist = hamming_to(bits, bits[chosen])[:, 0]
+        while len(chosen) < k:
             w = dist.astype(np.float64) ** 2
             total = w.sum()
-            nxt = int(rng.choice(len(bits), p=w / total)) if total > 0 else int(rng.integers(len(bits)))
-            chosen.append(nxt)
-            dist = np.minimum(dist, hamming_to(bits, bits[nxt][None])[:, 0])
-        return bits[chosen].copy()
+            m = min(batch, k - len(chosen))
+            if total <= 0:  # fewer distinct descriptors than words: the rest are duplicates anyway
+                new = rng.choice(len(bits), size=m, replace=False)
+            else:
+                new = rng.choice(len(bits), size=min(m, int(np.count_nonzero(w))), replace=False, p=w / total)
+            chosen.extend(int(i) for i in new)
+            dist = np.minimum(dist, hamming_to(bits, bits[new]).min(axis=1))
+        return bits[chosen[:k]].copy()
 
     @staticmethod
     def _nearest(bits: np.ndarray, centres: np.ndarray, chunk: int = 8192) -> np.ndarray:

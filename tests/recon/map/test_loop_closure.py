@@ -115,6 +115,8 @@ def test_up_to_scale_point_maps_close_the_loop_with_sim3() -> None:
     assert any(r.is_update for r in out)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_geometric_mono_finds_the_loop_and_reduces_the_return_error() -> None:
     """The real monocular tracker on the same loop; its own map distortion limits what closure can do."""
     frames, _ = loop_frames(depth=False)

@@ -93,3 +93,21 @@ def test_gtsam_similarity3_conversion_keeps_our_convention() -> None:
     np.testing.assert_allclose(g.transformFrom(p), S.apply_points(p))
     back = _from_gtsam(g, True)
     assert back.s == pytest.approx(2.5) and np.allclose(back.R, S.R) and np.allclose(back.t, S.t)
+
+
+def test_the_loop_closure_flag_is_on_for_geometric_by_default_and_wraps_the_backend() -> None:
+    import argparse
+
+    from recon.backends import create_backend
+    from recon.commands.backend_args import add_backend_arguments, backend_options
+    from recon.map import MappedBackend
+
+    parser = argparse.ArgumentParser()
+    add_backend_arguments(parser)
+    assert backend_options(parser.parse_args([]), "geometric") == {"loop_closure": True}
+    assert backend_options(parser.parse_args([]), "horizonstream") == {}
+    assert backend_options(parser.parse_args(["--loop-closure", "on"]), "horizonstream") == {"loop_closure": True}
+    assert backend_options(parser.parse_args(["--loop-closure", "off"]), "geometric") == {}
+    assert isinstance(create_backend("geometric", **backend_options(parser.parse_args([]), "geometric")),
+                      MappedBackend)
+    assert not isinstance(create_backend("geometric"), MappedBackend)
