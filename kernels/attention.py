@@ -221,6 +221,41 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torc
     return (impl or _DEFAULT)(q, k, v, attn_mask, scale)
 
 
+def varlen_attention(q: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor],
+                     masks: list[torch.Tensor | None] | None = None, impl: AttentionImpl | None = None,
+                     impl_masked: AttentionImpl | None = None, scale: float | None = None) -> torch.Tensor:
+    """Batch element i of `q [B,H,N,D]` attends to its own `keys[i]`/`values[i]` (`[1,H,M_i,D]`, lengths differ).
+
+    Why: a batched streaming step (recon.models.batched) runs many sessions' frames in one call, but each session
+    attends only to its own KV cache. On CUDA with xformers and no key masks, one block-diagonal kernel call
+    covers every session; otherwise (CPU, masks of static caches, no xformers) one kernel call per element, which
+    on a CPU costs nothing over a fused call (the work is the same GEMMs). Results equal per-element `attention`
+    (`impl` for unmasked elements, `impl_masked` for masked ones, as a model's unbatched calls choose).
+    """
+    B = q.shape[0]
+    if len(keys) != B or len(values) != B:
+        raise ValueError(f"varlen_attention: {B} queries but {len(keys)} keys / {len(values)} values")
+    masks = masks if masks is not None else [None] * B
+    if q.is_cuda and all(m is None for m in masks) and impl is not None and impl.name == "xformers":
+        return _xformers_varlen(q, keys, values, scale)
+    outs = [attention(q[i:i + 1], keys[i], values[i], attn_mask=masks[i],
+                      impl=impl if masks[i] is None else impl_masked, scale=scale) for i in range(B)]
+    return torch.cat(outs, dim=0)
+
+
+def _xformers_varlen(q: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor],
+                     scale: float | None) -> torch.Tensor:
+    """One xformers call with a block-diagonal mask: queries of element i see only keys[i] ([1,sum,H,D] layout)."""
+    fmha = importlib.import_module("xformers.ops.fmha")
+    B, H, N, D = q.shape
+    bias = fmha.attn_bias.BlockDiagonalMask.from_seqlens(q_seqlen=[N] * B, kv_seqlen=[int(k.shape[2]) for k in keys])
+    qf = q.transpose(1, 2).reshape(1, B * N, H, D)
+    kf = torch.cat([k[0].transpose(0, 1) for k in keys]).unsqueeze(0)
+    vf = torch.cat([v[0].transpose(0, 1) for v in values]).unsqueeze(0)
+    out = fmha.memory_efficient_attention(qf, kf, vf, attn_bias=bias, scale=scale)
+    return out.reshape(B, N, H, -1).transpose(1, 2)
+
+
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
                         scale: float | None = None) -> torch.Tensor:
     """The explicit formula, for tests and for checking kernels: softmax(q k^T / sqrt(D) + mask) v."""

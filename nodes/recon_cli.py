@@ -63,6 +63,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-image", action="store_true", help="do not send colours with results")
     parser.add_argument("--max-message-mb", type=float, default=None, help="zmq.MAXMSGSIZE in MiB")
     parser.add_argument("--allow-remote", action="store_true", help="allow binding beyond loopback")
+    parser.add_argument("--batch-window-ms", type=float, default=None, metavar="MS",
+                        help="step the streams of one backend in one batched model call per tick, waiting at most "
+                             "MS for each other (one shared model; default: every stream alone)")
+    parser.add_argument("--batch-deadline-ms", type=float, default=None, metavar="MS",
+                        help="per-frame deadline of the batch scheduler: a batch goes early to meet it")
+    parser.add_argument("--kv-memory", type=float, default=None, metavar="MB",
+                        help="one budget (MiB) for every session's streaming state: idle sessions move to host "
+                             "memory and back on their next frame (default: no budget)")
+    parser.add_argument("--kv-idle", type=float, default=30.0, metavar="S",
+                        help="with --kv-memory: a session idle this long is offloaded (default 30)")
     add_security_arguments(parser)
 
 
@@ -89,7 +99,10 @@ def run(args: argparse.Namespace) -> int:
                              allow_remote=args.allow_remote, limits=limits,
                              max_buffered_bytes=int(args.max_buffered_mb * 2**20), state_dir=state_dir,
                              checkpoint_every=args.checkpoint_every, state_max_age_s=args.state_max_age,
-                             warmup=not args.no_warmup, security=Security.from_args(args))
+                             warmup=not args.no_warmup, security=Security.from_args(args),
+                             batch_window_ms=args.batch_window_ms, batch_deadline_ms=args.batch_deadline_ms,
+                             kv_memory_bytes=None if args.kv_memory is None else int(args.kv_memory * 2**20),
+                             kv_idle_s=args.kv_idle)
     node = ReconNode(config)
     stop = on_shutdown_signals(lambda: None, node.abort)
     node.start()

@@ -53,7 +53,6 @@ from recon.utils.log import WarnOnce
 
 logger = logging.getLogger(__name__)
 
-_REPLIES = "inproc://recon-node-replies-{}"
 DEFAULT_MAX_BUFFERED_BYTES = 1 << 30
 
 
@@ -97,6 +96,13 @@ class ReconNodeConfig:
         strict: a backend exception stops the node (`ReconNode.failure`) instead of being counted and skipped.
         frame_hook: called with each decoded frame (in-process runs use it to re-attach `Frame.meta`, which is
             not part of the wire format).
+        batch_window_ms: batch streams (recon.nodes.scheduler): every tick, the streams with a pending frame step
+            in one model call, waiting at most this long for each other; streams share one model per backend
+            configuration. None: every session steps alone on its own model (the default).
+        batch_deadline_ms: per-frame deadline of the batch scheduler (None: only the window).
+        kv_memory_bytes: one budget for every session's streaming state (recon.memory.offload.KVPagePool): idle
+            sessions (`kv_idle_s`) and, to make room, the least recently used ones move to host memory and back on
+            their next frame. None: no budget, nothing offloaded.
     """
 
     bind: str = "tcp://127.0.0.1:5555"
@@ -126,6 +132,10 @@ class ReconNodeConfig:
     backend_instance: Backend | None = None
     strict: bool = False
     frame_hook: Callable[[Frame], None] | None = None
+    batch_window_ms: float | None = None
+    batch_deadline_ms: float | None = None
+    kv_memory_bytes: int | None = None
+    kv_idle_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.points_dtype not in ("f2", "f4"):
@@ -197,6 +207,8 @@ class ReconNode:
         self.ingest: Ingest | None = None
         self.control: ControlServer | None = None
         self.table: SessionTable | None = None
+        self.scheduler: Any = None  # recon.nodes.scheduler.BatchScheduler with batch_window_ms
+        self.kv_pool: Any = None  # recon.memory.offload.KVPagePool with kv_memory_bytes
         self.replies: Replies | None = None
 
     def __str__(self) -> str:
@@ -213,11 +225,27 @@ class ReconNode:
         self.publisher = Publisher(self.ctx, cfg.publish, node_id=self.node_id, heartbeat_s=cfg.heartbeat_s,
                                    limits=cfg.limits, security=cfg.security, hwm=cfg.result_hwm,
                                    min_subscribers=cfg.min_subscribers)
-        replies = Replies(self.ctx, _REPLIES.format(self.node_id), self.node_id, cfg.limits.max_message_bytes)
+        replies = Replies(self.node_id, cfg.limits.max_message_bytes)
         if self.store is not None:
             self.writer = CheckpointWriter(self.store)
         services = SessionServices(self.options, self.publisher, replies, self.budget, self.faults, self.rejects,
                                    self.fail, self._aborting, self.store, self.writer)
+        if cfg.batch_window_ms is not None:
+            from recon.backends import create_backend
+            from recon.nodes.scheduler import BatchScheduler, SchedulerConfig, SharedBackends
+
+            self.scheduler = BatchScheduler(SchedulerConfig(window_ms=cfg.batch_window_ms,
+                                                            deadline_ms=cfg.batch_deadline_ms)).start()
+            services.scheduler, services.backend_factory = self.scheduler, SharedBackends(create_backend)
+        if cfg.kv_memory_bytes is not None:
+            import torch
+
+            from recon.memory.offload import KVPagePool
+
+            wanted = str(cfg.backend_options.get("device", "auto"))
+            device = ("cuda" if torch.cuda.is_available() else "cpu") if wanted == "auto" else wanted
+            self.kv_pool = KVPagePool(cfg.kv_memory_bytes, device, idle_s=cfg.kv_idle_s)
+            services.kv_pool = self.kv_pool
         self.table = SessionTable(services, spare_backend=spare, only_backend=cfg.backend_instance)
         self.replies = replies
         self.ingest = Ingest(self.ctx, cfg.bind, table=self.table, replies=replies, publisher=self.publisher,
@@ -311,6 +339,8 @@ class ReconNode:
         self.publisher.heartbeat(bye=True, lost=self.results_lost)
         self.ingest.finish()
         self.control.stop()
+        if self.scheduler is not None:
+            self.scheduler.stop()
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(10)
@@ -374,4 +404,6 @@ class ReconNode:
                 "limits": {"max_pixels": self.config.limits.max_pixels,
                            "max_message_bytes": self.config.limits.max_message_bytes},
                 "checkpoints": self.writer.describe() if self.writer is not None else None,
-                "rss_bytes": int(psutil.Process().memory_info().rss), "sessions": sessions}
+                "rss_bytes": int(psutil.Process().memory_info().rss), "sessions": sessions,
+                "batching": self.scheduler.stats.as_dict() if self.scheduler is not None else None,
+                "kv_memory": self.kv_pool.describe() if self.kv_pool is not None else None}

@@ -54,7 +54,12 @@ LIVE_QUEUE = 1
 """Frames a live session holds waiting (the newest replaces it): latest frame wins, end to end."""
 
 DONE_WINDOW = 65536
-"""Processed seqs remembered per session for deduplication of re-sent frames."""
+"""Processed seqs remembered per recorded session for deduplication of re-sent frames (~7.5 MiB when full)."""
+
+LIVE_DONE_WINDOW = 256
+"""The same for a live session: a live camera never re-sends a frame (after a lost ack or a node restart it sends
+its newest capture instead), so a short window suffices, and a long-running live session does not grow towards
+DONE_WINDOW's 7.5 MiB over hours."""
 
 
 def new_map_epoch() -> int:
@@ -96,6 +101,9 @@ class SessionServices:
     aborting: threading.Event
     store: CheckpointStore | None = None
     writer: CheckpointWriter | None = None
+    scheduler: Any = None  # recon.nodes.scheduler.BatchScheduler: steps go through it, batched across streams
+    backend_factory: Callable[..., Backend] | None = None  # default create_backend (SharedBackends: one model)
+    kv_pool: Any = None  # recon.memory.offload.KVPagePool: the node's session-memory budget, idle offload
 
 
 @dataclass
@@ -319,7 +327,8 @@ class Session:
                 self.services.writer.wait_idle(self.stream_id)
         try:
             if self.backend is None:
-                self.backend = create_backend(self.options.backend, **self.options.backend_options)
+                create = self.services.backend_factory or create_backend
+                self.backend = create(self.options.backend, **self.options.backend_options)
         except ReconError as e:  # e.g. weights not installed: say so to the camera, keep serving other streams
             self.services.faults("backend_create_failed", "%s: cannot create backend %s: %s", self,
                                  self.options.backend, e)
@@ -430,7 +439,7 @@ class Session:
                 self.arrival.add((item.received_ns - item.capture_ns) / 1e6)
                 self.waiting.add((time.time_ns() - item.received_ns) / 1e6)
             t0 = time.perf_counter()
-            results = self._safe(self.backend.step, frame)
+            results = self._safe(self._step, frame)
             t1 = time.perf_counter()
             del frame
             self.step_ms = 1000 * (t1 - t0)
@@ -447,7 +456,7 @@ class Session:
             with self.cond:
                 if item.epoch == self.epoch:
                     self.done[item.seq] = None
-                    while len(self.done) > DONE_WINDOW:
+                    while len(self.done) > (LIVE_DONE_WINDOW if self.live else DONE_WINDOW):
                         self.done.popitem(last=False)
                 self.queued.discard(item.seq)
         finally:
@@ -456,6 +465,20 @@ class Session:
         self._ack(item)
         if due:
             self._checkpoint(tracker)
+
+    def _step(self, frame: Frame) -> list[FrameResult]:
+        """The backend step: through the batch scheduler when the node batches, with the session's state made
+        resident in the node's KV pool first when it has one (recon.memory.offload)."""
+        assert self.backend is not None
+        pool, scheduler = self.services.kv_pool, self.services.scheduler
+        if pool is not None:
+            pool.acquire(self.stream_id, self.backend)
+        try:
+            return self.backend.step(frame) if scheduler is None else scheduler.step(self.stream_id, self.backend,
+                                                                                     frame)
+        finally:
+            if pool is not None:
+                pool.release(self.stream_id)
 
     def _ack(self, item: Item) -> None:
         """Acknowledge `item`; a recorded stream's acks are batched while more of its frames wait (up to half its
@@ -590,6 +613,10 @@ class Session:
                 if self.checkpointing and self.frames:
                     self._checkpoint(None)  # resumable: taken before the flush ends the stream
                 self._publish(self._safe(self.backend.flush))
+            if self.services.scheduler is not None:
+                self.services.scheduler.forget(self.stream_id)
+            if self.services.kv_pool is not None:
+                self.services.kv_pool.forget(self.stream_id)
             close = getattr(self.backend, "close", None)
             if callable(close) and not force:
                 try:

@@ -5,6 +5,7 @@ The reconstruction node and the CLI only ever talk to this protocol, so methods 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -68,3 +69,36 @@ class Checkpointable(Protocol):
     def save_state(self) -> BackendState: ...
 
     def load_state(self, state: BackendState) -> None: ...
+
+
+@runtime_checkable
+class Batchable(Protocol):
+    """A backend whose sessions can be stepped together in one model call (the stream batch, issue 15).
+
+    `batch_key()` is equal for backends that may share a call (same class and model object); frames of one
+    batch must also have one size (the caller groups by it). `step_batch(backends, frames)` returns, per backend,
+    exactly what `backend.step(frame)` would have, or the exception `step` would have raised for a frame refused
+    before anything ran (that backend is left untouched; the others are stepped). The caller is
+    `recon.backends.batching.step_many`.
+    """
+
+    def batch_key(self) -> Any: ...
+
+    @classmethod
+    def step_batch(cls, backends: list[Any], frames: list[Frame]) -> list[list[FrameResult] | Exception]: ...
+
+
+def spawn_sharing_model(backend: Any) -> Any:
+    """A fresh copy of `backend` whose `model` is the same object: everything else (session, caches, policies,
+    generators, counters) is deep-copied and then reset, so the copy starts a new stream. Compiled steps are not
+    shared (each session compiles its own)."""
+    memo: dict[int, Any] = {id(backend.model): backend.model}
+    session = getattr(backend, "session", None)
+    if session is not None and getattr(session, "_compiled", None) is not None:
+        memo[id(session._compiled)] = None
+    import torch
+
+    with torch.inference_mode():  # the template's tensors may be inference tensors
+        new = copy.deepcopy(backend, memo)
+    new.reset()
+    return new

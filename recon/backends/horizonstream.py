@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from recon.backends import snapshot
-from recon.backends.base import BackendState
+from recon.backends.base import BackendState, spawn_sharing_model
 from recon.backends.vggt import (
     FrameMeta,
     make_result,
@@ -116,19 +116,64 @@ class HorizonStreamBackend:
         self._timings: dict[str, float] = {}
 
     def step(self, frame: Frame) -> list[FrameResult]:
-        self._frames_in += 1
         t0 = time.perf_counter()
+        self._frames_in += 1
+        img = self._prepare(frame)
+        self._admit(frame, img)
+        t1 = time.perf_counter()
+        return self._finish(self.session.push(img), t0, t1)
+
+    def batch_key(self) -> Any:
+        """Sessions of one model, window and compute dtype may share a model call (`step_batch`)."""
+        s = self.session
+        return (type(self), id(self.model), s.autocast_dtype, s.window_size, self.image_width)
+
+    def spawn(self) -> HorizonStreamBackend:
+        """A new stream's backend on the same model (weights shared; its own session and motion averaging)."""
+        return spawn_sharing_model(self)
+
+    @classmethod
+    def step_batch(cls, backends: list[HorizonStreamBackend], frames: list[Frame]
+                   ) -> list[list[FrameResult] | Exception]:
+        """Push each backend's frame; the chunks that become ready run in one model call (`push_batch`). A frame
+        of another resolution than its session's gets that error and leaves its backend untouched."""
+        from recon.models.horizonstream_session import push_batch
+
+        t0 = time.perf_counter()
+        out: list[list[FrameResult] | Exception] = []
+        ready: list[tuple[int, HorizonStreamBackend, torch.Tensor]] = []
+        for i, (b, f) in enumerate(zip(backends, frames, strict=True)):
+            b._frames_in += 1
+            try:
+                img = b._prepare(f)
+            except BackendError as e:
+                out.append(e)
+                continue
+            b._admit(f, img)
+            out.append([])
+            ready.append((i, b, img))
+        t1 = time.perf_counter()
+        if ready:
+            fixed = push_batch([b.session for _, b, _ in ready], [img for _, _, img in ready])
+            for (i, b, _), fx in zip(ready, fixed, strict=True):
+                out[i] = b._finish(fx, t0, t1)
+        return out
+
+    def _prepare(self, frame: Frame) -> torch.Tensor:
+        """The frame on the model grid, refused when its grid is not the session's (nothing changes here)."""
         img = prepare_frame(frame, self.image_width, self.device).to(self._dtype)
         hw = (int(img.shape[-2]), int(img.shape[-1]))
-        if self._grid is None:
-            self._grid = hw
-        elif hw != self._grid:
+        if self._grid is not None and hw != self._grid:
             raise BackendError(f"{self.name} backend, stream {frame.stream_id!r} seq {frame.seq}: frame resolution "
                                f"{frame.width}x{frame.height} maps to a {hw[1]}x{hw[0]} grid, the session's is "
                                f"{self._grid[1]}x{self._grid[0]}; reset first")
+        return img
+
+    def _admit(self, frame: Frame, img: torch.Tensor) -> None:
+        self._grid = (int(img.shape[-2]), int(img.shape[-1]))
         self._pending.append((FrameMeta(frame.stream_id, frame.seq, frame.t_ns), to_uint8_image(img)))
-        t1 = time.perf_counter()
-        fixed = self.session.push(img)
+
+    def _finish(self, fixed: list, t0: float, t1: float) -> list[FrameResult]:
         t2 = time.perf_counter()
         results = self._results(fixed)
         if fixed:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from recon.backends import snapshot
-from recon.backends.base import BackendState
+from recon.backends.base import BackendState, spawn_sharing_model
 from recon.backends.vggt import (
     POINT_SOURCES,
     FrameMeta,
@@ -82,15 +82,60 @@ class StreamVGGTBackend:
         self._timings: dict[str, float] = {}
 
     def step(self, frame: Frame) -> list[FrameResult]:
-        self._frames_in += 1
         t0 = time.perf_counter()
-        img = prepare_frame(frame, self.image_width, self.device).to(self._dtype)
+        self._frames_in += 1
+        img = self._prepare(frame)
         t1 = time.perf_counter()
         try:
             with autocast_context(self.device, self.autocast_dtype):
                 out = self.session.step(img)
         except BackendError as e:
             raise BackendError(f"{self.name} backend, stream {frame.stream_id!r} seq {frame.seq}: {e}") from e
+        return [self._result(frame, img, out, t0, t1)]
+
+    def batch_key(self) -> Any:
+        """Sessions of one model, class and compute dtype may share a model call (`step_batch`)."""
+        return (type(self), id(self.model), self.autocast_dtype, self.image_width)
+
+    def spawn(self) -> StreamVGGTBackend:
+        """A new stream's backend on the same model (its weights shared, read-only; its own session, policies and
+        counters): what lets a node batch its streams and load the weights once."""
+        return spawn_sharing_model(self)
+
+    @classmethod
+    def step_batch(cls, backends: list[StreamVGGTBackend], frames: list[Frame]
+                   ) -> list[list[FrameResult] | Exception]:
+        """Step each backend by its frame in one model call (recon.models.batched); equals their `step`s. A frame
+        its session refuses (another resolution) gets that error and leaves its backend untouched."""
+        from recon.models.batched import step_batch
+
+        t0 = time.perf_counter()
+        out: list[list[FrameResult] | Exception] = []
+        ready: list[tuple[int, StreamVGGTBackend, Frame, torch.Tensor]] = []
+        for i, (b, f) in enumerate(zip(backends, frames, strict=True)):
+            b._frames_in += 1
+            try:
+                img = b._prepare(f)
+                b.session.check_image(img)
+            except BackendError as e:
+                out.append(BackendError(f"{cls.name} backend, stream {f.stream_id!r} seq {f.seq}: {e}"))
+                continue
+            out.append([])
+            ready.append((i, b, f, img))
+        if not ready:
+            return out
+        t1 = time.perf_counter()
+        lead = ready[0][1]
+        with autocast_context(lead.device, lead.autocast_dtype):
+            stepped = step_batch([b.session for _, b, _, _ in ready], [img for _, _, _, img in ready])
+        for (i, b, f, img), o in zip(ready, stepped, strict=True):
+            out[i] = [b._result(f, img, o, t0, t1)]
+        return out
+
+    def _prepare(self, frame: Frame) -> torch.Tensor:
+        return prepare_frame(frame, self.image_width, self.device).to(self._dtype)
+
+    def _result(self, frame: Frame, img: torch.Tensor, out: dict[str, Any], t0: float, t1: float) -> FrameResult:
         t2 = time.perf_counter()
         hw = (int(img.shape[-2]), int(img.shape[-1]))
         T_world_cam, K = decode_pose(out["pose_enc"][0], hw)
@@ -103,7 +148,7 @@ class StreamVGGTBackend:
                          "convert_ms": 1000 * (time.perf_counter() - t2)}
         logger.debug("%s frame %d: %s", self.name, frame.seq, self._timings)
         self._results_out += 1
-        return [result]
+        return result
 
     def flush(self) -> list[FrameResult]:
         return []

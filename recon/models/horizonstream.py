@@ -382,56 +382,63 @@ class HorizonStreamAggregator(nn.Module):
         return tok.reshape(F * win, *self.pose_token.shape[1:])
 
     def _frame_block(self, layer: int, patch: torch.Tensor, pose: torch.Tensor, patch_pos: torch.Tensor,
-                     carried: torch.Tensor | None, win: int, max_pos: int
+                     carried: torch.Tensor | None, win: int, max_pos: int, B: int = 1
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rule 7: patch pass per frame, then each (frame, slot) pose pass against its reference frame's patch K/V
-        followed by its own K/V. Returns (patch, pose, carried K/V `[2, 1, Win-1, H, P, D]`)."""
+        followed by its own K/V. `B` streams of F frames each (`patch [B*F, P, C]`). Returns (patch, pose,
+        carried K/V `[2, B, Win-1, H, P, D]`)."""
         blk = self.frame_blocks[layer]
-        F = patch.shape[0]
+        F = patch.shape[0] // B
         xn = blk.norm1(patch)
-        q, k, v = blk.attn.project_qkv(xn, patch_pos, max_pos)  # [F, H, P, D]
+        q, k, v = blk.attn.project_qkv(xn, patch_pos, max_pos)  # [B*F, H, P, D]
         patch = _block_tail(blk, patch, blk.attn.attend(q, k, v, xn))
+        k, v = k.reshape(B, F, *k.shape[1:]), v.reshape(B, F, *v.shape[1:])
         if carried is None:  # chunk 0: frame i, slot j -> frame j
             hist_k, hist_v = k, v
             ref = torch.arange(win, device=k.device)[None, :].expand(F, win)
         else:  # L = carried Win-1 frames + this chunk; frame i, slot j -> L[i + j]
-            hist_k, hist_v = torch.cat([carried[0, 0], k]), torch.cat([carried[1, 0], v])
+            hist_k, hist_v = torch.cat([carried[0], k], dim=1), torch.cat([carried[1], v], dim=1)
             ref = torch.arange(F, device=k.device)[:, None] + torch.arange(win, device=k.device)[None, :]
         ref = ref.reshape(-1)
         pn = blk.norm1(pose)
         pq, pk, pv = blk.attn.project_qkv(pn)  # pose tokens sit at position 0: no rotation
-        keys = torch.cat([hist_k[ref], pk], dim=2)
-        values = torch.cat([hist_v[ref], pv], dim=2)
+        keys = torch.cat([hist_k[:, ref].flatten(0, 1), pk], dim=2)
+        values = torch.cat([hist_v[:, ref].flatten(0, 1), pv], dim=2)
         pose = _block_tail(blk, pose, blk.attn.attend(pq, keys, values, pn))
-        new_carried = torch.stack([hist_k[-(win - 1):], hist_v[-(win - 1):]])[:, None]
+        new_carried = torch.stack([hist_k[:, -(win - 1):], hist_v[:, -(win - 1):]])
         return patch, pose, new_carried
 
     def _global_block(self, layer: int, tokens: torch.Tensor, all_pos: torch.Tensor, P: int,
-                      carried: torch.Tensor | None, win: int, max_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rule 9 on `tokens [F, A, C]`: chunk 0 one masked sequence, later chunks per frame against the window's
-        patch K/V then its own pose K/V. Returns (tokens, carried K/V `[2, 1, H, Win-1, P, D]`)."""
+                      carried: torch.Tensor | None, win: int, max_pos: int, B: int = 1
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rule 9 on `tokens [B*F, A, C]` (B streams of F frames): chunk 0 one masked sequence per stream, later
+        chunks per frame against the window's patch K/V then its own pose K/V. Returns (tokens, carried K/V
+        `[2, B, H, Win-1, P, D]`)."""
         blk = self.global_blocks[layer]
-        F, A, C = tokens.shape
+        BF, A, C = tokens.shape
+        F = BF // B
         if carried is None:
             X = (A - P) // win
-            x = tokens.reshape(1, F * A, C)
+            x = tokens.reshape(B, F * A, C)
             xn = blk.norm1(x)
-            q, k, v = blk.attn.project_qkv(xn, all_pos.reshape(1, F * A, 3), max_pos)  # [1, H, F*A, D]
+            q, k, v = blk.attn.project_qkv(xn, all_pos.reshape(B, F * A, 3), max_pos)  # [B, H, F*A, D]
             mask = global_attention_mask(F, P, X, device=tokens.device)
             x = _block_tail(blk, x, blk.attn.attend(q, k, v, xn, attn_mask=mask))
             H, D = k.shape[1], k.shape[-1]
-            kv = torch.stack([k, v]).reshape(2, 1, H, F, A, D)[:, :, :, F - (win - 1):, :P]
-            return x.reshape(F, A, C), kv
+            kv = torch.stack([k, v]).reshape(2, B, H, F, A, D)[:, :, :, F - (win - 1):, :P]
+            return x.reshape(BF, A, C), kv
         xn = blk.norm1(tokens)
-        q, k, v = blk.attn.project_qkv(xn, all_pos, max_pos)  # [F, H, A, D]
+        q, k, v = blk.attn.project_qkv(xn, all_pos, max_pos)  # [B*F, H, A, D]
         H, D = k.shape[1], k.shape[-1]
-        hist = torch.cat([carried[:, 0], torch.stack([k[:, :, :P], v[:, :, :P]]).transpose(1, 2)], dim=2)
+        new = torch.stack([k[:, :, :P], v[:, :, :P]]).reshape(2, B, F, H, P, D).transpose(2, 3)  # [2,B,H,F,P,D]
+        hist = torch.cat([carried, new], dim=3)  # [2, B, H, Win-1+F, P, D]
         idx = torch.arange(F, device=k.device)[:, None] + torch.arange(win, device=k.device)[None, :]
-        window = hist[:, :, idx.reshape(-1)].reshape(2, H, F, win * P, D).transpose(1, 2)  # [2, F, H, Win*P, D]
+        window = hist[:, :, :, idx.reshape(-1)].reshape(2, B, H, F, win * P, D).transpose(2, 3)
+        window = window.reshape(2, BF, H, win * P, D)
         keys = torch.cat([window[0], k[:, :, P:]], dim=2)
         values = torch.cat([window[1], v[:, :, P:]], dim=2)
         out = _block_tail(blk, tokens, blk.attn.attend(q, keys, values, xn))
-        return out, hist[:, None, :, -(win - 1):]
+        return out, hist[:, :, :, -(win - 1):]
 
     def forward(self, images: torch.Tensor, state: HorizonStreamState, window_size: int,
                 intermediates: dict[str, torch.Tensor] | None = None
@@ -442,29 +449,48 @@ class HorizonStreamAggregator(nn.Module):
             (layer outputs: per layer `[1, F, P, 2C]` frame‖global patch tokens, None for layers no head reads;
              `win_pose_tokens [1, F, Win, 2C]`; the state for the next chunk).
         """
+        outputs, pose_out, new = self.forward_batch(images[None], [state], window_size, intermediates)
+        return outputs, pose_out, new[0]
+
+    def forward_batch(self, images: torch.Tensor, states: list[HorizonStreamState], window_size: int,
+                      intermediates: dict[str, torch.Tensor] | None = None
+                      ) -> tuple[list[torch.Tensor | None], torch.Tensor, list[HorizonStreamState]]:
+        """One chunk of each of B streams, `images [B, F, 3, H, W]` (same F), `states[b]` stream b's carried state.
+
+        The streams must all be at their first chunk or all past it (the first chunk has another attention
+        pattern); their chunk indices may differ (each stream's own temporal RoPE start). Outputs as `forward`
+        with batch B; the B new states are separate (one per stream)."""
         cfg, win = self.cfg, window_size
-        F, _, H, W = images.shape
-        first = state.chunk_idx == 0
+        B, F, _, H, W = images.shape
+        if len(states) != B:
+            raise ConfigError(f"HorizonStream: {B} streams in the batch but {len(states)} states")
+        firsts = {st.chunk_idx == 0 for st in states}
+        if len(firsts) != 1:
+            raise ConfigError("HorizonStream: a batch mixes streams at their first chunk with later ones")
+        first = firsts.pop()
         if first and win != F:
             raise ConfigError(f"HorizonStream: the first chunk needs window_size={win} frames, got {F}")
-        if not first and len(state.frame_kv) != cfg.depth:
+        if not first and any(len(st.frame_kv) != cfg.depth for st in states):
             raise ConfigError("HorizonStream: the carried state does not match this model's depth")
+        state = states[0] if B == 1 else _stack_states(states)
         gh, gw = H // cfg.patch_size, W // cfg.patch_size
+        images = images.reshape(B * F, 3, H, W)
         x = (images - self._resnet_mean.to(images.dtype)) / self._resnet_std.to(images.dtype)
-        tokens = self.patch_embed(x)  # [F, h*w, C] (rule 3)
+        tokens = self.patch_embed(x)  # [B*F, h*w, C] (rule 3)
         C = tokens.shape[-1]
         if intermediates is not None:
             intermediates["patch_embed_tokens"] = tokens
-        patch = torch.cat([*self._special_tokens(F, tokens.dtype), tokens], dim=1)  # rule 4
+        patch = torch.cat([*self._special_tokens(B * F, tokens.dtype), tokens], dim=1)  # rule 4
         P = patch.shape[1]
-        pose = self._pose_tokens(F, win, first).to(tokens.dtype)  # [F*Win, X, C]
+        pose = self._pose_tokens(F, win, first).to(tokens.dtype).repeat(B, 1, 1)  # [B*F*Win, X, C]
         X = pose.shape[1]
         # Rule 6: the temporal start wraps with the period; it uses this chunk's frame count (reference quirk).
         period = cfg.rope_temporal_period
-        t_start = (state.chunk_idx * F) % period if period > 0 else 0
-        patch_pos = spatiotemporal_positions(F, gh, gw, t_start, self.num_special_tokens, device=images.device)
-        all_pos = torch.cat([patch_pos, patch_pos.new_zeros(F, win * X, 3)], dim=1)
-        max_pos = max(t_start + F, gh, gw)
+        t_starts = [(st.chunk_idx * F) % period if period > 0 else 0 for st in states]
+        patch_pos = torch.cat([spatiotemporal_positions(F, gh, gw, t, self.num_special_tokens, device=images.device)
+                               for t in t_starts])
+        all_pos = torch.cat([patch_pos, patch_pos.new_zeros(B * F, win * X, 3)], dim=1)
+        max_pos = max(max(t_starts) + F, gh, gw)
         keep = set(cfg.output_layers)
         pose_layer = cfg.output_layers[-1]  # rule 11: the last entry of the aggregator's layer list
         outputs: list[torch.Tensor | None] = [None] * cfg.depth
@@ -473,27 +499,50 @@ class HorizonStreamAggregator(nn.Module):
         for layer in range(cfg.depth):
             carried_f = None if first else state.frame_kv[layer]
             patch, pose, new.frame_kv[layer] = self._frame_block(layer, patch, pose, patch_pos, carried_f, win,
-                                                                 max_pos)
+                                                                 max_pos, B)
             frame_patch, frame_pose = patch, pose
-            tokens_all = torch.cat([patch, pose.reshape(F, win * X, C)], dim=1)  # [F, A, C]
+            tokens_all = torch.cat([patch, pose.reshape(B * F, win * X, C)], dim=1)  # [B*F, A, C]
             if layer in cfg.gla_layers:
-                flat = tokens_all.reshape(1, -1, C)
+                flat = tokens_all.reshape(B, -1, C)
                 out, new.kda[layer] = self.global_gla_blocks[str(layer)](flat, None if first else state.kda[layer])
                 if intermediates is not None:
                     intermediates[f"gla_block{layer}.input"] = flat
                     intermediates[f"gla_block{layer}.output"] = out
-                tokens_all = out.reshape(F, -1, C)
+                tokens_all = out.reshape(B * F, -1, C)
             carried_g = None if first else state.global_kv[layer]
             tokens_all, new.global_kv[layer] = self._global_block(layer, tokens_all, all_pos, P, carried_g, win,
-                                                                  max_pos)
-            patch, pose = tokens_all[:, :P], tokens_all[:, P:].reshape(F * win, X, C)
+                                                                  max_pos, B)
+            patch, pose = tokens_all[:, :P], tokens_all[:, P:].reshape(B * F * win, X, C)
             if layer in keep:  # rule 11
-                outputs[layer] = torch.cat([frame_patch, patch], dim=-1)[None]
+                outputs[layer] = torch.cat([frame_patch, patch], dim=-1).reshape(B, F, P, -1)
             if layer == pose_layer:
-                pose_out = torch.cat([frame_pose.reshape(F, win, X, C)[:, :, 0],
-                                      pose.reshape(F, win, X, C)[:, :, 0]], dim=-1)[None]
+                pose_out = torch.cat([frame_pose.reshape(B, F, win, X, C)[:, :, :, 0],
+                                      pose.reshape(B, F, win, X, C)[:, :, :, 0]], dim=-1)
         assert pose_out is not None
-        return outputs, pose_out, new
+        if B == 1:
+            return outputs, pose_out, [new]
+        return outputs, pose_out, [_state_of(new, b, st.chunk_idx + 1) for b, st in enumerate(states)]
+
+
+def _stack_states(states: list[HorizonStreamState]) -> HorizonStreamState:
+    """B streams' carried states as one state of batch B (K/V on dim 1, KDA states on dim 0)."""
+    s0 = states[0]
+    kda = {layer: KDAState(*(torch.cat([getattr(st.kda[layer], f) for st in states])
+                             for f in ("recurrent", "conv_q", "conv_k", "conv_v"))) for layer in s0.kda}
+    frame_kv = [torch.cat([st.frame_kv[i] for st in states], dim=1) for i in range(len(s0.frame_kv))]
+    global_kv = [torch.cat([st.global_kv[i] for st in states], dim=1) for i in range(len(s0.global_kv))]
+    return HorizonStreamState(s0.chunk_idx, frame_kv, global_kv, kda)
+
+
+def _state_of(batch: HorizonStreamState, b: int, chunk_idx: int) -> HorizonStreamState:
+    """Stream b's own copy of a batched state (a copy: a view would keep the whole batch's tensors alive)."""
+    def take(t: torch.Tensor | None, dim: int) -> torch.Tensor | None:
+        return None if t is None else t.narrow(dim, b, 1).clone()
+
+    kda = {layer: KDAState(*(take(getattr(st, f), 0) for f in ("recurrent", "conv_q", "conv_k", "conv_v")))
+           for layer, st in batch.kda.items()}
+    return HorizonStreamState(chunk_idx, [take(t, 1) for t in batch.frame_kv], [take(t, 1) for t in batch.global_kv],
+                              kda)
 
 
 def _metric_head(dim_in: int, hidden: tuple[int, ...]) -> nn.Sequential:
@@ -582,32 +631,55 @@ class HorizonStream(nn.Module):
             images = images[0]
         if images.dim() != 4 or images.shape[1] != 3:
             raise ConfigError(f"images must be [F,3,H,W] or [1,F,3,H,W], got {tuple(images.shape)}")
+        outs, states = self.forward_chunk_batch(images[None], [state], window_size, intermediates)
+        return outs[0], states[0]
+
+    def forward_chunk_batch(self, images: torch.Tensor, states: list[HorizonStreamState],
+                            window_size: int | None = None, intermediates: dict[str, torch.Tensor] | None = None
+                            ) -> tuple[list[dict[str, torch.Tensor]], list[HorizonStreamState]]:
+        """One chunk of each of B streams in one model call (the stream batch of a serving node).
+
+        Args:
+            images: `[B, F, 3, H, W]`, one chunk per stream, the same F and size (see `forward_batch` for which
+                streams may share a batch).
+            states: stream b's carried state at `states[b]`.
+
+        Returns:
+            (per stream the outputs of `forward_chunk`, per stream its state for the next chunk).
+        """
         cfg = self.config
         win = window_size or cfg.window_size
-        F, _, H, W = images.shape
-        first = state.chunk_idx == 0
-        layers, pose_tokens, new_state = self.agg_regator(images, state, win, intermediates)
+        B, F, _, H, W = images.shape
+        first = states[0].chunk_idx == 0
+        layers, pose_tokens, new_states = self.agg_regator.forward_batch(images, states, win, intermediates)
         patch_start = self.agg_regator.num_special_tokens
         # Rule 12: rows are frames, each a sequence of Win slots; first chunk masks the trunk per row.
-        mask = camera_trunk_mask(F, win, images.device) if first else None
-        cams = self.cam_decoder([pose_tokens[0][:, :, None]], attn_mask=mask)
-        cam_map = cams[-1]
+        mask = camera_trunk_mask(F, win, images.device).repeat(B, 1, 1, 1) if first else None
+        cams = self.cam_decoder([pose_tokens.reshape(B * F, win, -1)[:, :, None]], attn_mask=mask)
+        cam_map = cams[-1].reshape(B, F, win, -1)
         raw, conf_raw = self.dpt_decoder(layers, (H, W), patch_start_idx=patch_start)
         depth = torch.exp(raw)  # rule 14, without the clamp it states (see HorizonStreamConfig)
-        out = {"chunk_cam_map": cam_map, "depth": depth, "depth_conf": 1 + torch.exp(conf_raw)}
+        conf = 1 + torch.exp(conf_raw)
+        scale = None
         if self.metric_readout_head is not None:
             # Rule 13: the metric token (the last special token) of the last layer, averaged over the chunk.
             last = layers[cfg.depth - 1]
             assert last is not None
-            feats = last[0, :, patch_start - 1].mean(dim=0, keepdim=True)  # [1, 2C]
-            scale = torch.exp(self.metric_readout_head(feats)).reshape(1)
-            out["chunk_cam_map"] = cam_map = torch.cat([cam_map[..., :3] * scale, cam_map[..., 3:]], dim=-1)
-            out["depth"] = depth * scale
-            out["predicted_metric_scale"] = scale
+            feats = last[:, :, patch_start - 1].mean(dim=1)  # [B, 2C]
+            scale = torch.exp(self.metric_readout_head(feats)).reshape(B)
             if intermediates is not None:
                 intermediates["metric_readout_features"] = feats
-        if first:
-            out["pose_enc"] = cam_map[-1:]
+        results = []
+        for b in range(B):
+            out = {"chunk_cam_map": cam_map[b], "depth": depth[b:b + 1], "depth_conf": conf[b:b + 1]}
+            if scale is not None:
+                sb = scale[b:b + 1]
+                out["chunk_cam_map"] = torch.cat([cam_map[b, ..., :3] * sb, cam_map[b, ..., 3:]], dim=-1)
+                out["depth"] = depth[b:b + 1] * sb
+                out["predicted_metric_scale"] = sb
+            if first:
+                out["pose_enc"] = out["chunk_cam_map"][-1:]
+            results.append(out)
         if intermediates is not None:
             for layer, t in enumerate(layers):
                 if t is not None:
@@ -615,7 +687,7 @@ class HorizonStream(nn.Module):
             intermediates["win_pose_tokens"] = pose_tokens
             for i, c in enumerate(cams):
                 intermediates[f"cam_iter{i}_unscaled"] = c
-        return out, new_state
+        return results, new_states
 
 
 def random_init(model: HorizonStream, seed: int = 0) -> HorizonStream:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,16 +150,32 @@ class HorizonStreamSession:
         return out
 
     def _run_chunk(self, real: int) -> list[SessionFrame]:
+        images = self._take_chunk()
+        with self._compute_context(images):
+            out, state = self.model.forward_chunk(images, self.state, self.window_size)
+        return self._finish_chunk(out, state, real)
+
+    def _take_chunk(self) -> torch.Tensor:
         images = torch.stack(self._pending)
         self._pending = []
-        chunk_idx = self.state.chunk_idx
-        first_index = self.frames_out
+        return images
+
+    def _compute_context(self, images: torch.Tensor) -> ExitStack:
+        """Inference mode and, with `autocast_dtype`, autocast; selects the model's kernels for that dtype."""
         dev = images.device
         use_autocast = self.autocast_dtype is not None
-        ctx = torch.autocast(dev.type, dtype=self.autocast_dtype) if use_autocast else nullcontext()
         self.model.select_attention(dev, self.autocast_dtype if use_autocast else images.dtype)
-        with torch.inference_mode(), ctx:
-            out, self.state = self.model.forward_chunk(images, self.state, self.window_size)
+        stack = ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(torch.autocast(dev.type, dtype=self.autocast_dtype) if use_autocast else nullcontext())
+        return stack
+
+    def _finish_chunk(self, out: dict[str, torch.Tensor], state: HorizonStreamState, real: int
+                      ) -> list[SessionFrame]:
+        """Motion averaging and the fixed frames of a chunk the model has run (alone or in a stream batch)."""
+        chunk_idx = self.state.chunk_idx
+        self.state = state
+        first_index = self.frames_out
         cam_map = out["chunk_cam_map"].float()
         poses = self.motion.add_chunk(cam_map.cpu())
         if chunk_idx == 0:
@@ -219,3 +235,37 @@ class HorizonStreamSession:
         st = self.motion.state
         tensors = [*self._pending, *st.online, *st.last, *st.relative, *st.fovs, *st.draws]
         return self.state.nbytes() + sum(t.numel() * t.element_size() for t in tensors)
+
+
+def push_batch(sessions: list[HorizonStreamSession], images: list[torch.Tensor]) -> list[list[SessionFrame]]:
+    """`session.push(image)` for every session, with the chunks that become ready run in one model call per
+    group of streams that may share one (same chunk length and first-chunk phase; recon.models.horizonstream
+    `forward_chunk_batch`). Returns what each `push` would have returned."""
+    if len(sessions) != len(images) or len({id(s) for s in sessions}) != len(sessions):
+        raise ConfigError("push_batch: one frame for each of distinct sessions")
+    if len({id(s.model) for s in sessions}) > 1 or len({s.autocast_dtype for s in sessions}) > 1 \
+            or len({s.window_size for s in sessions}) > 1:
+        raise ConfigError("push_batch: the sessions must share one model, window size and compute dtype")
+    results: list[list[SessionFrame]] = [[] for _ in sessions]
+    groups: dict[tuple, list[int]] = {}
+    for s, image in zip(sessions, images, strict=True):
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ConfigError(f"push_batch takes [3,H,W] images, got {tuple(image.shape)}")
+        if s._pending and image.shape != s._pending[0].shape:
+            raise ConfigError(f"frame size {tuple(image.shape[1:])} differs from the chunk's "
+                              f"{tuple(s._pending[0].shape[1:])}")
+    for i, (s, image) in enumerate(zip(sessions, images, strict=True)):
+        s._pending.append(image)
+        s.frames_in += 1
+        if s._chunk_ready():
+            key = (len(s._pending), s.state.chunk_idx == 0, tuple(image.shape))
+            groups.setdefault(key, []).append(i)
+    for members in groups.values():
+        group = [sessions[i] for i in members]
+        chunks = torch.stack([s._take_chunk() for s in group])
+        real = chunks.shape[1]
+        with group[0]._compute_context(chunks):
+            outs, states = group[0].model.forward_chunk_batch(chunks, [s.state for s in group], group[0].window_size)
+        for i, s, out, state in zip(members, group, outs, states, strict=True):
+            results[i] = s._finish_chunk(out, state, real)
+    return results

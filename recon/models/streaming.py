@@ -148,6 +148,16 @@ class StreamingSession:
             `depth [B,H,W,1]`, `depth_conf [B,H,W]`, `world_points [B,H,W,3]`, `world_points_conf [B,H,W]`,
             `frame_index` (int).
         """
+        image, hw, frame_index = self.begin_step(image)
+        forward = self._forward
+        if self._compile_options is not None and frame_index > 0:
+            forward = self._compiled_forward(image.device)
+        out: dict[str, Any] = {"frame_index": frame_index, **forward(image, hw)}
+        self.end_step()
+        return out
+
+    def check_image(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """`image` as `[B,3,H,W]` and its `(H, W)`, refused when it does not fit this session's patch grid."""
         if image.dim() == 3:
             image = image.unsqueeze(0)
         if image.dim() != 4 or image.shape[1] != 3:
@@ -161,36 +171,29 @@ class StreamingSession:
         p = self.model.config.patch_size
         if hw[0] % p or hw[1] % p:
             raise BackendError(f"image size {hw[0]}x{hw[1]} is not a multiple of the patch size {p}")
+        return image, hw
+
+    def begin_step(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], int]:
+        """Check the frame and open it in both memories; returns (image `[B,3,H,W]`, (H, W), frame index).
+        Shared with the batched step (recon.models.batched), which runs the model part for many sessions."""
+        image, hw = self.check_image(image)
         self.image_hw = hw
         self.model.ensure_attention(image)
         frame_index = self.memory.frame_index
         self.memory.begin_frame()
         if self.camera_memory is not None:
             self.camera_memory.begin_frame()
-        forward = self._forward
-        if self._compile_options is not None and frame_index > 0:
-            forward = self._compiled_forward(image.device)
-        out: dict[str, Any] = {"frame_index": frame_index, **forward(image, hw)}
+        return image, hw, frame_index
+
+    def end_step(self) -> None:
+        """Close the frame in both memories (policy bookkeeping, frame counters)."""
         self.memory.end_frame()
         if self.camera_memory is not None:
             self.camera_memory.end_frame()
-        return out
 
     def _forward(self, image: torch.Tensor, hw: tuple[int, int]) -> dict[str, Any]:
         """The model part of a step: aggregator against the caches, camera head, dense heads."""
-        tokens, psi = self.model.aggregator.forward_step(image, self.memory, keep_layers=self._keep)
-        model = self.model
-        out: dict[str, Any] = {}
-        with torch.autocast(device_type=image.device.type, enabled=False):
-            if model.camera_head is not None:
-                poses = model.camera_head.forward_step(tokens, self.camera_caches)
-                out["pose_enc_list"] = [p_[:, 0] for p_ in poses]
-                out["pose_enc"] = out["pose_enc_list"][-1]
-            for name, head in (("depth", model.depth_head), ("world_points", model.point_head)):
-                if head is not None:
-                    values, conf = head(tokens, hw, psi)
-                    out[name], out[name + "_conf"] = values[:, 0], conf[:, 0]
-        return out
+        return model_step(self.model, image, hw, self.memory, self.camera_caches, self._keep)
 
     def _compiled_forward(self, device: torch.device) -> Any:
         if self._compiled is None:
@@ -201,3 +204,23 @@ class StreamingSession:
             logger.info("compiling the static streaming step (%s)", options or "default options")
             self._compiled = torch.compile(self._forward, **options)
         return self._compiled
+
+
+def model_step(model: VGGT, image: torch.Tensor, hw: tuple[int, int], memory: Any, camera_caches: Any,
+               keep: set[int]) -> dict[str, Any]:
+    """Aggregator against `memory`, camera head against `camera_caches[iteration][layer]`, dense heads.
+
+    One frame per batch element of `image [B,3,H,W]`; the memories are one session's (`StreamingMemory`) or one
+    session per element (`recon.models.batched.BatchedMemory` and its camera caches)."""
+    tokens, psi = model.aggregator.forward_step(image, memory, keep_layers=keep)
+    out: dict[str, Any] = {}
+    with torch.autocast(device_type=image.device.type, enabled=False):
+        if model.camera_head is not None:
+            poses = model.camera_head.forward_step(tokens, camera_caches)
+            out["pose_enc_list"] = [p_[:, 0] for p_ in poses]
+            out["pose_enc"] = out["pose_enc_list"][-1]
+        for name, head in (("depth", model.depth_head), ("world_points", model.point_head)):
+            if head is not None:
+                values, conf = head(tokens, hw, psi)
+                out[name], out[name + "_conf"] = values[:, 0], conf[:, 0]
+    return out

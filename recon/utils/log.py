@@ -65,3 +65,7 @@ class WarnOnce:
     def counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
+
+    def __deepcopy__(self, memo: dict) -> WarnOnce:
+        """A fresh counter on the same logger (a copied session, recon.backends.base.spawn_sharing_model)."""
+        return WarnOnce(self._logger)

@@ -97,19 +97,31 @@ class Aggregator(nn.Module):
         self.register_buffer("_resnet_std", torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 1, 3, 1, 1),
                              persistent=False)
 
-    def _tokens(self, images: torch.Tensor, first_frame_is_zero: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Normalise and embed `images [B,S,3,H,W]` -> tokens `[B,S,P,C]`, RoPE positions `[B*S,P,2]`, max pos."""
+    def _tokens(self, images: torch.Tensor, first_frame_is_zero: bool | Sequence[bool]
+                ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Normalise and embed `images [B,S,3,H,W]` -> tokens `[B,S,P,C]`, RoPE positions `[B*S,P,2]`, max pos.
+
+        `first_frame_is_zero` is one flag for the batch, or (one frame per element, S == 1) one flag per element:
+        a batched step of several sessions mixes sessions at their first frame with sessions further on."""
         B, S, _, H, W = images.shape
         if H % self.patch_size or W % self.patch_size:
             raise ValueError(f"image size {H}x{W} is not a multiple of the patch size {self.patch_size}")
         images = (images - self._resnet_mean) / self._resnet_std
         patches = self.patch_embed(images.reshape(B * S, 3, H, W)).reshape(B, S, -1, self.embed_dim)
-        # Frame 0 of the sequence gets index 0, every other frame index 1.
-        index = torch.ones(S, dtype=torch.long, device=images.device)
-        if first_frame_is_zero:
-            index[0] = 0
-        camera = self.camera_token[0, index].unsqueeze(0).expand(B, -1, -1, -1)
-        registers = self.register_token[0, index].unsqueeze(0).expand(B, -1, -1, -1)
+        if not isinstance(first_frame_is_zero, bool):
+            if S != 1 or len(first_frame_is_zero) != B:
+                raise ValueError(f"per-element first-frame flags need one frame per element, got S={S}, "
+                                 f"{len(first_frame_is_zero)} flags for B={B}")
+            index = torch.tensor([0 if f else 1 for f in first_frame_is_zero], device=images.device)
+            camera = self.camera_token[0, index].unsqueeze(1)
+            registers = self.register_token[0, index].unsqueeze(1)
+        else:
+            # Frame 0 of the sequence gets index 0, every other frame index 1.
+            index = torch.ones(S, dtype=torch.long, device=images.device)
+            if first_frame_is_zero:
+                index[0] = 0
+            camera = self.camera_token[0, index].unsqueeze(0).expand(B, -1, -1, -1)
+            registers = self.register_token[0, index].unsqueeze(0).expand(B, -1, -1, -1)
         tokens = torch.cat([camera, registers, patches], dim=2)
         gh, gw = H // self.patch_size, W // self.patch_size
         pos = patch_positions(B * S, gh, gw, self.patch_start_idx, images.device)
@@ -166,7 +178,8 @@ class Aggregator(nn.Module):
     def forward_step(self, images: torch.Tensor, memory: StreamingMemory, keep_layers: set[int] | None = None
                      ) -> tuple[list[torch.Tensor | None], int]:
         """One new frame per batch element, `images [B, 3, H, W]`, attending to `memory` (one cache per
-        global block). The session's first frame uses the frame-0 special tokens."""
+        global block). The session's first frame uses the frame-0 special tokens. `memory` may be a
+        `recon.models.batched.BatchedMemory` (one session per element, `first_frame` one flag each)."""
         if len(memory) != self.depth:
             raise ValueError(f"memory has {len(memory)} layers, the aggregator {self.depth} global blocks")
         # A flag, not the frame counter: a compiled step must not specialise on a number that changes every frame.

@@ -86,6 +86,8 @@ class Attention(nn.Module):
             max_position: largest value in `pos`, to avoid a device sync when building the RoPE table.
         """
         q, k, v = self.project_qkv(x, pos, max_position)
+        if getattr(kv_cache, "batched", False):  # recon.models.batched: one cache per batch element
+            return self.finish(kv_cache.attend(q, k, v, self.attn_impl, self.attn_impl_masked), x)
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)
             key_mask = getattr(kv_cache, "key_mask", None)  # caches of other memories may not have one
@@ -110,9 +112,12 @@ class Attention(nn.Module):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, x: torch.Tensor,
                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """`proj(gate * attention(q, k, v))` back to `[B, N, C]`; `x [B, N, C]` is the input the gate pools."""
-        B, N, C = x.shape
         impl = self.attn_impl if attn_mask is None else self.attn_impl_masked
-        out = attention(q, k, v, attn_mask=attn_mask, impl=impl)
+        return self.finish(attention(q, k, v, attn_mask=attn_mask, impl=impl), x)
+
+    def finish(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """`proj(gate * out)` for an attention output `out [B, heads, N, head_dim]` of the input `x [B, N, C]`."""
+        B, N, C = x.shape
         if self.gate_attn == "headwise":
             gate = torch.sigmoid(self.gate_proj(x.mean(dim=1)))  # [B, heads]
             out = out * gate.to(out.dtype)[:, :, None, None]
