@@ -56,6 +56,9 @@ class RgbdOdometry:
             iterations per pyramid level (coarse to fine).
         reproj_px: PnP inlier threshold in pixels.
         depth_weight: weight of the depth residuals in the pose refinement (0: PnP only).
+        fuse_depth: refine each map point with the depth measured at its track in every posed frame (an
+            inverse-variance mean, variance growing with z^4 like a structured-light sensor's), instead of
+            keeping the single noisy sample of the keyframe it was seeded in.
         anchor_tracks: re-measure tracks against the keyframe they were seeded in (off: did not help on
             rendered rooms).
         klt: options of KltTracker.
@@ -64,7 +67,7 @@ class RgbdOdometry:
     def __init__(self, K: np.ndarray, *, depth_max: float = 8.0, max_features: int = 400,
                  keyframe_ratio: float = 0.7, min_tracks: int = 120, min_inliers: int = 20,
                  max_lost_frames: int = 5, max_jump: float = 0.5, method: str = "hybrid", reproj_px: float = 2.0,
-                 anchor_tracks: bool = False, depth_weight: float = 1.0,
+                 anchor_tracks: bool = False, depth_weight: float = 1.0, fuse_depth: bool = True,
                  iterations: tuple[int, ...] = (20, 10, 5), klt: dict[str, Any] | None = None) -> None:
         self._o3d = require_package("open3d")
         odo = self._o3d.t.pipelines.odometry
@@ -86,6 +89,7 @@ class RgbdOdometry:
         self.reproj_px = float(reproj_px)
         self.anchor_tracks = bool(anchor_tracks)
         self.depth_weight = float(depth_weight)
+        self.fuse_depth = bool(fuse_depth)
         self._klt_options = dict(klt or {})
         self._warn = WarnOnce(logger)
         self.reset()
@@ -96,6 +100,7 @@ class RgbdOdometry:
         self._prev_gray: np.ndarray | None = None
         self._pts = np.zeros((0, 2), np.float32)  # live tracks in the last good frame
         self._xyz = np.zeros((0, 3))  # their world points
+        self._w = np.zeros(0)  # inverse-variance weight of each world point (depth fusion)
         self._ref_kf = np.zeros(0, np.int64)  # keyframe each track was seeded in
         self._ref_pts = np.zeros((0, 2), np.float32)  # and its position there
         self._ref_grays: dict[int, np.ndarray] = {}
@@ -145,6 +150,8 @@ class RgbdOdometry:
                     T_cw = self._refine_with_depth(T_cw, self._xyz[keep], pts[keep], depth)
                 T_world_cur, method = inv_se3(T_cw), "pnp"
                 self._select(keep, pts)
+                if self.fuse_depth:
+                    self._fuse(depth, T_world_cur)
         if T_world_cur is None and has_depth and self._kf_rgbd is not None:
             T_world_cur = self._align_open3d(rgb, depth, guess)
             if T_world_cur is not None:
@@ -210,10 +217,35 @@ class RgbdOdometry:
         T[:3, 3] = sol.x[3:]
         return T if np.all(np.isfinite(T)) else T_cw
 
+    def _fuse(self, depth: np.ndarray, T_world_cam: np.ndarray) -> None:
+        """Average each live track's world point with the point its depth gives in this frame.
+
+        Only where the 3x3 depth neighbourhood is smooth (no edge) and the new point lies within 3 sigma of
+        the map point along the ray (a gross disagreement is a wrong track or an occlusion, not noise).
+        """
+        if not len(self._pts):
+            return
+        h, w = depth.shape
+        u = np.clip(np.round(self._pts[:, 0]).astype(int), 0, w - 1)
+        v = np.clip(np.round(self._pts[:, 1]).astype(int), 0, h - 1)
+        z = depth[v, u]
+        lo, hi = _min3(depth)[v, u], _max3(depth)[v, u]
+        X_cam = np.stack([(self._pts[:, 0] - self.K[0, 2]) * z / self.K[0, 0],
+                          (self._pts[:, 1] - self.K[1, 2]) * z / self.K[1, 1], z], 1)
+        X_new = X_cam @ T_world_cam[:3, :3].T + T_world_cam[:3, 3]
+        sigma = _depth_sigma(np.maximum(z, 1e-3))
+        ok = (z > 0) & (lo > 0) & (hi - lo < 0.02 * z) & (np.linalg.norm(X_new - self._xyz, axis=1) < 3 * sigma)
+        w_new = np.where(ok, _depth_weight(z), 0.0)
+        total = self._w + w_new
+        self._xyz = np.where(ok[:, None], (self._w[:, None] * self._xyz + w_new[:, None] * X_new)
+                             / np.maximum(total, 1e-12)[:, None], self._xyz)
+        self._w = total
+
     def _select(self, keep: np.ndarray, pts: np.ndarray | None = None) -> None:
         """Keep the tracks indexed by `keep` (with new positions `pts` if given); forget unused references."""
         self._pts = (self._pts if pts is None else pts)[keep]
         self._xyz, self._ref_kf, self._ref_pts = self._xyz[keep], self._ref_kf[keep], self._ref_pts[keep]
+        self._w = self._w[keep]
         live = set(np.unique(self._ref_kf).tolist())
         self._ref_grays = {k: g for k, g in self._ref_grays.items() if k in live}
 
@@ -242,6 +274,7 @@ class RgbdOdometry:
             self._xyz = np.concatenate([self._xyz, X_world])
             self._ref_pts = np.concatenate([self._ref_pts, uv])
             self._ref_kf = np.concatenate([self._ref_kf, np.full(len(uv), self.keyframes, np.int64)])
+            self._w = np.concatenate([self._w, _depth_weight(z)])
             self._ref_grays[self.keyframes] = gray
         self._prev_gray = gray
         self._kf_tracks = self.n_tracks
@@ -281,6 +314,15 @@ class RgbdOdometry:
         if self.started and self.lost_in_row <= self.max_lost_frames:
             self.T_world_last = self.T_world_last @ self.velocity
         return RgbdTrackResult(self.T_world_last.copy(), False, "lost", False)
+
+
+def _depth_sigma(z: np.ndarray) -> np.ndarray:
+    """Depth noise std (metres) of a structured-light sensor: quadratic in z (Khoshelham & Elberink 2012)."""
+    return 0.0012 + 0.0019 * (z - 0.4) ** 2 + 0.002  # + 2 mm for the tracks' sub-pixel error at the edges
+
+
+def _depth_weight(z: np.ndarray) -> np.ndarray:
+    return 1.0 / _depth_sigma(np.maximum(z, 1e-3)) ** 2
 
 
 def _min3(depth: np.ndarray) -> np.ndarray:
