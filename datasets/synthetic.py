@@ -33,13 +33,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from recon.datasets.degrade import Degradations, degrade_colour, degrade_depth, motion_blur
 from recon.errors import ConfigError, SequenceError
 from recon.io.trajectory import write_tum_trajectory
 from recon.utils.progress import progress
 
 logger = logging.getLogger(__name__)
 
-TRAJECTORIES = ("walk", "orbit", "forward")
+TRAJECTORIES = ("walk", "orbit", "forward", "loop")
+LOOP_SECONDS = 16.0  # one lap of the "loop" trajectory at speed 1 (480 frames at 30 frames/s)
 DEPTH_SCALE = 5000.0  # uint16 units per metre (TUM RGB-D)
 _T0_US = 1_000_000  # first timestamp: 1 s (small values keep float parsers exact to the microsecond)
 _UP = np.array([0.0, 0.0, 1.0])
@@ -350,17 +352,30 @@ def look_at(eye: np.ndarray, target: np.ndarray, roll: float = 0.0) -> np.ndarra
 
 
 def make_trajectory(kind: str, size: tuple[float, float, float], num_frames: int, fps: float,
-                    seed: int) -> np.ndarray:
+                    seed: int, speed: float = 1.0) -> np.ndarray:
     """Camera-to-world poses [N,4,4] of one trajectory type.
 
     Speeds are hand-held: about 0.5-0.7 m/s and at most ~30 deg/s, i.e. a few cm and about 1 degree per frame
-    at 30 fps, so frame-to-frame trackers see large overlaps.
+    at 30 fps, so frame-to-frame trackers see large overlaps; `speed` multiplies the motion per frame (fast
+    motion). "loop" goes once round the room in `LOOP_SECONDS / speed` and is back at its start pose after it
+    (every lap revisits the same places at the same height).
+    """
+    t = np.arange(num_frames) / fps
+    return trajectory_at(kind, size, speed * t, seed, duration=speed * (t[-1] if len(t) else 0.0))
+
+
+def trajectory_at(kind: str, size: tuple[float, float, float], t: np.ndarray, seed: int, duration: float
+                  ) -> np.ndarray:
+    """Poses [N,4,4] of a trajectory at times `t` (seconds at speed 1) of a sequence lasting `duration`.
+
+    Only "forward" depends on the duration (its speed is capped so it stays in the room); sub-frame times (the
+    motion blur's shutter interval) give poses between frames.
     """
     if kind not in TRAJECTORIES:
         raise ConfigError(f"trajectory must be one of {', '.join(TRAJECTORIES)}, got {kind!r}")
     rng = np.random.default_rng(seed + 7919)
     W, D, H = size
-    t = np.arange(num_frames) / fps
+    t = np.atleast_1d(np.asarray(t, dtype=np.float64))
     phase = float(rng.uniform(0, 2 * math.pi))
     poses = []
     if kind == "orbit":
@@ -391,12 +406,30 @@ def make_trajectory(kind: str, size: tuple[float, float, float], num_frames: int
             target = eye + 2.5 * gaze
             target[2] = 1.0 + 0.15 * math.sin(2 * math.pi * ti / 5.0)
             poses.append(look_at(eye, target, roll=0.03 * math.sin(2 * math.pi * 0.9 * ti)))
+    elif kind == "loop":
+        # A closed lap round the central table: everything (radius, gaze, roll) is periodic in the lap, the
+        # eye height is constant, so after LOOP_SECONDS the camera is back at its start pose and view.
+        r0 = float(rng.uniform(1.55, 1.7))
+        direction = 1 if rng.uniform() < 0.5 else -1
+        for ti in t:
+            u = 2 * math.pi * ti / LOOP_SECONDS
+            a = phase + direction * u
+            rad = r0 + 0.15 * math.sin(2 * u + phase)
+            eye = np.array([rad * math.cos(a), rad * math.sin(a) * (D / W) * 0.95, 1.5])
+            tangent = direction * np.array([-math.sin(a), math.cos(a), 0.0])
+            inward = -np.array([math.cos(a), math.sin(a), 0.0])
+            w = 0.75 + 0.15 * math.sin(2 * u + phase)
+            gaze = (1 - w) * tangent + w * inward
+            gaze /= np.linalg.norm(gaze)
+            target = eye + 2.5 * gaze
+            target[2] = 1.0 + 0.15 * math.sin(3 * u)
+            poses.append(look_at(eye, target, roll=0.03 * math.sin(4 * u)))
     else:
         # Mostly forward along the room's long (y) axis, beside the central table, gentle sway; the speed is
         # capped so the path stays inside the room for any length.
         x = float(rng.choice([-1.4, 1.4]))
         length = D - 2.6
-        speed = min(0.6, length / max(t[-1] if len(t) else 1.0, 1e-6))
+        speed = min(0.6, length / max(duration if duration > 0 else 1.0, 1e-6))
         y0 = -length / 2
         for ti in t:
             bob = 0.01 * math.sin(2 * math.pi * 1.8 * ti)
@@ -411,9 +444,10 @@ def make_trajectory(kind: str, size: tuple[float, float, float], num_frames: int
 # Rendering
 
 
-def default_intrinsics(width: int, height: int) -> np.ndarray:
-    """Pinhole K with a ~64 degree horizontal field of view and the principal point at the image centre."""
-    f = 0.8 * width
+def default_intrinsics(width: int, height: int, focal: float | None = None) -> np.ndarray:
+    """Pinhole K with a ~64 degree horizontal field of view (or focal length `focal` in pixels) and the principal
+    point at the image centre."""
+    f = 0.8 * width if focal is None else float(focal)
     return np.array([[f, 0.0, (width - 1) / 2], [0.0, f, (height - 1) / 2], [0.0, 0.0, 1.0]])
 
 
@@ -450,6 +484,12 @@ class Renderer:
         self._light /= np.linalg.norm(self._light)
 
     def render(self, T_world_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rgb, depth, _ = self.render_with_incidence(T_world_cam)
+        return rgb, depth
+
+    def render_with_incidence(self, T_world_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rgb, depth, cos_incidence): the last is |cos| of the angle between each centre ray and the surface
+        normal it hits (1 = head-on, 0 = grazing or no hit), which the depth sensor model needs."""
         n_pix = self.width * self.height
         R, tvec = T_world_cam[:3, :3], T_world_cam[:3, 3]
         dirs = self._dirs_cam @ R.T
@@ -460,6 +500,9 @@ class Renderer:
         normals = hit["primitive_normals"].numpy().astype(np.float64)
         valid = np.isfinite(t_hit)
         depth = np.where(valid[:n_pix], t_hit[:n_pix], 0.0).reshape(self.height, self.width).astype(np.float32)
+        d_c = dirs[:n_pix]
+        cos_c = np.abs(np.einsum("ij,ij->i", normals[:n_pix], d_c)) / np.linalg.norm(d_c, axis=1)
+        cos_c = np.where(valid[:n_pix], cos_c, 0.0).reshape(self.height, self.width).astype(np.float32)
 
         sub = slice(n_pix, None)
         t_s, g_s, n_s, d_s, ok = t_hit[sub], gids[sub], normals[sub], dirs[sub], valid[sub]
@@ -482,7 +525,7 @@ class Renderer:
         color = albedo * (0.45 + 0.55 * lam)[:, None]
         color = color.reshape(self.height, self.width, self.ss * self.ss, 3).mean(axis=2)
         rgb = np.clip(np.round(color * 255.0), 0, 255).astype(np.uint8)
-        return rgb, depth
+        return rgb, depth, cos_c
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -494,9 +537,31 @@ def _stamp(t_us: int) -> str:
     return f"{sec}.{usec:06d}"
 
 
+BLUR_SAMPLES = 9  # poses averaged over the shutter interval
+
+
+def _render_degraded(renderer: Renderer, deg: Degradations, trajectory: str, size: tuple[float, float, float],
+                     seed: int, index: int, num_frames: int, fps: float, T: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Render frame `index` at pose T and apply the sensor degradations (identity when none are on)."""
+    rgb, depth, cos = renderer.render_with_incidence(T)
+    if not (deg.any_colour or deg.any_depth):
+        return rgb, depth
+    blurred = None
+    if deg.motion_blur:
+        t0 = index / fps
+        offsets = np.linspace(-0.5, 0.5, BLUR_SAMPLES) * deg.motion_blur / fps
+        duration = deg.speed * (num_frames - 1) / fps
+        subs = trajectory_at(trajectory, size, deg.speed * (t0 + offsets), seed, duration)
+        blurred = motion_blur(rgb, depth, renderer.K, T, subs)
+    rgb = degrade_colour(rgb, deg, seed, index, index / fps, blurred)
+    return rgb, degrade_depth(depth, cos, deg, seed, index)
+
+
 def generate_sequence(out_dir: str | Path, *, seed: int = 0, trajectory: str = "walk", num_frames: int = 60,
                       width: int = 320, height: int = 240, fps: float = 30.0, supersample: int = 2,
-                      rgb_format: str = "png", jpeg_quality: int = 92) -> Path:
+                      rgb_format: str = "png", jpeg_quality: int = 92,
+                      degradations: Degradations | None = None, focal: float | None = None) -> Path:
     """Render a synthetic RGB-D sequence with ground truth into `out_dir` (TUM RGB-D layout); returns the folder.
 
     Args:
@@ -507,7 +572,12 @@ def generate_sequence(out_dir: str | Path, *, seed: int = 0, trajectory: str = "
         supersample: rays per pixel side for colour anti-aliasing (1 = one ray per pixel).
         rgb_format: "png" (lossless) or "jpg" (about 6x smaller; the bundled sample uses it to stay light).
         jpeg_quality: JPEG quality when rgb_format is "jpg".
+        degradations: sensor effects (depth noise and holes, motion blur, exposure, noise, JPEG, fast motion;
+            `Degradations.realistic()` is the `--realistic` preset); ground truth stays exact. None: clean.
+        focal: focal length in pixels (default 0.8 * width, which is also what the geometric backend assumes
+            without intrinsics; a Kinect at 640x480 has about 525-585, i.e. 0.82-0.91 * width).
     """
+    deg = degradations or Degradations()
     if rgb_format not in ("png", "jpg"):
         raise ConfigError(f"rgb_format must be 'png' or 'jpg', got {rgb_format!r}")
     if num_frames < 1:
@@ -516,6 +586,8 @@ def generate_sequence(out_dir: str | Path, *, seed: int = 0, trajectory: str = "
         raise ConfigError(f"image size must be at least 8x8, got {width}x{height}")
     if fps <= 0:
         raise ConfigError(f"fps must be positive, got {fps}")
+    if focal is not None and not focal > 0:
+        raise ConfigError(f"focal must be positive, got {focal}")
     if supersample < 1:
         raise ConfigError(f"supersample must be >= 1, got {supersample}")
     out = Path(out_dir)
@@ -526,8 +598,8 @@ def generate_sequence(out_dir: str | Path, *, seed: int = 0, trajectory: str = "
         raise SequenceError(f"cannot create {out}: {e}") from e
 
     scene = build_scene(seed)
-    poses = make_trajectory(trajectory, scene.size, num_frames, fps, seed)
-    K = default_intrinsics(width, height)
+    poses = make_trajectory(trajectory, scene.size, num_frames, fps, seed, speed=deg.speed)
+    K = default_intrinsics(width, height, focal)
     renderer = Renderer(scene, K, width, height, supersample)
     t_us = [_T0_US + round(i * 1e6 / fps) for i in range(num_frames)]
     logger.info("rendering %d frames (%s, seed %d, %dx%d) into %s", num_frames, trajectory, seed, width, height, out)
@@ -537,7 +609,7 @@ def generate_sequence(out_dir: str | Path, *, seed: int = 0, trajectory: str = "
     png = [cv2.IMWRITE_PNG_COMPRESSION, 9]
     frames = progress(zip(poses, t_us, strict=True), total=num_frames, desc=f"rendering {out.name}", unit="frame")
     for i, (T, tu) in enumerate(frames):
-        rgb, depth = renderer.render(T)
+        rgb, depth = _render_degraded(renderer, deg, trajectory, scene.size, seed, i, num_frames, fps, T)
         rgb_name, depth_name = f"{_stamp(tu)}.{rgb_format}", f"{_stamp(tu)}.png"
         depth_u16 = np.clip(np.round(depth * DEPTH_SCALE), 0, 65535).astype(np.uint16)
         rgb_opts = png if rgb_format == "png" else [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
@@ -555,7 +627,8 @@ def generate_sequence(out_dir: str | Path, *, seed: int = 0, trajectory: str = "
     camera = {"width": width, "height": height, "K": K.tolist(), "depth_scale": DEPTH_SCALE,
               "distortion": [], "generator": {"module": __name__, "seed": seed, "trajectory": trajectory,
                                               "num_frames": num_frames, "fps": fps, "supersample": supersample,
-                                              "rgb_format": rgb_format,
-                                              "jpeg_quality": jpeg_quality if rgb_format == "jpg" else None}}
+                                              "rgb_format": rgb_format, "focal": focal,
+                                              "jpeg_quality": jpeg_quality if rgb_format == "jpg" else None,
+                                              "degradations": deg.to_dict()}}
     (out / "camera.json").write_text(json.dumps(camera, indent=2) + "\n")
     return out

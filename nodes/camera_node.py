@@ -40,7 +40,7 @@ from recon.calib.undistort import Undistorter, has_distortion
 from recon.errors import CorruptFrameError
 from recon.nodes import protocol as P
 from recon.nodes.sources import Source
-from recon.nodes.transport import Security, default_context, new_node_id, open_socket
+from recon.nodes.transport import Security, default_context, new_node_id, open_socket, readable
 from recon.types import Frame
 from recon.utils.log import WarnOnce
 
@@ -67,6 +67,7 @@ class CameraNodeConfig:
         keep_acked: recorded sources: acknowledged frames kept to re-send after a node restart (those after the
             node's last checkpoint, at most this many).
         on_send: called with each frame before it is encoded (in-process runs keep `Frame.meta` aside with it).
+        record_latency: keep each frame's send-to-acknowledgement time in `CameraStats.latency_ms` (benchmarks).
         undistort: remap frames of a camera whose CameraInfo has lens distortion to its pinhole camera before
             sending (the wire then carries pinhole images and K, which is what every backend assumes).
     """
@@ -85,6 +86,7 @@ class CameraNodeConfig:
     stride: int = 1
     keep_acked: int = 64
     on_send: Callable[[Frame], None] | None = None
+    record_latency: bool = False
     security: Security = field(default_factory=Security)
 
 
@@ -114,6 +116,7 @@ class CameraStats:
     skipped_by_stride: int = 0
     stopped_on_error: str | None = None
     latency_ms: list[float] = field(default_factory=list)
+    """With `CameraNodeConfig.record_latency`: send-to-acknowledgement milliseconds of each acknowledged frame."""
 
 
 class CameraNode:
@@ -137,7 +140,6 @@ class CameraNode:
         self.max_message_bytes: int | None = None
         self._paused_until = 0.0
         self._reconnecting = False
-        self._keep_latency = False
         self._index = -1
         self._resend_from_restart: set[int] = set()
         self._undistorter: Undistorter | None = None
@@ -244,7 +246,7 @@ class CameraNode:
                 parts = self._pending.pop(seq, None)
                 t = self._sent_at.pop(seq, None)
                 if parts is not None:
-                    if self._keep_latency and t is not None:
+                    if self.config.record_latency and t is not None:
                         self.stats.latency_ms.append(1000 * (now - t))
                     if not self.source.live and self.config.keep_acked and seq > self._durable:
                         self._recent[seq] = parts
@@ -398,11 +400,8 @@ class CameraNode:
                 if cfg.fps and not sent:
                     wait_ms = max(0, min(wait_ms, int(1000 * (next_send - now))))
                 if sock.poll(wait_ms, zmq.POLLIN):
-                    while True:
-                        try:
-                            parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
+                    while readable(sock):
+                        parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                         last_heard = time.monotonic()
                         if lost:
                             lost = False

@@ -5,8 +5,9 @@ compressed image, the size its own header states) before anything is allocated, 
 the sender may use the stream and whether the frame fits the queue and the memory budget, and answers the camera:
 a credit for a duplicate or a dropped live frame, a refusal (with its reason) for a frame or a stream the node will
 not take. Decompression and everything after it happens on the stream's session thread, so this thread never
-waits for a model, a decoder or a backend being built. It also forwards replies queued by other threads, sends
-the publisher's heartbeats and closes idle sessions.
+waits for a model, a decoder or a backend being built. Sessions send their acknowledgements onto the ROUTER
+themselves (`Replies`: the socket is shared under a lock, so an ack is no hand-off to this thread). It also
+sends the publisher's heartbeats, closes idle sessions and, once a minute, returns the heap's free pages to the OS.
 
 A malformed message is counted by kind, logged once per kind and dropped; when its header names a frame, the
 camera is told (a refusal naming the fault), so it does not re-send it forever.
@@ -28,10 +29,13 @@ from recon.nodes.admission import Peer
 from recon.nodes.publisher import Publisher
 from recon.nodes.replies import Replies
 from recon.nodes.sessions import Offer, SessionTable
-from recon.nodes.transport import Security, open_socket
+from recon.nodes.transport import Security, open_socket, trim_heap
 from recon.utils.log import WarnOnce
 
 logger = logging.getLogger(__name__)
+
+TRIM_EVERY_S = 60.0
+"""Period of returning the heap's free pages to the OS (`transport.trim_heap`): RSS follows memory in use."""
 
 
 class Ingest:
@@ -50,64 +54,51 @@ class Ingest:
         self._peers: collections.OrderedDict[bytes, Peer] = collections.OrderedDict()
         self._finish = threading.Event()
         self._sock = open_socket(context, zmq.ROUTER, limits=limits, security=security, server=True, hwm=hwm)
-        self._sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        # A reply that cannot be queued (the camera's queue is full, or it is gone) fails instead of vanishing, so
+        # `Replies` counts it.
+        self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._sock.setsockopt(zmq.SNDHWM, 1000)
-        self._pull = context.socket(zmq.PULL)
-        self._pull.setsockopt(zmq.LINGER, 0)
-        self._pull.setsockopt(zmq.RCVHWM, 100000)
 
     def bind(self) -> None:
         self._sock.bind(self.endpoint)
-        self._pull.bind(self.replies.endpoint)
 
     def finish(self) -> None:
-        """End the loop after forwarding what is queued (the node calls it once every session is done)."""
+        """End the loop (the node calls it once every session is done and has sent its last acknowledgements)."""
         self._finish.set()
+        self.replies.wake()
 
     # -- loop -------------------------------------------------------------------------------------------------
     def run(self) -> None:
-        self.replies.attach(self._sock)
+        # The socket's ZMQ_FD, not the socket: polling it touches nothing other threads may be using (`Replies`).
         poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLIN)
-        poller.register(self._pull, zmq.POLLIN)
+        poller.register(self._sock.getsockopt(zmq.FD), zmq.POLLIN)
+        self.replies.attach(self._sock)
+        poller.register(self.replies.wake_fd, zmq.POLLIN)
+        timeout = max(1, min(100, int(1000 * self.publisher.heartbeat_s)))
         next_sweep = time.monotonic() + 1.0
+        next_trim = time.monotonic() + TRIM_EVERY_S
         try:
-            while True:
-                finishing = self._finish.is_set()
-                timeout = 0 if finishing else max(1, min(100, int(1000 * self.publisher.heartbeat_s)))
-                events = dict(poller.poll(timeout))
-                if self._pull in events or finishing:
-                    self._forward()
-                if self._sock in events:
-                    self._receive()
+            while not self._finish.is_set():
+                self.replies.wait(poller, timeout)
+                self._receive()
                 self.publisher.poll_subscribers()
-                if finishing:
-                    return
                 self.publisher.heartbeat()
                 now = time.monotonic()
                 if now >= next_sweep:
                     next_sweep = now + 1.0
                     self.table.sweep()
+                if now >= next_trim:
+                    next_trim = now + TRIM_EVERY_S
+                    trim_heap()
+            self.publisher.poll_subscribers()
         finally:
-            self._sock.close(linger=500)
-            self._pull.close(0)
-
-    def _forward(self) -> None:
-        for _ in range(1024):
-            try:
-                parts = self._pull.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                self._sock.send_multipart(parts, zmq.NOBLOCK)
-            except zmq.Again:
-                self.replies.lost += 1
+            sock = self.replies.detach()
+            (sock or self._sock).close(linger=500)  # queued acknowledgements still reach their cameras
 
     def _receive(self) -> None:
         for _ in range(256):
-            try:
-                parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            parts = self.replies.receive()
+            if parts is None:
                 return
             routing_id = parts[0].bytes
             try:

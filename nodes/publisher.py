@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 
 from recon.nodes import protocol as P
-from recon.nodes.transport import Security, open_socket
+from recon.nodes.transport import Security, open_socket, readable
 from recon.utils.log import WarnOnce
 
 logger = logging.getLogger(__name__)
@@ -113,11 +113,8 @@ class Publisher:
         with self._lock:
             if self._sock is None:
                 return self.subscribers
-            while True:
-                try:
-                    event = self._sock.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
+            while readable(self._sock):
+                event = self._sock.recv(zmq.NOBLOCK)
                 if event[1:].startswith(P.TOPIC_RESULT[:-1]) or event[1:] == b"":
                     before = self.subscribers
                     self.subscribers = max(0, before + (1 if event[:1] == b"\x01" else -1))

@@ -53,7 +53,6 @@ from recon.utils.log import WarnOnce
 
 logger = logging.getLogger(__name__)
 
-_REPLIES = "inproc://recon-node-replies-{}"
 DEFAULT_MAX_BUFFERED_BYTES = 1 << 30
 
 
@@ -226,7 +225,7 @@ class ReconNode:
         self.publisher = Publisher(self.ctx, cfg.publish, node_id=self.node_id, heartbeat_s=cfg.heartbeat_s,
                                    limits=cfg.limits, security=cfg.security, hwm=cfg.result_hwm,
                                    min_subscribers=cfg.min_subscribers)
-        replies = Replies(self.ctx, _REPLIES.format(self.node_id), self.node_id, cfg.limits.max_message_bytes)
+        replies = Replies(self.node_id, cfg.limits.max_message_bytes)
         if self.store is not None:
             self.writer = CheckpointWriter(self.store)
         services = SessionServices(self.options, self.publisher, replies, self.budget, self.faults, self.rejects,

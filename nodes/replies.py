@@ -1,14 +1,27 @@
 """Messages from the reconstruction node back to one camera: credits (acks, window) and refusals.
 
-The ROUTER socket belongs to the ingest thread. Other threads (sessions, control) hand their replies to it over a
-private inproc PUSH socket, guarded by a lock; the ingest thread itself sends straight to the ROUTER. Either way a
-reply never blocks its sender: when ZeroMQ's queue is full the reply is dropped, counted and logged once, and the
-camera's re-send (recorded) or expiry (live) covers it.
+The ROUTER socket cameras talk to is shared: the ingest thread receives on it, and whichever thread has a reply
+(a session acknowledging the frame it just published, the ingest thread refusing a frame, the control thread)
+sends it straight onto it, so an acknowledgement costs no hand-off to another thread. ZeroMQ sockets are not
+thread-safe, but one may be used by several threads with a full memory barrier between them: every use of the
+ROUTER happens under `lock`, and the ingest thread never blocks while holding it. It waits on the socket's
+ZMQ_FD instead (an OS-level poll that does not touch the socket; see `wait`).
+
+ZMQ_FD is edge-triggered: any thread that uses the socket may consume the signal that input arrived. So a thread
+that sent a reply while the ingest thread was waiting checks, still under the lock, whether input is waiting and
+if so wakes the ingest thread through a pipe; the ingest thread checks for input under the lock before it waits.
+No input is ever left unnoticed, and the pipe is written only in that race, not once per reply.
+
+A reply never blocks its sender: when ZeroMQ's queue is full the reply is dropped, counted and logged once, and
+the camera's re-send (recorded) or expiry (live) covers it.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -17,48 +30,99 @@ from typing import Any
 import zmq
 
 from recon.nodes import protocol as P
+from recon.nodes.transport import readable
 from recon.utils.log import WarnOnce
 
 logger = logging.getLogger(__name__)
 
 
 class Replies:
-    """Builds credit and refusal messages and gets them to the ingest thread (thread-safe)."""
+    """Builds credit and refusal messages and sends them on the shared ROUTER (thread-safe)."""
 
-    def __init__(self, context: zmq.Context, endpoint: str, node_id: int, max_message_bytes: int) -> None:
-        self.endpoint = endpoint
+    def __init__(self, node_id: int, max_message_bytes: int) -> None:
         self.node_id = node_id
         self.max_message_bytes = max_message_bytes
         self.lost = 0
         self.warn = WarnOnce(logger)
-        self._push = context.socket(zmq.PUSH)
-        self._push.setsockopt(zmq.LINGER, 0)
-        self._push.setsockopt(zmq.SNDHWM, 100000)
-        self._push_lock = threading.Lock()
-        self._connected = False
+        self.lock = threading.Lock()
         self._router: zmq.Socket | None = None
-        self._io_thread: int | None = None
+        self._early: collections.deque[list[Any]] = collections.deque(maxlen=4096)  # before the ROUTER is attached
+        self._detached = False
+        self._waiting = False  # the ingest thread is (about to be) blocked in `wait`
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    @property
+    def wake_fd(self) -> int:
+        """Readable when a sender saw input the ingest thread may have missed (register it in its poller)."""
+        return self._wake_r
 
     def attach(self, router: zmq.Socket) -> None:
-        """Called by the ingest thread: replies from it go straight to `router`."""
-        self._router = router
-        self._io_thread = threading.get_ident()
+        """Called by the ingest thread before it serves: replies go onto `router` from now on."""
+        with self.lock:
+            self._router = router
+            early, self._early = list(self._early), collections.deque(maxlen=4096)
+        for parts in early:
+            self._send(parts)
+
+    def detach(self) -> zmq.Socket | None:
+        """Called by the ingest thread when it stops: later replies are counted as lost."""
+        with self.lock:
+            router, self._router = self._router, None
+            self._detached = True
+        return router
+
+    def wait(self, poller: zmq.Poller, timeout_ms: int) -> None:
+        """Block (ingest thread) until input may be waiting on the ROUTER, a sender woke us, or `timeout_ms`.
+
+        `poller` holds the ROUTER's ZMQ_FD and `wake_fd`, never the socket itself, so nothing touches the socket
+        while other threads send on it."""
+        with self.lock:
+            if self._router is None or readable(self._router):
+                return
+            self._waiting = True
+        try:
+            poller.poll(timeout_ms)
+        finally:
+            with self.lock:
+                self._waiting = False
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wake_r, 4096):
+                    pass
+
+    def wake(self) -> None:
+        """Make the ingest thread's `wait` return now."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"\0")
+
+    def receive(self) -> list[Any] | None:
+        """One waiting multipart from the ROUTER (zero-copy frames), or None (ingest thread)."""
+        with self.lock:
+            router = self._router
+            if router is None or not readable(router):
+                return None
+            return router.recv_multipart(zmq.NOBLOCK, copy=False)
 
     def send(self, routing_id: bytes, parts: list[Any]) -> None:
-        if threading.get_ident() == self._io_thread and self._router is not None:
+        self._send([routing_id, *parts])
+
+    def _send(self, parts: list[Any]) -> None:
+        with self.lock:
+            router = self._router
+            if router is None:
+                if self._detached or len(self._early) == self._early.maxlen:
+                    self._dropped()
+                else:
+                    self._early.append(parts)
+                return
             try:
-                self._router.send_multipart([routing_id, *parts], zmq.NOBLOCK)
-            except zmq.Again:
-                self._dropped()
-            return
-        with self._push_lock:
-            if not self._connected:
-                self._push.connect(self.endpoint)
-                self._connected = True
-            try:
-                self._push.send_multipart([routing_id, *parts], zmq.NOBLOCK)
+                router.send_multipart(parts, zmq.NOBLOCK)
             except (zmq.Again, zmq.ZMQError):
                 self._dropped()
+            if self._waiting and readable(router):
+                with contextlib.suppress(BlockingIOError):  # a full pipe holds wake-ups already
+                    os.write(self._wake_w, b"\0")
 
     def _dropped(self) -> None:
         self.lost += 1
@@ -81,5 +145,6 @@ class Replies:
                                                epoch=epoch, node=self.node_id))
 
     def close(self) -> None:
-        with self._push_lock:
-            self._push.close(0)
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)

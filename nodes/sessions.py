@@ -54,7 +54,12 @@ LIVE_QUEUE = 1
 """Frames a live session holds waiting (the newest replaces it): latest frame wins, end to end."""
 
 DONE_WINDOW = 65536
-"""Processed seqs remembered per session for deduplication of re-sent frames."""
+"""Processed seqs remembered per recorded session for deduplication of re-sent frames (~7.5 MiB when full)."""
+
+LIVE_DONE_WINDOW = 256
+"""The same for a live session: a live camera never re-sends a frame (after a lost ack or a node restart it sends
+its newest capture instead), so a short window suffices, and a long-running live session does not grow towards
+DONE_WINDOW's 7.5 MiB over hours."""
 
 
 def new_map_epoch() -> int:
@@ -451,7 +456,7 @@ class Session:
             with self.cond:
                 if item.epoch == self.epoch:
                     self.done[item.seq] = None
-                    while len(self.done) > DONE_WINDOW:
+                    while len(self.done) > (LIVE_DONE_WINDOW if self.live else DONE_WINDOW):
                         self.done.popitem(last=False)
                 self.queued.discard(item.seq)
         finally:

@@ -73,6 +73,9 @@ class SessionCheckpoint:
 
 def supports_checkpoints(backend: Any) -> bool:
     """True when `backend_state` / `restore_backend_state` work for this backend."""
+    inner = getattr(backend, "inner", None)  # recon.map.MappedBackend saves its map beside the inner state
+    if inner is not None:
+        return supports_checkpoints(inner)
     return isinstance(backend, Checkpointable) or str(getattr(backend, "name", "")) in STATE_ADAPTERS
 
 
@@ -144,11 +147,22 @@ def _write_arrays(arrays: dict[str, Any], path: Path, metadata: dict[str, str]) 
 
         save_file({k: np.ascontiguousarray(a) for k, a in arrays.items()}, str(path), metadata=metadata)
         return "np"
-    from safetensors.torch import save_file as save_torch
-
     tensors = {k: (a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))).cpu().contiguous()
                for k, a in arrays.items()}
-    save_torch(tensors, str(path), metadata=metadata)
+    try:
+        as_numpy = {k: t.detach().numpy() for k, t in tensors.items()}
+    except TypeError:  # a dtype numpy lacks (bfloat16, float8): only safetensors.torch writes it
+        from safetensors.torch import save_file as save_torch
+
+        save_torch(tensors, str(path), metadata=metadata)
+        return "pt"
+    # The same bytes through numpy: safetensors.torch views every tensor through np.ctypeslib.as_array, which makes a
+    # ctypes array type per distinct byte size, cached by ctypes for good (~5 KiB each): a long-running node whose
+    # KV caches change size leaked memory with every checkpoint. The file format does not depend on the writer;
+    # "pt" makes the reader hand back tensors.
+    from safetensors.numpy import save_file
+
+    save_file(as_numpy, str(path), metadata=metadata)
     return "pt"
 
 

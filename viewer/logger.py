@@ -21,7 +21,14 @@ import numpy as np
 import rerun as rr
 
 from recon.errors import ConfigError
-from recon.sinks.points import DEFAULT_SELECTION, PointSelection, VoxelAccumulator, auto_voxel_size, select_points
+from recon.sinks.points import (
+    DEFAULT_SELECTION,
+    PointSelection,
+    RevisableCloud,
+    auto_voxel_size,
+    result_points_hw3,
+    select_points,
+)
 from recon.types import BackendStats, FrameResult
 from recon.viewer.blueprint import WORLD, build_blueprint, stats_root, stream_root
 
@@ -45,7 +52,8 @@ class _StreamState:
     last_t_ns: int = 0
     pinhole_key: tuple | None = None
     frames: int = 0
-    map: VoxelAccumulator | None = None
+    map: RevisableCloud | None = None
+    map_moved: bool = False  # pose revisions moved map points since the map was last logged
     colour: tuple[int, int, int] = STREAM_COLOURS[0]
     last_wall: float | None = None
     fps: float = 0.0
@@ -63,6 +71,7 @@ class RerunLogger:
         log_depth / log_images: switch those layers off for bandwidth.
         map_every: refresh `world/<stream>/map` every this many frames (0: never).
         map_voxel_size: voxel of the map (None: 1% of the first frame's median depth).
+        map_revisable_points: map points kept per frame so pose revisions (loop closure) can move them.
         max_2d_panels: cap on 2-D panels in the blueprint.
         world_axes: ViewCoordinates of `world` ("RDF": poses relative to an OpenCV camera, the usual case).
         trajectory_block: frames per trajectory segment entity (bounds what each frame re-logs).
@@ -77,7 +86,7 @@ class RerunLogger:
                  jpeg_quality: int = 75, log_depth: bool = True, log_images: bool = True, map_every: int = 10,
                  map_voxel_size: float | None = None, max_2d_panels: int = 4, world_axes: str = "RDF",
                  trajectory_block: int = 200, backend_stats: Callable[[], BackendStats] | None = None,
-                 plots: bool = True, collapse_panels: bool = False) -> None:
+                 plots: bool = True, collapse_panels: bool = False, map_revisable_points: int = 2_000_000) -> None:
         self.recording = recording
         self.selection = selection
         self.jpeg_quality = int(jpeg_quality)
@@ -85,6 +94,7 @@ class RerunLogger:
         self.log_images = log_images
         self.map_every = int(map_every)
         self.map_voxel_size = map_voxel_size
+        self.map_revisable_points = int(map_revisable_points)
         self.max_2d_panels = max_2d_panels
         if int(trajectory_block) < 1:
             raise ConfigError(f"trajectory_block must be >= 1, got {trajectory_block!r}")
@@ -158,6 +168,11 @@ class RerunLogger:
                 rec.log(f"{root}/cam/image", rr.Pinhole(image_from_camera=result.K, resolution=[hw[1], hw[0]],
                                                         camera_xyz=rr.ViewCoordinates.RDF, color=state.colour))
                 state.pinhole_key = key
+        if result.is_update and result_points_hw3(result) is None:
+            # A pose-only revision (recon.map's loop closure): move the camera, its path and its map points.
+            self._revise_pose(root, state, result)
+            self.results_logged += 1
+            return
         if self.log_images and result.image is not None:
             rec.log(f"{root}/cam/image", rr.Image(np.ascontiguousarray(result.image)).compress(self.jpeg_quality))
         if self.log_depth and result.depth is not None:
@@ -176,11 +191,12 @@ class RerunLogger:
         if result.is_update and result.seq % self.trajectory_block == self.trajectory_block - 1:
             self._log_trajectory_block(root, state, block + 1)  # the next block starts at this centre
 
-        if self.map_every > 0 and not result.is_update:
+        if self.map_every > 0:
             self._add_to_map(state, result, xyz, rgb)
-            state.frames += 1
-            if state.frames % self.map_every == 0:
-                self._log_map(root, state)
+            if not result.is_update:
+                state.frames += 1
+                if state.frames % self.map_every == 0 or state.map_moved:
+                    self._log_map(root, state)
         if not result.is_update:
             self._set_time(result.seq, result.t_ns)
             self._log_stats(result, state)
@@ -229,13 +245,26 @@ class RerunLogger:
             voxel = self.map_voxel_size or auto_voxel_size(result)
             if voxel is None:
                 return
-            state.map = VoxelAccumulator(voxel)
-        state.map.add(xyz, rgb)
+            state.map = RevisableCloud(voxel, revisable_points=self.map_revisable_points)
+        state.map.put(result.seq, result.T_world_cam, xyz, rgb)
+
+    def _revise_pose(self, root: str, state: _StreamState, result: FrameResult) -> None:
+        """Redraw the path with the revised centre (at the newest time) and move the frame's map points; the map
+        is re-logged with the next frame, so a burst of revisions after a loop closure costs one map refresh."""
+        state.centres[result.seq] = result.T_world_cam[:3, 3].copy()
+        self._set_time(state.last_seq, state.last_t_ns)
+        block = result.seq // self.trajectory_block
+        self._log_trajectory_block(root, state, block)
+        if result.seq % self.trajectory_block == self.trajectory_block - 1:
+            self._log_trajectory_block(root, state, block + 1)
+        if state.map is not None and state.map.move(result.seq, result.T_world_cam):
+            state.map_moved = True
 
     def _log_map(self, root: str, state: _StreamState) -> None:
         if state.map is None:
             return
         xyz, rgb = state.map.points()
+        state.map_moved = False
         self._set_time(state.last_seq, state.last_t_ns)
         colours = np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
         self.recording.log(f"{root}/map", rr.Points3D(xyz.astype(np.float32), colors=colours,
@@ -265,5 +294,5 @@ class RerunLogger:
             self._closed = True
             if self.map_every > 0:
                 for stream_id, state in self._streams.items():
-                    if state.frames % self.map_every:
+                    if state.frames % self.map_every or state.map_moved:
                         self._log_map(stream_root(stream_id), state)

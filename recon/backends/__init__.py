@@ -51,12 +51,27 @@ def registered() -> dict[str, BackendEntry]:
 
 
 def create_backend(name: str, **options: Any) -> Backend:
-    """Build backend `name` with `options`; unknown names raise ConfigError listing the known ones."""
+    """Build backend `name` with `options`; unknown names raise ConfigError listing the known ones.
+
+    Two options belong to the map layer, not the backend: `loop_closure` (true: wrap the backend in
+    `recon.map.MappedBackend`) and `map` (a dict of `recon.map.MapOptions` fields).
+    """
     if name not in _REGISTRY:
         raise ConfigError(f"unknown backend {name!r}; known backends: {', '.join(sorted(_REGISTRY))}")
+    loop_closure = options.pop("loop_closure", False)
+    map_options = options.pop("map", None)
+    if not isinstance(loop_closure, bool):
+        raise ConfigError(f"loop_closure must be true or false, got {loop_closure!r}")
+    if map_options is not None and not loop_closure:
+        raise ConfigError("map options given but loop_closure is off")
     module_name, func_name = _REGISTRY[name].factory.split(":")
     factory: Callable[..., Backend] = getattr(importlib.import_module(module_name), func_name)
-    return factory(**options)
+    backend = factory(**options)
+    if loop_closure:
+        from recon.map import MapOptions, MappedBackend
+
+        backend = MappedBackend(backend, MapOptions.from_dict(dict(map_options or {})))
+    return backend
 
 
 def _weights_installed(names: tuple[str, ...]) -> tuple[bool, str]:

@@ -62,6 +62,9 @@ def add_backend_arguments(parser: argparse.ArgumentParser, default: str = "auto"
             continue
         parser.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, type=_TYPES.get(dest, str),
                             metavar=_METAVARS.get(dest), help=text + scope)
+    parser.add_argument("--loop-closure", dest="loop_closure", choices=("auto", "on", "off"), default="auto",
+                        help="map layer (recon.map): place recognition, loop closure and a pose graph over the "
+                             "backend's poses; auto = on for geometric, off for the learned backends")
     parser.add_argument("--backend-opt", "-o", "--option", dest="backend_opt", action="append", default=[],
                         metavar="KEY=VALUE", help="any other backend option (JSON or Python literal), repeatable")
 
@@ -77,6 +80,9 @@ def backend_options(args: argparse.Namespace, backend: str) -> dict[str, Any]:
             flag = "--" + dest.replace("_", "-")
             raise ConfigError(f"{flag} does not apply to the {backend} backend (it applies to: {', '.join(takers)})")
         options[dest] = value
+    switch = getattr(args, "loop_closure", "auto")
+    if switch == "on" or (switch == "auto" and backend == "geometric"):
+        options.setdefault("loop_closure", True)
     return options
 
 

@@ -6,7 +6,7 @@ import argparse
 
 from recon.commands import add_command_table
 
-HELP = "run a benchmark (geometric, transport, live, model, memory, laser, horizonstream, lingbot, serve)"
+HELP = "run a benchmark (geometric, transport, live, model, memory, laser, horizonstream, lingbot, loop, serve)"
 
 # Benchmark name -> module with HELP, add_arguments(parser) and run(args) -> int.
 BENCHMARKS: dict[str, str] = {
@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "laser": "recon.commands.bench_laser",
     "horizonstream": "recon.commands.bench_horizonstream",
     "lingbot": "recon.commands.bench_lingbot",
+    "loop": "recon.commands.bench_loop",
     "serve": "recon.commands.bench_serve",
 }
 

@@ -10,6 +10,16 @@ back through `recon.datasets.open_sequence` and held in memory, so the timed loo
 VO, up to scale). Frames/s counts input frames over the wall time of `step` + `flush`; ATE is the RMSE of
 camera centres after SE(3) (RGB-D) or Sim(3) (monocular) Umeyama alignment, also as % of the path length.
 This is a benchmark, not a test: numbers depend on the machine and its load.
+
+`--suite` is the issue 13 benchmark: on degraded synthetic sequences (Kinect-style depth, motion blur, exposure,
+noise, JPEG: `recon synth --realistic`; a hand-held walk, a fast walk at 3x the speed, a loop back to its start)
+it runs recon RGB-D, recon monocular with the true K and without K, and Open3D's dense RGB-D SLAM and its
+frame-to-frame RGB-D odometry as anchors (`recon.eval.open3d_anchors`), on the same in-memory frames one after
+the other, the order reversed from one sequence to the next; then recon monocular (no K) on the real footage in
+`--real-data` (no ground truth: loop return error and vertical drift as % of the path, tracked fraction).
+Rendered sequences are kept in `--data` and reused when their recipe matches.
+
+    recon bench geometric --suite --data /tmp/bench13 --json bench13.json
 """
 
 from __future__ import annotations
@@ -35,13 +45,29 @@ HELP = "geometric backend: frames/s on 640x480 RGB-D and monocular synthetic inp
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--size", default="640x480", help="image size WxH of the synthetic sequence")
-    parser.add_argument("--frames", type=int, default=60, help="number of frames")
-    parser.add_argument("--trajectory", default="walk", choices=("walk", "orbit", "forward"))
+    parser.add_argument("--size", default=None, help="image size WxH of the synthetic sequence (default 640x480; "
+                                                       "--suite: 320x240)")
+    parser.add_argument("--frames", type=int, default=None, help="number of frames (default 60; --suite: 240)")
+    parser.add_argument("--trajectory", default="walk", choices=("walk", "orbit", "forward", "loop"))
     parser.add_argument("--seed", type=int, default=0, help="scene and trajectory seed")
     parser.add_argument("--modes", default="rgbd,mono", help="comma-separated: rgbd, mono")
     parser.add_argument("--keep", default=None, metavar="DIR", help="render into DIR and keep it (default: temp)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--suite", action="store_true",
+                        help="issue 13 suite: degraded synthetic sequences and real footage, with Open3D anchors")
+    parser.add_argument("--data", default=None, metavar="DIR",
+                        help="--suite: render the sequences into DIR and reuse them (default: a temp folder)")
+    parser.add_argument("--methods", default=",".join(SUITE_METHODS),
+                        help=f"--suite: comma-separated subset of {', '.join(SUITE_METHODS)}")
+    parser.add_argument("--sequences", default=",".join(SUITE_SEQUENCES),
+                        help=f"--suite: comma-separated subset of {', '.join(SUITE_SEQUENCES)}")
+    parser.add_argument("--real-data", default="../shared/data", metavar="DIR",
+                        help="--suite: folder holding lingbot_loop/ and lingbot_university/ ('' to skip)")
+
+
+# Spelled out here (argument parsing must not import the suite's heavy modules); the suite checks they match.
+SUITE_METHODS = ("recon-rgbd", "recon-mono-K", "recon-mono", "open3d-slam", "open3d-odometry")
+SUITE_SEQUENCES = ("walk", "fast", "loop")
 
 
 @dataclass
@@ -92,10 +118,15 @@ def run_mode(frames: list[Frame], gt_t_ns: np.ndarray, gt_T: np.ndarray, mode: s
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.suite:
+        from recon.commands.bench_geometric_suite import run_suite
+
+        return run_suite(args)
     from recon.datasets import open_sequence
     from recon.datasets.synthetic import generate_sequence
 
-    width, height = _parse_size(args.size)
+    width, height = _parse_size(args.size or "640x480")
+    args.frames = args.frames or 60
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in ("rgbd", "mono")]
     if bad:

@@ -225,7 +225,10 @@ def run(args: argparse.Namespace) -> int:
             "latency_p99_ms": round(_pct(lat, 99), 1),
             "node_latency_p99_ms": sess.get("latency_ms", {}).get("p99"), "step_mean_ms": sess.get("step_mean_ms"),
             "arrival_p50_ms": sess.get("arrival_ms", {}).get("p50"),
+            "arrival_p99_ms": sess.get("arrival_ms", {}).get("p99"),
             "waiting_p50_ms": sess.get("waiting_ms", {}).get("p50"),
+            "waiting_p99_ms": sess.get("waiting_ms", {}).get("p99"),
+            "own_step_p50_ms": sess.get("step_latency_ms", {}).get("p50"),
             "own_step_p99_ms": sess.get("step_latency_ms", {}).get("p99"), "results_late": sess.get("results_late", 0),
             "step_p50_ms": sess.get("steps_ms", {}).get("p50"), "step_p99_ms": sess.get("steps_ms", {}).get("p99"),
             "results": len(lat)})
@@ -254,6 +257,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"| {s['stream']} | {s['captured']} | {s['sent']} | {s['dropped_at_camera']} | {s['dropped_at_node']} | "
               f"{s['processed']} | {s['processed_fps']} | {s['step_p50_ms']} / {s['step_p99_ms']} | "
               f"{s['latency_p50_ms']} / {s['latency_p99_ms']} | {s['own_step_p99_ms']} | {s['results_late']} |")
+    print("\nwhere the time goes (node's own clocks over its last minute, p50 / p99 ms): capture -> received by the "
+          "node (camera-side age and transport), received -> step starts (node queue, decompression), the step, "
+          "capture -> published for results of the frame's own step, and capture -> arrival at the subscriber")
+    print("\n| stream | capture -> node | node wait | step | capture -> publish (own step) | capture -> subscriber |")
+    print("|---|---|---|---|---|---|")
+    for s in streams:
+        print(f"| {s['stream']} | {s['arrival_p50_ms']} / {s['arrival_p99_ms']} | {s['waiting_p50_ms']} / "
+              f"{s['waiting_p99_ms']} | {s['step_p50_ms']} / {s['step_p99_ms']} | {s['own_step_p50_ms']} / "
+              f"{s['own_step_p99_ms']} | {s['latency_p50_ms']} / {s['latency_p99_ms']} |")
     print(f"\ncapture-to-result latency over all streams: p50 {summary['latency_p50_ms']} ms, p99 "
           f"{summary['latency_p99_ms']} ms (results emitted by their own frame's step: p99 {own_p99} ms); bound "
           f"3 x median step ({step_p50:.1f} ms) + 50 ms = {bound:.1f} ms")

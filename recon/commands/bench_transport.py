@@ -9,9 +9,11 @@ systems alternated from round to round (so a busy machine slows all of them alik
 
 - recon, credit window N (`--window`, default 8) and window 1: camera nodes (threads of this process,
   `CameraNode`) stream pre-made frames to a reconstruction node *process* on loopback tcp with
-  `--backend identity` (no model: transport, validation, session queue, result publishing and the credit
-  round trip are measured). Latency: capture (the frame's `capture_ns`) to the result arriving back in this
-  process on the result socket.
+  `--backend identity` (no model: transport, validation, session queue, result encoding and publishing and the
+  credit round trip are measured). Latency: send to the frame's acknowledgement arriving back at its camera (the
+  node acknowledges a frame once its result is published), like imagezmq's send to reply. With `--subscriber`
+  a result subscriber in this process also receives every result, and latency is capture to the result's
+  arrival there (end to end, one more hop than imagezmq has, and a second busy thread in the cameras' process).
 - imagezmq: the real package (`pip install imagezmq`), as its users run it: one `ImageSender` (REQ) per stream
   in this process, one `ImageHub` (REP) process that receives each image (JPEG: and decodes it, as our node does)
   and replies. Latency: send to reply.
@@ -24,6 +26,7 @@ The load test that used to follow is `recon bench live`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import subprocess
@@ -32,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--streams", default="1,4", help="comma-separated stream counts")
     parser.add_argument("--encodings", default="raw,jpeg", help="comma-separated: raw, jpeg")
     parser.add_argument("--window", type=int, default=8, help="credit window of the pipelined recon rows")
+    parser.add_argument("--subscriber", action="store_true",
+                        help="recon rows: a result subscriber in this process receives every result; latency is "
+                             "capture to result arrival (default: send to acknowledgement, like imagezmq's reply)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write every round as JSON")
 
 
@@ -65,6 +72,17 @@ class Row:
     fps: float = 0.0
     latency_ms: list[float] = field(default_factory=list, repr=False)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def process_cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system, every thread) a process has used so far; this process when `pid` is None."""
+    import os
+
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def frames_for(width: int, height: int, n: int = 8) -> list[np.ndarray]:
@@ -132,7 +150,8 @@ class ResultTimes:
         self.viewer.stop()
 
 
-def _recon(cfg: tuple[str, str, int], seconds: float, images: list[np.ndarray], window: int, rnd: int) -> Row:
+def _recon(cfg: tuple[str, str, int], seconds: float, images: list[np.ndarray], window: int, rnd: int,
+           subscriber: bool = False) -> Row:
     import zmq
 
     from recon.nodes.camera_node import CameraNode, CameraNodeConfig
@@ -142,31 +161,36 @@ def _recon(cfg: tuple[str, str, int], seconds: float, images: list[np.ndarray], 
     size, encoding, streams = cfg
     ep_in, ep_out, ep_ctl = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
     proc = subprocess.Popen(node_command("recon", "--bind", ep_in, "--publish", ep_out, "--control", ep_ctl,
-                                         "--backend", "identity", "--heartbeat", "0.1", "--wait-subscribers", "1",
+                                         "--backend", "identity", "--heartbeat", "0.1",
+                                         "--wait-subscribers", "1" if subscriber else "0",
                                          "--queue-size", str(window), "--no-state"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ctx = zmq.Context()
     row = Row(f"recon window {window}", size, encoding, streams, rnd)
     try:
-        with ResultTimes(ctx, ep_out) as times:
+        with ResultTimes(ctx, ep_out) if subscriber else contextlib.nullcontext() as times:
             cams = [CameraNode(CycleSource(images, seconds, f"s{i}"),
-                               CameraNodeConfig(connect=ep_in, stream_id=f"s{i}", encoding=encoding), ctx)
+                               CameraNodeConfig(connect=ep_in, stream_id=f"s{i}", encoding=encoding,
+                                                record_latency=not subscriber), ctx)
                     for i in range(streams)]
             threads = [threading.Thread(target=c.run, daemon=True) for c in cams]
+            cpu0 = (process_cpu_s(proc.pid), process_cpu_s())
             t0 = time.perf_counter()
             for t in threads:
                 t.start()
             for t in threads:
                 t.join(seconds + 60)
             elapsed = time.perf_counter() - t0
+            cpu1 = (process_cpu_s(proc.pid), process_cpu_s())
             status = request(ctx, ep_ctl, {"cmd": "status"})
             acked = sum(c.stats.acked for c in cams)
             deadline = time.monotonic() + 5
-            while len(times.lat_ms) < acked and time.monotonic() < deadline:
+            while times is not None and len(times.lat_ms) < acked and time.monotonic() < deadline:
                 time.sleep(0.01)
         row.frames, row.seconds, row.fps = acked, elapsed, acked / elapsed
-        row.latency_ms = list(times.lat_ms)
-        row.extra = {"node_drops": status["drops"], "rejected": status["rejected_total"]}
+        row.latency_ms = list(times.lat_ms) if times is not None else [x for c in cams for x in c.stats.latency_ms]
+        row.extra = {"node_drops": status["drops"], "rejected": status["rejected_total"],
+                     **_cpu_per_frame(cpu0, cpu1, acked)}
     finally:
         stop_process(proc)
         ctx.term()
@@ -228,16 +252,25 @@ def _imagezmq(cfg: tuple[str, str, int], seconds: float, images: list[np.ndarray
         for t in threads:
             t.start()
         start.wait(60)
+        cpu0 = (process_cpu_s(proc.pid), process_cpu_s())
         t0 = time.perf_counter()
         for t in threads:
             t.join(seconds + 60)
         row.seconds = time.perf_counter() - t0
+        cpu1 = (process_cpu_s(proc.pid), process_cpu_s())
         row.latency_ms = [x for s in lat for x in s]
         row.frames = len(row.latency_ms)
         row.fps = row.frames / row.seconds
+        row.extra = _cpu_per_frame(cpu0, cpu1, row.frames)
     finally:
         stop_process(proc)
     return row
+
+
+def _cpu_per_frame(before: tuple[float, float], after: tuple[float, float], frames: int) -> dict[str, float]:
+    """Microseconds of CPU per frame of the receiving process (node / hub) and of this, the sending, process."""
+    n = max(frames, 1)
+    return {"receiver_cpu_us": 1e6 * (after[0] - before[0]) / n, "sender_cpu_us": 1e6 * (after[1] - before[1]) / n}
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -255,7 +288,11 @@ def summarize(rows: list[Row], window: int) -> list[dict[str, Any]]:
             rs = [r for r in mine if r.system == system]
             lat = [x for r in rs for x in r.latency_ms]
             entry[system] = {"fps": float(np.median([r.fps for r in rs])) if rs else float("nan"),
-                             "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "rounds": len(rs)}
+                             "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "rounds": len(rs),
+                             "receiver_cpu_us": float(np.median([r.extra["receiver_cpu_us"] for r in rs]))
+                             if rs else float("nan"),
+                             "sender_cpu_us": float(np.median([r.extra["sender_cpu_us"] for r in rs]))
+                             if rs else float("nan")}
         for system in (f"recon window {window}", "recon window 1"):
             ratios = []
             for rnd in sorted({r.round for r in mine}):
@@ -288,8 +325,8 @@ def run(args: argparse.Namespace) -> int:
             for streams in (int(s) for s in args.streams.split(",")):
                 cfg = (size, encoding, streams)
                 systems: list[Callable[[int], Row]] = [
-                    lambda rnd, c=cfg, im=images: _recon(c, args.duration, im, args.window, rnd),
-                    lambda rnd, c=cfg, im=images: _recon(c, args.duration, im, 1, rnd),
+                    lambda rnd, c=cfg, im=images: _recon(c, args.duration, im, args.window, rnd, args.subscriber),
+                    lambda rnd, c=cfg, im=images: _recon(c, args.duration, im, 1, rnd, args.subscriber),
                     lambda rnd, c=cfg, im=images: _imagezmq(c, args.duration, im, rnd),
                 ]
                 for rnd in range(args.rounds):
@@ -301,8 +338,11 @@ def run(args: argparse.Namespace) -> int:
                                     _pct(row.latency_ms, 99))
     table = summarize(rows, args.window)
     w8 = f"recon window {args.window}"
-    print(f"\nrecon bench transport  ({os.cpu_count()} CPUs, loopback tcp, {args.rounds} interleaved rounds of "
-          f"{args.duration:g} s per system, order alternated)\n")
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    what = ("capture -> result at a subscriber" if args.subscriber
+            else "send -> acknowledgement (recon), send -> reply (imagezmq)")
+    print(f"\nrecon bench transport  ({os.cpu_count()} CPUs, load average {load}, loopback tcp, {args.rounds} "
+          f"interleaved rounds of {args.duration:g} s per system, order alternated; latency: {what})\n")
     print(f"| size | enc | streams | {w8} fps | p50 / p99 ms | recon window 1 fps | p50 / p99 ms | imagezmq fps | "
           f"p50 / p99 ms | {w8} / imagezmq (range) | window 1 / imagezmq (range) | added p99 ms (window 1) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -313,6 +353,15 @@ def run(args: argparse.Namespace) -> int:
               f"{a['p99_ms']:.2f} | {b['fps']:.0f} | {b['p50_ms']:.2f} / {b['p99_ms']:.2f} | {z['fps']:.0f} | "
               f"{z['p50_ms']:.2f} / {z['p99_ms']:.2f} | {ra['median']:.2f}x ({ra['min']:.2f}-{ra['max']:.2f}) | "
               f"{rb['median']:.2f}x ({rb['min']:.2f}-{rb['max']:.2f}) | {e['added_p99_ms (window 1)']:+.2f} |")
+    print("\nCPU per frame, median over the rounds (microseconds, every thread of the process: receiver = the "
+          "reconstruction node / the imagezmq hub, sender = this process, the cameras / the ImageSenders)\n")
+    print(f"| size | enc | streams | {w8} receiver / sender | recon window 1 receiver / sender | imagezmq receiver / "
+          f"sender |")
+    print("|---|---|---|---|---|---|")
+    for e in table:
+        cells = [f"{e[k]['receiver_cpu_us']:.0f} / {e[k]['sender_cpu_us']:.0f}" for k in (w8, "recon window 1",
+                                                                                           "imagezmq")]
+        print(f"| {e['size']} | {e['encoding']} | {e['streams']} | {' | '.join(cells)} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"summary": table, "rounds": [{**asdict(r), "latency_ms": None,

@@ -239,3 +239,31 @@ def trajectory_length(T_world_cam: np.ndarray) -> float:
 def sim3_to_dict(S: Sim3) -> dict[str, Any]:
     """JSON-friendly form of a Sim(3)."""
     return {"s": S.s, "R": S.R.tolist(), "t": S.t.tolist()}
+
+
+def loop_return_error(T_world_cam: np.ndarray) -> float:
+    """Distance from the last camera centre to the first, as a fraction of the path length.
+
+    For sequences that end where they started (no ground truth needed): 0 for a perfect closed loop.
+    """
+    T = _check_poses("T_world_cam", T_world_cam)
+    length = trajectory_length(T)
+    if length <= 0:
+        raise EvaluationError("loop return error needs a path of positive length")
+    return float(np.linalg.norm(T[-1, :3, 3] - T[0, :3, 3]) / length)
+
+
+def vertical_drift(T_world_cam: np.ndarray) -> float:
+    """Spread (max - min) of camera heights as a fraction of the path length, for walks at a constant height.
+
+    Without ground truth, "up" is the mean of the cameras' -y axes (OpenCV y points down; a hand-held camera is
+    upright on average, and pitch and roll wobble average out), so this works in any world frame and scale.
+    """
+    T = _check_poses("T_world_cam", T_world_cam)
+    up = -T[:, :3, 1].mean(axis=0)
+    norm = np.linalg.norm(up)
+    length = trajectory_length(T)
+    if norm < 1e-6 or length <= 0:
+        raise EvaluationError("vertical drift needs cameras with a common up direction and a path of positive length")
+    height = T[:, :3, 3] @ (up / norm)
+    return float((height.max() - height.min()) / length)

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from recon.sinks.points import DEFAULT_SELECTION, PointSelection, VoxelAccumulator, auto_voxel_size, select_points
+from recon.sinks.points import (
+    DEFAULT_SELECTION,
+    PointSelection,
+    RevisableCloud,
+    auto_voxel_size,
+    result_points_hw3,
+    select_points,
+)
 from recon.types import FrameResult
 
 logger = logging.getLogger(__name__)
@@ -103,24 +110,29 @@ def _grid_hw(result: FrameResult) -> tuple[int, int] | None:
 
 class MapPoints:
     """The map's voxel-downsampled coloured points per stream, for exports that carry a point cloud (COLMAP
-    points3D, nerfstudio's initial cloud): the selection and voxel rule of points.ply (`recon.sinks.points`), from
-    first emissions only (a voxel grid cannot move points of a revised pose), untracked results adding nothing."""
+    points3D, nerfstudio's initial cloud): the selection, voxel rule and revisions of points.ply
+    (`recon.sinks.points.RevisableCloud`: a pose-only revision moves the frame's points, a revision with points
+    replaces them), untracked results adding nothing."""
 
     def __init__(self, *, voxel_size: float | None = None, selection: PointSelection = DEFAULT_SELECTION) -> None:
         self.voxel_size = voxel_size
         self.selection = selection
-        self._maps: dict[str, VoxelAccumulator] = {}
+        self._maps: dict[str, RevisableCloud] = {}
 
     def add(self, result: FrameResult) -> None:
-        if result.is_update or not result.tracked:
+        if not result.tracked:
             return
         acc = self._maps.get(result.stream_id)
+        if result.is_update and result_points_hw3(result) is None:
+            if acc is not None:
+                acc.move(result.seq, result.T_world_cam)
+            return
         if acc is None:
             voxel = self.voxel_size or auto_voxel_size(result)
             if voxel is None:
                 return
-            acc = self._maps[result.stream_id] = VoxelAccumulator(voxel)
-        acc.add(*select_points(result, self.selection))
+            acc = self._maps[result.stream_id] = RevisableCloud(voxel)
+        acc.put(result.seq, result.T_world_cam, *select_points(result, self.selection))
 
     def points(self, stream_id: str) -> tuple[np.ndarray, np.ndarray]:
         """(xyz float64 [N,3], rgb uint8 [N,3]) of one stream's map (empty when it has none)."""

@@ -19,6 +19,7 @@ import numpy as np
 
 from recon.errors import ConfigError
 from recon.geometry.camera import depth_to_world_points
+from recon.geometry.transforms import inv_se3
 from recon.types import FrameResult
 
 logger = logging.getLogger(__name__)
@@ -201,39 +202,123 @@ _EMPTY_PLY = ("ply\nformat ascii 1.0\nelement vertex 0\nproperty double x\nprope
               "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
 
 
+class RevisableCloud:
+    """A voxel map whose recent frames can still move: what the PLY writer and the Rerun map both keep.
+
+    Each frame's points are held on their own (downsampled on the map's voxel grid) under a key, so a revised
+    pose moves them (`T_new T_old^-1`) and revised points replace them. Once more than `revisable_points` are
+    held, the oldest frames are folded into the shared `VoxelAccumulator`, where memory is bounded by the scene
+    and nothing moves any more; `move` then returns False for them.
+    """
+
+    def __init__(self, voxel_size: float, *, revisable_points: int = 3_000_000, buffer_points: int = 300_000) -> None:
+        self.grid = VoxelAccumulator(voxel_size, buffer_points)
+        self.voxel_size = self.grid.voxel_size
+        self.revisable_points = int(revisable_points)
+        self._held: dict[Any, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+        self._held_points = 0
+        self._folded: set[Any] = set()
+
+    def holds(self, key: Any) -> bool:
+        return key in self._held
+
+    def folded(self, key: Any) -> bool:
+        return key in self._folded
+
+    def put(self, key: Any, T_world_cam: np.ndarray, xyz: np.ndarray, rgb: np.ndarray | None) -> None:
+        """Add (or replace) one frame's world points, placed with pose `T_world_cam`."""
+        if len(xyz):
+            frame = VoxelAccumulator(self.voxel_size, buffer_points=len(xyz) + 1)
+            frame.add(xyz, rgb)
+            v_xyz, v_rgb = frame.points()
+            xyz = v_xyz.astype(np.float32)
+            rgb = None if rgb is None else np.clip(np.round(v_rgb * 255.0), 0, 255).astype(np.uint8)
+        old = self._held.pop(key, None)
+        self._held_points += len(xyz) - (0 if old is None else len(old[1]))
+        self._held[key] = (np.array(T_world_cam, np.float64), np.asarray(xyz, np.float32), rgb)
+        while self._held_points > self.revisable_points and len(self._held) > 1:
+            oldest = next(iter(self._held))
+            _, f_xyz, f_rgb = self._held.pop(oldest)
+            self.grid.add(f_xyz, f_rgb)
+            self._held_points -= len(f_xyz)
+            self._folded.add(oldest)
+
+    def move(self, key: Any, T_world_cam: np.ndarray) -> bool:
+        """Re-place a held frame's points with its revised pose; False when the frame is not held."""
+        held = self._held.get(key)
+        if held is None:
+            return False
+        T_old, xyz, rgb = held
+        M = np.asarray(T_world_cam, np.float64) @ inv_se3(T_old)
+        self._held[key] = (np.array(T_world_cam, np.float64), (xyz @ M[:3, :3].T + M[:3, 3]).astype(np.float32), rgb)
+        return True
+
+    def __len__(self) -> int:
+        return len(self.grid) + self._held_points
+
+    def points(self) -> tuple[np.ndarray, np.ndarray]:
+        """The map: (xyz float64 [N,3], rgb float [N,3] in [0, 1]), held frames merged on the same grid."""
+        if not self._held:
+            return self.grid.points()
+        snapshot = VoxelAccumulator(self.voxel_size, buffer_points=1 << 62)
+        xyz, rgb = self.grid.points()
+        snapshot.add(xyz, np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8))
+        for _, f_xyz, f_rgb in self._held.values():
+            snapshot.add(f_xyz, f_rgb)
+        return snapshot.points()
+
+
 class PointCloudWriter:
     """Sink writing the voxel-downsampled coloured union of all point maps to a PLY file at `close`.
 
-    Revised results (`is_update`) are not added again: their points were already counted once, and a
-    voxel grid cannot remove the stale copy. Without `voxel_size` it is chosen from the first result with
-    points (`auto_voxel_size`), because monocular backends have an arbitrary scale.
+    Revised results (`is_update`, same `seq`) are applied (`RevisableCloud`): a revision that carries points
+    replaces the frame's points; a pose-only revision (recon.map's loop-closure corrections) moves them with the
+    new pose. A revision of a frame already folded into the voxel grid (more than `revisable_points` held) is
+    counted and logged once. Without `voxel_size` it is chosen from the first result with points
+    (`auto_voxel_size`), because monocular backends have an arbitrary scale.
     """
 
     name = "ply"
 
     def __init__(self, path: str | Path, *, voxel_size: float | None = None,
                  selection: PointSelection = DEFAULT_SELECTION,
-                 buffer_points: int = 300_000) -> None:
+                 buffer_points: int = 300_000, revisable_points: int = 3_000_000) -> None:
         self.path = Path(path)
         self.selection = selection
         self.voxel_size = voxel_size
         self.buffer_points = buffer_points
-        self._acc: VoxelAccumulator | None = None
+        self.revisable_points = int(revisable_points)
+        self._acc: RevisableCloud | None = None
         self._closed = False
         self.points_written = 0
+        self.revisions_applied = 0
+        self.revisions_too_late = 0
 
     def on_result(self, result: FrameResult) -> None:
-        if result.is_update:
+        key = (result.stream_id, int(result.seq))
+        has_points = result_points_hw3(result) is not None
+        if result.is_update and self._acc is not None and self._acc.folded(key):
+            self.revisions_too_late += 1
+            if self.revisions_too_late == 1:
+                logger.warning("point cloud: a revision of %s/%d came after its points were merged into the voxel "
+                               "grid (raise revisable_points); it and later ones keep their first pose", *key)
+            return
+        if result.is_update and not has_points:
+            if self._acc is not None and self._acc.move(key, result.T_world_cam):
+                self.revisions_applied += 1
             return
         if self._acc is None:
             voxel = self.voxel_size or auto_voxel_size(result)
             if voxel is None:
                 return
-            self._acc = VoxelAccumulator(voxel, self.buffer_points)
+            self._acc = RevisableCloud(voxel, revisable_points=self.revisable_points,
+                                       buffer_points=self.buffer_points)
             how = "" if self.voxel_size else " (auto: 1% of the median depth)"
             logger.info("point cloud voxel size %.4g%s", voxel, how)
+        if result.is_update:
+            self.revisions_applied += 1
         xyz, rgb = select_points(result, self.selection)
-        self._acc.add(xyz, rgb)
+        self._acc.put(key, result.T_world_cam, xyz, rgb)
 
     def close(self) -> None:
         if self._closed:
@@ -260,4 +345,5 @@ class PointCloudWriter:
 
     def summary(self) -> dict[str, Any]:
         return {"path": str(self.path), "points": self.points_written,
-                "voxel_size": None if self._acc is None else self._acc.voxel_size}
+                "voxel_size": None if self._acc is None else self._acc.voxel_size,
+                "revisions_applied": self.revisions_applied, "revisions_too_late": self.revisions_too_late}

@@ -178,7 +178,7 @@ class GeometricBackend:
             conf *= 0.5  # the pose is a guess: keep the points but rank them below tracked frames
         return FrameResult(frame.stream_id, frame.seq, frame.t_ns, res.T_world_cam, K_out, depth=depth,
                            confidence=conf, points_world=pts, metric=True,
-                           image=np.ascontiguousarray(frame.image[::s, ::s]))
+                           image=np.ascontiguousarray(frame.image[::s, ::s]), tracked=bool(res.ok))
 
 
 def create(**options: Any) -> GeometricBackend:

@@ -46,6 +46,9 @@ CASES = {
              "rolled", 8, 4),
     "geometric-rgbd": ("geometric", {}, "rgbd", 10, 5),
     "geometric-mono": ("geometric", {"mode": "mono"}, "rgbd", 14, 8),
+    # recon.map around it (the CLI default for geometric): keyframes, vocabulary and graph travel with the state
+    "geometric-rgbd-map": ("geometric", {"loop_closure": True, "map": {"vocabulary_after": 2, "min_loop_gap": 1}},
+                           "rgbd", 14, 8),
 }
 
 

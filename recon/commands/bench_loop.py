@@ -1,0 +1,87 @@
+"""`recon bench loop`: loop closure (recon.map) on sequences that return to their start.
+
+Examples:
+    recon bench loop ../shared/data/lingbot_loop/images
+    recon bench loop SEQ1 SEQ2 --backend geometric --json loop.json
+
+Each sequence is read into memory and run once through `MappedBackend(OdometryRecorder(backend))`, so the
+backend's own poses (before) and the corrected ones (after) come from the same run. Figures (recon.map.metrics):
+distance between the first and last camera centre over the path length (the return error of a closed path),
+the height range along the mean camera up direction over the path length (vertical drift, for walks at
+constant height), loops accepted, pose-graph solves and their duration, and the map layer's share of the run
+time. This is a benchmark, not a test: numbers depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+HELP = "loop closure: return error and vertical drift before/after, time per pose-graph optimisation"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sequences", nargs="+", metavar="SEQUENCE", help="sequences that return to their start")
+    parser.add_argument("--backend", default="geometric", help="backend to wrap (default geometric)")
+    parser.add_argument("--backend-opt", "-o", dest="backend_opt", action="append", default=[], metavar="KEY=VALUE",
+                        help="backend option, repeatable")
+    parser.add_argument("--max-frames", type=int, default=None, help="frames per sequence (default: all)")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
+
+
+def measure(sequence: str, backend: str, options: dict, max_frames: int | None) -> dict:
+    """The loop-closure figures of one sequence."""
+    from recon.backends import create_backend
+    from recon.datasets import open_sequence
+    from recon.map import MappedBackend, OdometryRecorder, loop_figures
+
+    frames = []
+    for f in open_sequence(sequence):
+        frames.append(f)
+        if max_frames and len(frames) >= max_frames:
+            break
+    recorder = OdometryRecorder(create_backend(backend, **options))
+    mapped = MappedBackend(recorder)
+    final: dict[int, np.ndarray] = {}
+    t0 = time.perf_counter()
+    for f in frames:
+        final.update({r.seq: r.T_world_cam for r in mapped.step(f) if r.tracked})
+    final.update({r.seq: r.T_world_cam for r in mapped.flush() if r.tracked})
+    wall = time.perf_counter() - t0
+    seqs = sorted(set(final) & set(recorder.poses))
+    before = loop_figures(np.stack([recorder.poses[s] for s in seqs]))
+    after = loop_figures(np.stack([final[s] for s in seqs]))
+    stats = mapped.stats()
+    opt_ms = list(mapped._opt_ms)
+    return {"sequence": sequence, "frames": len(frames), "posed": len(seqs), "mode": stats.extra["map_mode"],
+            "keyframes": len(mapped.keyframes), "loops": len(mapped.loops), "optimisations": mapped.optimisations,
+            "optimise_ms_mean": float(np.mean(opt_ms)) if opt_ms else None,
+            "optimise_ms_max": float(np.max(opt_ms)) if opt_ms else None,
+            "return_error_before": before["return_error"], "return_error_after": after["return_error"],
+            "vertical_drift_before": before["vertical_drift"], "vertical_drift_after": after["vertical_drift"],
+            "fps": len(frames) / wall, "map_share": max(0.0, 1.0 - recorder.seconds / wall)}
+
+
+def run(args: argparse.Namespace) -> int:
+    from recon.backends.options import parse_backend_options
+
+    options = parse_backend_options(args.backend_opt)
+    rows = [measure(s, args.backend, options, args.max_frames) for s in args.sequences]
+    print(f"{'sequence':<40} {'mode':>4} {'kf':>4} {'loops':>5} {'return %':>17} {'vertical %':>17} "
+          f"{'opt ms':>12} {'fps':>5} {'map %':>5}")
+    for r in rows:
+        opt = "-" if r["optimise_ms_mean"] is None else f"{r['optimise_ms_mean']:.0f} (max {r['optimise_ms_max']:.0f})"
+        print(f"{Path(r['sequence']).as_posix()[-40:]:<40} {r['mode']:>4} {r['keyframes']:>4} {r['loops']:>5} "
+              f"{100 * r['return_error_before']:>7.2f} -> {100 * r['return_error_after']:<6.2f} "
+              f"{100 * r['vertical_drift_before']:>7.2f} -> {100 * r['vertical_drift_after']:<6.2f} "
+              f"{opt:>12} {r['fps']:>5.1f} {100 * r['map_share']:>5.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0

@@ -1,0 +1,414 @@
+"""`MappedBackend`: loop closure for any backend, by wrapping it.
+
+The inner backend's poses are treated as odometry (`odom` frame). Results become keyframes when the camera has
+moved enough; each new keyframe is looked up in the place index, candidates are verified geometrically, and a
+verified loop adds an edge to the keyframe pose graph, which GTSAM optimises (SE(3) when the backend is
+metric, Sim(3) when it is up to scale: geometric monocular, the learned backends' point maps). Every result
+leaves in the corrected `map` frame: its pose and points are mapped by the correction of its keyframe
+(optimised keyframe pose after odometry pose, a Sim(3)). After an optimisation, frames already emitted whose
+corrected pose moved are emitted again as updates of the same `seq` (`is_update=True`, pose only: no point
+map), so every sink revises them.
+
+The newest correction is the `map <- odom` transform (`T_map_odom`), the ROS way (REP 105): odometry stays
+continuous, the map frame jumps when a loop closes.
+
+For learned backends the keyframes are the chunks of VGGT-Long / VGGT-SLAM: each keyframe's point map
+measures loop edges 3D-3D with Sim(3), consecutive keyframes are joined by the backend's own relative pose.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from recon.backends.base import BackendState
+from recon.errors import ConfigError, StateError
+from recon.geometry import Sim3, inv_se3, rotation_angle
+from recon.map.keyframes import Keyframe, KeyframePolicy, OrbExtractor, full_resolution_K, keypoint_points
+from recon.map.pose_graph import GraphNoise, optimise_pose_graph
+from recon.map.verify import LoopMeasurement, VerifyOptions, verify_loop
+from recon.map.vocabulary import BinaryVocabulary, PlaceIndex
+from recon.types import BackendStats, Frame, FrameResult
+
+logger = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+_PREFIX = "map_layer."  # array names of the map in a BackendState, beside the inner backend's
+
+
+@dataclass
+class MapOptions:
+    """Settings of the map layer (defaults suit metric and up-to-scale backends alike).
+
+    Attributes:
+        features: ORB features per keyframe.
+        keyframe: when a result becomes a keyframe.
+        words: vocabulary size; vocabulary_after: keyframes before the vocabulary is first trained; it is
+            re-trained each time the keyframes double, up to `vocabulary_until` keyframes (a re-training stalls the
+            stream for its duration, seconds on a loaded laptop at 64 keyframes; the words are generic by then).
+        min_loop_gap: keyframes between a query and its loop candidates (recent ones overlap trivially).
+        candidates: best-scoring candidates verified per query.
+        min_score: a candidate's score relative to the query's score with its previous keyframe (DBoW2's
+            normalised score).
+        sim3: "auto" (Sim(3) unless results are metric), "on" or "off".
+        optimise_every: keyframes between optimisations while loops keep being found (every loop is kept; this
+            only batches the solves and the updates they emit).
+        update_tolerance: a past frame is re-emitted when its corrected centre moved by more than this fraction of
+            the scene scale, or its rotation by more than 0.1 degree.
+        frame_cache: recent input frames kept for keyframe features (windowed backends emit late).
+        min_3d: fraction of a keyframe's keypoints that must have a 3-D position.
+        verify, noise: verification thresholds and pose-graph sigmas.
+    """
+
+    features: int = 1000
+    keyframe: KeyframePolicy = field(default_factory=KeyframePolicy)
+    words: int = 256
+    vocabulary_after: int = 8
+    vocabulary_until: int = 64
+    min_loop_gap: int = 8
+    candidates: int = 3
+    min_score: float = 0.5
+    sim3: str = "auto"
+    optimise_every: int = 3
+    update_tolerance: float = 1e-3
+    frame_cache: int = 64
+    min_3d: float = 0.3
+    verify: VerifyOptions = field(default_factory=VerifyOptions)
+    noise: GraphNoise = field(default_factory=GraphNoise)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MapOptions:
+        """From plain options (`--backend-opt map='{...}'`); nested groups by their field names."""
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"map options: unknown {unknown}; known: {sorted(known)}")
+        v = dict(values)
+        for name, typ in (("keyframe", KeyframePolicy), ("verify", VerifyOptions), ("noise", GraphNoise)):
+            if isinstance(v.get(name), dict):
+                v[name] = typ(**v[name])
+        opts = cls(**v)
+        if opts.sim3 not in ("auto", "on", "off"):
+            raise ConfigError(f"map options: sim3 must be auto, on or off, got {opts.sim3!r}")
+        return opts
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Record:
+    """What the map keeps of each emitted frame: enough to re-emit its corrected pose."""
+
+    t_ns: int
+    T_odom: np.ndarray
+    K: np.ndarray
+    keyframe: int
+    metric: bool
+    T_out: np.ndarray
+
+
+class MappedBackend:
+    """Wraps `inner` (any `recon.backends.base.Backend`) with keyframes, place recognition and a pose graph."""
+
+    def __init__(self, inner: Any, options: MapOptions | None = None) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.options = options or MapOptions()
+        self._orb = OrbExtractor(self.options.features)
+        from recon.map.pose_graph import _gtsam
+
+        _gtsam()  # import (and a missing package's error) now, not as a stall at the first loop
+        self._reset_map()
+
+    # -- Backend interface -------------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        self.inner.reset()
+        self._reset_map()
+
+    def step(self, frame: Frame) -> list[FrameResult]:
+        self._recent[frame.seq] = (frame.image, frame.depth)
+        while len(self._recent) > self.options.frame_cache:
+            self._recent.popitem(last=False)
+        return self._process(self.inner.step(frame))
+
+    def flush(self) -> list[FrameResult]:
+        out = self._process(self.inner.flush())
+        if self._pending_loops:
+            out.extend(self._optimise())
+        return out
+
+    def stats(self) -> BackendStats:
+        s = self.inner.stats()
+        s.extra.update(map_keyframes=len(self.keyframes), map_loops=len(self.loops),
+                       map_optimisations=self.optimisations, map_mode="sim3" if self._sim3 else "se3")
+        if self._opt_ms:
+            s.timings_ms["pose_graph"] = float(np.mean(self._opt_ms))
+        s.memory_bytes += sum(k.descriptors.nbytes + k.keypoints.nbytes + k.points_cam.nbytes for k in self.keyframes)
+        return s
+
+    # -- map frame -----------------------------------------------------------------------------------------------
+
+    @property
+    def T_map_odom(self) -> np.ndarray:
+        """Newest correction map <- odom as a 4x4 Sim(3) matrix ([[s R, t], [0, 1]]; s = 1 for SE(3) maps)."""
+        if not self.keyframes:
+            return np.eye(4)
+        return self._correction(len(self.keyframes) - 1).matrix()
+
+    def corrected_trajectory(self) -> dict[int, np.ndarray]:
+        """seq -> corrected pose of every frame emitted so far."""
+        return {seq: rec.T_out for seq, rec in self._frames.items()}
+
+    # -- internals -----------------------------------------------------------------------------------------------
+
+    def _reset_map(self) -> None:
+        self.keyframes: list[Keyframe] = []
+        self.loops: list[LoopMeasurement] = []
+        self._nodes: list[Sim3] = []  # optimised keyframe poses map <- camera
+        self._frames: dict[int, _Record] = {}
+        self._recent: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        self._vocab = BinaryVocabulary(self.options.words)
+        self._index = PlaceIndex()
+        self._trained_at = 0
+        self._metric: bool | None = None
+        self._sim3 = self.options.sim3 == "on"
+        self._pending_loops = 0
+        self._last_opt_kf = -10**9
+        self._unit = 1.0
+        self.optimisations = 0
+        self._opt_ms: list[float] = []
+        self._K_full: np.ndarray | None = None
+        self._stream_id = ""
+
+    def _correction(self, k: int) -> Sim3:
+        return self._nodes[k] @ Sim3.from_se3(self.keyframes[k].T_odom_cam).inverse()
+
+    def _process(self, results: list[FrameResult]) -> list[FrameResult]:
+        out: list[FrameResult] = []
+        for r in results:
+            if not r.tracked:
+                out.append(r)
+                continue
+            self._stream_id = r.stream_id
+            if self._metric is None:
+                self._metric = bool(r.metric)
+                self._sim3 = self.options.sim3 == "on" or (self.options.sim3 == "auto" and not r.metric)
+            updates: list[FrameResult] = []
+            rec = self._frames.get(r.seq)
+            if rec is not None:
+                rec.T_odom = r.T_world_cam.copy()
+                k = rec.keyframe
+                if k >= 0 and self.keyframes[k].seq == r.seq:
+                    kf = self.keyframes[k]
+                    kf.T_odom_cam = r.T_world_cam.copy()
+                    if r.points_world is not None or r.depth is not None:
+                        kf.refresh_points(r, self._recent.get(r.seq, (None, None))[1])
+                        self._set_unit()
+            else:
+                k = len(self.keyframes) - 1
+                last = self.keyframes[-1] if self.keyframes else None
+                if self.options.keyframe.is_keyframe(r.T_world_cam, r.seq, last):
+                    kf = self._make_keyframe(r)
+                    if kf is not None:
+                        k = self._add_keyframe(kf)
+                        updates = self._after_keyframe(k)
+                rec = _Record(int(r.t_ns), r.T_world_cam.copy(), r.K.copy(), k, bool(r.metric), r.T_world_cam.copy())
+                self._frames[r.seq] = rec
+            C = self._correction(rec.keyframe) if rec.keyframe >= 0 else Sim3.identity()
+            out.append(self._apply(r, C))
+            rec.T_out = out[-1].T_world_cam.copy()
+            out.extend(updates)
+        return out
+
+    @staticmethod
+    def _apply(r: FrameResult, C: Sim3) -> FrameResult:
+        pts = r.points_world
+        if pts is not None and not np.allclose(C.matrix(), np.eye(4)):
+            pts = C.apply_points(pts.astype(np.float64)).astype(pts.dtype)
+        return replace(r, T_world_cam=C.apply_poses(r.T_world_cam), points_world=pts)
+
+    def _make_keyframe(self, r: FrameResult) -> Keyframe | None:
+        """Features and 3-D keypoints of a result; None when too few keypoints have 3-D (a monocular frame held
+        before initialisation, an empty view): the next result gets the chance instead."""
+        image, depth = self._recent.get(r.seq, (r.image, None))
+        if image is None:
+            raise ConfigError(f"map layer: result {r.stream_id}/{r.seq} has no image and its frame is no longer "
+                              "cached; raise MapOptions.frame_cache above the backend's latency")
+        import cv2
+
+        gray = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+        h, w = gray.shape
+        kp, desc = self._orb(gray)
+        pts = keypoint_points(r, kp, w, h, depth)
+        ok = np.isfinite(pts[:, 2])
+        if ok.sum() < max(self.options.verify.min_inliers, self.options.min_3d * len(kp)):
+            return None
+        self._K_full = full_resolution_K(r, w, h)
+        return Keyframe(len(self.keyframes), int(r.seq), int(r.t_ns), r.T_world_cam.copy(), kp, desc, pts, (w, h),
+                        float(np.median(pts[ok, 2])))
+
+    def _add_keyframe(self, kf: Keyframe) -> int:
+        k = kf.index
+        C_prev = self._correction(k - 1) if k > 0 else Sim3.identity()
+        self.keyframes.append(kf)
+        self._nodes.append(C_prev @ Sim3.from_se3(kf.T_odom_cam))
+        self._set_unit()
+        self._index_keyframe(kf)
+        return k
+
+    def _set_unit(self) -> None:
+        """The graph's scene scale: the median depth of the first keyframe that has 3-D points."""
+        first = next((kf for kf in self.keyframes if kf.has_points), None)
+        self._unit = first.scale if first is not None else 1.0
+
+    def _index_keyframe(self, kf: Keyframe) -> None:
+        n = len(self.keyframes)
+        if not self._vocab.trained:
+            if n < self.options.vocabulary_after:
+                return
+            self._retrain()
+        elif n >= 2 * self._trained_at and n <= self.options.vocabulary_until:
+            self._retrain()
+        else:
+            kf.words = self._vocab.words(kf.descriptors)
+            self._index.add(kf.words)
+
+    def _retrain(self) -> None:
+        t0 = time.perf_counter()
+        self._vocab.train(np.concatenate([k.descriptors for k in self.keyframes]))
+        self._index.reset(self._vocab.size)
+        for k in self.keyframes:
+            k.words = self._vocab.words(k.descriptors)
+            self._index.add(k.words)
+        self._trained_at = len(self.keyframes)
+        logger.info("map: vocabulary of %d words trained on %d keyframes (%.0f ms)", self._vocab.size,
+                    self._trained_at, 1000 * (time.perf_counter() - t0))
+
+    def _after_keyframe(self, k: int) -> list[FrameResult]:
+        loop = self._detect_loop(k)
+        if loop is not None:
+            self.loops.append(loop)
+            self._pending_loops += 1
+            logger.info("map: loop keyframe %d (seq %d) -> %d (seq %d): %d inliers of %d matches, scale %.3f", k,
+                        self.keyframes[k].seq, loop.match, self.keyframes[loop.match].seq, loop.inliers,
+                        loop.matches, loop.S_match_query.s)
+        if self._pending_loops and k - self._last_opt_kf >= self.options.optimise_every:
+            return self._optimise()
+        return []
+
+    def _detect_loop(self, k: int) -> LoopMeasurement | None:
+        o = self.options
+        if len(self._index) != len(self.keyframes) or k < o.min_loop_gap + 1:
+            return None
+        scores = self._index.scores(k)
+        reference = scores[k - 1]
+        old = np.arange(0, k - o.min_loop_gap)
+        if len(old) == 0 or reference <= 0:
+            return None
+        order = old[np.argsort(-scores[old], kind="stable")][: o.candidates]
+        best: LoopMeasurement | None = None
+        for j in order:
+            if scores[j] < o.min_score * reference:
+                break
+            m = verify_loop(self.keyframes[k], self.keyframes[int(j)], self._K_full, metric=not self._sim3,
+                            options=o.verify)
+            if m is not None and 0.2 < m.S_match_query.s < 5.0 and (best is None or m.inliers > best.inliers):
+                best = m
+        return best
+
+    def _optimise(self) -> list[FrameResult]:
+        """Solve the pose graph, move the keyframes, and re-emit past frames whose corrected pose changed."""
+        t0 = time.perf_counter()
+        n = len(self.keyframes)
+        odom = [Sim3.from_se3(inv_se3(self.keyframes[i].T_odom_cam) @ self.keyframes[i + 1].T_odom_cam)
+                for i in range(n - 1)]
+        loops = [(m.match, m.query, m.S_match_query) for m in self.loops]
+        self._nodes, info = optimise_pose_graph(self._nodes, odom, loops, sim3=self._sim3, unit=self._unit,
+                                                noise=self.options.noise)
+        self._pending_loops = 0
+        self._last_opt_kf = n - 1
+        self.optimisations += 1
+        ms = 1000 * (time.perf_counter() - t0)
+        self._opt_ms.append(ms)
+        logger.info("map: pose graph of %d keyframes and %d loops optimised in %.1f ms (error %.3g -> %.3g)", n,
+                    len(loops), ms, info["error_before"], info["error_after"])
+        return self._updates()
+
+    def _updates(self) -> list[FrameResult]:
+        corrections = [self._correction(k) for k in range(len(self.keyframes))]
+        tol = self.options.update_tolerance * self._unit
+        out = []
+        for seq, rec in sorted(self._frames.items()):
+            if rec.keyframe < 0:
+                continue
+            T_new = corrections[rec.keyframe].apply_poses(rec.T_odom)
+            moved = np.linalg.norm(T_new[:3, 3] - rec.T_out[:3, 3])
+            turned = np.degrees(rotation_angle(rec.T_out[:3, :3].T @ T_new[:3, :3]))
+            if moved <= tol and turned <= 0.1:
+                continue
+            rec.T_out = T_new
+            out.append(FrameResult(self._stream_id, seq, rec.t_ns, T_new, rec.K, metric=rec.metric, is_update=True))
+        return out
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+
+    def save_state(self) -> BackendState:
+        """The inner backend's state with the map (keyframes, loops, graph, per-frame records) beside it."""
+        from recon.backends.snapshot import pack
+        from recon.checkpoint import backend_state
+
+        state = backend_state(self.inner)
+        values = {
+            "options": self.options.to_dict(),
+            "keyframes": [asdict(k) for k in self.keyframes],
+            "loops": [{"query": m.query, "match": m.match, "inliers": m.inliers, "matches": m.matches,
+                       "S": m.S_match_query.matrix()} for m in self.loops],
+            "nodes": [S.matrix() for S in self._nodes],
+            "frames": {str(seq): asdict(r) for seq, r in self._frames.items()},
+            "vocab": self._vocab.centres, "trained_at": self._trained_at, "metric": self._metric,
+            "sim3": self._sim3, "pending": self._pending_loops, "last_opt": self._last_opt_kf, "unit": self._unit,
+            "optimisations": self.optimisations, "K_full": self._K_full, "stream": self._stream_id,
+        }
+        state.meta["map"] = {"version": STATE_VERSION, "tree": pack(values, state.arrays, prefix=_PREFIX)}
+        return state
+
+    def load_state(self, state: BackendState) -> None:
+        """Restore the inner backend, then the map; a state saved without the map layer is refused."""
+        from recon.backends.snapshot import unpack
+        from recon.checkpoint import normalise, restore_backend_state
+
+        saved = state.meta.get("map")
+        if not isinstance(saved, dict) or saved.get("version") != STATE_VERSION:
+            raise StateError(f"{self.name}: the state has no map layer of version {STATE_VERSION} (saved with "
+                             "loop closure off?); restart with the same --loop-closure setting")
+        inner_state = BackendState(state.backend, state.version, state.config,
+                                   {k: v for k, v in state.arrays.items() if not k.startswith(_PREFIX)},
+                                   {k: v for k, v in state.meta.items() if k != "map"})
+        values = unpack(saved["tree"], state.arrays)
+        if normalise(values["options"]) != normalise(self.options.to_dict()):
+            raise StateError(f"{self.name}: the map state was saved with other map options")
+        restore_backend_state(self.inner, inner_state)
+        self._reset_map()
+        self.keyframes = [Keyframe(**k) for k in values["keyframes"]]
+        self.loops = [LoopMeasurement(m["query"], m["match"], Sim3.from_matrix(np.asarray(m["S"])), m["inliers"],
+                                      m["matches"]) for m in values["loops"]]
+        self._nodes = [Sim3.from_matrix(np.asarray(M)) for M in values["nodes"]]
+        self._frames = {int(seq): _Record(**r) for seq, r in values["frames"].items()}
+        if values["vocab"] is not None:
+            self._vocab.centres = np.asarray(values["vocab"], np.float32)
+            self._index.reset(self._vocab.size)
+            for k in self.keyframes:
+                self._index.add(np.asarray(k.words, np.int32))
+        self._trained_at = int(values["trained_at"])
+        self._metric, self._sim3 = values["metric"], bool(values["sim3"])
+        self._pending_loops, self._last_opt_kf = int(values["pending"]), int(values["last_opt"])
+        self._unit, self.optimisations = float(values["unit"]), int(values["optimisations"])
+        self._K_full = None if values["K_full"] is None else np.asarray(values["K_full"])
+        self._stream_id = str(values["stream"])

@@ -1,0 +1,95 @@
+"""The map layer's parts on their own: binary vocabulary, place scores, 3-D verification, the GTSAM pose graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recon.geometry import Sim3, so3_exp
+from recon.map.pose_graph import _from_gtsam, _to_gtsam, optimise_pose_graph
+from recon.map.verify import ransac_similarity
+from recon.map.vocabulary import BinaryVocabulary, PlaceIndex
+
+
+def _noisy_copies(centre: np.ndarray, n: int, flips: int, rng: np.random.Generator) -> np.ndarray:
+    bits = np.unpackbits(centre)[None].repeat(n, 0)
+    for row in bits:
+        row[rng.choice(256, flips, replace=False)] ^= 1
+    return np.packbits(bits, axis=1)
+
+
+def test_the_vocabulary_gives_one_word_per_cluster_and_places_score_like_dbow() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.integers(0, 256, (6, 32), dtype=np.uint8)  # random 256-bit centres are ~128 bits apart
+    desc = np.concatenate([_noisy_copies(c, 40, 12, rng) for c in centres])
+    vocab = BinaryVocabulary(k=6, iterations=6, seed=1)
+    vocab.train(desc)
+    words = vocab.words(desc).reshape(6, 40)
+    assert all(len(set(row)) == 1 for row in words) and len({row[0] for row in words}) == 6
+
+    index = PlaceIndex()
+    index.reset(vocab.size)
+    places = [desc[:80], desc[80:160], desc[160:], desc[:80][::-1]]  # place 3 revisits place 0
+    for p in places:
+        index.add(vocab.words(p))
+    scores = index.scores(3)
+    assert scores[3] == pytest.approx(1.0) and scores[0] == pytest.approx(1.0)
+    assert scores[1] < 0.1 and scores[2] < 0.1
+
+
+def test_ransac_similarity_recovers_a_sim3_among_outliers() -> None:
+    rng = np.random.default_rng(2)
+    S = Sim3(0.6, so3_exp(np.array([0.2, -0.1, 0.4])), np.array([0.5, -1.0, 2.0]))
+    src = rng.normal(size=(120, 3)) + np.array([0, 0, 3.0])
+    dst = S.apply_points(src) + rng.normal(scale=0.002, size=src.shape)
+    dst[:40] = rng.normal(size=(40, 3)) * 3  # a third are wrong matches
+    fit = ransac_similarity(src, dst, True, threshold=0.02, iterations=200)
+    assert fit is not None
+    got, inliers = fit
+    assert inliers[40:].all() and not inliers[:40].any()
+    assert got.s == pytest.approx(0.6, rel=1e-3)
+    np.testing.assert_allclose(got.R, S.R, atol=1e-3)
+
+
+@pytest.mark.parametrize("sim3", [False, True])
+def test_the_pose_graph_spreads_a_loop_error_over_the_odometry(sim3: bool) -> None:
+    """A square of 16 poses whose odometry has a yaw bias (and for Sim(3) a scale drift): one loop edge closes it."""
+    n = 16
+    truth = []
+    for i in range(n):
+        a = 2 * np.pi * i / n
+        truth.append(Sim3(1.0, so3_exp(np.array([0, 0, a])), np.array([np.cos(a), np.sin(a), 0.0]) * 2))
+    bias = Sim3(1.02 if sim3 else 1.0, so3_exp(np.array([0, 0, 0.03])), np.zeros(3))
+    odometry = [bias @ (truth[i].inverse() @ truth[i + 1]) for i in range(n - 1)]
+    if not sim3:
+        odometry = [Sim3(1.0, o.R, o.t) for o in odometry]
+    initial = [truth[0]]
+    for o in odometry:
+        initial.append(initial[-1] @ o)
+    loop = (0, n - 1, truth[0].inverse() @ truth[n - 1])
+    drift_before = np.linalg.norm(initial[-1].t - truth[-1].t)
+    poses, info = optimise_pose_graph(initial, odometry, [loop], sim3=sim3, unit=2.0)
+    drift_after = np.linalg.norm(poses[-1].t - truth[-1].t)
+    assert drift_before > 0.5 and drift_after < 0.05 * drift_before
+    assert info["error_after"] < info["error_before"] and info["loops_rejected"] == 0
+    np.testing.assert_allclose(poses[0].t, truth[0].t, atol=1e-6)  # the first pose is the gauge
+
+
+def test_a_wrong_loop_among_consistent_ones_is_rejected() -> None:
+    n = 10
+    truth = [Sim3(1.0, np.eye(3), np.array([float(i), 0.0, 0.0])) for i in range(n)]
+    odometry = [truth[i].inverse() @ truth[i + 1] for i in range(n - 1)]
+    good = [(0, 9, truth[0].inverse() @ truth[9]), (1, 8, truth[1].inverse() @ truth[8])]
+    wrong = (2, 7, Sim3(1.0, so3_exp(np.array([0, 0, 1.0])), np.array([3.0, 4.0, 0.0])))
+    poses, info = optimise_pose_graph(list(truth), odometry, [*good, wrong], sim3=False, unit=1.0)
+    assert info["loops_rejected"] == 1
+    np.testing.assert_allclose([p.t for p in poses], [t.t for t in truth], atol=1e-6)
+
+
+def test_gtsam_similarity3_conversion_keeps_our_convention() -> None:
+    S = Sim3(2.5, so3_exp(np.array([0.3, 0.2, -0.1])), np.array([1.0, -2.0, 0.5]))
+    p = np.array([0.3, 0.4, 5.0])
+    g = _to_gtsam(S, True)
+    np.testing.assert_allclose(g.transformFrom(p), S.apply_points(p))
+    back = _from_gtsam(g, True)
+    assert back.s == pytest.approx(2.5) and np.allclose(back.R, S.R) and np.allclose(back.t, S.t)
