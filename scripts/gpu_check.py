@@ -10,7 +10,8 @@ What it runs, in order, each phase under its own share of the time budget so the
    learned model family in fp32 (TF32 off) against its golden fixture, and in bf16 autocast against its own fp32;
 2. speed at 518x392 in bf16 with the full-size architectures and random weights: InfiniteVGGT (default budget),
    StreamVGGT, HorizonStream (sliding size 1), LASER over pi3: frames/s and peak GPU memory at frames 10, 100 and
-   1000 (StreamVGGT to 100: its cache grows without bound), plus the pi3 window forward alone;
+   1000 (StreamVGGT to 100: its cache grows without bound), plus the pi3 window forward alone; and serving: 8
+   InfiniteVGGT streams on one model stepped in one batched call per tick against one call per stream;
 3. the reference implementations, where an environment variable gives a checkout (`RECON_REF_STREAMVGGT`,
    `RECON_REF_INFINITEVGGT`, `RECON_REF_HORIZONSTREAM`, `RECON_REF_PI3`): the same random weights loaded into the
    authors' model, the same frames, timed the same way, each in a child process (StreamVGGT and InfiniteVGGT share
@@ -75,7 +76,7 @@ class Plan:
 def make_plan(dry_run: bool, budget_s: float | None) -> Plan:
     shares = {"correctness": 0.13, "infinitevggt": 0.15, "infinitevggt_static": 0.06, "streamvggt": 0.06,
               "horizonstream": 0.15, "laser": 0.07, "pi3_window": 0.03, "lingbot": 0.08, "infinitevggt_compiled": 0.12,
-              "references": 0.15}
+              "serve": 0.05, "references": 0.10}
     if dry_run:
         # 20 DINO patches/frame; a budget small enough that InfiniteVGGT prunes from the 3rd frame on; a
         # HorizonStream window of 2 so its first chunk and a sliding one both run within 3 frames.
@@ -590,6 +591,27 @@ def speed_pi3_window(plan: Plan, deadline: Deadline) -> dict[str, Any]:
 # The reference implementations (child processes).
 # ----------------------------------------------------------------------------------------------------------------
 
+def speed_serve(plan: Plan, deadline: Deadline) -> dict[str, Any]:
+    """Eight InfiniteVGGT streams on one model, batched in one call per tick vs one call per stream
+    (`recon bench serve`, recon.models.batched): aggregate frames/s, p99 per-stream latency in ticks, peak memory.
+    The milestone is the number of timed ticks (the first of the plan's milestones)."""
+    from recon.commands.bench_serve import _model, measure_throughput
+
+    torch = _torch()
+    streams = 2 if plan.dry_run else 8
+    ticks = plan.milestones[0] if not plan.dry_run else 2
+    model = _model(plan.model_config, plan.device)
+    args = argparse.Namespace(device=plan.device, ticks=ticks, rounds=1 if plan.dry_run else 2, warmup=1)
+    reset_peak(plan.device)
+    with torch.autocast(plan.device, dtype=torch.bfloat16, enabled=not plan.dry_run):
+        r = measure_throughput(model, streams, plan.image_hw, args)
+    b, u = r["batched"], r["unbatched"]
+    logger.info("serve: %d streams, %.1f fps batched, %.1f unbatched (x%.2f), p99 %.2f ticks (%.1f s left)", streams,
+                b["fps"], u["fps"], r["speedup"], b["p99_ticks"], deadline.left())
+    return {"method": "serve", "impl": f"recon, {streams} streams batched (x{r['speedup']:.2f} unbatched)",
+            "milestones": {str(ticks): {"fps": b["fps"], "peak_mb": peak_mb(plan.device)}}, "serve": r}
+
+
 def reference_path(name: str) -> Path | None:
     value = os.environ.get(REFERENCE_ENV[name])
     return Path(value).expanduser() if value else None
@@ -834,6 +856,7 @@ def run(args: argparse.Namespace) -> int:
     _phase(report, "pi3_window", lambda: speed_pi3_window(plan, budget.phase("pi3_window")))
     budget.phase("lingbot")  # its entry point sizes itself (120 frames, two repeats); the share is reserved for it
     _phase(report, "lingbot", lambda: speed_lingbot(plan))
+    _phase(report, "serve", lambda: speed_serve(plan, budget.phase("serve")))
     # Last of ours: compiling the full-size step takes an unknown while the first time (frame 1 of the phase).
     _phase(report, "infinitevggt_compiled",
            lambda: speed_ours("infinitevggt_compiled", plan, budget.phase("infinitevggt_compiled")))

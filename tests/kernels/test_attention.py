@@ -114,3 +114,24 @@ def test_xformers_bias_layout() -> None:
     bias = attn._additive_bias(keep, q, 11)
     assert bias.shape == (2, 3, 7, 11) and bias.stride(-2) % 8 == 0 and bias.dtype == q.dtype
     assert torch.equal(torch.isinf(bias), (~keep).expand(2, 3, 7, 11)) and torch.all(bias[keep.expand_as(bias)] == 0)
+
+
+def test_varlen_attention_attends_each_element_to_its_own_keys() -> None:
+    """The stream batch's attention: element i sees only keys[i] (lengths differ, one with a key mask)."""
+    from recon.kernels.attention import reference_attention, varlen_attention
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 2, 5, 8, generator=g)
+    lengths = (7, 1, 12)
+    keys = [torch.randn(1, 2, m, 8, generator=g) for m in lengths]
+    values = [torch.randn(1, 2, m, 8, generator=g) for m in lengths]
+    mask = torch.ones(12, dtype=torch.bool)
+    mask[3:6] = False  # a static cache's invalid rows
+    mask = mask.view(1, 1, 1, 12)
+    masks = [None, None, mask]
+    out = varlen_attention(q, keys, values, masks)
+    for i in range(3):
+        ref = reference_attention(q[i:i + 1], keys[i], values[i], attn_mask=masks[i])
+        torch.testing.assert_close(out[i:i + 1], ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError):
+        varlen_attention(q, keys[:2], values[:2])
