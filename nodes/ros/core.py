@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import signal
 import threading
 import time
 from collections import OrderedDict, deque
@@ -578,33 +577,6 @@ class RosNodeCore:
                 time.sleep(drain_s)
         logger.info("recon ROS node stopping: %d frames in, %d results out, %d images dropped, faults %s",
                     self.frames_in, self.results_out, self.queue.dropped, self.faults.counts)
-
-
-class StopOnSignals:
-    """Context manager: SIGINT/SIGTERM set `event` (and close `queue`) instead of killing the process.
-
-    Both ROS client libraries would otherwise shut down at the signal, closing the publishers before the
-    backend's pending results could be flushed. Previous handlers are restored on exit.
-    """
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.queue: LatestQueue | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, _frame: object) -> None:
-        logger.info("received %s, stopping", signal.Signals(signum).name)
-        self.event.set()
-        if self.queue is not None:
-            self.queue.close()
-
-    def __enter__(self) -> StopOnSignals:
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 DIAGNOSTICS_PERIOD_S = 1.0  # /diagnostics at 1 Hz, the rate diagnostic_aggregator expects

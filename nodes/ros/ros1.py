@@ -16,11 +16,11 @@ import threading
 from typing import Any
 
 from recon.backends import create_backend
+from recon.nodes.cli_util import ShutdownSignals
 from recon.nodes.ros.core import (
     ResultPublisher,
     RosNodeConfig,
     RosNodeCore,
-    StopOnSignals,
     load_plugins,
     ns_to_sec_nsec,
 )
@@ -105,9 +105,9 @@ def run_ros1(config: RosNodeConfig, argv: list[str], node_name: str = "recon") -
     """Start rospy, read `~` parameters over `config`, build the backend and serve; returns an exit code."""
     rospy = import_rospy()
     # Our own SIGINT/SIGTERM handling (rospy's is disabled) so the backend is flushed before publishers close.
-    with StopOnSignals() as signals:
+    with ShutdownSignals() as signals:
         try:
-            if not _wait_for_master(argv, signals.event):
+            if not _wait_for_master(argv, signals.fired):
                 return 130
             console = list(logging.getLogger().handlers)
             rospy.init_node(node_name, argv=argv, anonymous=False, log_level=rospy.INFO, disable_signals=True)
@@ -116,9 +116,9 @@ def run_ros1(config: RosNodeConfig, argv: list[str], node_name: str = "recon") -
             load_plugins(config.plugins)
             backend = create_backend(config.backend, **config.backend_options)
             node = RosNode(RosNodeCore(config, backend))
-            signals.queue = node.core.queue
+            signals.callback = node.core.queue.close
             rospy.on_shutdown(node.core.queue.close)
-            node.core.serve(node.publish, signals.event, lambda: not rospy.is_shutdown(), FLUSH_DRAIN_S)
+            node.core.serve(node.publish, signals.fired, lambda: not rospy.is_shutdown(), FLUSH_DRAIN_S)
         finally:
             if rospy.core.is_initialized() and not rospy.is_shutdown():
                 rospy.signal_shutdown("recon node exiting")
