@@ -35,6 +35,17 @@ def map_to_odom(T_map_odom: np.ndarray) -> TransformParts:
     return TransformParts(S.t.copy(), rotmat_to_quat_xyzw(S.R), S.s)
 
 
+def tf_chain(T_map_cam: np.ndarray, T_map_odom: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two TFs the node publishes for a corrected pose: `map -> odom` (the correction's rigid part) and
+    `odom -> camera`, chosen so that their product is `T_map_cam` exactly (what tf consumers look up). With an
+    SE(3) correction `odom -> camera` is the backend's own odometry (`odom_pose`); with a Sim(3) one it is in
+    map units, since TF cannot carry the scale (it then jumps with the scale when a loop closes)."""
+    S = Sim3.from_matrix(np.asarray(T_map_odom, np.float64))
+    rigid = np.eye(4)
+    rigid[:3, :3], rigid[:3, 3] = S.R, S.t
+    return rigid, np.linalg.solve(rigid, np.asarray(T_map_cam, np.float64))
+
+
 def odom_pose(T_map_cam: np.ndarray, T_map_odom: np.ndarray) -> np.ndarray:
     """`odom -> camera` from a corrected pose: the inverse correction applied to it (continuous odometry)."""
     return Sim3.from_matrix(np.asarray(T_map_odom, np.float64)).inverse().apply_poses(np.asarray(T_map_cam))

@@ -16,8 +16,8 @@ import pytest
 from recon.backends import create_backend
 from recon.map import MapOptions, MappedBackend, OdometryRecorder, loop_figures
 from recon.sinks.trajectory import TrajectoryWriter
-from recon.types import BackendStats, Frame, FrameResult
-from tests.recon.map._loop import DriftingBackend, loop_frames
+from recon.types import Frame, FrameResult
+from tests.recon.map._loop import DriftingBackend, OraclePointMaps, loop_frames
 
 pytestmark = pytest.mark.timeout(300)
 N_LOOP = 72  # frame N_LOOP is back at the first pose
@@ -36,35 +36,6 @@ def _run(backend, frames: list[Frame]) -> tuple[list[FrameResult], dict[int, np.
 
 def _figures(poses: dict[int, np.ndarray]) -> dict[str, float]:
     return loop_figures(np.stack([poses[s] for s in range(N_LOOP + 1)]))
-
-
-class OraclePointMaps:
-    """Ground-truth poses and point maps in arbitrary units (metric=False), shaped like a learned backend's."""
-
-    name = "oracle"
-
-    def __init__(self, poses: np.ndarray, units: float = 0.37) -> None:
-        self.poses, self.units = poses, units
-
-    def reset(self) -> None:
-        pass
-
-    def step(self, frame: Frame) -> list[FrameResult]:
-        from recon.geometry import depth_to_world_points
-
-        T = self.poses[frame.seq].copy()
-        T[:3, 3] *= self.units
-        depth = frame.depth * self.units
-        pts = depth_to_world_points(depth, frame.K, T).astype(np.float32)
-        return [FrameResult(frame.stream_id, frame.seq, frame.t_ns, T, frame.K, depth=depth,
-                            confidence=(depth > 0).astype(np.float32), points_world=pts, metric=False,
-                            image=frame.image)]
-
-    def flush(self) -> list[FrameResult]:
-        return []
-
-    def stats(self) -> BackendStats:
-        return BackendStats()
 
 
 def test_rgbd_loop_closes_and_the_trajectory_sink_keeps_the_corrected_poses() -> None:
