@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="camera index or /dev/videoN, video file, image folder, dataset path, "
                              ".bag/.mcap/rosbag2 folder, or pattern:COUNT:WxH")
     parser.add_argument("--connect", default="tcp://127.0.0.1:5555", help="reconstruction node endpoint")
+    parser.add_argument("--front", default=None, metavar="ENDPOINT",
+                        help="the service's front endpoint (recon serve --ray): ask it where to stream, and again "
+                             "when the node is lost (overrides --connect)")
     parser.add_argument("--stream-id", default=None, help="stream name (default: the source's name)")
     parser.add_argument("--fps", type=float, default=None, help="maximum frames per second")
     parser.add_argument("--camera-info", default=None, metavar="FILE",
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                               depth_encoding=args.depth_encoding,
                               fps=None if source.live else args.fps, max_frames=args.max_frames,
                               resend_s=args.resend, stride=args.stride, keep_acked=args.keep_acked,
-                              undistort=not args.no_undistort, security=Security.from_args(args))
+                              undistort=not args.no_undistort, security=Security.from_args(args), front=args.front)
     node = CameraNode(source, config)
     on_shutdown_signals(node.stop)
     try:

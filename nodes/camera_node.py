@@ -22,6 +22,11 @@ final, not re-sent.
 
 Heartbeats go out every `heartbeat_s`; the node answers each with a credit message, which is how
 a (re)started node is discovered. ZeroMQ reconnects the TCP link by itself.
+
+With a front endpoint (`front`, a `recon serve --ray` deployment; recon.nodes.front) the camera asks it where its
+stream lives before streaming, and again whenever its connection drops or the node goes silent: a stream moved to
+another worker is redirected there, which the camera sees as a node restart (another node id) and re-sends what
+that worker's restored session lacks.
 """
 
 from __future__ import annotations
@@ -70,6 +75,8 @@ class CameraNodeConfig:
         record_latency: keep each frame's send-to-acknowledgement time in `CameraStats.latency_ms` (benchmarks).
         undistort: remap frames of a camera whose CameraInfo has lens distortion to its pinhole camera before
             sending (the wire then carries pinhole images and K, which is what every backend assumes).
+        front: the service's front endpoint (recon.nodes.front): `connect` is asked there, and asked again when
+            the node is lost.
     """
 
     connect: str = "tcp://127.0.0.1:5555"
@@ -88,6 +95,7 @@ class CameraNodeConfig:
     on_send: Callable[[Frame], None] | None = None
     record_latency: bool = False
     security: Security = field(default_factory=Security)
+    front: str | None = None
 
 
 @dataclass
@@ -113,6 +121,7 @@ class CameraStats:
     dropped_at_node: int = 0
     refused: int = 0
     reconnects: int = 0
+    redirects: int = 0
     skipped_by_stride: int = 0
     stopped_on_error: str | None = None
     latency_ms: list[float] = field(default_factory=list)
@@ -305,6 +314,27 @@ class CameraNode:
         sock.connect(cfg.connect)
         return sock, monitor
 
+    def _locate(self, lost: str | None) -> bool | None:
+        """Ask the front where the stream lives (having `lost` that endpoint); True when it moved, None when the
+        front did not answer."""
+        from recon.errors import ReconError
+        from recon.nodes.front import ask_front
+
+        cfg = self.config
+        assert cfg.front is not None
+        try:
+            where = ask_front(self.ctx, cfg.front, cfg.stream_id, lost, timeout_s=max(1.0, cfg.timeout_s),
+                              security=cfg.security)
+        except (ReconError, TimeoutError) as e:
+            self.warn("front", "%s: %s", self, e)
+            return None
+        moved = where["connect"] != cfg.connect
+        if moved:
+            logger.info("%s: the front places stream %s on worker %s (%s)", self, cfg.stream_id, where.get("worker"),
+                        where["connect"])
+            cfg.connect = str(where["connect"])
+        return moved
+
     def _close(self, sock: zmq.Socket, monitor: zmq.Socket) -> None:
         sock.disable_monitor()
         monitor.close(0)
@@ -323,7 +353,11 @@ class CameraNode:
     def run(self) -> CameraStats:
         """Stream until the source ends and every recorded frame is acknowledged, or until stop()."""
         cfg = self.config
+        if cfg.front:
+            while self._locate(None) is None and not self._stop.wait(cfg.heartbeat_s):
+                pass  # the front is not up yet, or has no live worker: nothing to stream to
         sock, monitor = self._open()
+        next_locate = 0.0
         live = self.source.live
         frames = iter(self.source) if not live else None
         exhausted = False
@@ -342,6 +376,16 @@ class CameraNode:
                     lost = True
                     logger.warning("%s: no word from the reconstruction node for %.1fs; waiting for it", self,
                                    now - last_heard)
+                if lost and cfg.front and now >= next_locate:
+                    next_locate = now + cfg.timeout_s
+                    if self._locate(cfg.connect):  # the node went silent and the stream was moved: follow it
+                        self.stats.redirects += 1
+                        self._close(sock, monitor)
+                        sock, monitor = self._open()
+                        self._sent_at.clear()
+                        self._reconnecting = True
+                        if live:
+                            self._pending.clear()
                 paused = now < self._paused_until
                 if now >= next_expiry:
                     next_expiry = now + 0.05
@@ -349,6 +393,8 @@ class CameraNode:
                         # libzmq keeps what was queued for a dropped connection and delivers it once the node is
                         # back, ahead of the in-order re-send: a fresh socket drops it; in flight becomes unsent.
                         self._close(sock, monitor)
+                        if cfg.front and self._locate(cfg.connect):
+                            self.stats.redirects += 1
                         sock, monitor = self._open()
                         self._sent_at.clear()
                         self._reconnecting = True  # send nothing until the node says who it is (a restart?)

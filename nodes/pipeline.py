@@ -59,10 +59,10 @@ class PipelineStats:
     results_lost: int = 0
 
 
-def free_port() -> int:
-    """A TCP port free on loopback right now (the OS picks it)."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` (loopback by default) right now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 

@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import TYPE_CHECKING
 
 from recon.commands.backend_args import add_backend_arguments
 from recon.nodes.transport import add_security_arguments
+
+if TYPE_CHECKING:
+    from recon.nodes.recon_node import ReconNodeConfig
 
 HELP = "reconstruction node: frames in (ROUTER), one backend session per stream, results out (PUB)"
 
@@ -76,34 +80,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_security_arguments(parser)
 
 
-def run(args: argparse.Namespace) -> int:
+def config_from_args(args: argparse.Namespace, state_key: str | None = None) -> ReconNodeConfig:
+    """The node's configuration from the arguments of `add_arguments` (`state_key`: the endpoint the default
+    checkpoint folder is named after; default --bind)."""
     from dataclasses import replace
 
     from recon.commands.backend_args import backend_options
-    from recon.nodes.cli_util import on_shutdown_signals
     from recon.nodes.protocol import DEFAULT_LIMITS, Limits
-    from recon.nodes.recon_node import ReconNode, ReconNodeConfig
-    from recon.nodes.transport import Security, tune_allocator
+    from recon.nodes.recon_node import ReconNodeConfig
+    from recon.nodes.transport import Security
 
-    tune_allocator()  # frame buffers are reused instead of faulted in anew (recon.nodes.transport)
     limits = DEFAULT_LIMITS if not args.max_pixels else Limits.for_pixels(args.max_pixels)
     if args.max_message_mb:
         limits = replace(limits, max_message_bytes=int(args.max_message_mb * 2**20))
-    state_dir = None if args.no_state else (args.state_dir or default_state_dir(args.bind))
-    config = ReconNodeConfig(bind=args.bind, publish=args.publish, control=args.control, backend=args.backend,
-                             backend_options=backend_options(args, args.backend), queue_size=args.queue_size,
-                             heartbeat_s=args.heartbeat, points_dtype=args.points_dtype, stride=args.stride,
-                             with_image=not args.no_image, max_streams=args.max_streams,
-                             max_streams_per_peer=args.max_streams_per_peer, owner_timeout_s=args.owner_timeout,
-                             min_subscribers=args.wait_subscribers, session_idle_s=args.session_idle,
-                             allow_remote=args.allow_remote, limits=limits,
-                             max_buffered_bytes=int(args.max_buffered_mb * 2**20), state_dir=state_dir,
-                             checkpoint_every=args.checkpoint_every, state_max_age_s=args.state_max_age,
-                             warmup=not args.no_warmup, security=Security.from_args(args),
-                             batch_window_ms=args.batch_window_ms, batch_deadline_ms=args.batch_deadline_ms,
-                             kv_memory_bytes=None if args.kv_memory is None else int(args.kv_memory * 2**20),
-                             kv_idle_s=args.kv_idle)
-    node = ReconNode(config)
+    state_dir = None if args.no_state else (args.state_dir or default_state_dir(state_key or args.bind))
+    return ReconNodeConfig(bind=args.bind, publish=args.publish, control=args.control, backend=args.backend,
+                           backend_options=backend_options(args, args.backend), queue_size=args.queue_size,
+                           heartbeat_s=args.heartbeat, points_dtype=args.points_dtype, stride=args.stride,
+                           with_image=not args.no_image, max_streams=args.max_streams,
+                           max_streams_per_peer=args.max_streams_per_peer, owner_timeout_s=args.owner_timeout,
+                           min_subscribers=args.wait_subscribers, session_idle_s=args.session_idle,
+                           allow_remote=args.allow_remote, limits=limits,
+                           max_buffered_bytes=int(args.max_buffered_mb * 2**20), state_dir=state_dir,
+                           checkpoint_every=args.checkpoint_every, state_max_age_s=args.state_max_age,
+                           warmup=not args.no_warmup, security=Security.from_args(args),
+                           batch_window_ms=args.batch_window_ms, batch_deadline_ms=args.batch_deadline_ms,
+                           kv_memory_bytes=None if args.kv_memory is None else int(args.kv_memory * 2**20),
+                           kv_idle_s=args.kv_idle)
+
+
+def run(args: argparse.Namespace) -> int:
+    from recon.nodes.cli_util import on_shutdown_signals
+    from recon.nodes.recon_node import ReconNode
+    from recon.nodes.transport import tune_allocator
+
+    tune_allocator()  # frame buffers are reused instead of faulted in anew (recon.nodes.transport)
+    node = ReconNode(config_from_args(args))
     stop = on_shutdown_signals(lambda: None, node.abort)
     node.start()
     try:

@@ -102,6 +102,9 @@ class ReconNodeConfig:
         kv_memory_bytes: one budget for every session's streaming state (recon.memory.offload.KVPagePool): idle
             sessions (`kv_idle_s`) and, to make room, the least recently used ones move to host memory and back on
             their next frame. None: no budget, nothing offloaded.
+        restore_at_start: start a session for every checkpoint in `state_dir` at start (one node owning its
+            folder); False: a stream's session restores its checkpoint when the stream arrives (workers of
+            `recon serve --ray` share one folder, and each serves only the streams placed on it).
     """
 
     bind: str = "tcp://127.0.0.1:5555"
@@ -135,6 +138,7 @@ class ReconNodeConfig:
     batch_deadline_ms: float | None = None
     kv_memory_bytes: int | None = None
     kv_idle_s: float = 30.0
+    restore_at_start: bool = True
 
     def __post_init__(self) -> None:
         if self.points_dtype not in ("f2", "f4"):
@@ -258,7 +262,8 @@ class ReconNode:
             self._close_sockets()
             raise ConfigError(f"{self}: cannot bind its sockets ({cfg.bind}, {cfg.publish}, {cfg.control}): {e}") \
                 from e
-        self.table.restore_all()
+        if cfg.restore_at_start:
+            self.table.restore_all()
         for name, fn in (("ingest", self.ingest.run), ("control", self.control.run)):
             t = threading.Thread(target=self._guard, args=(fn,), name=f"recon-{name}", daemon=True)
             t.start()

@@ -173,7 +173,8 @@ class ViewerNode:
         sock = open_socket(self.ctx, zmq.SUB, limits=self.limits, security=self.security, hwm=256)
         sock.subscribe(P.TOPIC_RESULT)
         sock.subscribe(P.TOPIC_CONTROL)
-        sock.connect(self.connect)
+        for endpoint in self.connect.split(","):  # several nodes (the workers of `recon serve --ray`)
+            sock.connect(endpoint)
         last = time.monotonic()
         silent = False
         try:

@@ -9,6 +9,7 @@ Examples:
     recon eval runs/sample/trajectory.tum datasets/sample/groundtruth.txt
     recon weights pull streamvggt                      # download a learned model (the default runs without one)
     recon node recon --bind tcp://127.0.0.1:5555 --publish tcp://127.0.0.1:5556
+    recon serve --ray --state-dir /shared/recon        # reconstruction workers on a Ray cluster, one per GPU
 
 `recon COMMAND --help` describes each command; outputs go to runs/<name>/ unless --out says otherwise.
 """
@@ -38,6 +39,7 @@ COMMANDS: dict[str, str] = {
     "bench": "recon.commands.bench",
     "weights": "recon.commands.weights",
     "node": "recon.commands.node",
+    "serve": "recon.commands.serve",
 }
 
 

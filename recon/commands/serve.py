@@ -1,0 +1,62 @@
+"""`recon serve`: the reconstruction service; with `--ray`, many workers on a Ray cluster behind one front endpoint.
+
+Examples:
+    recon serve --backend geometric                        # one node, as `recon node recon`
+    recon serve --ray --state-dir /shared/recon            # a local Ray instance (or $RAY_ADDRESS), a worker per GPU
+    recon serve --ray 10.0.0.1:6379 --front tcp://0.0.0.0:5550 --allow-remote --state-dir /nfs/recon
+    recon node camera --source 0 --front tcp://127.0.0.1:5550 --stream-id desk   # asks the front where to stream
+
+With `--ray`, Ray is the control plane (recon.nodes.ray_serve): one reconstruction worker actor per GPU (or
+`--workers` on CPU), stream placement, health checks and moving a dead worker's streams to a live one, which
+restores them from the checkpoints in `--state-dir` (shared by every worker). Frames and results stay on ZeroMQ:
+cameras stream straight to their worker; subscribers connect to every worker's results endpoint (`--front`
+answers `workers`). The other options are those of `recon node recon` and apply to every worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+HELP = "the reconstruction service: one node, or many workers on a Ray cluster (--ray)"
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from recon.nodes.recon_cli import add_arguments as add_node_arguments
+
+    add_node_arguments(parser)
+    parser.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
+                        help="run the workers on a Ray cluster (ADDRESS; default: $RAY_ADDRESS or a local instance)")
+    parser.add_argument("--front", default="tcp://127.0.0.1:5550",
+                        help="with --ray: the endpoint cameras ask where their stream lives")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="with --ray: number of workers (default: one per GPU, else one per CPU)")
+    parser.add_argument("--health", type=float, default=0.5, metavar="S", help="with --ray: health check period")
+
+
+def run(args: argparse.Namespace) -> int:
+    from recon.nodes import recon_cli
+
+    if args.ray is None:
+        return recon_cli.run(args)
+    import ray
+
+    from recon.nodes.cli_util import on_shutdown_signals
+    from recon.nodes.ray_serve import RayService
+    from recon.nodes.transport import check_bind
+
+    check_bind(args.front, args.allow_remote)
+    ray.init(address=None if args.ray == "auto" else args.ray)
+    service = RayService(recon_cli.config_from_args(args, state_key=args.front), args.front, workers=args.workers,
+                         health_s=args.health).start()
+    stop = on_shutdown_signals(lambda: None)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        lost = service.stop()
+    if lost:
+        logger.error("%d result(s) lost at the forced stop", lost)
+    return 1 if lost else 0
