@@ -151,6 +151,11 @@ class Directory:
                 dead.append(w)
                 logger.error("worker %d (%s) is gone: %s", w.index, w.endpoints["connect"],
                              type(e).__name__ if isinstance(e, ray.exceptions.GetTimeoutError) else e)
+        self.drop(dead)
+        return [w.index for w in dead]
+
+    def drop(self, dead: list[WorkerEntry]) -> None:
+        """Mark `dead` workers gone and move each of their streams to the least-loaded live worker."""
         with self._lock:
             for w in dead:
                 if not w.alive:
@@ -163,7 +168,6 @@ class Directory:
                     logger.warning("stream %s moved from dead worker %d to %s", sid, w.index,
                                    "no worker" if to is None else f"worker {to.index}")
                 w.streams.clear()
-        return [w.index for w in dead]
 
 
 class RayService:
