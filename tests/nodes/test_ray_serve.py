@@ -4,7 +4,8 @@ mid-stream, its streams resumed on another worker from the shared checkpoints.
 Real parts: a `ray.cluster_utils.Cluster` of 3 Ray nodes (one CPU each, so each worker actor lands on its own
 node), the reconstruction node in each worker actor's process, the front endpoint (REQ/REP) the cameras ask, the
 cameras (threads of this process) streaming recorded synthetic RGB-D sequences over ZeroMQ, and a viewer node
-subscribed to every worker. The worker is killed with `ray.kill` (its process dies: no flush, no goodbye).
+subscribed to every worker. The worker is killed with `ray.kill` (its process dies: no flush, no goodbye), and a
+new worker replaces it.
 
 Checked: the killed worker's streams were moved and their cameras redirected; every stream's frames reach the
 viewer exactly once (the viewer drops the re-computed re-sends); no new world segment (the restored sessions
@@ -121,6 +122,10 @@ def test_a_killed_worker_s_streams_resume_on_another_worker(cluster: Any, sequen
             t.join(180)
             assert not t.is_alive(), "camera did not finish"
         wait_for(lambda: all(arrivals.count(f"cam{i}") >= FRAMES for i in range(STREAMS)), 30, "every result")
+        wait_for(lambda: len(service.directory.live()) == WORKERS, 60, "a worker replacing the dead one")
+        replacement = service.directory.live()[-1]
+        assert replacement.index == WORKERS and service.directory.where("late")["worker"] == replacement.index, \
+            "the replacement is the least loaded worker"
     finally:
         for cam in cameras:
             cam.stop()
