@@ -92,8 +92,14 @@ def _assert_continuous(T: np.ndarray, what: str) -> None:
         f"{what}: largest step {np.max(steps[5:]):.4g}, median {np.median(steps):.4g}"
 
 
-def test_a_killed_worker_s_streams_resume_on_another_worker(cluster: Any, sequence: Path, tmp_path: Path) -> None:
-    config = ReconNodeConfig(backend="geometric", state_dir=str(tmp_path / "state"), checkpoint_every=4,
+@pytest.mark.parametrize(("backend", "options"), [
+    ("geometric", {}),
+    ("infinitevggt", {"model_config": "tiny", "image_width": 56, "device": "cpu", "budget": 400}),
+])
+def test_a_killed_worker_s_streams_resume_on_another_worker(cluster: Any, sequence: Path, tmp_path: Path,
+                                                            backend: str, options: dict) -> None:
+    config = ReconNodeConfig(backend=backend, backend_options=options, state_dir=str(tmp_path / "state"),
+                             checkpoint_every=4,
                              heartbeat_s=0.2, min_subscribers=1, max_streams_per_peer=STREAMS)
     service = RayService(config, tcp(), workers=WORKERS, health_s=0.25, ping_timeout_s=1.0).start()
     arrivals = Arrivals()
