@@ -105,7 +105,10 @@ def _round(args: argparse.Namespace, sequence: Path, state: Path) -> tuple[list[
         viewer.stop()
     once = all(sorted(s for s, _ in arrivals.seen.get(f"cam{i}", [])) == list(range(args.frames))
                for i in range(args.streams))
-    resumed = [min(t for _, t in arrivals.seen[s][before[s]:] if t > t_kill) - t_kill for s in moved]
+    # The first result after the directory moved the stream (Ray had confirmed the death): a result that left the
+    # dying worker just before the kill may arrive after it and is not counted.
+    moved_at = {m["stream"]: m["t"] for m in service.directory.moves}
+    resumed = [min(t for _, t in arrivals.seen[s][before[s]:] if t > moved_at[s]) - t_kill for s in moved]
     return resumed, once
 
 
