@@ -20,7 +20,6 @@ Building a full-size model without memory (for key/shape checks): `with torch.de
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -37,11 +36,9 @@ from recon.models.layers.attention import set_attention_impl
 from recon.models.layers.camera_head import CameraHead, CameraHeadConfig
 from recon.models.layers.dinov2 import DinoConfig
 from recon.models.layers.dpt_head import DPTConfig, DPTHead
+from recon.models.seeding import seeded
 
 logger = logging.getLogger(__name__)
-# Sessions of one node build their models on their own threads: seeded random weights (tiny models, benchmarks) are
-# the same in every session and every process only if no other build draws from torch's generator meanwhile.
-_RANDOM_INIT_LOCK = threading.Lock()
 
 TRACK_HEAD_PREFIX = "track_head."
 
@@ -340,8 +337,7 @@ def build_vggt(*, weights: str | Path | None = None, weights_name: str = "vggt-1
             model.config.causal = causal
         return model
     config = tiny_config(causal) if model_config == "tiny" else VGGTConfig(causal=causal)
-    with _RANDOM_INIT_LOCK:  # the default init draws from the process-wide generator: one seeded build at a time
-        torch.manual_seed(seed)
+    with seeded(seed):
         model = VGGT(config)
     logger.info("%s %s model with random weights (seed %d): outputs are not meaningful",
                 model_config, "StreamVGGT" if causal else "VGGT", seed)
