@@ -58,6 +58,7 @@ class _StreamState:
     last_wall: float | None = None
     fps: float = 0.0
     clear: bool = False  # a new world segment: clear the subtree before the next result
+    intrinsics: str | None = None  # the backend's last reported intrinsics line (logged when it changes)
 
 
 class RerunLogger:
@@ -221,6 +222,14 @@ class RerunLogger:
             rec.log(f"{stats}/memory_mb", rr.Scalars(b.memory_bytes / 2**20))
             if b.tokens_cached:
                 rec.log(f"{stats}/tokens_k", rr.Scalars(b.tokens_cached / 1000))
+            intr = (b.extra or {}).get("intrinsics")
+            if isinstance(intr, dict):
+                line = (f"intrinsics fx {intr.get('fx', float('nan')):.1f} fy {intr.get('fy', float('nan')):.1f} "
+                        f"cx {intr.get('cx', float('nan')):.1f} cy {intr.get('cy', float('nan')):.1f} "
+                        f"({intr.get('source', 'unknown source')})")
+                if line != state.intrinsics:  # the value and where it came from, e.g. when self-calibrated
+                    rec.log(f"{stats}/intrinsics", rr.TextLog(line, level=rr.TextLogLevel.INFO))
+                    state.intrinsics = line
 
     def _log_trajectory_block(self, root: str, state: _StreamState, block: int) -> None:
         """The path is cut into blocks of `trajectory_block` frames, each re-logged only while it grows (or is

@@ -2,8 +2,9 @@
 
 Subscribes to an Image (or CompressedImage) topic and its camera_info, runs a recon backend on the main
 thread (callbacks only queue images), and publishes `~pose` (PoseStamped), `~path` (Path), `~points`
-(PointCloud2, xyz + packed rgb) and tf map -> camera on `/tf`, each stamped with the stamp of the image
-the result belongs to. All the numbers come from `recon.nodes.ros.core`; this module only moves messages.
+(PointCloud2, xyz + packed rgb) and tf map -> camera (map -> odom -> camera with loop closure) on `/tf`,
+each stamped with the stamp of the image the result belongs to. All the numbers come from
+`recon.nodes.ros.core`; this module only moves messages.
 
 Example:
     recon node ros --backend geometric --image-topic /camera/image_raw _map_frame:=odom

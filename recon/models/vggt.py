@@ -387,7 +387,7 @@ class VGGTWindowModel:
 
 def build_window_model(*, weights: str | None = None, model_config: str = "full", device: str | None = None,
                        dtype: str | None = None, weights_dtype: str | None = None, random_init: bool = False,
-                       seed: int = 0, **unused: Any) -> VGGTWindowModel:
+                       seed: int = 0) -> VGGTWindowModel:
     """Window model for the LASER backend (`--backend laser --backbone vggt`).
 
     Args:

@@ -84,3 +84,21 @@ def test_folder_reader_order_file_then_exif(tmp_path: Path) -> None:
     (tmp_path / "cameras.txt").write_text("1 PINHOLE 400 300 350 351 200.5 150.5\n")
     seq = ImageFolderSequence(tmp_path)
     assert seq.intrinsics_source == "calibration file cameras.txt" and seq.camera_info.K[0, 0] == 350
+
+
+def test_summary_names_the_intrinsics_source() -> None:
+    """summary.json's `extra.intrinsics`: the backend's value, with the reader's source when the frames had K."""
+    from types import SimpleNamespace
+
+    from recon.commands.replay import _intrinsics
+    from recon.types import CameraInfo
+
+    K = np.array([[500.0, 0, 319.5], [0, 500.0, 239.5], [0, 0, 1]])
+    seq = SimpleNamespace(camera_info=CameraInfo(640, 480, K), intrinsics_source="--camera-info")
+    given = {"intrinsics": {"fx": 500.0, "fy": 500.0, "cx": 319.5, "cy": 239.5, "source": "given"}}
+    assert _intrinsics(seq, given)["source"] == "--camera-info"
+    calibrated = {"intrinsics": {"fx": 401.0, "fy": 401.0, "cx": 319.5, "cy": 239.5,
+                                 "source": "self-calibrated (bundle adjustment)"}}
+    unknown = SimpleNamespace(camera_info=None, intrinsics_source=None)
+    assert _intrinsics(unknown, calibrated) == calibrated["intrinsics"]
+    assert _intrinsics(seq, {})["fx"] == 500.0 and _intrinsics(unknown, {}) is None

@@ -327,7 +327,11 @@ def test_replay_runs_the_real_geometric_backend(tmp_path: Path, monkeypatch: pyt
     assert main(["replay", "seq", "--backend", "geometric", "--out", str(out), "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["backend"] == "geometric" and summary["results_out"] >= 1
-    assert len(read_tum_trajectory(out / "trajectory.tum")[0]) == summary["results_out"]
+    # One trajectory row per frame with a pose: untracked results (random frames lose RGB-D tracking) get none.
+    records = [json.loads(line) for line in (out / "frames" / "frames.jsonl").read_text().splitlines()]
+    tracked = {r["seq"] for r in records if r["tracked"]}
+    assert len(records) == summary["results_out"] and tracked
+    assert len(read_tum_trajectory(out / "trajectory.tum")[0]) == len(tracked)
     assert json.loads((out / "metrics.json").read_text())["align"] == "se3"
 
 

@@ -227,3 +227,28 @@ def test_logger_is_safe_to_feed_from_several_threads(tmp_path: Path) -> None:
     for i in range(3):
         assert seqs[f"/world/s{i}/cam"] == set(range(100 * i, 100 * i + n))
         assert seqs[f"/world/s{i}/points"] == set(range(100 * i, 100 * i + n))
+
+
+def test_intrinsics_and_their_source_are_logged_when_they_change(tmp_path: Path) -> None:
+    """The backend's reported intrinsics (e.g. a self-calibrated focal length) appear as a text log per stream."""
+    from recon.types import BackendStats
+
+    reported = [{"fx": 256.0, "fy": 256.0, "cx": 159.5, "cy": 119.5, "source": "assumed (not calibrated yet)"}]
+
+    def stats() -> BackendStats:
+        return BackendStats(frames_in=1, results_out=1, memory_bytes=0, tokens_cached=0, timings_ms={},
+                            extra={"intrinsics": reported[-1]})
+
+    path = tmp_path / "rec.rrd"
+    sink = create_rerun_sink(f"rrd:{path}", stream_ids=["s"], map_every=0, backend_stats=stats)
+    sink.on_result(make_result("s", 0))
+    sink.on_result(make_result("s", 1))  # unchanged: not logged again
+    reported.append({**reported[0], "fx": 301.2, "fy": 301.2, "source": "self-calibrated (bundle adjustment)"})
+    sink.on_result(make_result("s", 2))
+    sink.close()
+    texts = [row for chunk in rr_chunk.RrdReader(path).stream() if chunk.entity_path.endswith("/s/intrinsics")
+             for row in chunk.to_record_batch().column("TextLog:text").to_pylist()]
+    texts = [t[0] if isinstance(t, list) else t for t in texts]
+    assert len(texts) == 2
+    assert "fx 256.0" in texts[0] and "assumed" in texts[0]
+    assert "fx 301.2" in texts[1] and "self-calibrated (bundle adjustment)" in texts[1]

@@ -5,13 +5,16 @@ chosen from the first frame of a session: frames with depth go through `RgbdOdom
 depth back-projected to world point maps), frames without depth through `MonoVO` (poses and points in one
 arbitrary scale, see recon.backends.geometric.mono for what its point maps contain). RGB-D returns each
 frame's result at once; monocular holds frames until its map is initialised and re-emits frames whose pose
-the bundle adjustment revised (`is_update=True`, same `seq`).
+the bundle adjustment revised (`is_update=True`, same `seq`; counted in `stats().extra["pose_updates"]`).
+Frames without a pose (lost, held until the end of a stream) are emitted with `tracked=False`.
 
 Invalid pixels (no depth, outside the monocular mesh) have depth 0, confidence 0 and NaN world points.
 
 Options (keyword arguments of `create`):
     mode: "auto" (RGB-D when the frame has depth), "rgbd" or "mono" (ignore depth, e.g. to compare).
-    K: 3x3 intrinsics used when frames carry none (default: fx = fy = 0.8 * max(w, h), centred).
+    K: 3x3 intrinsics used when frames carry none. Without either, monocular sessions self-calibrate the focal
+        length from fx = fy = 0.8 * max(w, h), centred (recon.backends.geometric.selfcalib); RGB-D assumes it.
+        `stats().extra["intrinsics"]` reports the value used and its source (summary.json).
     stride / max_points: results keep every `stride`-th pixel; without `stride`, the smallest stride giving
         at most `max_points` points per frame (default 20000: stride 2 at 320x240, 4 at 640x480).
     depth_max: metres; RGB-D depth beyond it is ignored.

@@ -25,11 +25,18 @@ Point maps are built from the map points tracked in the frame: with
 holding a tracked point are filled. Dense maps are smooth across depth edges: they are a preview, not a
 reconstruction.
 
-Tracking loss (PnP fails: blank frame, fast motion, occlusion) is logged once and counted. The pose continues
-from the constant-velocity guess and the next frame is tracked from the last good one; after
-`max_lost_frames` failures in a row the map is dropped and initialisation restarts. The new map is chained
-to the old trajectory at the predicted pose of its first keyframe, with the scale that gives it the old map's
-median scene depth (the best guess when nothing is shared with the old map).
+Tracking loss (KLT + PnP fail: blank frame, fast motion, occlusion) first tries relocalisation: ORB descriptors
+of the keyframes' map points matched against the frame and RANSAC PnP (recon.backends.geometric.reloc). A frame
+that still has no pose is logged once, counted and emitted with `tracked=False` (its placeholder pose is the
+constant-velocity guess, which only seeds the next frame's PnP and never enters a trajectory). After
+`max_lost_frames` failures in a row the map is dropped and initialisation restarts; until the new map is
+initialised every frame is also matched against the lost map's keyframes, and a match continues the old map
+(same frame, same scale). A new map is chained to the old trajectory at the predicted pose of its first keyframe,
+with the scale that gives it the old map's median scene depth (the best guess when nothing is shared).
+
+Intrinsics: with `calibrate_focal` (the backend sets it when no K is known) the focal length is searched when the
+map is initialised and refined by the bundle adjustments of the first keyframes (recon.backends.geometric.selfcalib);
+`counters()["intrinsics"]` says the value and its source.
 """
 
 from __future__ import annotations
