@@ -5,7 +5,8 @@
   checkpoints in one folder every worker shares (`--state-dir`, on a shared file system across machines). A
   worker restores a stream's checkpoint when the stream arrives, not every checkpoint at start.
 - The `Directory` (in the driver) places each new stream on the least-loaded live worker and pings the workers
-  every `health_s`; a worker that does not answer, or that Ray reports dead, is dropped and its streams re-placed.
+  every `health_s`; a worker that does not answer, or that Ray reports dead, is dropped and its streams re-placed,
+  and (`replace_dead`) a new worker is started in its place, which takes new streams.
 - The front endpoint (recon.nodes.front) answers cameras' "where does stream S live"; a camera that lost its
   worker asks again, is redirected, and re-sends its unacknowledged frames (and the acknowledged ones after the
   last checkpoint) to the new worker, whose session restores the checkpoint and catches up: every frame reaches
@@ -151,6 +152,11 @@ class Directory:
                 dead.append(w)
                 logger.error("worker %d (%s) is gone: %s", w.index, w.endpoints["connect"],
                              type(e).__name__ if isinstance(e, ray.exceptions.GetTimeoutError) else e)
+        self.drop(dead)
+        return [w.index for w in dead]
+
+    def drop(self, dead: list[WorkerEntry]) -> None:
+        """Mark `dead` workers gone and move each of their streams to the least-loaded live worker."""
         with self._lock:
             for w in dead:
                 if not w.alive:
@@ -163,14 +169,13 @@ class Directory:
                     logger.warning("stream %s moved from dead worker %d to %s", sid, w.index,
                                    "no worker" if to is None else f"worker {to.index}")
                 w.streams.clear()
-        return [w.index for w in dead]
 
 
 class RayService:
     """The workers, the directory, its health checks and the front endpoint; `start()`, then `stop()`."""
 
     def __init__(self, config: ReconNodeConfig, front: str, *, workers: int | None = None, health_s: float = 0.5,
-                 ping_timeout_s: float = 1.0) -> None:
+                 ping_timeout_s: float = 1.0, replace_dead: bool = True) -> None:
         if config.state_dir is None:
             raise ConfigError("recon serve --ray needs a --state-dir every worker can read (streams move between "
                               "workers through their checkpoints)")
@@ -178,6 +183,10 @@ class RayService:
         self.front_endpoint = front
         self.num_workers = workers
         self.health_s = health_s
+        self.replace_dead = replace_dead
+        self.replacements = 0
+        self._cls: Any = None
+        self._next_index = 0
         self.directory = Directory(ping_timeout_s)
         self.front: Any = None
         self.ctx: Any = None
@@ -195,8 +204,9 @@ class RayService:
         count = self.num_workers or gpus or max(1, int(resources.get("CPU", 1)))
         if self.num_workers and gpus and self.num_workers > gpus:
             raise ConfigError(f"--workers {self.num_workers}: the cluster has {gpus} GPU(s), one worker each")
-        cls = worker_class(gpus > 0)
-        actors = [cls.remote(i, self.config) for i in range(count)]
+        self._cls = worker_class(gpus > 0)
+        actors = [self._cls.remote(i, self.config) for i in range(count)]
+        self._next_index = count
         for actor, ends in zip(actors, ray.get([a.endpoints.remote() for a in actors]), strict=True):
             self.directory.add(actor, ends)
         logger.info("%d reconstruction worker(s) (%s): %s", count, "one GPU each" if gpus else "CPU",
@@ -209,11 +219,33 @@ class RayService:
         return self
 
     def _check_health(self) -> None:
+        replaced: set[int] = set()
         while not self._stop.wait(self.health_s):
             try:
                 self.directory.check()
+                if self.replace_dead:
+                    for w in [w for w in self.directory.workers if not w.alive and w.index not in replaced]:
+                        replaced.add(w.index)
+                        self._replace(w.index)
             except Exception:  # noqa: BLE001 - the health loop must outlive one bad check
                 logger.exception("health check failed")
+
+    def _replace(self, dead: int) -> None:
+        """Start a new worker for a dead one (Ray places it where a GPU/CPU is free). Its streams already moved;
+        the new worker takes new streams (least loaded). Subscribers find it with the front's `workers`."""
+        import ray
+
+        index, self._next_index = self._next_index, self._next_index + 1
+        actor = self._cls.remote(index, self.config)
+        try:
+            ends = ray.get(actor.endpoints.remote(), timeout=120)
+        except ray.exceptions.RayError as e:
+            logger.error("replacement of worker %d failed: %s", dead, e)
+            ray.kill(actor)
+            return
+        self.directory.add(actor, ends)
+        self.replacements += 1
+        logger.info("worker %d replaces dead worker %d (%s)", index, dead, ends["connect"])
 
     def stop(self) -> int:
         """Stop the front and the health checks, then every live worker (draining its sessions); results lost."""

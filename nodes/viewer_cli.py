@@ -20,7 +20,9 @@ logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--connect", default="tcp://127.0.0.1:5556", help="results endpoint of the node")
+    parser.add_argument("--connect", default="tcp://127.0.0.1:5556",
+                        help="results endpoint of the node (several nodes, e.g. the workers of recon serve --ray: "
+                             "comma-separated)")
     parser.add_argument("--viewer", default=None, metavar="rrd:PATH|web|connect:URL",
                         help="Rerun sink (recon.viewer): an .rrd file, the web viewer, or a running viewer")
     parser.add_argument("--record", default=None, metavar="DIR",

@@ -6,7 +6,8 @@ import argparse
 
 from recon.commands import add_command_table
 
-HELP = "run a benchmark (geometric, transport, live, model, memory, laser, horizonstream, lingbot, loop, serve)"
+HELP = ("run a benchmark (geometric, transport, live, model, memory, laser, horizonstream, lingbot, loop, serve, "
+        "failover)")
 
 # Benchmark name -> module with HELP, add_arguments(parser) and run(args) -> int.
 BENCHMARKS: dict[str, str] = {
@@ -20,6 +21,7 @@ BENCHMARKS: dict[str, str] = {
     "lingbot": "recon.commands.bench_lingbot",
     "loop": "recon.commands.bench_loop",
     "serve": "recon.commands.bench_serve",
+    "failover": "recon.commands.bench_failover",
 }
 
 

@@ -8,9 +8,10 @@ Examples:
 
 With `--ray`, Ray is the control plane (recon.nodes.ray_serve): one reconstruction worker actor per GPU (or
 `--workers` on CPU), stream placement, health checks and moving a dead worker's streams to a live one, which
-restores them from the checkpoints in `--state-dir` (shared by every worker). Frames and results stay on ZeroMQ:
-cameras stream straight to their worker; subscribers connect to every worker's results endpoint (`--front`
-answers `workers`). The other options are those of `recon node recon` and apply to every worker.
+restores them from the checkpoints in `--state-dir` (shared by every worker), and a new worker for the dead one.
+Frames and results stay on ZeroMQ: cameras stream straight to their worker; subscribers connect to every worker's
+results endpoint (`--front` answers `workers`; `recon node viewer --connect A,B,...` takes several).
+The other options are those of `recon node recon` and apply to every worker.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="with --ray: number of workers (default: one per GPU, else one per CPU)")
     parser.add_argument("--health", type=float, default=0.5, metavar="S", help="with --ray: health check period")
+    parser.add_argument("--no-replace", action="store_true",
+                        help="with --ray: do not start a new worker for a dead one (its streams move either way)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     check_bind(args.front, args.allow_remote)
     ray.init(address=None if args.ray == "auto" else args.ray)
     service = RayService(recon_cli.config_from_args(args, state_key=args.front), args.front, workers=args.workers,
-                         health_s=args.health).start()
+                         health_s=args.health, replace_dead=not args.no_replace).start()
     stop = on_shutdown_signals(lambda: None)
     try:
         while not stop.wait(0.5):

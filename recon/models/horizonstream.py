@@ -736,8 +736,10 @@ def build_horizonstream(*, weights: str | None = None, model_config: str = "full
         from recon.models.weights import load_pretrained
 
         return load_pretrained(tiny_variant("horizonstream"), weights, device=device, dtype=dtype)
-    torch.manual_seed(seed)
-    model = HorizonStream(tiny_config())
+    from recon.models.seeding import seeded
+
+    with seeded(seed):
+        model = HorizonStream(tiny_config())
     logger.info("tiny HorizonStream with random weights (seed %d): outputs are not meaningful", seed)
     random_init(model, seed)
     return model.to(device=device, dtype=dtype).eval()

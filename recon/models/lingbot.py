@@ -329,8 +329,10 @@ def build_lingbot(*, weights: str | Path | None = None, weights_name: str = "lin
     if not random_init:
         name = "lingbot-map-tiny" if model_config == "tiny" else weights_name
         return load_pretrained(name, weights, device=device, dtype=dtype)
-    torch.manual_seed(seed)
-    model = LingBot(tiny_config() if model_config == "tiny" else LingBotConfig())
+    from recon.models.seeding import seeded
+
+    with seeded(seed):
+        model = LingBot(tiny_config() if model_config == "tiny" else LingBotConfig())
     logger.info("%s LingBot-Map model with random weights (seed %d): outputs are not meaningful", model_config, seed)
     sane_random_init(model, seed)
     return model.to(device=device, dtype=dtype).eval()

@@ -285,8 +285,10 @@ def build_window_model(*, weights: str | None = None, model_config: str = "full"
     if model_config not in ("full", "tiny"):
         raise ConfigError(f"pi3 model_config must be 'full' or 'tiny', got {model_config!r}")
     if model_config == "tiny" and weights is None:
-        torch.manual_seed(seed)
-        model = Pi3(tiny_config())
+        from recon.models.seeding import seeded
+
+        with seeded(seed):
+            model = Pi3(tiny_config())
         return Pi3WindowModel(model.to(device=dev, dtype=stored).eval(), dev, autocast)
     from recon.models.registry import tiny_variant
     from recon.models.weights import load_pretrained

@@ -36,6 +36,7 @@ from recon.models.layers.attention import set_attention_impl
 from recon.models.layers.camera_head import CameraHead, CameraHeadConfig
 from recon.models.layers.dinov2 import DinoConfig
 from recon.models.layers.dpt_head import DPTConfig, DPTHead
+from recon.models.seeding import seeded
 
 logger = logging.getLogger(__name__)
 
@@ -336,8 +337,8 @@ def build_vggt(*, weights: str | Path | None = None, weights_name: str = "vggt-1
             model.config.causal = causal
         return model
     config = tiny_config(causal) if model_config == "tiny" else VGGTConfig(causal=causal)
-    torch.manual_seed(seed)
-    model = VGGT(config)
+    with seeded(seed):
+        model = VGGT(config)
     logger.info("%s %s model with random weights (seed %d): outputs are not meaningful",
                 model_config, "StreamVGGT" if causal else "VGGT", seed)
     sane_random_init(model, seed)
