@@ -1,46 +1,11 @@
-"""Timestamp association between streams (RGB, depth, ground truth) that are sampled at different instants.
+"""Ground truth at frame times for readers: `poses_at` interpolates a pose track at query timestamps.
 
-`associate` pairs each timestamp of one list with at most one of another, closest pairs first, within a maximum
-difference, the same rule as the TUM RGB-D benchmark's associate tool (this is our own implementation, vectorised
-with a sorted search instead of all pairs). `poses_at` looks ground truth up at frame times.
+One-to-one pairing of two timestamp lists (RGB with depth) is `recon.utils.timestamps.associate_timestamps`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-
-def associate(t_a: np.ndarray, t_b: np.ndarray, max_diff_ns: int) -> list[tuple[int, int]]:
-    """One-to-one pairs (index into a, index into b) with |t_a - t_b| <= max_diff_ns, sorted by index in a.
-
-    Candidates are the neighbours of each a in b (and of each b in a), accepted greedily from the smallest
-    difference, so a timestamp of b is never reused and the closest pairs win ties of proximity.
-    """
-    a = np.asarray(t_a, dtype=np.int64).reshape(-1)
-    b = np.asarray(t_b, dtype=np.int64).reshape(-1)
-    if a.size == 0 or b.size == 0:
-        return []
-    order_b = np.argsort(b, kind="stable")
-    sb = b[order_b]
-    cand: set[tuple[int, int]] = set()
-    # For each a, all b within the window (b sorted): usually 0-2 entries.
-    lo = np.searchsorted(sb, a - max_diff_ns, side="left")
-    hi = np.searchsorted(sb, a + max_diff_ns, side="right")
-    for i in np.flatnonzero(hi > lo):
-        for k in range(int(lo[i]), int(hi[i])):
-            cand.add((int(i), int(order_b[k])))
-    pairs = sorted(cand, key=lambda ij: (abs(int(a[ij[0]]) - int(b[ij[1]])), ij[0], ij[1]))
-    used_a: set[int] = set()
-    used_b: set[int] = set()
-    out = []
-    for i, j in pairs:
-        if i in used_a or j in used_b:
-            continue
-        used_a.add(i)
-        used_b.add(j)
-        out.append((i, j))
-    out.sort()
-    return out
 
 
 def poses_at(t_query_ns: np.ndarray, t_ns: np.ndarray, T_world_cam: np.ndarray,

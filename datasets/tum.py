@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from recon.calib.camera_info import find_camera_file, load_camera_file
-from recon.datasets.association import associate, poses_at
+from recon.datasets.association import poses_at
 from recon.datasets.base import IndexedSequence, OnError
 from recon.datasets.files import (
     corrupt_frame,
@@ -32,6 +32,7 @@ from recon.datasets.files import (
 from recon.errors import SequenceError
 from recon.io.trajectory import read_tum_trajectory
 from recon.types import CameraInfo, Frame, Trajectory
+from recon.utils.timestamps import associate_timestamps
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,8 @@ class TumSequence(IndexedSequence):
         if depth_list.is_file():
             depth = [(t, fields[0]) for t, fields in read_list_file(depth_list) if fields]
         if depth:
-            pairs = associate(np.array([t for t, _ in rgb]), np.array([t for t, _ in depth]), max_diff_ns)
+            assoc = associate_timestamps(np.array([t for t, _ in rgb]), np.array([t for t, _ in depth]), max_diff_ns)
+            pairs = sorted(zip(assoc.idx_pred.tolist(), assoc.idx_gt.tolist(), strict=True))  # in RGB order
             if not pairs:
                 raise SequenceError(f"{root}: no RGB image has a depth map within {max_diff_s} s")
             dropped = len(rgb) - len(pairs)

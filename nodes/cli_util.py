@@ -7,29 +7,58 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
 
-def on_shutdown_signals(callback: Callable[[], None], force: Callable[[], None] | None = None) -> threading.Event:
-    """Call `callback` on the first SIGINT/SIGTERM and `force` on the next ones (main thread only); returns the event
-    the first one sets. Both must return at once (they run in a signal handler)."""
-    fired = threading.Event()
+class ShutdownSignals:
+    """SIGINT/SIGTERM: the first calls `callback` and sets `fired`, the next ones call `force` (if any).
 
-    def handler(signum: int, _frame: object) -> None:
+    The one signal handling of recon's processes (node command lines, `recon live`, the ROS node), so a stop
+    always lets queued work finish and a second signal cuts it short. As a context manager it restores the
+    previous handlers on exit; `install` keeps it for the process's life. Handlers install on the main thread
+    only (elsewhere this is a no-op). `callback` may be set after entering (the ROS node builds its queue inside);
+    both must return at once (they run in a signal handler).
+    """
+
+    def __init__(self, callback: Callable[[], None] | None = None, force: Callable[[], None] | None = None) -> None:
+        self.callback = callback
+        self.force = force
+        self.fired = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: object) -> None:
         name = signal.Signals(signum).name
-        if not fired.is_set():
-            fired.set()
-            logger.info("received %s, shutting down cleanly (send it again to force the stop)", name)
-            callback()
-        elif force is not None:
+        if not self.fired.is_set():
+            self.fired.set()
+            logger.info("received %s, shutting down cleanly%s", name,
+                        " (send it again to force the stop)" if self.force is not None else "")
+            if self.callback is not None:
+                self.callback()
+        elif self.force is not None:
             logger.warning("received %s again: forcing the stop", name)
-            force()
+            self.force()
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, handler)
-        signal.signal(signal.SIGTERM, handler)
-    return fired
+    def install(self) -> threading.Event:
+        """Take over SIGINT/SIGTERM (remembering the previous handlers); returns `fired`."""
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self.fired
+
+    def __enter__(self) -> ShutdownSignals:
+        self.install()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
+def on_shutdown_signals(callback: Callable[[], None], force: Callable[[], None] | None = None) -> threading.Event:
+    """`ShutdownSignals(callback, force)` installed for the process's life; returns the event the first signal sets."""
+    return ShutdownSignals(callback, force).install()
 
 
 def run_standalone(prog: str, description: str, add_arguments: Callable[[argparse.ArgumentParser], None],

@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depth-scale", type=float, default=d.depth_scale,
                         help=f"metres per unit of 16-bit depth (default {d.depth_scale})")
     parser.add_argument("--map-frame", default=d.map_frame, help=f"map frame id (default {d.map_frame})")
+    parser.add_argument("--odom-frame", default=d.odom_frame,
+                        help=f"odometry frame id between map and camera when loops are closed (default {d.odom_frame})")
     parser.add_argument("--camera-frame", default=d.camera_frame,
                         help="tf child frame (default: the image header's frame_id)")
     parser.add_argument("--stream-id", default=d.stream_id, help=f"stream id given to the backend ({d.stream_id})")
@@ -77,6 +79,7 @@ def config_from_args(args: argparse.Namespace) -> RosNodeConfig:
     return RosNodeConfig(
         backend=args.backend, backend_options=options, plugins=tuple(args.plugin), image_topic=args.image_topic,
         camera_info_topic=args.camera_info_topic, compressed=args.compressed, map_frame=args.map_frame,
+        odom_frame=args.odom_frame,
         camera_frame=args.camera_frame, stream_id=args.stream_id, queue_size=args.queue_size,
         cloud_stride=args.cloud_stride, min_confidence=args.min_confidence, max_points=args.max_points,
         max_path=args.max_path, depth_topic=args.depth_topic, depth_scale=args.depth_scale,

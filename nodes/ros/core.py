@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import signal
 import threading
 import time
 from collections import OrderedDict, deque
@@ -42,6 +41,7 @@ from recon.datasets.ros_msgs import decode_image as image_msg_to_rgb  # noqa: F4
 from recon.errors import ConfigError, ProtocolError, ReconError
 from recon.geometry.transforms import rotmat_to_quat_xyzw
 from recon.nodes.latency import LatencyWindow
+from recon.nodes.ros.map_frames import tf_chain
 from recon.sinks.points import PointSelection, resample_nearest, result_points_hw3, select_points
 from recon.types import CameraInfo, Frame, FrameResult
 from recon.utils.log import WarnOnce
@@ -192,6 +192,8 @@ class RosNodeConfig:
         camera_info_topic: sensor_msgs/CameraInfo topic; empty: no intrinsics (the backend assumes them).
         compressed: subscribe to CompressedImage instead of Image.
         map_frame: frame id of poses, path, cloud, and tf parent (the backend's world frame).
+        odom_frame: with a loop-closing backend (`recon.map`, `T_map_odom`), tf is map -> odom (the newest
+            correction, REP 105) and odom -> camera; ~pose and ~path stay in the map frame (corrected).
         camera_frame: tf child frame; empty: the image header's frame_id (or "camera" if that is empty).
         stream_id: stream name handed to the backend.
         queue_size: frames waiting for the backend; the newest wins, older ones are dropped and counted.
@@ -216,6 +218,7 @@ class RosNodeConfig:
     camera_info_topic: str = "camera_info"
     compressed: bool = False
     map_frame: str = "map"
+    odom_frame: str = "odom"
     camera_frame: str = ""
     stream_id: str = "ros"
     queue_size: int = 2
@@ -258,7 +261,8 @@ class RosNodeConfig:
         `~backend_options` (a dict) is merged over the CLI's options, so a launch file can set one key.
         """
         changes: dict[str, Any] = {}
-        for name in ("backend", "image_topic", "camera_info_topic", "compressed", "map_frame", "camera_frame",
+        for name in ("backend", "image_topic", "camera_info_topic", "compressed", "map_frame", "odom_frame",
+                     "camera_frame",
                      "stream_id", "queue_size", "cloud_stride", "min_confidence", "max_points", "max_path",
                      "wait_camera_info", "plugins", "depth_topic", "depth_scale", "depth_slop", "depth_wait",
                      "undistort"):
@@ -313,6 +317,7 @@ class Output:
     t_ns: int
     camera_frame: str
     cloud: Cloud | None
+    T_map_odom: np.ndarray | None = None  # the map layer's correction when the backend closes loops
 
 
 class LatestQueue:
@@ -556,7 +561,9 @@ class RosNodeCore:
             self.path.add(r)
             cloud = cloud_from_result(r, self._images.get(r.seq), self.config.cloud_stride,
                                       self.config.min_confidence, self.config.max_points)
-            outs.append(Output(r, r.t_ns, self.camera_frame_for(r.seq), cloud))
+            T_map_odom = getattr(self.backend, "T_map_odom", None)  # recon.map.MappedBackend
+            outs.append(Output(r, r.t_ns, self.camera_frame_for(r.seq), cloud,
+                               None if T_map_odom is None else np.array(T_map_odom, np.float64)))
         return outs
 
     def serve(self, publish: Callable[[Output], None], stop: threading.Event, ros_ok: Callable[[], bool],
@@ -578,33 +585,6 @@ class RosNodeCore:
                 time.sleep(drain_s)
         logger.info("recon ROS node stopping: %d frames in, %d results out, %d images dropped, faults %s",
                     self.frames_in, self.results_out, self.queue.dropped, self.faults.counts)
-
-
-class StopOnSignals:
-    """Context manager: SIGINT/SIGTERM set `event` (and close `queue`) instead of killing the process.
-
-    Both ROS client libraries would otherwise shut down at the signal, closing the publishers before the
-    backend's pending results could be flushed. Previous handlers are restored on exit.
-    """
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.queue: LatestQueue | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, _frame: object) -> None:
-        logger.info("received %s, stopping", signal.Signals(signum).name)
-        self.event.set()
-        if self.queue is not None:
-            self.queue.close()
-
-    def __enter__(self) -> StopOnSignals:
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 DIAGNOSTICS_PERIOD_S = 1.0  # /diagnostics at 1 Hz, the rate diagnostic_aggregator expects
@@ -646,10 +626,17 @@ class ResultPublisher:
         fill_pose(pose.pose, out.result.T_world_cam)
         self.pose_pub.publish(pose)
 
-        tf = m["TransformStamped"]()
-        tf.header.stamp, tf.header.frame_id, tf.child_frame_id = stamp, cfg.map_frame, out.camera_frame
-        fill_transform(tf.transform, out.result.T_world_cam)
-        self.tf_pub.publish(m["TFMessage"](transforms=[tf]))
+        links = [(cfg.map_frame, out.camera_frame, out.result.T_world_cam)]
+        if out.T_map_odom is not None:  # REP 105: map -> odom jumps when a loop closes, odom -> camera does not
+            T_map_odom, T_odom_cam = tf_chain(out.result.T_world_cam, out.T_map_odom)
+            links = [(cfg.map_frame, cfg.odom_frame, T_map_odom), (cfg.odom_frame, out.camera_frame, T_odom_cam)]
+        tfs = []
+        for parent, child, T in links:
+            tf = m["TransformStamped"]()
+            tf.header.stamp, tf.header.frame_id, tf.child_frame_id = stamp, parent, child
+            fill_transform(tf.transform, T)
+            tfs.append(tf)
+        self.tf_pub.publish(m["TFMessage"](transforms=tfs))
 
         path = m["Path"]()
         path.header.stamp, path.header.frame_id = stamp, cfg.map_frame

@@ -2,8 +2,9 @@
 
 Subscribes to an Image (or CompressedImage) topic and its camera_info, runs a recon backend on the main
 thread (callbacks only queue images), and publishes `~pose` (PoseStamped), `~path` (Path), `~points`
-(PointCloud2, xyz + packed rgb) and tf map -> camera on `/tf`, each stamped with the stamp of the image
-the result belongs to. All the numbers come from `recon.nodes.ros.core`; this module only moves messages.
+(PointCloud2, xyz + packed rgb) and tf map -> camera (map -> odom -> camera with loop closure) on `/tf`,
+each stamped with the stamp of the image the result belongs to. All the numbers come from
+`recon.nodes.ros.core`; this module only moves messages.
 
 Example:
     recon node ros --backend geometric --image-topic /camera/image_raw _map_frame:=odom
@@ -16,11 +17,11 @@ import threading
 from typing import Any
 
 from recon.backends import create_backend
+from recon.nodes.cli_util import ShutdownSignals
 from recon.nodes.ros.core import (
     ResultPublisher,
     RosNodeConfig,
     RosNodeCore,
-    StopOnSignals,
     load_plugins,
     ns_to_sec_nsec,
 )
@@ -105,9 +106,9 @@ def run_ros1(config: RosNodeConfig, argv: list[str], node_name: str = "recon") -
     """Start rospy, read `~` parameters over `config`, build the backend and serve; returns an exit code."""
     rospy = import_rospy()
     # Our own SIGINT/SIGTERM handling (rospy's is disabled) so the backend is flushed before publishers close.
-    with StopOnSignals() as signals:
+    with ShutdownSignals() as signals:
         try:
-            if not _wait_for_master(argv, signals.event):
+            if not _wait_for_master(argv, signals.fired):
                 return 130
             console = list(logging.getLogger().handlers)
             rospy.init_node(node_name, argv=argv, anonymous=False, log_level=rospy.INFO, disable_signals=True)
@@ -116,9 +117,9 @@ def run_ros1(config: RosNodeConfig, argv: list[str], node_name: str = "recon") -
             load_plugins(config.plugins)
             backend = create_backend(config.backend, **config.backend_options)
             node = RosNode(RosNodeCore(config, backend))
-            signals.queue = node.core.queue
+            signals.callback = node.core.queue.close
             rospy.on_shutdown(node.core.queue.close)
-            node.core.serve(node.publish, signals.event, lambda: not rospy.is_shutdown(), FLUSH_DRAIN_S)
+            node.core.serve(node.publish, signals.fired, lambda: not rospy.is_shutdown(), FLUSH_DRAIN_S)
         finally:
             if rospy.core.is_initialized() and not rospy.is_shutdown():
                 rospy.signal_shutdown("recon node exiting")

@@ -21,11 +21,11 @@ from typing import Any
 from recon.backends import create_backend
 from recon.backends.options import parse_backend_options
 from recon.errors import MissingDependencyError
+from recon.nodes.cli_util import ShutdownSignals
 from recon.nodes.ros.core import (
     ResultPublisher,
     RosNodeConfig,
     RosNodeCore,
-    StopOnSignals,
     load_plugins,
     ns_to_sec_nsec,
 )
@@ -116,18 +116,18 @@ def run_ros2(config: RosNodeConfig, argv: list[str], node_name: str = "recon") -
     node = rclpy.create_node(node_name)
     executor = None
     # Installed after rclpy.init, so these replace rclpy's handlers: the backend is flushed before shutdown.
-    with StopOnSignals() as signals:
+    with ShutdownSignals() as signals:
         try:
             config = config_with_ros2_params(node, config)
             load_plugins(config.plugins)
             backend = create_backend(config.backend, **config.backend_options)
             ros_node = Ros2Node(node, RosNodeCore(config, backend))
-            signals.queue = ros_node.core.queue
+            signals.callback = ros_node.core.queue.close
             executor = SingleThreadedExecutor()
             executor.add_node(node)
             # Callbacks only queue images; the backend runs on this thread so a slow model never blocks them.
             threading.Thread(target=executor.spin, name="recon-ros2-executor", daemon=True).start()
-            ros_node.core.serve(ros_node.publish, signals.event, rclpy.ok, FLUSH_DRAIN_S)
+            ros_node.core.serve(ros_node.publish, signals.fired, rclpy.ok, FLUSH_DRAIN_S)
         finally:
             if executor is not None:
                 executor.shutdown()

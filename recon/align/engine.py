@@ -19,6 +19,7 @@ import torch
 
 from recon.align.depth_layers import LayerConfig, WindowLayers, align_layers, build_window_layers
 from recon.align.window_registration import WindowSim3, apply_sim3_to_poses, confidence_mask, register_adjacent_windows
+from recon.geometry.camera import backproject_depth
 from recon.types import WindowPrediction
 from recon.utils.log import WarnOnce
 
@@ -93,15 +94,6 @@ def sane_intrinsics(K: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return out
 
 
-def unproject_depth(depth: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """Camera-frame points [...,H,W,3] from depth [...,H,W]: integer pixel indices, no +0.5."""
-    h, w = depth.shape[-2:]
-    rows, cols = torch.meshgrid(torch.arange(h, dtype=depth.dtype), torch.arange(w, dtype=depth.dtype), indexing="ij")
-    x = (cols - K[0, 2]) * depth / K[0, 0]
-    y = (rows - K[1, 2]) * depth / K[1, 1]
-    return torch.stack([x, y, depth], dim=-1)
-
-
 class LaserEngine:
     """Registers windows one after another; holds only the previous window.
 
@@ -156,7 +148,7 @@ class LaserEngine:
         if self.K_ref is None:
             h, w = pred.local_points.shape[1:3]
             self.K_ref = sane_intrinsics(estimate_intrinsics(pred.local_points[0]), w, h)
-        local = unproject_depth(pred.local_points[..., 2], self.K_ref)
+        local = backproject_depth(pred.local_points[..., 2], self.K_ref)
         poses = pred.camera_poses
         sim3 = None
         if self._prev is not None:

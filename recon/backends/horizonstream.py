@@ -49,7 +49,7 @@ from recon.backends.runtime import (
     to_uint8_image,
 )
 from recon.errors import BackendError
-from recon.geometry.pose_encoding import guard_fov
+from recon.geometry.pose_encoding import guard_fov, intrinsics_from_fov
 from recon.types import BackendStats, Frame, FrameResult
 
 logger = logging.getLogger(__name__)
@@ -72,13 +72,8 @@ def session_frame_to_pose(T_cam_world_34: torch.Tensor, fov_hw: torch.Tensor, im
     T_world_cam = np.eye(4)
     T_world_cam[:3, :3] = R.T.numpy()
     T_world_cam[:3, 3] = -(R.T @ T[:, 3]).numpy()
-    fov = fov_hw.detach().to(torch.float64).cpu()
-    fov = guard_fov(fov)
-    H, W = image_hw
-    K = np.array([[(W / 2.0) / np.tan(float(fov[1]) / 2.0), 0.0, W / 2.0],
-                  [0.0, (H / 2.0) / np.tan(float(fov[0]) / 2.0), H / 2.0],
-                  [0.0, 0.0, 1.0]])
-    return T_world_cam, K
+    K = intrinsics_from_fov(guard_fov(fov_hw.detach().to(torch.float64).cpu()), image_hw)
+    return T_world_cam, K.numpy()
 
 
 class HorizonStreamBackend:

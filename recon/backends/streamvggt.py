@@ -31,7 +31,7 @@ import torch
 
 from recon.backends import snapshot
 from recon.backends.base import BackendState, spawn_sharing_model
-from recon.backends.configs import POINT_SOURCES, StreamVGGTBackendConfig
+from recon.backends.configs import StreamVGGTBackendConfig
 from recon.backends.runtime import (
     FrameMeta,
     autocast_context,
@@ -43,7 +43,7 @@ from recon.backends.runtime import (
     prepare_frame,
     to_uint8_image,
 )
-from recon.errors import BackendError, ConfigError
+from recon.errors import BackendError
 from recon.types import BackendStats, Frame, FrameResult
 
 logger = logging.getLogger(__name__)
@@ -63,8 +63,7 @@ class StreamVGGTBackend:
                  camera_cache: str = "reference", capacity: int = 0, policy: Any = None,
                  points: str = "depth", camera_policy: Any = None, static: bool = False,
                  compile: bool | dict = False) -> None:
-        if points not in POINT_SOURCES:
-            raise ConfigError(f"{self.name} backend: points must be one of {POINT_SOURCES}, got {points!r}")
+        """Options arrive validated by their config dataclass (`create` is the way in)."""
         self.model = model
         self.device = device
         self.autocast_dtype = autocast_dtype

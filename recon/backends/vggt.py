@@ -39,7 +39,7 @@ import torch
 
 from recon.backends import snapshot
 from recon.backends.base import BackendState
-from recon.backends.configs import POINT_SOURCES, VGGTBackendConfig
+from recon.backends.configs import VGGTBackendConfig
 from recon.backends.runtime import (
     FrameMeta,
     autocast_context,
@@ -51,7 +51,7 @@ from recon.backends.runtime import (
     prepare_frame,
     to_uint8_image,
 )
-from recon.errors import BackendError, ConfigError
+from recon.errors import BackendError
 from recon.types import BackendStats, Frame, FrameResult
 
 logger = logging.getLogger(__name__)
@@ -86,12 +86,7 @@ class VGGTBackend:
 
     def __init__(self, model: Any, *, device: torch.device, autocast_dtype: torch.dtype, image_width: int,
                  clip_length: int = 16, overlap: int = 1, points: str = "depth") -> None:
-        if clip_length < 2:
-            raise ConfigError(f"vggt backend: clip_length must be >= 2, got {clip_length}")
-        if not 0 <= overlap < clip_length:
-            raise ConfigError(f"vggt backend: overlap must be in [0, clip_length), got {overlap}")
-        if points not in POINT_SOURCES:
-            raise ConfigError(f"vggt backend: points must be one of {POINT_SOURCES}, got {points!r}")
+        """Options arrive validated by `VGGTBackendConfig` (`create` is the way in)."""
         self.model = model
         self.device = device
         self.autocast_dtype = autocast_dtype

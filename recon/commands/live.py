@@ -51,7 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import dataclasses
-    import signal
     import threading
     from pathlib import Path
 
@@ -60,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from recon.calib import has_distortion
     from recon.commands.backend_args import backend_options, choose_backend
     from recon.errors import ConfigError
+    from recon.nodes.cli_util import ShutdownSignals
     from recon.nodes.pipeline import run_pipeline
     from recon.nodes.sources import as_live, load_camera_info, open_source
     from recon.sinks import PointCloudWriter, SegmentedSink, TrajectoryWriter, segment_path
@@ -97,23 +97,9 @@ def run(args: argparse.Namespace) -> int:
             sinks.append(rerun)
 
     stop, abort = threading.Event(), threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        if stop.is_set():
-            logger.warning("received %s again: forcing the stop (results still held are given up)",
-                           signal.Signals(signum).name)
-            abort.set()
-            return
-        logger.info("received %s: finishing (send it again to force the stop)", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with ShutdownSignals(stop.set, abort.set):  # a second signal gives up the results still held
         stats = run_pipeline(source, backend, sinks, mode="inproc", backend_options=options,
                              stream_id=args.stream_id, stop=stop, abort=abort)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     cam = stats.camera
     lost = stats.results_lost + sum(stats.viewer.sink_errors.values())
     streams = {}

@@ -54,6 +54,24 @@ def _image_hw(image_size_hw: tuple[int, int] | torch.Tensor | np.ndarray) -> tup
     return h, w
 
 
+def intrinsics_from_fov(fov_hw: torch.Tensor, image_hw: tuple[int, int] | torch.Tensor | np.ndarray,
+                        dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Pinhole K [...,3,3] from fields of view (fov_h, fov_w) [...,2] in radians: the one FoV-to-K rule.
+
+    fx = (W/2)/tan(fov_w/2), fy = (H/2)/tan(fov_h/2), principal point (W/2, H/2). The focal lengths are computed
+    in the FoV's dtype and stored as `dtype` (default: the FoV's), which is how the reference's float32 K of
+    `pose_encoding_to_extri_intri` and recon's float64 K stay what they were.
+    """
+    H, W = _image_hw(image_hw)
+    K = torch.zeros(fov_hw.shape[:-1] + (3, 3), dtype=dtype or fov_hw.dtype, device=fov_hw.device)
+    K[..., 0, 0] = (W / 2.0) / torch.tan(fov_hw[..., 1] / 2.0)
+    K[..., 1, 1] = (H / 2.0) / torch.tan(fov_hw[..., 0] / 2.0)
+    K[..., 0, 2] = W / 2.0
+    K[..., 1, 2] = H / 2.0
+    K[..., 2, 2] = 1.0
+    return K
+
+
 def quat_xyzw_to_mat(quat_xyzw: torch.Tensor) -> torch.Tensor:
     """Rotation matrices [...,3,3] from xyzw quaternions [...,4] that need not be unit length.
 
@@ -119,14 +137,7 @@ def pose_encoding_to_extri_intri(
     extrinsics = torch.cat([R, t[..., None]], dim=-1)
     if not build_intrinsics:
         return extrinsics, None
-    H, W = _image_hw(image_size_hw)
-    K = torch.zeros(pose_enc.shape[:2] + (3, 3), dtype=torch.float32, device=pose_enc.device)
-    K[..., 0, 0] = (W / 2.0) / torch.tan(pose_enc[..., 8] / 2.0)
-    K[..., 1, 1] = (H / 2.0) / torch.tan(pose_enc[..., 7] / 2.0)
-    K[..., 0, 2] = W / 2
-    K[..., 1, 2] = H / 2
-    K[..., 2, 2] = 1.0
-    return extrinsics, K
+    return extrinsics, intrinsics_from_fov(pose_enc[..., 7:9], image_size_hw, torch.float32)
 
 
 def extri_intri_to_pose_encoding(
@@ -219,14 +230,7 @@ def pose_encoding_to_T_world_cam(
     T[..., :3, :3] = R_world_cam
     T[..., :3, 3] = -(R_world_cam @ t_cam_world[..., None])[..., 0]
     T[..., 3, 3] = 1.0
-    H, W = _image_hw(image_hw)
-    K = torch.zeros(lead + (3, 3), dtype=torch.float64, device=enc.device)
-    K[..., 0, 0] = (W / 2.0) / torch.tan(enc[..., 8] / 2.0)
-    K[..., 1, 1] = (H / 2.0) / torch.tan(enc[..., 7] / 2.0)
-    K[..., 0, 2] = W / 2.0
-    K[..., 1, 2] = H / 2.0
-    K[..., 2, 2] = 1.0
-    return T, K
+    return T, intrinsics_from_fov(enc[..., 7:9], image_hw)
 
 
 def T_world_cam_to_pose_encoding(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Generator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -37,7 +38,7 @@ from recon.types import BackendStats, Frame, FrameResult
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: a vocabulary training in progress travels with the state
 _PREFIX = "map_layer."  # array names of the map in a BackendState, beside the inner backend's
 
 
@@ -49,8 +50,11 @@ class MapOptions:
         features: ORB features per keyframe.
         keyframe: when a result becomes a keyframe.
         words: vocabulary size; vocabulary_after: keyframes before the vocabulary is first trained; it is
-            re-trained each time the keyframes double, up to `vocabulary_until` keyframes (a re-training stalls the
-            stream for its duration, seconds on a loaded laptop at 64 keyframes; the words are generic by then).
+            re-trained each time the keyframes double, up to `vocabulary_until` keyframes (the words are generic
+            by then). vocabulary_budget: descriptor-word Hamming comparisons spent on a (re-)training per result
+            (each result does at most twice that): training and re-assigning the keyframes' words is spread over
+            the following results, the old words serving until the new ones are ready, so no step stalls
+            (1 << 20 comparisons are about 0.5 GFLOP, milliseconds; a re-training at 64 keyframes takes ~80).
         min_loop_gap: keyframes between a query and its loop candidates (recent ones overlap trivially).
         candidates: best-scoring candidates verified per query.
         min_score: a candidate's score relative to the query's score with its previous keyframe (DBoW2's
@@ -70,6 +74,7 @@ class MapOptions:
     words: int = 256
     vocabulary_after: int = 8
     vocabulary_until: int = 64
+    vocabulary_budget: int = 1 << 20
     min_loop_gap: int = 8
     candidates: int = 3
     min_score: float = 0.5
@@ -177,6 +182,9 @@ class MappedBackend:
         self._vocab = BinaryVocabulary(self.options.words)
         self._index = PlaceIndex()
         self._trained_at = 0
+        self._training: Generator[int, None, None] | None = None
+        self._training_from = 0  # keyframes the training in progress learns from
+        self._training_chunks = 0  # chunks of it done (a restored state replays them)
         self._metric: bool | None = None
         self._sim3 = self.options.sim3 == "on"
         self._pending_loops = 0
@@ -193,6 +201,7 @@ class MappedBackend:
     def _process(self, results: list[FrameResult]) -> list[FrameResult]:
         out: list[FrameResult] = []
         for r in results:
+            self._advance_training()
             if not r.tracked:
                 out.append(r)
                 continue
@@ -270,26 +279,41 @@ class MappedBackend:
 
     def _index_keyframe(self, kf: Keyframe) -> None:
         n = len(self.keyframes)
-        if not self._vocab.trained:
-            if n < self.options.vocabulary_after:
-                return
-            self._retrain()
-        elif n >= 2 * self._trained_at and n <= self.options.vocabulary_until:
-            self._retrain()
-        else:
+        if self._vocab.trained:
             kf.words = self._vocab.words(kf.descriptors)
             self._index.add(kf.words)
+        if self._training is None and (n >= self.options.vocabulary_after if not self._vocab.trained else
+                                       2 * self._trained_at <= n <= self.options.vocabulary_until):
+            self._training, self._training_from, self._training_chunks = self._train_steps(n), n, 0
 
-    def _retrain(self) -> None:
-        t0 = time.perf_counter()
-        self._vocab.train(np.concatenate([k.descriptors for k in self.keyframes]))
-        self._index.reset(self._vocab.size)
-        for k in self.keyframes:
-            k.words = self._vocab.words(k.descriptors)
-            self._index.add(k.words)
-        self._trained_at = len(self.keyframes)
-        logger.info("map: vocabulary of %d words trained on %d keyframes (%.0f ms)", self._vocab.size,
-                    self._trained_at, 1000 * (time.perf_counter() - t0))
+    def _advance_training(self, budget: int | None = None) -> None:
+        """Do about `budget` comparisons of the vocabulary training in progress (at most twice that)."""
+        budget = self.options.vocabulary_budget if budget is None else budget
+        spent = 0
+        while self._training is not None and spent < budget:
+            try:
+                spent += next(self._training)
+                self._training_chunks += 1
+            except StopIteration:
+                self._training = None
+
+    def _train_steps(self, n: int) -> Generator[int, None, None]:
+        """Train on the first `n` keyframes, give every keyframe (those added meanwhile too) its new words, then
+        swap vocabulary and index in at once; yields the work of each chunk (see `BinaryVocabulary.train_steps`)."""
+        budget = self.options.vocabulary_budget
+        centres = yield from self._vocab.train_steps(np.concatenate([k.descriptors for k in self.keyframes[:n]]),
+                                                     budget)
+        words: list[np.ndarray] = []
+        while len(words) < len(self.keyframes):
+            words.append((yield from self._vocab.words_steps(self.keyframes[len(words)].descriptors, centres,
+                                                             budget)))
+        self._vocab.centres = centres
+        self._index.reset(len(centres))
+        for k, w in zip(self.keyframes, words, strict=True):
+            k.words = w
+            self._index.add(w)
+        self._trained_at = n
+        logger.info("map: vocabulary of %d words trained on %d keyframes", len(centres), n)
 
     def _after_keyframe(self, k: int) -> list[FrameResult]:
         loop = self._detect_loop(k)
@@ -373,6 +397,7 @@ class MappedBackend:
             "nodes": [S.matrix() for S in self._nodes],
             "frames": {str(seq): asdict(r) for seq, r in self._frames.items()},
             "vocab": self._vocab.centres, "trained_at": self._trained_at, "metric": self._metric,
+            "training": None if self._training is None else [self._training_from, self._training_chunks],
             "sim3": self._sim3, "pending": self._pending_loops, "last_opt": self._last_opt_kf, "unit": self._unit,
             "optimisations": self.optimisations, "K_full": self._K_full, "stream": self._stream_id,
         }
@@ -407,6 +432,12 @@ class MappedBackend:
             for k in self.keyframes:
                 self._index.add(np.asarray(k.words, np.int32))
         self._trained_at = int(values["trained_at"])
+        if values["training"] is not None:  # replay the chunks done: the training continues where it was
+            self._training_from, chunks = (int(v) for v in values["training"])
+            self._training = self._train_steps(self._training_from)
+            for _ in range(chunks):
+                next(self._training)
+            self._training_chunks = chunks
         self._metric, self._sim3 = values["metric"], bool(values["sim3"])
         self._pending_loops, self._last_opt_kf = int(values["pending"]), int(values["last_opt"])
         self._unit, self.optimisations = float(values["unit"]), int(values["optimisations"])

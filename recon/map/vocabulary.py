@@ -6,7 +6,9 @@ file trained offline on other imagery. Here the vocabulary is trained from the s
 clustering of the keyframes' descriptors, Grana et al. 2013: k-means where the centre of a cluster is the
 bitwise majority, seeded with k-means++), so nothing is downloaded and the words fit the scene being mapped.
 It is re-trained as the map grows (each time the number of keyframes doubles, up to
-`MapOptions.vocabulary_until`), which re-assigns the words of every stored keyframe.
+`MapOptions.vocabulary_until`), which re-assigns the words of every stored keyframe. Training is a generator
+that does its Hamming distances in chunks and yields the work of each chunk (descriptor-word comparisons), so
+the map layer spreads it over the stream's steps instead of stalling one of them (`train` runs it to the end).
 
 Hamming distances are computed as matrix products of unpacked bits (`|a| + |b| - 2 a.b`), so clustering and
 word assignment run in numpy without a per-descriptor loop.
@@ -15,6 +17,7 @@ word assignment run in numpy without a per-descriptor loop.
 from __future__ import annotations
 
 import logging
+from collections.abc import Generator
 
 import numpy as np
 from scipy import sparse
@@ -30,6 +33,21 @@ def _bits(desc_n32: np.ndarray) -> np.ndarray:
 def hamming_to(bits_a: np.ndarray, bits_b: np.ndarray) -> np.ndarray:
     """Pairwise Hamming distances [na, nb] between two sets of unpacked bit vectors."""
     return bits_a.sum(1)[:, None] + bits_b.sum(1)[None, :] - 2.0 * (bits_a @ bits_b.T)
+
+
+def nearest_steps(bits: np.ndarray, centres: np.ndarray,
+                  budget: int) -> Generator[int, None, tuple[np.ndarray, np.ndarray]]:
+    """Nearest centre (int32 [n]) and its distance (float32 [n]) of each bit vector, in chunks of at most
+    `budget` comparisons (at least one row); yields each chunk's comparisons after doing it."""
+    rows = max(1, int(budget) // max(1, len(centres)))
+    index = np.empty(len(bits), np.int32)
+    dist = np.empty(len(bits), np.float32)
+    for i in range(0, len(bits), rows):
+        d = hamming_to(bits[i:i + rows], centres)
+        index[i:i + rows] = np.argmin(d, axis=1)
+        dist[i:i + rows] = d[np.arange(len(d)), index[i:i + rows]]
+        yield len(d) * len(centres)
+    return index, dist
 
 
 class BinaryVocabulary:
@@ -58,7 +76,21 @@ class BinaryVocabulary:
         return 0 if self.centres is None else len(self.centres)
 
     def train(self, descriptors: np.ndarray) -> None:
-        """k-majority clustering of uint8 [n,32] descriptors (k-means++-like seeding on Hamming distance)."""
+        """k-majority clustering of uint8 [n,32] descriptors, all at once (see `train_steps`)."""
+        steps = self.train_steps(descriptors, budget=1 << 62)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                self.centres = done.value
+                return
+
+    def train_steps(self, descriptors: np.ndarray, budget: int) -> Generator[int, None, np.ndarray]:
+        """k-majority clustering of uint8 [n,32] descriptors (k-means++-like seeding on Hamming distance).
+
+        Yields the work of each chunk (descriptor-word comparisons, at most `budget`, or one descriptor's when
+        there are more words than that) and returns the centres (float32 [k,256] bits) without setting them,
+        so the caller decides when the new words replace the old ones. Deterministic for a given input."""
         n = len(descriptors)
         if n == 0:
             raise ValueError("cannot train a vocabulary without descriptors")
@@ -68,9 +100,9 @@ class BinaryVocabulary:
             n = self.max_train
         bits = _bits(descriptors)
         k = min(self.k, n)
-        centres = self._seed(bits, k, rng)
+        centres = yield from self._seed(bits, k, rng, budget)
         for _ in range(self.iterations):
-            assign = self._nearest(bits, centres)
+            assign, _ = yield from nearest_steps(bits, centres, budget)
             counts = np.bincount(assign, minlength=k).astype(np.float32)
             members = sparse.csr_matrix((np.ones(n, np.float32), (assign, np.arange(n))), shape=(k, n))
             sums = np.asarray(members @ bits)
@@ -80,16 +112,17 @@ class BinaryVocabulary:
             empty = np.flatnonzero(~filled)
             if len(empty):
                 centres[empty] = bits[rng.choice(n, size=len(empty), replace=False)]
-        self.centres = centres
+        return centres
 
     @staticmethod
-    def _seed(bits: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    def _seed(bits: np.ndarray, k: int, rng: np.random.Generator,
+              budget: int) -> Generator[int, None, np.ndarray]:
         """k-means++ seeding on Hamming distance (Arthur & Vassilvitskii 2007): spread-out starting words, so
         distinct clusters do not share one word while another is split. k/16 seeds are drawn per round (one
         matrix product per round instead of one per seed; with many words a rare double pick costs little)."""
         batch = max(1, k // 16)
         chosen = [int(rng.integers(len(bits)))]
-        dist = hamming_to(bits, bits[chosen])[:, 0]
+        _, dist = yield from nearest_steps(bits, bits[chosen], budget)
         while len(chosen) < k:
             w = dist.astype(np.float64) ** 2
             total = w.sum()
@@ -99,23 +132,30 @@ class BinaryVocabulary:
             else:
                 new = rng.choice(len(bits), size=min(m, int(np.count_nonzero(w))), replace=False, p=w / total)
             chosen.extend(int(i) for i in new)
-            dist = np.minimum(dist, hamming_to(bits, bits[new]).min(axis=1))
+            _, d = yield from nearest_steps(bits, bits[new], budget)
+            dist = np.minimum(dist, d)
         return bits[chosen[:k]].copy()
 
     @staticmethod
-    def _nearest(bits: np.ndarray, centres: np.ndarray, chunk: int = 8192) -> np.ndarray:
-        out = np.empty(len(bits), np.int32)
-        for i in range(0, len(bits), chunk):
-            out[i:i + chunk] = np.argmin(hamming_to(bits[i:i + chunk], centres), axis=1)
-        return out
+    def _nearest(bits: np.ndarray, centres: np.ndarray) -> np.ndarray:
+        steps = nearest_steps(bits, centres, budget=8192 * max(1, len(centres)))
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value[0]
 
     def words(self, descriptors: np.ndarray) -> np.ndarray:
         """Word index (int32 [n]) of each uint8 [n,32] descriptor."""
         if self.centres is None:
             raise ValueError("vocabulary is not trained")
-        if len(descriptors) == 0:
-            return np.zeros(0, np.int32)
         return self._nearest(_bits(descriptors), self.centres)
+
+    def words_steps(self, descriptors: np.ndarray, centres: np.ndarray,
+                    budget: int) -> Generator[int, None, np.ndarray]:
+        """`words` under other centres (a vocabulary being trained), in chunks (see `nearest_steps`)."""
+        index, _ = yield from nearest_steps(_bits(descriptors), centres, budget)
+        return index
 
 
 class PlaceIndex:

@@ -362,6 +362,7 @@ class VGGTWindowModel:
         self.patch_size = model.config.patch_size
 
     def predict_window(self, images: torch.Tensor) -> Any:
+        from recon.geometry.camera import backproject_depth
         from recon.geometry.pose_encoding import guard_fov, pose_encoding_to_T_world_cam
         from recon.types import WindowPrediction
 
@@ -375,11 +376,7 @@ class VGGTWindowModel:
         enc[:, 7:9] = guard_fov(enc[:, 7:9])
         T_world_cam, K = pose_encoding_to_T_world_cam(enc, (H, W))
         depth = out["depth"][0, ..., 0].double()
-        rows = torch.arange(H, dtype=torch.float64, device=depth.device).view(1, H, 1)
-        cols = torch.arange(W, dtype=torch.float64, device=depth.device).view(1, 1, W)
-        fx, fy = K[:, 0, 0].view(-1, 1, 1), K[:, 1, 1].view(-1, 1, 1)
-        cx, cy = K[:, 0, 2].view(-1, 1, 1), K[:, 1, 2].view(-1, 1, 1)
-        local = torch.stack([(cols - cx) * depth / fx, (rows - cy) * depth / fy, depth], dim=-1)
+        local = backproject_depth(depth, K)  # float64, one K per frame
         return WindowPrediction([], local.float().cpu(), T_world_cam.float().cpu(),
                                 out["depth_conf"][0].float().cpu())
 

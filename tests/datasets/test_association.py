@@ -1,4 +1,5 @@
-"""Timestamp association (one-to-one, closest first, within a maximum difference) and pose lookup at frame times."""
+"""Timestamp association (one-to-one, closest first, within a maximum difference: `recon.utils.timestamps`, the
+TUM reader's RGB-depth pairing) and pose lookup at frame times."""
 
 from __future__ import annotations
 
@@ -6,12 +7,19 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recon.datasets.association import associate, poses_at
+from recon.datasets.association import poses_at
 from recon.datasets.files import natural_key, timestamp_from_name
 from recon.geometry import make_se3, rotation_angle, so3_exp
 from recon.io.trajectory import seconds_to_ns
+from recon.utils.timestamps import associate_timestamps
 
 MS = 1_000_000
+
+
+def associate(t_a: np.ndarray, t_b: np.ndarray, max_diff_ns: int) -> list[tuple[int, int]]:
+    """The pairs (index into a, index into b) in a's order, as the TUM reader takes them."""
+    assoc = associate_timestamps(t_a, t_b, max_diff_ns)
+    return sorted(zip(assoc.idx_pred.tolist(), assoc.idx_gt.tolist(), strict=True))
 
 
 def test_associate_pairs_nearest_within_max_diff() -> None:

@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from recon.geometry import Sim3, make_se3, quat_xyzw_to_rotmat, so3_exp
-from recon.nodes.ros.map_frames import CorrectedPath, map_to_odom, odom_pose
-from recon.types import FrameResult
+from recon.nodes.ros.map_frames import map_to_odom, odom_pose, tf_chain
 
 K = np.eye(3)
 
@@ -23,14 +22,10 @@ def test_map_to_odom_and_odom_poses_invert_the_correction() -> None:
     np.testing.assert_allclose(odom_pose(T_map_cam, C.matrix()), T_odom_cam, atol=1e-9)
 
 
-def test_the_corrected_path_takes_revisions() -> None:
-    path = CorrectedPath()
-    for seq in range(3):
-        path.on_result(FrameResult("cam", seq, seq * 10, make_se3(np.eye(3), np.array([seq, 0.0, 0.0])), K))
-    assert not path.changed
-    path.on_result(FrameResult("cam", 1, 10, make_se3(np.eye(3), np.array([1.0, 5.0, 0.0])), K, is_update=True))
-    assert path.changed
-    poses = path.poses()
-    assert [t for t, _ in poses] == [0, 10, 20] and poses[1][1][1, 3] == 5.0 and not path.changed
-    path.on_result(FrameResult("cam", 3, 30, np.eye(4), K, tracked=False))
-    assert len(path.poses()) == 3
+def test_the_tf_chain_multiplies_back_to_the_corrected_pose_even_with_a_scale() -> None:
+    C = Sim3(0.6, so3_exp(np.array([0.2, 0.1, -0.3])), np.array([-1.0, 0.5, 2.0]))
+    T_map_cam = C.apply_poses(make_se3(so3_exp(np.array([0.3, 0.0, 0.1])), np.array([1.0, -2.0, 0.5])))
+    T_map_odom, T_odom_cam = tf_chain(T_map_cam, C.matrix())
+    np.testing.assert_allclose(T_map_odom[:3, :3], C.R, atol=1e-12)  # rigid: TF has no scale
+    np.testing.assert_allclose(T_map_odom @ T_odom_cam, T_map_cam, atol=1e-9)
+    np.testing.assert_allclose(T_odom_cam[:3, :3] @ T_odom_cam[:3, :3].T, np.eye(3), atol=1e-9)

@@ -74,3 +74,24 @@ def test_unprojection_agrees_with_the_T_world_cam_helper() -> None:
     for i in range(2):
         other = depth_to_world_points_T(depth[i, ..., 0], K64[0, i].numpy(), T[0, i].numpy())
         np.testing.assert_allclose(pts[i], other, atol=1e-5)
+
+
+def test_backproject_depth_torch_matches_numpy_per_frame_K_and_keeps_dtype() -> None:
+    """The one unprojection on tensors (LASER engine, VGGT window model) as on arrays: float64 tensors give the
+    numpy float64 result exactly (same operations, IEEE-rounded alike); a [S,3,3] K applies one K per frame."""
+    from recon.geometry.camera import backproject_depth
+
+    rng = np.random.default_rng(3)
+    depth = rng.uniform(0.2, 5.0, (3, 5, 7))
+    K = np.stack([np.array([[f, 0, 3.1 + i], [0, f * 1.1, 2.2], [0, 0, 1]]) for i, f in enumerate((4.0, 6.5, 9.0))])
+    out = backproject_depth(torch.from_numpy(depth), torch.from_numpy(K))
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float64 and out.shape == (3, 5, 7, 3)
+    for i in range(3):
+        np.testing.assert_array_equal(out[i].numpy(), backproject_depth(depth[i], K[i]))
+        assert not np.array_equal(out[i].numpy(), backproject_depth(depth[i], K[(i + 1) % 3]))
+    shared = backproject_depth(torch.from_numpy(depth).float(), torch.from_numpy(K[0]).float())  # one K, float32
+    assert shared.dtype == torch.float32
+    exact = np.stack([backproject_depth(d, K[0]) for d in depth])
+    # float32 rounds depth and K (2^-24 relative each) and each of ~3 operations; near u = cx the subtraction
+    # cancels, so the bound is absolute: a few ulps of the largest operand, 8 * 2^-24 * max|point| (< 5e-6 here).
+    np.testing.assert_allclose(shared.numpy(), exact, rtol=0, atol=8 * 2.0**-24 * np.abs(exact).max())

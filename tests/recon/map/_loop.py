@@ -15,7 +15,7 @@ import numpy as np
 
 from recon.datasets.synthetic import Renderer, build_scene, default_intrinsics, look_at
 from recon.geometry import Sim3, so3_exp
-from recon.types import Frame, FrameResult
+from recon.types import BackendStats, Frame, FrameResult
 
 
 def loop_poses(n_loop: int = 72, extra: int = 8, radius: float = 1.3) -> np.ndarray:
@@ -105,3 +105,33 @@ class DriftingBackend:
 
     def stats(self):
         return self.inner.stats()
+
+
+class OraclePointMaps:
+    """Ground-truth poses and point maps in arbitrary units (metric=False), shaped like a learned backend's;
+    `metric=True` with units 1 stands for a metric RGB-D tracker."""
+
+    name = "oracle"
+
+    def __init__(self, poses: np.ndarray, units: float = 0.37, metric: bool = False) -> None:
+        self.poses, self.units, self.metric = poses, units, metric
+
+    def reset(self) -> None:
+        pass
+
+    def step(self, frame: Frame) -> list[FrameResult]:
+        from recon.geometry import depth_to_world_points
+
+        T = self.poses[frame.seq].copy()
+        T[:3, 3] *= self.units
+        depth = frame.depth * self.units
+        pts = depth_to_world_points(depth, frame.K, T).astype(np.float32)
+        return [FrameResult(frame.stream_id, frame.seq, frame.t_ns, T, frame.K, depth=depth,
+                            confidence=(depth > 0).astype(np.float32), points_world=pts, metric=self.metric,
+                            image=frame.image)]
+
+    def flush(self) -> list[FrameResult]:
+        return []
+
+    def stats(self) -> BackendStats:
+        return BackendStats()

@@ -111,3 +111,20 @@ def test_the_loop_closure_flag_is_on_for_geometric_by_default_and_wraps_the_back
     assert isinstance(create_backend("geometric", **backend_options(parser.parse_args([]), "geometric")),
                       MappedBackend)
     assert not isinstance(create_backend("geometric"), MappedBackend)
+
+
+def test_training_in_steps_bounds_each_chunk_and_gives_the_same_words() -> None:
+    rng = np.random.default_rng(2)
+    desc = rng.integers(0, 256, (3000, 32), dtype=np.uint8)
+    whole = BinaryVocabulary(k=64, iterations=3, seed=5)
+    whole.train(desc)
+    steps = BinaryVocabulary(k=64, iterations=3, seed=5).train_steps(desc, budget=10_000)
+    chunks = []
+    while True:
+        try:
+            chunks.append(next(steps))
+        except StopIteration as done:
+            centres = done.value
+            break
+    assert max(chunks) <= 10_000 and len(chunks) > 3 * 3000 * 64 // 10_000
+    np.testing.assert_array_equal(centres, whole.centres)
