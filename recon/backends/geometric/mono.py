@@ -14,10 +14,12 @@ Why the initial views are bundle-adjusted together: a two-view reconstruction a 
 translation direction and the depths poorly conditioned, and every later frame inherits that distortion as a
 scale drift; the held frames between the two views see the same tracks, so they are added as cameras.
 
-Output: frames are held until the map is initialised (initialisation needs parallax), then emitted with
-poses from that multi-view initialisation. Frames already emitted are re-emitted with `is_update=True` when
-the bundle adjustment moves their keyframe noticeably (pose relative to the keyframe kept; points moved
-rigidly with it), so trajectory writers keep the refined poses.
+Output: a frame seen while the map initialises (initialisation needs parallax) is emitted at once with
+`tracked=False` (no pose yet; sinks and trajectories skip it), and re-emitted as an `is_update` revision with
+its pose from the multi-view initialisation once that succeeds, so a live stream never waits for parallax
+(with `emit_updates` off they are held and emitted once, posed). Frames already emitted are re-emitted with
+`is_update=True` when the bundle adjustment moves their keyframe noticeably (pose relative to the keyframe
+kept; points moved rigidly with it), so trajectory writers keep the refined poses.
 
 Point maps are built from the map points tracked in the frame: with
 `points="dense"` their depths are interpolated linearly over a Delaunay triangulation of their pixels
@@ -42,7 +44,7 @@ map is initialised and refined by the bundle adjustments of the first keyframes 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import cv2
@@ -147,6 +149,7 @@ class MonoVO:
         self.relocalisations = 0
         self._focal_refinements = 0
         self.updates_emitted = 0
+        self.held_untracked = 0  # frames emitted untracked during initialisation (revised once it succeeds)
         self._warn = WarnOnce(logger)
         self._K_out = strided_K(self.K, self.stride)
         self.losses = 0
@@ -166,7 +169,8 @@ class MonoVO:
         return {"state": self.state, "tracking_losses": self.losses, "reinitialisations": self.reinitialisations,
                 "keyframes": self.keyframe_count, "map_points": len(self.points), "tracks": len(self._ids),
                 "pending": len(self._pending), "guessed_poses": self.emitted_guessed,
-                "pose_updates": self.updates_emitted, "lost": self.lost_in_row > 0,
+                "pose_updates": self.updates_emitted,
+                "held_untracked": self.held_untracked, "lost": self.lost_in_row > 0,
                 "relocalisations": self.relocalisations,
                 "intrinsics": {"fx": float(self.K[0, 0]), "fy": float(self.K[1, 1]), "cx": float(self.K[0, 2]),
                                "cy": float(self.K[1, 2]), "source": self.focal_source}}
@@ -181,17 +185,36 @@ class MonoVO:
         return 24 * len(self.points) + 40 * obs + held + revisable + anchors + self.width * self.height * 2
 
     def track(self, frame: Frame) -> list[FrameResult]:
-        """Process one frame; returns its result, or nothing while held, or several when initialisation ends."""
+        """Process one frame; returns its result (untracked while initialising), plus any revisions."""
         gray = to_gray(frame.image)
         if self.state == "init":
             return self._step_init(frame, gray)
         return self._step_track(frame, gray)
 
     def flush(self) -> list[FrameResult]:
-        """End of stream: emit held frames with the best pose available (the reference pose)."""
-        out = [self._emit_guess(p.frame, self._T_world_ref) for p in self._pending]
+        """End of stream: held frames that never got a pose (already emitted untracked, or now with a guess)."""
+        out = [self._drop_held(p) for p in self._pending]
         self._pending = []
-        return out
+        return [r for r in out if r is not None]
+
+    @property
+    def _emit_held(self) -> bool:
+        """Emit frames at once while initialising and revise them later (needs revisions, `emit_updates`)."""
+        return self.emit_updates
+
+    def _drop_held(self, p: _Pending) -> FrameResult | None:
+        """A held frame leaves without a pose: counted as guessed; emitted now unless it was already."""
+        if self._emit_held:
+            self.emitted_guessed += 1
+            return None
+        return self._emit_guess(p.frame, self._T_world_ref)
+
+    def _held_result(self, frame: Frame) -> list[FrameResult]:
+        """A frame kept for the initialisation: its untracked result now, or nothing (held until posed)."""
+        if not self._emit_held:
+            return []
+        self.held_untracked += 1
+        return [self._result(frame, self._T_world_ref, np.zeros(0, np.int64), np.zeros((0, 2)), ok=False)]
 
     # -- map state ----------------------------------------------------------------------------------------------
 
@@ -244,7 +267,7 @@ class MonoVO:
             self._add_anchor(gray, pts)
             self._pending = [_Pending(frame, ids, pts)]
             self.T_world_last = self._T_world_ref.copy()
-            return out
+            return out + self._held_result(frame)
         pts, ok = self._klt_track(gray)
         if ok.sum() < 0.4 * len(self._ref_pts) or ok.sum() < 50:
             # The reference is no longer visible (or this frame is garbage): emit what is held, start again.
@@ -258,8 +281,10 @@ class MonoVO:
         flow = np.median(np.linalg.norm(self._pts - self._ref_pts, axis=1))
         if flow >= self.min_init_px and self._try_initialise(gray):
             return out + self._emit_pending()
+        out += self._held_result(frame)
         while len(self._pending) > self.max_pending:
-            out.append(self._emit_guess(self._pending.pop(0).frame, self._T_world_ref))
+            dropped = self._drop_held(self._pending.pop(0))
+            out += [] if dropped is None else [dropped]
         return out
 
     def _try_initialise(self, gray: np.ndarray) -> bool:
@@ -409,7 +434,8 @@ class MonoVO:
         return T[-1]
 
     def _emit_pending(self) -> list[FrameResult]:
-        """Pose the held frames by PnP against the new map; emit them in order."""
+        """Pose the held frames by PnP against the new map; emit them in order (as revisions of their untracked
+        results when those were emitted; the current frame, the last, is new)."""
         out = []
         T_guess_cw = self._kfs[0].T_cw
         last = len(self._pending) - 1
@@ -426,6 +452,9 @@ class MonoVO:
                     T_cw = T_guess_cw
             T_guess_cw = T_cw
             out.append(self._result(p.frame, inv_se3(T_cw), p.ids, p.pts))
+            if k < last and self._emit_held:
+                out[-1] = replace(out[-1], is_update=True)
+                self.updates_emitted += 1
             self._attach(out[-1], self._kfs[-1] if k == last else self._kfs[0])
         T_prev = inv_se3(self._kfs[-2].T_cw) if last < 1 else inv_se3(self._pnp_or(self._pending[-2], T_guess_cw))
         self.T_world_last = inv_se3(self._kfs[-1].T_cw)
