@@ -157,8 +157,8 @@ def _load_colmap_cameras(path: Path, text: str) -> Calibration:
     raise SequenceError(f"{path}: no camera line in the COLMAP cameras.txt")
 
 
-def _load_kitti_calib(path: Path, text: str) -> Calibration:
-    """K of a KITTI `calib.txt`: the left colour camera's `P2`, else `P0` (rectified: no distortion)."""
+def parse_kitti_projections(text: str, path: Path) -> dict[str, np.ndarray]:
+    """Projection matrices by name (`P0`..`P3`, `Tr`) of a KITTI `calib.txt` as 3x4 arrays (`path` for errors)."""
     P: dict[str, np.ndarray] = {}
     for lineno, line in enumerate(text.splitlines(), 1):
         key, sep, rest = line.partition(":")
@@ -170,6 +170,12 @@ def _load_kitti_calib(path: Path, text: str) -> Calibration:
             raise SequenceError(f"{path}:{lineno}: not numbers: {line!r}") from e
         if vals.size == 12:
             P[key.strip()] = vals.reshape(3, 4)
+    return P
+
+
+def _load_kitti_calib(path: Path, text: str) -> Calibration:
+    """K of a KITTI `calib.txt`: the left colour camera's `P2`, else `P0` (rectified: no distortion)."""
+    P = parse_kitti_projections(text, path)
     for name in ("P2", "P0"):
         if name in P:
             return Calibration(P[name][:, :3].copy())

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recon.calib.camera_info import parse_kitti_projections
 from recon.datasets.base import IndexedSequence, OnError
 from recon.datasets.files import IMAGE_EXTENSIONS, image_size, natural_key, read_rgb
 from recon.errors import SequenceError
@@ -34,22 +35,11 @@ def is_kitti_sequence(path: Path) -> bool:
 
 def read_kitti_calib(path: Path) -> dict[str, np.ndarray]:
     """Projection matrices by name (`P0`..`P3`, `Tr`) as 3x4 arrays."""
-    out: dict[str, np.ndarray] = {}
     try:
-        lines = path.read_text().splitlines()
+        text = path.read_text()
     except OSError as e:
         raise SequenceError(f"cannot read {path}: {e}") from e
-    for lineno, line in enumerate(lines, 1):
-        if ":" not in line:
-            continue
-        key, _, rest = line.partition(":")
-        try:
-            vals = np.array([float(x) for x in rest.split()])
-        except ValueError as e:
-            raise SequenceError(f"{path}:{lineno}: not numbers: {line!r}") from e
-        if vals.size == 12:
-            out[key.strip()] = vals.reshape(3, 4)
-    return out
+    return parse_kitti_projections(text, path)
 
 
 def _read_poses(path: Path) -> np.ndarray:

@@ -58,12 +58,7 @@ class ControlServer:
 
     def handle(self, raw: list[bytes]) -> dict[str, Any]:
         try:
-            if len(raw) != 1 or len(raw[0]) > 4096:
-                raise ValueError("expected one small msgpack map")
-            cmd = msgpack.unpackb(raw[0], raw=False, max_str_len=1024, max_bin_len=0, max_array_len=16,
-                                  max_map_len=16)
-            if not isinstance(cmd, dict) or not isinstance(cmd.get("cmd"), str):
-                raise ValueError("missing 'cmd'")
+            cmd = P.decode_small_request(raw)
         except Exception as e:
             self.faults("bad_control", "malformed control request: %s", e)
             return {"ok": False, "error": f"malformed request: {e}"}

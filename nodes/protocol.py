@@ -779,3 +779,15 @@ if __name__ == "__main__":
     import sys
 
     sys.stdout.write(schema_markdown())
+
+
+def decode_small_request(raw: list[bytes]) -> dict[str, Any]:
+    """The command map of a control or front request (one small msgpack map with a string `cmd`).
+
+    Raises ValueError on anything else; the caller counts and answers it (REQ/REP must always reply)."""
+    if len(raw) != 1 or len(raw[0]) > 4096:
+        raise ValueError("expected one small msgpack map")
+    cmd = msgpack.unpackb(raw[0], raw=False, max_str_len=1024, max_bin_len=0, max_array_len=16, max_map_len=16)
+    if not isinstance(cmd, dict) or not isinstance(cmd.get("cmd"), str):
+        raise ValueError("missing 'cmd'")
+    return cmd
