@@ -131,6 +131,26 @@ def test_control_socket_status_reset_and_errors(ctx: zmq.Context) -> None:
         node.stop()
 
 
+def test_a_malformed_control_request_gets_an_error_reply_and_the_control_socket_keeps_answering(
+        ctx: zmq.Context) -> None:
+    node = _node(ctx, "badctl")
+    req = open_socket(ctx, zmq.REQ)
+    try:
+        req.connect("inproc://badctl-control")
+        answers = []
+        for raw in ([b"a", b"b"], [b"\xc1 not msgpack"], [msgpack.packb([1, 2])], [msgpack.packb({"cmd": 3})],
+                    [msgpack.packb({"cmd": "status", "pad": "x" * 5000})]):
+            req.send_multipart(raw)
+            assert req.poll(5000), "the control socket must answer every request"
+            answers.append(msgpack.unpackb(req.recv(), raw=False))
+        st = status(ctx, "inproc://badctl-control")
+    finally:
+        req.close(0)
+        node.stop()
+    assert all(a["ok"] is False and a["error"].startswith("malformed request") for a in answers), answers
+    assert st["ok"] is True
+
+
 def test_malformed_messages_are_counted_by_kind_and_the_node_keeps_serving(ctx: zmq.Context) -> None:
     node = _node(ctx, "bad")
     sink = Collect()
