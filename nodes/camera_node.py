@@ -502,8 +502,4 @@ class CameraNode:
                 self.stats.stopped_on_error = str(e)
                 logger.error("%s: stopping at a corrupt frame: %s", self, e)
                 return None
-        got = self.source.read_latest(0.0)  # type: ignore[attr-defined]
-        if got is None:
-            return None
-        info = self.source.camera_info
-        return Frame(self.config.stream_id, got[2], got[1], got[0], K=None if info is None else info.K)
+        return self.source.take(0.0)  # type: ignore[attr-defined] - live sources: LiveSource, PushSource

@@ -161,6 +161,9 @@ KINDS: dict[str, KindSpec] = {
             PayloadSpec("confidence", _F16_32, ("raw",), ("H", "W"), "per-pixel confidence, higher is better"),
             PayloadSpec("depth", _F16_32, ("raw",), ("H", "W"), "depth along the optical axis (metres if metric)"),
             PayloadSpec("image", _IMAGE_DTYPES, ("raw", "jpeg"), ("H", "W", 3), "RGB colours of the result grid"),
+            PayloadSpec("T_map_odom", ("<f8",), ("raw",), (4, 4),
+                        "with loop closure: the newest map <- odom correction when the result left the backend, "
+                        "a Sim(3) matrix [[s R, t], [0, 1]] (ROS publishes map -> odom -> camera from it)"),
         ),
     ),
     CREDIT: KindSpec(
@@ -375,6 +378,8 @@ def encode_result(result: FrameResult, *, points_dtype: str = "f4", stride: int 
             parts.append(_raw(name, np.asarray(arr)[::stride, ::stride].astype(dt, copy=False)))
     if with_image and result.image is not None:
         parts.append(_raw("image", np.asarray(result.image, dtype=np.uint8)[::stride, ::stride]))
+    if result.T_map_odom is not None:
+        parts.append(_raw("T_map_odom", np.asarray(result.T_map_odom, dtype=np.float64)))
     header = _header(RESULT, result.stream_id, result.seq, result.t_ns, metric=bool(result.metric),
                      is_update=bool(result.is_update), tracked=None if result.tracked else False,
                      stride=stride if stride != 1 else None, epoch=epoch,
@@ -728,6 +733,8 @@ def to_result(msg: Message) -> FrameResult:
         raise _err("wrong_kind", f"expected {RESULT}, got {msg.kind}")
     h, p = msg.header, msg.payloads
     _finite(f"{RESULT} T_world_cam", p["T_world_cam"])
+    if "T_map_odom" in p:
+        _finite(f"{RESULT} T_map_odom", p["T_map_odom"])
 
     def f32(name: str) -> np.ndarray | None:
         a = p.get(name)
@@ -737,7 +744,7 @@ def to_result(msg: Message) -> FrameResult:
         return FrameResult(h["stream_id"], h["seq"], h["t_ns"], p["T_world_cam"], p["K"], depth=f32("depth"),
                            confidence=f32("confidence"), points_world=f32("points_world"), metric=h["metric"],
                            image=p.get("image"), is_update=bool(h.get("is_update", False)),
-                           tracked=bool(h.get("tracked", True)))
+                           tracked=bool(h.get("tracked", True)), T_map_odom=p.get("T_map_odom"))
     except ConfigError as e:
         raise _err("bad_payload", f"{RESULT}: {e}") from e
 

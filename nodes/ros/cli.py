@@ -1,4 +1,4 @@
-"""`recon node ros`: publish a backend's poses, path, point clouds and tf to ROS.
+"""`recon node ros`: a ROS front end of the node pipeline, publishing poses, path, point clouds and tf.
 
 Flags give defaults; the node's private parameters on the ROS parameter server (`~backend`, `~image_topic`,
 ... see docs/ros.md) override them, and ROS remappings / `_param:=value` may follow the flags.
@@ -8,6 +8,7 @@ Examples:
         --camera-info-topic /camera/color/camera_info
     recon node ros --compressed --image-topic /camera/image_raw/compressed _map_frame:=odom __name:=recon
     recon node ros --ros 2 --image-topic /image -- --ros-args -p map_frame:=odom   # ROS 2 (rclpy)
+    recon node ros --node tcp://gpu-box:5555 --image-topic /camera/image_raw      # an external `recon node recon`
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-path", type=int, default=d.max_path, help="poses kept in ~path")
     parser.add_argument("--no-undistort", action="store_true",
                         help="use images as captured even when the CameraInfo has lens distortion")
+    parser.add_argument("--node", default=d.node, metavar="ENDPOINT",
+                        help="ROUTER endpoint of an external `recon node recon` (e.g. tcp://127.0.0.1:5555; results "
+                             "from its port + 1, status from + 2); default: the node runs in this process")
+    parser.add_argument("--state-dir", default=d.state_dir, metavar="DIR",
+                        help="in-process node: checkpoint the stream here; a restarted ROS node continues its map")
     parser.add_argument("ros_args", nargs=argparse.REMAINDER,
                         help="ROS remappings and parameters: name:=value, _param:=value, __name:=node")
 
@@ -83,7 +89,7 @@ def config_from_args(args: argparse.Namespace) -> RosNodeConfig:
         camera_frame=args.camera_frame, stream_id=args.stream_id, queue_size=args.queue_size,
         cloud_stride=args.cloud_stride, min_confidence=args.min_confidence, max_points=args.max_points,
         max_path=args.max_path, depth_topic=args.depth_topic, depth_scale=args.depth_scale,
-        undistort=not args.no_undistort)
+        undistort=not args.no_undistort, node=args.node, state_dir=args.state_dir)
 
 
 def _pick_version(choice: str) -> str:

@@ -141,13 +141,22 @@ class MappedBackend:
         self._recent[frame.seq] = (frame.image, frame.depth)
         while len(self._recent) > self.options.frame_cache:
             self._recent.popitem(last=False)
-        return self._process(self.inner.step(frame))
+        return self._with_correction(self._process(self.inner.step(frame)))
 
     def flush(self) -> list[FrameResult]:
         out = self._process(self.inner.flush())
         if self._pending_loops:
             out.extend(self._optimise())
-        return out
+        return self._with_correction(out)
+
+    def _with_correction(self, results: list[FrameResult]) -> list[FrameResult]:
+        """Every result carries the newest map <- odom correction (`FrameResult.T_map_odom`), so a front end
+        that only sees results (over the wire) can publish map -> odom -> camera."""
+        if results:
+            T = self.T_map_odom
+            for r in results:
+                r.T_map_odom = T.copy()
+        return results
 
     def stats(self) -> BackendStats:
         s = self.inner.stats()
