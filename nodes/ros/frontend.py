@@ -18,6 +18,7 @@ changes, except that results its backend still holds when the ROS node stops sta
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -73,6 +74,7 @@ class RosInputs:
         self._depths: OrderedDict[int, Any] = OrderedDict()  # stamp ns -> depth message, newest last
         self._depth_cond = threading.Condition()
         self._lock = threading.Lock()
+        self._said_no_undistort = False
 
     @property
     def camera_info(self) -> CameraInfo | None:
@@ -85,6 +87,13 @@ class RosInputs:
         except (ProtocolError, ConfigError) as e:
             self.faults("camera_info", "ignoring camera_info: %s", e)
             return
+        if not self.config.undistort and info.distortion.size:
+            # As `recon live --no-undistort`: the camera node undistorts whenever the CameraInfo has coefficients.
+            if not self._said_no_undistort:
+                self._said_no_undistort = True
+                logger.info("~undistort is off: images are used as captured (distortion %s ignored)",
+                            info.distortion.tolist())
+            info = dataclasses.replace(info, distortion=np.zeros(0))
         if not same_camera(self.source.camera_info, info):
             self.source.camera_info = info
 
@@ -346,8 +355,9 @@ class RosFrontEnd:
         backend: str | Backend = self.backend if self.backend is not None else cfg.backend
         try:
             if self.remote is None:
-                # A ROS camera that pauses keeps its map: the session never idles out.
-                options = {"session_idle_s": math.inf, "checkpoint_every": cfg.checkpoint_every,
+                # A ROS camera that pauses keeps its map: the session never idles out. Only this process's camera
+                # reaches the in-process node, so a restarted ROS node takes its restored stream over at once.
+                options = {"session_idle_s": math.inf, "owner_timeout_s": 0.0, "checkpoint_every": cfg.checkpoint_every,
                            "state_dir": cfg.state_dir or None}
                 self.stats = run_pipeline(self.source, backend, [self.results], mode="inproc",
                                           backend_options=cfg.backend_options, stream_id=cfg.stream_id,
