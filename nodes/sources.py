@@ -54,6 +54,14 @@ def _is_device(spec: str) -> bool:
     return spec.isdigit() or spec.startswith("/dev/video")
 
 
+def _taken(source: LiveSource | PushSource) -> Iterator[Frame]:
+    """A live source's frames as they are taken, until it has finished."""
+    while not source.finished:
+        frame = source.take(0.5)
+        if frame is not None:
+            yield frame
+
+
 class LiveSource:
     """A live feed: a capture thread calls `grab()` continuously and keeps only the newest frame.
 
@@ -142,10 +150,7 @@ class LiveSource:
         return Frame(self.name, got[2], got[1], got[0], K=None if self.camera_info is None else self.camera_info.K)
 
     def __iter__(self) -> Iterator[Frame]:
-        while not self.finished:
-            frame = self.take(0.5)
-            if frame is not None:
-                yield frame
+        return _taken(self)
 
     def close(self) -> None:
         self._stop.set()
@@ -228,10 +233,7 @@ class PushSource:
             return self._closed and not self._items
 
     def __iter__(self) -> Iterator[Frame]:
-        while not self.finished:
-            frame = self.take(0.5)
-            if frame is not None:
-                yield frame
+        return _taken(self)
 
     def close(self) -> None:
         """No more pushes; what waits is still taken (a clean stop processes it)."""
