@@ -166,8 +166,9 @@ class RosNodeConfig:
     """Everything the ROS node reads from its private parameters (`~name`), CLI flags giving defaults.
 
     Attributes:
-        backend: registered backend name (`recon.backends`).
-        backend_options: keyword options for the backend factory.
+        backend: registered backend name (`recon.backends`) the in-process node builds; with `node`, the external
+            node's backend runs and this is only the name /diagnostics shows.
+        backend_options: keyword options for the backend factory (in-process node).
         plugins: modules imported before the backend is built, so they can register more backends.
         image_topic: sensor_msgs/Image topic, or CompressedImage when `compressed` (then the topic is used as
             given, e.g. `/camera/image_raw/compressed`).

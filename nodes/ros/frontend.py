@@ -253,7 +253,6 @@ class RosFrontEnd:
         self.stats: Any = None  # recon.nodes.pipeline.PipelineStats once `serve` returned
         self._status_fn: Callable[[], dict[str, Any]] | None = None
         self._abort = threading.Event()
-        self._dropped_warned = 0
 
     # -- inputs (ROS callback threads) ------------------------------------------------------------------------
     def on_camera_info(self, msg: Any) -> None:
@@ -330,8 +329,9 @@ class RosFrontEnd:
                 next_status = now + STATUS_PERIOD_S
                 try:
                     self.node_status = self._status_fn()
-                except (TimeoutError, OSError, ConfigError) as e:
-                    self.faults("node_status", "cannot read the reconstruction node's status: %s", e)
+                except Exception as e:  # noqa: BLE001 - counted; /diagnostics keeps the last status it had
+                    self.faults("node_status", "cannot read the reconstruction node's status: %s: %s",
+                                type(e).__name__, e)
 
     def serve(self, publish: Callable[[Output], None], stop: threading.Event, ros_ok: Callable[[], bool],
               drain_s: float = 0.5) -> int:
