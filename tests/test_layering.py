@@ -110,8 +110,8 @@ def test_kernels_import_only_torch_triton_xformers_and_themselves() -> None:
 
 
 def test_the_result_path_does_not_read_sequences() -> None:
-    users = ("recon.sinks", "recon.eval", "recon.backends", "recon.models", "recon.geometry", "recon.memory",
-             "recon.align", "recon.io", "recon.types", "recon.errors", "recon.config")
+    users = ("recon.sinks", "recon.eval", "recon.export", "recon.backends", "recon.models", "recon.geometry",
+             "recon.memory", "recon.align", "recon.io", "recon.types", "recon.errors", "recon.config")
     assert _violations(users, ("recon.datasets",)) == []
 
 
