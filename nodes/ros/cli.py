@@ -17,6 +17,7 @@ import argparse
 import logging
 from typing import TYPE_CHECKING
 
+from recon.backends.flags import add_backend_arguments
 from recon.errors import ConfigError, MissingDependencyError
 from recon.utils.imports import is_available
 
@@ -33,9 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ros", choices=("auto", "1", "2"), default="auto",
                         help="ROS version: 1 (rospy, Debian's ros-core), 2 (rclpy), auto (1 if rospy is found)")
     parser.add_argument("--name", default="recon", help="node name (default recon; __name:= also works)")
-    parser.add_argument("--backend", default=d.backend, help=f"backend name (default {d.backend})")
-    parser.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
-                        help="backend option, repeatable (values parsed as int/float/bool when they look so)")
+    add_backend_arguments(parser, default=d.backend)  # --backend, the named flags, --loop-closure, -o KEY=VALUE
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="import MODULE first, so it can register extra backends (repeatable)")
     parser.add_argument("--image-topic", default=d.image_topic, help=f"image topic (default {d.image_topic})")
@@ -77,11 +76,16 @@ def _defaults() -> RosNodeConfig:
 
 
 def config_from_args(args: argparse.Namespace) -> RosNodeConfig:
-    """RosNodeConfig from the parsed flags (parameters on the server are applied later, by the node)."""
-    from recon.backends.options import parse_backend_options
-    from recon.nodes.ros.core import RosNodeConfig
+    """RosNodeConfig from the parsed flags (parameters on the server are applied later, by the node).
 
-    options = parse_backend_options(args.option, flag="--option")
+    The backend flags are those of `recon replay` / `recon live` (recon.backends.flags), checked against the
+    backend's config here: plugins are imported first, so their backends are known. `--loop-closure auto` decides
+    with the `--backend` flag's backend."""
+    from recon.backends.flags import backend_options
+    from recon.nodes.ros.core import RosNodeConfig, load_plugins
+
+    load_plugins(tuple(args.plugin))
+    options = backend_options(args, args.backend)
     return RosNodeConfig(
         backend=args.backend, backend_options=options, plugins=tuple(args.plugin), image_topic=args.image_topic,
         camera_info_topic=args.camera_info_topic, compressed=args.compressed, map_frame=args.map_frame,

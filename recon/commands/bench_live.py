@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from recon.commands.backend_args import add_backend_arguments
+from recon.backends.flags import add_backend_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def _pct(values: list[float], q: float) -> float:
 def run(args: argparse.Namespace) -> int:
     import zmq
 
-    from recon.commands.backend_args import backend_options
+    from recon.backends.flags import backend_options
     from recon.nodes.camera_node import CameraNode, CameraNodeConfig
     from recon.nodes.pipeline import free_port, node_command, stop_process
     from recon.nodes.sources import as_live

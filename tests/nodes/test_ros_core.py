@@ -289,14 +289,20 @@ def test_ros2_parameters_are_declared_and_read_back() -> None:
 def test_cli_flags_build_the_config() -> None:
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
-    args = parser.parse_args(["--backend", "ros_fake", "-o", "lag=2", "-o", "mode=x", "--compressed",
-                              "--camera-info-topic", "", "_map_frame:=odom", "__name:=r"])
+    args = parser.parse_args(["--backend", "ros_fake", "--plugin", "tests.nodes.ros_fake_backend", "-o", "lag=2",
+                              "--compressed", "--camera-info-topic", "", "--node", "tcp://10.1.2.3:7000",
+                              "--state-dir", "/tmp/x", "_map_frame:=odom", "__name:=r"])
     cfg = cli.config_from_args(args)
-    assert (cfg.backend, cfg.backend_options, cfg.compressed, cfg.camera_info_topic) == (
-        "ros_fake", {"lag": 2, "mode": "x"}, True, "")
+    assert (cfg.backend, cfg.backend_options, cfg.compressed, cfg.camera_info_topic, cfg.node, cfg.state_dir) == (
+        "ros_fake", {"lag": 2}, True, "", "tcp://10.1.2.3:7000", "/tmp/x")
     assert args.ros_args == ["_map_frame:=odom", "__name:=r"]
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         cli.config_from_args(parser.parse_args(["-o", "lag"]))
+    # the backend flags of recon replay / live: options checked against the config, loop closure on for geometric
+    with pytest.raises(ConfigError, match="unknown option lagg; valid options: lag"):
+        cli.config_from_args(parser.parse_args(["--backend", "ros_fake", "-o", "lagg=1"]))
+    assert cli.config_from_args(parser.parse_args([])).backend_options == {"loop_closure": True}
+    assert cli.config_from_args(parser.parse_args(["--loop-closure", "off"])).backend_options == {}
     assert cli.ros_argv(args.ros_args) == ["recon", "_map_frame:=odom", "__name:=r"]
     ros2 = parser.parse_args(["--ros", "2", "--", "--ros-args", "-p", "map_frame:=odom"]).ros_args
     assert cli.ros_argv(ros2) == ["recon", "--ros-args", "-p", "map_frame:=odom"]

@@ -235,7 +235,7 @@ def test_checkpoints_in_state_dir_let_a_restarted_ros_node_continue_its_map(tmp_
 
 
 def test_unknown_backend_option_fails_before_anything_starts() -> None:
-    with pytest.raises(ConfigError, match="lagg"):
+    with pytest.raises(ConfigError, match="unknown option lagg; valid options: lag"):
         RosFrontEnd(RosNodeConfig(backend="ros_fake", backend_options={"lagg": 1}))
 
 

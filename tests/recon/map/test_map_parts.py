@@ -99,7 +99,7 @@ def test_the_loop_closure_flag_is_on_for_geometric_by_default_and_wraps_the_back
     import argparse
 
     from recon.backends import create_backend
-    from recon.commands.backend_args import add_backend_arguments, backend_options
+    from recon.backends.flags import add_backend_arguments, backend_options
     from recon.map import MappedBackend
 
     parser = argparse.ArgumentParser()
