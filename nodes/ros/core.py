@@ -18,7 +18,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -256,11 +256,7 @@ class RosNodeConfig:
         `~backend_options` (a dict) is merged over the CLI's options, so a launch file can set one key.
         """
         changes: dict[str, Any] = {}
-        for name in ("backend", "image_topic", "camera_info_topic", "compressed", "map_frame", "odom_frame",
-                     "camera_frame",
-                     "stream_id", "queue_size", "cloud_stride", "min_confidence", "max_points", "max_path",
-                     "wait_camera_info", "plugins", "depth_topic", "depth_scale", "depth_slop", "depth_wait",
-                     "undistort", "node", "node_publish", "node_control", "state_dir", "checkpoint_every"):
+        for name in (f.name for f in fields(self) if f.name != "backend_options"):  # every field is a parameter
             default = getattr(self, name)
             value = get_param(name, default)
             if value is not default:
