@@ -167,8 +167,9 @@ class RosInputs:
 class RosResults:
     """The pipeline's sink on the ROS side: each result becomes an Output handed to `publish` (the adapter's).
 
-    Runs on the result subscriber's thread. A new world frame (the node reset the stream: another image size, a
-    restart without a checkpoint) starts ~path again, since its poses would not be comparable.
+    Runs on the result subscriber's thread. Only the results of `stream_id` count (an external node publishes all
+    its streams). A new world frame (the node reset the stream: another image size, a restart without a checkpoint)
+    starts ~path again, since its poses would not be comparable.
     """
 
     name = "ros"
@@ -195,6 +196,8 @@ class RosResults:
         return Output(result, result.t_ns, self.camera_frame_for(result.seq), cloud)
 
     def on_result(self, result: FrameResult) -> None:
+        if result.stream_id != self.config.stream_id:  # an external node publishes every stream it serves
+            return
         out = self.output(result)
         self.results_out += 1
         self.last_result_at = time.monotonic()
@@ -202,12 +205,15 @@ class RosResults:
             self.publish(out)
 
     def on_segment(self, stream_id: str, segment: int, reason: str) -> None:
+        if stream_id != self.config.stream_id:
+            return
         logger.warning("stream %s is in a new world frame (%s): ~path starts again", stream_id, reason)
         self.path = PathBuffer(self.config.max_path)
         self.resets += 1
 
     def on_latency(self, stream_id: str, seq: int, t_ns: int, node_ms: float) -> None:
-        self.node_latency.add(node_ms)
+        if stream_id == self.config.stream_id:
+            self.node_latency.add(node_ms)
 
     def close(self) -> None:
         pass
@@ -290,7 +296,7 @@ class RosFrontEnd:
 
     def diagnostic_values(self) -> list[tuple[str, str]]:
         """Key/value pairs of /diagnostics: this side's counters, the node session's, both latencies."""
-        session = next(iter(self.node_status.get("sessions", {}).values()), {})
+        session = self.node_status.get("sessions", {}).get(self.config.stream_id, {})
         values = [("backend", self.config.backend), ("node", self.config.node or "in-process"),
                   ("frames_in", str(self.frames_in)), ("results_out", str(self.results.results_out)),
                   ("dropped", str(self.dropped())), ("resets", str(self.results.resets)),

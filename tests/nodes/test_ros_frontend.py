@@ -16,7 +16,7 @@ from recon.datasets.ros_msgs import camera_info_from_msg
 from recon.errors import BackendError, ConfigError
 from recon.nodes.pipeline import free_port, node_command
 from recon.nodes.ros.core import RosNodeConfig, unpack_rgb
-from recon.nodes.ros.frontend import RosFrontEnd, RosInputs, remote_node
+from recon.nodes.ros.frontend import RosFrontEnd, RosInputs, RosResults, remote_node
 from recon.nodes.sources import PushSource
 from recon.nodes.transport import request
 from recon.types import Frame, FrameResult
@@ -237,6 +237,21 @@ def test_checkpoints_in_state_dir_let_a_restarted_ros_node_continue_its_map(tmp_
 def test_unknown_backend_option_fails_before_anything_starts() -> None:
     with pytest.raises(ConfigError, match="unknown option lagg; valid options: lag"):
         RosFrontEnd(RosNodeConfig(backend="ros_fake", backend_options={"lagg": 1}))
+
+
+def test_results_of_other_streams_are_not_published() -> None:
+    """An external node publishes every stream it serves; the ROS node publishes its own stream only."""
+    cfg = _config(stream_id="mine")
+    sink = RosResults(cfg, RosInputs(cfg, PushSource("mine", lambda m, s: None)))
+    published: list = []
+    sink.publish = published.append
+    K = np.array([[10.0, 0, 2], [0, 10.0, 1.5], [0, 0, 1]])
+    sink.on_result(FrameResult("theirs", 0, 1, pose_for(0), K))
+    sink.on_segment("theirs", 1, "resolution")
+    sink.on_latency("theirs", 0, 1, 5.0)
+    assert published == [] and sink.results_out == 0 and sink.resets == 0 and sink.node_latency.summary()["n"] == 0
+    sink.on_result(FrameResult("mine", 0, 1, pose_for(0), K))
+    assert [o.result.stream_id for o in published] == ["mine"] and len(sink.path) == 1
 
 
 def test_remote_endpoints_default_to_the_recon_node_ports() -> None:
