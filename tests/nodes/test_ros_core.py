@@ -14,15 +14,16 @@ import cv2
 import numpy as np
 import pytest
 
+from recon.backends.options import parse_option_value
 from recon.datasets.ros_msgs import (
     NS_PER_S,
     camera_info_from_msg,
     decode_compressed_image,
     decode_depth_image,
+    decode_image,
     decode_raw_image,
     stamp_to_ns,
 )
-from recon.datasets.ros_msgs import decode_image as image_msg_to_rgb
 from recon.errors import ConfigError, ProtocolError
 from recon.nodes.ros import cli
 from recon.nodes.ros.core import (
@@ -36,7 +37,6 @@ from recon.nodes.ros.core import (
     fill_transform,
     ns_to_sec_nsec,
     pack_rgb,
-    parse_option_value,
     pose_fields,
     unpack_rgb,
 )
@@ -118,7 +118,7 @@ def test_compressed_png_is_exact_and_jpeg_close() -> None:
     np.testing.assert_array_equal(decode_compressed_image("png", png.tobytes()), rgb)
     ok, jpg = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
     msg = SimpleNamespace(format="bgr8; jpeg compressed bgr8", data=jpg.tobytes())
-    assert np.abs(image_msg_to_rgb(msg).astype(int) - rgb).max() <= 3
+    assert np.abs(decode_image(msg).astype(int) - rgb).max() <= 3
     ok, grey16 = cv2.imencode(".png", np.full((4, 4), 0x1234, np.uint16))
     np.testing.assert_array_equal(decode_compressed_image("png", grey16.tobytes()), np.full((4, 4, 3), 0x12))
 
