@@ -438,6 +438,10 @@ def _itemsize(dtype: str) -> int:
 def decode_header(raw: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     """Parse and validate a header frame (version, kind, common and kind fields, payload descriptors).
 
+    A stream sends the same header shape message after message (same fields, types, stream id and payload
+    descriptors; only seq, times and ack lists change). The shape checks run once per shape (`_SHAPES`); the
+    checks of the values that change run on every message.
+
     Raises:
         IncompatibleVersionError: `v` is not a major version this build reads.
         ProtocolError: anything else malformed.
@@ -452,12 +456,45 @@ def decode_header(raw: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
                                  max_map_len=64)
     except Exception as e:  # msgpack raises several unrelated types for bad input
         raise _err("bad_header", f"header is not valid msgpack: {type(e).__name__}: {e}") from e
-    if not isinstance(header, dict):
+    if type(header) is not dict:
         raise _err("bad_header", f"header is a {type(header).__name__}, expected a map")
     v = header.get("v")
     if isinstance(v, int) and not isinstance(v, bool) and v != VERSION:
         raise IncompatibleVersionError(f"message has protocol major version {v}; this node reads version {VERSION} "
                                        f"(upgrade the older side)")
+    key = _shape_key(header)
+    if key is None or _SHAPES.get(key) is not limits:
+        _check_shape(header, limits)
+        if key is not None:
+            if len(_SHAPES) >= _MAX_SHAPES:
+                _SHAPES.clear()
+            _SHAPES[key] = limits
+    _check_values(header, limits)
+    return header
+
+
+_SHAPES: dict[tuple[Any, ...], Limits] = {}
+"""Header shapes (`_shape_key`) that passed `_check_shape`, with the limits they passed under."""
+_MAX_SHAPES = 1024
+
+
+def _shape_key(header: dict[str, Any]) -> tuple[Any, ...] | None:
+    """What `_check_shape` depends on, exactly: field names in order, the exact type of every value, the kind, the
+    stream id and the payload descriptors (re-packed: msgpack keeps 3, 3.0 and true apart, `==` would not). None
+    when the header is too odd to key (it then takes the full checks, which reject it)."""
+    kind, sid, descs = header.get("kind"), header.get("stream_id"), header.get("payloads")
+    if type(kind) is not str or type(sid) is not str or type(descs) is not list:
+        return None
+    try:
+        packed = msgpack.packb(descs, use_bin_type=True)
+    except Exception:  # noqa: BLE001 - not re-packable: no key, the full checks decide
+        return None
+    return tuple(header), tuple(map(type, header.values())), kind, sid, packed
+
+
+def _check_shape(header: dict[str, Any], limits: Limits) -> None:
+    """The checks that depend only on `_shape_key`: fields present with their types, kind, stream id, and every
+    payload descriptor against its spec and the limits."""
     _check_fields("header", header, _COMMON_CHECKS)
     kind = header["kind"]
     if kind not in KINDS:
@@ -472,13 +509,6 @@ def decode_header(raw: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
         raise _err("bad_stream_id", f"stream_id must be at most {limits.max_stream_id} printable characters")
     if kind in (FRAME, RESULT) and not sid:
         raise _err("bad_stream_id", f"{kind}: empty stream_id")
-    if not (-1 <= header["seq"] < 2**63) or not (0 <= header["t_ns"] < 2**63):
-        raise _err("bad_field_value", "seq or t_ns out of range")
-    if kind in (FRAME, RESULT) and header["seq"] < 0:
-        raise _err("bad_field_value", f"{kind}: seq must be >= 0 (-1 is reserved for control messages)")
-    for name in ("capture_ns", "publish_ns"):
-        if name in header and not 0 <= header[name] < 2**63:
-            raise _err("bad_field_value", f"{kind}: {name} out of range")
     descs = header["payloads"]
     if len(descs) > min(limits.max_payloads, len(spec.payloads)):
         raise _err("bad_payload_list", f"{kind}: {len(descs)} payloads declared, at most {len(spec.payloads)} allowed")
@@ -497,24 +527,38 @@ def decode_header(raw: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
         raise _err("bad_payload_list", f"{kind}: no image payload")
     if kind == RESULT and not {"T_world_cam", "K"} <= seen:
         raise _err("bad_payload_list", f"{kind}: T_world_cam and K are required")
-    if kind == FRAME and "depth_scale" in header:
-        s = header["depth_scale"]
-        if not (isinstance(s, int | float) and 0 < s <= 100):
-            raise _err("bad_field_value", f"{kind}: depth_scale must be in (0, 100] metres per unit")
-    if kind == RESULT and "stride" in header and not 1 <= header["stride"] <= limits.max_dim:
-        raise _err("bad_field_value", f"{kind}: stride out of range")
-    if kind == CREDIT:
+
+
+def _check_values(header: dict[str, Any], limits: Limits) -> None:
+    """The checks of values that change from message to message (a header whose shape passed `_check_shape`)."""
+    kind = header["kind"]
+    seq = header["seq"]
+    if not (-1 <= seq < 2**63) or not (0 <= header["t_ns"] < 2**63):
+        raise _err("bad_field_value", "seq or t_ns out of range")
+    if seq < 0 and kind in (FRAME, RESULT):
+        raise _err("bad_field_value", f"{kind}: seq must be >= 0 (-1 is reserved for control messages)")
+    for name in ("capture_ns", "publish_ns"):
+        if name in header and not 0 <= header[name] < 2**63:
+            raise _err("bad_field_value", f"{kind}: {name} out of range")
+    if kind == FRAME:
+        if "depth_scale" in header:
+            s = header["depth_scale"]
+            if not (isinstance(s, int | float) and 0 < s <= 100):
+                raise _err("bad_field_value", f"{kind}: depth_scale must be in (0, 100] metres per unit")
+    elif kind == RESULT:
+        if "stride" in header and not 1 <= header["stride"] <= limits.max_dim:
+            raise _err("bad_field_value", f"{kind}: stride out of range")
+    elif kind == CREDIT:
         if not 0 <= header["window"] <= 1 << 16:
             raise _err("bad_field_value", f"{kind}: window out of range")
         for name in ("acked", "dropped"):
             if name in header and not _seq_list(header[name]):
                 raise _err("bad_field_value", f"{kind}: {name} must be a list of non-negative ints")
-    if kind == REFUSE:
+    elif kind == REFUSE:
         if not _seq_list(header["seqs"]):
             raise _err("bad_field_value", f"{kind}: seqs must be a list of non-negative ints")
         if not (math.isfinite(header["retry_s"]) and 0 <= header["retry_s"] <= 3600):
             raise _err("bad_field_value", f"{kind}: retry_s must be in [0, 3600]")
-    return header
 
 
 def _seq_list(values: list[Any]) -> bool:

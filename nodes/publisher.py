@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 
 from recon.nodes import protocol as P
-from recon.nodes.transport import Security, open_socket, readable
+from recon.nodes.transport import Security, open_socket, readable, send_parts
 from recon.utils.log import WarnOnce
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class Publisher:
                 if self._sock is None:
                     return False
                 try:
-                    tracker = self._sock.send_multipart(parts, zmq.NOBLOCK, copy=False, track=track)
+                    tracker = send_parts(self._sock, parts, copy=False, track=track)
                     return tracker if track else True
                 except zmq.Again:
                     if not wait:
