@@ -5,9 +5,11 @@ compressed image, the size its own header states) before anything is allocated, 
 the sender may use the stream and whether the frame fits the queue and the memory budget, and answers the camera:
 a credit for a duplicate or a dropped live frame, a refusal (with its reason) for a frame or a stream the node will
 not take. Decompression and everything after it happens on the stream's session thread, so this thread never
-waits for a model, a decoder or a backend being built. Sessions send their acknowledgements onto the ROUTER
-themselves (`Replies`: the socket is shared under a lock, so an ack is no hand-off to this thread). It also
-sends the publisher's heartbeats and closes idle sessions.
+waits for a model, a decoder or a backend being built; except for a session whose frames have been taking under
+`sessions.INLINE_MAX_S` each (a raw frame into a trivial backend), which this thread processes itself, because
+handing such a frame to another thread costs more than processing it. Sessions send their acknowledgements onto
+the ROUTER themselves (`Replies`: the socket is shared under a lock, so an ack is no hand-off to this thread). It
+also sends the publisher's heartbeats and closes idle sessions.
 
 A malformed message is counted by kind, logged once per kind and dropped; when its header names a frame, the
 camera is told (a refusal naming the fault), so it does not re-send it forever.
@@ -144,6 +146,8 @@ class Ingest:
         if kind == P.FRAME:
             session, offer = self.table.offer(peer, msg)
             self._answer(peer, msg, offer, session)
+            if offer.item is not None:  # a fast session's frame: processed here, no hand-off (INLINE_MAX_S)
+                session.process_inline(offer.item)
         elif kind == P.HEARTBEAT:
             # Answered with a credit: it carries the window, the node's id and its limits, so a camera learns all
             # three at connect time and notices a restarted node by its new id.

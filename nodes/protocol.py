@@ -298,10 +298,25 @@ def _le(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=dt)
 
 
+_SMALL_PAYLOAD = 4096
+"""Raw payloads up to this size go out as bytes (libzmq copies them anyway, below pyzmq's copy threshold)."""
+_RAW_DESCS: dict[tuple[str, str, tuple[int, ...]], dict[str, Any]] = {}
+
+
 def _raw(name: str, arr: np.ndarray) -> tuple[dict[str, Any], Any]:
-    a = _le(arr)
-    desc = {"name": name, "encoding": "raw", "dtype": a.dtype.str, "shape": list(a.shape), "nbytes": a.nbytes}
-    return desc, a.data if a.nbytes else b""
+    a = arr if arr.flags.c_contiguous and arr.dtype.byteorder != ">" else _le(arr)
+    dtype = a.dtype.str
+    key = (name, dtype, a.shape)
+    desc = _RAW_DESCS.get(key)
+    if desc is None:
+        # One descriptor per (name, dtype, shape), shared by every message with it: only ever read (packed).
+        desc = {"name": name, "encoding": "raw", "dtype": dtype, "shape": list(a.shape), "nbytes": a.nbytes}
+        if len(_RAW_DESCS) < 1024:
+            _RAW_DESCS[key] = desc
+    nbytes = desc["nbytes"]
+    if not nbytes:
+        return desc, b""
+    return desc, a.tobytes() if nbytes <= _SMALL_PAYLOAD else a.data
 
 
 def _compressed(name: str, arr: np.ndarray, encoding: str, quality: int) -> tuple[dict[str, Any], bytes]:
@@ -322,7 +337,9 @@ def _compressed(name: str, arr: np.ndarray, encoding: str, quality: int) -> tupl
 
 def _header(kind: str, stream_id: str, seq: int, t_ns: int, **extra: Any) -> dict[str, Any]:
     h: dict[str, Any] = {"v": VERSION, "kind": kind, "stream_id": stream_id, "seq": int(seq), "t_ns": int(t_ns)}
-    h.update({k: v for k, v in extra.items() if v is not None})
+    for k, v in extra.items():
+        if v is not None:
+            h[k] = v
     return h
 
 
@@ -384,9 +401,14 @@ def encode_result(result: FrameResult, *, points_dtype: str = "f4", stride: int 
 
 def encode_control(kind: str, stream_id: str = "", *, seq: int = -1, t_ns: int = 0, **fields: Any) -> list[Any]:
     """Multipart parts for a control message (credit, reset, heartbeat) with its kind-specific fields."""
-    if kind not in KINDS or KINDS[kind].payloads:
+    if kind not in _CONTROL_KINDS:
         raise _err("encode", f"{kind!r} is not a control kind")
-    return _pack(TOPIC_CONTROL, _header(kind, stream_id, seq, t_ns, **fields), [])
+    h = _header(kind, stream_id, seq, t_ns, **fields)
+    h["payloads"] = []
+    return [TOPIC_CONTROL, msgpack.packb(h, use_bin_type=True)]
+
+
+_CONTROL_KINDS = frozenset(k for k, spec in KINDS.items() if not spec.payloads)
 
 
 # ----------------------------------------------------------------------------------------------- decoding
