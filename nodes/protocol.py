@@ -298,8 +298,6 @@ def _le(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=dt)
 
 
-_SMALL_PAYLOAD = 4096
-"""Raw payloads up to this size go out as bytes (libzmq copies them anyway, below pyzmq's copy threshold)."""
 _RAW_DESCS: dict[tuple[str, str, tuple[int, ...]], dict[str, Any]] = {}
 
 
@@ -313,10 +311,7 @@ def _raw(name: str, arr: np.ndarray) -> tuple[dict[str, Any], Any]:
         desc = {"name": name, "encoding": "raw", "dtype": dtype, "shape": list(a.shape), "nbytes": a.nbytes}
         if len(_RAW_DESCS) < 1024:
             _RAW_DESCS[key] = desc
-    nbytes = desc["nbytes"]
-    if not nbytes:
-        return desc, b""
-    return desc, a.tobytes() if nbytes <= _SMALL_PAYLOAD else a.data
+    return desc, a.data if desc["nbytes"] else b""
 
 
 def _compressed(name: str, arr: np.ndarray, encoding: str, quality: int) -> tuple[dict[str, Any], bytes]:
@@ -690,17 +685,18 @@ def decode(parts: list[Any], limits: Limits = DEFAULT_LIMITS, *, images: bool = 
     msg = Message(topic, header)
     for d, part in zip(descs, parts[2:], strict=True):
         buf = _buffer(part)
-        where = f"{header['kind']} payload {d['name']!r}"
         if len(buf) != d["nbytes"]:
-            raise _err("size_mismatch", f"{where}: frame has {len(buf)} bytes, header declares {d['nbytes']}")
+            raise _err("size_mismatch", f"{header['kind']} payload {d['name']!r}: frame has {len(buf)} bytes, header "
+                                        f"declares {d['nbytes']}")
         if d["encoding"] == "raw":
-            arr = np.frombuffer(buf, dtype=np.dtype(d["dtype"])).reshape(d["shape"])
+            arr = np.frombuffer(buf, dtype=d["dtype"]).reshape(d["shape"])
             if not arr.flags.aligned:
                 # ZeroMQ gives no alignment guarantee; unaligned float arrays are slow and some libraries
                 # (open3d) refuse their buffer format, so those few are copied (bytes, already size-checked).
                 arr = arr.copy()
             msg.payloads[d["name"]] = arr
         else:
+            where = f"{header['kind']} payload {d['name']!r}"
             data = _check_compressed(where, buf, d)
             if images:
                 msg.payloads[d["name"]] = _decode_image(where, data, d)
