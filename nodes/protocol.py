@@ -579,7 +579,11 @@ def _check_values(header: dict[str, Any], limits: Limits) -> None:
 
 
 def _seq_list(values: list[Any]) -> bool:
-    return all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**63 for s in values)
+    """Every element an int (not a bool) in [0, 2**63) (checked on every credit: a loop, then min/max in C)."""
+    for v in values:
+        if type(v) is not int:
+            return False
+    return not values or (min(values) >= 0 and max(values) < 2**63)
 
 
 def peek_frame(raw: Any, limits: Limits = DEFAULT_LIMITS) -> tuple[str, int, int | None] | None:
@@ -721,7 +725,7 @@ def decoded_bytes(header: dict[str, Any]) -> int:
 
 def message_bytes(parts: list[Any]) -> int:
     """Bytes of a multipart as it goes on the wire (what zmq.MAXMSGSIZE limits)."""
-    return sum(len(_buffer(p)) for p in parts)
+    return sum(p.nbytes if type(p) is memoryview else len(_buffer(p)) for p in parts)
 
 
 def _finite(where: str, arr: np.ndarray) -> None:
