@@ -51,7 +51,7 @@ from recon.utils.log import WarnOnce
 logger = logging.getLogger(__name__)
 
 INLINE_MAX_S = 0.001
-"""A session whose frames take at most this long to process (decompress, step, publish; wall clock) has them
+"""A session whose frames take at most this long to process (decompress and step, wall clock) has them
 processed by the ingest thread, which received them, instead of being handed to its own thread: for such a fast
 backend the hand-off (a wake-up, and two threads taking turns at the GIL) costs more than the work
 (docs/benchmarks.md, transport). Each fast frame earns the session a point (at most 2 x INLINE_AFTER); it is
@@ -503,6 +503,7 @@ class Session:
             t0 = time.perf_counter()
             results = self._safe(self._step, frame)
             t1 = time.perf_counter()
+            took = t1 - started  # decompression and step: publishing and acknowledging never wait inline
             del frame
             self.step_ms = 1000 * (t1 - t0)
             self.steps.add(self.step_ms)
@@ -523,7 +524,6 @@ class Session:
         finally:
             item.msg = None  # type: ignore[assignment] - the decoded arrays go now, with their budget
             self.services.budget.release(item.cost)
-        took = time.perf_counter() - started
         if handover is not None or took > 10 * INLINE_MAX_S:
             self._fast = 0
         elif took > INLINE_MAX_S:
