@@ -199,3 +199,31 @@ def test_a_session_larger_than_the_budget_is_refused_clearly() -> None:
     pool.acquire("a", backend)
     with pytest.raises(KVMemoryError, match="kv-memory"):
         backend.step(Frame("a", 0, 0, synthetic_frames(1, h=42, w=56)[0].image))
+
+
+def test_a_batched_step_over_paged_sessions_equals_one_over_unpaged_sessions() -> None:
+    """The stream batch (recon.models.batched) with paged caches: the same batch of sessions of different lengths
+    gives the same bits whether their caches are paged or not (same model calls, same batch, same values)."""
+    from recon.memory.policies import camera_window_policy, make_policy
+    from recon.models.batched import step_batch
+    from recon.models.vggt import VGGT, sane_random_init, tiny_config
+
+    model = sane_random_init(VGGT(tiny_config(causal=True)), seed=1).eval()
+    arena = KVArena(2**22, "cpu", page_bytes=2048)
+
+    def sessions() -> list:
+        return [model.new_session(policy=make_policy("infinitevggt", total_budget=120),
+                                  camera_policy=camera_window_policy(2)) for _ in range(3)]
+
+    plain, paged = sessions(), sessions()
+    for i, s in enumerate(paged):
+        s.attach_arena(arena, f"s{i}")
+    g = torch.Generator().manual_seed(3)
+    images = [torch.rand(3, 28, 42, generator=g) for _ in range(6)]
+    for group in ([0], [0, 1], [0, 1, 2], [0, 1, 2], [1, 2]):  # different lengths in one batch; pruning from frame 3
+        ims = [images[(i + len(group)) % 6] for i in group]
+        for a, b in zip(step_batch([plain[i] for i in group], ims), step_batch([paged[i] for i in group], ims),
+                        strict=True):
+            for key in ("pose_enc", "depth", "world_points"):
+                assert torch.equal(a[key], b[key]), key
+    assert arena.used_pages == sum(c.pages for s in paged for c in (*s.memory, *s.camera_memory))
