@@ -174,29 +174,31 @@ def test_workers_are_added_with_streams_and_retired_when_idle(cluster: Any, sequ
     threads: list[threading.Thread] = []
 
     def camera(i: int, fps: float) -> None:
-        cam = CameraNode(open_source(str(sequence), fps=fps),
+        cam = CameraNode(open_source(str(sequence)),
                          CameraNodeConfig(stream_id=f"cam{i}", front=service.front_endpoint, encoding="raw",
-                                          heartbeat_s=0.2, timeout_s=1.0, resend_s=2.0))
+                                          heartbeat_s=0.2, timeout_s=1.0, resend_s=2.0, fps=fps))
         cameras.append(cam)
         threads.append(threading.Thread(target=cam.run, name=f"cam{i}", daemon=True))
         threads[-1].start()
 
     try:
         assert [w.index for w in service.directory.live()] == [0]
-        for i in range(3):  # 15 s streams: still placed when the second worker is up
+        for i in range(3):  # 15 s streams: still placed when the second worker is up, and after cam3 ended
             camera(i, fps=2)
         wait_for(lambda: len(service.directory.live()) == 2, 180, "a second worker for the third stream")
         assert service.scale_events[0]["event"] == "up" and service.scale_events[0]["worker"] == 1
         camera(3, fps=10)
         wait_for(lambda: "cam3" in service.directory.placement, 30, "the fourth stream placed")
         assert service.directory.placement["cam3"].index == 1, "the new worker is the least loaded"
+        threads[-1].join(60)  # cam3 (3 s) ends long before the others
+        wait_for(lambda: any(e["event"] == "down" for e in service.scale_events), 60, "the idle worker retired")
+        down = next(e for e in service.scale_events if e["event"] == "down")
+        assert down["worker"] == 1 and down["lost"] == 0, "the worker whose stream ended, not the busy one"
+        assert [w.index for w in service.directory.live()] == [0]  # the minimum stays
+        assert all(t.is_alive() for t in threads[:3]), "the first streams outlived the retirement"
         for t in threads:
             t.join(180)
             assert not t.is_alive(), "camera did not finish"
-        wait_for(lambda: any(e["event"] == "down" for e in service.scale_events), 60, "the idle worker retired")
-        down = next(e for e in service.scale_events if e["event"] == "down")
-        assert down["worker"] == 1 and down["lost"] == 0
-        assert [w.index for w in service.directory.live()] == [0]  # the minimum stays
         time.sleep(3 * 0.25 + 1.5)  # a few more health checks: nothing replaces a retired worker
         assert [w.index for w in service.directory.live()] == [0] and service.replacements == 0
     finally:
