@@ -45,13 +45,22 @@ from recon.calib.undistort import FrameUndistorter
 from recon.errors import CorruptFrameError
 from recon.nodes import protocol as P
 from recon.nodes.sources import Source
-from recon.nodes.transport import Security, default_context, new_node_id, open_socket, readable
+from recon.nodes.transport import (
+    Security,
+    default_context,
+    new_node_id,
+    open_socket,
+    readable,
+    recv_parts,
+    send_parts,
+)
 from recon.types import Frame
 from recon.utils.log import WarnOnce
 
 logger = logging.getLogger(__name__)
 
 LIVE_ACK_TIMEOUT_S = 30.0
+_POLLIN = int(zmq.POLLIN)
 
 
 @dataclass
@@ -195,7 +204,7 @@ class CameraNode:
         if not self._check_size(seq, parts):
             return False
         try:
-            sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
+            send_parts(sock, parts, copy=False)
         except zmq.Again:
             return False
         self._sent_at[seq] = time.monotonic()
@@ -428,9 +437,9 @@ class CameraNode:
                 wait_ms = 0 if sent else 5 if live else 20
                 if cfg.fps and not sent:
                     wait_ms = max(0, min(wait_ms, int(1000 * (next_send - now))))
-                if sock.poll(wait_ms, zmq.POLLIN):
+                if zmq.zmq_poll([(sock, _POLLIN)], wait_ms):
                     while readable(sock):
-                        parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        parts = recv_parts(sock)
                         last_heard = time.monotonic()
                         if lost:
                             lost = False

@@ -26,7 +26,7 @@ import pytest
 import ray  # the `serve` extra; `dev` installs it
 
 from recon.nodes.camera_node import CameraNode, CameraNodeConfig
-from recon.nodes.ray_serve import RayService
+from recon.nodes.ray_serve import RayService, Scaling
 from recon.nodes.recon_node import ReconNodeConfig
 from recon.nodes.sources import open_source
 from recon.nodes.viewer_node import ViewerNode
@@ -159,3 +159,53 @@ def test_a_killed_worker_s_streams_resume_on_another_worker(cluster: Any, sequen
     logger.warning("worker %d killed: its %d streams' first results on another worker %.2f s / %.2f s after",
                    victim.index, len(moved), min(resumed), max(resumed))
     print(f"\nresume after worker death: {', '.join(f'{r:.2f} s' for r in resumed)}")
+
+
+def test_workers_are_added_with_streams_and_retired_when_idle(cluster: Any, sequence: Path, tmp_path: Path) -> None:
+    """Scaling on the same cluster: 1 worker at start; a third stream (over 2 per worker) starts a second one,
+    which takes the next stream; once every stream has ended the second worker is retired after the grace period
+    (stopped with nothing placed on it: no stream moved), leaving the minimum of 1."""
+    config = ReconNodeConfig(backend="geometric", state_dir=str(tmp_path / "state"), checkpoint_every=4,
+                             heartbeat_s=0.2, max_streams_per_peer=STREAMS, session_idle_s=1.0)
+    service = RayService(config, tcp(), health_s=0.25, scaling=Scaling(min_workers=1, max_workers=2,
+                                                                        streams_per_worker=2, idle_grace_s=1.5))
+    service.start()
+    cameras: list[CameraNode] = []
+    threads: list[threading.Thread] = []
+
+    def camera(i: int, fps: float) -> None:
+        cam = CameraNode(open_source(str(sequence)),
+                         CameraNodeConfig(stream_id=f"cam{i}", front=service.front_endpoint, encoding="raw",
+                                          heartbeat_s=0.2, timeout_s=1.0, resend_s=2.0, fps=fps))
+        cameras.append(cam)
+        threads.append(threading.Thread(target=cam.run, name=f"cam{i}", daemon=True))
+        threads[-1].start()
+
+    try:
+        assert [w.index for w in service.directory.live()] == [0]
+        for i in range(3):  # 15 s streams: still placed when the second worker is up, and after cam3 ended
+            camera(i, fps=2)
+        wait_for(lambda: len(service.directory.live()) == 2, 180, "a second worker for the third stream")
+        assert service.scale_events[0]["event"] == "up" and service.scale_events[0]["worker"] == 1
+        camera(3, fps=10)
+        wait_for(lambda: "cam3" in service.directory.placement, 30, "the fourth stream placed")
+        assert service.directory.placement["cam3"].index == 1, "the new worker is the least loaded"
+        threads[-1].join(60)  # cam3 (3 s) ends long before the others
+        wait_for(lambda: any(e["event"] == "down" for e in service.scale_events), 60, "the idle worker retired")
+        down = next(e for e in service.scale_events if e["event"] == "down")
+        assert down["worker"] == 1 and down["lost"] == 0, "the worker whose stream ended, not the busy one"
+        assert [w.index for w in service.directory.live()] == [0]  # the minimum stays
+        assert all(t.is_alive() for t in threads[:3]), "the first streams outlived the retirement"
+        for t in threads:
+            t.join(180)
+            assert not t.is_alive(), "camera did not finish"
+        time.sleep(3 * 0.25 + 1.5)  # a few more health checks: nothing replaces a retired worker
+        assert [w.index for w in service.directory.live()] == [0] and service.replacements == 0
+    finally:
+        for cam in cameras:
+            cam.stop()
+        lost = service.stop()
+    assert lost == 0 and service.directory.moves == [], "no stream was moved"
+    for cam in cameras:
+        assert cam.stats.stopped_on_error is None, cam.stats.stopped_on_error
+        assert cam.stats.acked == cam.stats.sent == FRAMES, (cam.config.stream_id, cam.stats)
