@@ -98,7 +98,8 @@ def run_pipeline(source: str | Source, backend: str | Backend, sinks: Iterable[A
         stream_id: defaults to the source's name.
         timeout_s: overall bound; the run is stopped and ReconError raised when exceeded.
         stop: set it (from a signal handler or another thread) to end a live run cleanly (inproc): the camera
-            stops, the node drains and flushes, every result reaches the sinks, however long that takes.
+            stops, the node drains and flushes, every result reaches the sinks, however long that takes. Remote: it
+            ends a wait for the node to come up; a stream ends when its source does.
         abort: set it (a second signal) to cut that wait short; `PipelineStats.results_lost` counts what was lost.
         max_frames, stride: send at most `max_frames` frames, every `stride`-th of a recorded source.
         on_error: dataset sources: "skip" or "stop" at a corrupt frame (see `PipelineStats.stopped_on_error`).
@@ -219,9 +220,16 @@ def _run_remote(source: Source, remote: RemoteNode, sinks: list[Any], co: _Camer
 
     try:
         viewer.start()
-        if not viewer.wait_connected(30):
-            raise ReconError(f"no heartbeat from a reconstruction node on {remote.publish} within 30 s "
-                             "(is `recon node recon` running with that --publish?)")
+        deadline = time.monotonic() + timeout_s
+        if not viewer.wait_connected(1.0):  # nodes may start in any order: wait for it, saying where we look
+            logger.info("waiting for a reconstruction node publishing on %s (start `recon node recon`)",
+                        remote.publish)
+            while not viewer.wait_connected(0.5):
+                if (stop is not None and stop.is_set()) or abort.is_set() or viewer.error is not None:
+                    return _finish(stats, viewer, t0)
+                if time.monotonic() > deadline:
+                    raise ReconError(f"no heartbeat from a reconstruction node on {remote.publish} within "
+                                     f"{timeout_s:.0f} s (is `recon node recon` running with that --publish?)")
         if on_status is not None:
             on_status(status)
         cam = CameraNode(source, CameraNodeConfig(connect=remote.connect, encoding=co.encoding,
@@ -230,10 +238,9 @@ def _run_remote(source: Source, remote: RemoteNode, sinks: list[Any], co: _Camer
                                                   stride=co.stride), ctx)
         t = threading.Thread(target=cam.run, name="camera-node", daemon=True)
         t.start()
-        deadline = time.monotonic() + timeout_s
-        while t.is_alive():
+        while t.is_alive():  # the run ends with the source (a live one: close it, and what it holds is sent first)
             t.join(0.2)
-            if (stop is not None and stop.is_set()) or abort.is_set() or time.monotonic() > deadline:
+            if abort.is_set() or time.monotonic() > deadline:
                 cam.stop()
         stats.camera = cam.stats
         stats.stopped_on_error = cam.stats.stopped_on_error

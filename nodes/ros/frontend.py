@@ -259,6 +259,7 @@ class RosFrontEnd:
         self.stats: Any = None  # recon.nodes.pipeline.PipelineStats once `serve` returned
         self._status_fn: Callable[[], dict[str, Any]] | None = None
         self._abort = threading.Event()
+        self._stopping = threading.Event()  # remote: ends a wait for the external node
 
     # -- inputs (ROS callback threads) ------------------------------------------------------------------------
     def on_camera_info(self, msg: Any) -> None:
@@ -290,9 +291,11 @@ class RosFrontEnd:
         return self.inputs.faults
 
     def dropped(self) -> int:
-        """Images dropped unprocessed: by the push source (queue full) and by the node (a newer frame won)."""
-        node = self.stats.camera.dropped_at_node if self.stats is not None else 0
-        return self.source.drops + node
+        """Images dropped unprocessed: by the push source (queue full), by the node (a newer frame won) and, once the
+        run is over, those still queued (an aborted stop, or no node to send them to)."""
+        if self.stats is None:
+            return self.source.drops
+        return self.source.counts()[1] + self.stats.camera.dropped_at_node
 
     def diagnostic_values(self) -> list[tuple[str, str]]:
         """Key/value pairs of /diagnostics: this side's counters, the node session's, both latencies."""
@@ -316,10 +319,11 @@ class RosFrontEnd:
     def stop(self) -> None:
         """End the input (signal handler safe): what is queued is still processed, flushed and published."""
         self.source.close()
+        self._stopping.set()
 
     def abort(self) -> None:
         """Give up what the node still holds (ROS went down: nothing could be published)."""
-        self.source.close()
+        self.stop()
         self._abort.set()
 
     def _watch(self, stop: threading.Event, ros_ok: Callable[[], bool], done: threading.Event) -> None:
@@ -371,8 +375,8 @@ class RosFrontEnd:
                                           on_status=on_status)
             else:
                 self.stats = run_pipeline(self.source, cfg.backend, [self.results], mode="remote", node=self.remote,
-                                          stream_id=cfg.stream_id, timeout_s=math.inf, abort=self._abort,
-                                          on_status=on_status)
+                                          stream_id=cfg.stream_id, timeout_s=math.inf, stop=self._stopping,
+                                          abort=self._abort, on_status=on_status)
         finally:
             done.set()
             watcher.join(2)

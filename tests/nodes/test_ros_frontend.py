@@ -263,6 +263,14 @@ def test_remote_endpoints_default_to_the_recon_node_ports() -> None:
         remote_node(RosNodeConfig(node="ipc:///tmp/recon"))
 
 
+def test_waiting_for_an_external_node_that_is_not_up_ends_cleanly_on_stop() -> None:
+    port = free_port()
+    run = FrontEndRun(RosNodeConfig(backend="identity", node=f"tcp://127.0.0.1:{port}", camera_info_topic=""))
+    run.front.on_image(image_msg(_rgb(), 1))
+    assert run.finish(timeout=20) == [] and run.rc == 0
+    assert run.front.stats.camera.sent == 0 and run.front.dropped() == 1  # the queued image is counted, not lost
+
+
 def test_an_external_recon_node_over_tcp(tmp_path: Path) -> None:
     """`~node`: the same front end streams to a `recon node recon` process over tcp:// and publishes its results."""
     bind, publish, control = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
