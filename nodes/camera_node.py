@@ -437,6 +437,12 @@ class CameraNode:
                 wait_ms = 0 if sent else 5 if live else 20
                 if cfg.fps and not sent:
                     wait_ms = max(0, min(wait_ms, int(1000 * (next_send - now))))
+                if (live and ready and wait_ms and not exhausted and len(self._pending) < self.window
+                        and now >= next_send):
+                    # Room for a frame: wait on the source, which wakes at the next capture (replies can wait a few
+                    # ms; a frame sent late is latency), then look at the socket without waiting.
+                    self.source.wait_frame(wait_ms / 1000)  # type: ignore[attr-defined] - LiveSource, PushSource
+                    wait_ms = 0
                 if zmq.zmq_poll([(sock, _POLLIN)], wait_ms):
                     while readable(sock):
                         parts = recv_parts(sock)

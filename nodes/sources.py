@@ -141,6 +141,13 @@ class LiveSource:
         with self._cond:
             return self._stop.is_set() and self._taken
 
+    def wait_frame(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for a frame not taken yet (or the feed's end); True when one is there."""
+        with self._cond:
+            if self._taken and not self._stop.is_set():
+                self._cond.wait(timeout_s)
+            return not self._taken
+
     def take(self, timeout_s: float) -> Frame | None:
         """The newest frame not taken yet (seq: its capture index), waiting up to `timeout_s`; what the camera
         node reads from a live source."""
@@ -203,6 +210,13 @@ class PushSource:
                 self.drops += 1
             self._cond.notify_all()
             return seq
+
+    def wait_frame(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for an item (or the close); True when one waits."""
+        with self._cond:
+            if not self._items and not self._closed:
+                self._cond.wait(timeout_s)
+            return bool(self._items)
 
     def take(self, timeout_s: float) -> Frame | None:
         """The oldest waiting item as a Frame, waiting up to `timeout_s` for one; None when there is none (or

@@ -70,6 +70,21 @@ def test_push_source_keeps_the_newest_items_counts_drops_and_drains_after_close(
         PushSource("s", lambda item, seq: None, capacity=0)
 
 
+def test_push_source_wakes_a_waiting_camera_node_at_the_push() -> None:
+    """The camera node waits on a live source for its next frame (not on a socket poll that ends later)."""
+    import threading
+
+    source = PushSource("s", lambda item, seq: None)
+    assert source.wait_frame(0.01) is False
+    timer = threading.Timer(0.05, source.push, ["x"])
+    timer.start()
+    assert source.wait_frame(10.0) is True  # the push came during the wait
+    timer.join()
+    source.take(0.0)
+    source.close()
+    assert source.wait_frame(10.0) is False and source.finished  # a closed, empty source does not wait
+
+
 # -------------------------------------------------------------------------------------------- depth
 
 
