@@ -99,8 +99,13 @@ class RosInputs:
 
     def on_depth(self, msg: Any) -> None:
         """Keep recent depth messages by stamp (decoded only when a colour image claims one)."""
+        try:
+            t_ns = stamp_to_ns(msg.header.stamp)
+        except (AttributeError, TypeError, ValueError) as e:
+            self.faults("bad_depth", "ignoring a depth image: %s: %s", type(e).__name__, e)
+            return
         with self._depth_cond:
-            self._depths[stamp_to_ns(msg.header.stamp)] = msg
+            self._depths[t_ns] = msg
             while len(self._depths) > DEPTH_KEPT:
                 self._depths.popitem(last=False)
             self._depth_cond.notify_all()
@@ -144,17 +149,17 @@ class RosInputs:
             return None
         try:
             rgb = decode_image(msg)
-        except ProtocolError as e:
-            self.faults("bad_image", "dropping an image: %s", e)
+            t_ns, frame_id = stamp_to_ns(msg.header.stamp), str(msg.header.frame_id)
+        except (ProtocolError, AttributeError, TypeError, ValueError) as e:  # undecodable, or not an image message
+            self.faults("bad_image", "dropping an image: %s: %s", type(e).__name__, e)
             return None
         K = None
         if info is not None:
             h, w = rgb.shape[:2]
             K = (info if (info.width, info.height) == (w, h) else info.scaled(w, h)).K
-        t_ns = stamp_to_ns(msg.header.stamp)
         depth = self._take_depth(t_ns, rgb.shape[:2]) if cfg.depth_topic else None
         with self._lock:
-            self.frame_ids[seq] = str(msg.header.frame_id)
+            self.frame_ids[seq] = frame_id
             while len(self.frame_ids) > FRAME_IDS_KEPT:
                 self.frame_ids.popitem(last=False)
         return Frame(cfg.stream_id, seq, t_ns, rgb, K, depth=depth)

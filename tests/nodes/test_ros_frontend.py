@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -184,10 +185,11 @@ def test_without_camera_info_topic_bad_images_are_counted_and_skipped() -> None:
     bad = image_msg(_rgb(), 1)
     bad.encoding = "nv12"  # not a ROS image encoding
     run.front.on_image(bad)
+    run.front.on_image(SimpleNamespace(encoding="rgb8"))  # not an image message at all: counted, the run goes on
     run.front.on_image(image_msg(_rgb(), 2, ros2=True))
     (out,) = run.finish()
-    assert (out.t_ns, out.result.seq, out.camera_frame) == (2, 1, "cam_x")
-    assert run.front.faults.counts == {"bad_image": 1}
+    assert (out.t_ns, out.result.seq, out.camera_frame) == (2, 2, "cam_x")
+    assert run.front.faults.counts == {"bad_image": 2}
 
 
 def test_lagging_results_keep_their_own_stamp_frame_id_and_colours_and_are_flushed_at_stop() -> None:
