@@ -246,6 +246,20 @@ def test_ros_node_undistorts_a_distorted_camera_info(launch: Callable[..., subpr
         assert c["rgb"] != grid_colours(captured)  # and not what the camera captured
 
 
+def test_ros_node_restarted_on_its_state_dir_continues_the_map(launch: Callable[..., subprocess.Popen],
+                                                             tmp_path: Path) -> None:
+    """`--state-dir`: the in-process reconstruction node checkpoints the stream when the ROS node stops, and a new ROS
+    node on the same folder restores it (identity's drift is state: x = seq cm + 0.5 m x frames seen)."""
+    state = tmp_path / "state"
+    args = ["--backend", "identity", "-o", "drift=0.5", "-o", "points=true", "--state-dir", str(state)]
+    xs = []
+    for _ in range(2):  # the second run's logs and record replace the first's
+        rec, node = _run(launch, tmp_path, "recon_s", args, ["--count", "3"])
+        assert "3 frames in, 3 results out" in _stop(node, tmp_path / "node.log")
+        xs += [p["position"][0] for p in rec["pose"]]
+    np.testing.assert_allclose(xs, [0.01 * (i % 3) + 0.5 * (i + 1) for i in range(6)], atol=1e-12)
+
+
 def test_ros_node_streams_to_an_external_recon_node(launch: Callable[..., subprocess.Popen],
                                                     roscore: dict[str, str], tmp_path: Path) -> None:
     """`--node`: the reconstruction runs in a separate `recon node recon` process over tcp://; the ROS node only
