@@ -119,7 +119,7 @@ class SessionServices:
     kv_pool: Any = None  # recon.memory.offload.KVPagePool: the node's session-memory budget, idle offload
 
 
-@dataclass
+@dataclass(slots=True)
 class Item:
     """A validated frame message waiting in a session queue (payloads may still be compressed)."""
 
@@ -133,7 +133,7 @@ class Item:
     received_ns: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Offer:
     """What happened to a frame offered to a session, for the ingest thread to answer the camera."""
 
