@@ -5,6 +5,11 @@ sessions (DESIGN.md §1). It then takes frames from the queue, decompresses them
 steps the backend, publishes what the step emitted, acknowledges the frame and, every `checkpoint_every`
 frames, snapshots the backend for the checkpoint writer.
 
+Fast sessions (INLINE_MAX_S): while a session's frames take under a millisecond each to decompress and step, the
+ingest thread that received a frame processes it itself (`offer` answers "inline", `process_inline`), since the
+hand-off to the session's thread would cost more than the frame; everything else (building, restoring, resets,
+checkpoint flushes at stop, any slower backend) stays on the session's thread, and the two never process at once.
+
 Queues: a recorded stream queues up to `queue_size` frames (its credit window); a live stream holds at most one
 waiting frame, and a newer one replaces it (counted as a drop, acknowledged to the camera as dropped). Every
 queued frame holds a reservation of the node-wide memory budget until its step is done.
