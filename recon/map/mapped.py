@@ -216,8 +216,12 @@ class MappedBackend:
                 rec.T_odom = r.T_world_cam.copy()
                 k = rec.keyframe
                 if k >= 0 and self.keyframes[k].seq == r.seq:
+                    # The backend revised a keyframe (bundle adjustment): its node moves with it and keeps its
+                    # correction, else the revision would leak into the map frame as a correction no loop made.
+                    C = self._correction(k)
                     kf = self.keyframes[k]
                     kf.T_odom_cam = r.T_world_cam.copy()
+                    self._nodes[k] = C @ Sim3.from_se3(kf.T_odom_cam)
                     if r.points_world is not None or r.depth is not None:
                         kf.refresh_points(r, self._recent.get(r.seq, (None, None))[1])
                         self._set_unit()

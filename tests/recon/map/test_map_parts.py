@@ -181,3 +181,19 @@ def test_training_in_steps_bounds_each_chunk_and_gives_the_same_words() -> None:
             break
     assert max(chunks) <= 10_000 and len(chunks) > 3 * 3000 * 64 // 10_000
     np.testing.assert_array_equal(centres, whole.centres)
+
+
+def test_the_revisited_frame_is_found_from_the_images_alone() -> None:
+    """The rendered loop's frame 77 stands where frame 5 stood (one lap of 72 steps later): among the first 12
+    frames, the images alone (no pose) single out frame 5, whose view differs only by zero parallax; a walk that
+    ends there is scored against frame 5, not frame 0."""
+    from recon.map.metrics import revisit_error, revisited_frame
+    from tests.recon.map._loop import loop_frames
+
+    frames, poses = loop_frames(depth=True)
+    found = revisited_frame([f.image for f in frames[:12]], frames[77].image, frames[0].K)
+    assert found is not None and found.index == 5, found
+    assert found.parallax_deg < 0.5
+    T = poses[:78]
+    assert revisit_error(T, 5) == pytest.approx(0.0, abs=1e-9)
+    assert revisit_error(T, 0) > 0.05  # five steps of a 72-step lap: 1/14 of the path
