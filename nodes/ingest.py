@@ -107,17 +107,23 @@ class Ingest:
             if not batch:
                 break
             count += len(batch)
-            for parts in batch:
-                self._one(parts)
+            deferred: dict[int, Any] = {}
+            try:
+                ids = [parts[0].bytes for parts in batch]
+                for i, parts in enumerate(batch):
+                    # More of this sender's messages follow in the burst: acks of inline frames wait for them.
+                    self._one(ids[i], parts, deferred if i + 1 < len(batch) and ids[i + 1] == ids[i] else None)
+            finally:
+                for session in deferred.values():
+                    session.flush_acks()
         return count
 
-    def _one(self, parts: list[Any]) -> None:
+    def _one(self, routing_id: bytes, parts: list[Any], deferred: dict[int, Any] | None) -> None:
         try:
-            routing_id = parts[0].bytes
             peer = self._peers.get(routing_id)
             if peer is None:
                 peer = self._peer(routing_id, parts[1] if len(parts) > 1 else parts[0])
-            self._handle(peer, parts[1:])
+            self._handle(peer, parts[1:], deferred)
         except ProtocolError as e:
             self.rejects(P.fault_kind(e), "rejected message: %s", e)
         except Exception as e:  # never let one message kill the ingest thread
@@ -136,7 +142,7 @@ class Ingest:
         return peer
 
     # -- one message ------------------------------------------------------------------------------------------
-    def _handle(self, peer: Peer, parts: list[Any]) -> None:
+    def _handle(self, peer: Peer, parts: list[Any], deferred: dict[int, Any] | None = None) -> None:
         try:
             msg = P.decode(parts, self.limits, images=False)
         except ProtocolError as e:
@@ -147,7 +153,9 @@ class Ingest:
             session, offer = self.table.offer(peer, msg)
             self._answer(peer, msg, offer, session)
             if offer.item is not None:  # a fast session's frame: processed here, no hand-off (INLINE_MAX_S)
-                session.process_inline(offer.item)
+                if deferred is not None:
+                    deferred[id(session)] = session
+                session.process_inline(offer.item, defer_ack=deferred is not None)
         elif kind == P.HEARTBEAT:
             # Answered with a credit: it carries the window, the node's id and its limits, so a camera learns all
             # three at connect time and notices a restarted node by its new id.

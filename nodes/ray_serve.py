@@ -11,9 +11,10 @@
   placed per live worker exceed `streams_per_worker`, starts one more (up to `max_workers`: the GPUs, or a
   configured maximum on CPU), which takes the next new streams (least loaded; running streams stay where they
   are). A worker whose streams have all ended (no session on it, none placed) for `idle_grace_s` is retired, down
-  to `min_workers`: it stops taking streams first, and is stopped like a node (its sessions drained and
-  checkpointed), so no stream is ever moved without its checkpoint; a camera that comes back later is placed
-  anew and its worker restores the checkpoint from the shared folder.
+  to `min_workers` and only while the other workers stay within the threshold (no start-retire flapping): it
+  stops taking streams first, and is stopped like a node (its sessions drained and checkpointed), so no stream
+  is ever moved without its checkpoint; a camera that comes back later is placed anew and its worker restores
+  the checkpoint from the shared folder.
 - The front endpoint (recon.nodes.front) answers cameras' "where does stream S live"; a camera that lost its
   worker asks again, is redirected, and re-sends its unacknowledged frames (and the acknowledged ones after the
   last checkpoint) to the new worker, whose session restores the checkpoint and catches up: every frame reaches
@@ -325,7 +326,8 @@ class RayService:
 
     def _scale(self) -> None:
         """One scaling decision per health check: finish a pending start, else add a worker when the streams per
-        worker exceed the threshold, else retire the highest-numbered worker idle for the grace period."""
+        worker exceed the threshold, else retire the worker idle the longest (past the grace period) if the others
+        stay within the threshold without it."""
         import ray
 
         assert self.scaling is not None
@@ -357,11 +359,11 @@ class RayService:
             logger.info("%d streams on %d worker(s) (> %g each): starting worker %d", streams, len(live),
                         self.scaling.streams_per_worker, index)
             return
-        if len(live) <= self.scaling.min_workers:
-            return
+        if len(live) <= self.scaling.min_workers or streams > self.scaling.streams_per_worker * (len(live) - 1):
+            return  # at the minimum, or the others would be over the threshold (and one would start again)
         idle = [w for w in live if w.idle_since is not None and now - w.idle_since >= self.scaling.idle_grace_s]
         if idle:
-            w = max(idle, key=lambda x: x.index)
+            w = min(idle, key=lambda x: (x.idle_since, -x.index))  # idle the longest
             if self.directory.retire(w):
                 self._retire(w)
 

@@ -5,6 +5,11 @@ sessions (DESIGN.md §1). It then takes frames from the queue, decompresses them
 steps the backend, publishes what the step emitted, acknowledges the frame and, every `checkpoint_every`
 frames, snapshots the backend for the checkpoint writer.
 
+Fast sessions (INLINE_MAX_S): while a session's frames take under a millisecond each to decompress and step, the
+ingest thread that received a frame processes it itself (`offer` answers "inline", `process_inline`), since the
+hand-off to the session's thread would cost more than the frame; everything else (building, restoring, resets,
+checkpoint flushes at stop, any slower backend) stays on the session's thread, and the two never process at once.
+
 Queues: a recorded stream queues up to `queue_size` frames (its credit window); a live stream holds at most one
 waiting frame, and a newer one replaces it (counted as a drop, acknowledged to the camera as dropped). Every
 queued frame holds a reservation of the node-wide memory budget until its step is done.
@@ -119,7 +124,7 @@ class SessionServices:
     kv_pool: Any = None  # recon.memory.offload.KVPagePool: the node's session-memory budget, idle offload
 
 
-@dataclass
+@dataclass(slots=True)
 class Item:
     """A validated frame message waiting in a session queue (payloads may still be compressed)."""
 
@@ -133,7 +138,7 @@ class Item:
     received_ns: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Offer:
     """What happened to a frame offered to a session, for the ingest thread to answer the camera."""
 
@@ -221,6 +226,7 @@ class Session:
         self._fast = 0  # inline points (INLINE_MAX_S)
         self._handover: tuple[Item, list[FrameResult], bool] | None = None  # inline frame left to this thread
         self.inline_frames = 0
+        self._defer_ack = False  # inline: the ingest thread flushes this frame's acknowledgement after its burst
         self._last_t = 0.0
         self.thread = threading.Thread(target=self._run, name=f"session-{stream_id}", daemon=True)
 
@@ -304,11 +310,13 @@ class Session:
         """(under cond) Whether the offering thread may process the frame itself now (INLINE_MAX_S)."""
         services = self.services
         return (self._fast >= INLINE_AFTER and not self.queue and not self._busy and self.state == "running"
-                and self._reset_reason is None and self._announce is None and not self._ack_batch
+                and self._reset_reason is None and self._announce is None
                 and services.scheduler is None and services.kv_pool is None and services.publisher.accepting)
 
-    def process_inline(self, item: Item) -> None:
-        """Process a frame `offer` returned as "inline", on the calling (ingest) thread."""
+    def process_inline(self, item: Item, defer_ack: bool = False) -> None:
+        """Process a frame `offer` returned as "inline", on the calling (ingest) thread; `defer_ack`: more frames of
+        its sender are waiting, so its acknowledgement may wait for theirs (the caller then calls `flush_acks`)."""
+        self._defer_ack = defer_ack
         try:
             self.inline_frames += 1
             self._process(item, inline=True)
@@ -318,6 +326,7 @@ class Session:
             if self.options.strict:
                 self.services.fail(e)
         finally:
+            self._defer_ack = False
             with self.cond:
                 if self._handover is None:
                     self._busy = False
@@ -570,16 +579,27 @@ class Session:
 
     def _ack(self, item: Item) -> None:
         """Acknowledge `item`; a recorded stream's acks are batched while more of its frames wait (up to half its
-        window), so a busy session sends one credit per few frames instead of one per frame."""
-        batch = self._ack_batch
-        if batch and (batch[0].peer.routing_id != item.peer.routing_id or batch[0].epoch != item.epoch):
+        window), so a busy session sends one credit per few frames instead of one per frame. Inline, the ingest
+        thread says more of the sender's frames wait (`process_inline(defer_ack=True)`) and flushes after them."""
+        with self.cond:
+            batch = self._ack_batch
+            mixed = bool(batch) and (batch[0].peer.routing_id != item.peer.routing_id or batch[0].epoch != item.epoch)
+        if mixed:
             self._flush_acks()
-        batch.append(item)
-        if item.live or len(batch) >= max(1, self.options.queue_size // 2) or not self.queue:
+        with self.cond:
+            self._ack_batch.append(item)
+            flush = item.live or len(self._ack_batch) >= max(1, self.options.queue_size // 2) or \
+                (not self.queue and not self._defer_ack)
+        if flush:
             self._flush_acks()
 
+    def flush_acks(self) -> None:
+        """Send the batched acknowledgements now (the ingest thread, after frames it processed inline)."""
+        self._flush_acks()
+
     def _flush_acks(self) -> None:
-        batch, self._ack_batch = self._ack_batch, []
+        with self.cond:  # either thread may flush (inline frames); each acknowledgement goes out once
+            batch, self._ack_batch = self._ack_batch, []
         if batch:
             first = batch[0]
             self.services.replies.credit(first.peer.routing_id, self.stream_id, first.epoch, window=self.window(),

@@ -43,15 +43,28 @@ class Revisit:
     parallax_deg: float
 
 
+def _rotation_residual_deg(ra: np.ndarray, rb: np.ndarray) -> float:
+    """Median angle (degrees) between unit rays `rb` and `R ra` for the rotation R that fits them best (orthogonal
+    Procrustes, refitted once on the better half): the part of the image motion that no rotation explains,
+    i.e. the parallax of a translation. Unlike an essential matrix it stays defined at zero translation."""
+    keep = np.ones(len(ra), bool)
+    for _ in range(2):
+        U, _, Vt = np.linalg.svd(rb[keep].T @ ra[keep])
+        R = U @ np.diag([1.0, 1.0, np.linalg.det(U @ Vt)]) @ Vt
+        angle = np.degrees(np.arccos(np.clip(np.sum(rb * (ra @ R.T), axis=1), -1.0, 1.0)))
+        keep = angle <= np.median(angle)
+    return float(np.median(angle))
+
+
 def revisited_frame(first: list[np.ndarray], last: np.ndarray, K: np.ndarray, *, min_inliers: int = 50,
                     features: int = 2000) -> Revisit | None:
     """Of the images `first` (early frames, RGB), the one taken from the place where `last` was taken.
 
-    Each candidate is matched to `last` (ORB, ratio test), an essential matrix is fitted by RANSAC with `K`
-    (full-resolution intrinsics), and the inliers' rays are compared after removing the relative rotation: the
-    median angle left (the parallax) comes from translation only. Among candidates with at least `min_inliers`
-    and half the best candidate's inliers (so a barely overlapping view cannot win on a few points), the one
-    with the least parallax is returned; None when no candidate has enough inliers.
+    Each candidate is matched to `last` (ORB, ratio test); an essential matrix fitted by RANSAC with `K`
+    (full-resolution intrinsics) keeps the matches consistent with one rigid motion, and the parallax is what
+    of their image motion a pure rotation cannot explain. Among candidates with at least `min_inliers` and half
+    the best candidate's inliers (so a barely overlapping view cannot win on a few points), the one with the
+    least parallax is returned; None when no candidate has enough inliers.
     """
     import cv2
 
@@ -64,6 +77,10 @@ def revisited_frame(first: list[np.ndarray], last: np.ndarray, K: np.ndarray, *,
     def features_of(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return orb(cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY))
 
+    def rays(uv: np.ndarray) -> np.ndarray:
+        r = np.c_[uv, np.ones(len(uv))] @ Kinv.T
+        return r / np.linalg.norm(r, axis=1, keepdims=True)
+
     kp_last, d_last = features_of(last)
     found: list[Revisit] = []
     for i, image in enumerate(first):
@@ -73,16 +90,12 @@ def revisited_frame(first: list[np.ndarray], last: np.ndarray, K: np.ndarray, *,
             continue
         a, b = kp[pairs[:, 0]].astype(np.float64), kp_last[pairs[:, 1]].astype(np.float64)
         E, mask = cv2.findEssentialMat(a, b, K, method=cv2.RANSAC, prob=0.999, threshold=1.0)
-        if E is None or mask is None or E.shape != (3, 3):
+        if E is None or mask is None:
             continue
         inl = mask.ravel().astype(bool)
         if inl.sum() < min_inliers:
             continue
-        _, R, _, _ = cv2.recoverPose(E, a[inl], b[inl], K)
-        ra = np.c_[a[inl], np.ones(inl.sum())] @ Kinv.T @ R.T
-        rb = np.c_[b[inl], np.ones(inl.sum())] @ Kinv.T
-        cos = np.sum(ra * rb, axis=1) / (np.linalg.norm(ra, axis=1) * np.linalg.norm(rb, axis=1))
-        found.append(Revisit(i, int(inl.sum()), float(np.degrees(np.median(np.arccos(np.clip(cos, -1, 1)))))))
+        found.append(Revisit(i, int(inl.sum()), _rotation_residual_deg(rays(a[inl]), rays(b[inl]))))
     if not found:
         return None
     best_inliers = max(r.inliers for r in found)
