@@ -148,7 +148,6 @@ class MonoVO:
         self._reloc_options = dict(reloc or {})
         self.relocalisations = 0
         self._focal_refinements = 0
-        self._held_focal: Any = None  # selfcalib.HeldFocalSearch while it runs, then "decided"
         self.updates_emitted = 0
         self.held_untracked = 0  # frames emitted untracked during initialisation (revised once it succeeds)
         self._warn = WarnOnce(logger)
@@ -290,8 +289,8 @@ class MonoVO:
 
     def _try_initialise(self, gray: np.ndarray) -> bool:
         """Two-view map from the reference and the current frame; False when the parallax is too small."""
-        if self.calibrate_focal and self._focal_refinements == 0 and not self._search_focal():
-            return False  # the focal length is not determined yet: hold more frames
+        if self.calibrate_focal and self._focal_refinements == 0:
+            self._search_focal()
         p0, p1 = self._ref_pts.astype(np.float64), self._pts.astype(np.float64)
         E, mask = cv2.findEssentialMat(p0, p1, self.K, method=cv2.RANSAC, prob=0.999, threshold=1.0)
         if E is None or E.shape != (3, 3) or mask is None:
@@ -346,15 +345,10 @@ class MonoVO:
                     len(self.points), float(np.median(angle)), len(self._pending))
         return True
 
-    def _search_focal(self) -> bool:
-        """Focal length from the held frames: two-view search (pairs of the reference with later frames), else
-        multi-view searches on more held frames (selfcalib.HeldFocalSearch); False: hold more frames first."""
-        from recon.backends.geometric.selfcalib import HeldFocalSearch, estimate_focal
+    def _search_focal(self) -> None:
+        """Focal length from the held frames (pairs of the reference with later frames), when well defined."""
+        from recon.backends.geometric.selfcalib import estimate_focal
 
-        if self._held_focal == "decided":
-            return True
-        if self._held_focal is not None:  # the two-view search was not confident: multi-view on more frames
-            return self._held_focal_search()
         ref = {int(t): uv for t, uv in zip(self._pending[0].ids, self._pending[0].pts, strict=True)}
         n = len(self._pending)
         pairs = []
@@ -369,32 +363,11 @@ class MonoVO:
             self.focal_source = "self-calibrated (essential-matrix focal search)"
             logger.info("monocular VO: focal length self-calibrated to %.1f px from %d image pairs (a guess until "
                         "the bundle adjustment refines it)", est.f, est.pairs)
-            return True
-        logger.info("monocular VO: two-view focal search not confident (%s); trying multi-view searches on more "
-                    "held frames", "no usable pairs" if est.f is None else f"{est.f:.1f} px")
-        self._held_focal = HeldFocalSearch(self.width, self.height, max_frames=min(56, self.max_pending - 4))
-        return self._held_focal_search()
-
-    def _held_focal_search(self) -> bool:
-        """One step of the multi-view focal search; gives up (keeping the prior f) before the held tracks thin
-        out so far that the initialisation would have to start over (which would drop the held frames)."""
-        n = len(self._pending)
-        thinning = len(self._pending[-1].ids) < 120  # 50 tracks left restart the initialisation, 40 points end it
-        status, mv = self._held_focal.update([(p.ids, p.pts) for p in self._pending], final=thinning)
-        if status == "wait":
-            return False
-        self._held_focal = "decided"
-        if status == "found" and mv is not None:
-            self._set_focal(mv.f)
-            self.focal_source = "self-calibrated (multi-view focal search)"
-            logger.info("monocular VO: focal length self-calibrated to %.1f px (std %.1f %%) from %d held frames",
-                        mv.f, 100 * mv.std, n)
         else:
-            logger.info("monocular VO: the first %d frames do not determine the focal length (multi-view: %s); "
-                        "keeping the prior f = %.1f px (a guess) and refining it in the bundle adjustment", n,
-                        "no estimate" if mv is None or mv.f is None else f"{mv.f:.1f} px, std {100 * mv.std:.1f} %",
+            logger.info("monocular VO: the first frames do not determine the focal length (%s); starting from "
+                        "f = %.1f px and refining it in the bundle adjustment",
+                        "no usable pairs" if est.f is None else f"search found {est.f:.1f} px, not confident",
                         self.K[0, 0])
-        return True
 
     def _set_focal(self, f: float) -> None:
         self.K = self.K.copy()
