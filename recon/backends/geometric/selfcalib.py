@@ -13,6 +13,11 @@ cost sum_pairs (s1 - s2) / (s1 + s2) is minimised over f by a 1-D search on a lo
 minimum well defined; motions that leave f unobservable (pure rotation or translation, optical axes meeting
 at one point as in an orbit) flatten the cost, which the estimate reports as not `confident`. The monocular
 tracker then refines f in its bundle adjustment over keyframes (recon.backends.geometric.bundle).
+
+`multiview_focal` scores candidate focals by the reprojection error of a small multi-view reconstruction at
+each, which an orbit does not defeat; it reports a standard deviation. It is not used by the tracker yet: on
+KLT tracks of rendered orbits it needs ~60 held frames and was still wrong on some windows, and holding the
+initialisation that long cost more ATE than the focal gained (docs/benchmarks.md, monocular section).
 """
 
 from __future__ import annotations
@@ -273,49 +278,3 @@ def multiview_focal(views: list[tuple[np.ndarray, np.ndarray]], width: int, heig
     logger.debug("multi-view focal search: %d views, %d tracks (%d in the fit), %d reconstructions, f %.1f px, std "
                  "%.1f %%, cost %.1f px^2", V, P, n_used, len(per_track), np.exp(lf), 100 * std, cost[best])
     return FocalEstimate(float(np.exp(lf)), V, cost[best], sharp, std <= max_std, std)
-
-
-class HeldFocalSearch:
-    """When the two-view search is not confident, multi-view searches over the frames held for initialisation.
-
-    Why: an orbit leaves the two-view criterion flat, and one multi-view estimate from a short window can be
-    confidently wrong (a few tracks, a noisy cost profile). So the search runs on a growing window (each
-    attempt on 1.4x the frames of the last) and is accepted when two successive windows agree within `agree`
-    with standard deviations of at most `max_std` each (two 3 % estimates agreeing to 3 %: their mean is
-    within the 5 % goal unless both err the same way by more than 1.7 sigma); after `max_frames` held frames
-    (or when the caller says it cannot hold more) it gives up and the caller keeps its prior.
-
-    Args:
-        first_frames: held frames before the first attempt; max_frames: held frames after which it gives up.
-    """
-
-    def __init__(self, width: int, height: int, *, first_frames: int = 20, max_frames: int = 56,
-                 growth: float = 1.4, agree: float = 0.03, max_std: float = 0.03) -> None:
-        self.width, self.height = int(width), int(height)
-        self.first_frames, self.max_frames = int(first_frames), int(max_frames)
-        self.growth, self.agree, self.max_std = float(growth), float(agree), float(max_std)
-        self.attempts: list[tuple[int, FocalEstimate]] = []
-
-    def update(self, views: list[tuple[np.ndarray, np.ndarray]], final: bool = False
-               ) -> tuple[str, FocalEstimate | None]:
-        """("wait", None): hold more frames; ("found", estimate); ("give up", last estimate or None).
-        `final`: the caller cannot hold more frames (this attempt is the last)."""
-        n = len(views)
-        if self.attempts and n < self.attempts[-1][0]:  # the caller started over from a new reference frame
-            self.attempts = []
-        due = self.first_frames if not self.attempts else int(np.ceil(self.growth * self.attempts[-1][0]))
-        last_chance = final or n >= self.max_frames
-        if n < due and not last_chance:
-            return "wait", None
-        est = multiview_focal(views, self.width, self.height)
-        self.attempts.append((n, est))
-        logger.debug("held-frame focal search on %d frames: f %s, std %.3f, confident %s", n,
-                     "none" if est.f is None else f"{est.f:.1f}", est.std, est.confident)
-        if len(self.attempts) >= 2:
-            prev = self.attempts[-2][1]
-            if (est.f is not None and prev.f is not None and max(est.std, prev.std) <= self.max_std
-                    and abs(np.log(est.f / prev.f)) <= self.agree):
-                return "found", est
-        if last_chance:
-            return "give up", est
-        return "wait", None
