@@ -7,6 +7,14 @@
 - The `Directory` (in the driver) places each new stream on the least-loaded live worker and pings the workers
   every `health_s`; a worker that does not answer, or that Ray reports dead, is dropped and its streams re-placed,
   and (`replace_dead`) a new worker is started in its place, which takes new streams.
+- Scaling (`Scaling`, `--min-workers/--max-workers`): the service starts `min_workers` and, while the streams
+  placed per live worker exceed `streams_per_worker`, starts one more (up to `max_workers`: the GPUs, or a
+  configured maximum on CPU), which takes the next new streams (least loaded; running streams stay where they
+  are). A worker whose streams have all ended (no session on it, none placed) for `idle_grace_s` is retired, down
+  to `min_workers` and only while the other workers stay within the threshold (no start-retire flapping): it
+  stops taking streams first, and is stopped like a node (its sessions drained and checkpointed), so no stream
+  is ever moved without its checkpoint; a camera that comes back later is placed anew and its worker restores
+  the checkpoint from the shared folder.
 - The front endpoint (recon.nodes.front) answers cameras' "where does stream S live"; a camera that lost its
   worker asks again, is redirected, and re-sends its unacknowledged frames (and the acknowledged ones after the
   last checkpoint) to the new worker, whose session restores the checkpoint and catches up: every frame reaches
@@ -59,10 +67,11 @@ class ReconWorker:
         return {"worker": self.index, "connect": cfg.bind, "publish": cfg.publish, "control": cfg.control}
 
     def ping(self) -> dict[str, Any]:
-        """Alive, and how busy: sessions and frames so far."""
+        """Alive, and how busy: the streams with an open session (what scaling reads), sessions so far."""
         assert self.node.table is not None
-        return {"worker": self.index, "sessions": len(self.node.table.all()), "failure": repr(self.node.failure)
-                if self.node.failure is not None else None}
+        return {"worker": self.index, "sessions": len(self.node.table.all()),
+                "streams": sorted(sid for sid, _ in self.node.table.items()),
+                "failure": repr(self.node.failure) if self.node.failure is not None else None}
 
     def stop(self) -> int:
         return self.node.stop()
@@ -76,19 +85,50 @@ def worker_class(gpus: bool) -> Any:
 
 
 @dataclass
+class Scaling:
+    """How the number of workers follows the number of streams (see the module docstring).
+
+    Args:
+        min_workers: workers started, and kept however idle.
+        max_workers: at most this many (capped at the GPUs on a GPU cluster).
+        streams_per_worker: one more worker once the streams placed per live worker exceed this.
+        idle_grace_s: a worker without streams this long is retired (above `min_workers`).
+    """
+
+    min_workers: int = 1
+    max_workers: int = 1
+    streams_per_worker: float = 4.0
+    idle_grace_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_workers <= self.max_workers:
+            raise ConfigError(f"scaling: need 1 <= min workers ({self.min_workers}) <= max workers "
+                              f"({self.max_workers})")
+        if not self.streams_per_worker > 0 or self.idle_grace_s < 0:
+            raise ConfigError(f"scaling: streams per worker must be > 0 and the grace period >= 0, got "
+                              f"{self.streams_per_worker}, {self.idle_grace_s}")
+
+
+@dataclass
 class WorkerEntry:
     index: int
     actor: Any
     endpoints: dict[str, Any]
     alive: bool = True
-    streams: set[str] = field(default_factory=set)
+    streams: set[str] = field(default_factory=set)  # placed here by the directory
+    sessions: set[str] = field(default_factory=set)  # open sessions the worker reported at the last check
+    idle_since: float | None = None  # monotonic time since when it has neither (None: busy)
+    retiring: bool = False  # takes no new streams; stopped by the scaler (never replaced)
+    placed_at: dict[str, float] = field(default_factory=dict)
 
 
 class Directory:
     """Stream placement over the workers, their health checks, and re-placement of a dead worker's streams."""
 
-    def __init__(self, ping_timeout_s: float = 1.0) -> None:
+    def __init__(self, ping_timeout_s: float = 1.0, stream_grace_s: float | None = None) -> None:
         self.ping_timeout_s = ping_timeout_s
+        # A placed stream without a session on its worker for this long has ended (None: placements stay).
+        self.stream_grace_s = stream_grace_s
         self.workers: list[WorkerEntry] = []
         self.placement: dict[str, WorkerEntry] = {}
         self.moves: list[dict[str, Any]] = []  # {"stream", "from", "to", "t"}: re-placements, for status and tests
@@ -101,12 +141,14 @@ class Directory:
             return entry
 
     def live(self) -> list[WorkerEntry]:
+        """Workers that take streams (alive, not retiring)."""
         with self._lock:
-            return [w for w in self.workers if w.alive]
+            return [w for w in self.workers if w.alive and not w.retiring]
 
     def describe(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [{**w.endpoints, "alive": w.alive, "streams": sorted(w.streams)} for w in self.workers]
+            return [{**w.endpoints, "alive": w.alive, "retiring": w.retiring, "streams": sorted(w.streams)}
+                    for w in self.workers]
 
     def where(self, stream_id: str, lost: str | None = None) -> dict[str, Any]:
         """The worker of `stream_id` (placing it on the least-loaded live worker when it has none); a camera that
@@ -122,7 +164,7 @@ class Directory:
             return dict(entry.endpoints)
 
     def _place(self, stream_id: str) -> WorkerEntry:
-        live = [w for w in self.workers if w.alive]
+        live = [w for w in self.workers if w.alive and not w.retiring]
         if not live:
             raise ReconError("no live reconstruction worker")
         entry = min(live, key=lambda w: (len(w.streams), w.index))
@@ -130,6 +172,8 @@ class Directory:
         if old is not None:
             old.streams.discard(stream_id)
         entry.streams.add(stream_id)
+        entry.placed_at[stream_id] = time.monotonic()
+        entry.idle_since = None
         self.placement[stream_id] = entry
         logger.info("stream %s placed on worker %d (%s)", stream_id, entry.index, entry.endpoints["connect"])
         return entry
@@ -148,12 +192,48 @@ class Directory:
                 reply = ray.get(refs[w.index], timeout=max(0.0, deadline - time.monotonic()))
                 if reply.get("failure"):
                     raise ReconError(f"node failed: {reply['failure']}")
+                self._note_sessions(w, set(reply.get("streams", ())))
             except (ray.exceptions.RayError, ReconError) as e:
                 dead.append(w)
                 logger.error("worker %d (%s) is gone: %s", w.index, w.endpoints["connect"],
                              type(e).__name__ if isinstance(e, ray.exceptions.GetTimeoutError) else e)
         self.drop(dead)
         return [w.index for w in dead]
+
+    def _note_sessions(self, w: WorkerEntry, sessions: set[str]) -> None:
+        """A worker's open sessions: placements that never got (or no longer have) a session within the grace
+        period have ended and are released; a worker with neither streams nor sessions starts its idle time."""
+        now = time.monotonic()
+        with self._lock:
+            w.sessions = sessions
+            if self.stream_grace_s is not None:
+                for sid in [s for s in w.streams if s not in sessions
+                            and now - w.placed_at.get(s, now) >= self.stream_grace_s]:
+                    w.streams.discard(sid)
+                    w.placed_at.pop(sid, None)
+                    if self.placement.get(sid) is w:
+                        del self.placement[sid]
+                    logger.info("stream %s ended on worker %d (no session for %.1f s)", sid, w.index,
+                                self.stream_grace_s)
+                for sid in sessions & w.streams:
+                    w.placed_at[sid] = now  # the grace counts from the session's last sighting
+            if w.streams or sessions:
+                w.idle_since = None
+            elif w.idle_since is None:
+                w.idle_since = now
+
+    def retire(self, w: WorkerEntry) -> bool:
+        """Stop placing streams on `w` if it has none (True); a worker with streams is kept (False)."""
+        with self._lock:
+            if w.streams or w.sessions or not w.alive or w.retiring:
+                return False
+            w.retiring = True
+            return True
+
+    def retired(self, w: WorkerEntry) -> None:
+        """A retiring worker has stopped (it had no streams to move)."""
+        with self._lock:
+            w.alive = False
 
     def drop(self, dead: list[WorkerEntry]) -> None:
         """Mark `dead` workers gone and move each of their streams to the least-loaded live worker."""
@@ -163,7 +243,7 @@ class Directory:
                     continue
                 w.alive = False
                 for sid in sorted(w.streams):
-                    to = self._place(sid) if any(x.alive for x in self.workers) else None
+                    to = self._place(sid) if any(x.alive and not x.retiring for x in self.workers) else None
                     self.moves.append({"stream": sid, "from": w.index, "to": None if to is None else to.index,
                                        "t": time.time()})
                     logger.warning("stream %s moved from dead worker %d to %s", sid, w.index,
@@ -175,11 +255,17 @@ class RayService:
     """The workers, the directory, its health checks and the front endpoint; `start()`, then `stop()`."""
 
     def __init__(self, config: ReconNodeConfig, front: str, *, workers: int | None = None, health_s: float = 0.5,
-                 ping_timeout_s: float = 1.0, replace_dead: bool = True) -> None:
+                 ping_timeout_s: float = 1.0, replace_dead: bool = True, scaling: Scaling | None = None) -> None:
         if config.state_dir is None:
             raise ConfigError("recon serve --ray needs a --state-dir every worker can read (streams move between "
                               "workers through their checkpoints)")
+        if scaling is not None and workers is not None:
+            raise ConfigError("give either a fixed number of workers or a scaling range (--min/--max-workers)")
         self.config = config
+        self.scaling = scaling
+        self.max_workers = scaling.max_workers if scaling is not None else 0
+        self.scale_events: list[dict[str, Any]] = []  # {"event": "up"|"down", "worker", "streams", "t"}
+        self._starting: tuple[int, Any, Any, float] | None = None  # (index, actor, endpoints ref, since)
         self.front_endpoint = front
         self.num_workers = workers
         self.health_s = health_s
@@ -187,7 +273,7 @@ class RayService:
         self.replacements = 0
         self._cls: Any = None
         self._next_index = 0
-        self.directory = Directory(ping_timeout_s)
+        self.directory = Directory(ping_timeout_s, scaling.idle_grace_s if scaling is not None else None)
         self.front: Any = None
         self.ctx: Any = None
         self._stop = threading.Event()
@@ -204,6 +290,11 @@ class RayService:
         count = self.num_workers or gpus or max(1, int(resources.get("CPU", 1)))
         if self.num_workers and gpus and self.num_workers > gpus:
             raise ConfigError(f"--workers {self.num_workers}: the cluster has {gpus} GPU(s), one worker each")
+        if self.scaling is not None:
+            count = self.scaling.min_workers
+            if gpus and count > gpus:
+                raise ConfigError(f"--min-workers {count}: the cluster has {gpus} GPU(s), one worker each")
+            self.max_workers = min(self.scaling.max_workers, gpus) if gpus else self.scaling.max_workers
         self._cls = worker_class(gpus > 0)
         actors = [self._cls.remote(i, self.config) for i in range(count)]
         self._next_index = count
@@ -224,11 +315,72 @@ class RayService:
             try:
                 self.directory.check()
                 if self.replace_dead:
-                    for w in [w for w in self.directory.workers if not w.alive and w.index not in replaced]:
+                    for w in [w for w in self.directory.workers
+                              if not w.alive and not w.retiring and w.index not in replaced]:
                         replaced.add(w.index)
                         self._replace(w.index)
+                if self.scaling is not None:
+                    self._scale()
             except Exception:  # noqa: BLE001 - the health loop must outlive one bad check
                 logger.exception("health check failed")
+
+    def _scale(self) -> None:
+        """One scaling decision per health check: finish a pending start, else add a worker when the streams per
+        worker exceed the threshold, else retire the worker idle the longest (past the grace period) if the others
+        stay within the threshold without it."""
+        import ray
+
+        assert self.scaling is not None
+        now = time.monotonic()
+        if self._starting is not None:
+            index, actor, ref, since = self._starting
+            ready, _ = ray.wait([ref], timeout=0)
+            if not ready and now - since < 120:
+                return
+            self._starting = None
+            try:
+                ends = ray.get(ref, timeout=0) if ready else None
+            except ray.exceptions.RayError as e:
+                logger.error("new worker %d failed to start: %s", index, e)
+                ends = None
+            if ends is None:
+                ray.kill(actor)
+                return
+            self.directory.add(actor, ends)
+            self.scale_events.append({"event": "up", "worker": index, "t": time.time()})
+            logger.info("worker %d added (%s): %d workers", index, ends["connect"], len(self.directory.live()))
+            return
+        live = self.directory.live()
+        streams = sum(len(w.streams) for w in live)
+        if len(live) < self.max_workers and streams > self.scaling.streams_per_worker * len(live):
+            index, self._next_index = self._next_index, self._next_index + 1
+            actor = self._cls.remote(index, self.config)
+            self._starting = (index, actor, actor.endpoints.remote(), now)
+            logger.info("%d streams on %d worker(s) (> %g each): starting worker %d", streams, len(live),
+                        self.scaling.streams_per_worker, index)
+            return
+        if len(live) <= self.scaling.min_workers or streams > self.scaling.streams_per_worker * (len(live) - 1):
+            return  # at the minimum, or the others would be over the threshold (and one would start again)
+        idle = [w for w in live if w.idle_since is not None and now - w.idle_since >= self.scaling.idle_grace_s]
+        if idle:
+            w = min(idle, key=lambda x: (x.idle_since, -x.index))  # idle the longest
+            if self.directory.retire(w):
+                self._retire(w)
+
+    def _retire(self, w: WorkerEntry) -> None:
+        """Stop a worker that takes no streams any more: its node drains (sessions checkpointed), then it goes."""
+        import ray
+
+        try:
+            lost = int(ray.get(w.actor.stop.remote(), timeout=120))
+        except ray.exceptions.RayError as e:
+            logger.error("retiring worker %d: it did not stop cleanly: %s", w.index, e)
+            lost = -1
+        ray.kill(w.actor)
+        self.directory.retired(w)
+        self.scale_events.append({"event": "down", "worker": w.index, "lost": lost, "t": time.time()})
+        logger.info("worker %d retired (idle for %.0f s): %d workers", w.index, self.scaling.idle_grace_s
+                    if self.scaling else 0, len(self.directory.live()))
 
     def _replace(self, dead: int) -> None:
         """Start a new worker for a dead one (Ray places it where a GPU/CPU is free). Its streams already moved;
@@ -257,6 +409,9 @@ class RayService:
         if self.front is not None:
             self.front.stop()
         lost = 0
+        if self._starting is not None:
+            ray.kill(self._starting[1])
+            self._starting = None
         live = self.directory.live()
         for w, got in zip(live, [w.actor.stop.remote() for w in live], strict=True):
             try:

@@ -7,11 +7,11 @@ memory of registered-but-idle sessions with offload.
    "batched" steps them in one call (recon.models.batched). Modes alternate per round and swap order every
    round. Reported: aggregate frames/s, and each stream's latency from the tick's start to its result, as p99
    over streams and ticks, in milliseconds and in ticks of the batched run (a tick is one batched call).
-2. Memory: bytes of one session's state after `--frames` frames; then `--registered` sessions (100) served in
-   rounds of `--active` (8) with a `recon.memory.offload.KVPagePool` sized for `--active` sessions: the peak of
-   resident pages against the budget, and how many sessions were offloaded. On CPU an offload frees nothing
-   (host == device) but runs the same moves; the "device bytes of an idle session" column is what it holds on
-   the device once offloaded (0 on CUDA by construction, measured with torch.cuda.memory_allocated there).
+2. Memory: one session's KV memory after `--frames` frames, unpaged (its own doubling buffers) and paged (arena
+   pages at its peak); then `--registered` sessions (100) served in rounds of `--active` (8) through a
+   `recon.memory.offload.KVPagePool` whose arena (`recon.memory.paged.KVArena`, fixed size) holds `--active`
+   sessions' peak: pages used, sessions resident at most, offloads, and an offloaded session's arena pages (0)
+   and host bytes. The arena is preallocated, so its page counts are the device memory on CPU and GPU alike.
 
 Examples:
     recon bench serve                               # full-size architecture, 28x42 px, CPU
@@ -46,7 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on CPU, times are then the stepping thread's CPU time, "
                              "which a shared machine's other jobs do not inflate; 0: torch's default, wall time)")
+    parser.add_argument("--page-kb", type=int, default=64, help="memory part: KV arena page size in KiB")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true")
 
 
 def _model(config: str, device: str) -> Any:
@@ -125,27 +127,37 @@ def measure_throughput(model: Any, n: int, hw: tuple[int, int], args: argparse.N
 
 
 def measure_memory(model: Any, hw: tuple[int, int], args: argparse.Namespace) -> dict[str, Any]:
+    """One session's memory unpaged and paged, then `--registered` sessions through an arena sized for `--active`."""
     import torch
 
     from recon.memory.offload import KVPagePool, device_bytes
+    from recon.memory.paged import KVArena
     from recon.models.batched import step_batch
 
-    class _Holder:  # the pool moves a backend's tensors; a bare session is wrapped like one (model skipped)
+    class _Holder:  # the pool pages a backend's session; a bare session is wrapped like one (model skipped)
         def __init__(self, session: Any) -> None:
             self.session, self.model = session, session.model
 
     dev = torch.device(args.device)
     g = torch.Generator().manual_seed(0)
     image = torch.rand(3, *hw, generator=g).to(dev)
-    (probe,) = _sessions(model, 1)
+    page = args.page_kb * 2**10
+    plain, paged = _sessions(model, 2)
     for _ in range(args.frames):
-        probe.step(image)
-    one = device_bytes(_Holder(probe), dev)
-    page = max(one // 16, 4096)
-    pool = KVPagePool(budget_bytes=args.active * (one // page + 2) * page, device=dev, page_bytes=page, idle_s=None)
+        plain.step(image)
+    one = device_bytes(_Holder(plain), dev)  # an unpaged session's own storage (doubling buffers)
+    caches = len(plain.memory) + (len(plain.camera_memory) if plain.camera_memory is not None else 0)
+    probe_arena = KVArena(one + 3 * caches * page + page, dev, page)  # its entries plus a partial page per kind
+    paged_caches = paged.attach_arena(probe_arena, "probe")
+    peak_pages = 0
+    for _ in range(args.frames):
+        paged.step(image)
+        peak_pages = max(peak_pages, sum(c.pages for c in paged_caches))
+    del plain, paged, paged_caches, probe_arena
+    pool = KVPagePool(budget_bytes=args.active * peak_pages * page, device=dev, page_bytes=page, idle_s=None)
     sessions = _sessions(model, args.registered)
     holders = [_Holder(s) for s in sessions]
-    peak = 0
+    peak_used, most_resident = 0, 0
     t0 = time.perf_counter()
     for _ in range(args.frames):
         for start in range(0, len(sessions), args.active):
@@ -155,14 +167,19 @@ def measure_memory(model: Any, hw: tuple[int, int], args: argparse.Namespace) ->
             step_batch([sessions[i] for i in group], [image] * len(group))
             for i in group:
                 pool.release(f"s{i}")
-            peak = max(peak, pool.resident_pages)
+            peak_used = max(peak_used, pool.arena.used_pages)
+            most_resident = max(most_resident, sum(e["resident"] for e in pool.describe()["sessions"].values()))
     wall = time.perf_counter() - t0
     st = pool.describe()["sessions"]
     offloaded = [sid for sid, s in st.items() if not s["resident"]]
-    idle_device = device_bytes(holders[int(offloaded[0][1:])], dev) if offloaded and dev.type == "cuda" else 0
-    return {"session_bytes": one, "pages": pool.num_pages, "page_bytes": page, "peak_resident_pages": peak,
-            "registered": args.registered, "active": args.active, "offloaded_now": len(offloaded),
-            "offloads": sum(s["offloads"] for s in st.values()), "idle_device_bytes": idle_device,
+    idle = offloaded[0] if offloaded else None
+    idle_pages = pool.arena.pages_of(idle) if idle else 0
+    idle_host = sum(t.numel() * t.element_size() for c in pool._entries[idle].caches or [] for t in
+                    (c._host or {}).values()) if idle else 0
+    return {"session_bytes": one, "paged_pages": peak_pages, "page_bytes": page, "pages": pool.num_pages,
+            "peak_used_pages": peak_used, "most_resident": most_resident, "registered": args.registered,
+            "active": args.active, "offloaded_now": len(offloaded), "offloads": sum(s["offloads"] for s in st.values()),
+            "idle_arena_pages": idle_pages, "idle_host_bytes": idle_host,
             "all_served": all(s.num_frames == args.frames for s in sessions), "wall_s": wall}
 
 
@@ -183,18 +200,24 @@ def run(args: argparse.Namespace) -> int:
     print("| streams | unbatched frames/s | batched frames/s | speedup | p99 unbatched (ms) | p99 batched (ms) "
           "| p99 unbatched (ticks) | p99 batched (ticks) |")
     print("|---|---|---|---|---|---|---|---|")
-    for n in (int(x) for x in args.streams.split(",")):
+    for n in () if args.skip_throughput else (int(x) for x in args.streams.split(",")):
         r = measure_throughput(model, n, hw, args)
         u, b = r["unbatched"], r["batched"]
         print(f"| {n} | {u['fps']:.2f} | {b['fps']:.2f} | {r['speedup']:.2f}x | {u['p99_ms']:.0f} | "
               f"{b['p99_ms']:.0f} | {u['p99_ticks']:.2f} | {b['p99_ticks']:.2f} |", flush=True)
     if not args.skip_memory:
         m = measure_memory(model, hw, args)
+        mib = 2**20
+        paged = m["paged_pages"] * m["page_bytes"]
         print()
-        print(f"memory: one session after {args.frames} frames holds {m['session_bytes'] / 2**20:.2f} MiB; budget "
-              f"{m['pages']} pages of {m['page_bytes'] / 2**10:.0f} KiB (= {args.active} sessions); "
-              f"{m['registered']} sessions served in rounds of {m['active']}: peak resident {m['peak_resident_pages']} "
-              f"pages, {m['offloaded_now']} offloaded at the end ({m['offloads']} offloads in all), every session "
-              f"stepped {args.frames} times: {m['all_served']}; device bytes of an offloaded session: "
-              f"{m['idle_device_bytes']} ({'measured' if args.device.startswith('cuda') else 'CPU: host is device'})")
+        print(f"memory after {args.frames} frames, per session: unpaged {m['session_bytes'] / mib:.2f} MiB (own "
+              f"doubling buffers); paged {m['paged_pages']} pages of {m['page_bytes'] / 2**10:.0f} KiB = "
+              f"{paged / mib:.2f} MiB at its peak; offloaded {m['idle_arena_pages']} arena pages "
+              f"({m['idle_host_bytes'] / mib:.2f} MiB on the host)")
+        print(f"arena of {m['pages']} pages = {m['pages'] * m['page_bytes'] / mib:.1f} MiB ({args.active} sessions' "
+              f"peak); {m['registered']} registered sessions served in rounds of {m['active']}: peak "
+              f"{m['peak_used_pages']} pages used, at most {m['most_resident']} sessions resident, "
+              f"{m['offloaded_now']} offloaded at the end ({m['offloads']} offloads), every session stepped "
+              f"{args.frames} times: {m['all_served']}; unpaged, the {m['registered']} sessions would hold "
+              f"{m['registered'] * m['session_bytes'] / mib:.1f} MiB; {m['wall_s']:.1f} s")
     return 0

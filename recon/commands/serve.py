@@ -4,6 +4,7 @@ Examples:
     recon serve --backend geometric                        # one node, as `recon node recon`
     recon serve --ray --state-dir /shared/recon            # a local Ray instance (or $RAY_ADDRESS), a worker per GPU
     recon serve --ray 10.0.0.1:6379 --front tcp://0.0.0.0:5550 --allow-remote --state-dir /nfs/recon
+    recon serve --ray --state-dir /shared/recon --min-workers 1 --max-workers 4 --streams-per-worker 6
     recon node camera --source 0 --front tcp://127.0.0.1:5550 --stream-id desk   # asks the front where to stream
 
 With `--ray`, Ray is the control plane (recon.nodes.ray_serve): one reconstruction worker actor per GPU (or
@@ -11,6 +12,9 @@ With `--ray`, Ray is the control plane (recon.nodes.ray_serve): one reconstructi
 restores them from the checkpoints in `--state-dir` (shared by every worker), and a new worker for the dead one.
 Frames and results stay on ZeroMQ: cameras stream straight to their worker; subscribers connect to every worker's
 results endpoint (`--front` answers `workers`; `recon node viewer --connect A,B,...` takes several).
+`--min-workers N` scales instead of a fixed count: a worker more (up to `--max-workers`, capped at the GPUs) while
+the streams per worker exceed `--streams-per-worker`, and a worker without streams for `--idle-grace` seconds
+retired (drained, down to N); running streams are never moved by scaling.
 The other options are those of `recon node recon` and apply to every worker.
 """
 
@@ -34,6 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --ray: the endpoint cameras ask where their stream lives")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="with --ray: number of workers (default: one per GPU, else one per CPU)")
+    parser.add_argument("--min-workers", type=int, default=None, metavar="N",
+                        help="with --ray: scale the workers with the streams, from N (instead of --workers)")
+    parser.add_argument("--max-workers", type=int, default=None, metavar="N",
+                        help="with --min-workers: at most N workers (default and cap on GPUs: one per GPU)")
+    parser.add_argument("--streams-per-worker", type=float, default=4.0, metavar="K",
+                        help="with --min-workers: add a worker when the streams per worker exceed K (default 4)")
+    parser.add_argument("--idle-grace", type=float, default=60.0, metavar="S",
+                        help="with --min-workers: retire a worker without streams for S seconds (default 60)")
     parser.add_argument("--health", type=float, default=0.5, metavar="S", help="with --ray: health check period")
     parser.add_argument("--no-replace", action="store_true",
                         help="with --ray: do not start a new worker for a dead one (its streams move either way)")
@@ -46,14 +58,22 @@ def run(args: argparse.Namespace) -> int:
         return recon_cli.run(args)
     import ray
 
+    from recon.errors import ConfigError
     from recon.nodes.cli_util import on_shutdown_signals
-    from recon.nodes.ray_serve import RayService
+    from recon.nodes.ray_serve import RayService, Scaling
     from recon.nodes.transport import check_bind
 
     check_bind(args.front, args.allow_remote)
     ray.init(address=None if args.ray == "auto" else args.ray)
+    scaling = None
+    if args.min_workers is not None:
+        resources = ray.cluster_resources()
+        top = args.max_workers or int(resources.get("GPU", 0)) or max(1, int(resources.get("CPU", 1)))
+        scaling = Scaling(args.min_workers, top, args.streams_per_worker, args.idle_grace)
+    elif args.max_workers is not None:
+        raise ConfigError("--max-workers needs --min-workers (a fixed count is --workers)")
     service = RayService(recon_cli.config_from_args(args, state_key=args.front), args.front, workers=args.workers,
-                         health_s=args.health, replace_dead=not args.no_replace).start()
+                         health_s=args.health, replace_dead=not args.no_replace, scaling=scaling).start()
     stop = on_shutdown_signals(lambda: None)
     try:
         while not stop.wait(0.5):

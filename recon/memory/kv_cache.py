@@ -449,6 +449,20 @@ class StreamingMemory:
         self.frame_index = 0
         self.first_frame = True
 
+    def attach_arena(self, arena: Any, owner: str) -> list[KVCache]:
+        """Keep every cache in pages of a node's `recon.memory.paged.KVArena` from now on (contents, counters and
+        policy state carried over); returns the paged caches. Static memories keep their own fixed storage."""
+        if self.static:
+            raise ConfigError("static-shape caches keep their own fixed storage; they cannot move into a KV arena")
+        from recon.memory.paged import PagedKVCache
+
+        for i, cache in enumerate(self.caches):
+            if not isinstance(cache, PagedKVCache):
+                paged = PagedKVCache(arena, owner, cache.layer, cache.policy, cache.track_token_ids)
+                paged.import_state(cache.export_state())
+                self.caches[i] = paged
+        return list(self.caches)
+
     def num_tokens(self) -> int:
         """Tokens held, summed over layers (each counted once, not per head)."""
         return sum(len(c) for c in self.caches)

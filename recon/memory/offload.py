@@ -1,22 +1,25 @@
-"""Session memory of a serving node: one budget of fixed-size pages shared by every session, idle sessions offloaded.
+"""Session memory of a serving node: one arena of fixed-size pages shared by every session, idle sessions offloaded.
 
-Why: with many registered cameras most sessions are idle at any moment, yet each keeps its whole KV cache on the
-device. `KVPagePool` counts every session's streaming state in pages of `page_bytes` against one node budget
-(`--kv-memory`); a session that is not stepping and has been idle for `idle_s`, or the least recently used ones
-when a stepping session needs room, have their state moved to host memory (pinned on CUDA, so the copy back
-overlaps) and back on their next frame. The move copies bits, so a moved session continues exactly as one that
-never moved (tests/recon/memory/test_offload.py).
+Why: with many registered cameras most sessions are idle at any moment, yet each would keep its whole KV cache on
+the device. `KVPagePool` gives a node one `recon.memory.paged.KVArena` of `--kv-memory` bytes: the KV caches of
+every session that can page (the VGGT-family streaming sessions, `attach_arena`) live in its pages, so sessions of
+different lengths share the device and pruning returns pages to the others. A session that is not stepping and
+has been idle for `idle_s`, or the least recently used ones when a stepping session needs pages, have their pages
+copied to host memory (pinned on CUDA) and freed, and are copied back on their next frame. The moves copy bits, so
+a moved session continues exactly as one that never moved (tests/recon/memory/test_paged.py).
 
-What it is not (yet): the pages are the unit of accounting and of the budget, over each session's own per-layer
-tensors; the storage is not one preallocated arena with a block table, and attention does not read pages
-(FlashInfer-style paged attention would need that). An offloaded session holds no device memory either way.
+Sessions of backends whose state does not page (HorizonStream's windows, LingBot, the geometric backend) are
+counted in pages of their state's bytes as a reservation against the same budget and moved whole (`move_state`).
+The small per-session tensors beside the caches (policy scores, anchors) move with an offload but are not counted.
 
 Thread model: a session's thread calls `acquire` before a step and `release` after it; offloading only touches
-released sessions, under the pool's lock, so a session is never moved while it steps.
+released sessions, under the pool's (reentrant) lock, so a session is never moved while it steps. A step that
+needs pages the arena lacks asks the pool (`reclaim`) to offload idle sessions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -27,21 +30,18 @@ from typing import Any
 
 import torch
 
-from recon.errors import ConfigError, ReconError
+from recon.memory.paged import DEFAULT_PAGE_BYTES, KVArena, KVMemoryError, PagedKVCache
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PAGE_BYTES = 2**20
-
-
-class KVMemoryError(ReconError):
-    """A session's state does not fit the node's KV budget even with every idle session offloaded."""
+__all__ = ["DEFAULT_PAGE_BYTES", "KVMemoryError", "KVPagePool", "device_bytes", "move_state", "state_tensors"]
 
 
 # Objects never entered: scalars, the model, generators, loggers and thread primitives (whose attributes reach
 # far beyond the session, e.g. the whole logging tree).
 _OPAQUE = (str, bytes, int, float, bool, type(None), torch.nn.Module, torch.Generator, torch.device, torch.dtype,
-           logging.Logger, type(threading.Lock()), threading.Thread, threading.Event, threading.Condition)
+           logging.Logger, type(threading.Lock()), threading.Thread, threading.Event, threading.Condition,
+           KVArena, PagedKVCache)  # paged caches move page by page (PagedKVCache.offload), never as tensors
 
 
 def _walk_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor], skip: set[int], seen: set[int]) -> Any:
@@ -124,20 +124,30 @@ def move_state(backend: Any, device: torch.device, copy: bool = False) -> int:
 @dataclass
 class _Entry:
     backend: Any
-    pages: int = 0
+    caches: list[PagedKVCache] | None = None  # None: not attached yet; []: state not paged (a reservation)
+    pages: int = 0  # pages held when resident, pages needed back when offloaded
     resident: bool = True
     active: bool = False
     last_used: float = 0.0
     offloads: int = 0
 
 
+def attach(backend: Any, arena: KVArena, owner: str) -> list[PagedKVCache]:
+    """Move a backend's KV caches into `arena` when its session can page (`attach_arena`); [] otherwise."""
+    session = getattr(backend, "session", None)
+    attach_arena = getattr(session, "attach_arena", None)
+    if attach_arena is None or getattr(session, "static", False):
+        return []
+    return [c for c in attach_arena(arena, owner) if isinstance(c, PagedKVCache)]
+
+
 class KVPagePool:
-    """One node's session-memory budget in pages (see the module docstring).
+    """One node's session memory: a KV arena and who holds its pages (see the module docstring).
 
     Args:
-        budget_bytes: device bytes all sessions' state may occupy (`--kv-memory`).
+        budget_bytes: device bytes of the arena (`--kv-memory`).
         device: where sessions step (offloaded state goes to the host).
-        page_bytes: the page size; a session occupies `ceil(state bytes / page_bytes)` pages.
+        page_bytes: the page size (a multiple of 64 B).
         idle_s: a released session idle this long is offloaded at the next `acquire`/`sweep` (None: only to make
             room).
         clock: monotonic seconds.
@@ -145,16 +155,15 @@ class KVPagePool:
 
     def __init__(self, budget_bytes: int, device: torch.device | str, page_bytes: int = DEFAULT_PAGE_BYTES,
                  idle_s: float | None = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
-        if page_bytes <= 0 or budget_bytes < page_bytes:
-            raise ConfigError(f"KV memory budget {budget_bytes} B must hold at least one page of {page_bytes} B")
-        self.page_bytes = page_bytes
-        self.num_pages = budget_bytes // page_bytes
-        self.device = torch.device(device)
+        self.arena = KVArena(budget_bytes, device, page_bytes, reclaim=self._reclaim)
+        self.page_bytes = self.arena.page_bytes
+        self.num_pages = self.arena.num_pages
+        self.device = self.arena.device
         self.host = torch.device("cpu")
-        self._same_device = self.device.type == "cpu"  # nothing to free, but the moves run (and are tested)
+        self._same_device = self.device.type == "cpu"  # unpaged state: nothing to free, but the moves run
         self.idle_s = idle_s
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: a restore's allocation may reclaim under it
         self._entries: dict[str, _Entry] = {}
 
     def __str__(self) -> str:
@@ -165,44 +174,72 @@ class KVPagePool:
 
     @property
     def resident_pages(self) -> int:
-        return sum(e.pages for e in self._entries.values() if e.resident)
+        """Pages held: the arena's pages in use plus the reservations of unpaged sessions."""
+        return self.arena.used_pages + self.arena.reserved_pages
 
     def acquire(self, stream_id: str, backend: Any) -> None:
-        """Before a step: the session's state resident on the device (moved back if offloaded), room made for it
-        by offloading idle sessions, least recently used first.
+        """Before a step: the session's state resident on the device (copied back if offloaded), room made for
+        it by offloading idle sessions, least recently used first. A session's first acquire moves its caches
+        into the arena.
 
         Raises:
             KVMemoryError: it does not fit even with every other released session offloaded (nothing is moved).
         """
         with self._lock:
             entry = self._entries.setdefault(stream_id, _Entry(backend))
-            entry.backend = backend
+            if entry.backend is not backend or entry.caches is None:
+                for cache in entry.caches or []:  # the stream's backend was replaced: its old pages go back
+                    cache.reset()
+                self.arena.reserve(stream_id, 0)
+                entry.backend, entry.caches = backend, None
+                self._offload_idle(self._clock(), exclude=stream_id)
+                self._make_room(self._attach_need(backend), exclude=stream_id)
+                entry.caches = attach(backend, self.arena, stream_id)
+                entry.resident = True
             self._offload_idle(self._clock(), exclude=stream_id)
-            need = entry.pages if not entry.resident else 0
-            self._make_room(need, exclude=stream_id)
             if not entry.resident:
+                self._make_room(entry.pages, exclude=stream_id)
+                for cache in entry.caches:
+                    cache.restore()
                 move_state(backend, self.device, copy=self._same_device)
+                if not entry.caches:
+                    self.arena.reserve(stream_id, entry.pages)
                 entry.resident = True
             entry.active = True
 
+    def _attach_need(self, backend: Any) -> int:
+        session = getattr(backend, "session", None)
+        return self.pages_of(session.nbytes()) if hasattr(session, "attach_arena") and \
+            hasattr(session, "nbytes") else 0
+
     def release(self, stream_id: str) -> None:
-        """After a step: record the session's size in pages; over budget, offload others (LRU) to get back in."""
+        """After a step: record the session's pages; over budget (an unpaged session grew), offload others (LRU)
+        to get back in."""
         with self._lock:
             entry = self._entries.get(stream_id)
             if entry is None:
                 return
             entry.active = False
             entry.last_used = self._clock()
-            entry.pages = self.pages_of(device_bytes(entry.backend, self.device))
-            try:
-                self._make_room(0, exclude=stream_id)
-            except KVMemoryError as e:
-                logger.warning("%s: %s", self, e)
+            if entry.caches:
+                entry.pages = sum(c.pages for c in entry.caches)
+            else:
+                entry.pages = self.pages_of(device_bytes(entry.backend, self.device))
+                self.arena.reserve(stream_id, entry.pages)
+            if self.arena.free_pages < 0:
+                try:
+                    self._make_room(0, exclude=stream_id)
+                except KVMemoryError as e:
+                    logger.warning("%s: %s", self, e)
 
     def forget(self, stream_id: str) -> None:
-        """A closed session leaves the pool."""
+        """A closed session leaves the pool; its pages go back to the arena."""
         with self._lock:
-            self._entries.pop(stream_id, None)
+            entry = self._entries.pop(stream_id, None)
+            if entry is not None:
+                for cache in entry.caches or []:
+                    cache.reset()
+            self.arena.reserve(stream_id, 0)
 
     def sweep(self) -> int:
         """Offload every released session idle for `idle_s`; returns how many moved."""
@@ -219,10 +256,16 @@ class KVPagePool:
             return True
 
     def _offload(self, stream_id: str, entry: _Entry) -> None:
+        freed = sum(cache.offload() for cache in entry.caches or [])
         moved = move_state(entry.backend, self.host, copy=self._same_device)
+        if entry.caches:
+            entry.pages = sum(c.pages_needed() for c in entry.caches)
+        else:
+            freed = entry.pages
+            self.arena.reserve(stream_id, 0)
         entry.resident = False
         entry.offloads += 1
-        logger.debug("%s: offloaded %s (%d B)", self, stream_id, moved)
+        logger.debug("%s: offloaded %s (%d pages, %d B beside them)", self, stream_id, freed, moved)
 
     def _offload_idle(self, now: float, exclude: str | None) -> int:
         if self.idle_s is None:
@@ -234,8 +277,8 @@ class KVPagePool:
                 n += 1
         return n
 
-    def _make_room(self, need: int, exclude: str) -> None:
-        free = self.num_pages - self.resident_pages
+    def _make_room(self, need: int, exclude: str | None) -> None:
+        free = self.arena.free_pages
         if free >= need:
             return
         idle = sorted((e.last_used, sid) for sid, e in self._entries.items()
@@ -243,16 +286,23 @@ class KVPagePool:
         for _, sid in idle:
             if free >= need:
                 break
-            e = self._entries[sid]
-            self._offload(sid, e)
-            free += e.pages
+            self._offload(sid, self._entries[sid])
+            free = self.arena.free_pages
         if free < need:
             raise KVMemoryError(f"{self}: stream {exclude!r} needs {need} pages, {free} free with every idle "
                                 f"session offloaded; raise --kv-memory or serve fewer active streams")
 
+    def _reclaim(self, need: int) -> None:
+        """The arena ran short during a step: offload idle sessions (the arena raises if it stays short)."""
+        with self._lock, contextlib.suppress(KVMemoryError):
+            self._make_room(self.arena.free_pages + need, exclude=None)
+
     def describe(self) -> dict[str, Any]:
-        """For `status`: budget, pages in use, and per session its pages and where they are."""
+        """For `status`: the arena's pages, pages in use, and per session its pages and where they are."""
         with self._lock:
             return {"page_bytes": self.page_bytes, "pages": self.num_pages, "resident_pages": self.resident_pages,
+                    "arena_pages_used": self.arena.used_pages,
+                    "arena_allocated": self.arena.buffer is not None,
                     "sessions": {sid: {"pages": e.pages, "resident": e.resident, "active": e.active,
-                                       "offloads": e.offloads} for sid, e in self._entries.items()}}
+                                       "paged": bool(e.caches), "offloads": e.offloads}
+                                 for sid, e in self._entries.items()}}

@@ -87,12 +87,27 @@ class StreamingSession:
                                   "camera_window)")
             self.camera_memory = StreamingMemory(n, camera_policy, static=static,
                                                  appends_per_frame=1 if per_iter else head.num_iterations)
-            flat = self.camera_memory.caches
-            self.camera_caches = [flat[it * head.trunk_depth:(it + 1) * head.trunk_depth] if per_iter
-                                  else flat for it in range(head.num_iterations)]
+            self._view_camera_caches()
         self.image_hw: tuple[int, int] | None = None
         self._keep = model.head_layers
         self.reset()
+
+    def _view_camera_caches(self) -> None:
+        """`camera_caches[iteration][layer]` over the flat camera memory (see the module docstring)."""
+        assert self.camera_memory is not None and self.model.camera_head is not None
+        head, flat = self.model.camera_head, self.camera_memory.caches
+        per_iter = self.camera_cache == "per_iteration"
+        self.camera_caches = [flat[it * head.trunk_depth:(it + 1) * head.trunk_depth] if per_iter else flat
+                              for it in range(head.num_iterations)]
+
+    def attach_arena(self, arena: Any, owner: str) -> list[KVCache]:
+        """Keep both memories' caches in pages of a node's `recon.memory.paged.KVArena` (a serving node with
+        `--kv-memory`); the contents carry over. Returns every paged cache (what an offload moves)."""
+        caches = self.memory.attach_arena(arena, owner)
+        if self.camera_memory is not None:
+            caches += self.camera_memory.attach_arena(arena, owner)
+            self._view_camera_caches()
+        return caches
 
     @property
     def num_frames(self) -> int:

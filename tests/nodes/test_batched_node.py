@@ -44,4 +44,6 @@ def test_three_cameras_are_stepped_in_batches_and_every_frame_arrives_once(ctx: 
     batching = st["batching"]
     assert batching["frames"] == 15 and batching["largest_batch"] >= 2 and batching["calls"] < 15
     kv = st["kv_memory"]["sessions"]
-    assert set(kv) == {"cam0", "cam1", "cam2"} and all(s["pages"] >= 1 for s in kv.values())
+    assert set(kv) == {"cam0", "cam1", "cam2"} and all(s["pages"] >= 1 and s["paged"] for s in kv.values())
+    resident = sum(s["pages"] for s in kv.values() if s["resident"])
+    assert st["kv_memory"]["arena_pages_used"] == resident <= st["kv_memory"]["pages"]  # the arena's own count

@@ -26,7 +26,7 @@ import pytest
 import ray  # the `serve` extra; `dev` installs it
 
 from recon.nodes.camera_node import CameraNode, CameraNodeConfig
-from recon.nodes.ray_serve import RayService
+from recon.nodes.ray_serve import RayService, Scaling
 from recon.nodes.recon_node import ReconNodeConfig
 from recon.nodes.sources import open_source
 from recon.nodes.viewer_node import ViewerNode
@@ -159,3 +159,60 @@ def test_a_killed_worker_s_streams_resume_on_another_worker(cluster: Any, sequen
     logger.warning("worker %d killed: its %d streams' first results on another worker %.2f s / %.2f s after",
                    victim.index, len(moved), min(resumed), max(resumed))
     print(f"\nresume after worker death: {', '.join(f'{r:.2f} s' for r in resumed)}")
+
+
+def test_workers_are_added_with_streams_and_retired_when_idle(cluster: Any, sequence: Path, tmp_path: Path) -> None:
+    """Scaling on the same cluster: 1 worker at start; a third stream (over 2 per worker) starts a second one,
+    which takes the next stream; it is kept while the first worker's 3 streams run (they would exceed 2 on one
+    worker); once all have ended one worker is retired after the grace period (stopped with nothing placed on
+    it: no stream moved), leaving the minimum of 1, which nothing replaces."""
+    config = ReconNodeConfig(backend="geometric", state_dir=str(tmp_path / "state"), checkpoint_every=4,
+                             heartbeat_s=0.2, max_streams_per_peer=STREAMS, session_idle_s=1.0)
+    # A generous ping timeout: this test is about scaling, and on a loaded box a busy worker's ping can take over
+    # 1 s (the kill test above keeps the 1 s that detecting deaths needs).
+    scaling = Scaling(min_workers=1, max_workers=2, streams_per_worker=2, idle_grace_s=1.5)
+    service = RayService(config, tcp(), health_s=0.25, ping_timeout_s=10.0, scaling=scaling)
+    service.start()
+    cameras: list[CameraNode] = []
+    threads: list[threading.Thread] = []
+
+    def camera(i: int, fps: float) -> None:
+        cam = CameraNode(open_source(str(sequence)),
+                         CameraNodeConfig(stream_id=f"cam{i}", front=service.front_endpoint, encoding="raw",
+                                          heartbeat_s=0.2, timeout_s=1.0, resend_s=2.0, fps=fps))
+        cameras.append(cam)
+        threads.append(threading.Thread(target=cam.run, name=f"cam{i}", daemon=True))
+        threads[-1].start()
+
+    try:
+        assert [w.index for w in service.directory.live()] == [0]
+        for i in range(3):  # 15 s streams: still placed when the second worker is up, and after cam3 ended
+            camera(i, fps=2)
+        wait_for(lambda: len(service.directory.live()) == 2, 180, "a second worker for the third stream")
+        assert service.scale_events[0]["event"] == "up" and service.scale_events[0]["worker"] == 1
+        camera(3, fps=10)
+        wait_for(lambda: "cam3" in service.directory.placement, 30, "the fourth stream placed")
+        assert service.directory.placement["cam3"].index == 1, "the new worker is the least loaded"
+        threads[-1].join(60)  # cam3 (3 s) ends long before the others
+        time.sleep(1.0 + 2 * 1.5)  # its session closed, its placement and the grace period over: w1 is idle
+        if all(t.is_alive() for t in threads[:3]):  # (on a slow machine the others may be done by now)
+            assert service.scale_events[-1]["event"] == "up", "3 streams would be over 2 on one worker: w1 stays"
+        for t in threads:
+            t.join(180)
+            assert not t.is_alive(), "camera did not finish"
+        wait_for(lambda: any(e["event"] == "down" for e in service.scale_events), 60, "an idle worker retired")
+        down = next(e for e in service.scale_events if e["event"] == "down")
+        assert down["worker"] in (0, 1) and down["lost"] == 0  # (which one: whose streams ended first)
+        remaining = [w.index for w in service.directory.live()]
+        assert remaining == [1 - down["worker"]]  # the minimum stays
+        time.sleep(3 * 0.25 + 1.5)  # a few more health checks: nothing replaces a retired worker
+        assert [w.index for w in service.directory.live()] == remaining and service.replacements == 0
+        assert [e["event"] for e in service.scale_events] == ["up", "down"]
+    finally:
+        for cam in cameras:
+            cam.stop()
+        lost = service.stop()
+    assert lost == 0 and service.directory.moves == [], "no stream was moved"
+    for cam in cameras:
+        assert cam.stats.stopped_on_error is None, cam.stats.stopped_on_error
+        assert cam.stats.acked == cam.stats.sent == FRAMES, (cam.config.stream_id, cam.stats)

@@ -9,7 +9,6 @@ import torch
 
 from recon.backends import create_backend
 from recon.memory.offload import KVMemoryError, KVPagePool, device_bytes, move_state, state_tensors
-from recon.types import Frame
 from tests.recon.backends._synthetic import frames as synthetic_frames
 
 INFINITE = {"model_config": "tiny", "image_width": 56, "device": "cpu", "budget": 4 * 2 * 17, "camera_window": 1}
@@ -49,20 +48,24 @@ def test_a_moved_session_continues_exactly_like_one_that_never_moved(name: str, 
             assert np.array_equal(ra.T_world_cam, rb.T_world_cam) and np.array_equal(ra.depth, rb.depth)
 
 
-def test_idle_sessions_are_offloaded_and_come_back_on_their_next_frame() -> None:
+def test_unpaged_sessions_are_counted_as_reservations_and_offloaded_whole() -> None:
+    """HorizonStream keeps its windows in its own tensors (no `attach_arena`): the pool counts them as pages
+    reserved against the arena's budget and moves them whole; paged sessions are tests/recon/memory/test_paged.py."""
     clock = _Clock()
-    a, b = _backends(2)
+    a, b = _backends(2, "horizonstream", model_config="tiny", device="cpu")
     frame = synthetic_frames(1, h=42, w=56)[0]
     a.step(frame)
     per_session = device_bytes(a, torch.device("cpu"))
-    pool = KVPagePool(budget_bytes=4 * per_session, device="cpu", page_bytes=per_session // 8 or 1, idle_s=5.0,
-                      clock=clock)
+    page = max(per_session // 8 // 64 * 64, 64)
+    pool = KVPagePool(budget_bytes=4 * per_session + page, device="cpu", page_bytes=page, idle_s=5.0, clock=clock)
     for sid, be in (("a", a), ("b", b)):
         pool.acquire(sid, be)
         be.step(frame)
         pool.release(sid)
     st = pool.describe()["sessions"]
-    assert st["a"]["resident"] and st["a"]["pages"] >= 8 and st["b"]["pages"] > 0
+    assert st["a"]["resident"] and st["a"]["pages"] >= 8 and st["b"]["pages"] > 0 and not st["a"]["paged"]
+    assert pool.arena.reserved_pages == st["a"]["pages"] + st["b"]["pages"] and pool.arena.used_pages == 0
+    assert pool.arena.buffer is None  # nothing paged: the arena's buffer is never allocated
     clock.t = 6.0
     assert pool.sweep() == 2
     assert pool.resident_pages == 0 and not pool.describe()["sessions"]["a"]["resident"]
@@ -71,38 +74,7 @@ def test_idle_sessions_are_offloaded_and_come_back_on_their_next_frame() -> None
     pool.release("a")
     st = pool.describe()["sessions"]
     assert st["a"]["resident"] and st["a"]["offloads"] == 1 and not st["b"]["resident"]
-
-
-def test_many_registered_sessions_fit_a_budget_for_a_few_active_ones() -> None:
-    n, active = 24, 4
-    backends = _backends(n)
-    frames = [Frame(f"cam{i}", 0, 0, synthetic_frames(1, h=42, w=56, seed=i)[0].image) for i in range(n)]
-    backends[0].step(frames[0])
-    one = device_bytes(backends[0], torch.device("cpu"))
-    backends[0].reset()
-    page = max(one // 16, 1)
-    pool = KVPagePool(budget_bytes=active * (one // page + 1) * page, device="cpu", page_bytes=page, idle_s=None)
-    peak = 0
-    for rnd in range(2):  # every session steps twice, round robin: at most `active` resident at once
-        for i, be in enumerate(backends):
-            pool.acquire(f"cam{i}", be)
-            be.step(Frame(f"cam{i}", rnd, rnd, frames[i].image))
-            pool.release(f"cam{i}")
-            peak = max(peak, pool.resident_pages)
-    assert peak <= pool.num_pages
-    st = pool.describe()["sessions"]
-    assert len(st) == n and sum(s["resident"] for s in st.values()) <= active
-    assert all(s["offloads"] >= 1 for sid, s in st.items() if sid not in {f"cam{i}" for i in range(n - active, n)})
-    assert all(be.session.num_frames == 2 for be in backends)
-
-
-def test_a_session_larger_than_the_budget_is_refused_clearly() -> None:
-    (a,) = _backends(1)
-    a.step(synthetic_frames(1, h=42, w=56)[0])
-    one = device_bytes(a, torch.device("cpu"))
-    pool = KVPagePool(budget_bytes=one, device="cpu", page_bytes=max(one // 4, 1))
-    pool.acquire("a", a)
-    pool.release("a")
+    assert pool.arena.reserved_pages == st["a"]["pages"]
     pool.offload("a")
     pool._entries["a"].pages = pool.num_pages + 1  # as if it had grown past the budget while offloaded
     with pytest.raises(KVMemoryError, match="kv-memory"):
