@@ -13,6 +13,11 @@ cost sum_pairs (s1 - s2) / (s1 + s2) is minimised over f by a 1-D search on a lo
 minimum well defined; motions that leave f unobservable (pure rotation or translation, optical axes meeting
 at one point as in an orbit) flatten the cost, which the estimate reports as not `confident`. The monocular
 tracker then refines f in its bundle adjustment over keyframes (recon.backends.geometric.bundle).
+
+`multiview_focal` scores candidate focals by the reprojection error of a small multi-view reconstruction at
+each, which an orbit does not defeat; it reports a standard deviation. It is not used by the tracker yet: on
+KLT tracks of rendered orbits it needs ~60 held frames and was still wrong on some windows, and holding the
+initialisation that long cost more ATE than the focal gained (docs/benchmarks.md, monocular section).
 """
 
 from __future__ import annotations
@@ -160,35 +165,52 @@ def common_tracks(views: list[tuple[np.ndarray, np.ndarray]], *, max_views: int 
     return MultiViewTracks(uv_vp2[:, keep], F)
 
 
-def reconstruction_cost(tracks: MultiViewTracks, f: float, width: int, height: int, *, max_nfev: int = 20,
-                        huber_px: float = 1.5) -> float:
-    """Sum of squared reprojection errors (px^2) of the best reconstruction of `tracks` found at focal `f`."""
+def reconstruction_cost(tracks: MultiViewTracks, f: float, width: int, height: int, *, max_nfev: int = 40,
+                        huber_px: float = 1.5, cap_px: float = 4.0) -> np.ndarray:
+    """Per track: summed squared reprojection error (px^2, each capped at `cap_px`^2) over the views, of the best
+    reconstruction of `tracks` found at focal `f`; NaN for a track that triangulates behind a camera at this f
+    (distant points flip sides with f: the caller compares f values on the tracks valid at all of them).
+
+    The outer views are reconstructed from their essential matrix at this f, the others posed by least-squares
+    PnP on every track (seeded by the previous view; no RANSAC threshold, since at a wrong f every track is off
+    by a few pixels), then all views and points are bundle-adjusted at this f (dense steps: the problem is small).
+    """
     from recon.backends.geometric.bundle import bundle_adjust
-    from recon.backends.geometric.pnp import solve_pnp
+    from recon.backends.geometric.pnp import T_from_rt, rt_from_T
 
     K = intrinsics(f, width, height)
     uv = tracks.uv
     V, P = uv.shape[:2]
-    E = K.T @ tracks.F @ K
+    out = np.full(P, np.nan)
+    E, _ = cv2.findEssentialMat(uv[0], uv[-1], K, method=cv2.RANSAC, prob=0.999, threshold=1.0)
+    if E is None or E.shape != (3, 3):
+        return out
     _, R, t, _ = cv2.recoverPose(E, uv[0], uv[-1], K)
     T_last = np.eye(4)
     T_last[:3, :3], T_last[:3, 3] = R, t.reshape(3)
     Xh = cv2.triangulatePoints(K @ np.eye(4)[:3], K @ T_last[:3], uv[0].T, uv[-1].T)
     X = (Xh[:3] / np.where(np.abs(Xh[3]) > 1e-12, Xh[3], 1e-12)).T
-    z = X[:, 2]
-    depth = float(np.median(z[z > 0])) if np.any(z > 0) else 1.0
+    front = (X[:, 2] > 0) & ((X @ R.T + t.reshape(3))[:, 2] > 0) & (np.abs(Xh[3]) > 1e-12)
+    if front.sum() < MV_MIN_POINTS // 2:
+        return out
+    X, uv, P = X[front], uv[:, front], int(front.sum())
+    depth = float(np.median(X[:, 2]))
     X, T_last[:3, 3] = X / depth, T_last[:3, 3] / depth
     T = [np.eye(4)]
-    for v in range(1, V - 1):  # in between: PnP seeded by the previous view (the views are in time order)
-        res = solve_pnp(X, uv[v], K, T[-1], reproj_px=4.0, min_inliers=MV_MIN_POINTS // 2)
-        T.append(T[-1] if res is None else res[0])
+    for v in range(1, V - 1):
+        rvec, tvec = rt_from_T(T[-1])
+        ok, rvec, tvec = cv2.solvePnP(np.ascontiguousarray(X), np.ascontiguousarray(uv[v]), K, None, rvec, tvec,
+                                      useExtrinsicGuess=True,
+                                      flags=cv2.SOLVEPNP_ITERATIVE)
+        T.append(T_from_rt(rvec, tvec) if ok else T[-1])
     T.append(T_last)
     fixed = np.zeros(V, bool)
     fixed[0] = True
     obs_cam, obs_pt = np.repeat(np.arange(V), P), np.tile(np.arange(P), V)
     _, _, err, _ = bundle_adjust(np.stack(T), fixed, X, obs_cam, obs_pt, uv.reshape(-1, 2), K, huber_px=huber_px,
                                  max_nfev=max_nfev, scale_pair=(0, V - 1), dense=True)
-    return float(np.sum(err ** 2))
+    out[front] = (np.minimum(err, cap_px) ** 2).reshape(V, P).sum(0)
+    return out
 
 
 def multiview_focal(views: list[tuple[np.ndarray, np.ndarray]], width: int, height: int, *,
@@ -208,38 +230,51 @@ def multiview_focal(views: list[tuple[np.ndarray, np.ndarray]], width: int, heig
     half = 0.5 * max(width, height)
     lf_lo = float(np.log(half / np.tan(np.radians(fov_deg[1]) / 2)))
     lf_hi = float(np.log(half / np.tan(np.radians(fov_deg[0]) / 2)))
-    cost: dict[float, float] = {}
+    per_track: dict[float, np.ndarray] = {}
 
-    def at(lf: float) -> float:
-        if lf not in cost:
-            cost[lf] = reconstruction_cost(tracks, float(np.exp(lf)), width, height)
-        return cost[lf]
+    def at(lf: float) -> None:
+        if lf not in per_track:
+            per_track[lf] = reconstruction_cost(tracks, float(np.exp(lf)), width, height)
+
+    def costs(keys: list[float]) -> dict[float, float]:
+        """Summed cost of each f over the tracks valid at all of `keys` (means over its own valid tracks where
+        fewer than MV_MIN_POINTS / 2 tracks are common)."""
+        valid = np.all([np.isfinite(per_track[k]) for k in keys], axis=0)
+        if valid.sum() >= MV_MIN_POINTS // 2:
+            return {k: float(per_track[k][valid].sum()) for k in keys}
+        return {k: float(np.nanmean(per_track[k])) if np.isfinite(per_track[k]).any() else np.inf for k in keys}
+
+    def near(best: float) -> list[float]:
+        return sorted(k for k in per_track if abs(k - best) <= np.log(1.2))
 
     step = (lf_hi - lf_lo) / (grid - 1)
     for lf in np.linspace(lf_lo, lf_hi, grid):
         at(float(lf))
+    cost = costs(list(per_track))
+    best = min(cost, key=cost.get)
     for _ in range(refinements):
-        best = min(cost, key=cost.get)
         step /= 2
         for lf in (best - step, best + step):
             if lf_lo <= lf <= lf_hi:
                 at(float(lf))
-    best = min(cost, key=cost.get)
-    keys = sorted(cost)
-    k = keys.index(best)
+        cost = costs(near(best))
+        best = min(cost, key=cost.get)
     V, P = tracks.uv.shape[:2]
     coarse = (lf_hi - lf_lo) / (grid - 1)
-    if best < lf_lo + 0.75 * coarse or best > lf_hi - 0.75 * coarse:  # no minimum inside the range
-        return FocalEstimate(float(np.exp(best)), V, cost[best], 0.0, False)
-    x = np.array(keys[k - 1:k + 2])
+    if not np.isfinite(cost[best]) or best < lf_lo + 0.75 * coarse or best > lf_hi - 0.75 * coarse:
+        return FocalEstimate(float(np.exp(best)), V, cost[best], 0.0, False)  # no minimum inside the range
+    # Parabola S(lf) = a dx^2 + b dx + c fitted to the evaluations within 20 % of the best (at least 5 of them
+    # after the refinements): a least-squares fit, so one reconstruction that converged badly bends it little.
+    x = np.array(near(best))
+    cost = costs(list(x))
     y = np.array([cost[v] for v in x])
-    a, b, c = np.polyfit(x - best, y, 2)
-    lf = best - b / (2 * a) if a > 0 else best
-    lf = float(np.clip(lf, x[0], x[2]))
-    n_res, n_par = 2 * V * P + 1, 3 * P + 6 * (V - 1)
+    a, b, _ = np.polyfit(x - best, y, 2) if len(x) >= 4 else (0.0, 0.0, 0.0)
+    lf = float(np.clip(best - b / (2 * a), x[0], x[-1])) if a > 0 else best
+    n_used = int(np.all([np.isfinite(per_track[k]) for k in x], axis=0).sum())
+    n_res, n_par = 2 * V * n_used + 1, 3 * n_used + 6 * (V - 1)
     s2 = cost[best] / max(n_res - n_par, 1)
-    std = float(np.sqrt(2 * s2 / (2 * a))) if a > 0 else float("inf")
-    sharp = float(min(y[0], y[2]) / max(cost[best], 1e-12))
-    logger.debug("multi-view focal search: %d views, %d tracks, %d reconstructions, f %.1f px, std %.1f %%, cost "
-                 "%.1f px^2", V, P, len(cost), np.exp(lf), 100 * std, cost[best])
+    std = float(np.sqrt(s2 / a)) if a > 0 else float("inf")  # var(lf) = 2 s^2 / S'' with S'' = 2a
+    sharp = float(min(y[0], y[-1]) / max(cost[best], 1e-12))
+    logger.debug("multi-view focal search: %d views, %d tracks (%d in the fit), %d reconstructions, f %.1f px, std "
+                 "%.1f %%, cost %.1f px^2", V, P, n_used, len(per_track), np.exp(lf), 100 * std, cost[best])
     return FocalEstimate(float(np.exp(lf)), V, cost[best], sharp, std <= max_std, std)
