@@ -13,8 +13,10 @@ counted in pages of their state's bytes as a reservation against the same budget
 The small per-session tensors beside the caches (policy scores, anchors) move with an offload but are not counted.
 
 Thread model: a session's thread calls `acquire` before a step and `release` after it; offloading only touches
-released sessions, under the pool's (reentrant) lock, so a session is never moved while it steps. A step that
-needs pages the arena lacks asks the pool (`reclaim`) to offload idle sessions.
+released sessions, under the pool's (reentrant) lock, so a session is never moved while it steps. Before a step
+the pool frees and reserves the session's expected growth (what its previous step took beyond its pages, e.g. a
+layer's new frame before pruning), so idle sessions are offloaded before the step rather than in the middle of it;
+a step that still needs pages the arena lacks asks the pool (`reclaim`) to offload idle sessions.
 """
 
 from __future__ import annotations

@@ -58,8 +58,9 @@ class KVArena:
             arena's lock); it may free pages (offload idle sessions) before the allocation is retried once.
 
     The buffer is allocated whole at the first page handed out (a node whose backend keeps no KV cache never
-    allocates it) and never grows. `reserved` pages are counted against the budget without living in the
-    buffer: the accounting of sessions whose state is not paged (other backends), see `KVPagePool`.
+    allocates it) and never grows. Reserved pages (`reserve`) are counted against the budget for one owner: the
+    state of sessions that do not page (other backends), or a paged session's headroom for its next step, see
+    `KVPagePool`.
     """
 
     def __init__(self, budget_bytes: int, device: torch.device | str, page_bytes: int = DEFAULT_PAGE_BYTES,
