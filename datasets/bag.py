@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from recon.datasets.base import OnError, ReadStats, fit_camera_info, skip_or_raise
-from recon.datasets.files import corrupt_frame
 from recon.datasets.ros_msgs import (
     CAMERA_INFO_TYPE,
     IMAGE_TYPES,
@@ -40,6 +39,7 @@ from recon.datasets.ros_msgs import (
     is_depth_message,
 )
 from recon.errors import ConfigError, CorruptFrameError, ProtocolError, SequenceError
+from recon.io.images import corrupt_frame
 from recon.types import CameraInfo, Frame
 from recon.utils.imports import require_package
 

@@ -1,7 +1,8 @@
-"""File helpers shared by the readers: decoding images and depth, natural sort, timestamps, calibration files.
+"""File helpers shared by the readers: decoding depth, natural sort, timestamps, calibration files.
 
-Images are decoded with Pillow because it *fails* on truncated files (OpenCV may return a partly grey image with
-only a warning on stderr); every failure becomes a `CorruptFrameError` whose message and `.path` name the file.
+Colour images are decoded by `recon.io.images` (the export's record reads them too); depth is decoded here with
+the same rules: Pillow, because it *fails* on truncated files, and every failure a `CorruptFrameError` naming the
+file.
 """
 
 from __future__ import annotations
@@ -13,47 +14,18 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from recon.errors import CorruptFrameError, SequenceError
+from recon.errors import SequenceError
+from recon.io.images import corrupt_frame, open_image
 from recon.io.trajectory import seconds_to_ns
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
 
 
-def corrupt_frame(path: str | Path, reason: str) -> CorruptFrameError:
-    """A CorruptFrameError naming `path` (also kept as `.path` so readers can list skipped files)."""
-    err = CorruptFrameError(f"{path}: {reason}")
-    err.path = str(path)  # type: ignore[attr-defined]
-    return err
-
-
-def _open_image(path: Path) -> Image.Image:
-    if not path.is_file():
-        raise corrupt_frame(path, "file is missing")
-    try:
-        with Image.open(path) as im:
-            im.load()  # decode now: a truncated file raises here, not later
-            return im.copy()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise corrupt_frame(path, f"cannot decode image ({e})") from e
-
-
-def read_rgb(path: str | Path) -> np.ndarray:
-    """uint8 HxWx3 RGB from any Pillow-readable file (grey, palette, 16-bit and RGBA are converted)."""
-    im = _open_image(Path(path))
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        a = np.asarray(im, dtype=np.float64)
-        a = np.clip(a / max(float(a.max()), 1.0) * 255.0, 0, 255).astype(np.uint8)
-        return np.repeat(a[..., None], 3, axis=2)
-    if im.mode != "RGB":
-        im = im.convert("RGB")
-    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
-
-
 def read_depth_png(path: str | Path, scale: float, invalid: int | None = None) -> np.ndarray:
     """float32 HxW metres from a 16-bit depth PNG storing `scale` units per metre; 0 (and `invalid`) mean none."""
     path = Path(path)
-    im = _open_image(path)
+    im = open_image(path)
     raw = np.asarray(im)
     if raw.ndim != 2 or raw.dtype.kind not in "ui":
         raise corrupt_frame(path, f"expected a single-channel 16-bit depth image, got mode {im.mode}")

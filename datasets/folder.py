@@ -17,15 +17,9 @@ from pathlib import Path
 from recon.calib.camera_info import find_camera_file, load_camera_file
 from recon.calib.exif import exif_intrinsics
 from recon.datasets.base import IndexedSequence, OnError
-from recon.datasets.files import (
-    IMAGE_EXTENSIONS,
-    image_size,
-    index_from_name,
-    natural_key,
-    read_rgb,
-    timestamp_from_name,
-)
+from recon.datasets.files import IMAGE_EXTENSIONS, image_size, index_from_name, natural_key, timestamp_from_name
 from recon.errors import ConfigError, SequenceError
+from recon.io.images import read_rgb
 from recon.types import CameraInfo, Frame
 
 logger = logging.getLogger(__name__)

@@ -19,8 +19,9 @@ import numpy as np
 
 from recon.calib.camera_info import parse_kitti_projections
 from recon.datasets.base import IndexedSequence, OnError
-from recon.datasets.files import IMAGE_EXTENSIONS, image_size, natural_key, read_rgb
+from recon.datasets.files import IMAGE_EXTENSIONS, image_size, natural_key
 from recon.errors import SequenceError
+from recon.io.images import read_rgb
 from recon.io.trajectory import seconds_to_ns
 from recon.types import CameraInfo, Frame, Trajectory
 

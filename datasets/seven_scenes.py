@@ -18,14 +18,9 @@ import numpy as np
 
 from recon.calib.camera_info import find_camera_file, load_camera_file
 from recon.datasets.base import IndexedSequence, OnError
-from recon.datasets.files import (
-    corrupt_frame,
-    image_size,
-    natural_key,
-    read_depth_png,
-    read_rgb,
-)
+from recon.datasets.files import image_size, natural_key, read_depth_png
 from recon.errors import SequenceError
+from recon.io.images import corrupt_frame, read_rgb
 from recon.types import CameraInfo, Frame, Trajectory
 
 logger = logging.getLogger(__name__)

@@ -22,14 +22,9 @@ import numpy as np
 from recon.calib.camera_info import find_camera_file, load_camera_file
 from recon.datasets.association import poses_at
 from recon.datasets.base import IndexedSequence, OnError
-from recon.datasets.files import (
-    corrupt_frame,
-    image_size,
-    read_depth_png,
-    read_list_file,
-    read_rgb,
-)
+from recon.datasets.files import image_size, read_depth_png, read_list_file
 from recon.errors import SequenceError
+from recon.io.images import corrupt_frame, read_rgb
 from recon.io.trajectory import read_tum_trajectory
 from recon.types import CameraInfo, Frame, Trajectory
 from recon.utils.timestamps import associate_timestamps

@@ -17,8 +17,8 @@ import numpy as np
 
 from recon.calib.camera_info import find_camera_file, load_camera_file
 from recon.datasets.base import OnError, ReadStats
-from recon.datasets.files import corrupt_frame
 from recon.errors import ConfigError, CorruptFrameError, SequenceError
+from recon.io.images import corrupt_frame
 from recon.types import CameraInfo, Frame
 
 logger = logging.getLogger(__name__)

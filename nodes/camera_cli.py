@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from recon.commands.io_args import add_topic_arguments
+from recon.nodes.cli_util import add_topic_arguments
 from recon.nodes.transport import add_security_arguments
 
 logger = logging.getLogger(__name__)
@@ -53,10 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from recon.commands.io_args import topic_options
     from recon.errors import ConfigError
     from recon.nodes.camera_node import CameraNode, CameraNodeConfig
-    from recon.nodes.cli_util import on_shutdown_signals
+    from recon.nodes.cli_util import on_shutdown_signals, topic_options
     from recon.nodes.sources import as_live, load_camera_info, open_source
     from recon.nodes.transport import Security, tune_allocator
 

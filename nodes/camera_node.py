@@ -45,13 +45,22 @@ from recon.calib.undistort import FrameUndistorter
 from recon.errors import CorruptFrameError
 from recon.nodes import protocol as P
 from recon.nodes.sources import Source
-from recon.nodes.transport import Security, default_context, new_node_id, open_socket, readable
+from recon.nodes.transport import (
+    Security,
+    default_context,
+    new_node_id,
+    open_socket,
+    readable,
+    recv_parts,
+    send_parts,
+)
 from recon.types import Frame
 from recon.utils.log import WarnOnce
 
 logger = logging.getLogger(__name__)
 
 LIVE_ACK_TIMEOUT_S = 30.0
+_POLLIN = int(zmq.POLLIN)
 
 
 @dataclass
@@ -195,7 +204,7 @@ class CameraNode:
         if not self._check_size(seq, parts):
             return False
         try:
-            sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
+            send_parts(sock, parts, copy=False)
         except zmq.Again:
             return False
         self._sent_at[seq] = time.monotonic()
@@ -428,9 +437,15 @@ class CameraNode:
                 wait_ms = 0 if sent else 5 if live else 20
                 if cfg.fps and not sent:
                     wait_ms = max(0, min(wait_ms, int(1000 * (next_send - now))))
-                if sock.poll(wait_ms, zmq.POLLIN):
+                if (live and ready and wait_ms and not exhausted and len(self._pending) < self.window
+                        and now >= next_send):
+                    # Room for a frame: wait on the source, which wakes at the next capture (replies can wait a few
+                    # ms; a frame sent late is latency), then look at the socket without waiting.
+                    self.source.wait_frame(wait_ms / 1000)  # type: ignore[attr-defined] - LiveSource, PushSource
+                    wait_ms = 0
+                if zmq.zmq_poll([(sock, _POLLIN)], wait_ms):
                     while readable(sock):
-                        parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        parts = recv_parts(sock)
                         last_heard = time.monotonic()
                         if lost:
                             lost = False
@@ -502,8 +517,4 @@ class CameraNode:
                 self.stats.stopped_on_error = str(e)
                 logger.error("%s: stopping at a corrupt frame: %s", self, e)
                 return None
-        got = self.source.read_latest(0.0)  # type: ignore[attr-defined]
-        if got is None:
-            return None
-        info = self.source.camera_info
-        return Frame(self.config.stream_id, got[2], got[1], got[0], K=None if info is None else info.K)
+        return self.source.take(0.0)  # type: ignore[attr-defined] - live sources: LiveSource, PushSource

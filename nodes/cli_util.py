@@ -1,4 +1,8 @@
-"""Helpers shared by the node command lines: signal handling and common flags."""
+"""Helpers shared by the node command lines (and `recon replay` / `recon live`): signal handling and common flags.
+
+Bag topics: `--topic`, `--depth-topic`, `--camera-info-topic` choose which topics of a ROS bag to read (default:
+chosen by message type, see `recon.datasets.bag`); `none` turns depth or the bag's CameraInfo off.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,29 @@ from collections.abc import Callable
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+
+def add_topic_arguments(parser: argparse.ArgumentParser | Any) -> None:
+    """`--topic`, `--depth-topic`, `--camera-info-topic` (bags)."""
+    parser.add_argument("--topic", default=None, metavar="TOPIC",
+                        help="bags: colour image topic (default: the Image/CompressedImage topic with a colour "
+                             "encoding)")
+    parser.add_argument("--depth-topic", default=None, metavar="TOPIC",
+                        help="bags: depth topic registered to the colour image, 16UC1/32FC1/compressedDepth "
+                             "(default: the one in the colour camera's frame or named aligned/registered; none: "
+                             "no depth)")
+    parser.add_argument("--camera-info-topic", default=None, metavar="TOPIC",
+                        help="bags: CameraInfo topic (default: the one next to the colour topic; none: ignore it)")
+
+
+def topic_options(args: argparse.Namespace) -> dict[str, str]:
+    """The bag topic options that were given (`none` -> "" = off), as keywords of `open_sequence`/`open_source`."""
+    out = {}
+    for name in ("topic", "depth_topic", "camera_info_topic"):
+        value = getattr(args, name, None)
+        if value is not None:
+            out[name] = "" if value.lower() == "none" and name != "topic" else value
+    return out
 
 
 class ShutdownSignals:

@@ -5,9 +5,11 @@ compressed image, the size its own header states) before anything is allocated, 
 the sender may use the stream and whether the frame fits the queue and the memory budget, and answers the camera:
 a credit for a duplicate or a dropped live frame, a refusal (with its reason) for a frame or a stream the node will
 not take. Decompression and everything after it happens on the stream's session thread, so this thread never
-waits for a model, a decoder or a backend being built. Sessions send their acknowledgements onto the ROUTER
-themselves (`Replies`: the socket is shared under a lock, so an ack is no hand-off to this thread). It also
-sends the publisher's heartbeats and closes idle sessions.
+waits for a model, a decoder or a backend being built; except for a session whose frames have been taking under
+`sessions.INLINE_MAX_S` each (a raw frame into a trivial backend), which this thread processes itself, because
+handing such a frame to another thread costs more than processing it. Sessions send their acknowledgements onto
+the ROUTER themselves (`Replies`: the socket is shared under a lock, so an ack is no hand-off to this thread). It
+also sends the publisher's heartbeats and closes idle sessions.
 
 A malformed message is counted by kind, logged once per kind and dropped; when its header names a frame, the
 camera is told (a refusal naming the fault), so it does not re-send it forever.
@@ -33,6 +35,9 @@ from recon.nodes.transport import Security, open_socket
 from recon.utils.log import WarnOnce
 
 logger = logging.getLogger(__name__)
+
+SUBSCRIBER_POLL_S = 0.005
+"""How often the ingest thread reads the publisher's subscription events."""
 
 
 class Ingest:
@@ -72,14 +77,20 @@ class Ingest:
         self.replies.attach(self._sock)
         poller.register(self.replies.wake_fd, zmq.POLLIN)
         timeout = max(1, min(100, int(1000 * self.publisher.heartbeat_s)))
-        next_sweep = time.monotonic() + 1.0
+        now = time.monotonic()
+        next_sweep = now + 1.0
+        next_subscribers = now
         try:
             while not self._finish.is_set():
-                self.replies.wait(poller, timeout)
-                self._receive()
-                self.publisher.poll_subscribers()
-                self.publisher.heartbeat()
+                if not self._receive():
+                    self.replies.wait(poller, timeout)
                 now = time.monotonic()
+                if now >= next_subscribers:
+                    # Subscription events are not per frame: reading them at most every few ms saves a lock and a
+                    # socket query per message (a subscriber still counts within SUBSCRIBER_POLL_S of connecting).
+                    next_subscribers = now + SUBSCRIBER_POLL_S
+                    self.publisher.poll_subscribers()
+                self.publisher.heartbeat()
                 if now >= next_sweep:
                     next_sweep = now + 1.0
                     self.table.sweep()
@@ -88,22 +99,39 @@ class Ingest:
             sock = self.replies.detach()
             (sock or self._sock).close(linger=500)  # queued acknowledgements still reach their cameras
 
-    def _receive(self) -> None:
-        for _ in range(256):
-            parts = self.replies.receive()
-            if parts is None:
-                return
-            routing_id = parts[0].bytes
+    def _receive(self) -> int:
+        """Handle the messages waiting now (at most 256); returns how many there were."""
+        count = 0
+        while count < 256:
+            batch = self.replies.receive()
+            if not batch:
+                break
+            count += len(batch)
+            deferred: dict[int, Any] = {}
             try:
-                self._handle(self._peer(routing_id, parts[1] if len(parts) > 1 else parts[0]), parts[1:])
-            except ProtocolError as e:
-                self.rejects(P.fault_kind(e), "rejected message: %s", e)
-            except Exception as e:  # never let one message kill the ingest thread
-                self.rejects("internal_" + type(e).__name__, "error handling a message: %s", e)
-                logger.debug("ingest traceback", exc_info=True)
+                ids = [parts[0].bytes for parts in batch]
+                for i, parts in enumerate(batch):
+                    # More of this sender's messages follow in the burst: acks of inline frames wait for them.
+                    self._one(ids[i], parts, deferred if i + 1 < len(batch) and ids[i + 1] == ids[i] else None)
             finally:
-                # Counted once its outcome is: a status reply never shows a message whose rejection is not counted.
-                self.messages_in += 1
+                for session in deferred.values():
+                    session.flush_acks()
+        return count
+
+    def _one(self, routing_id: bytes, parts: list[Any], deferred: dict[int, Any] | None) -> None:
+        try:
+            peer = self._peers.get(routing_id)
+            if peer is None:
+                peer = self._peer(routing_id, parts[1] if len(parts) > 1 else parts[0])
+            self._handle(peer, parts[1:], deferred)
+        except ProtocolError as e:
+            self.rejects(P.fault_kind(e), "rejected message: %s", e)
+        except Exception as e:  # never let one message kill the ingest thread
+            self.rejects("internal_" + type(e).__name__, "error handling a message: %s", e)
+            logger.debug("ingest traceback", exc_info=True)
+        finally:
+            # Counted once its outcome is: a status reply never shows a message whose rejection is not counted.
+            self.messages_in += 1
 
     def _peer(self, routing_id: bytes, frame: Any) -> Peer:
         peer = self._peers.get(routing_id)
@@ -114,7 +142,7 @@ class Ingest:
         return peer
 
     # -- one message ------------------------------------------------------------------------------------------
-    def _handle(self, peer: Peer, parts: list[Any]) -> None:
+    def _handle(self, peer: Peer, parts: list[Any], deferred: dict[int, Any] | None = None) -> None:
         try:
             msg = P.decode(parts, self.limits, images=False)
         except ProtocolError as e:
@@ -124,6 +152,10 @@ class Ingest:
         if kind == P.FRAME:
             session, offer = self.table.offer(peer, msg)
             self._answer(peer, msg, offer, session)
+            if offer.item is not None:  # a fast session's frame: processed here, no hand-off (INLINE_MAX_S)
+                if deferred is not None:
+                    deferred[id(session)] = session
+                session.process_inline(offer.item, defer_ack=deferred is not None)
         elif kind == P.HEARTBEAT:
             # Answered with a credit: it carries the window, the node's id and its limits, so a camera learns all
             # three at connect time and notices a restarted node by its new id.

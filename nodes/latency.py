@@ -24,9 +24,10 @@ class LatencyWindow:
         self.count = 0
 
     def add(self, latency_ms: float) -> None:
-        with self._lock:
-            self._values.append((time.monotonic(), float(latency_ms)))
-            self.count += 1
+        # No lock (called per frame): a deque append is atomic, also against `values()` trimming the old end under
+        # the lock; each window has one writer at a time (the thread processing its stream's frame).
+        self._values.append((time.monotonic(), float(latency_ms)))
+        self.count += 1
 
     def add_since(self, capture_ns: int, now_ns: int | None = None) -> float:
         """Add `now - capture_ns` (wall clock) and return it in milliseconds."""

@@ -7,6 +7,9 @@
 - `mode="tcp"`: the camera and reconstruction nodes run as separate processes (`python -m
   recon.nodes.<kind>_cli`, the same as `recon node <kind>`) over `tcp://` on loopback; results come back to
   this process over a SUB socket and go to the same sinks (`recon replay --distributed`).
+- `mode="remote"`: an open source streams from this process to a reconstruction node that runs elsewhere
+  (`node=RemoteNode(...)`, a `recon node recon`), and its results come back over a SUB socket (the ROS node's
+  `~node`).
 
 Both modes use raw (lossless) images by default and credit flow for recorded sources, so a
 deterministic backend produces the same trajectory either way.
@@ -22,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,13 +69,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class RemoteNode:
+    """Endpoints of a reconstruction node running elsewhere (`recon node recon --bind --publish --control`)."""
+
+    connect: str
+    publish: str
+    control: str
+
+
 def run_pipeline(source: str | Source, backend: str | Backend, sinks: Iterable[Any] = (), *, mode: str = "inproc",
                  backend_options: dict[str, Any] | None = None, stream_id: str | None = None,
                  encoding: str = "raw", fps: float | None = None, queue_size: int = 8,
                  timeout_s: float = 3600.0, stop: threading.Event | None = None, max_frames: int | None = None,
                  stride: int = 1, on_error: str | None = None, close_sinks: bool = True,
-                 strict: bool = False, keep_meta: bool = False, abort: threading.Event | None = None
-                 ) -> PipelineStats:
+                 strict: bool = False, keep_meta: bool = False, abort: threading.Event | None = None,
+                 node: RemoteNode | None = None, node_options: dict[str, Any] | None = None,
+                 on_status: Callable[[Callable[[], dict[str, Any]]], None] | None = None) -> PipelineStats:
     """Stream `source` through `backend` into `sinks` with the node classes; returns the run's counters.
 
     Args:
@@ -85,13 +98,18 @@ def run_pipeline(source: str | Source, backend: str | Backend, sinks: Iterable[A
         stream_id: defaults to the source's name.
         timeout_s: overall bound; the run is stopped and ReconError raised when exceeded.
         stop: set it (from a signal handler or another thread) to end a live run cleanly (inproc): the camera
-            stops, the node drains and flushes, every result reaches the sinks, however long that takes.
+            stops, the node drains and flushes, every result reaches the sinks, however long that takes. Remote: it
+            ends a wait for the node to come up; a stream ends when its source does.
         abort: set it (a second signal) to cut that wait short; `PipelineStats.results_lost` counts what was lost.
         max_frames, stride: send at most `max_frames` frames, every `stride`-th of a recorded source.
         on_error: dataset sources: "skip" or "stop" at a corrupt frame (see `PipelineStats.stopped_on_error`).
         strict: inproc: a backend exception ends the run and is re-raised (replay), instead of being counted.
         keep_meta: inproc: hand each frame's `meta` (ground truth for evaluation...) to the backend, beside the
             wire message that cannot carry it.
+        node: mode="remote": the reconstruction node's endpoints (`backend` is then only a label).
+        node_options: inproc: more ReconNodeConfig fields (state_dir, checkpoint_every, session_idle_s, ...).
+        on_status: inproc and remote: called once the node serves, with a function returning its status (the
+            control socket's map), so a front end can report it while the run goes on (the ROS node's /diagnostics).
     """
     tune_allocator()
     options = dict(backend_options or {})
@@ -99,7 +117,12 @@ def run_pipeline(source: str | Source, backend: str | Backend, sinks: Iterable[A
         raise ConfigError(f"stride must be >= 1, got {stride}")
     cam = _CameraOptions(stream_id, encoding, fps, max_frames, stride, on_error, close_sinks, keep_meta)
     if mode == "inproc":
-        return _run_inproc(source, backend, list(sinks), options, cam, queue_size, timeout_s, stop, strict, abort)
+        return _run_inproc(source, backend, list(sinks), options, cam, queue_size, timeout_s, stop, strict, abort,
+                           dict(node_options or {}), on_status)
+    if mode == "remote":
+        if node is None or isinstance(source, str):
+            raise ConfigError("mode='remote' needs node=RemoteNode(...) and an open source")
+        return _run_remote(source, node, list(sinks), cam, timeout_s, stop, abort, on_status)
     if mode == "tcp":
         if not isinstance(backend, str):
             raise ConfigError("mode='tcp' needs a backend name: the backend is built in the node process")
@@ -123,7 +146,8 @@ class _CameraOptions:
 
 def _run_inproc(source: str | Source, backend: str | Backend, sinks: list[Any], options: dict[str, Any],
                 co: _CameraOptions, queue_size: int, timeout_s: float, stop: threading.Event | None,
-                strict: bool, abort: threading.Event | None) -> PipelineStats:
+                strict: bool, abort: threading.Event | None, node_options: dict[str, Any] | None = None,
+                on_status: Callable[[Callable[[], dict[str, Any]]], None] | None = None) -> PipelineStats:
     t0 = time.perf_counter()
     ctx = zmq.Context()
     tag = f"{os.getpid()}-{id(sinks):x}"
@@ -144,7 +168,8 @@ def _run_inproc(source: str | Source, backend: str | Backend, sinks: list[Any], 
     node = ReconNode(ReconNodeConfig(bind=f"inproc://ingest-{tag}", publish=f"inproc://results-{tag}",
                                      backend=name, backend_options=options, queue_size=queue_size,
                                      heartbeat_s=0.1, min_subscribers=1, backend_instance=instance,
-                                     strict=strict, frame_hook=restore if co.keep_meta else None), ctx)
+                                     strict=strict, frame_hook=restore if co.keep_meta else None,
+                                     **(node_options or {})), ctx)
     viewer = ViewerNode(f"inproc://results-{tag}", sinks, context=ctx, close_sinks=co.close_sinks)
     stats = PipelineStats("inproc")
     abort = abort or threading.Event()
@@ -153,6 +178,8 @@ def _run_inproc(source: str | Source, backend: str | Backend, sinks: list[Any], 
         viewer.start()
         if not viewer.wait_connected(10):
             raise ReconError("in-process pipeline: the result subscriber did not connect within 10 s")
+        if on_status is not None:
+            on_status(node.status)
         cam = CameraNode(src, CameraNodeConfig(connect=f"inproc://ingest-{tag}", encoding=co.encoding,
                                                stream_id=co.stream_id or getattr(src, "name", "cam0"),
                                                fps=None if src.live else co.fps, max_frames=co.max_frames,
@@ -171,6 +198,65 @@ def _run_inproc(source: str | Source, backend: str | Backend, sinks: list[Any], 
         node.stop()
         viewer.stop()
         src.close()
+        _term(ctx)
+    return _finish(stats, viewer, t0)
+
+
+def _run_remote(source: Source, remote: RemoteNode, sinks: list[Any], co: _CameraOptions, timeout_s: float,
+                stop: threading.Event | None, abort: threading.Event | None,
+                on_status: Callable[[Callable[[], dict[str, Any]]], None] | None) -> PipelineStats:
+    """Stream `source` to a node running elsewhere and feed `sinks` with its results until the source ends.
+
+    The node keeps running afterwards: results its backend still holds (a windowed backend's last frames) stay with
+    its session, which flushes them when it idles out."""
+    t0 = time.perf_counter()
+    ctx = zmq.Context()
+    viewer = ViewerNode(remote.publish, sinks, context=ctx, close_sinks=co.close_sinks)
+    stats = PipelineStats("remote")
+    abort = abort or threading.Event()
+
+    def status() -> dict[str, Any]:
+        return request(ctx, remote.control, {"cmd": "status"}, timeout_s=5)
+
+    try:
+        viewer.start()
+        deadline = time.monotonic() + timeout_s
+        if not viewer.wait_connected(1.0):  # nodes may start in any order: wait for it, saying where we look
+            logger.info("waiting for a reconstruction node publishing on %s (start `recon node recon`)",
+                        remote.publish)
+            while not viewer.wait_connected(0.5):
+                if (stop is not None and stop.is_set()) or abort.is_set() or viewer.error is not None:
+                    return _finish(stats, viewer, t0)
+                if time.monotonic() > deadline:
+                    raise ReconError(f"no heartbeat from a reconstruction node on {remote.publish} within "
+                                     f"{timeout_s:.0f} s (is `recon node recon` running with that --publish?)")
+        if on_status is not None:
+            on_status(status)
+        cam = CameraNode(source, CameraNodeConfig(connect=remote.connect, encoding=co.encoding,
+                                                  stream_id=co.stream_id or getattr(source, "name", "cam0"),
+                                                  fps=None if source.live else co.fps, max_frames=co.max_frames,
+                                                  stride=co.stride), ctx)
+        t = threading.Thread(target=cam.run, name="camera-node", daemon=True)
+        t.start()
+        while t.is_alive():  # the run ends with the source (a live one: close it, and what it holds is sent first)
+            t.join(0.2)
+            if abort.is_set() or time.monotonic() > deadline:
+                cam.stop()
+        stats.camera = cam.stats
+        stats.stopped_on_error = cam.stats.stopped_on_error
+        # Every acknowledged frame's results were published before its ack; they come over another connection,
+        # so wait until the subscriber has been quiet for a moment.
+        quiet_since, seen = time.monotonic(), viewer.received()
+        while not abort.is_set() and time.monotonic() - quiet_since < 0.5 and viewer.error is None:
+            time.sleep(0.05)
+            if viewer.received() != seen:
+                quiet_since, seen = time.monotonic(), viewer.received()
+        try:
+            stats.node_status = status()
+        except TimeoutError as e:
+            logger.warning("the reconstruction node's final status: %s", e)
+    finally:
+        viewer.stop()
         _term(ctx)
     return _finish(stats, viewer, t0)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,6 +162,9 @@ KINDS: dict[str, KindSpec] = {
             PayloadSpec("confidence", _F16_32, ("raw",), ("H", "W"), "per-pixel confidence, higher is better"),
             PayloadSpec("depth", _F16_32, ("raw",), ("H", "W"), "depth along the optical axis (metres if metric)"),
             PayloadSpec("image", _IMAGE_DTYPES, ("raw", "jpeg"), ("H", "W", 3), "RGB colours of the result grid"),
+            PayloadSpec("T_map_odom", ("<f8",), ("raw",), (4, 4),
+                        "with loop closure: the newest map <- odom correction when the result left the backend, "
+                        "a Sim(3) matrix [[s R, t], [0, 1]] (ROS publishes map -> odom -> camera from it)"),
         ),
     ),
     CREDIT: KindSpec(
@@ -298,10 +302,20 @@ def _le(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=dt)
 
 
+_RAW_DESCS: dict[tuple[str, str, tuple[int, ...]], dict[str, Any]] = {}
+
+
 def _raw(name: str, arr: np.ndarray) -> tuple[dict[str, Any], Any]:
-    a = _le(arr)
-    desc = {"name": name, "encoding": "raw", "dtype": a.dtype.str, "shape": list(a.shape), "nbytes": a.nbytes}
-    return desc, a.data if a.nbytes else b""
+    a = arr if arr.flags.c_contiguous and arr.dtype.byteorder != ">" else _le(arr)
+    dtype = a.dtype.str
+    key = (name, dtype, a.shape)
+    desc = _RAW_DESCS.get(key)
+    if desc is None:
+        # One descriptor per (name, dtype, shape), shared by every message with it: only ever read (packed).
+        desc = {"name": name, "encoding": "raw", "dtype": dtype, "shape": list(a.shape), "nbytes": a.nbytes}
+        if len(_RAW_DESCS) < 1024:
+            _RAW_DESCS[key] = desc
+    return desc, a.data if desc["nbytes"] else b""
 
 
 def _compressed(name: str, arr: np.ndarray, encoding: str, quality: int) -> tuple[dict[str, Any], bytes]:
@@ -320,15 +334,33 @@ def _compressed(name: str, arr: np.ndarray, encoding: str, quality: int) -> tupl
     return desc, data
 
 
+_packers = threading.local()
+
+
+def _packb(obj: Any) -> bytes:
+    """msgpack.packb(obj, use_bin_type=True) with one Packer per thread (packb builds a Packer per call: a third
+    of its cost for a header; a Packer is not thread-safe, hence one per thread)."""
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    try:
+        return packer.pack(obj)
+    except Exception:
+        _packers.packer = None  # a failed pack may leave its buffer half-written: the next call starts afresh
+        raise
+
+
 def _header(kind: str, stream_id: str, seq: int, t_ns: int, **extra: Any) -> dict[str, Any]:
     h: dict[str, Any] = {"v": VERSION, "kind": kind, "stream_id": stream_id, "seq": int(seq), "t_ns": int(t_ns)}
-    h.update({k: v for k, v in extra.items() if v is not None})
+    for k, v in extra.items():
+        if v is not None:
+            h[k] = v
     return h
 
 
 def _pack(topic: bytes, header: dict[str, Any], parts: list[tuple[dict[str, Any], Any]]) -> list[Any]:
     header["payloads"] = [d for d, _ in parts]
-    return [topic, msgpack.packb(header, use_bin_type=True), *[p for _, p in parts]]
+    return [topic, _packb(header), *[p for _, p in parts]]
 
 
 def encode_frame(frame: Frame, *, encoding: str = "raw", quality: int = 90, depth_encoding: str = "f4",
@@ -375,6 +407,8 @@ def encode_result(result: FrameResult, *, points_dtype: str = "f4", stride: int 
             parts.append(_raw(name, np.asarray(arr)[::stride, ::stride].astype(dt, copy=False)))
     if with_image and result.image is not None:
         parts.append(_raw("image", np.asarray(result.image, dtype=np.uint8)[::stride, ::stride]))
+    if result.T_map_odom is not None:
+        parts.append(_raw("T_map_odom", np.asarray(result.T_map_odom, dtype=np.float64)))
     header = _header(RESULT, result.stream_id, result.seq, result.t_ns, metric=bool(result.metric),
                      is_update=bool(result.is_update), tracked=None if result.tracked else False,
                      stride=stride if stride != 1 else None, epoch=epoch,
@@ -384,9 +418,14 @@ def encode_result(result: FrameResult, *, points_dtype: str = "f4", stride: int 
 
 def encode_control(kind: str, stream_id: str = "", *, seq: int = -1, t_ns: int = 0, **fields: Any) -> list[Any]:
     """Multipart parts for a control message (credit, reset, heartbeat) with its kind-specific fields."""
-    if kind not in KINDS or KINDS[kind].payloads:
+    if kind not in _CONTROL_KINDS:
         raise _err("encode", f"{kind!r} is not a control kind")
-    return _pack(TOPIC_CONTROL, _header(kind, stream_id, seq, t_ns, **fields), [])
+    h = _header(kind, stream_id, seq, t_ns, **fields)
+    h["payloads"] = []
+    return [TOPIC_CONTROL, _packb(h)]
+
+
+_CONTROL_KINDS = frozenset(k for k, spec in KINDS.items() if not spec.payloads)
 
 
 # ----------------------------------------------------------------------------------------------- decoding
@@ -438,6 +477,10 @@ def _itemsize(dtype: str) -> int:
 def decode_header(raw: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     """Parse and validate a header frame (version, kind, common and kind fields, payload descriptors).
 
+    A stream sends the same header shape message after message (same fields, types, stream id and payload
+    descriptors; only seq, times and ack lists change). The shape checks run once per shape (`_SHAPES`); the
+    checks of the values that change run on every message.
+
     Raises:
         IncompatibleVersionError: `v` is not a major version this build reads.
         ProtocolError: anything else malformed.
@@ -452,12 +495,45 @@ def decode_header(raw: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
                                  max_map_len=64)
     except Exception as e:  # msgpack raises several unrelated types for bad input
         raise _err("bad_header", f"header is not valid msgpack: {type(e).__name__}: {e}") from e
-    if not isinstance(header, dict):
+    if type(header) is not dict:
         raise _err("bad_header", f"header is a {type(header).__name__}, expected a map")
     v = header.get("v")
     if isinstance(v, int) and not isinstance(v, bool) and v != VERSION:
         raise IncompatibleVersionError(f"message has protocol major version {v}; this node reads version {VERSION} "
                                        f"(upgrade the older side)")
+    key = _shape_key(header)
+    if key is None or _SHAPES.get(key) is not limits:
+        _check_shape(header, limits)
+        if key is not None:
+            if len(_SHAPES) >= _MAX_SHAPES:
+                _SHAPES.clear()
+            _SHAPES[key] = limits
+    _check_values(header, limits)
+    return header
+
+
+_SHAPES: dict[tuple[Any, ...], Limits] = {}
+"""Header shapes (`_shape_key`) that passed `_check_shape`, with the limits they passed under."""
+_MAX_SHAPES = 1024
+
+
+def _shape_key(header: dict[str, Any]) -> tuple[Any, ...] | None:
+    """What `_check_shape` depends on, exactly: field names in order, the exact type of every value, the kind, the
+    stream id and the payload descriptors (re-packed: msgpack keeps 3, 3.0 and true apart, `==` would not). None
+    when the header is too odd to key (it then takes the full checks, which reject it)."""
+    kind, sid, descs = header.get("kind"), header.get("stream_id"), header.get("payloads")
+    if type(kind) is not str or type(sid) is not str or type(descs) is not list:
+        return None
+    try:
+        packed = _packb(descs)
+    except Exception:  # noqa: BLE001 - not re-packable: no key, the full checks decide
+        return None
+    return tuple(header), tuple(map(type, header.values())), kind, sid, packed
+
+
+def _check_shape(header: dict[str, Any], limits: Limits) -> None:
+    """The checks that depend only on `_shape_key`: fields present with their types, kind, stream id, and every
+    payload descriptor against its spec and the limits."""
     _check_fields("header", header, _COMMON_CHECKS)
     kind = header["kind"]
     if kind not in KINDS:
@@ -472,13 +548,6 @@ def decode_header(raw: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
         raise _err("bad_stream_id", f"stream_id must be at most {limits.max_stream_id} printable characters")
     if kind in (FRAME, RESULT) and not sid:
         raise _err("bad_stream_id", f"{kind}: empty stream_id")
-    if not (-1 <= header["seq"] < 2**63) or not (0 <= header["t_ns"] < 2**63):
-        raise _err("bad_field_value", "seq or t_ns out of range")
-    if kind in (FRAME, RESULT) and header["seq"] < 0:
-        raise _err("bad_field_value", f"{kind}: seq must be >= 0 (-1 is reserved for control messages)")
-    for name in ("capture_ns", "publish_ns"):
-        if name in header and not 0 <= header[name] < 2**63:
-            raise _err("bad_field_value", f"{kind}: {name} out of range")
     descs = header["payloads"]
     if len(descs) > min(limits.max_payloads, len(spec.payloads)):
         raise _err("bad_payload_list", f"{kind}: {len(descs)} payloads declared, at most {len(spec.payloads)} allowed")
@@ -497,28 +566,46 @@ def decode_header(raw: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
         raise _err("bad_payload_list", f"{kind}: no image payload")
     if kind == RESULT and not {"T_world_cam", "K"} <= seen:
         raise _err("bad_payload_list", f"{kind}: T_world_cam and K are required")
-    if kind == FRAME and "depth_scale" in header:
-        s = header["depth_scale"]
-        if not (isinstance(s, int | float) and 0 < s <= 100):
-            raise _err("bad_field_value", f"{kind}: depth_scale must be in (0, 100] metres per unit")
-    if kind == RESULT and "stride" in header and not 1 <= header["stride"] <= limits.max_dim:
-        raise _err("bad_field_value", f"{kind}: stride out of range")
-    if kind == CREDIT:
+
+
+def _check_values(header: dict[str, Any], limits: Limits) -> None:
+    """The checks of values that change from message to message (a header whose shape passed `_check_shape`)."""
+    kind = header["kind"]
+    seq = header["seq"]
+    if not (-1 <= seq < 2**63) or not (0 <= header["t_ns"] < 2**63):
+        raise _err("bad_field_value", "seq or t_ns out of range")
+    if seq < 0 and kind in (FRAME, RESULT):
+        raise _err("bad_field_value", f"{kind}: seq must be >= 0 (-1 is reserved for control messages)")
+    for name in ("capture_ns", "publish_ns"):
+        if name in header and not 0 <= header[name] < 2**63:
+            raise _err("bad_field_value", f"{kind}: {name} out of range")
+    if kind == FRAME:
+        if "depth_scale" in header:
+            s = header["depth_scale"]
+            if not (isinstance(s, int | float) and 0 < s <= 100):
+                raise _err("bad_field_value", f"{kind}: depth_scale must be in (0, 100] metres per unit")
+    elif kind == RESULT:
+        if "stride" in header and not 1 <= header["stride"] <= limits.max_dim:
+            raise _err("bad_field_value", f"{kind}: stride out of range")
+    elif kind == CREDIT:
         if not 0 <= header["window"] <= 1 << 16:
             raise _err("bad_field_value", f"{kind}: window out of range")
         for name in ("acked", "dropped"):
             if name in header and not _seq_list(header[name]):
                 raise _err("bad_field_value", f"{kind}: {name} must be a list of non-negative ints")
-    if kind == REFUSE:
+    elif kind == REFUSE:
         if not _seq_list(header["seqs"]):
             raise _err("bad_field_value", f"{kind}: seqs must be a list of non-negative ints")
         if not (math.isfinite(header["retry_s"]) and 0 <= header["retry_s"] <= 3600):
             raise _err("bad_field_value", f"{kind}: retry_s must be in [0, 3600]")
-    return header
 
 
 def _seq_list(values: list[Any]) -> bool:
-    return all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**63 for s in values)
+    """Every element an int (not a bool) in [0, 2**63) (checked on every credit: a loop, then min/max in C)."""
+    for v in values:
+        if type(v) is not int:
+            return False
+    return not values or (min(values) >= 0 and max(values) < 2**63)
 
 
 def peek_frame(raw: Any, limits: Limits = DEFAULT_LIMITS) -> tuple[str, int, int | None] | None:
@@ -624,17 +711,18 @@ def decode(parts: list[Any], limits: Limits = DEFAULT_LIMITS, *, images: bool = 
     msg = Message(topic, header)
     for d, part in zip(descs, parts[2:], strict=True):
         buf = _buffer(part)
-        where = f"{header['kind']} payload {d['name']!r}"
         if len(buf) != d["nbytes"]:
-            raise _err("size_mismatch", f"{where}: frame has {len(buf)} bytes, header declares {d['nbytes']}")
+            raise _err("size_mismatch", f"{header['kind']} payload {d['name']!r}: frame has {len(buf)} bytes, header "
+                                        f"declares {d['nbytes']}")
         if d["encoding"] == "raw":
-            arr = np.frombuffer(buf, dtype=np.dtype(d["dtype"])).reshape(d["shape"])
+            arr = np.frombuffer(buf, dtype=d["dtype"]).reshape(d["shape"])
             if not arr.flags.aligned:
                 # ZeroMQ gives no alignment guarantee; unaligned float arrays are slow and some libraries
                 # (open3d) refuse their buffer format, so those few are copied (bytes, already size-checked).
                 arr = arr.copy()
             msg.payloads[d["name"]] = arr
         else:
+            where = f"{header['kind']} payload {d['name']!r}"
             data = _check_compressed(where, buf, d)
             if images:
                 msg.payloads[d["name"]] = _decode_image(where, data, d)
@@ -659,7 +747,7 @@ def decoded_bytes(header: dict[str, Any]) -> int:
 
 def message_bytes(parts: list[Any]) -> int:
     """Bytes of a multipart as it goes on the wire (what zmq.MAXMSGSIZE limits)."""
-    return sum(len(_buffer(p)) for p in parts)
+    return sum(p.nbytes if type(p) is memoryview else len(_buffer(p)) for p in parts)
 
 
 def _finite(where: str, arr: np.ndarray) -> None:
@@ -728,6 +816,8 @@ def to_result(msg: Message) -> FrameResult:
         raise _err("wrong_kind", f"expected {RESULT}, got {msg.kind}")
     h, p = msg.header, msg.payloads
     _finite(f"{RESULT} T_world_cam", p["T_world_cam"])
+    if "T_map_odom" in p:
+        _finite(f"{RESULT} T_map_odom", p["T_map_odom"])
 
     def f32(name: str) -> np.ndarray | None:
         a = p.get(name)
@@ -737,7 +827,7 @@ def to_result(msg: Message) -> FrameResult:
         return FrameResult(h["stream_id"], h["seq"], h["t_ns"], p["T_world_cam"], p["K"], depth=f32("depth"),
                            confidence=f32("confidence"), points_world=f32("points_world"), metric=h["metric"],
                            image=p.get("image"), is_update=bool(h.get("is_update", False)),
-                           tracked=bool(h.get("tracked", True)))
+                           tracked=bool(h.get("tracked", True)), T_map_odom=p.get("T_map_odom"))
     except ConfigError as e:
         raise _err("bad_payload", f"{RESULT}: {e}") from e
 

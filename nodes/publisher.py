@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 
 from recon.nodes import protocol as P
-from recon.nodes.transport import Security, open_socket, readable
+from recon.nodes.transport import Security, open_socket, readable, send_parts
 from recon.utils.log import WarnOnce
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class Publisher:
                 if self._sock is None:
                     return False
                 try:
-                    tracker = self._sock.send_multipart(parts, zmq.NOBLOCK, copy=False, track=track)
+                    tracker = send_parts(self._sock, parts, copy=False, track=track)
                     return tracker if track else True
                 except zmq.Again:
                     if not wait:
@@ -79,10 +79,11 @@ class Publisher:
                 return False
             time.sleep(0.001)
 
-    def publish(self, parts: list[Any], *, track: bool = False, abort: Callable[[], bool] | None = None
-                ) -> zmq.MessageTracker | None | bool:
-        """One encoded result; returns its tracker with `track` (the checkpoint writer waits on it)."""
-        sent = self._send(parts, track=track, abort=abort)
+    def publish(self, parts: list[Any], *, track: bool = False, abort: Callable[[], bool] | None = None,
+                wait: bool = True) -> zmq.MessageTracker | None | bool:
+        """One encoded result; returns its tracker with `track` (the checkpoint writer waits on it). `wait=False`:
+        False at once instead of waiting while a subscriber's queue is full (nothing sent, nothing counted)."""
+        sent = self._send(parts, track=track, abort=abort, wait=wait)
         if sent is not False:
             self.results_out += 1
             if self.subscribers == 0:

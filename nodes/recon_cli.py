@@ -20,7 +20,7 @@ import argparse
 import logging
 from typing import TYPE_CHECKING
 
-from recon.commands.backend_args import add_backend_arguments
+from recon.backends.flags import add_backend_arguments
 from recon.nodes.transport import add_security_arguments
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def config_from_args(args: argparse.Namespace, state_key: str | None = None) -> 
     checkpoint folder is named after; default --bind)."""
     from dataclasses import replace
 
-    from recon.commands.backend_args import backend_options
+    from recon.backends.flags import backend_options
     from recon.nodes.protocol import DEFAULT_LIMITS, Limits
     from recon.nodes.recon_node import ReconNodeConfig
     from recon.nodes.transport import Security

@@ -4,7 +4,9 @@ The node is assembled from parts with one job each, talking through explicit int
 
     ingest      (recon.nodes.ingest)     ROUTER <- cameras: validation, admission, replies; its own thread
     sessions    (recon.nodes.sessions)   per stream: backend build/restore, queue, step, publish, ack, checkpoint;
-                                         one thread each; the table decides slots, quotas and ownership
+                                         one thread each (a session whose steps take under 1 ms has its frames
+                                         processed by the ingest thread: sessions.INLINE_MAX_S); the table
+                                         decides slots, quotas and ownership
     admission   (recon.nodes.admission)  who may use a stream, the node-wide memory budget
     publisher   (recon.nodes.publisher)  XPUB -> subscribers: results, resets, heartbeats (thread-safe)
     replies     (recon.nodes.replies)    credits and refusals back to one camera (thread-safe)

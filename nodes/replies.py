@@ -30,7 +30,7 @@ from typing import Any
 import zmq
 
 from recon.nodes import protocol as P
-from recon.nodes.transport import readable
+from recon.nodes.transport import readable, recv_parts, send_parts
 from recon.utils.log import WarnOnce
 
 logger = logging.getLogger(__name__)
@@ -83,10 +83,11 @@ class Replies:
                 return
             self._waiting = True
         try:
-            poller.poll(timeout_ms)
+            events = poller.poll(timeout_ms)
         finally:
             with self.lock:
                 self._waiting = False
+        if any(fd == self._wake_r for fd, _ in events):
             with contextlib.suppress(BlockingIOError):
                 while os.read(self._wake_r, 4096):
                     pass
@@ -96,13 +97,17 @@ class Replies:
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"\0")
 
-    def receive(self) -> list[Any] | None:
-        """One waiting multipart from the ROUTER (zero-copy frames), or None (ingest thread)."""
+    def receive(self, limit: int = 16) -> list[list[Any]]:
+        """The multiparts waiting on the ROUTER, at most `limit` (zero-copy frames; ingest thread): one lock
+        acquisition for a burst of frames, not one per frame."""
+        got: list[list[Any]] = []
         with self.lock:
             router = self._router
-            if router is None or not readable(router):
-                return None
-            return router.recv_multipart(zmq.NOBLOCK, copy=False)
+            if router is None:
+                return got
+            while len(got) < limit and readable(router):
+                got.append(recv_parts(router))
+        return got
 
     def send(self, routing_id: bytes, parts: list[Any]) -> None:
         self._send([routing_id, *parts])
@@ -117,7 +122,7 @@ class Replies:
                     self._early.append(parts)
                 return
             try:
-                router.send_multipart(parts, zmq.NOBLOCK)
+                send_parts(router, parts)
             except (zmq.Again, zmq.ZMQError):
                 self._dropped()
             if self._waiting and readable(router):

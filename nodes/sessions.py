@@ -5,6 +5,11 @@ sessions (DESIGN.md §1). It then takes frames from the queue, decompresses them
 steps the backend, publishes what the step emitted, acknowledges the frame and, every `checkpoint_every`
 frames, snapshots the backend for the checkpoint writer.
 
+Fast sessions (INLINE_MAX_S): while a session's frames take under a millisecond each to decompress and step, the
+ingest thread that received a frame processes it itself (`offer` answers "inline", `process_inline`), since the
+hand-off to the session's thread would cost more than the frame; everything else (building, restoring, resets,
+checkpoint flushes at stop, any slower backend) stays on the session's thread, and the two never process at once.
+
 Queues: a recorded stream queues up to `queue_size` frames (its credit window); a live stream holds at most one
 waiting frame, and a newer one replaces it (counted as a drop, acknowledged to the camera as dropped). Every
 queued frame holds a reservation of the node-wide memory budget until its step is done.
@@ -49,6 +54,19 @@ from recon.types import Frame, FrameResult
 from recon.utils.log import WarnOnce
 
 logger = logging.getLogger(__name__)
+
+INLINE_MAX_S = 0.001
+"""A session whose frames take at most this long to process (decompress and step, wall clock) has them
+processed by the ingest thread, which received them, instead of being handed to its own thread: for such a fast
+backend the hand-off (a wake-up, and two threads taking turns at the GIL) costs more than the work
+(docs/benchmarks.md, transport). Each fast frame earns the session a point (at most 2 x INLINE_AFTER); it is
+inline while it holds INLINE_AFTER. A slower frame costs INLINE_PENALTY points (a frame preempted on a busy
+machine now and then does not end it, a backend that is often slower leaves within two frames) and one slower
+than 10 x INLINE_MAX_S all of them, so another stream's frame waits behind at most one long step of a session that
+had been fast. A publish that would wait for a slow subscriber is handed to the session's thread with the rest of
+the frame's work: the ingest thread never waits for subscribers."""
+INLINE_AFTER = 32
+INLINE_PENALTY = 16
 
 LIVE_QUEUE = 1
 """Frames a live session holds waiting (the newest replaces it): latest frame wins, end to end."""
@@ -106,7 +124,7 @@ class SessionServices:
     kv_pool: Any = None  # recon.memory.offload.KVPagePool: the node's session-memory budget, idle offload
 
 
-@dataclass
+@dataclass(slots=True)
 class Item:
     """A validated frame message waiting in a session queue (payloads may still be compressed)."""
 
@@ -120,12 +138,13 @@ class Item:
     received_ns: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Offer:
     """What happened to a frame offered to a session, for the ingest thread to answer the camera."""
 
-    status: str  # queued | duplicate | inflight | dropped | refused
+    status: str  # queued | inline | duplicate | inflight | dropped | refused
     replaced: Item | None = None  # a live frame the new one displaced (acknowledged as dropped)
+    item: Item | None = None  # inline: the frame the caller processes now (`Session.process_inline`)
     reason: str = ""
     detail: str = ""
     retry_s: float = 0.0
@@ -203,6 +222,11 @@ class Session:
         self._ack_batch: list[Item] = []  # processed frames whose acknowledgement is being batched
         self._closing = False
         self._force = False
+        self._busy = False  # a thread (this session's or the ingest thread, inline) is processing a frame
+        self._fast = 0  # inline points (INLINE_MAX_S)
+        self._handover: tuple[Item, list[FrameResult], bool] | None = None  # inline frame left to this thread
+        self.inline_frames = 0
+        self._defer_ack = False  # inline: the ingest thread flushes this frame's acknowledgement after its burst
         self._last_t = 0.0
         self.thread = threading.Thread(target=self._run, name=f"session-{stream_id}", daemon=True)
 
@@ -266,15 +290,48 @@ class Session:
                 self.refused += 1
                 self.services.faults("budget_refusal", "%s: %s; recorded seq %d refused for now", self, detail, seq)
                 return Offer("refused", replaced=replaced, reason="busy", detail=detail, retry_s=0.25)
-            self.queue.append(item)
+            inline = self._may_inline()
+            if inline:
+                self._busy = True
+            else:
+                self.queue.append(item)
             self.queued.add(seq)
             self._awaiting[seq] = None
             while len(self._awaiting) > DONE_WINDOW:
                 self._awaiting.popitem(last=False)
             self.accepted += 1
             self.last_frame_at = time.monotonic()
+            if inline:
+                return Offer("inline", replaced=replaced, item=item)
             self.cond.notify()
         return Offer("queued", replaced=replaced)
+
+    def _may_inline(self) -> bool:
+        """(under cond) Whether the offering thread may process the frame itself now (INLINE_MAX_S)."""
+        services = self.services
+        return (self._fast >= INLINE_AFTER and not self.queue and not self._busy and self.state == "running"
+                and self._reset_reason is None and self._announce is None
+                and services.scheduler is None and services.kv_pool is None and services.publisher.accepting)
+
+    def process_inline(self, item: Item, defer_ack: bool = False) -> None:
+        """Process a frame `offer` returned as "inline", on the calling (ingest) thread; `defer_ack`: more frames of
+        its sender are waiting, so its acknowledgement may wait for theirs (the caller then calls `flush_acks`)."""
+        self._defer_ack = defer_ack
+        try:
+            self.inline_frames += 1
+            self._process(item, inline=True)
+        except BaseException as e:
+            self.errors += 1
+            logger.exception("%s: processing a frame on the ingest thread failed", self)
+            if self.options.strict:
+                self.services.fail(e)
+        finally:
+            self._defer_ack = False
+            with self.cond:
+                if self._handover is None:
+                    self._busy = False
+                if self._handover is not None or self._reset_reason is not None or self._closing:
+                    self.cond.notify()
 
     def _drop_oldest(self) -> Item:
         old = self.queue.popleft()
@@ -393,26 +450,40 @@ class Session:
             with self.cond:
                 # Nothing is processed while too few subscribers listen (`min_subscribers`): its result would be
                 # published into the void. Frames wait in the queue (a restarted camera may re-send before the
-                # recorder is back).
-                while (not self.queue or not publisher.accepting) and self._reset_reason is None \
-                        and not self._closing:
+                # recorder is back). Nor while the ingest thread processes one of this stream's frames (inline).
+                while self._handover is None and (self._busy or ((not self.queue or not publisher.accepting)
+                                                                 and self._reset_reason is None
+                                                                 and not self._closing)):
                     self.cond.wait(0.05 if self.queue else 0.5)
-                if self._closing and (self._force or not self.queue):
+                handover, self._handover = self._handover, None
+                if handover is None and self._closing and (self._force or not self.queue):
                     return
-                reset, self._reset_reason = self._reset_reason, None
-                item = self.queue.popleft() if self.queue else None
-            if reset is not None:
-                self._reset(reset)
-            if self._announce is not None:
-                publisher.control(P.RESET, self.stream_id, reason=self._announce, map_epoch=self.map_epoch)
-                self._announce = None
-            if item is not None:
-                self._process(item)
-                if self.services.aborting.is_set():
-                    return
+                reset, self._reset_reason = (None, self._reset_reason) if handover else (self._reset_reason, None)
+                item = self.queue.popleft() if self.queue and handover is None else None
+                self._busy = True
+            try:
+                if handover is not None:
+                    self._complete(*handover)
+                    continue
+                if reset is not None:
+                    self._reset(reset)
+                if self._announce is not None:
+                    publisher.control(P.RESET, self.stream_id, reason=self._announce, map_epoch=self.map_epoch)
+                    self._announce = None
+                if item is not None:
+                    self._process(item)
+                    if self.services.aborting.is_set():
+                        return
+            finally:
+                with self.cond:
+                    self._busy = False
 
-    def _process(self, item: Item) -> None:
+    def _process(self, item: Item, inline: bool = False) -> None:
+        """Decompress, step, publish, acknowledge; `inline`: on the ingest thread, where publishing never waits
+        (what a full subscriber queue holds back is handed over to this session's thread with the rest)."""
         assert self.backend is not None
+        started = time.perf_counter()
+        handover = None
         try:
             try:
                 frame = P.to_frame(item.msg)
@@ -441,6 +512,7 @@ class Session:
             t0 = time.perf_counter()
             results = self._safe(self._step, frame)
             t1 = time.perf_counter()
+            took = t1 - started  # decompression and step: publishing and acknowledging never wait inline
             del frame
             self.step_ms = 1000 * (t1 - t0)
             self.steps.add(self.step_ms)
@@ -452,19 +524,44 @@ class Session:
             self._last_t = t1
             self._since_checkpoint += 1
             due = self.checkpointing and self._since_checkpoint >= self.options.checkpoint_every
-            tracker = self._publish(results, track=due, own_seq=item.seq)
-            with self.cond:
-                if item.epoch == self.epoch:
-                    self.done[item.seq] = None
-                    while len(self.done) > (LIVE_DONE_WINDOW if self.live else DONE_WINDOW):
-                        self.done.popitem(last=False)
-                self.queued.discard(item.seq)
+            left: list[FrameResult] = []
+            tracker = self._publish(results, track=due, own_seq=item.seq, left=left if inline else None)
+            if left:
+                handover = (item, left, due)
+            else:
+                self._mark_done(item)
         finally:
             item.msg = None  # type: ignore[assignment] - the decoded arrays go now, with their budget
             self.services.budget.release(item.cost)
+        if handover is not None or took > 10 * INLINE_MAX_S:
+            self._fast = 0
+        elif took > INLINE_MAX_S:
+            self._fast = max(0, self._fast - INLINE_PENALTY)
+        else:
+            self._fast = min(2 * INLINE_AFTER, self._fast + 1)
+        if handover is not None:
+            with self.cond:
+                self._handover = handover  # process_inline wakes this session's thread for it
+            return
         self._ack(item)
         if due:
             self._checkpoint(tracker)
+
+    def _complete(self, item: Item, left: list[FrameResult], due: bool) -> None:
+        """Finish a frame the ingest thread processed inline whose results could not all be published at once."""
+        tracker = self._publish(left, track=due, own_seq=item.seq)
+        self._mark_done(item)
+        self._ack(item)
+        if due:
+            self._checkpoint(tracker)
+
+    def _mark_done(self, item: Item) -> None:
+        with self.cond:
+            if item.epoch == self.epoch:
+                self.done[item.seq] = None
+                while len(self.done) > (LIVE_DONE_WINDOW if self.live else DONE_WINDOW):
+                    self.done.popitem(last=False)
+            self.queued.discard(item.seq)
 
     def _step(self, frame: Frame) -> list[FrameResult]:
         """The backend step: through the batch scheduler when the node batches, with the session's state made
@@ -482,16 +579,27 @@ class Session:
 
     def _ack(self, item: Item) -> None:
         """Acknowledge `item`; a recorded stream's acks are batched while more of its frames wait (up to half its
-        window), so a busy session sends one credit per few frames instead of one per frame."""
-        batch = self._ack_batch
-        if batch and (batch[0].peer.routing_id != item.peer.routing_id or batch[0].epoch != item.epoch):
+        window), so a busy session sends one credit per few frames instead of one per frame. Inline, the ingest
+        thread says more of the sender's frames wait (`process_inline(defer_ack=True)`) and flushes after them."""
+        with self.cond:
+            batch = self._ack_batch
+            mixed = bool(batch) and (batch[0].peer.routing_id != item.peer.routing_id or batch[0].epoch != item.epoch)
+        if mixed:
             self._flush_acks()
-        batch.append(item)
-        if item.live or len(batch) >= max(1, self.options.queue_size // 2) or not self.queue:
+        with self.cond:
+            self._ack_batch.append(item)
+            flush = item.live or len(self._ack_batch) >= max(1, self.options.queue_size // 2) or \
+                (not self.queue and not self._defer_ack)
+        if flush:
             self._flush_acks()
 
+    def flush_acks(self) -> None:
+        """Send the batched acknowledgements now (the ingest thread, after frames it processed inline)."""
+        self._flush_acks()
+
     def _flush_acks(self) -> None:
-        batch, self._ack_batch = self._ack_batch, []
+        with self.cond:  # either thread may flush (inline frames); each acknowledgement goes out once
+            batch, self._ack_batch = self._ack_batch, []
         if batch:
             first = batch[0]
             self.services.replies.credit(first.peer.routing_id, self.stream_id, first.epoch, window=self.window(),
@@ -510,8 +618,10 @@ class Session:
             logger.debug("%s: backend traceback", self, exc_info=True)
             return []
 
-    def _publish(self, results: list[FrameResult], track: bool = False, own_seq: int | None = None) -> Any:
-        """Encode and publish `results`; returns the tracker of the last one when `track`.
+    def _publish(self, results: list[FrameResult], track: bool = False, own_seq: int | None = None,
+                 left: list[FrameResult] | None = None) -> Any:
+        """Encode and publish `results`; returns the tracker of the last one when `track`. With `left`, never wait
+        for a full subscriber queue: the result that would wait and those after it are appended to `left`.
 
         `own_seq`: the frame whose step emitted them. Its own result measures the service's freshness
         (`step_latency`); results of earlier frames (a windowed backend emitting late, a monocular one holding
@@ -529,8 +639,11 @@ class Session:
                 self.services.faults("encode_error", "%s: cannot encode result of seq %d: %s", self, r.seq, e)
                 continue
             sent = self.services.publisher.publish(parts, track=track and i == len(results) - 1,
-                                                   abort=self.services.aborting.is_set)
+                                                   abort=self.services.aborting.is_set, wait=left is None)
             if sent is False:
+                if left is not None and not self.services.aborting.is_set():
+                    left.extend(results[i:])
+                    break
                 continue
             if track and i == len(results) - 1:
                 tracker = sent
@@ -655,7 +768,8 @@ class Session:
                 "step_mean_ms": round(1000 * self.step_s_total / self.frames, 3) if self.frames else None,
                 "size": list(self.size or ()), "backend_memory_bytes": memory,
                 "latency_ms": self.latency.summary(), "step_latency_ms": self.step_latency.summary(),
-                "results_late": self.results_late, "arrival_ms": self.arrival.summary(),
+                "results_late": self.results_late, "inline_frames": self.inline_frames,
+                "arrival_ms": self.arrival.summary(),
                 "waiting_ms": self.waiting.summary(), "steps_ms": self.steps.summary(), "results_out": self.results_out,
                 "results_pending": len(self._awaiting), "results_lost": self.results_lost,
                 "owner": self.owner.describe(now), "age_s": round(now - self.created, 3),

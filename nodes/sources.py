@@ -16,6 +16,7 @@ Recorded sources are iterated in order and never drop a frame: the camera node p
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -51,6 +52,14 @@ class Source(Protocol):
 
 def _is_device(spec: str) -> bool:
     return spec.isdigit() or spec.startswith("/dev/video")
+
+
+def _taken(source: LiveSource | PushSource) -> Iterator[Frame]:
+    """A live source's frames as they are taken, until it has finished."""
+    while not source.finished:
+        frame = source.take(0.5)
+        if frame is not None:
+            yield frame
 
 
 class LiveSource:
@@ -132,18 +141,119 @@ class LiveSource:
         with self._cond:
             return self._stop.is_set() and self._taken
 
+    def wait_frame(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for a frame not taken yet (or the feed's end); True when one is there."""
+        with self._cond:
+            if self._taken and not self._stop.is_set():
+                self._cond.wait(timeout_s)
+            return not self._taken
+
+    def take(self, timeout_s: float) -> Frame | None:
+        """The newest frame not taken yet (seq: its capture index), waiting up to `timeout_s`; what the camera
+        node reads from a live source."""
+        got = self.read_latest(timeout_s)
+        if got is None:
+            return None
+        return Frame(self.name, got[2], got[1], got[0], K=None if self.camera_info is None else self.camera_info.K)
+
     def __iter__(self) -> Iterator[Frame]:
-        K = None if self.camera_info is None else self.camera_info.K
-        while not self.finished:
-            got = self.read_latest(0.5)
-            if got is not None:
-                yield Frame(self.name, got[2], got[1], got[0], K=K)
+        return _taken(self)
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2)
         if self._on_close is not None:
             self._on_close()
+
+
+class PushSource:
+    """A live source fed from callbacks (the ROS node's subscribers): `push(item)` from any thread, the camera node
+    takes items oldest first. When `capacity` items wait, the oldest is dropped and counted (`counts`), so a slow
+    backend never falls further and further behind the feed.
+
+    `to_frame(item, seq)` turns an item into a Frame in the taking thread (decoding stays off the callback thread) or
+    returns None for an item that cannot be used (the caller counts why); `seq` is the item's push index, so a gap
+    downstream shows a drop. `camera_info` may be replaced while streaming (a new CameraInfo message); the camera node
+    undistorts each frame with the one current when it is sent. `close()` ends the feed once the waiting items are
+    taken.
+    """
+
+    live = True
+
+    def __init__(self, name: str, to_frame: Callable[[Any, int], Frame | None], capacity: int = 1,
+                 camera_info: CameraInfo | None = None) -> None:
+        if capacity < 1:
+            raise ConfigError(f"push source {name}: capacity must be >= 1, got {capacity}")
+        self.name = name
+        self.camera_info = camera_info
+        self.capacity = capacity
+        self._to_frame = to_frame
+        self._items: collections.deque[tuple[int, Any]] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.captured = 0
+        self.drops = 0
+
+    def __str__(self) -> str:
+        return f"PushSource({self.name})"
+
+    def push(self, item: Any) -> int:
+        """Queue `item` (dropping the oldest waiting one when full); returns its seq, -1 after `close()`."""
+        with self._cond:
+            if self._closed:
+                return -1
+            seq = self.captured
+            self.captured += 1
+            self._items.append((seq, item))
+            if len(self._items) > self.capacity:
+                self._items.popleft()
+                self.drops += 1
+            self._cond.notify_all()
+            return seq
+
+    def wait_frame(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for an item (or the close); True when one waits."""
+        with self._cond:
+            if not self._items and not self._closed:
+                self._cond.wait(timeout_s)
+            return bool(self._items)
+
+    def take(self, timeout_s: float) -> Frame | None:
+        """The oldest waiting item as a Frame, waiting up to `timeout_s` for one; None when there is none (or
+        `to_frame` refused it)."""
+        with self._cond:
+            if not self._items and not self._closed and timeout_s > 0:
+                self._cond.wait(timeout_s)
+            if not self._items:
+                return None
+            seq, item = self._items.popleft()
+        return self._to_frame(item, seq)
+
+    def counts(self) -> tuple[int, int]:
+        """(pushed, dropped); items still waiting count as dropped, so pushed == sent + dropped for whoever stops
+        taking now."""
+        with self._cond:
+            return self.captured, self.drops + len(self._items)
+
+    @property
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+    @property
+    def finished(self) -> bool:
+        """True once closed and every waiting item was taken."""
+        with self._cond:
+            return self._closed and not self._items
+
+    def __iter__(self) -> Iterator[Frame]:
+        return _taken(self)
+
+    def close(self) -> None:
+        """No more pushes; what waits is still taken (a clean stop processes it)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
 
 def open_camera(spec: str, fps: float | None = None, camera_info: CameraInfo | None = None) -> LiveSource:

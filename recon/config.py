@@ -4,7 +4,7 @@ A `Config` subclass is the one statement of what a component accepts: `from_opti
 options (a CLI's, a ROS parameter's, a node's argv) and refuses unknown names with the list of valid ones;
 `__post_init__` checks every field against its annotation and its `choices`, so a wrong value fails where it is
 given, not deep inside a model. Front ends build their flags and help from `option_fields` (recon.commands.
-backend_args). This module imports no torch, so `recon --help` can read every backend's options.
+backend flags, recon.backends.flags). This module imports no torch, so `recon --help` can read every backend's options.
 """
 
 from __future__ import annotations

@@ -119,6 +119,9 @@ class FrameResult:
         tracked: False when the backend could not estimate this frame's pose (tracking lost, before
             initialisation): `T_world_cam` is then only a placeholder and sinks must not treat it as a
             measured pose (no trajectory row, no points).
+        T_map_odom: with loop closure (recon.map), the map layer's newest `map <- odom` correction (4x4 Sim(3))
+            when this result left the backend, so a ROS front end can publish map -> odom -> camera (REP 105)
+            wherever the backend runs; None otherwise.
     """
 
     stream_id: str
@@ -133,12 +136,16 @@ class FrameResult:
     image: np.ndarray | None = None
     is_update: bool = False
     tracked: bool = True
+    T_map_odom: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.T_world_cam = np.asarray(self.T_world_cam, dtype=np.float64)
         self.K = np.asarray(self.K, dtype=np.float64)
         _check_matrix("FrameResult.T_world_cam", self.T_world_cam, (4, 4))
         _check_matrix("FrameResult.K", self.K, (3, 3))
+        if self.T_map_odom is not None:
+            self.T_map_odom = np.asarray(self.T_map_odom, dtype=np.float64)
+            _check_matrix("FrameResult.T_map_odom", self.T_map_odom, (4, 4))
         if self.points_world is not None and self.points_world.shape[-1] != 3:
             raise ConfigError(f"FrameResult.points_world must be hxwx3, got {self.points_world.shape}")
 

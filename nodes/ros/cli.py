@@ -1,4 +1,4 @@
-"""`recon node ros`: publish a backend's poses, path, point clouds and tf to ROS.
+"""`recon node ros`: a ROS front end of the node pipeline, publishing poses, path, point clouds and tf.
 
 Flags give defaults; the node's private parameters on the ROS parameter server (`~backend`, `~image_topic`,
 ... see docs/ros.md) override them, and ROS remappings / `_param:=value` may follow the flags.
@@ -8,6 +8,7 @@ Examples:
         --camera-info-topic /camera/color/camera_info
     recon node ros --compressed --image-topic /camera/image_raw/compressed _map_frame:=odom __name:=recon
     recon node ros --ros 2 --image-topic /image -- --ros-args -p map_frame:=odom   # ROS 2 (rclpy)
+    recon node ros --node tcp://gpu-box:5555 --image-topic /camera/image_raw      # an external `recon node recon`
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import logging
 from typing import TYPE_CHECKING
 
+from recon.backends.flags import add_backend_arguments
 from recon.errors import ConfigError, MissingDependencyError
 from recon.utils.imports import is_available
 
@@ -32,9 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ros", choices=("auto", "1", "2"), default="auto",
                         help="ROS version: 1 (rospy, Debian's ros-core), 2 (rclpy), auto (1 if rospy is found)")
     parser.add_argument("--name", default="recon", help="node name (default recon; __name:= also works)")
-    parser.add_argument("--backend", default=d.backend, help=f"backend name (default {d.backend})")
-    parser.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
-                        help="backend option, repeatable (values parsed as int/float/bool when they look so)")
+    add_backend_arguments(parser, default=d.backend)  # --backend, the named flags, --loop-closure, -o KEY=VALUE
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="import MODULE first, so it can register extra backends (repeatable)")
     parser.add_argument("--image-topic", default=d.image_topic, help=f"image topic (default {d.image_topic})")
@@ -59,6 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-path", type=int, default=d.max_path, help="poses kept in ~path")
     parser.add_argument("--no-undistort", action="store_true",
                         help="use images as captured even when the CameraInfo has lens distortion")
+    parser.add_argument("--node", default=d.node, metavar="ENDPOINT",
+                        help="ROUTER endpoint of an external `recon node recon` (e.g. tcp://127.0.0.1:5555; results "
+                             "from its port + 1, status from + 2); default: the node runs in this process")
+    parser.add_argument("--state-dir", default=d.state_dir, metavar="DIR",
+                        help="in-process node: checkpoint the stream here; a restarted ROS node continues its map")
     parser.add_argument("ros_args", nargs=argparse.REMAINDER,
                         help="ROS remappings and parameters: name:=value, _param:=value, __name:=node")
 
@@ -71,11 +76,16 @@ def _defaults() -> RosNodeConfig:
 
 
 def config_from_args(args: argparse.Namespace) -> RosNodeConfig:
-    """RosNodeConfig from the parsed flags (parameters on the server are applied later, by the node)."""
-    from recon.backends.options import parse_backend_options
-    from recon.nodes.ros.core import RosNodeConfig
+    """RosNodeConfig from the parsed flags (parameters on the server are applied later, by the node).
 
-    options = parse_backend_options(args.option, flag="--option")
+    The backend flags are those of `recon replay` / `recon live` (recon.backends.flags), checked against the
+    backend's config here: plugins are imported first, so their backends are known. `--loop-closure auto` decides
+    with the `--backend` flag's backend."""
+    from recon.backends.flags import backend_options
+    from recon.nodes.ros.core import RosNodeConfig, load_plugins
+
+    load_plugins(tuple(args.plugin))
+    options = backend_options(args, args.backend)
     return RosNodeConfig(
         backend=args.backend, backend_options=options, plugins=tuple(args.plugin), image_topic=args.image_topic,
         camera_info_topic=args.camera_info_topic, compressed=args.compressed, map_frame=args.map_frame,
@@ -83,7 +93,7 @@ def config_from_args(args: argparse.Namespace) -> RosNodeConfig:
         camera_frame=args.camera_frame, stream_id=args.stream_id, queue_size=args.queue_size,
         cloud_stride=args.cloud_stride, min_confidence=args.min_confidence, max_points=args.max_points,
         max_path=args.max_path, depth_topic=args.depth_topic, depth_scale=args.depth_scale,
-        undistort=not args.no_undistort)
+        undistort=not args.no_undistort, node=args.node, state_dir=args.state_dir)
 
 
 def _pick_version(choice: str) -> str:

@@ -1,4 +1,4 @@
-"""The ROS 2 (rclpy) adapter: the same core and topics as the ROS 1 node, for a sourced ROS 2 install.
+"""The ROS 2 (rclpy) adapter: the same front end and topics as the ROS 1 node, for a sourced ROS 2 install.
 
 Imported only by `recon node ros --ros 2` (or `auto` when rospy is absent and rclpy exists); nothing else
 in recon imports it, so rclpy stays optional. Differences from ROS 1, all at this boundary:
@@ -18,17 +18,11 @@ import logging
 import threading
 from typing import Any
 
-from recon.backends import create_backend
 from recon.backends.options import parse_backend_options
 from recon.errors import MissingDependencyError
 from recon.nodes.cli_util import ShutdownSignals
-from recon.nodes.ros.core import (
-    ResultPublisher,
-    RosNodeConfig,
-    RosNodeCore,
-    load_plugins,
-    ns_to_sec_nsec,
-)
+from recon.nodes.ros.core import ResultPublisher, RosNodeConfig, load_plugins, ns_to_sec_nsec
+from recon.nodes.ros.frontend import RosFrontEnd
 
 logger = logging.getLogger(__name__)
 
@@ -46,19 +40,19 @@ def _ros2_default(value: Any) -> Any:
 
 
 class Ros2Node(ResultPublisher):
-    """rclpy publishers and subscriptions around a RosNodeCore (same outputs as the ROS 1 node)."""
+    """rclpy publishers and subscriptions around a RosFrontEnd (same outputs as the ROS 1 node)."""
 
-    def __init__(self, node: Any, core: RosNodeCore) -> None:
+    def __init__(self, node: Any, front: RosFrontEnd) -> None:
         from geometry_msgs.msg import PoseStamped, TransformStamped
         from nav_msgs.msg import Path
         from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
         from tf2_msgs.msg import TFMessage
 
-        self.node, self.core = node, core
+        self.node, self.front = node, front
         self._msgs = {"PoseStamped": PoseStamped, "TransformStamped": TransformStamped, "Path": Path,
                       "PointCloud2": PointCloud2, "PointField": PointField, "TFMessage": TFMessage}
-        cfg = core.config
+        cfg = front.config
         self.pose_pub = node.create_publisher(PoseStamped, "~/pose", 10)
         self.path_pub = node.create_publisher(Path, "~/path", 2)
         self.points_pub = node.create_publisher(PointCloud2, "~/points", 2)
@@ -71,14 +65,14 @@ class Ros2Node(ResultPublisher):
             self._msgs.update(DiagnosticArray=DiagnosticArray, DiagnosticStatus=DiagnosticStatus, KeyValue=KeyValue)
             self.diagnostics_pub = node.create_publisher(DiagnosticArray, "/diagnostics", 2)
         image_type = CompressedImage if cfg.compressed else Image
-        self.image_sub = node.create_subscription(image_type, cfg.image_topic, core.on_image, qos_profile_sensor_data)
+        self.image_sub = node.create_subscription(image_type, cfg.image_topic, front.on_image, qos_profile_sensor_data)
         self.info_sub = None
         if cfg.camera_info_topic:
-            self.info_sub = node.create_subscription(CameraInfo, cfg.camera_info_topic, core.on_camera_info,
+            self.info_sub = node.create_subscription(CameraInfo, cfg.camera_info_topic, front.on_camera_info,
                                                      qos_profile_sensor_data)
         self.depth_sub = None
         if cfg.depth_topic:
-            self.depth_sub = node.create_subscription(Image, cfg.depth_topic, core.on_depth, qos_profile_sensor_data)
+            self.depth_sub = node.create_subscription(Image, cfg.depth_topic, front.on_depth, qos_profile_sensor_data)
         logger.info("recon ROS 2 node %s: backend %s, images from %s, map frame %s", node.get_fully_qualified_name(),
                     cfg.backend, cfg.image_topic, cfg.map_frame)
 
@@ -104,7 +98,7 @@ def config_with_ros2_params(node: Any, config: RosNodeConfig) -> RosNodeConfig:
 
 
 def run_ros2(config: RosNodeConfig, argv: list[str], node_name: str = "recon") -> int:
-    """Start rclpy, read parameters over `config`, build the backend and serve until SIGINT/SIGTERM."""
+    """Start rclpy, read parameters over `config`, run the pipeline and publish until SIGINT/SIGTERM."""
     try:
         import rclpy
     except ImportError as e:  # rclpy comes with a ROS 2 install, not from pip
@@ -120,18 +114,17 @@ def run_ros2(config: RosNodeConfig, argv: list[str], node_name: str = "recon") -
         try:
             config = config_with_ros2_params(node, config)
             load_plugins(config.plugins)
-            backend = create_backend(config.backend, **config.backend_options)
-            ros_node = Ros2Node(node, RosNodeCore(config, backend))
-            signals.callback = ros_node.core.queue.close
+            ros_node = Ros2Node(node, RosFrontEnd(config))
+            signals.callback, signals.force = ros_node.front.stop, ros_node.front.abort
             executor = SingleThreadedExecutor()
             executor.add_node(node)
-            # Callbacks only queue images; the backend runs on this thread so a slow model never blocks them.
+            # Callbacks only queue images; the pipeline runs beside them, so a slow model never blocks them.
             threading.Thread(target=executor.spin, name="recon-ros2-executor", daemon=True).start()
-            ros_node.core.serve(ros_node.publish, signals.fired, rclpy.ok, FLUSH_DRAIN_S)
+            rc = ros_node.front.serve(ros_node.publish, signals.fired, rclpy.ok, FLUSH_DRAIN_S)
         finally:
             if executor is not None:
                 executor.shutdown()
             node.destroy_node()
             if rclpy.ok():
                 rclpy.shutdown()
-    return 0
+    return rc

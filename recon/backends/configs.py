@@ -1,7 +1,7 @@
 """The typed configuration of every built-in backend (one dataclass each, registered with it in recon.backends).
 
 Each field is an option of `--backend NAME`: its type, default, help and allowed values are stated once here, and
-`recon replay/live/node recon` build their flags and help from these classes (recon.commands.backend_args). A
+`recon replay/live/node recon` build their flags and help from these classes (recon.backends.flags). A
 backend's factory takes its config (`create(config)`); `create_backend(name, **options)` builds the config first,
 so a misspelt or misplaced option fails with the list of valid ones before any model is loaded. No torch here.
 """

@@ -27,6 +27,9 @@ def default_K(width: int, height: int) -> np.ndarray:
     return np.array([[width, 0, width / 2], [0, width, height / 2], [0, 0, 1]], dtype=np.float64)
 
 
+_EYE4 = np.eye(4)
+
+
 class IdentityBackend:
     """Answers each frame immediately; keeps only counters (and the held results, and the drift)."""
 
@@ -42,12 +45,14 @@ class IdentityBackend:
         self._stats = BackendStats()
         self._offset = 0.0
         self._size: tuple[int, int] | None = None
+        self._K: np.ndarray | None = None  # default_K of the session's size (built once: the step is per frame)
 
     def reset(self) -> None:
         self._stats = BackendStats()
         self._held = []
         self._offset = 0.0
         self._size = None
+        self._K = None
 
     def _config(self) -> dict[str, object]:
         return {"points": self.points, "window": self.window, "drift": self.drift}
@@ -71,9 +76,14 @@ class IdentityBackend:
             time.sleep(self.delay_s)
         self._stats.frames_in += 1
         self._offset += self.drift
-        T = np.eye(4)
+        T = _EYE4.copy()
         T[0, 3] = 0.01 * frame.seq + self._offset
-        K = frame.K if frame.K is not None else default_K(frame.width, frame.height)
+        if frame.K is not None:
+            K = frame.K
+        else:
+            if self._K is None:
+                self._K = default_K(frame.width, frame.height)
+            K = self._K.copy()
         pts = depth = None
         if self.points:
             depth = np.ones((frame.height, frame.width), np.float32)

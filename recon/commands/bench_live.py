@@ -15,13 +15,19 @@ process's RSS is sampled every second (psutil).
 Printed per stream: frames captured, sent, dropped at the camera (overwritten before they could be sent),
 dropped at the node (replaced while waiting), processed, capture-to-result latency p50/p99 (capture on the
 camera to arrival here), the node's own capture-to-publish p99, and the node's median step time; then node RSS at
-start / peak / end and the slope of RSS over time after `--settle` seconds (MiB per minute, least squares). The
-freshness bound checked is "p99 capture-to-result below 3 backend steps plus 50 ms".
+start / peak / end and the slope of RSS over time after `--settle` seconds (MiB per minute, least squares).
+
+The freshness bound checked is "p99 capture-to-result below 3 backend steps plus 50 ms", where a backend step is
+the median over streams of each stream's median step duration (the node's window over its last 1024 steps). Work a
+backend does beside its steps (the monocular geometric backend's background bundle adjustment) is not in the
+step, so two figures keep the comparison honest: the bound with the mean step as well (which carries the tail),
+and the node process's CPU time per processed frame (every thread: steps, background work, transport).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import subprocess
@@ -33,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from recon.commands.backend_args import add_backend_arguments
+from recon.backends.flags import add_backend_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +128,7 @@ class _RssSampler:
 
         self.proc = psutil.Process(pid)
         self.samples: list[tuple[float, int]] = []
+        self.cpu_s: tuple[float, float] = (0.0, 0.0)  # node CPU seconds (user + system) at start, at stop
         self._stop = threading.Event()
         self._t0 = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
@@ -133,12 +140,20 @@ class _RssSampler:
             except Exception:  # noqa: BLE001 - the process ended
                 return
 
+    def _cpu(self) -> float:
+        t = self.proc.cpu_times()
+        return float(t.user + t.system)
+
     def start(self) -> _RssSampler:
         self.samples.append((0.0, self.proc.memory_info().rss))
+        self.cpu_s = (self._cpu(), 0.0)
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        if not self._stop.is_set():
+            with contextlib.suppress(Exception):  # the process ended
+                self.cpu_s = (self.cpu_s[0], self._cpu())
         self._stop.set()
         self._thread.join(3)
 
@@ -157,7 +172,7 @@ def _pct(values: list[float], q: float) -> float:
 def run(args: argparse.Namespace) -> int:
     import zmq
 
-    from recon.commands.backend_args import backend_options
+    from recon.backends.flags import backend_options
     from recon.nodes.camera_node import CameraNode, CameraNodeConfig
     from recon.nodes.pipeline import free_port, node_command, stop_process
     from recon.nodes.sources import as_live
@@ -238,12 +253,20 @@ def run(args: argparse.Namespace) -> int:
     all_lat = [x for v in arrivals.latency.values() for x in v]
     step_p50 = float(np.median([s["step_p50_ms"] for s in streams if s["step_p50_ms"] is not None] or [np.nan]))
     own_p99 = max((s["own_step_p99_ms"] for s in streams if s["own_step_p99_ms"] is not None), default=float("nan"))
+    step_mean = float(np.median([s["step_mean_ms"] for s in streams if s["step_mean_ms"] is not None] or [np.nan]))
     bound = 3 * step_p50 + 50.0
+    bound_mean = 3 * step_mean + 50.0
+    processed = sum(s["processed"] for s in streams)
+    cpu_ms = 1000 * (rss.cpu_s[1] - rss.cpu_s[0]) / processed if rss is not None and processed else float("nan")
+    p99_all = _pct(all_lat, 99)
     summary = {"backend": backend, "backend_options": options, "cameras": args.cameras, "fps": args.fps,
                "duration_s": args.duration, "size": args.size, "encoding": args.encoding, "streams": streams,
                "latency_p50_ms": round(_pct(all_lat, 50), 1), "latency_p99_ms": round(_pct(all_lat, 99), 1),
                "own_step_latency_p99_ms": own_p99, "step_p50_ms": round(step_p50, 1),
-               "freshness_bound_ms": round(bound, 1), "rss_start_mib": round(rss_mib[0], 1),
+               "step_mean_ms": round(step_mean, 1), "freshness_bound_ms": round(bound, 1),
+               "freshness_bound_mean_step_ms": round(bound_mean, 1), "bound_met": bool(p99_all < bound),
+               "bound_met_mean_step": bool(p99_all < bound_mean), "node_cpu_ms_per_frame": round(cpu_ms, 1),
+               "rss_start_mib": round(rss_mib[0], 1),
                "rss_peak_mib": round(max(rss_mib), 1), "rss_end_mib": round(rss_mib[-1], 1),
                "rss_slope_mib_per_min": round(rss.slope_mib_per_min(settle), 3) if rss else None,
                "rss_settle_s": settle, "node_refused": status.get("refused", {}),
@@ -268,7 +291,11 @@ def run(args: argparse.Namespace) -> int:
               f"{s['own_step_p99_ms']} | {s['latency_p50_ms']} / {s['latency_p99_ms']} |")
     print(f"\ncapture-to-result latency over all streams: p50 {summary['latency_p50_ms']} ms, p99 "
           f"{summary['latency_p99_ms']} ms (results emitted by their own frame's step: p99 {own_p99} ms); bound "
-          f"3 x median step ({step_p50:.1f} ms) + 50 ms = {bound:.1f} ms")
+          f"3 x median step ({step_p50:.1f} ms) + 50 ms = {bound:.1f} ms: "
+          f"{'met' if summary['bound_met'] else 'NOT met'}"
+          f"; with the mean step ({step_mean:.1f} ms): {bound_mean:.1f} ms: "
+          f"{'met' if summary['bound_met_mean_step'] else 'NOT met'}")
+    print(f"node CPU per processed frame (all threads): {summary['node_cpu_ms_per_frame']} ms over {processed} frames")
     print(f"node RSS: start {summary['rss_start_mib']} MiB, peak {summary['rss_peak_mib']} MiB, end "
           f"{summary['rss_end_mib']} MiB; slope after {settle:g} s: {summary['rss_slope_mib_per_min']} MiB/min")
     if args.json:

@@ -9,7 +9,10 @@ backend's own poses (before) and the corrected ones (after) come from the same r
 distance between the first and last camera centre over the path length (the return error of a closed path),
 the height range along the mean camera up direction over the path length (vertical drift, for walks at
 constant height), loops accepted, pose-graph solves and their duration, and the map layer's share of the run
-time. This is a benchmark, not a test: numbers depend on the machine and its load.
+time. A walk need not end exactly where it began, so the last frame is also scored against the early frame it
+revisits, found from the images alone (`recon.map.metrics.revisited_frame`: least two-view parallax among the
+first `--revisit-window` of the frames): the distance to that frame's camera over the path. This is a benchmark,
+not a test: numbers depend on the machine and its load.
 """
 
 from __future__ import annotations
@@ -34,13 +37,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="backend option, repeatable")
     parser.add_argument("--max-frames", type=int, default=None, help="frames per sequence (default: all)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--revisit-window", type=float, default=0.15, metavar="FRACTION",
+                        help="early frames searched for the place the last frame revisits (default 0.15)")
 
 
-def measure(sequence: str, backend: str, options: dict, max_frames: int | None) -> dict:
+def measure(sequence: str, backend: str, options: dict, max_frames: int | None, revisit_window: float = 0.15) -> dict:
     """The loop-closure figures of one sequence."""
     from recon.backends import create_backend
     from recon.datasets import open_sequence
     from recon.map import MappedBackend, OdometryRecorder, loop_figures
+    from recon.map.metrics import revisit_error, revisited_frame
 
     frames = []
     for f in open_sequence(sequence):
@@ -56,16 +62,29 @@ def measure(sequence: str, backend: str, options: dict, max_frames: int | None) 
     final.update({r.seq: r.T_world_cam for r in mapped.flush() if r.tracked})
     wall = time.perf_counter() - t0
     seqs = sorted(set(final) & set(recorder.poses))
-    before = loop_figures(np.stack([recorder.poses[s] for s in seqs]))
-    after = loop_figures(np.stack([final[s] for s in seqs]))
+    T_before = np.stack([recorder.poses[s] for s in seqs])
+    T_after = np.stack([final[s] for s in seqs])
+    before, after = loop_figures(T_before), loop_figures(T_after)
     stats = mapped.stats()
     opt_ms = list(mapped._opt_ms)
+    index = {s: i for i, s in enumerate(seqs)}
+    early = [f for f in frames[: max(1, int(revisit_window * len(frames)))] if f.seq in index]
+    revisit = None
+    if early and mapped._K_full is not None and frames[-1].seq == seqs[-1]:
+        revisit = revisited_frame([f.image for f in early], frames[-1].image, mapped._K_full)
+    if revisit is None:
+        logger.warning("%s: no early frame is seen again from the last frame's place; no revisit figure", sequence)
+    at = None if revisit is None else index[early[revisit.index].seq]
     return {"sequence": sequence, "frames": len(frames), "posed": len(seqs), "mode": stats.extra["map_mode"],
             "keyframes": len(mapped.keyframes), "loops": len(mapped.loops), "optimisations": mapped.optimisations,
             "optimise_ms_mean": float(np.mean(opt_ms)) if opt_ms else None,
             "optimise_ms_max": float(np.max(opt_ms)) if opt_ms else None,
             "return_error_before": before["return_error"], "return_error_after": after["return_error"],
             "vertical_drift_before": before["vertical_drift"], "vertical_drift_after": after["vertical_drift"],
+            "revisited_seq": None if at is None else seqs[at],
+            "revisited_parallax_deg": None if revisit is None else revisit.parallax_deg,
+            "revisit_error_before": None if at is None else revisit_error(T_before, at),
+            "revisit_error_after": None if at is None else revisit_error(T_after, at),
             "fps": len(frames) / wall, "map_share": max(0.0, 1.0 - recorder.seconds / wall)}
 
 
@@ -73,15 +92,17 @@ def run(args: argparse.Namespace) -> int:
     from recon.backends.options import parse_backend_options
 
     options = parse_backend_options(args.backend_opt)
-    rows = [measure(s, args.backend, options, args.max_frames) for s in args.sequences]
+    rows = [measure(s, args.backend, options, args.max_frames, args.revisit_window) for s in args.sequences]
     print(f"{'sequence':<40} {'mode':>4} {'kf':>4} {'loops':>5} {'return %':>17} {'vertical %':>17} "
-          f"{'opt ms':>12} {'fps':>5} {'map %':>5}")
+          f"{'revisit (seq) %':>23} {'opt ms':>12} {'fps':>5} {'map %':>5}")
     for r in rows:
         opt = "-" if r["optimise_ms_mean"] is None else f"{r['optimise_ms_mean']:.0f} (max {r['optimise_ms_max']:.0f})"
+        rev = "-" if r["revisited_seq"] is None else (
+            f"({r['revisited_seq']}) {100 * r['revisit_error_before']:.2f} -> {100 * r['revisit_error_after']:.2f}")
         print(f"{Path(r['sequence']).as_posix()[-40:]:<40} {r['mode']:>4} {r['keyframes']:>4} {r['loops']:>5} "
               f"{100 * r['return_error_before']:>7.2f} -> {100 * r['return_error_after']:<6.2f} "
               f"{100 * r['vertical_drift_before']:>7.2f} -> {100 * r['vertical_drift_after']:<6.2f} "
-              f"{opt:>12} {r['fps']:>5.1f} {100 * r['map_share']:>5.1f}")
+              f"{rev:>23} {opt:>12} {r['fps']:>5.1f} {100 * r['map_share']:>5.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

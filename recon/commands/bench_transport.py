@@ -168,6 +168,7 @@ def _recon(cfg: tuple[str, str, int], seconds: float, images: list[np.ndarray], 
     ctx = zmq.Context()
     row = Row(f"recon window {window}", size, encoding, streams, rnd)
     try:
+        _wait_until_serving(ctx, ep_ctl)
         with ResultTimes(ctx, ep_out) if subscriber else contextlib.nullcontext() as times:
             cams = [CameraNode(CycleSource(images, seconds, f"s{i}"),
                                CameraNodeConfig(connect=ep_in, stream_id=f"s{i}", encoding=encoding,
@@ -195,6 +196,21 @@ def _recon(cfg: tuple[str, str, int], seconds: float, images: list[np.ndarray], 
         stop_process(proc)
         ctx.term()
     return row
+
+
+def _wait_until_serving(ctx: Any, control: str, timeout_s: float = 120.0) -> None:
+    """Block until the node process answers on its control socket: its start-up (imports, binding) is not part of
+    the measured time or CPU, as the imagezmq hub's is not (its senders wait for a first reply before the clock)."""
+    from recon.nodes.transport import request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            request(ctx, control, {"cmd": "status"}, timeout_s=1.0)
+            return
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the reconstruction node did not start within {timeout_s:g} s") from None
 
 
 def imagezmq_hub(endpoint: str, decode: bool) -> None:

@@ -20,8 +20,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from recon.commands.backend_args import add_backend_arguments
-from recon.commands.io_args import add_io_arguments, export_sinks, topic_options
+from recon.backends.flags import add_backend_arguments
+from recon.commands.io_args import add_io_arguments, export_sinks
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +56,11 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from recon.backends.flags import backend_options
     from recon.calib import has_distortion
-    from recon.commands.backend_args import backend_options, choose_backend
+    from recon.commands.backend_args import choose_backend
     from recon.errors import ConfigError
-    from recon.nodes.cli_util import ShutdownSignals
+    from recon.nodes.cli_util import ShutdownSignals, topic_options
     from recon.nodes.pipeline import run_pipeline
     from recon.nodes.sources import as_live, load_camera_info, open_source
     from recon.sinks import PointCloudWriter, SegmentedSink, TrajectoryWriter, segment_path

@@ -28,9 +28,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from recon.commands.backend_args import add_backend_arguments, backend_options, choose_backend
-from recon.commands.io_args import add_io_arguments, apply_camera_info, export_outputs, export_sinks, topic_options
+from recon.backends.flags import add_backend_arguments, backend_options
+from recon.commands.backend_args import choose_backend
+from recon.commands.io_args import add_io_arguments, apply_camera_info, export_outputs, export_sinks
 from recon.errors import ConfigError, ReconError
+from recon.nodes.cli_util import topic_options
 
 logger = logging.getLogger(__name__)
 

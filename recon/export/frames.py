@@ -148,7 +148,7 @@ class FrameRecord:
         image = depth = confidence = None
         try:
             if e.get("rgb"):
-                from recon.datasets.files import read_rgb
+                from recon.io.images import read_rgb
 
                 image = read_rgb(self.folder / e["rgb"])
             if e.get("depth"):

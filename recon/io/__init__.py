@@ -1,1 +1,1 @@
-"""recon.io: plain file formats (TUM trajectories)."""
+"""recon.io: plain file formats (TUM trajectories, colour images)."""

@@ -31,7 +31,7 @@ from recon.backends.base import BackendState
 from recon.errors import ConfigError, StateError
 from recon.geometry import Sim3, inv_se3, rotation_angle
 from recon.map.keyframes import Keyframe, KeyframePolicy, OrbExtractor, full_resolution_K, keypoint_points
-from recon.map.pose_graph import GraphNoise, optimise_pose_graph
+from recon.map.pose_graph import GraphNoise, consistent_loops, optimise_pose_graph
 from recon.map.verify import LoopMeasurement, VerifyOptions, verify_loop
 from recon.map.vocabulary import BinaryVocabulary, PlaceIndex
 from recon.types import BackendStats, Frame, FrameResult
@@ -56,7 +56,7 @@ class MapOptions:
             the following results, the old words serving until the new ones are ready, so no step stalls
             (1 << 20 comparisons are about 0.5 GFLOP, milliseconds; a re-training at 64 keyframes takes ~80).
         min_loop_gap: keyframes between a query and its loop candidates (recent ones overlap trivially).
-        candidates: best-scoring candidates verified per query.
+        candidates: best-scoring candidates verified per query (each verified one is a loop).
         min_score: a candidate's score relative to the query's score with its previous keyframe (DBoW2's
             normalised score).
         sim3: "auto" (Sim(3) unless results are metric), "on" or "off".
@@ -141,17 +141,26 @@ class MappedBackend:
         self._recent[frame.seq] = (frame.image, frame.depth)
         while len(self._recent) > self.options.frame_cache:
             self._recent.popitem(last=False)
-        return self._process(self.inner.step(frame))
+        return self._with_correction(self._process(self.inner.step(frame)))
 
     def flush(self) -> list[FrameResult]:
         out = self._process(self.inner.flush())
         if self._pending_loops:
             out.extend(self._optimise())
-        return out
+        return self._with_correction(out)
+
+    def _with_correction(self, results: list[FrameResult]) -> list[FrameResult]:
+        """Every result carries the newest map <- odom correction (`FrameResult.T_map_odom`), so a front end
+        that only sees results (over the wire) can publish map -> odom -> camera."""
+        if results:
+            T = self.T_map_odom
+            for r in results:
+                r.T_map_odom = T.copy()
+        return results
 
     def stats(self) -> BackendStats:
         s = self.inner.stats()
-        s.extra.update(map_keyframes=len(self.keyframes), map_loops=len(self.loops),
+        s.extra.update(map_keyframes=len(self.keyframes), map_loops=len(self.loops), map_loops_used=self.loops_used,
                        map_optimisations=self.optimisations, map_mode="sim3" if self._sim3 else "se3")
         if self._opt_ms:
             s.timings_ms["pose_graph"] = float(np.mean(self._opt_ms))
@@ -191,6 +200,7 @@ class MappedBackend:
         self._last_opt_kf = -10**9
         self._unit = 1.0
         self.optimisations = 0
+        self.loops_used = 0  # loops in the consistent set of the latest solve
         self._opt_ms: list[float] = []
         self._K_full: np.ndarray | None = None
         self._stream_id = ""
@@ -215,8 +225,12 @@ class MappedBackend:
                 rec.T_odom = r.T_world_cam.copy()
                 k = rec.keyframe
                 if k >= 0 and self.keyframes[k].seq == r.seq:
+                    # The backend revised a keyframe (bundle adjustment): its node moves with it and keeps its
+                    # correction, else the revision would leak into the map frame as a correction no loop made.
+                    C = self._correction(k)
                     kf = self.keyframes[k]
                     kf.T_odom_cam = r.T_world_cam.copy()
+                    self._nodes[k] = C @ Sim3.from_se3(kf.T_odom_cam)
                     if r.points_world is not None or r.depth is not None:
                         kf.refresh_points(r, self._recent.get(r.seq, (None, None))[1])
                         self._set_unit()
@@ -316,8 +330,7 @@ class MappedBackend:
         logger.info("map: vocabulary of %d words trained on %d keyframes", len(centres), n)
 
     def _after_keyframe(self, k: int) -> list[FrameResult]:
-        loop = self._detect_loop(k)
-        if loop is not None:
+        for loop in self._detect_loops(k):
             self.loops.append(loop)
             self._pending_loops += 1
             logger.info("map: loop keyframe %d (seq %d) -> %d (seq %d): %d inliers of %d matches, scale %.3f", k,
@@ -327,25 +340,31 @@ class MappedBackend:
             return self._optimise()
         return []
 
-    def _detect_loop(self, k: int) -> LoopMeasurement | None:
+    def _detect_loops(self, k: int) -> list[LoopMeasurement]:
+        """Every verified candidate of keyframe `k`: each is a measurement of its own (another image pair), and
+        the pose graph's consistency check compares them with each other and with later loops.
+
+        No bound on the measured scale: a monocular map's scale drifts by any factor over a long walk (7x on a
+        rendered loop), and the loop is what measures it; wrong loops are caught by their inconsistency.
+        """
         o = self.options
         if len(self._index) != len(self.keyframes) or k < o.min_loop_gap + 1:
-            return None
+            return []
         scores = self._index.scores(k)
         reference = scores[k - 1]
         old = np.arange(0, k - o.min_loop_gap)
         if len(old) == 0 or reference <= 0:
-            return None
+            return []
         order = old[np.argsort(-scores[old], kind="stable")][: o.candidates]
-        best: LoopMeasurement | None = None
+        found: list[LoopMeasurement] = []
         for j in order:
             if scores[j] < o.min_score * reference:
                 break
             m = verify_loop(self.keyframes[k], self.keyframes[int(j)], self._K_full, metric=not self._sim3,
                             options=o.verify)
-            if m is not None and 0.2 < m.S_match_query.s < 5.0 and (best is None or m.inliers > best.inliers):
-                best = m
-        return best
+            if m is not None:
+                found.append(m)
+        return found
 
     def _optimise(self) -> list[FrameResult]:
         """Solve the pose graph, move the keyframes, and re-emit past frames whose corrected pose changed."""
@@ -354,8 +373,15 @@ class MappedBackend:
         odom = [Sim3.from_se3(inv_se3(self.keyframes[i].T_odom_cam) @ self.keyframes[i + 1].T_odom_cam)
                 for i in range(n - 1)]
         loops = [(m.match, m.query, m.S_match_query) for m in self.loops]
-        self._nodes, info = optimise_pose_graph(self._nodes, odom, loops, sim3=self._sim3, unit=self._unit,
-                                                noise=self.options.noise)
+        keep = consistent_loops(odom, loops, sim3=self._sim3, unit=self._unit, noise=self.options.noise)
+        if len(keep) < len(loops):
+            logger.info("map: %d of %d loops left out, inconsistent with the largest consistent set: %s",
+                        len(loops) - len(keep), len(loops),
+                        [(self.keyframes[m.query].seq, self.keyframes[m.match].seq)
+                         for i, m in enumerate(self.loops) if i not in set(keep)])
+        self._nodes, info = optimise_pose_graph(self._nodes, odom, [loops[i] for i in keep], sim3=self._sim3,
+                                                unit=self._unit, noise=self.options.noise)
+        self.loops_used = len(keep)
         self._pending_loops = 0
         self._last_opt_kf = n - 1
         self.optimisations += 1

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from recon.nodes.ros.core import NS_PER_S, cloud_to_array, ns_to_sec_nsec, stamp_to_ns, unpack_rgb
+from recon.datasets.ros_msgs import NS_PER_S, stamp_to_ns
+from recon.nodes.ros.core import cloud_to_array, ns_to_sec_nsec, unpack_rgb
 from recon.nodes.ros.system import import_rospy
 
 logger = logging.getLogger("ros_probe")

@@ -1,4 +1,6 @@
-"""The ROS-independent core of the ROS node (shared by the rospy node and the rclpy adapter): no ROS needed."""
+"""The ROS-independent message half of the ROS node (shared by the rospy node and the rclpy adapter): the codec,
+stamps, output fields, ~path, configuration and the ROS module finder; no ROS needed. The front end through the
+pipeline is tests/nodes/test_ros_frontend.py."""
 
 from __future__ import annotations
 
@@ -12,58 +14,43 @@ import cv2
 import numpy as np
 import pytest
 
+from recon.backends.options import parse_option_value
+from recon.datasets.ros_msgs import (
+    NS_PER_S,
+    camera_info_from_msg,
+    decode_compressed_image,
+    decode_depth_image,
+    decode_image,
+    decode_raw_image,
+    stamp_to_ns,
+)
 from recon.errors import ConfigError, ProtocolError
 from recon.nodes.ros import cli
 from recon.nodes.ros.core import (
     CLOUD_FIELDS,
-    NS_PER_S,
-    LatestQueue,
     PathBuffer,
     RosNodeConfig,
-    RosNodeCore,
-    camera_info_from_msg,
     cloud_from_result,
     cloud_to_array,
-    decode_compressed_image,
-    decode_depth_image,
-    decode_raw_image,
     fill_cloud,
     fill_pose,
     fill_transform,
-    image_msg_to_rgb,
     ns_to_sec_nsec,
     pack_rgb,
-    parse_option_value,
     pose_fields,
-    stamp_to_ns,
     unpack_rgb,
 )
 from recon.nodes.ros.ros2 import config_with_ros2_params, parse_options_string
 from recon.nodes.ros.system import SystemRosFinder, is_ros_name
 from recon.types import FrameResult
-from tests.nodes.ros_fake_backend import GRID_H, GRID_W, FakeBackend, pose_for
+from tests.nodes.ros_fake_backend import pose_for
+from tests.nodes.ros_fake_msgs import depth_msg, info_msg
 
 RNG = np.random.default_rng(0)
 
 
 def _rgb(h: int = 5, w: int = 7) -> np.ndarray:
     return RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-def _image_msg(rgb: np.ndarray, t_ns: int, frame_id: str = "cam", ros2: bool = False) -> SimpleNamespace:
-    sec, nsec = ns_to_sec_nsec(t_ns)
-    stamp = SimpleNamespace(sec=sec, nanosec=nsec) if ros2 else SimpleNamespace(secs=sec, nsecs=nsec)
-    h, w = rgb.shape[:2]
-    return SimpleNamespace(header=SimpleNamespace(stamp=stamp, frame_id=frame_id), height=h, width=w,
-                           encoding="rgb8", is_bigendian=0, step=w * 3, data=rgb.tobytes())
-
-
-def _info_msg(w: int, h: int, ros2: bool = False, fx: float = 50.0, D: tuple[float, ...] = (0.0,) * 5
-              ) -> SimpleNamespace:
-    K = [fx, 0, w / 2, 0, fx, h / 2, 0, 0, 1]
-    fields = {"k": K, "d": list(D)} if ros2 else {"K": K, "D": list(D)}
-    return SimpleNamespace(header=SimpleNamespace(frame_id="cam"), width=w, height=h, distortion_model="plumb_bob",
-                           **fields)
 
 
 # ------------------------------------------------------------------------------------------------ time
@@ -131,7 +118,7 @@ def test_compressed_png_is_exact_and_jpeg_close() -> None:
     np.testing.assert_array_equal(decode_compressed_image("png", png.tobytes()), rgb)
     ok, jpg = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
     msg = SimpleNamespace(format="bgr8; jpeg compressed bgr8", data=jpg.tobytes())
-    assert np.abs(image_msg_to_rgb(msg).astype(int) - rgb).max() <= 3
+    assert np.abs(decode_image(msg).astype(int) - rgb).max() <= 3
     ok, grey16 = cv2.imencode(".png", np.full((4, 4), 0x1234, np.uint16))
     np.testing.assert_array_equal(decode_compressed_image("png", grey16.tobytes()), np.full((4, 4, 3), 0x12))
 
@@ -147,10 +134,10 @@ def test_bad_compressed_images_raise_protocol_errors() -> None:
 
 @pytest.mark.parametrize("ros2", [False, True])
 def test_camera_info_from_ros1_and_ros2_messages(ros2: bool) -> None:
-    info = camera_info_from_msg(_info_msg(64, 48, ros2=ros2))
+    info = camera_info_from_msg(info_msg(64, 48, ros2=ros2))
     assert (info.width, info.height, info.frame_id) == (64, 48, "cam")
     np.testing.assert_array_equal(info.K, [[50, 0, 32], [0, 50, 24], [0, 0, 1]])
-    bad = _info_msg(64, 48, ros2=ros2, fx=0.0)  # an uncalibrated camera publishes K = 0
+    bad = info_msg(64, 48, ros2=ros2, fx=0.0)  # an uncalibrated camera publishes K = 0
     with pytest.raises(ProtocolError, match="invalid K"):
         camera_info_from_msg(bad)
 
@@ -201,13 +188,13 @@ def test_cloud_drops_nonfinite_and_low_confidence_points_and_keeps_colours() -> 
     np.testing.assert_array_equal(unpack_rgb(cloud.points["rgb"]), image[keep])
 
 
-def test_cloud_stride_cap_colour_fallbacks_and_depth() -> None:
+def test_cloud_stride_cap_colours_and_depth() -> None:
     pts = RNG.normal(size=(8, 10, 3)).astype(np.float32)
     assert cloud_from_result(_result(points_world=pts), stride=2).width == 20
     assert cloud_from_result(_result(points_world=pts), max_points=7).width == 7
-    frame_image = np.zeros((16, 20, 3), np.uint8)
-    frame_image[...] = (1, 2, 3)  # the input frame, at twice the point grid's resolution
-    cloud = cloud_from_result(_result(points_world=pts), image=frame_image)
+    image = np.zeros((16, 20, 3), np.uint8)
+    image[...] = (1, 2, 3)  # colours at twice the point grid's resolution: resampled as the PLY and Rerun sinks do
+    cloud = cloud_from_result(_result(points_world=pts, image=image))
     assert {tuple(c) for c in unpack_rgb(cloud.points["rgb"])} == {(1, 2, 3)}
     grey = cloud_from_result(_result(points_world=pts))
     assert {tuple(c) for c in unpack_rgb(grey.points["rgb"])} == {(128, 128, 128)}
@@ -256,99 +243,6 @@ def test_path_buffer_replaces_revisions_keeps_order_and_bound() -> None:
     assert made == [11, 12, 13, 12, 14]
 
 
-def test_latest_queue_drops_oldest_and_counts() -> None:
-    q = LatestQueue(2)
-    assert q.put(1) and q.put(2)
-    assert not q.put(3)
-    assert q.dropped == 1
-    assert [q.get(0.01), q.get(0.01), q.get(0.01)] == [2, 3, None]
-    q.close()
-    assert q.get(5.0) is None  # returns at once when closed
-
-
-def _core(**cfg: Any) -> RosNodeCore:
-    lag = cfg.pop("lag", 0)
-    return RosNodeCore(RosNodeConfig(backend="ros_fake", **cfg), FakeBackend(lag=lag))
-
-
-def test_core_waits_for_camera_info_then_scales_K_to_the_image() -> None:
-    core = _core()
-    core.on_image(_image_msg(_rgb(48, 64), 5))
-    assert core.work(0.01) == [] and core.waiting_for_info == 1
-    core.on_camera_info(_info_msg(128, 96))  # calibrated at twice the streamed resolution
-    core.on_image(_image_msg(_rgb(48, 64), 7))
-    (out,) = core.work(0.01)
-    assert out.t_ns == 7 and out.result.seq == 0 and out.camera_frame == "cam"
-    frame_K = out.result.K / np.array([[GRID_W / 64], [GRID_H / 48], [1]])  # the fake backend rescales K to its grid
-    np.testing.assert_allclose(frame_K, [[25, 0, 32], [0, 25, 24], [0, 0, 1]], atol=1e-9)
-
-
-@pytest.mark.parametrize("undistort", [True, False])
-def test_core_undistorts_frames_of_a_distorted_camera_info(undistort: bool) -> None:
-    """Barrel distortion in CameraInfo: the backend gets the frame remapped to the pinhole camera (as the camera
-    node sends it), or as captured with `undistort=False`."""
-    from recon.calib import Undistorter
-
-    core = _core(undistort=undistort)
-    seen: list = []
-    step = core.backend.step
-    core.backend.step = lambda frame: seen.append(frame) or step(frame)  # type: ignore[method-assign]
-    info_msg = _info_msg(64, 48, D=(-0.3, 0.1, 0.0, 0.0, 0.0))
-    core.on_camera_info(info_msg)
-    rgb = RNG.integers(0, 255, (48, 64, 3), dtype=np.uint8)
-    core.on_image(_image_msg(rgb, 11))
-    (out,) = core.work(0.01)
-    (frame,) = seen
-    if not undistort:
-        np.testing.assert_array_equal(frame.image, rgb)
-        np.testing.assert_allclose(frame.K, [[50, 0, 32], [0, 50, 24], [0, 0, 1]])
-        return
-    reference = Undistorter(camera_info_from_msg(info_msg))
-    np.testing.assert_array_equal(frame.image, reference.image(rgb))
-    np.testing.assert_allclose(frame.K, reference.K_new)
-    assert not np.array_equal(frame.image, rgb)
-
-
-def test_core_without_camera_info_topic_and_bad_messages() -> None:
-    core = _core(camera_info_topic="", camera_frame="cam_x")
-    core.on_camera_info(_info_msg(64, 48, fx=0.0))
-    assert core.faults.counts == {"camera_info": 1}
-    bad = _image_msg(_rgb(), 1)
-    bad.encoding = "nv12"  # not a ROS image encoding
-    core.on_image(bad)
-    assert core.work(0.01) == []
-    core.on_image(_image_msg(_rgb(), 2, ros2=True))
-    (out,) = core.work(0.01)
-    assert out.t_ns == 2 and out.result.seq == 0 and out.camera_frame == "cam_x"
-    assert core.faults.counts == {"camera_info": 1, "bad_image": 1}
-
-
-def test_core_lagging_results_keep_their_own_stamp_and_colours() -> None:
-    core = _core(camera_info_topic="", lag=1)
-    outs = []
-    for i in range(3):
-        img = np.full((8, 12, 3), 10 * i, np.uint8)
-        core.on_image(_image_msg(img, 100 + i, frame_id=f"f{i}"))
-        outs += core.work(0.01)
-    outs += core.flush()
-    assert [(o.t_ns, o.result.seq, o.camera_frame) for o in outs] == [(100, 0, "f0"), (101, 1, "f1"), (102, 2, "f2")]
-    assert [{tuple(c) for c in unpack_rgb(o.cloud.points["rgb"])} for o in outs] == [{(0, 0, 0)}, {(10,) * 3},
-                                                                                    {(20,) * 3}]
-    assert len(core.path) == 3 and core.results_out == 3 and core.frames_in == 3
-
-
-def test_core_survives_a_backend_refusing_a_frame() -> None:
-    from recon.errors import BackendError
-
-    class Refusing(FakeBackend):
-        def step(self, frame: Any) -> list[FrameResult]:
-            raise BackendError("resolution changed")
-
-    core = RosNodeCore(RosNodeConfig(backend="x", camera_info_topic=""), Refusing())
-    core.on_image(_image_msg(_rgb(), 1))
-    assert core.work(0.01) == [] and core.faults.counts == {"backend": 1}
-
-
 # ------------------------------------------------------------------------------------------------ config
 
 
@@ -395,14 +289,20 @@ def test_ros2_parameters_are_declared_and_read_back() -> None:
 def test_cli_flags_build_the_config() -> None:
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
-    args = parser.parse_args(["--backend", "ros_fake", "-o", "lag=2", "-o", "mode=x", "--compressed",
-                              "--camera-info-topic", "", "_map_frame:=odom", "__name:=r"])
+    args = parser.parse_args(["--backend", "ros_fake", "--plugin", "tests.nodes.ros_fake_backend", "-o", "lag=2",
+                              "--compressed", "--camera-info-topic", "", "--node", "tcp://10.1.2.3:7000",
+                              "--state-dir", "/tmp/x", "_map_frame:=odom", "__name:=r"])
     cfg = cli.config_from_args(args)
-    assert (cfg.backend, cfg.backend_options, cfg.compressed, cfg.camera_info_topic) == (
-        "ros_fake", {"lag": 2, "mode": "x"}, True, "")
+    assert (cfg.backend, cfg.backend_options, cfg.compressed, cfg.camera_info_topic, cfg.node, cfg.state_dir) == (
+        "ros_fake", {"lag": 2}, True, "", "tcp://10.1.2.3:7000", "/tmp/x")
     assert args.ros_args == ["_map_frame:=odom", "__name:=r"]
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         cli.config_from_args(parser.parse_args(["-o", "lag"]))
+    # the backend flags of recon replay / live: options checked against the config, loop closure on for geometric
+    with pytest.raises(ConfigError, match="unknown option lagg; valid options: lag"):
+        cli.config_from_args(parser.parse_args(["--backend", "ros_fake", "-o", "lagg=1"]))
+    assert cli.config_from_args(parser.parse_args([])).backend_options == {"loop_closure": True}
+    assert cli.config_from_args(parser.parse_args(["--loop-closure", "off"])).backend_options == {}
     assert cli.ros_argv(args.ros_args) == ["recon", "_map_frame:=odom", "__name:=r"]
     ros2 = parser.parse_args(["--ros", "2", "--", "--ros-args", "-p", "map_frame:=odom"]).ros_args
     assert cli.ros_argv(ros2) == ["recon", "--ros-args", "-p", "map_frame:=odom"]
@@ -413,7 +313,7 @@ def test_cli_flags_build_the_config() -> None:
 
 def test_importing_the_package_and_cli_imports_no_ros() -> None:
     """A fresh interpreter: the CLI table and the core import neither ROS library nor install the finder."""
-    code = ("import sys, recon.cli, recon.nodes.ros.cli, recon.nodes.ros.core; "
+    code = ("import sys, recon.cli, recon.nodes.ros.cli, recon.nodes.ros.core, recon.nodes.ros.frontend; "
             "from recon.nodes.ros.system import SystemRosFinder; "
             "assert not {'rospy', 'rclpy', 'genpy'} & set(sys.modules), sorted(sys.modules); "
             "assert not any(isinstance(f, SystemRosFinder) for f in sys.meta_path)")
@@ -438,61 +338,15 @@ def test_system_finder_serves_only_ros_names(tmp_path: Any) -> None:
 # ------------------------------------------------------------------------------------------------ depth
 
 
-def _depth_msg(depth: np.ndarray, t_ns: int, encoding: str = "16UC1", big: bool = False) -> SimpleNamespace:
-    msg = _image_msg(np.zeros((1, 1, 3), np.uint8), t_ns)
-    dt = {"16UC1": "u2", "32FC1": "f4"}[encoding]
-    arr = depth.astype((">" if big else "<") + dt)
-    msg.height, msg.width, msg.encoding, msg.is_bigendian = *depth.shape, encoding, int(big)
-    msg.step, msg.data = depth.shape[1] * arr.itemsize, arr.tobytes()
-    return msg
-
-
 def test_depth_images_decode_to_metres_with_invalid_as_zero() -> None:
     mm = np.array([[0, 1000], [2500, 65535]], np.uint16)
     for big in (False, True):
-        m = _depth_msg(mm, 0, big=big)
+        m = depth_msg(mm, 0, big=big)
         out = decode_depth_image(m.encoding, m.height, m.width, m.step, big, m.data)
         np.testing.assert_allclose(out, [[0, 1.0], [2.5, 65.535]], rtol=1e-6)
     metres = np.array([[np.nan, 1.5], [np.inf, -2.0]], np.float32)
-    m = _depth_msg(metres, 0, "32FC1")
+    m = depth_msg(metres, 0, "32FC1")
     out = decode_depth_image(m.encoding, m.height, m.width, m.step, False, m.data)
     np.testing.assert_array_equal(out, [[0, 1.5], [0, 0]])
     with pytest.raises(ProtocolError, match="unsupported depth"):
         decode_depth_image("rgb8", 2, 2, 6, False, bytes(12))
-
-
-def test_core_pairs_colour_with_the_nearest_depth_within_slop() -> None:
-    core = _core(camera_info_topic="", depth_topic="/depth", depth_slop=0.01, depth_wait=0.0)
-    rgb = _rgb(4, 6)
-    core.on_depth(_depth_msg(np.full((4, 6), 1000, np.uint16), 1_000_000_000))
-    core.on_depth(_depth_msg(np.full((4, 6), 3000, np.uint16), 1_005_000_000))
-    frame = core.frame_from_msg(_image_msg(rgb, 1_004_000_000))
-    np.testing.assert_allclose(frame.depth, 3.0)  # 1 ms away beats 4 ms away
-    frame = core.frame_from_msg(_image_msg(rgb, 1_030_000_000))  # nothing within 10 ms: no depth, warned once
-    assert frame.depth is None and core.faults.counts == {"no_depth": 1}
-    core.on_depth(_depth_msg(np.full((2, 3), 2000, np.uint16), 2_000_000_000))  # half resolution: resampled
-    frame = core.frame_from_msg(_image_msg(rgb, 2_000_000_000))
-    assert frame.depth.shape == (4, 6) and np.allclose(frame.depth, 2.0)
-    assert core.faults.counts["depth_size"] == 1
-
-
-def test_core_waits_briefly_for_depth_arriving_after_the_colour_image() -> None:
-    import threading
-
-    core = _core(camera_info_topic="", depth_topic="/depth", depth_wait=5.0)
-    timer = threading.Timer(0.1, core.on_depth, [_depth_msg(np.full((4, 6), 500, np.uint16), 7)])
-    timer.start()
-    frame = core.frame_from_msg(_image_msg(_rgb(4, 6), 7))
-    timer.join()
-    np.testing.assert_allclose(frame.depth, 0.5)
-
-
-def test_core_resets_the_backend_when_the_image_size_changes() -> None:
-    core = _core(camera_info_topic="", lag=1)
-    outs = []
-    for i, (h, w) in enumerate([(8, 12), (8, 12), (16, 24), (16, 24)]):
-        core.on_image(_image_msg(_rgb(h, w), 100 + i))
-        outs += core.work(0.01)
-    # frame 1 was pending in the lagging backend: flushed at the size change, not lost; the new map starts at 2
-    assert [o.result.seq for o in outs] == [0, 1, 2]
-    assert core.resets == 1 and [t for t, _ in core.path.poses()] == [102]

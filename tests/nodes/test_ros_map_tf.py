@@ -1,9 +1,11 @@
 """The ROS front end with a loop-closing backend: /tf is map -> odom -> camera (REP 105), their product is the
 corrected pose on ~pose, odom -> camera stays the backend's own odometry, and ~path ends as the corrected
-trajectory (revisions included). Real ROS 1 message classes, the publisher the node uses, no ROS master."""
+trajectory (revisions included). The frames go as stand-in ROS messages through the node pipeline (the correction
+travels on each result, `T_map_odom`); real ROS 1 message classes, the publisher the node uses, no ROS master."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -12,8 +14,11 @@ import pytest
 
 from recon.geometry import quat_xyzw_to_rotmat
 from recon.map import MappedBackend, OdometryRecorder
-from recon.nodes.ros.core import ResultPublisher, RosNodeConfig, RosNodeCore, ns_to_sec_nsec
+from recon.nodes.ros.core import Output, ResultPublisher, RosNodeConfig, ns_to_sec_nsec
+from recon.nodes.ros.frontend import RosFrontEnd
 from recon.nodes.ros.system import INSTALL_HINT, enable_system_ros
+from recon.types import Frame
+from tests.nodes.ros_fake_msgs import FrontEndRun, depth_msg, image_msg, info_msg
 from tests.recon.map._loop import DriftingBackend, OraclePointMaps, loop_frames
 
 pytestmark = pytest.mark.timeout(300)
@@ -28,7 +33,7 @@ class _Sent:
 
 
 class _Publisher(ResultPublisher):
-    def __init__(self, core: RosNodeCore) -> None:
+    def __init__(self) -> None:
         enable_system_ros()
         try:
             from geometry_msgs.msg import PoseStamped, TransformStamped
@@ -37,7 +42,7 @@ class _Publisher(ResultPublisher):
             from tf2_msgs.msg import TFMessage
         except ImportError as e:
             pytest.fail(f"ROS message packages missing ({e}); install: {INSTALL_HINT}")
-        self.core = core
+        self.front: RosFrontEnd | None = None
         self._msgs = {"PoseStamped": PoseStamped, "TransformStamped": TransformStamped, "Path": Path,
                       "PointCloud2": PointCloud2, "PointField": PointField, "TFMessage": TFMessage}
         self.pose_pub, self.tf_pub, self.path_pub, self.points_pub = _Sent(), _Sent(), _Sent(), _Sent()
@@ -54,18 +59,28 @@ def _matrix(translation: Any, rotation: Any) -> np.ndarray:
     return T
 
 
+def _stream(config: RosNodeConfig, backend: Any, frames: list[Frame]) -> tuple[list[Output], _Publisher]:
+    """The frames as ROS messages (rgb8, 32FC1 depth with the same stamp, CameraInfo) through the front end."""
+    pub = _Publisher()
+    run = FrontEndRun(replace(config, camera_info_topic="/info", depth_topic="/depth", queue_size=len(frames)),
+                      backend, publish=pub.publish)
+    pub.front = run.front
+    run.front.on_camera_info(info_msg(frames[0].width, frames[0].height, K=frames[0].K))
+    for f in frames:
+        run.front.on_depth(depth_msg(f.depth, f.t_ns, "32FC1"))
+        run.front.on_image(image_msg(f.image, f.t_ns))
+        run.wait_taken()  # paired with its depth before the next depth arrives (a camera's pace)
+    outs = run.finish(timeout=240)
+    assert run.rc == 0
+    return outs, pub
+
+
 def test_a_closing_loop_publishes_map_odom_camera_and_the_corrected_path() -> None:
     frames, gt = loop_frames(depth=True)
     tap = OdometryRecorder(DriftingBackend(OraclePointMaps(gt, units=1.0, metric=True)))
     mapped = MappedBackend(tap)
-    core = RosNodeCore(RosNodeConfig(backend="oracle", map_frame="world", odom_frame="odom1",
-                                     camera_frame="cam"), mapped)
-    pub = _Publisher(core)
-    outs = []
-    for f in frames:
-        for out in core.process(f):
-            pub.publish(out)
-            outs.append(out)
+    outs, pub = _stream(RosNodeConfig(backend="oracle", map_frame="world", odom_frame="odom1", camera_frame="cam"),
+                        mapped, frames)
     assert len(mapped.loops) >= 1 and any(o.result.is_update for o in outs)
     assert len(pub.tf_pub.sent) == len(outs)
     jumps = []
@@ -93,9 +108,6 @@ def test_a_closing_loop_publishes_map_odom_camera_and_the_corrected_path() -> No
 
 def test_a_backend_without_a_map_keeps_the_single_map_to_camera_tf() -> None:
     frames, gt = loop_frames(depth=True)
-    core = RosNodeCore(RosNodeConfig(backend="oracle", camera_frame="cam"), OraclePointMaps(gt))
-    pub = _Publisher(core)
-    for out in core.process(frames[0]):
-        pub.publish(out)
+    _, pub = _stream(RosNodeConfig(backend="oracle", camera_frame="cam"), OraclePointMaps(gt), frames[:1])
     (tf,) = pub.tf_pub.sent[0].transforms
     assert (tf.header.frame_id, tf.child_frame_id) == ("map", "cam")

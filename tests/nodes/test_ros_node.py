@@ -1,4 +1,5 @@
-"""`recon node ros` against a real roscore: synthetic images in, pose / path / points / tf out.
+"""`recon node ros` against a real roscore: synthetic images in, pose / path / points / tf out, the reconstruction
+in the shared node pipeline (an in-process ReconNode, or a `recon node recon` process with `--node`).
 
 Each test starts the recon node and a probe node (tests/nodes/ros_probe.py) as subprocesses on a roscore
 that this module starts on a free loopback port with its own ROS_HOME; every process group is killed in
@@ -25,10 +26,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from recon.calib import Undistorter
 from recon.nodes.ros.core import CLOUD_FIELDS, pose_fields
 from recon.nodes.ros.system import INSTALL_HINT, SystemRosFinder, ros_folders
+from recon.types import CameraInfo
 from tests.nodes.ros_fake_backend import GRID_H, GRID_W, pose_for
-from tests.nodes.ros_probe import colour, stamp_ns
+from tests.nodes.ros_probe import HEIGHT, WIDTH, K, colour, make_rgb, stamp_ns
 
 REPO = Path(__file__).resolve().parents[2]
 PROBE = REPO / "tests" / "nodes" / "ros_probe.py"
@@ -223,14 +226,46 @@ def test_ros_node_publishes_pose_path_points_tf(launch: Callable[..., subprocess
 
 def test_ros_node_undistorts_a_distorted_camera_info(launch: Callable[..., subprocess.Popen],
                                                      tmp_path: Path) -> None:
-    """CameraInfo with barrel distortion: frames are remapped to the pinhole camera before the backend (the
-    camera node's rule, recon.calib.undistort.FrameUndistorter), and the outputs still carry every stamp."""
+    """CameraInfo with barrel distortion, through the shared pipeline: the camera node remaps the frames to the
+    pinhole camera before they reach the ReconNode (recon.calib.undistort.FrameUndistorter), so the fake backend
+    samples its point colours from the undistorted texture, and every stamp comes back."""
     n = 3
-    rec, node = _run(launch, tmp_path, "recon_u", [], ["--count", str(n), "--k1", "-0.25"])
+    rec, node = _run(launch, tmp_path, "recon_u", [], ["--count", str(n), "--k1", "-0.25", "--pattern", "texture"])
     assert [p["stamp"] for p in rec["pose"]] == [stamp_ns(i) for i in range(n)]
     log = _stop(node, tmp_path / "node.log")
-    assert "undistorting frames (distortion [-0.25, 0.0, 0.0, 0.0, 0.0])" in log
+    assert "CameraNode(ros->inproc://" in log and "undistorting frames (distortion [-0.25, 0.0, 0.0, 0.0, 0.0])" in log
     assert "3 frames in, 3 results out" in log
+    undistort = Undistorter(CameraInfo(WIDTH, HEIGHT, np.reshape(K, (3, 3)), [-0.25, 0.0, 0.0, 0.0, 0.0]))
+
+    def grid_colours(image: np.ndarray) -> list[list[int]]:  # where the fake backend samples, NaN point left out
+        return image[:: HEIGHT // GRID_H, :: WIDTH // GRID_W][:GRID_H, :GRID_W].reshape(-1, 3)[1:].tolist()
+
+    for i, c in enumerate(rec["points"]):
+        captured = make_rgb(i, "texture", WIDTH, HEIGHT)
+        assert c["rgb"] == grid_colours(undistort.image(captured))  # raw frames on the wire: exact
+        assert c["rgb"] != grid_colours(captured)  # and not what the camera captured
+
+
+def test_ros_node_streams_to_an_external_recon_node(launch: Callable[..., subprocess.Popen],
+                                                    roscore: dict[str, str], tmp_path: Path) -> None:
+    """`--node`: the reconstruction runs in a separate `recon node recon` process over tcp://; the ROS node only
+    subscribes and publishes (the identity backend: x = seq cm, points at depth 1 coloured by the image)."""
+    bind, publish, control = (f"tcp://127.0.0.1:{_free_port()}" for _ in range(3))
+    launch("recon", [sys.executable, "-m", "recon.nodes.recon_cli", "--bind", bind, "--publish", publish,
+                     "--control", control, "--backend", "identity", "-o", "points=true", "--no-state",
+                     "--heartbeat", "0.2"])
+    _set_params(roscore, {"/recon_r/node_publish": publish, "/recon_r/node_control": control})
+    n = 4
+    rec, node = _run(launch, tmp_path, "recon_r", ["--backend", "identity", "--node", bind, "--camera-frame", "cam_r"],
+                     ["--count", str(n)], timeout=60)
+    log = _stop(node, tmp_path / "node.log")
+    assert "identity (tcp://127.0.0.1:" in log and f"{n} frames in, {n} results out, 0 images dropped" in log
+    assert [p["stamp"] for p in rec["pose"]] == [stamp_ns(i) for i in range(n)]
+    np.testing.assert_allclose([p["position"] for p in rec["pose"]], [[0.01 * i, 0, 0] for i in range(n)],
+                               atol=1e-12)
+    assert [t["child"] for t in rec["tf"]] == ["cam_r"] * n
+    assert [c["width"] for c in rec["points"]] == [WIDTH * HEIGHT] * n
+    assert [{tuple(rgb) for rgb in c["rgb"]} for c in rec["points"]] == [{colour(i)} for i in range(n)]
 
 
 def test_ros_node_params_lagging_backend_bgr8(launch: Callable[..., subprocess.Popen], roscore: dict[str, str],

@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
+from recon.backends.flags import add_backend_arguments, backend_options
 from recon.backends.options import format_backend_options, parse_backend_options, parse_option_value
-from recon.commands.backend_args import add_backend_arguments, backend_options
 from recon.errors import ConfigError
 
 

@@ -46,7 +46,7 @@ def _left_jacobian(w_n3: np.ndarray) -> np.ndarray:
 def bundle_adjust(T_cw_c44: np.ndarray, fixed_c: np.ndarray, X_p3: np.ndarray, obs_cam: np.ndarray,
                   obs_pt: np.ndarray, obs_uv: np.ndarray, K: np.ndarray, *, huber_px: float = 1.5,
                   max_nfev: int = 20, scale_pair: tuple[int, int] | None = None, refine_focal: bool = False,
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+                  dense: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Refined (T_cw [C,4,4], X [P,3], per-observation reprojection error [M], focal scale).
 
     Args:
@@ -58,6 +58,8 @@ def bundle_adjust(T_cw_c44: np.ndarray, fixed_c: np.ndarray, X_p3: np.ndarray, o
             obs_cam[m] at pixel obs_uv[m].
         refine_focal: also estimate one factor s on fx and fy (principal point fixed), returned as the last
             value (1.0 when not refined); the focal self-calibration of recon.backends.geometric.selfcalib.
+        dense: solve each trust-region step exactly on the dense Jacobian (small problems only): the iterative
+            LSMR steps stall far from the optimum when every projection is off, e.g. after a focal change.
     """
     C, P, M = len(T_cw_c44), len(X_p3), len(obs_cam)
     cams = np.zeros((C, 6))
@@ -145,8 +147,9 @@ def bundle_adjust(T_cw_c44: np.ndarray, fixed_c: np.ndarray, X_p3: np.ndarray, o
         cols.append(np.full(2 * M, n_params - 1))
     rows_a, cols_a = np.concatenate(rows), np.concatenate(cols)
     x0 = np.concatenate([cams[free].ravel(), X_p3.ravel(), np.zeros(int(refine_focal))])
-    sol = least_squares(residuals, x0, jac=lambda x: jacobian(x).tocsr(), method="trf", loss="huber", f_scale=huber_px,
-                        x_scale="jac", max_nfev=max_nfev, xtol=1e-8, ftol=1e-6, tr_solver="lsmr")
+    jac = (lambda x: jacobian(x).toarray()) if dense else (lambda x: jacobian(x).tocsr())
+    sol = least_squares(residuals, x0, jac=jac, method="trf", loss="huber", f_scale=huber_px, x_scale="jac",
+                        max_nfev=max_nfev, xtol=1e-8, ftol=1e-6, tr_solver="exact" if dense else "lsmr")
     logger.debug("bundle adjustment: %d cameras (%d free), %d points, %d observations, rms %.2f -> %.2f px, "
                  "%d evaluations", C, len(free), P, M, np.sqrt(np.mean(residuals(x0) ** 2)),
                  np.sqrt(np.mean(sol.fun ** 2)), sol.nfev)

@@ -5,11 +5,13 @@ The node reaches these through `recon.checkpoint.STATE_ADAPTERS` until `Geometri
 
 What is saved: the backend's session attributes (mode, image size, intrinsics, output stride, counters, timings)
 and every attribute of its tracker (RgbdOdometry or MonoVO: keyframes, tracks, map points, motion model, the
-frames held before initialisation...) that is plain data (`recon.backends.snapshot`). Attributes the tracker's
-constructor derives from its options are not saved but rebuilt: modules, loggers (WarnOnce) and open3d helper
-objects; the one open3d value that is state, the keyframe's RGB-D image, is saved as arrays. Any other value that
-is not plain data raises StateError naming the attribute, so a tracker that grows new kinds of state fails loudly
-in its round-trip test (tests/recon/backends/test_checkpoint_round_trip.py) instead of being saved without it.
+frames held before initialisation, a finished background bundle adjustment waiting to be applied...) that is
+plain data (`recon.backends.snapshot`); a background adjustment still running is waited for first. Attributes
+the tracker's constructor derives from its options are not saved but rebuilt: modules, loggers (WarnOnce) and
+open3d helper objects; the one open3d value that is state, the keyframe's RGB-D image, is saved as arrays. Any
+other value that is not plain data raises StateError naming the attribute, so a tracker that grows new kinds of
+state fails loudly in its round-trip test (tests/recon/backends/test_checkpoint_round_trip.py) instead of being
+saved without it.
 
 Loading builds the tracker the way the backend's first frame does (`_start`) and overlays the saved attributes.
 """
@@ -73,6 +75,8 @@ def _to_rgbd(value: dict[str, Any]) -> Any:
 def save_state(backend: Any) -> BackendState:
     """The backend's session as a BackendState (StateError when some of it is not plain data)."""
     tracker = backend._tracker
+    if hasattr(tracker, "quiesce"):
+        tracker.quiesce()  # MonoVO: a background bundle adjustment finishes first (its result is saved)
     values = {"backend": snapshot.fields_of(backend, BACKEND_FIELDS),
               "tracker": None if tracker is None else _tracker_values(tracker)}
     return snapshot.to_state(backend.name, VERSION, _config(backend), values)

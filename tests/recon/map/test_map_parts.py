@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from recon.geometry import Sim3, so3_exp
-from recon.map.pose_graph import _from_gtsam, _to_gtsam, optimise_pose_graph
-from recon.map.verify import ransac_similarity
+from recon.map.pose_graph import GraphNoise, _from_gtsam, _to_gtsam, consistent_loops, optimise_pose_graph
+from recon.map.verify import ransac_similarity, refine_reprojection
 from recon.map.vocabulary import BinaryVocabulary, PlaceIndex
 
 
@@ -86,6 +86,59 @@ def test_a_wrong_loop_among_consistent_ones_is_rejected() -> None:
     np.testing.assert_allclose([p.t for p in poses], [t.t for t in truth], atol=1e-6)
 
 
+@pytest.mark.parametrize("sim3", [False, True])
+def test_a_self_consistent_wrong_loop_is_left_out_by_the_pairwise_check(sim3: bool) -> None:
+    """Two true loops and one 10 degrees off (what an ambiguous verification returns) near one of them: the pair
+    test finds the true two consistent and the wrong one consistent with neither; noise within the graph's own
+    sigmas does not break a true pair."""
+    n = 30
+    truth = [Sim3(1.0, so3_exp(np.array([0, 0, 2 * np.pi * i / n])), 2 * np.array([np.cos(2 * np.pi * i / n),
+                                                                                      np.sin(2 * np.pi * i / n), 0]))
+             for i in range(n)]
+    rng = np.random.default_rng(4)
+    noise = GraphNoise()
+
+    def noisy(S: Sim3, rot: float, trans: float) -> Sim3:
+        return Sim3(S.s, so3_exp(rng.normal(scale=rot, size=3)) @ S.R, S.t + rng.normal(scale=trans, size=3))
+
+    odometry = [noisy(truth[i].inverse() @ truth[i + 1], noise.odom_rot, noise.odom_trans) for i in range(n - 1)]
+
+    def loop(i: int, j: int) -> tuple[int, int, Sim3]:
+        return i, j, noisy(truth[i].inverse() @ truth[j], noise.loop_rot, noise.loop_trans)
+
+    good = [loop(0, n - 1), loop(1, n - 2)]
+    i, j, S = loop(2, n - 3)
+    wrong = (i, j, Sim3(S.s, so3_exp(np.array([0, np.radians(10), 0])) @ S.R, S.t))
+    assert consistent_loops(odometry, [*good, wrong], sim3=sim3, unit=1.0, noise=noise) == [0, 1]
+    assert consistent_loops(odometry, [wrong, *good], sim3=sim3, unit=1.0, noise=noise) == [1, 2]
+    assert consistent_loops(odometry, good[:1], sim3=sim3, unit=1.0) == [0]
+    if sim3:  # a scale 7 % off over 2 odometry edges is 2 log-scale sigmas of the pair: still consistent; 30 % not
+        for off, expect in ((1.07, [0, 1]), (1.3, [0])):
+            i, j, S = good[1]
+            scaled = (i, j, Sim3(S.s * off, S.R, S.t))
+            assert consistent_loops(odometry, [good[0], scaled], sim3=True, unit=1.0, noise=noise) == expect
+
+
+def test_the_refined_loop_keeps_the_3d_scale_where_reprojection_cannot_see_it() -> None:
+    """Two cameras at the same place (a true revisit, rotated 5 degrees): the pixels say nothing about the scale
+    between the two point sets, so the refinement must keep the 3-D fit's scale (it used to wander off with it)
+    while still correcting the start's rotation error (1 degree)."""
+    rng = np.random.default_rng(5)
+    K = np.array([[300.0, 0, 160], [0, 300.0, 120], [0, 0, 1]])
+    uv = rng.uniform([20, 20], [300, 220], size=(200, 2))
+    z = rng.uniform(2.0, 6.0, size=200)
+    X_match = np.c_[(uv - K[:2, 2]) / K[0, 0] * z[:, None], z]
+    truth = Sim3(1.8, so3_exp(np.array([0, np.radians(5), 0])), np.zeros(3))  # query units are 1.8x smaller
+    X_query = truth.inverse().apply_points(X_match)
+    X_query *= 1 + rng.normal(scale=0.03, size=(200, 1))  # coarse monocular depth along each ray
+    uv_query = X_query[:, :2] / X_query[:, 2:] * K[0, 0] + K[:2, 2]
+    start = Sim3(1.75, so3_exp(np.array([0, np.radians(6), 0.01])), np.array([0.02, 0.0, 0.0]))
+    got = refine_reprojection(start, X_query, X_match, uv_query + rng.normal(scale=0.5, size=uv.shape),
+                              uv + rng.normal(scale=0.5, size=uv.shape), K, pixel_scale=2.0)
+    assert got.s == pytest.approx(truth.s, rel=0.05)  # the 3-D fit's 1.75; the old refinement returned 14.0
+    assert np.degrees(np.arccos((np.trace(got.R.T @ truth.R) - 1) / 2)) < 0.2
+
+
 def test_gtsam_similarity3_conversion_keeps_our_convention() -> None:
     S = Sim3(2.5, so3_exp(np.array([0.3, 0.2, -0.1])), np.array([1.0, -2.0, 0.5]))
     p = np.array([0.3, 0.4, 5.0])
@@ -99,7 +152,7 @@ def test_the_loop_closure_flag_is_on_for_geometric_by_default_and_wraps_the_back
     import argparse
 
     from recon.backends import create_backend
-    from recon.commands.backend_args import add_backend_arguments, backend_options
+    from recon.backends.flags import add_backend_arguments, backend_options
     from recon.map import MappedBackend
 
     parser = argparse.ArgumentParser()
@@ -128,3 +181,19 @@ def test_training_in_steps_bounds_each_chunk_and_gives_the_same_words() -> None:
             break
     assert max(chunks) <= 10_000 and len(chunks) > 3 * 3000 * 64 // 10_000
     np.testing.assert_array_equal(centres, whole.centres)
+
+
+def test_the_revisited_frame_is_found_from_the_images_alone() -> None:
+    """The rendered loop's frame 77 stands where frame 5 stood (one lap of 72 steps later): among the first 12
+    frames, the images alone (no pose) single out frame 5, whose view differs only by zero parallax; a walk that
+    ends there is scored against frame 5, not frame 0."""
+    from recon.map.metrics import revisit_error, revisited_frame
+    from tests.recon.map._loop import loop_frames
+
+    frames, poses = loop_frames(depth=True)
+    found = revisited_frame([f.image for f in frames[:12]], frames[77].image, frames[0].K)
+    assert found is not None and found.index == 5, found
+    assert found.parallax_deg < 0.5
+    T = poses[:78]
+    assert revisit_error(T, 5) == pytest.approx(0.0, abs=1e-9)
+    assert revisit_error(T, 0) > 0.05  # five steps of a 72-step lap: 1/14 of the path

@@ -181,7 +181,7 @@ def test_compile_flag_reaches_the_infinitevggt_backend() -> None:
     import argparse
 
     from recon.backends import create_backend
-    from recon.commands.backend_args import add_backend_arguments, backend_options
+    from recon.backends.flags import add_backend_arguments, backend_options
 
     parser = argparse.ArgumentParser()
     add_backend_arguments(parser)

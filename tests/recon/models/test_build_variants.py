@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from recon.backends import create_backend
-from recon.commands.backend_args import add_backend_arguments, backend_options
+from recon.backends.flags import add_backend_arguments, backend_options
 from recon.errors import ConfigError, WeightsNotFoundError
 from recon.models.registry import get_weights_cfg, list_weights, tiny_variant
 from recon.models.weights import compute_dtype
