@@ -73,8 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-deadline-ms", type=float, default=None, metavar="MS",
                         help="per-frame deadline of the batch scheduler: a batch goes early to meet it")
     parser.add_argument("--kv-memory", type=float, default=None, metavar="MB",
-                        help="one budget (MiB) for every session's streaming state: idle sessions move to host "
-                             "memory and back on their next frame (default: no budget)")
+                        help="one preallocated arena (MiB) of 64 KiB pages for every session's KV caches: "
+                             "idle sessions move to host memory and back on their next frame (default: none)")
     parser.add_argument("--kv-idle", type=float, default=30.0, metavar="S",
                         help="with --kv-memory: a session idle this long is offloaded (default 30)")
     add_security_arguments(parser)

@@ -101,9 +101,10 @@ class ReconNodeConfig:
             in one model call, waiting at most this long for each other; streams share one model per backend
             configuration. None: every session steps alone on its own model (the default).
         batch_deadline_ms: per-frame deadline of the batch scheduler (None: only the window).
-        kv_memory_bytes: one budget for every session's streaming state (recon.memory.offload.KVPagePool): idle
-            sessions (`kv_idle_s`) and, to make room, the least recently used ones move to host memory and back on
-            their next frame. None: no budget, nothing offloaded.
+        kv_memory_bytes: one arena of fixed pages for every session's KV caches (recon.memory.offload.KVPagePool
+            over recon.memory.paged.KVArena, allocated once): idle sessions (`kv_idle_s`) and, to make room, the
+            least recently used ones move to host memory and back on their next frame. None: no arena, each
+            session keeps its own caches, nothing offloaded.
         restore_at_start: start a session for every checkpoint in `state_dir` at start (one node owning its
             folder); False: a stream's session restores its checkpoint when the stream arrives (workers of
             `recon serve --ray` share one folder, and each serves only the streams placed on it).

@@ -197,9 +197,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"model: infinitevggt {args.model_config}, {n_params / 1e6:.0f} M parameters, fp32 on {args.device}, "
           f"{hw[0]}x{hw[1]} px ({rows}x{cols} patches), {torch.get_num_threads()} torch threads, {timing}")
     print()
-    print("| streams | unbatched frames/s | batched frames/s | speedup | p99 unbatched (ms) | p99 batched (ms) "
-          "| p99 unbatched (ticks) | p99 batched (ticks) |")
-    print("|---|---|---|---|---|---|---|---|")
+    if not args.skip_throughput:
+        print("| streams | unbatched frames/s | batched frames/s | speedup | p99 unbatched (ms) | p99 batched (ms) "
+              "| p99 unbatched (ticks) | p99 batched (ticks) |")
+        print("|---|---|---|---|---|---|---|---|")
     for n in () if args.skip_throughput else (int(x) for x in args.streams.split(",")):
         r = measure_throughput(model, n, hw, args)
         u, b = r["unbatched"], r["batched"]

@@ -13,8 +13,10 @@ counted in pages of their state's bytes as a reservation against the same budget
 The small per-session tensors beside the caches (policy scores, anchors) move with an offload but are not counted.
 
 Thread model: a session's thread calls `acquire` before a step and `release` after it; offloading only touches
-released sessions, under the pool's (reentrant) lock, so a session is never moved while it steps. A step that
-needs pages the arena lacks asks the pool (`reclaim`) to offload idle sessions.
+released sessions, under the pool's (reentrant) lock, so a session is never moved while it steps. Before a step
+the pool frees and reserves the session's expected growth (what its previous step took beyond its pages, e.g. a
+layer's new frame before pruning), so idle sessions are offloaded before the step rather than in the middle of it;
+a step that still needs pages the arena lacks asks the pool (`reclaim`) to offload idle sessions.
 """
 
 from __future__ import annotations
@@ -126,6 +128,8 @@ class _Entry:
     backend: Any
     caches: list[PagedKVCache] | None = None  # None: not attached yet; []: state not paged (a reservation)
     pages: int = 0  # pages held when resident, pages needed back when offloaded
+    step_extra: int = 0  # pages a step took beyond those held before it (its peak), the headroom reserved next
+    held_at_acquire: int = 0
     resident: bool = True
     active: bool = False
     last_used: float = 0.0
@@ -205,7 +209,17 @@ class KVPagePool:
                 if not entry.caches:
                     self.arena.reserve(stream_id, entry.pages)
                 entry.resident = True
+            if entry.caches and entry.step_extra:
+                self._reserve_headroom(stream_id, entry.step_extra)
+            entry.held_at_acquire = self.arena.start_peak(stream_id)
             entry.active = True
+
+    def _reserve_headroom(self, stream_id: str, pages: int) -> None:
+        """Offload idle sessions until the step's expected growth is free, and reserve it for this session; if
+        even that cannot free it all, reserve what is free (the step may still fit: pruning frees pages too)."""
+        with contextlib.suppress(KVMemoryError):
+            self._make_room(pages, exclude=stream_id)
+        self.arena.reserve(stream_id, min(pages, max(self.arena.free_pages, 0)))
 
     def _attach_need(self, backend: Any) -> int:
         session = getattr(backend, "session", None)
@@ -223,6 +237,8 @@ class KVPagePool:
             entry.last_used = self._clock()
             if entry.caches:
                 entry.pages = sum(c.pages for c in entry.caches)
+                entry.step_extra = max(self.arena.peak_of(stream_id) - entry.held_at_acquire, 0)
+                self.arena.reserve(stream_id, 0)
             else:
                 entry.pages = self.pages_of(device_bytes(entry.backend, self.device))
                 self.arena.reserve(stream_id, entry.pages)

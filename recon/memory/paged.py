@@ -58,8 +58,9 @@ class KVArena:
             arena's lock); it may free pages (offload idle sessions) before the allocation is retried once.
 
     The buffer is allocated whole at the first page handed out (a node whose backend keeps no KV cache never
-    allocates it) and never grows. `reserved` pages are counted against the budget without living in the
-    buffer: the accounting of sessions whose state is not paged (other backends), see `KVPagePool`.
+    allocates it) and never grows. Reserved pages (`reserve`) are counted against the budget for one owner: the
+    state of sessions that do not page (other backends), or a paged session's headroom for its next step, see
+    `KVPagePool`.
     """
 
     def __init__(self, budget_bytes: int, device: torch.device | str, page_bytes: int = DEFAULT_PAGE_BYTES,
@@ -77,6 +78,8 @@ class KVArena:
         self._lock = threading.Lock()
         self._free = list(range(self.num_pages - 1, -1, -1))  # a stack: low page numbers first
         self._owner: dict[int, str] = {}
+        self._held: dict[str, int] = {}  # pages of the buffer per owner
+        self._peak: dict[str, int] = {}  # most pages held per owner since `start_peak`
         self._reserved: dict[str, int] = {}
 
     def __str__(self) -> str:
@@ -99,10 +102,24 @@ class KVArena:
     def pages_of(self, owner: str) -> int:
         """Pages held by `owner` (its caches' pages plus its reservation)."""
         with self._lock:
-            return sum(1 for o in self._owner.values() if o == owner) + self._reserved.get(owner, 0)
+            return self._held.get(owner, 0) + self._reserved.get(owner, 0)
+
+    def start_peak(self, owner: str) -> int:
+        """Start counting `owner`'s peak from the pages it holds now (returned)."""
+        with self._lock:
+            self._peak[owner] = held = self._held.get(owner, 0)
+            return held
+
+    def peak_of(self, owner: str) -> int:
+        """Most pages `owner` held since `start_peak`."""
+        with self._lock:
+            return self._peak.get(owner, self._held.get(owner, 0))
 
     def reserve(self, owner: str, pages: int) -> None:
-        """Set `owner`'s reservation (pages of unpaged state counted against the budget; 0 drops it)."""
+        """Set `owner`'s reservation: pages counted against the budget for it alone. Either the state of an
+        unpaged session, or the headroom of a paged one for its next step (its own allocations draw on it first,
+        so a step that stays within its headroom never waits for or fails on another session's pages); 0 drops
+        it."""
         with self._lock:
             if pages > 0:
                 self._reserved[owner] = int(pages)
@@ -111,8 +128,11 @@ class KVArena:
 
     def _take(self, n: int, owner: str) -> list[int] | None:
         with self._lock:
-            if n > len(self._free) - sum(self._reserved.values()):
+            own = self._reserved.get(owner, 0)
+            if n > len(self._free) - sum(self._reserved.values()) + own:
                 return None
+            if own:
+                self._reserved[owner] = own - min(own, n)
             if self.buffer is None:
                 with torch.inference_mode(False):  # a normal tensor: writable inside and outside inference mode
                     self.buffer = torch.empty(self.num_pages, self.page_bytes, dtype=torch.uint8, device=self.device)
@@ -120,6 +140,9 @@ class KVArena:
             pages = [self._free.pop() for _ in range(n)]
             for p in pages:
                 self._owner[p] = owner
+            held = self._held[owner] = self._held.get(owner, 0) + n
+            if owner in self._peak:
+                self._peak[owner] = max(self._peak[owner], held)
             return pages
 
     def alloc(self, n: int, owner: str) -> list[int]:
@@ -143,9 +166,14 @@ class KVArena:
         """Give `pages` back (they must be held)."""
         with self._lock:
             for p in pages:
-                if self._owner.pop(p, None) is None:
+                owner = self._owner.pop(p, None)
+                if owner is None:
                     raise ValueError(f"{self}: page {p} freed twice or never allocated")
                 self._free.append(p)
+                self._held[owner] -= 1
+                if not self._held[owner]:
+                    del self._held[owner]
+                    self._peak.pop(owner, None)
 
     def pages_view(self, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
         """Every page as `[num_pages, *shape]` of `dtype` (each page's leading bytes; a view, cached per layout)."""

@@ -133,11 +133,13 @@ def _frame(memories: list[StreamingMemory], gen: torch.Generator) -> None:
 
 def test_a_hundred_registered_sessions_fit_a_budget_for_eight_active_ones() -> None:
     """Each session prunes to about 3 frames per layer (2 layers; the policy's split of 30 tokens): 2 pages per
-    layer and kind at 8 entries a page, 8 pages a session once it has 2 frames or more; the arena has 8 such
-    sessions' worth. 100 sessions step in turn, 3 frames each; every result equals a never-moved twin's."""
+    layer and kind at 8 entries a page, 8 pages a session once it has 2 frames or more, and 10 at its peak within
+    a step (a layer holds its new frame before pruning it away). The arena is 8 such peaks. 100 sessions step in
+    turn, 3 frames each: at least 8 are resident at once, never more pages than the arena has, offloaded sessions
+    hold none, and every session's caches equal those of a never-moved twin."""
     n, active, layers = 100, 8, 2
     policy = lambda: DiversityPruningPolicy(total_budget=layers * 3 * P)  # noqa: E731
-    pool = KVPagePool(budget_bytes=active * 8 * 8 * ROW, device="cpu", page_bytes=8 * ROW, idle_s=None)
+    pool = KVPagePool(budget_bytes=active * 10 * 8 * ROW, device="cpu", page_bytes=8 * ROW, idle_s=None)
     sessions = [_MemorySession(StreamingMemory(layers, policy())) for _ in range(n)]
     backends = [SimpleNamespace(session=s) for s in sessions]  # what the pool attaches to
     twins = [StreamingMemory(layers, policy()) for _ in range(n)]  # never paged, never moved
@@ -146,15 +148,16 @@ def test_a_hundred_registered_sessions_fit_a_budget_for_eight_active_ones() -> N
         for i, s in enumerate(sessions):
             pool.acquire(f"cam{i}", backends[i])
             _frame([s.memory, twins[i]], gen)
+            assert pool.arena.peak_of(f"cam{i}") <= 10
             pool.release(f"cam{i}")
             st = pool.describe()["sessions"]
             resident = [sid for sid, e in st.items() if e["resident"]]
             if rnd == 2 and i >= active:  # every resident session at its full, pruned size
-                assert len(resident) == active
+                assert len(resident) >= active
             assert pool.arena.used_pages == sum(st[sid]["pages"] for sid in resident) <= pool.num_pages
             assert all(pool.arena.pages_of(sid) == 0 for sid in st if not st[sid]["resident"])
     st = pool.describe()["sessions"]
-    assert len(st) == n and all(e["paged"] and e["offloads"] >= 2 for sid, e in list(st.items())[:n - active])
+    assert len(st) == n and all(e["paged"] and e["offloads"] >= 2 for sid, e in list(st.items())[:n - 2 * active])
     for s, twin in zip(sessions, twins, strict=True):
         assert s.memory.frame_index == 3
         for a, b in zip(s.memory, twin, strict=True):
@@ -227,3 +230,37 @@ def test_a_batched_step_over_paged_sessions_equals_one_over_unpaged_sessions() -
             for key in ("pose_enc", "depth", "world_points"):
                 assert torch.equal(a[key], b[key]), key
     assert arena.used_pages == sum(c.pages for s in paged for c in (*s.memory, *s.camera_memory))
+
+
+def test_a_reservation_is_for_its_owner_only() -> None:
+    arena = KVArena(4 * 64, "cpu", page_bytes=64)  # 4 pages
+    arena.reserve("a", 3)
+    with pytest.raises(KVMemoryError):
+        arena.alloc(2, "b")  # 1 free for others
+    assert len(arena.alloc(1, "b")) == 1
+    assert len(arena.alloc(3, "a")) == 3 and arena.reserved_pages == 0  # its own reservation, consumed
+    assert arena.pages_of("a") == 3 and arena.pages_of("b") == 1
+
+
+def test_the_pool_makes_room_for_a_step_before_it_runs() -> None:
+    """A growing (unbounded) session took 4 pages in its last step: its next acquire offloads an idle session to
+    free 4 pages and reserves them, so the step never waits for pages mid-way (nor fails after half its layers).
+    Pages: 8 entries each, 5 entries a frame, 2 layers x (K, V) = 4 page kinds a session."""
+    pool = KVPagePool(budget_bytes=20 * 8 * ROW, device="cpu", page_bytes=8 * ROW, idle_s=None)  # 20 pages
+    grow, idle = _MemorySession(StreamingMemory(2)), _MemorySession(StreamingMemory(2))  # no pruning
+    holders = {"grow": SimpleNamespace(session=grow), "idle": SimpleNamespace(session=idle)}
+    gen = torch.Generator().manual_seed(0)
+    for sid, frames in (("idle", 3), ("grow", 4)):  # idle: 15 entries = 8 pages; grow: 20 entries = 12 pages
+        for _ in range(frames):
+            pool.acquire(sid, holders[sid])
+            _frame([holders[sid].session.memory], gen)
+            pool.release(sid)
+    st = pool.describe()["sessions"]
+    assert st["idle"]["resident"] and st["idle"]["pages"] == 8 and st["grow"]["pages"] == 12
+    assert pool._entries["grow"].step_extra == 4 and pool.arena.free_pages == 0
+    pool.acquire("grow", holders["grow"])  # 4 pages of headroom: the idle session goes now, before the step
+    assert not pool.describe()["sessions"]["idle"]["resident"] and pool.arena.reserved_pages == 4
+    _frame([grow.memory], gen)  # 25 entries = 16 pages: the reservation taken
+    pool.release("grow")
+    assert pool.arena.reserved_pages == 0
+    assert pool.arena.used_pages == 16 == pool.describe()["sessions"]["grow"]["pages"]
