@@ -143,3 +143,23 @@ def test_live_trajectory_keeps_the_accuracy_target() -> None:
     ref = gt.T_world_cam[assoc.idx_gt]
     ate = absolute_trajectory_error(est[assoc.idx_pred], ref, "sim3")
     assert 100.0 * ate.rmse / trajectory_length(ref) <= 2.0
+
+
+def test_pruned_map_points_change_nothing_and_keep_the_map_bounded() -> None:
+    """Points no track, window keyframe or relocalisation keyframe refers to are forgotten: the results are the
+    same as with nothing pruned (nothing could read them again), and the map holds fewer points."""
+    frames = _frames(40, live=False)
+    # Small windows and frequent keyframes, so keyframes leave the window and the relocalisation store early.
+    options = {"reloc": {"max_keyframes": 2}, "ba_window": 3, "max_kf_gap": 2}
+    runs, trackers = [], []
+    for prune_every in (2, 10**9):
+        backend = create_backend("geometric", mode="mono", mono={"prune_every": prune_every, **options})
+        runs.append([r for f in frames for r in backend.step(f)] + backend.flush())
+        trackers.append(backend._tracker)
+    pruned, kept = trackers
+    assert pruned.points_pruned > 0 and kept.points_pruned == 0
+    assert len(pruned.points) < len(kept.points)
+    assert [(r.seq, r.is_update) for r in runs[0]] == [(r.seq, r.is_update) for r in runs[1]]
+    for a, b in zip(*runs, strict=True):
+        np.testing.assert_array_equal(a.T_world_cam, b.T_world_cam)
+        np.testing.assert_array_equal(a.depth, b.depth)
