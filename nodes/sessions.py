@@ -446,7 +446,7 @@ class Session:
         publisher = self.services.publisher
         while True:
             if self._ack_batch and not self.queue:
-                self._flush_acks()
+                self.flush_acks()
             with self.cond:
                 # Nothing is processed while too few subscribers listen (`min_subscribers`): its result would be
                 # published into the void. Frames wait in the queue (a restarted camera may re-send before the
@@ -585,19 +585,16 @@ class Session:
             batch = self._ack_batch
             mixed = bool(batch) and (batch[0].peer.routing_id != item.peer.routing_id or batch[0].epoch != item.epoch)
         if mixed:
-            self._flush_acks()
+            self.flush_acks()
         with self.cond:
             self._ack_batch.append(item)
             flush = item.live or len(self._ack_batch) >= max(1, self.options.queue_size // 2) or \
                 (not self.queue and not self._defer_ack)
         if flush:
-            self._flush_acks()
+            self.flush_acks()
 
     def flush_acks(self) -> None:
-        """Send the batched acknowledgements now (the ingest thread, after frames it processed inline)."""
-        self._flush_acks()
-
-    def _flush_acks(self) -> None:
+        """Send the batched acknowledgements now (also the ingest thread, after frames it processed inline)."""
         with self.cond:  # either thread may flush (inline frames); each acknowledgement goes out once
             batch, self._ack_batch = self._ack_batch, []
         if batch:
@@ -718,7 +715,7 @@ class Session:
         self.state = "failed"
 
     def _finish(self) -> None:
-        self._flush_acks()
+        self.flush_acks()
         force = self._force or self.services.aborting.is_set()
         if self.backend is not None and self.state == "running":
             self.state = "closing"

@@ -59,13 +59,25 @@ def intrinsics(f: float, width: int, height: int) -> np.ndarray:
     return np.array([[f, 0.0, (width - 1) / 2.0], [0.0, f, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
 
 
-def _fundamental(p0: np.ndarray, p1: np.ndarray) -> np.ndarray | None:
-    if len(p0) < MIN_PAIR_POINTS:
+def _fundamental_inliers(p0: np.ndarray, p1: np.ndarray, min_points: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """RANSAC fundamental matrix and its inlier mask [N] (bool), or None below `min_points` inliers."""
+    if len(p0) < min_points:
         return None
     F, mask = cv2.findFundamentalMat(p0.astype(np.float64), p1.astype(np.float64), cv2.FM_RANSAC, 1.0, 0.999)
-    if F is None or F.shape != (3, 3) or mask is None or int(mask.sum()) < MIN_PAIR_POINTS:
+    if F is None or F.shape != (3, 3) or mask is None or int(mask.sum()) < min_points:
         return None
-    return F
+    return F, mask.reshape(-1) > 0
+
+
+def _fundamental(p0: np.ndarray, p1: np.ndarray) -> np.ndarray | None:
+    found = _fundamental_inliers(p0, p1, MIN_PAIR_POINTS)
+    return None if found is None else found[0]
+
+
+def _focal_range(width: int, height: int, fov_deg: tuple[float, float]) -> tuple[float, float]:
+    """The focal lengths (px) of the widest and the narrowest field of view in `fov_deg` (across max(w, h))."""
+    half = 0.5 * max(width, height)
+    return half / np.tan(np.radians(fov_deg[1]) / 2), half / np.tan(np.radians(fov_deg[0]) / 2)
 
 
 def essential_cost(F_list: list[np.ndarray], f: float, width: int, height: int) -> float:
@@ -85,9 +97,7 @@ def estimate_focal(pairs: list[tuple[np.ndarray, np.ndarray]], width: int, heigh
     F_list = [F for p0, p1 in pairs if (F := _fundamental(p0, p1)) is not None]
     if not F_list:
         return FocalEstimate(None)
-    half = 0.5 * max(width, height)
-    f_lo = half / np.tan(np.radians(fov_deg[1]) / 2)
-    f_hi = half / np.tan(np.radians(fov_deg[0]) / 2)
+    f_lo, f_hi = _focal_range(width, height, fov_deg)
     grid = np.geomspace(f_lo, f_hi, 96)
     costs = np.array([essential_cost(F_list, f, width, height) for f in grid])
     k = int(np.argmin(costs))
@@ -157,10 +167,11 @@ def common_tracks(views: list[tuple[np.ndarray, np.ndarray]], *, max_views: int 
         row = {int(i): k for k, i in enumerate(ids)}
         uv.append(np.asarray(pts, np.float64)[[row[int(i)] for i in order]])
     uv_vp2 = np.stack(uv)
-    F, mask = cv2.findFundamentalMat(uv_vp2[0], uv_vp2[-1], cv2.FM_RANSAC, 1.0, 0.999)
-    if F is None or F.shape != (3, 3) or mask is None or int(mask.sum()) < MV_MIN_POINTS:
+    found = _fundamental_inliers(uv_vp2[0], uv_vp2[-1], MV_MIN_POINTS)
+    if found is None:
         return None
-    uv_vp2 = uv_vp2[:, mask.reshape(-1) > 0]
+    F, inliers = found
+    uv_vp2 = uv_vp2[:, inliers]
     keep = _spread(uv_vp2[0], max_points)
     return MultiViewTracks(uv_vp2[:, keep], F)
 
@@ -227,9 +238,7 @@ def multiview_focal(views: list[tuple[np.ndarray, np.ndarray]], width: int, heig
     tracks = common_tracks(views, max_views=max_views, max_points=max_points)
     if tracks is None:
         return FocalEstimate(None)
-    half = 0.5 * max(width, height)
-    lf_lo = float(np.log(half / np.tan(np.radians(fov_deg[1]) / 2)))
-    lf_hi = float(np.log(half / np.tan(np.radians(fov_deg[0]) / 2)))
+    lf_lo, lf_hi = (float(np.log(f)) for f in _focal_range(width, height, fov_deg))
     per_track: dict[float, np.ndarray] = {}
 
     def at(lf: float) -> None:
