@@ -143,6 +143,13 @@ class _CameraOptions:
     close_sinks: bool
     keep_meta: bool = False
 
+    def camera_config(self, source: Source, connect: str, **extra: Any) -> CameraNodeConfig:
+        """The camera node's configuration for `source` streaming to `connect` (every mode's camera)."""
+        return CameraNodeConfig(connect=connect, encoding=self.encoding,
+                                stream_id=self.stream_id or getattr(source, "name", "cam0"),
+                                fps=None if source.live else self.fps, max_frames=self.max_frames,
+                                stride=self.stride, **extra)
+
 
 def _run_inproc(source: str | Source, backend: str | Backend, sinks: list[Any], options: dict[str, Any],
                 co: _CameraOptions, queue_size: int, timeout_s: float, stop: threading.Event | None,
@@ -180,10 +187,8 @@ def _run_inproc(source: str | Source, backend: str | Backend, sinks: list[Any], 
             raise ReconError("in-process pipeline: the result subscriber did not connect within 10 s")
         if on_status is not None:
             on_status(node.status)
-        cam = CameraNode(src, CameraNodeConfig(connect=f"inproc://ingest-{tag}", encoding=co.encoding,
-                                               stream_id=co.stream_id or getattr(src, "name", "cam0"),
-                                               fps=None if src.live else co.fps, max_frames=co.max_frames,
-                                               stride=co.stride, on_send=keep if co.keep_meta else None), ctx)
+        cam = CameraNode(src, co.camera_config(src, f"inproc://ingest-{tag}", on_send=keep if co.keep_meta else None),
+                         ctx)
         _run_bounded(cam, node, timeout_s, stop, abort)
         stats.camera = cam.stats
         stats.stopped_on_error = cam.stats.stopped_on_error
@@ -232,10 +237,7 @@ def _run_remote(source: Source, remote: RemoteNode, sinks: list[Any], co: _Camer
                                      f"{timeout_s:.0f} s (is `recon node recon` running with that --publish?)")
         if on_status is not None:
             on_status(status)
-        cam = CameraNode(source, CameraNodeConfig(connect=remote.connect, encoding=co.encoding,
-                                                  stream_id=co.stream_id or getattr(source, "name", "cam0"),
-                                                  fps=None if source.live else co.fps, max_frames=co.max_frames,
-                                                  stride=co.stride), ctx)
+        cam = CameraNode(source, co.camera_config(source, remote.connect), ctx)
         t = threading.Thread(target=cam.run, name="camera-node", daemon=True)
         t.start()
         while t.is_alive():  # the run ends with the source (a live one: close it, and what it holds is sent first)
