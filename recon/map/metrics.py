@@ -68,6 +68,7 @@ def revisited_frame(first: list[np.ndarray], last: np.ndarray, K: np.ndarray, *,
     """
     import cv2
 
+    from recon.geometry.epipolar import consistent_matches
     from recon.map.keyframes import OrbExtractor
     from recon.map.verify import match_descriptors
 
@@ -89,10 +90,7 @@ def revisited_frame(first: list[np.ndarray], last: np.ndarray, K: np.ndarray, *,
         if len(pairs) < min_inliers:
             continue
         a, b = kp[pairs[:, 0]].astype(np.float64), kp_last[pairs[:, 1]].astype(np.float64)
-        E, mask = cv2.findEssentialMat(a, b, K, method=cv2.RANSAC, prob=0.999, threshold=1.0)
-        if E is None or mask is None:
-            continue
-        inl = mask.ravel().astype(bool)
+        inl = consistent_matches(a, b, K, 1.0)
         if inl.sum() < min_inliers:
             continue
         found.append(Revisit(i, int(inl.sum()), _rotation_residual_deg(rays(a[inl]), rays(b[inl]))))

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from recon.geometry import GeometryError, Sim3, so3_exp, so3_log, umeyama
+from recon.geometry.epipolar import consistent_matches
 from recon.map.keyframes import Keyframe
 
 logger = logging.getLogger(__name__)
@@ -73,16 +74,6 @@ def match_descriptors(d_a: np.ndarray, d_b: np.ndarray, ratio: float) -> np.ndar
     return np.array(pairs, np.int64).reshape(-1, 2)
 
 
-def _epipolar_inliers(kp_a: np.ndarray, kp_b: np.ndarray, K: np.ndarray, px: float) -> np.ndarray:
-    if len(kp_a) < 8:
-        return np.zeros(len(kp_a), bool)
-    E, mask = cv2.findEssentialMat(kp_a.astype(np.float64), kp_b.astype(np.float64), K, method=cv2.RANSAC,
-                                   prob=0.999, threshold=px)
-    if E is None or mask is None:
-        return np.zeros(len(kp_a), bool)
-    return mask.reshape(-1).astype(bool)
-
-
 def ransac_similarity(src: np.ndarray, dst: np.ndarray, with_scale: bool, threshold: float, iterations: int,
                       seed: int = 0) -> tuple[Sim3, np.ndarray] | None:
     """Robust Umeyama: the (Sim(3) or SE(3)) `dst ~ S(src)` with the most inliers, refitted on them."""
@@ -121,7 +112,7 @@ def verify_loop(query: Keyframe, match: Keyframe, K: np.ndarray, *, metric: bool
     pairs = match_descriptors(query.descriptors, match.descriptors, options.ratio)
     if len(pairs) < options.min_matches:
         return None
-    epi = _epipolar_inliers(query.keypoints[pairs[:, 0]], match.keypoints[pairs[:, 1]], K, options.epipolar_px)
+    epi = consistent_matches(query.keypoints[pairs[:, 0]], match.keypoints[pairs[:, 1]], K, options.epipolar_px)
     pairs = pairs[epi]
     if len(pairs) < options.min_matches:
         return None

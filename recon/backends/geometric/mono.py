@@ -57,6 +57,7 @@ from recon.backends.geometric.grid import depth_point_map, strided_K
 from recon.backends.geometric.pnp import rotation_deg, solve_pnp
 from recon.backends.geometric.reloc import DescriptorDatabase
 from recon.errors import ConfigError
+from recon.geometry.epipolar import essential_ransac
 from recon.geometry.transforms import inv_se3
 from recon.types import Frame, FrameResult
 from recon.utils.log import WarnOnce
@@ -348,10 +349,11 @@ class MonoVO:
         if self.calibrate_focal and self._focal_refinements == 0:
             self._search_focal()
         p0, p1 = self._ref_pts.astype(np.float64), self._pts.astype(np.float64)
-        E, mask = cv2.findEssentialMat(p0, p1, self.K, method=cv2.RANSAC, prob=0.999, threshold=1.0)
-        if E is None or E.shape != (3, 3) or mask is None:
+        model = essential_ransac(p0, p1, self.K, 1.0)
+        if model is None:
             return False
-        _, R, t, mask = cv2.recoverPose(E, p0, p1, self.K, mask=mask.copy())
+        E, mask = model
+        _, R, t, mask = cv2.recoverPose(E, p0, p1, self.K, mask=mask.astype(np.uint8).reshape(-1, 1))
         inl = mask.reshape(-1) > 0
         if inl.sum() < 50:
             return False

@@ -29,6 +29,8 @@ import cv2
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from recon.geometry.epipolar import essential_ransac
+
 logger = logging.getLogger(__name__)
 
 MIN_PAIR_POINTS = 40
@@ -193,10 +195,10 @@ def reconstruction_cost(tracks: MultiViewTracks, f: float, width: int, height: i
     uv = tracks.uv
     V, P = uv.shape[:2]
     out = np.full(P, np.nan)
-    E, _ = cv2.findEssentialMat(uv[0], uv[-1], K, method=cv2.RANSAC, prob=0.999, threshold=1.0)
-    if E is None or E.shape != (3, 3):
+    model = essential_ransac(uv[0], uv[-1], K, 1.0)
+    if model is None:
         return out
-    _, R, t, _ = cv2.recoverPose(E, uv[0], uv[-1], K)
+    _, R, t, _ = cv2.recoverPose(model[0], uv[0], uv[-1], K)
     T_last = np.eye(4)
     T_last[:3, :3], T_last[:3, 3] = R, t.reshape(3)
     Xh = cv2.triangulatePoints(K @ np.eye(4)[:3], K @ T_last[:3], uv[0].T, uv[-1].T)
