@@ -103,6 +103,26 @@ class Frame:
 
 
 @dataclass
+class ChunkLink:
+    """Where a windowed backend's result comes from: its chunk (one prediction) and how the backend joined that
+    chunk to the previous one over their overlap. The map layer (recon.map.odometry) weighs its odometry edges by
+    it: results of one chunk share one scale exactly, a join is where scale drift enters.
+
+    Attributes:
+        index: the chunk's number (0, 1, ...); results with the same number come from one prediction.
+        S_prev_chunk: 4x4 Sim(3) ([[s R, t], [0, 1]]) the backend applied to the chunk's prediction to join it to
+            the previous chunk; None for the first chunk.
+        support: correspondences the join was fitted on (0 when unknown).
+        log_scale_sigma: standard deviation of the join's log-scale, when the backend can tell; None otherwise.
+    """
+
+    index: int
+    S_prev_chunk: np.ndarray | None = None
+    support: int = 0
+    log_scale_sigma: float | None = None
+
+
+@dataclass
 class FrameResult:
     """What a backend produces for one frame (DESIGN.md §4).
 
@@ -122,6 +142,9 @@ class FrameResult:
         T_map_odom: with loop closure (recon.map), the map layer's newest `map <- odom` correction (4x4 Sim(3))
             when this result left the backend, so a ROS front end can publish map -> odom -> camera (REP 105)
             wherever the backend runs; None otherwise.
+        chunk: for windowed backends, the chunk the result comes from and how it was joined (`ChunkLink`), for
+            the map layer's odometry edges; None otherwise (not sent over the wire: the map layer wraps the
+            backend where it runs).
     """
 
     stream_id: str
@@ -137,6 +160,7 @@ class FrameResult:
     is_update: bool = False
     tracked: bool = True
     T_map_odom: np.ndarray | None = None
+    chunk: ChunkLink | None = None
 
     def __post_init__(self) -> None:
         self.T_world_cam = np.asarray(self.T_world_cam, dtype=np.float64)

@@ -13,7 +13,9 @@ The newest correction is the `map <- odom` transform (`T_map_odom`), the ROS way
 continuous, the map frame jumps when a loop closes.
 
 For learned backends the keyframes are the chunks of VGGT-Long / VGGT-SLAM: each keyframe's point map
-measures loop edges 3D-3D with Sim(3), consecutive keyframes are joined by the backend's own relative pose.
+measures loop edges 3D-3D with Sim(3), and consecutive keyframes of up-to-scale backends are joined by a measured
+Sim(3) (recon.map.odometry: the backend's own chunk joins where its results carry them, else the two keyframes'
+shared points, else the backend's relative pose), so a loop corrects the scale where it drifted along the path.
 """
 
 from __future__ import annotations
@@ -29,16 +31,17 @@ import numpy as np
 
 from recon.backends.base import BackendState
 from recon.errors import ConfigError, StateError
-from recon.geometry import Sim3, inv_se3, rotation_angle
+from recon.geometry import Sim3, rotation_angle
 from recon.map.keyframes import Keyframe, KeyframePolicy, OrbExtractor, full_resolution_K, keypoint_points
+from recon.map.odometry import SOURCES, OdometryEdge, OdometryOptions, measure_edge
 from recon.map.pose_graph import GraphNoise, consistent_loops, optimise_pose_graph
 from recon.map.verify import LoopMeasurement, VerifyOptions, verify_loop
 from recon.map.vocabulary import BinaryVocabulary, PlaceIndex
-from recon.types import BackendStats, Frame, FrameResult
+from recon.types import BackendStats, ChunkLink, Frame, FrameResult
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 2  # 2: a vocabulary training in progress travels with the state
+STATE_VERSION = 3  # 2: a vocabulary training in progress travels with the state; 3: odometry edges and chunks
 _PREFIX = "map_layer."  # array names of the map in a BackendState, beside the inner backend's
 
 
@@ -67,6 +70,7 @@ class MapOptions:
         frame_cache: recent input frames kept for keyframe features (windowed backends emit late).
         min_3d: fraction of a keyframe's keypoints that must have a 3-D position.
         verify, noise: verification thresholds and pose-graph sigmas.
+        odometry: how consecutive keyframes of up-to-scale backends are joined (recon.map.odometry).
     """
 
     features: int = 1000
@@ -85,6 +89,7 @@ class MapOptions:
     min_3d: float = 0.3
     verify: VerifyOptions = field(default_factory=VerifyOptions)
     noise: GraphNoise = field(default_factory=GraphNoise)
+    odometry: OdometryOptions = field(default_factory=OdometryOptions)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MapOptions:
@@ -94,12 +99,15 @@ class MapOptions:
         if unknown:
             raise ConfigError(f"map options: unknown {unknown}; known: {sorted(known)}")
         v = dict(values)
-        for name, typ in (("keyframe", KeyframePolicy), ("verify", VerifyOptions), ("noise", GraphNoise)):
+        for name, typ in (("keyframe", KeyframePolicy), ("verify", VerifyOptions), ("noise", GraphNoise),
+                          ("odometry", OdometryOptions)):
             if isinstance(v.get(name), dict):
                 v[name] = typ(**v[name])
         opts = cls(**v)
         if opts.sim3 not in ("auto", "on", "off"):
             raise ConfigError(f"map options: sim3 must be auto, on or off, got {opts.sim3!r}")
+        if opts.odometry.edges not in ("measured", "backend"):
+            raise ConfigError(f"map options: odometry.edges must be measured or backend, got {opts.odometry.edges!r}")
         return opts
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,7 +169,8 @@ class MappedBackend:
     def stats(self) -> BackendStats:
         s = self.inner.stats()
         s.extra.update(map_keyframes=len(self.keyframes), map_loops=len(self.loops), map_loops_used=self.loops_used,
-                       map_optimisations=self.optimisations, map_mode="sim3" if self._sim3 else "se3")
+                       map_optimisations=self.optimisations, map_mode="sim3" if self._sim3 else "se3",
+                       map_odometry=self.odometry_sources())
         if self._opt_ms:
             s.timings_ms["pose_graph"] = float(np.mean(self._opt_ms))
         s.memory_bytes += sum(k.descriptors.nbytes + k.keypoints.nbytes + k.points_cam.nbytes for k in self.keyframes)
@@ -176,6 +185,15 @@ class MappedBackend:
             return np.eye(4)
         return self._correction(len(self.keyframes) - 1).matrix()
 
+    def odometry_sources(self) -> dict[str, int]:
+        """How many odometry edges come from each source (recon.map.odometry; "fallback": an up-to-scale edge
+        whose keyframes shared too few points, joined by the backend's relative pose); edges still to be
+        re-measured after a revision count under the source they had."""
+        counts = dict.fromkeys(SOURCES, 0)
+        for source in self._edge_sources:
+            counts[source] += 1
+        return counts
+
     def corrected_trajectory(self) -> dict[int, np.ndarray]:
         """seq -> corrected pose of every frame emitted so far."""
         return {seq: rec.T_out for seq, rec in self._frames.items()}
@@ -186,6 +204,10 @@ class MappedBackend:
         self.keyframes: list[Keyframe] = []
         self.loops: list[LoopMeasurement] = []
         self._nodes: list[Sim3] = []  # optimised keyframe poses map <- camera
+        self._edges: list[OdometryEdge | None] = []  # keyframe i -> i + 1; None: to be measured again
+        self._edge_sources: list[str] = []
+        self._chunks: list[ChunkLink | None] = []  # per keyframe, its result's chunk
+        self._joins: dict[int, ChunkLink] = {}  # chunk index -> how the backend joined it to the previous one
         self._frames: dict[int, _Record] = {}
         self._recent: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
         self._vocab = BinaryVocabulary(self.options.words)
@@ -216,6 +238,8 @@ class MappedBackend:
                 out.append(r)
                 continue
             self._stream_id = r.stream_id
+            if r.chunk is not None:
+                self._joins[int(r.chunk.index)] = r.chunk
             if self._metric is None:
                 self._metric = bool(r.metric)
                 self._sim3 = self.options.sim3 == "on" or (self.options.sim3 == "auto" and not r.metric)
@@ -234,13 +258,18 @@ class MappedBackend:
                     if r.points_world is not None or r.depth is not None:
                         kf.refresh_points(r, self._recent.get(r.seq, (None, None))[1])
                         self._set_unit()
+                    if r.chunk is not None:
+                        self._chunks[k] = r.chunk
+                    for e in (k - 1, k):  # its odometry edges are measured again at the next solve
+                        if 0 <= e < len(self._edges):
+                            self._edges[e] = None
             else:
                 k = len(self.keyframes) - 1
                 last = self.keyframes[-1] if self.keyframes else None
                 if self.options.keyframe.is_keyframe(r.T_world_cam, r.seq, last):
                     kf = self._make_keyframe(r)
                     if kf is not None:
-                        k = self._add_keyframe(kf)
+                        k = self._add_keyframe(kf, r.chunk)
                         updates = self._after_keyframe(k)
                 rec = _Record(int(r.t_ns), r.T_world_cam.copy(), r.K.copy(), k, bool(r.metric), r.T_world_cam.copy())
                 self._frames[r.seq] = rec
@@ -277,14 +306,30 @@ class MappedBackend:
         return Keyframe(len(self.keyframes), int(r.seq), int(r.t_ns), r.T_world_cam.copy(), kp, desc, pts, (w, h),
                         float(np.median(pts[ok, 2])))
 
-    def _add_keyframe(self, kf: Keyframe) -> int:
+    def _add_keyframe(self, kf: Keyframe, chunk: ChunkLink | None = None) -> int:
         k = kf.index
         C_prev = self._correction(k - 1) if k > 0 else Sim3.identity()
         self.keyframes.append(kf)
+        self._chunks.append(chunk)
+        # The node starts at the odometry pose under the previous correction: with no loop the map frame stays the
+        # odometry frame; the measured edge below only acts in the next solve.
         self._nodes.append(C_prev @ Sim3.from_se3(kf.T_odom_cam))
         self._set_unit()
         self._index_keyframe(kf)
+        if k > 0:
+            self._edges.append(None)
+            self._edge_sources.append("backend")
+            self._measure_edge(k - 1)
         return k
+
+    def _measure_edge(self, i: int) -> OdometryEdge:
+        """The odometry edge keyframe i -> i + 1 (recon.map.odometry), measured now."""
+        edge = measure_edge(self.keyframes[i], self.keyframes[i + 1], self._K_full, sim3=self._sim3,
+                            verify=self.options.verify, options=self.options.odometry,
+                            default_scale=self.options.noise.odom_scale,
+                            chunks=(self._chunks[i], self._chunks[i + 1]), joins=self._joins)
+        self._edges[i], self._edge_sources[i] = edge, edge.source
+        return edge
 
     def _set_unit(self) -> None:
         """The graph's scene scale: the median depth of the first keyframe that has 3-D points."""
@@ -370,8 +415,8 @@ class MappedBackend:
         """Solve the pose graph, move the keyframes, and re-emit past frames whose corrected pose changed."""
         t0 = time.perf_counter()
         n = len(self.keyframes)
-        odom = [Sim3.from_se3(inv_se3(self.keyframes[i].T_odom_cam) @ self.keyframes[i + 1].T_odom_cam)
-                for i in range(n - 1)]
+        edges = [e if e is not None else self._measure_edge(i) for i, e in enumerate(self._edges)]
+        odom = [e.S for e in edges]
         loops = [(m.match, m.query, m.S_match_query) for m in self.loops]
         keep = consistent_loops(odom, loops, sim3=self._sim3, unit=self._unit, noise=self.options.noise)
         if len(keep) < len(loops):
@@ -380,7 +425,8 @@ class MappedBackend:
                         [(self.keyframes[m.query].seq, self.keyframes[m.match].seq)
                          for i, m in enumerate(self.loops) if i not in set(keep)])
         self._nodes, info = optimise_pose_graph(self._nodes, odom, [loops[i] for i in keep], sim3=self._sim3,
-                                                unit=self._unit, noise=self.options.noise)
+                                                unit=self._unit, noise=self.options.noise,
+                                                odometry_scale_sigmas=[e.scale_sigma for e in edges])
         self.loops_used = len(keep)
         self._pending_loops = 0
         self._last_opt_kf = n - 1
@@ -421,6 +467,11 @@ class MappedBackend:
             "loops": [{"query": m.query, "match": m.match, "inliers": m.inliers, "matches": m.matches,
                        "S": m.S_match_query.matrix()} for m in self.loops],
             "nodes": [S.matrix() for S in self._nodes],
+            "edges": [None if e is None else {"S": e.S.matrix(), "sigma": e.scale_sigma, "source": e.source}
+                      for e in self._edges],
+            "edge_sources": list(self._edge_sources),
+            "chunks": [None if c is None else asdict(c) for c in self._chunks],
+            "joins": {str(i): asdict(c) for i, c in self._joins.items()},
             "frames": {str(seq): asdict(r) for seq, r in self._frames.items()},
             "vocab": self._vocab.centres, "trained_at": self._trained_at, "metric": self._metric,
             "training": None if self._training is None else [self._training_from, self._training_chunks],
@@ -451,6 +502,12 @@ class MappedBackend:
         self.loops = [LoopMeasurement(m["query"], m["match"], Sim3.from_matrix(np.asarray(m["S"])), m["inliers"],
                                       m["matches"]) for m in values["loops"]]
         self._nodes = [Sim3.from_matrix(np.asarray(M)) for M in values["nodes"]]
+        self._edges = [None if e is None else OdometryEdge(Sim3.from_matrix(np.asarray(e["S"])),
+                                                           None if e["sigma"] is None else float(e["sigma"]),
+                                                           str(e["source"])) for e in values["edges"]]
+        self._edge_sources = [str(v) for v in values["edge_sources"]]
+        self._chunks = [None if c is None else _chunk(c) for c in values["chunks"]]
+        self._joins = {int(i): _chunk(c) for i, c in values["joins"].items()}
         self._frames = {int(seq): _Record(**r) for seq, r in values["frames"].items()}
         if values["vocab"] is not None:
             self._vocab.centres = np.asarray(values["vocab"], np.float32)
@@ -469,3 +526,10 @@ class MappedBackend:
         self._unit, self.optimisations = float(values["unit"]), int(values["optimisations"])
         self._K_full = None if values["K_full"] is None else np.asarray(values["K_full"])
         self._stream_id = str(values["stream"])
+
+
+def _chunk(values: dict[str, Any]) -> ChunkLink:
+    S = values.get("S_prev_chunk")
+    sigma = values.get("log_scale_sigma")
+    return ChunkLink(int(values["index"]), None if S is None else np.asarray(S, np.float64),
+                     int(values.get("support", 0)), None if sigma is None else float(sigma))

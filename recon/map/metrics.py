@@ -131,3 +131,16 @@ class OdometryRecorder:
 
     def stats(self) -> BackendStats:
         return self.inner.stats()
+
+
+def segment_scales(T_est: np.ndarray, T_gt: np.ndarray, length: int) -> np.ndarray:
+    """Scale of each run of `length` frames: its path length in the estimate over the ground truth's, divided by
+    the median over all runs (so a global scale does not count). A map whose scale drifts has runs far from 1."""
+    def steps(T: np.ndarray) -> np.ndarray:
+        return np.linalg.norm(np.diff(np.asarray(T, np.float64)[:, :3, 3], axis=0), axis=1)
+
+    e, g = steps(T_est), steps(T_gt)
+    n = len(e) // length
+    ratios = np.array([e[i * length:(i + 1) * length].sum() / max(g[i * length:(i + 1) * length].sum(), 1e-12)
+                       for i in range(n)])
+    return ratios / np.median(ratios)

@@ -1,14 +1,14 @@
 """Pose-graph optimisation of the keyframes with GTSAM: SE(3) for metric backends, Sim(3) otherwise.
 
-Nodes are keyframe poses (world <- camera). Odometry edges join consecutive keyframes with the relative pose
-the backend measured; loop edges carry verified relative transforms. In Sim(3) mode every node has its own
-scale, so the scale drift of monocular and up-to-scale learned backends is absorbed per keyframe chunk (the
-Sim(3) pose graph of Strasdat et al. 2010, ORB-SLAM's essential graph). GTSAM's Python wrapper has
-`Similarity3` and `BetweenFactorSimilarity3` (checked with gtsam 4.3), so both modes are plain GTSAM graphs
-solved by Levenberg-Marquardt. Loops are verified before they get here, so they enter as plain Gaussian edges
-(a robust kernel on the first loop of a long drift would treat the loop itself as the outlier: the residual is
-the whole drift); after the solve, a loop whose whitened error stays above `reject_chi2` while others agree
-is dropped and the graph solved again, so one wrong loop cannot bend the whole map.
+Nodes are keyframe poses (world <- camera). Odometry edges join consecutive keyframes (recon.map.odometry: the
+backend's relative pose, or for up-to-scale backends a measured Sim(3) with its own scale sigma); loop edges carry
+verified relative transforms. In Sim(3) mode every node has its own scale, so the scale drift of monocular and
+up-to-scale learned backends is absorbed per keyframe chunk (the Sim(3) pose graph of Strasdat et al. 2010,
+ORB-SLAM's essential graph). GTSAM's Python wrapper has `Similarity3` and `BetweenFactorSimilarity3` (checked with
+gtsam 4.3), so both modes are plain GTSAM graphs solved by Levenberg-Marquardt. Loops are verified before they get
+here, so they enter as plain Gaussian edges (a robust kernel on the first loop of a long drift would treat the loop
+itself as the outlier: the residual is the whole drift); after the solve, a loop whose whitened error stays above
+`reject_chi2` while others agree is dropped and the graph solved again, so one wrong loop cannot bend the whole map.
 
 Before a solve, loops are checked against each other (`consistent_loops`, the pairwise consistency test of PCM,
 Mangelson et al. 2018): two loops and the odometry between their ends form a cycle that must compose to the
@@ -127,6 +127,7 @@ def consistent_loops(odometry: list[Sim3], loops: list[tuple[int, int, Sim3]], *
 
 def optimise_pose_graph(initial: list[Sim3], odometry: list[Sim3], loops: list[tuple[int, int, Sim3]], *,
                         sim3: bool, unit: float, noise: GraphNoise = GraphNoise(),
+                        odometry_scale_sigmas: list[float | None] | None = None,
                         iterations: int = 100) -> tuple[list[Sim3], dict[str, float]]:
     """Optimised keyframe poses.
 
@@ -136,6 +137,8 @@ def optimise_pose_graph(initial: list[Sim3], odometry: list[Sim3], loops: list[t
         loops: (i, j, S_i_j): verified camera_i <- camera_j measurements.
         sim3: Sim(3) nodes and edges (per-keyframe scale) instead of SE(3).
         unit: scene scale for the translation sigmas.
+        odometry_scale_sigmas: per odometry edge, its log-scale sigma (Sim(3) only); None entries (or no list)
+            take `noise.odom_scale`.
 
     Returns:
         the optimised poses and {"error_before", "error_after", "iterations"}.
@@ -152,6 +155,11 @@ def optimise_pose_graph(initial: list[Sim3], odometry: list[Sim3], loops: list[t
 
     Diagonal = gtsam.noiseModel.Diagonal
     odom_model = Diagonal.Sigmas(sigmas(noise.odom_rot, noise.odom_trans, noise.odom_scale))
+    scale_sigmas = odometry_scale_sigmas if sim3 and odometry_scale_sigmas is not None else [None] * len(odometry)
+    if len(scale_sigmas) != len(odometry):
+        raise ValueError(f"pose graph: {len(odometry)} odometry edges, {len(scale_sigmas)} scale sigmas")
+    odom_models = [odom_model if sc is None else Diagonal.Sigmas(sigmas(noise.odom_rot, noise.odom_trans, float(sc)))
+                   for sc in scale_sigmas]
     loop_model = Diagonal.Sigmas(sigmas(noise.loop_rot, noise.loop_trans, noise.loop_scale))
     prior_model = Diagonal.Sigmas(sigmas(1e-6, 1e-6, 1e-6))
     Between = gtsam.BetweenFactorSimilarity3 if sim3 else gtsam.BetweenFactorPose3
@@ -166,7 +174,7 @@ def optimise_pose_graph(initial: list[Sim3], odometry: list[Sim3], loops: list[t
         graph = gtsam.NonlinearFactorGraph()
         graph.add(Prior(0, _to_gtsam(initial[0], sim3), prior_model))
         for i, S in enumerate(odometry):
-            graph.add(Between(i, i + 1, _to_gtsam(S, sim3), odom_model))
+            graph.add(Between(i, i + 1, _to_gtsam(S, sim3), odom_models[i]))
         loop_factors = []
         for li in keep:
             i, j, S = loops[li]

@@ -106,9 +106,37 @@ def ransac_similarity(src: np.ndarray, dst: np.ndarray, with_scale: bool, thresh
     return Sim3(s, R, t), best
 
 
-def verify_loop(query: Keyframe, match: Keyframe, K: np.ndarray, *, metric: bool,
-                options: VerifyOptions = VerifyOptions()) -> LoopMeasurement | None:
-    """The verified relative transform between two keyframes, or None when the candidate fails a check."""
+@dataclass(frozen=True)
+class RelativeFit:
+    """A robust relative transform between two keyframes and its support.
+
+    Attributes:
+        S_match_query: maps query-camera points into the match camera.
+        inliers: 3-D inliers; candidates: matches with 3-D on both sides; matches: epipolar-consistent matches.
+        residual: rms 3-D residual of the inliers per coordinate, in the match keyframe's units.
+        spread: sum over the inliers of the squared distance of their match-side points from their centroid
+            (how far apart the points are: the lever arm that determines rotation and scale).
+    """
+
+    S_match_query: Sim3
+    inliers: int
+    candidates: int
+    matches: int
+    residual: float
+    spread: float
+
+    @property
+    def log_scale_sigma(self) -> float:
+        """Standard deviation of log(scale) for independent residuals: the residual over the lever arm (the
+        Umeyama scale is a least-squares slope over `spread`)."""
+        return self.residual / max(float(np.sqrt(self.spread)), 1e-12)
+
+
+def fit_relative(query: Keyframe, match: Keyframe, K: np.ndarray, *, metric: bool,
+                 options: VerifyOptions = VerifyOptions(), refine: bool = True) -> RelativeFit | None:
+    """ORB matches, epipolar filter, RANSAC Umeyama (Sim(3) unless `metric`) and, with `refine`, reprojection
+    refinement of rotation and translation; None when too few matches or 3-D points remain for a fit. No
+    acceptance test: callers judge the support."""
     pairs = match_descriptors(query.descriptors, match.descriptors, options.ratio)
     if len(pairs) < options.min_matches:
         return None
@@ -128,13 +156,33 @@ def verify_loop(query: Keyframe, match: Keyframe, K: np.ndarray, *, metric: bool
     if fit is None:
         return None
     S, inl = fit
-    S = refine_reprojection(S, src[inl], dst[inl], query.keypoints[pairs[ok][inl, 0]],
-                            match.keypoints[pairs[ok][inl, 1]], K, pixel_scale=options.epipolar_px)
     n_in = int(inl.sum())
-    if n_in < options.min_inliers or n_in < options.min_inlier_ratio * len(src):
-        logger.debug("loop %d -> %d rejected: %d/%d 3-D inliers", query.index, match.index, n_in, len(src))
+    res = dst[inl] - S.apply_points(src[inl])
+    residual = float(np.sqrt(np.sum(res ** 2) / (3 * max(n_in - 7, 1))))
+    spread = float(np.sum((dst[inl] - dst[inl].mean(axis=0)) ** 2))
+    if refine:
+        S = refine_reprojection(S, src[inl], dst[inl], query.keypoints[pairs[ok][inl, 0]],
+                                match.keypoints[pairs[ok][inl, 1]], K, pixel_scale=options.epipolar_px)
+    return RelativeFit(S, n_in, len(src), len(pairs), residual, spread)
+
+
+def accepted(fit: RelativeFit | None, options: VerifyOptions) -> bool:
+    """Enough 3-D inliers, absolutely and as a fraction of the matches with 3-D."""
+    return fit is not None and fit.inliers >= options.min_inliers and \
+        fit.inliers >= options.min_inlier_ratio * fit.candidates
+
+
+def verify_loop(query: Keyframe, match: Keyframe, K: np.ndarray, *, metric: bool,
+                options: VerifyOptions = VerifyOptions()) -> LoopMeasurement | None:
+    """The verified relative transform between two keyframes, or None when the candidate fails a check."""
+    fit = fit_relative(query, match, K, metric=metric, options=options)
+    if fit is None:
         return None
-    return LoopMeasurement(query.index, match.index, S, n_in, len(pairs))
+    if not accepted(fit, options):
+        logger.debug("loop %d -> %d rejected: %d/%d 3-D inliers", query.index, match.index, fit.inliers,
+                     fit.candidates)
+        return None
+    return LoopMeasurement(query.index, match.index, fit.S_match_query, fit.inliers, fit.matches)
 
 
 def _project(P_n3: np.ndarray, K: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 
 from recon.datasets.synthetic import Renderer, build_scene, default_intrinsics, look_at
 from recon.geometry import Sim3, so3_exp
-from recon.types import BackendStats, Frame, FrameResult
+from recon.types import BackendStats, ChunkLink, Frame, FrameResult
 
 
 def loop_poses(n_loop: int = 72, extra: int = 8, radius: float = 1.3) -> np.ndarray:
@@ -51,11 +51,17 @@ def loop_frames(*, depth: bool, seed: int = 3, width: int = 160, height: int = 1
 class DriftingBackend:
     """Wraps a backend and makes its odometry drift the way real odometry does: every relative motion picks up
     a small error (a yaw about the camera's up axis, a creep along it, a scale change for up-to-scale backends),
-    so the error accumulates along the path. Points move with their frame's drifted pose."""
+    so the error accumulates along the path. Points move with their frame's drifted pose.
 
-    def __init__(self, inner, yaw: float = math.radians(0.3), climb: float = 0.004, scale: float = 0.0) -> None:
+    `chunk` > 0 adds what windowed learned backends do: every `chunk` frames a new chunk starts whose scale jumps
+    by the next factor of `jumps` (cycled); with `tag_chunks` the results say which chunk they come from
+    (`FrameResult.chunk`, as LASER's do)."""
+
+    def __init__(self, inner, yaw: float = math.radians(0.3), climb: float = 0.004, scale: float = 0.0, *,
+                 chunk: int = 0, jumps: tuple[float, ...] = (1.0,), tag_chunks: bool = False) -> None:
         self.inner, self.name = inner, inner.name
         self.yaw, self.climb, self.scale = yaw, climb, scale
+        self.chunk, self.jumps, self.tag_chunks = chunk, jumps, tag_chunks
         self.reset_drift()
 
     def reset_drift(self) -> None:
@@ -79,6 +85,8 @@ class DriftingBackend:
                     raw, drifted, s = self._last
                     rel = np.linalg.inv(raw) @ r.T_world_cam
                     s *= 1.0 + self.scale
+                    if self.chunk and r.seq % self.chunk == 0:
+                        s *= self.jumps[(r.seq // self.chunk - 1) % len(self.jumps)]
                     rel[:3, 3] *= s
                     T_new = drifted @ self._error() @ rel
                 self._last = (r.T_world_cam.copy(), T_new, s)
@@ -88,9 +96,11 @@ class DriftingBackend:
             pts = None if r.points_world is None else D.apply_points(r.points_world.astype(np.float64))
             pts = None if pts is None else pts.astype(np.float32)
             depth = None if r.depth is None else (r.depth * D.s).astype(np.float32)
+            chunk = ChunkLink(r.seq // self.chunk) if self.tag_chunks and self.chunk else r.chunk
             out.append(FrameResult(r.stream_id, r.seq, r.t_ns, D.apply_poses(r.T_world_cam), r.K, depth=depth,
                                    confidence=r.confidence, points_world=pts,
-                                   metric=r.metric, image=r.image, is_update=r.is_update, tracked=r.tracked))
+                                   metric=r.metric, image=r.image, is_update=r.is_update, tracked=r.tracked,
+                                   chunk=chunk))
         return out
 
     def reset(self) -> None:
