@@ -4,7 +4,9 @@ Frames are resized to the model's grid and collected into overlapping windows (W
 predicted by the backbone on a worker thread while the calling thread registers the previous prediction
 (global Sim(3) + layer-wise scale alignment, recon.align.engine), so inference of window k+1 overlaps the
 registration of window k. Each frame is emitted once, when first registered; only the previous window and the
-frames of the window being filled are held.
+frames of the window being filled are held. Each result says which window it comes from and the Sim(3) that
+joined that window to the previous one (`FrameResult.chunk`), so the map layer's pose graph keeps a window rigid
+and puts scale drift at the joins.
 
 Checkpointable: the state is the previous registered window and the world-frame intrinsics (the engine), the
 frames of the window being filled, and the windows submitted but not registered yet, which a restored backend
@@ -32,7 +34,7 @@ from recon.backends.base import BackendState
 from recon.backends.configs import LaserBackendConfig
 from recon.backends.runtime import to_uint8_image
 from recon.errors import BackendError, ConfigError
-from recon.types import BackendStats, Frame, FrameResult, WindowPrediction
+from recon.types import BackendStats, ChunkLink, Frame, FrameResult, WindowPrediction
 
 logger = logging.getLogger(__name__)
 
@@ -263,6 +265,7 @@ class LaserBackend:
     def _to_results(self, reg: RegisteredWindow, pending: dict[int, _Pending],
                     pred: WindowPrediction) -> list[FrameResult]:
         conf_by_seq = dict(zip(pred.frames, pred.conf, strict=True))
+        chunk = window_link(reg)
         out = []
         for f in reg.frames:
             p = pending[f.frame]
@@ -271,6 +274,7 @@ class LaserBackend:
                 T_world_cam=f.T_world_cam.double().numpy(), K=f.K.double().numpy(),
                 depth=f.depth.float().numpy(), confidence=conf_by_seq[f.frame].float().numpy(),
                 points_world=f.world_points.float().numpy(), metric=False, image=to_uint8_image(p.image_chw),
+                chunk=chunk,
             ))
         return out
 
@@ -288,6 +292,18 @@ class LaserBackend:
     def close(self) -> None:
         """Stop the inference worker."""
         self._drain()
+
+
+def window_link(reg: RegisteredWindow) -> ChunkLink:
+    """The window's `ChunkLink`: its index and the Sim(3) (X_prev = s R X + t) that joined it to the previous window
+    over their overlap, with the pixels it was fitted on. The IRLS fit keeps no residuals, so no log-scale sigma is
+    claimed (the map layer then uses its default per join)."""
+    if reg.sim3 is None:
+        return ChunkLink(reg.index)
+    S = np.eye(4)
+    S[:3, :3] = float(reg.sim3.scale) * reg.sim3.R.double().numpy()
+    S[:3, 3] = reg.sim3.t.double().numpy().reshape(3)
+    return ChunkLink(reg.index, S, int(reg.sim3.overlap_mask.sum()))
 
 
 def create(config: LaserBackendConfig) -> LaserBackend:

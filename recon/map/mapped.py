@@ -253,7 +253,7 @@ class MappedBackend:
                     # correction, else the revision would leak into the map frame as a correction no loop made.
                     C = self._correction(k)
                     kf = self.keyframes[k]
-                    kf.T_odom_cam = r.T_world_cam.copy()
+                    kf.T_odom_cam = _rigid(r.T_world_cam)
                     self._nodes[k] = C @ Sim3.from_se3(kf.T_odom_cam)
                     if r.points_world is not None or r.depth is not None:
                         kf.refresh_points(r, self._recent.get(r.seq, (None, None))[1])
@@ -303,7 +303,7 @@ class MappedBackend:
         if ok.sum() < max(self.options.verify.min_inliers, self.options.min_3d * len(kp)):
             return None
         self._K_full = full_resolution_K(r, w, h)
-        return Keyframe(len(self.keyframes), int(r.seq), int(r.t_ns), r.T_world_cam.copy(), kp, desc, pts, (w, h),
+        return Keyframe(len(self.keyframes), int(r.seq), int(r.t_ns), _rigid(r.T_world_cam), kp, desc, pts, (w, h),
                         float(np.median(pts[ok, 2])))
 
     def _add_keyframe(self, kf: Keyframe, chunk: ChunkLink | None = None) -> int:
@@ -533,3 +533,12 @@ def _chunk(values: dict[str, Any]) -> ChunkLink:
     sigma = values.get("log_scale_sigma")
     return ChunkLink(int(values["index"]), None if S is None else np.asarray(S, np.float64),
                      int(values.get("support", 0)), None if sigma is None else float(sigma))
+
+
+def _rigid(T: np.ndarray) -> np.ndarray:
+    """The pose with its rotation made exactly orthonormal (SVD): a backend computing in float32 (LASER's
+    Sim(3)-joined windows) hands rotations off by ~1e-6, and products of them in `Sim3` fail its rotation check."""
+    out = np.array(T, np.float64)
+    U, _, Vt = np.linalg.svd(out[:3, :3])
+    out[:3, :3] = U @ Vt
+    return out
