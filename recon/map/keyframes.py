@@ -199,17 +199,25 @@ class LiveBounds:
             stream on a loaded 2-core machine, the last 3-5 minutes recognisable.
         loop_every: after a keyframe found a loop, the next `loop_every` keyframes do not search (they overlap the
             place just closed; searching them verified a loop at almost every keyframe of a camera circling a room,
-            1.7 per keyframe, and each verification took 0.1-0.3 s of the step); a search also stops at its first
-            verified candidate.
+            1.7 per keyframe, and each verification took 0.1-0.4 s of the step); a search also stops at its first
+            verified candidate. candidates: best-scoring candidates a live search verifies (`MapOptions.candidates`).
         loops: loops kept in the pose graph; beyond it the oldest is dropped (counted). The consistency check
             compares every pair of loops, so its cost grows with their square.
         frames: per-frame records kept to revise past frames after a loop closes; older frames are not revised.
+        frame_cache: input frames kept for keyframe features (`MapOptions.frame_cache`, 64: 59 MB per stream at
+            640x480); a live result arrives within a few steps of its frame (the monocular initialisation's
+            revisions come later and use their result's own image).
+        training_budget: `MapOptions.vocabulary_budget` for live streams: 1 << 20 comparisons took 25-60 ms per
+            result on the loaded 2-core machine (not the milliseconds of an idle one), in the first minutes.
     """
 
     keyframes: int = 96
     loop_every: int = 8
+    candidates: int = 1
     loops: int = 64
     frames: int = 2048
+    frame_cache: int = 16
+    training_budget: int = 1 << 18
 
     def evict(self, keyframes: list[Keyframe], protected: set[int]) -> list[int]:
         """Drop the features of the oldest keyframes while more than `self.keyframes` hold them, never of those

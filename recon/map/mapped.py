@@ -144,7 +144,9 @@ class MappedBackend:
     def step(self, frame: Frame) -> list[FrameResult]:
         self._live = bool(frame.meta.get("live", False))
         self._recent[frame.seq] = (frame.image, frame.depth)
-        while len(self._recent) > self.options.frame_cache:
+        cache = min(self.options.frame_cache, self.options.live.frame_cache or self.options.frame_cache) \
+            if self._live else self.options.frame_cache
+        while len(self._recent) > cache:
             self._recent.popitem(last=False)
         return self._with_correction(self._process(self.inner.step(frame)))
 
@@ -336,7 +338,8 @@ class MappedBackend:
 
     def _advance_training(self, budget: int | None = None) -> None:
         """Do about `budget` comparisons of the vocabulary training in progress (at most twice that)."""
-        budget = self.options.vocabulary_budget if budget is None else budget
+        if budget is None:
+            budget = self.options.live.training_budget if self._live else self.options.vocabulary_budget
         spent = 0
         while self._training is not None and spent < budget:
             try:
@@ -347,8 +350,9 @@ class MappedBackend:
 
     def _train_steps(self, n: int) -> Generator[int, None, None]:
         """Train on the first `n` keyframes, give every keyframe (those added meanwhile too) its new words, then
-        swap vocabulary and index in at once; yields the work of each chunk (see `BinaryVocabulary.train_steps`)."""
-        budget = self.options.vocabulary_budget
+        swap vocabulary and index in at once; yields the work of each chunk (see `BinaryVocabulary.train_steps`;
+        the words do not depend on the chunk size)."""
+        budget = self.options.live.training_budget if self._live else self.options.vocabulary_budget
         centres = yield from self._vocab.train_steps(np.concatenate([k.descriptors for k in self.keyframes[:n]]),
                                                      budget)
         words: list[np.ndarray] = []
@@ -396,7 +400,7 @@ class MappedBackend:
         old = np.arange(0, k - o.min_loop_gap)
         if len(old) == 0 or reference <= 0:
             return []
-        order = old[np.argsort(-scores[old], kind="stable")][: o.candidates]
+        order = old[np.argsort(-scores[old], kind="stable")][: o.live.candidates if self._live else o.candidates]
         found: list[LoopMeasurement] = []
         for j in order:
             if scores[j] < o.min_score * reference:
