@@ -32,7 +32,7 @@ import numpy as np
 from recon.backends.base import BackendState
 from recon.errors import ConfigError, StateError
 from recon.geometry import Sim3, rotation_angle
-from recon.map.keyframes import Keyframe, KeyframePolicy, OrbExtractor, full_resolution_K, keypoint_points
+from recon.map.keyframes import Keyframe, KeyframePolicy, LiveBounds, OrbExtractor, full_resolution_K, keypoint_points
 from recon.map.odometry import SOURCES, OdometryEdge, OdometryOptions, measure_edge
 from recon.map.pose_graph import GraphNoise, consistent_loops, optimise_pose_graph
 from recon.map.verify import LoopMeasurement, VerifyOptions, verify_loop
@@ -70,6 +70,8 @@ class MapOptions:
         frame_cache: recent input frames kept for keyframe features (windowed backends emit late).
         min_3d: fraction of a keyframe's keypoints that must have a 3-D position.
         verify, noise: verification thresholds and pose-graph sigmas.
+        live: what the map of a live session keeps (`recon.map.keyframes.LiveBounds`: keyframes with features,
+            loop searches, loops, frame records); recorded sources are not bounded.
         odometry: how consecutive keyframes of up-to-scale backends are joined (recon.map.odometry).
     """
 
@@ -89,6 +91,7 @@ class MapOptions:
     min_3d: float = 0.3
     verify: VerifyOptions = field(default_factory=VerifyOptions)
     noise: GraphNoise = field(default_factory=GraphNoise)
+    live: LiveBounds = field(default_factory=LiveBounds)
     odometry: OdometryOptions = field(default_factory=OdometryOptions)
 
     @classmethod
@@ -100,7 +103,7 @@ class MapOptions:
             raise ConfigError(f"map options: unknown {unknown}; known: {sorted(known)}")
         v = dict(values)
         for name, typ in (("keyframe", KeyframePolicy), ("verify", VerifyOptions), ("noise", GraphNoise),
-                          ("odometry", OdometryOptions)):
+                          ("live", LiveBounds), ("odometry", OdometryOptions)):
             if isinstance(v.get(name), dict):
                 v[name] = typ(**v[name])
         opts = cls(**v)
@@ -146,8 +149,11 @@ class MappedBackend:
         self._reset_map()
 
     def step(self, frame: Frame) -> list[FrameResult]:
+        self._live = bool(frame.meta.get("live", False))
         self._recent[frame.seq] = (frame.image, frame.depth)
-        while len(self._recent) > self.options.frame_cache:
+        cache = min(self.options.frame_cache, self.options.live.frame_cache or self.options.frame_cache) \
+            if self._live else self.options.frame_cache
+        while len(self._recent) > cache:
             self._recent.popitem(last=False)
         return self._with_correction(self._process(self.inner.step(frame)))
 
@@ -170,7 +176,7 @@ class MappedBackend:
         s = self.inner.stats()
         s.extra.update(map_keyframes=len(self.keyframes), map_loops=len(self.loops), map_loops_used=self.loops_used,
                        map_optimisations=self.optimisations, map_mode="sim3" if self._sim3 else "se3",
-                       map_odometry=self.odometry_sources())
+                       map_evicted=dict(self.evicted), map_odometry=self.odometry_sources())
         if self._opt_ms:
             s.timings_ms["pose_graph"] = float(np.mean(self._opt_ms))
         s.memory_bytes += sum(k.descriptors.nbytes + k.keypoints.nbytes + k.points_cam.nbytes for k in self.keyframes)
@@ -190,8 +196,8 @@ class MappedBackend:
         whose keyframes shared too few points, joined by the backend's relative pose); edges still to be
         re-measured after a revision count under the source they had."""
         counts = dict.fromkeys(SOURCES, 0)
-        for source in self._edge_sources:
-            counts[source] += 1
+        for edge in self._edges:
+            counts[edge.source] += 1
         return counts
 
     def corrected_trajectory(self) -> dict[int, np.ndarray]:
@@ -204,8 +210,8 @@ class MappedBackend:
         self.keyframes: list[Keyframe] = []
         self.loops: list[LoopMeasurement] = []
         self._nodes: list[Sim3] = []  # optimised keyframe poses map <- camera
-        self._edges: list[OdometryEdge | None] = []  # keyframe i -> i + 1; None: to be measured again
-        self._edge_sources: list[str] = []
+        self._edges: list[OdometryEdge] = []  # keyframe i -> i + 1
+        self._stale: set[int] = set()  # edges whose keyframe was revised: measured again, one per result
         self._chunks: list[ChunkLink | None] = []  # per keyframe, its result's chunk
         self._joins: dict[int, ChunkLink] = {}  # chunk index -> how the backend joined it to the previous one
         self._frames: dict[int, _Record] = {}
@@ -226,6 +232,9 @@ class MappedBackend:
         self._opt_ms: list[float] = []
         self._K_full: np.ndarray | None = None
         self._stream_id = ""
+        self._live = False
+        self._last_loop_kf = -10**9
+        self.evicted = {"keyframes": 0, "loops": 0, "frames": 0}  # what the live bounds dropped
 
     def _correction(self, k: int) -> Sim3:
         return self._nodes[k] @ Sim3.from_se3(self.keyframes[k].T_odom_cam).inverse()
@@ -234,6 +243,8 @@ class MappedBackend:
         out: list[FrameResult] = []
         for r in results:
             self._advance_training()
+            if self._stale:
+                self._measure_edge(min(self._stale))
             if not r.tracked:
                 out.append(r)
                 continue
@@ -260,9 +271,9 @@ class MappedBackend:
                         self._set_unit()
                     if r.chunk is not None:
                         self._chunks[k] = r.chunk
-                    for e in (k - 1, k):  # its odometry edges are measured again at the next solve
-                        if 0 <= e < len(self._edges):
-                            self._edges[e] = None
+                    # Its odometry edges are measured again, one per result (a bundle adjustment revises many
+                    # keyframes at once); until then they keep their scale, with the revised poses.
+                    self._stale.update(e for e in (k - 1, k) if 0 <= e < len(self._edges))
             else:
                 k = len(self.keyframes) - 1
                 last = self.keyframes[-1] if self.keyframes else None
@@ -273,6 +284,8 @@ class MappedBackend:
                         updates = self._after_keyframe(k)
                 rec = _Record(int(r.t_ns), r.T_world_cam.copy(), r.K.copy(), k, bool(r.metric), r.T_world_cam.copy())
                 self._frames[r.seq] = rec
+                if self._live:
+                    self._bound_frames()
             C = self._correction(rec.keyframe) if rec.keyframe >= 0 else Sim3.identity()
             out.append(self._apply(r, C))
             rec.T_out = out[-1].T_world_cam.copy()
@@ -317,9 +330,10 @@ class MappedBackend:
         self._set_unit()
         self._index_keyframe(kf)
         if k > 0:
-            self._edges.append(None)
-            self._edge_sources.append("backend")
+            self._edges.append(OdometryEdge(1.0, None, "backend"))
             self._measure_edge(k - 1)
+        if self._live:
+            self._bound_keyframes()
         return k
 
     def _measure_edge(self, i: int) -> OdometryEdge:
@@ -328,8 +342,30 @@ class MappedBackend:
                             verify=self.options.verify, options=self.options.odometry,
                             default_scale=self.options.noise.odom_scale,
                             chunks=(self._chunks[i], self._chunks[i + 1]), joins=self._joins)
-        self._edges[i], self._edge_sources[i] = edge, edge.source
+        self._edges[i] = edge
+        self._stale.discard(i)
         return edge
+
+    def _bound_keyframes(self) -> None:
+        """Live: the oldest keyframes beyond `LiveBounds.keyframes` lose their features (never the newest, a
+        pending loop's ends, or any while a vocabulary training in progress reads them)."""
+        if self._training is not None:
+            return
+        protected = {self.keyframes[-1].index} | {i for m in self.loops[len(self.loops) - self._pending_loops:]
+                                                  for i in (m.query, m.match)}
+        for i in self.options.live.evict(self.keyframes, protected):
+            self._index.drop(i)
+            self.evicted["keyframes"] += 1
+            if self.evicted["keyframes"] == 1:
+                logger.info("map: live stream %s holds %d keyframes with features; older ones keep only their pose "
+                            "node (MapOptions.live.keyframes)", self._stream_id, self.options.live.keyframes)
+
+    def _bound_frames(self) -> None:
+        """Live: records of the oldest frames beyond `LiveBounds.frames` go (those frames are no longer revised)."""
+        cap = self.options.live.frames
+        while cap > 0 and len(self._frames) > cap:
+            del self._frames[next(iter(self._frames))]
+            self.evicted["frames"] += 1
 
     def _set_unit(self) -> None:
         """The graph's scene scale: the median depth of the first keyframe that has 3-D points."""
@@ -347,7 +383,8 @@ class MappedBackend:
 
     def _advance_training(self, budget: int | None = None) -> None:
         """Do about `budget` comparisons of the vocabulary training in progress (at most twice that)."""
-        budget = self.options.vocabulary_budget if budget is None else budget
+        if budget is None:
+            budget = self.options.live.training_budget if self._live else self.options.vocabulary_budget
         spent = 0
         while self._training is not None and spent < budget:
             try:
@@ -358,8 +395,9 @@ class MappedBackend:
 
     def _train_steps(self, n: int) -> Generator[int, None, None]:
         """Train on the first `n` keyframes, give every keyframe (those added meanwhile too) its new words, then
-        swap vocabulary and index in at once; yields the work of each chunk (see `BinaryVocabulary.train_steps`)."""
-        budget = self.options.vocabulary_budget
+        swap vocabulary and index in at once; yields the work of each chunk (see `BinaryVocabulary.train_steps`;
+        the words do not depend on the chunk size)."""
+        budget = self.options.live.training_budget if self._live else self.options.vocabulary_budget
         centres = yield from self._vocab.train_steps(np.concatenate([k.descriptors for k in self.keyframes[:n]]),
                                                      budget)
         words: list[np.ndarray] = []
@@ -375,9 +413,16 @@ class MappedBackend:
         logger.info("map: vocabulary of %d words trained on %d keyframes", len(centres), n)
 
     def _after_keyframe(self, k: int) -> list[FrameResult]:
-        for loop in self._detect_loops(k):
+        live = self.options.live if self._live else None
+        loops = [] if live is not None and k - self._last_loop_kf <= live.loop_every else self._detect_loops(k)
+        for loop in loops:
+            self._last_loop_kf = k
             self.loops.append(loop)
             self._pending_loops += 1
+            if live is not None and 0 < live.loops < len(self.loops):
+                self.loops.pop(0)
+                self._pending_loops = min(self._pending_loops, len(self.loops))
+                self.evicted["loops"] += 1
             logger.info("map: loop keyframe %d (seq %d) -> %d (seq %d): %d inliers of %d matches, scale %.3f", k,
                         self.keyframes[k].seq, loop.match, self.keyframes[loop.match].seq, loop.inliers,
                         loop.matches, loop.S_match_query.s)
@@ -400,7 +445,7 @@ class MappedBackend:
         old = np.arange(0, k - o.min_loop_gap)
         if len(old) == 0 or reference <= 0:
             return []
-        order = old[np.argsort(-scores[old], kind="stable")][: o.candidates]
+        order = old[np.argsort(-scores[old], kind="stable")][: o.live.candidates if self._live else o.candidates]
         found: list[LoopMeasurement] = []
         for j in order:
             if scores[j] < o.min_score * reference:
@@ -409,14 +454,16 @@ class MappedBackend:
                             options=o.verify)
             if m is not None:
                 found.append(m)
+                if self._live:
+                    break  # live: one loop per search (LiveBounds)
         return found
 
     def _optimise(self) -> list[FrameResult]:
         """Solve the pose graph, move the keyframes, and re-emit past frames whose corrected pose changed."""
         t0 = time.perf_counter()
         n = len(self.keyframes)
-        edges = [e if e is not None else self._measure_edge(i) for i, e in enumerate(self._edges)]
-        odom = [e.S for e in edges]
+        edges = self._edges
+        odom = [e.sim3(self.keyframes[i], self.keyframes[i + 1]) for i, e in enumerate(edges)]
         loops = [(m.match, m.query, m.S_match_query) for m in self.loops]
         keep = consistent_loops(odom, loops, sim3=self._sim3, unit=self._unit, noise=self.options.noise)
         if len(keep) < len(loops):
@@ -467,9 +514,7 @@ class MappedBackend:
             "loops": [{"query": m.query, "match": m.match, "inliers": m.inliers, "matches": m.matches,
                        "S": m.S_match_query.matrix()} for m in self.loops],
             "nodes": [S.matrix() for S in self._nodes],
-            "edges": [None if e is None else {"S": e.S.matrix(), "sigma": e.scale_sigma, "source": e.source}
-                      for e in self._edges],
-            "edge_sources": list(self._edge_sources),
+            "edges": [asdict(e) for e in self._edges], "stale": sorted(self._stale),
             "chunks": [None if c is None else asdict(c) for c in self._chunks],
             "joins": {str(i): asdict(c) for i, c in self._joins.items()},
             "frames": {str(seq): asdict(r) for seq, r in self._frames.items()},
@@ -502,10 +547,9 @@ class MappedBackend:
         self.loops = [LoopMeasurement(m["query"], m["match"], Sim3.from_matrix(np.asarray(m["S"])), m["inliers"],
                                       m["matches"]) for m in values["loops"]]
         self._nodes = [Sim3.from_matrix(np.asarray(M)) for M in values["nodes"]]
-        self._edges = [None if e is None else OdometryEdge(Sim3.from_matrix(np.asarray(e["S"])),
-                                                           None if e["sigma"] is None else float(e["sigma"]),
-                                                           str(e["source"])) for e in values["edges"]]
-        self._edge_sources = [str(v) for v in values["edge_sources"]]
+        self._edges = [OdometryEdge(float(e["scale"]), None if e["scale_sigma"] is None else float(e["scale_sigma"]),
+                                    str(e["source"])) for e in values["edges"]]
+        self._stale = {int(i) for i in values["stale"]}
         self._chunks = [None if c is None else _chunk(c) for c in values["chunks"]]
         self._joins = {int(i): _chunk(c) for i, c in values["joins"].items()}
         self._frames = {int(seq): _Record(**r) for seq, r in values["frames"].items()}

@@ -85,7 +85,7 @@ def test_measured_scale_edges_undo_chunk_scale_jumps_that_scale_one_edges_leave(
             continue
         a, b = new.keyframes[i], new.keyframes[i + 1]
         expected = _true_scale(a.seq) / _true_scale(b.seq)
-        assert abs(math.log(e.S.s / expected)) < max(3 * e.scale_sigma, 0.01), (a.seq, b.seq, e, expected)
+        assert abs(math.log(e.scale / expected)) < max(3 * e.scale_sigma, 0.01), (a.seq, b.seq, e, expected)
 
     # After closure: scale-1 edges keep most of the jumps (rms 3.4 % over 6-frame runs, the raw path has 3.7 %),
     # measured edges leave the measurement noise and the few fallbacks (1.6 %); ATE halves with it (0.26 % ->
@@ -132,7 +132,7 @@ def test_an_edge_without_shared_points_falls_back_to_the_backend_and_metric_ones
     kwargs = dict(verify=VerifyOptions(), options=OdometryOptions(), default_scale=0.02, chunks=(None, None),
                   joins={})
     up_to_scale = measure_edge(a, b, K, sim3=True, **kwargs)
-    assert up_to_scale.source == "fallback" and up_to_scale.scale_sigma is None and up_to_scale.S.s == 1.0
+    assert up_to_scale.source == "fallback" and up_to_scale.scale_sigma is None and up_to_scale.scale == 1.0
     assert measure_edge(a, b, K, sim3=False, **kwargs).source == "backend"
     # Chunks two joins apart: the sigmas of both joins add (one reported, one the default).
     joins = {1: ChunkLink(1, log_scale_sigma=0.03), 2: ChunkLink(2)}
