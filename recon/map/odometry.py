@@ -12,9 +12,12 @@ not a jump where it happened). Sources, in this order:
   graph's `odom_scale`), so a loop's scale correction goes to the joins;
 - otherwise the two keyframes' shared points: ORB matches with 3-D on both sides and a RANSAC Umeyama Sim(3)
   (`recon.map.verify.fit_relative`), accepted when it has `min_inliers` and its rotation agrees with the
-  backend's; the edge is the backend's rotation and translation with the fit's scale, and the fit's log-scale
-  sigma (residual over the points' spread), floored because depth errors of neighbouring pixels are correlated,
-  not independent as that formula assumes;
+  backend's; the edge is the backend's rotation and translation with the fit's scale fused with the graph's
+  prior of scale 1 (log-scales weighted by inverse variances: the fit's sigma, its residual over the points'
+  spread floored because depth errors of neighbouring pixels are correlated, and `odom_scale`, the drift the
+  graph expects per edge). A precise fit (learned chunks whose scales jump) decides the edge; a noisy one (a
+  monocular tracker's interpolated depth, whose points share one map with its poses, so the true ratio is 1)
+  barely moves it from 1 and tightens it a little;
 - else the backend's relative pose with the graph's sigmas (counted as a fallback).
 
 Only the scale is taken from the points, and rotation and translation keep the graph's odometry sigmas: a
@@ -108,6 +111,13 @@ def chunk_scale_sigma(ca: ChunkLink | None, cb: ChunkLink | None, joins: dict[in
     return float(np.sqrt(var))
 
 
+def fused(scale: float, sigma: float, prior_sigma: float) -> OdometryEdge:
+    """A measured scale (log-normal, `sigma`) fused with the prior scale 1 (`prior_sigma`)."""
+    w_meas, w_prior = sigma ** -2, prior_sigma ** -2
+    return OdometryEdge(float(np.exp(w_meas * np.log(scale) / (w_meas + w_prior))),
+                        float((w_meas + w_prior) ** -0.5), "points")
+
+
 def measure_edge(a: Keyframe, b: Keyframe, K: np.ndarray | None, *, sim3: bool, verify: VerifyOptions,
                  options: OdometryOptions, default_scale: float, chunks: tuple[ChunkLink | None, ChunkLink | None],
                  joins: dict[int, ChunkLink]) -> OdometryEdge:
@@ -125,7 +135,7 @@ def measure_edge(a: Keyframe, b: Keyframe, K: np.ndarray | None, *, sim3: bool, 
         S = fit.S_match_query
         turned = float(np.degrees(rotation_angle(prior.R.T @ S.R)))
         if turned <= options.max_rotation_deg:
-            return OdometryEdge(S.s, max(fit.log_scale_sigma, options.scale_floor), "points")
+            return fused(S.s, max(fit.log_scale_sigma, options.scale_floor), default_scale)
         logger.debug("map: odometry %d -> %d from points turns %.1f deg from the backend's; not used", a.index,
                      b.index, turned)
     return OdometryEdge(1.0, None, "fallback")
