@@ -148,6 +148,8 @@ class MappedBackend:
             if self._live else self.options.frame_cache
         while len(self._recent) > cache:
             self._recent.popitem(last=False)
+        if self._live:
+            self._advance_training()  # live: one budget per step (per result, a step with revisions spent several)
         return self._with_correction(self._process(self.inner.step(frame)))
 
     def flush(self) -> list[FrameResult]:
@@ -222,7 +224,8 @@ class MappedBackend:
     def _process(self, results: list[FrameResult]) -> list[FrameResult]:
         out: list[FrameResult] = []
         for r in results:
-            self._advance_training()
+            if not self._live:
+                self._advance_training()
             if not r.tracked:
                 out.append(r)
                 continue
