@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 SUBSCRIBER_POLL_S = 0.005
 """How often the ingest thread reads the publisher's subscription events."""
 
+RECEIVE_BATCH = 16
+"""Messages taken off the ROUTER under one acquisition of its lock (`Replies.receive`)."""
+
 ACK_DELAY_S = 0.002
 """Longest the acknowledgement of a recorded frame processed on the ingest thread waits to share its credit with
 later frames' (see the module docstring). Below the ~5 ms a pipelined window of 8 lasts at the camera rates that
@@ -95,7 +98,7 @@ class Ingest:
         next_subscribers = now
         try:
             while not self._finish.is_set():
-                if not self._receive():
+                if self._receive():
                     wait = timeout
                     if self._deferred:
                         wait = max(0, min(timeout, int(1000 * (self._flush_at - time.monotonic()) + 1)))
@@ -119,17 +122,21 @@ class Ingest:
             sock = self.replies.detach()
             (sock or self._sock).close(linger=500)  # queued acknowledgements still reach their cameras
 
-    def _receive(self) -> int:
-        """Handle the messages waiting now (at most 256); returns how many there were."""
+    def _receive(self) -> bool:
+        """Handle the messages waiting now (at most 256); True when the socket was found empty (time to wait).
+
+        After a batch that emptied the socket, the wait looks again (under the lock, as it must: `Replies.wait`)
+        rather than a second look here. Each look is a ZMQ_EVENTS query: a poll(2), and after the I/O thread queued
+        a message, the command processing that goes with it."""
         count = 0
         while count < 256:
-            batch = self.replies.receive()
-            if not batch:
-                break
+            batch = self.replies.receive(RECEIVE_BATCH)
             count += len(batch)
             for parts in batch:
                 self._one(parts[0].bytes, parts)
-        return count
+            if len(batch) < RECEIVE_BATCH:
+                return True
+        return False
 
     def _flush_acks(self) -> None:
         """Send the acknowledgements inline frames left waiting (ACK_DELAY_S)."""
