@@ -207,8 +207,9 @@ class LiveBounds:
         frame_cache: input frames kept for keyframe features (`MapOptions.frame_cache`, 64: 59 MB per stream at
             640x480); a live result arrives within a few steps of its frame (the monocular initialisation's
             revisions come later and use their result's own image).
-        training_budget: `MapOptions.vocabulary_budget` for live streams: 1 << 20 comparisons took 25-60 ms per
-            result on the loaded 2-core machine (not the milliseconds of an idle one), in the first minutes.
+        training_budget: `MapOptions.vocabulary_budget` for live streams, spent once per step (not per result:
+            a step that emits revisions did several): 1 << 20 comparisons took 25-60 ms on the loaded 2-core machine
+            (not the milliseconds of an idle one), in each of the first minutes' steps.
     """
 
     keyframes: int = 96

@@ -155,6 +155,9 @@ class MappedBackend:
             if self._live else self.options.frame_cache
         while len(self._recent) > cache:
             self._recent.popitem(last=False)
+        if self._live:
+            self._advance_training()  # live: one budget per step (per result, a step with revisions spent several)
+            self._advance_stale()
         return self._with_correction(self._process(self.inner.step(frame)))
 
     def flush(self) -> list[FrameResult]:
@@ -242,9 +245,9 @@ class MappedBackend:
     def _process(self, results: list[FrameResult]) -> list[FrameResult]:
         out: list[FrameResult] = []
         for r in results:
-            self._advance_training()
-            if self._stale:
-                self._measure_edge(min(self._stale))
+            if not self._live:
+                self._advance_training()
+                self._advance_stale()
             if not r.tracked:
                 out.append(r)
                 continue
@@ -380,6 +383,11 @@ class MappedBackend:
         if self._training is None and (n >= self.options.vocabulary_after if not self._vocab.trained else
                                        2 * self._trained_at <= n <= self.options.vocabulary_until):
             self._training, self._training_from, self._training_chunks = self._train_steps(n), n, 0
+
+    def _advance_stale(self) -> None:
+        """Measure one odometry edge whose keyframe was revised (one per result, live: one per step)."""
+        if self._stale:
+            self._measure_edge(min(self._stale))
 
     def _advance_training(self, budget: int | None = None) -> None:
         """Do about `budget` comparisons of the vocabulary training in progress (at most twice that)."""
