@@ -33,6 +33,8 @@ class BackendEntry:
         priority: higher wins in `--backend auto` among runnable backends (negative: never chosen by auto).
         summary: one line for `recon replay --help` and the auto-selection message.
         config: the dataclass of its options (the base class: a backend without options).
+        map_defaults: map-layer options (recon.map.MapOptions fields) its outputs call for when loop closure is
+            on; the user's `map` options override them field by field.
     """
 
     name: str
@@ -41,6 +43,7 @@ class BackendEntry:
     priority: int = 0
     summary: str = ""
     config: type[BackendConfig] = BackendConfig
+    map_defaults: tuple[tuple[str, Any], ...] = ()
 
 
 _REGISTRY: dict[str, BackendEntry] = {}
@@ -97,8 +100,21 @@ def create_backend(name: str, **options: Any) -> Backend:
     if loop_closure:
         from recon.map import MapOptions, MappedBackend
 
-        backend = MappedBackend(backend, MapOptions.from_dict(dict(map_options or {})))
+        backend = MappedBackend(backend, MapOptions.from_dict(map_options_for(name, map_options)))
     return backend
+
+
+def map_options_for(name: str, map_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The map-layer options backend `name` runs with: its registry defaults under the user's."""
+    return _over(dict(entry(name).map_defaults), dict(map_options or {}))
+
+
+def _over(defaults: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
+    """`user` over `defaults`; nested option groups (dicts) merged one level down."""
+    out = dict(defaults)
+    for key, value in user.items():
+        out[key] = {**out[key], **value} if isinstance(out.get(key), dict) and isinstance(value, dict) else value
+    return out
 
 
 def _weights_installed(names: tuple[str, ...]) -> tuple[bool, str]:
@@ -135,7 +151,10 @@ def select_auto() -> tuple[str, str]:
 # backend is never chosen by auto but can be asked for everywhere (node tests, transport benchmarks).
 register(BackendEntry("geometric", "recon.backends.geometric:create", (), 0,
                       "weight-free: RGB-D odometry or monocular keyframe visual odometry",
-                      configs.GeometricBackendConfig))
+                      configs.GeometricBackendConfig,
+                      # Its keyframe points and poses come from one map, so the scale between keyframes is 1 by
+                      # construction: measuring it from their points only adds noise (recon.map.odometry).
+                      map_defaults=(("odometry", {"edges": "backend"}),)))
 register(BackendEntry("lingbot", "recon.backends.lingbot:create", ("lingbot-map-long",), 110,
                       "LingBot-Map: anchor frames + pose window + trajectory memory (bounded; Apache-2.0 code)",
                       configs.LingBotBackendConfig))

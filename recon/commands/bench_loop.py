@@ -42,19 +42,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--revisit-window", type=float, default=0.15, metavar="FRACTION",
                         help="early frames searched for the place the last frame revisits (default 0.15)")
-    parser.add_argument("--odometry-edges", default="measured", metavar="MODES",
-                        help="comma-separated odometry edge modes to run each sequence with: measured (default), "
-                             "backend (scale-1 edges, the behaviour before measured edges)")
+    parser.add_argument("--odometry-edges", default="default", metavar="MODES",
+                        help="comma-separated odometry edge modes to run each sequence with: default (the "
+                             "backend's, as the product runs it), measured, backend (scale-1 edges)")
 
 
 def measure(sequence: str, backend: str, options: dict, max_frames: int | None, revisit_window: float = 0.15,
-            odometry_edges: str = "measured") -> dict:
+            odometry_edges: str = "default") -> dict:
     """The loop-closure figures of one sequence."""
-    from recon.backends import create_backend
+    from recon.backends import create_backend, map_options_for
     from recon.datasets import open_sequence
     from recon.map import MapOptions, MappedBackend, OdometryRecorder, loop_figures
     from recon.map.metrics import revisit_error, revisited_frame
-    from recon.map.odometry import OdometryOptions
 
     frames = []
     opened = open_sequence(sequence)
@@ -63,7 +62,9 @@ def measure(sequence: str, backend: str, options: dict, max_frames: int | None, 
         if max_frames and len(frames) >= max_frames:
             break
     recorder = OdometryRecorder(create_backend(backend, **options))
-    mapped = MappedBackend(recorder, MapOptions(odometry=OdometryOptions(edges=odometry_edges)))
+    edges = {} if odometry_edges == "default" else {"odometry": {"edges": odometry_edges}}
+    map_options = MapOptions.from_dict(map_options_for(backend, edges))
+    mapped = MappedBackend(recorder, map_options)
     final: dict[int, np.ndarray] = {}
     t0 = time.perf_counter()
     for f in frames:
@@ -86,7 +87,7 @@ def measure(sequence: str, backend: str, options: dict, max_frames: int | None, 
     at = None if revisit is None else index[early[revisit.index].seq]
     truth = _truth_figures(getattr(opened, "ground_truth", None), frames, seqs, T_before, T_after)
     return {"sequence": sequence, "frames": len(frames), "posed": len(seqs), "mode": stats.extra["map_mode"],
-            "odometry_edges": odometry_edges, "odometry_sources": stats.extra["map_odometry"], **truth,
+            "odometry_edges": map_options.odometry.edges, "odometry_sources": stats.extra["map_odometry"], **truth,
             "keyframes": len(mapped.keyframes), "loops": len(mapped.loops), "optimisations": mapped.optimisations,
             "optimise_ms_mean": float(np.mean(opt_ms)) if opt_ms else None,
             "optimise_ms_max": float(np.max(opt_ms)) if opt_ms else None,

@@ -234,3 +234,15 @@ def test_replay_with_a_tiny_laser_and_loop_closure_writes_the_corrected_trajecto
     final = {r.seq: r.T_world_cam for r in results}
     assert any(not np.allclose(final[r.seq], r.T_world_cam) for r in firsts)  # the loop moved emitted frames
     np.testing.assert_allclose(T_file, np.stack([final[s] for s in range(36)]), atol=1e-5)
+
+
+def test_the_geometric_backend_keeps_its_own_scale_between_keyframes_unless_asked() -> None:
+    """Its keyframes share one map with its poses (the ratio is 1 by construction); learned backends measure it."""
+    from recon.backends import create_backend, map_options_for
+
+    assert create_backend("geometric", loop_closure=True).options.odometry.edges == "backend"
+    asked = create_backend("geometric", loop_closure=True, map={"odometry": {"edges": "measured", "min_inliers": 12}})
+    assert asked.options.odometry.edges == "measured" and asked.options.odometry.min_inliers == 12
+    assert map_options_for("laser") == {}
+    assert map_options_for("geometric", {"live": {"keyframes": 8}}) == {"odometry": {"edges": "backend"},
+                                                                       "live": {"keyframes": 8}}
