@@ -11,6 +11,12 @@ handing such a frame to another thread costs more than processing it. Sessions s
 the ROUTER themselves (`Replies`: the socket is shared under a lock, so an ack is no hand-off to this thread). It
 also sends the publisher's heartbeats and closes idle sessions.
 
+Acknowledgements of recorded frames processed here are coalesced (`ACK_DELAY_S`): a credit goes out once half the
+stream's window is processed, or `ACK_DELAY_S` after the first frame it acknowledges, whichever comes first. Each
+credit costs both sides a message and the node a wake-up of libzmq's I/O thread (a context switch on a 2-core
+machine); a pipelined camera still holds half its window in credit, so it never waits for one. Live frames are
+acknowledged at once: their camera sends its next frame only then.
+
 A malformed message is counted by kind, logged once per kind and dropped; when its header names a frame, the
 camera is told (a refusal naming the fault), so it does not re-send it forever.
 """
@@ -39,6 +45,14 @@ logger = logging.getLogger(__name__)
 SUBSCRIBER_POLL_S = 0.005
 """How often the ingest thread reads the publisher's subscription events."""
 
+RECEIVE_BATCH = 16
+"""Messages taken off the ROUTER under one acquisition of its lock (`Replies.receive`)."""
+
+ACK_DELAY_S = 0.002
+"""Longest the acknowledgement of a recorded frame processed on the ingest thread waits to share its credit with
+later frames' (see the module docstring). Below the ~5 ms a pipelined window of 8 lasts at the camera rates that
+keep this thread busy, so credit never runs out for it; a few ms is nothing to a recorded source."""
+
 
 class Ingest:
     """Owns the ROUTER socket; `run` is the ingest thread's loop (until `finish`)."""
@@ -54,6 +68,8 @@ class Ingest:
         self.rejects = rejects
         self.messages_in = 0
         self._peers: collections.OrderedDict[bytes, Peer] = collections.OrderedDict()
+        self._deferred: dict[int, Any] = {}  # sessions holding acknowledgements of inline frames (ACK_DELAY_S)
+        self._flush_at = 0.0
         self._finish = threading.Event()
         self._sock = open_socket(context, zmq.ROUTER, limits=limits, security=security, server=True, hwm=hwm)
         # A reply that cannot be queued (the camera's queue is full, or it is gone) fails instead of vanishing, so
@@ -82,9 +98,15 @@ class Ingest:
         next_subscribers = now
         try:
             while not self._finish.is_set():
-                if not self._receive():
-                    self.replies.wait(poller, timeout)
+                if self._receive():
+                    wait = timeout
+                    if self._deferred:
+                        wait = max(0, min(timeout, int(1000 * (self._flush_at - time.monotonic()) + 1)))
+                    if wait:
+                        self.replies.wait(poller, wait)
                 now = time.monotonic()
+                if self._deferred and now >= self._flush_at:
+                    self._flush_acks()
                 if now >= next_subscribers:
                     # Subscription events are not per frame: reading them at most every few ms saves a lock and a
                     # socket query per message (a subscriber still counts within SUBSCRIBER_POLL_S of connecting).
@@ -96,34 +118,38 @@ class Ingest:
                     self.table.sweep()
             self.publisher.poll_subscribers()
         finally:
+            self._flush_acks()
             sock = self.replies.detach()
             (sock or self._sock).close(linger=500)  # queued acknowledgements still reach their cameras
 
-    def _receive(self) -> int:
-        """Handle the messages waiting now (at most 256); returns how many there were."""
+    def _receive(self) -> bool:
+        """Handle the messages waiting now (at most 256); True when the socket was found empty (time to wait).
+
+        After a batch that emptied the socket, the wait looks again (under the lock, as it must: `Replies.wait`)
+        rather than a second look here. Each look is a ZMQ_EVENTS query: a poll(2), and after the I/O thread queued
+        a message, the command processing that goes with it."""
         count = 0
         while count < 256:
-            batch = self.replies.receive()
-            if not batch:
-                break
+            batch = self.replies.receive(RECEIVE_BATCH)
             count += len(batch)
-            deferred: dict[int, Any] = {}
-            try:
-                ids = [parts[0].bytes for parts in batch]
-                for i, parts in enumerate(batch):
-                    # More of this sender's messages follow in the burst: acks of inline frames wait for them.
-                    self._one(ids[i], parts, deferred if i + 1 < len(batch) and ids[i + 1] == ids[i] else None)
-            finally:
-                for session in deferred.values():
-                    session.flush_acks()
-        return count
+            for parts in batch:
+                self._one(parts[0].bytes, parts)
+            if len(batch) < RECEIVE_BATCH:
+                return True
+        return False
 
-    def _one(self, routing_id: bytes, parts: list[Any], deferred: dict[int, Any] | None) -> None:
+    def _flush_acks(self) -> None:
+        """Send the acknowledgements inline frames left waiting (ACK_DELAY_S)."""
+        deferred, self._deferred = self._deferred, {}
+        for session in deferred.values():
+            session.flush_acks()
+
+    def _one(self, routing_id: bytes, parts: list[Any]) -> None:
         try:
             peer = self._peers.get(routing_id)
             if peer is None:
                 peer = self._peer(routing_id, parts[1] if len(parts) > 1 else parts[0])
-            self._handle(peer, parts[1:], deferred)
+            self._handle(peer, parts[1:])
         except ProtocolError as e:
             self.rejects(P.fault_kind(e), "rejected message: %s", e)
         except Exception as e:  # never let one message kill the ingest thread
@@ -142,7 +168,7 @@ class Ingest:
         return peer
 
     # -- one message ------------------------------------------------------------------------------------------
-    def _handle(self, peer: Peer, parts: list[Any], deferred: dict[int, Any] | None = None) -> None:
+    def _handle(self, peer: Peer, parts: list[Any]) -> None:
         try:
             msg = P.decode(parts, self.limits, images=False)
         except ProtocolError as e:
@@ -153,9 +179,12 @@ class Ingest:
             session, offer = self.table.offer(peer, msg)
             self._answer(peer, msg, offer, session)
             if offer.item is not None:  # a fast session's frame: processed here, no hand-off (INLINE_MAX_S)
-                if deferred is not None:
-                    deferred[id(session)] = session
-                session.process_inline(offer.item, defer_ack=deferred is not None)
+                defer = not offer.item.live
+                if defer and not self._deferred:
+                    self._flush_at = time.monotonic() + ACK_DELAY_S
+                if defer:
+                    self._deferred[id(session)] = session
+                session.process_inline(offer.item, defer_ack=defer)
         elif kind == P.HEARTBEAT:
             # Answered with a credit: it carries the window, the node's id and its limits, so a camera learns all
             # three at connect time and notices a restarted node by its new id.

@@ -8,7 +8,8 @@ What runs, for each configuration (size, encoding, streams), in rounds, interlea
 systems alternated from round to round (so a busy machine slows all of them alike):
 
 - recon, credit window N (`--window`, default 8) and window 1: camera nodes (threads of this process,
-  `CameraNode`) stream pre-made frames to a reconstruction node *process* on loopback tcp with
+  `CameraNode`) stream pre-made frames to a reconstruction node *process* on loopback tcp (`--transport ipc`:
+  a unix socket in a private folder, for both systems) with
   `--backend identity` (no model: transport, validation, session queue, result encoding and publishing and the
   credit round trip are measured). Latency: send to the frame's acknowledgement arriving back at its camera (the
   node acknowledges a frame once its result is published), like imagezmq's send to reply. With `--subscriber`
@@ -20,6 +21,8 @@ systems alternated from round to round (so a busy machine slows all of them alik
 
 Printed per configuration: the median frames/s over the rounds of each system, p50/p99 latency over all rounds,
 and the ratio recon / imagezmq computed per round (median and range), so the figure compares like with like.
+A tiny size (`--sizes 16x12`) measures what each message costs apart from moving its pixels: the ceiling that no
+way of moving the payload (a faster socket, shared memory) can lift.
 The load test that used to follow is `recon bench live`.
 """
 
@@ -52,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--streams", default="1,4", help="comma-separated stream counts")
     parser.add_argument("--encodings", default="raw,jpeg", help="comma-separated: raw, jpeg")
     parser.add_argument("--window", type=int, default=8, help="credit window of the pipelined recon rows")
+    parser.add_argument("--transport", choices=("tcp", "ipc"), default="tcp",
+                        help="loopback tcp (default) or a unix socket (ipc://) in a private folder, for both systems")
     parser.add_argument("--subscriber", action="store_true",
                         help="recon rows: a result subscriber in this process receives every result; latency is "
                              "capture to result arrival (default: send to acknowledgement, like imagezmq's reply)")
@@ -150,16 +155,33 @@ class ResultTimes:
         self.viewer.stop()
 
 
+_FOLDERS: list[str] = []
+"""Private folders of the ipc endpoints, removed when the benchmark ends."""
+
+
+def endpoints(transport: str, n: int) -> list[str]:
+    """`n` fresh endpoints: loopback tcp ports, or unix sockets in a new private (0700) folder."""
+    from recon.nodes.pipeline import free_port
+
+    if transport == "ipc":
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="recon-bench-")
+        _FOLDERS.append(folder)
+        return [f"ipc://{folder}/{i}" for i in range(n)]
+    return [f"tcp://127.0.0.1:{free_port()}" for _ in range(n)]
+
+
 def _recon(cfg: tuple[str, str, int], seconds: float, images: list[np.ndarray], window: int, rnd: int,
-           subscriber: bool = False) -> Row:
+           subscriber: bool = False, transport: str = "tcp") -> Row:
     import zmq
 
     from recon.nodes.camera_node import CameraNode, CameraNodeConfig
-    from recon.nodes.pipeline import free_port, node_command, stop_process
+    from recon.nodes.pipeline import node_command, stop_process
     from recon.nodes.transport import request
 
     size, encoding, streams = cfg
-    ep_in, ep_out, ep_ctl = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
+    ep_in, ep_out, ep_ctl = endpoints(transport, 3)
     proc = subprocess.Popen(node_command("recon", "--bind", ep_in, "--publish", ep_out, "--control", ep_ctl,
                                          "--backend", "identity", "--heartbeat", "0.1",
                                          "--wait-subscribers", "1" if subscriber else "0",
@@ -228,14 +250,15 @@ def imagezmq_hub(endpoint: str, decode: bool) -> None:
         hub.send_reply(b"OK")
 
 
-def _imagezmq(cfg: tuple[str, str, int], seconds: float, images: list[np.ndarray], rnd: int) -> Row:
+def _imagezmq(cfg: tuple[str, str, int], seconds: float, images: list[np.ndarray], rnd: int,
+              transport: str = "tcp") -> Row:
     import cv2
     import imagezmq
 
-    from recon.nodes.pipeline import free_port, stop_process
+    from recon.nodes.pipeline import stop_process
 
     size, encoding, streams = cfg
-    ep = f"tcp://127.0.0.1:{free_port()}"
+    ep = endpoints(transport, 1)[0]
     code = f"from recon.commands.bench_transport import imagezmq_hub; imagezmq_hub({ep!r}, {encoding == 'jpeg'})"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lat: list[list[float]] = [[] for _ in range(streams)]
@@ -325,7 +348,6 @@ def summarize(rows: list[Row], window: int) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
 
     import imagezmq  # noqa: F401 - fail early with a clear error when the peer is not installed
 
@@ -334,6 +356,19 @@ def run(args: argparse.Namespace) -> int:
     tune_allocator()  # as in every node process (the cameras run in this one)
 
     rows: list[Row] = []
+    try:
+        _measure(args, rows)
+    finally:
+        import shutil
+
+        for folder in _FOLDERS:
+            shutil.rmtree(folder, ignore_errors=True)
+    _report(args, rows)
+    return 0
+
+
+def _measure(args: argparse.Namespace, rows: list[Row]) -> None:
+    """Every configuration, round and system (appended to `rows`)."""
     for size in [s.strip() for s in args.sizes.split(",") if s.strip()]:
         w, h = (int(v) for v in size.lower().split("x"))
         images = frames_for(w, h)
@@ -341,9 +376,11 @@ def run(args: argparse.Namespace) -> int:
             for streams in (int(s) for s in args.streams.split(",")):
                 cfg = (size, encoding, streams)
                 systems: list[Callable[[int], Row]] = [
-                    lambda rnd, c=cfg, im=images: _recon(c, args.duration, im, args.window, rnd, args.subscriber),
-                    lambda rnd, c=cfg, im=images: _recon(c, args.duration, im, 1, rnd, args.subscriber),
-                    lambda rnd, c=cfg, im=images: _imagezmq(c, args.duration, im, rnd),
+                    lambda rnd, c=cfg, im=images: _recon(c, args.duration, im, args.window, rnd, args.subscriber,
+                                                         args.transport),
+                    lambda rnd, c=cfg, im=images: _recon(c, args.duration, im, 1, rnd, args.subscriber,
+                                                         args.transport),
+                    lambda rnd, c=cfg, im=images: _imagezmq(c, args.duration, im, rnd, args.transport),
                 ]
                 for rnd in range(args.rounds):
                     for fn in (systems if rnd % 2 == 0 else systems[::-1]):
@@ -352,12 +389,19 @@ def run(args: argparse.Namespace) -> int:
                         logger.info("round %d %-16s %-9s %-4s x%d: %7.1f frames/s  p50 %6.2f ms  p99 %6.2f ms", rnd,
                                     row.system, size, encoding, streams, row.fps, _pct(row.latency_ms, 50),
                                     _pct(row.latency_ms, 99))
+
+
+def _report(args: argparse.Namespace, rows: list[Row]) -> None:
+    """Print the tables (and write --json)."""
+    import os
+
     table = summarize(rows, args.window)
     w8 = f"recon window {args.window}"
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     what = ("capture -> result at a subscriber" if args.subscriber
             else "send -> acknowledgement (recon), send -> reply (imagezmq)")
-    print(f"\nrecon bench transport  ({os.cpu_count()} CPUs, load average {load}, loopback tcp, {args.rounds} "
+    link = "loopback tcp" if args.transport == "tcp" else "unix sockets (ipc)"
+    print(f"\nrecon bench transport  ({os.cpu_count()} CPUs, load average {load}, {link}, {args.rounds} "
           f"interleaved rounds of {args.duration:g} s per system, order alternated; latency: {what})\n")
     print(f"| size | enc | streams | {w8} fps | p50 / p99 ms | recon window 1 fps | p50 / p99 ms | imagezmq fps | "
           f"p50 / p99 ms | {w8} / imagezmq (range) | window 1 / imagezmq (range) | added p99 ms (window 1) |")
@@ -383,4 +427,3 @@ def run(args: argparse.Namespace) -> int:
             json.dump({"summary": table, "rounds": [{**asdict(r), "latency_ms": None,
                                                      "p50_ms": _pct(r.latency_ms, 50),
                                                      "p99_ms": _pct(r.latency_ms, 99)} for r in rows]}, f, indent=1)
-    return 0

@@ -4,6 +4,12 @@ A keyframe keeps what place recognition and loop verification need and nothing m
 (`T_odom_cam`, the odometry the pose graph starts from), ORB keypoints and descriptors of the full-resolution
 image, and each keypoint's 3-D position in the camera frame (from the frame's depth when it has metric depth,
 otherwise from the result's point map or depth), so a loop edge can be measured 3D-3D for every backend.
+
+A live session's map is bounded (`LiveBounds`): a camera that circles one room adds keyframes (and finds loops)
+for as long as it runs, and each keyframe's features are ~57 KB (1000 ORB descriptors, keypoints, 3-D points,
+words). Beyond `LiveBounds.keyframes`, the oldest keyframes give up their features (`Keyframe.drop_features`):
+they stay pose-graph nodes, so the graph and every frame attached to them are unchanged, but can no longer be
+matched as loop candidates (the room's newer keyframes are). Recorded sources keep everything.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ class Keyframe:
         size: (width, height) of the image the keypoints are in.
         scale: median keypoint depth (the keyframe's scene scale in its own units; 1 when unknown).
         words: vocabulary word of each descriptor (int32 [n]); empty until a vocabulary exists.
+        evicted: its features were dropped (a bounded live map); had_points: whether it had 3-D keypoints then.
     """
 
     index: int
@@ -43,10 +50,23 @@ class Keyframe:
     size: tuple[int, int] = (0, 0)
     scale: float = 1.0
     words: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    evicted: bool = False
+    had_points: bool = False
 
     @property
     def has_points(self) -> bool:
+        if self.evicted:
+            return self.had_points  # the map's scene unit stays the keyframe it was measured on
         return bool(np.isfinite(self.points_cam[:, 2]).any()) if len(self.points_cam) else False
+
+    def drop_features(self) -> None:
+        """Forget keypoints, descriptors, 3-D points and words (pose, seq and scale stay: it remains a node)."""
+        self.had_points = self.has_points
+        self.evicted = True
+        self.keypoints = np.zeros((0, 2), np.float32)
+        self.descriptors = np.zeros((0, 32), np.uint8)
+        self.points_cam = np.zeros((0, 3), np.float32)
+        self.words = np.zeros(0, np.int32)
 
     def refresh_points(self, result: FrameResult, depth: np.ndarray | None = None) -> None:
         """Take 3-D keypoints from a revised result of the same frame (where it has them) and re-measure the scale."""
@@ -166,3 +186,52 @@ class KeyframePolicy:
         rel = inv_se3(last.T_odom_cam) @ T_odom_cam
         moved = float(np.linalg.norm(rel[:3, 3])) / max(last.scale, 1e-9)
         return moved >= self.translation or np.degrees(rotation_angle(rel[:3, :3])) >= self.rotation_deg
+
+
+@dataclass
+class LiveBounds:
+    """What the map of a live session keeps (`MapOptions.live`; 0 disables a bound). Recorded sources are not
+    bounded: a replay's map is its whole sequence, and its results must not depend on these.
+
+    Attributes:
+        keyframes: keyframes holding features for place recognition; beyond it the oldest lose them
+            (`evict`). 96 keep ~5.5 MB per stream and, at the 0.3-0.6 keyframes/s of a live geometric
+            stream on a loaded 2-core machine, the last 3-5 minutes recognisable.
+        loop_every: after a keyframe found a loop, the next `loop_every` keyframes do not search (they overlap the
+            place just closed; searching them verified a loop at almost every keyframe of a camera circling a room,
+            1.7 per keyframe, and each verification took 0.1-0.4 s of the step); a search also stops at its first
+            verified candidate. candidates: best-scoring candidates a live search verifies (`MapOptions.candidates`).
+        loops: loops kept in the pose graph; beyond it the oldest is dropped (counted). The consistency check
+            compares every pair of loops, so its cost grows with their square.
+        frames: per-frame records kept to revise past frames after a loop closes; older frames are not revised.
+        frame_cache: input frames kept for keyframe features (`MapOptions.frame_cache`, 64: 59 MB per stream at
+            640x480); a live result arrives within a few steps of its frame (the monocular initialisation's
+            revisions come later and use their result's own image).
+        training_budget: `MapOptions.vocabulary_budget` for live streams, spent once per step (not per result:
+            a step that emits revisions did several): 1 << 20 comparisons took 25-60 ms on the loaded 2-core machine
+            (not the milliseconds of an idle one), in each of the first minutes' steps.
+    """
+
+    keyframes: int = 96
+    loop_every: int = 8
+    candidates: int = 1
+    loops: int = 64
+    frames: int = 2048
+    frame_cache: int = 16
+    training_budget: int = 1 << 18
+
+    def evict(self, keyframes: list[Keyframe], protected: set[int]) -> list[int]:
+        """Drop the features of the oldest keyframes while more than `self.keyframes` hold them, never of those
+        in `protected` (the newest, the ends of loops not solved yet); returns the indices evicted, oldest first."""
+        if self.keyframes <= 0:
+            return []
+        holding = [kf for kf in keyframes if not kf.evicted]
+        excess = len(holding) - self.keyframes
+        out: list[int] = []
+        for kf in holding:
+            if len(out) >= excess:
+                break
+            if kf.index not in protected:
+                kf.drop_features()
+                out.append(kf.index)
+        return out

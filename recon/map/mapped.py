@@ -30,7 +30,7 @@ import numpy as np
 from recon.backends.base import BackendState
 from recon.errors import ConfigError, StateError
 from recon.geometry import Sim3, inv_se3, rotation_angle
-from recon.map.keyframes import Keyframe, KeyframePolicy, OrbExtractor, full_resolution_K, keypoint_points
+from recon.map.keyframes import Keyframe, KeyframePolicy, LiveBounds, OrbExtractor, full_resolution_K, keypoint_points
 from recon.map.pose_graph import GraphNoise, consistent_loops, optimise_pose_graph
 from recon.map.verify import LoopMeasurement, VerifyOptions, verify_loop
 from recon.map.vocabulary import BinaryVocabulary, PlaceIndex
@@ -67,6 +67,8 @@ class MapOptions:
         frame_cache: recent input frames kept for keyframe features (windowed backends emit late).
         min_3d: fraction of a keyframe's keypoints that must have a 3-D position.
         verify, noise: verification thresholds and pose-graph sigmas.
+        live: what the map of a live session keeps (`recon.map.keyframes.LiveBounds`: keyframes with features,
+            loop searches, loops, frame records); recorded sources are not bounded.
     """
 
     features: int = 1000
@@ -85,6 +87,7 @@ class MapOptions:
     min_3d: float = 0.3
     verify: VerifyOptions = field(default_factory=VerifyOptions)
     noise: GraphNoise = field(default_factory=GraphNoise)
+    live: LiveBounds = field(default_factory=LiveBounds)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MapOptions:
@@ -94,7 +97,8 @@ class MapOptions:
         if unknown:
             raise ConfigError(f"map options: unknown {unknown}; known: {sorted(known)}")
         v = dict(values)
-        for name, typ in (("keyframe", KeyframePolicy), ("verify", VerifyOptions), ("noise", GraphNoise)):
+        for name, typ in (("keyframe", KeyframePolicy), ("verify", VerifyOptions), ("noise", GraphNoise),
+                          ("live", LiveBounds)):
             if isinstance(v.get(name), dict):
                 v[name] = typ(**v[name])
         opts = cls(**v)
@@ -138,9 +142,14 @@ class MappedBackend:
         self._reset_map()
 
     def step(self, frame: Frame) -> list[FrameResult]:
+        self._live = bool(frame.meta.get("live", False))
         self._recent[frame.seq] = (frame.image, frame.depth)
-        while len(self._recent) > self.options.frame_cache:
+        cache = min(self.options.frame_cache, self.options.live.frame_cache or self.options.frame_cache) \
+            if self._live else self.options.frame_cache
+        while len(self._recent) > cache:
             self._recent.popitem(last=False)
+        if self._live:
+            self._advance_training()  # live: one budget per step (per result, a step with revisions spent several)
         return self._with_correction(self._process(self.inner.step(frame)))
 
     def flush(self) -> list[FrameResult]:
@@ -161,7 +170,8 @@ class MappedBackend:
     def stats(self) -> BackendStats:
         s = self.inner.stats()
         s.extra.update(map_keyframes=len(self.keyframes), map_loops=len(self.loops), map_loops_used=self.loops_used,
-                       map_optimisations=self.optimisations, map_mode="sim3" if self._sim3 else "se3")
+                       map_optimisations=self.optimisations, map_mode="sim3" if self._sim3 else "se3",
+                       map_evicted=dict(self.evicted))
         if self._opt_ms:
             s.timings_ms["pose_graph"] = float(np.mean(self._opt_ms))
         s.memory_bytes += sum(k.descriptors.nbytes + k.keypoints.nbytes + k.points_cam.nbytes for k in self.keyframes)
@@ -204,6 +214,9 @@ class MappedBackend:
         self._opt_ms: list[float] = []
         self._K_full: np.ndarray | None = None
         self._stream_id = ""
+        self._live = False
+        self._last_loop_kf = -10**9
+        self.evicted = {"keyframes": 0, "loops": 0, "frames": 0}  # what the live bounds dropped
 
     def _correction(self, k: int) -> Sim3:
         return self._nodes[k] @ Sim3.from_se3(self.keyframes[k].T_odom_cam).inverse()
@@ -211,7 +224,8 @@ class MappedBackend:
     def _process(self, results: list[FrameResult]) -> list[FrameResult]:
         out: list[FrameResult] = []
         for r in results:
-            self._advance_training()
+            if not self._live:
+                self._advance_training()
             if not r.tracked:
                 out.append(r)
                 continue
@@ -244,6 +258,8 @@ class MappedBackend:
                         updates = self._after_keyframe(k)
                 rec = _Record(int(r.t_ns), r.T_world_cam.copy(), r.K.copy(), k, bool(r.metric), r.T_world_cam.copy())
                 self._frames[r.seq] = rec
+                if self._live:
+                    self._bound_frames()
             C = self._correction(rec.keyframe) if rec.keyframe >= 0 else Sim3.identity()
             out.append(self._apply(r, C))
             rec.T_out = out[-1].T_world_cam.copy()
@@ -284,7 +300,30 @@ class MappedBackend:
         self._nodes.append(C_prev @ Sim3.from_se3(kf.T_odom_cam))
         self._set_unit()
         self._index_keyframe(kf)
+        if self._live:
+            self._bound_keyframes()
         return k
+
+    def _bound_keyframes(self) -> None:
+        """Live: the oldest keyframes beyond `LiveBounds.keyframes` lose their features (never the newest, a
+        pending loop's ends, or any while a vocabulary training in progress reads them)."""
+        if self._training is not None:
+            return
+        protected = {self.keyframes[-1].index} | {i for m in self.loops[len(self.loops) - self._pending_loops:]
+                                                  for i in (m.query, m.match)}
+        for i in self.options.live.evict(self.keyframes, protected):
+            self._index.drop(i)
+            self.evicted["keyframes"] += 1
+            if self.evicted["keyframes"] == 1:
+                logger.info("map: live stream %s holds %d keyframes with features; older ones keep only their pose "
+                            "node (MapOptions.live.keyframes)", self._stream_id, self.options.live.keyframes)
+
+    def _bound_frames(self) -> None:
+        """Live: records of the oldest frames beyond `LiveBounds.frames` go (those frames are no longer revised)."""
+        cap = self.options.live.frames
+        while cap > 0 and len(self._frames) > cap:
+            del self._frames[next(iter(self._frames))]
+            self.evicted["frames"] += 1
 
     def _set_unit(self) -> None:
         """The graph's scene scale: the median depth of the first keyframe that has 3-D points."""
@@ -302,7 +341,8 @@ class MappedBackend:
 
     def _advance_training(self, budget: int | None = None) -> None:
         """Do about `budget` comparisons of the vocabulary training in progress (at most twice that)."""
-        budget = self.options.vocabulary_budget if budget is None else budget
+        if budget is None:
+            budget = self.options.live.training_budget if self._live else self.options.vocabulary_budget
         spent = 0
         while self._training is not None and spent < budget:
             try:
@@ -313,8 +353,9 @@ class MappedBackend:
 
     def _train_steps(self, n: int) -> Generator[int, None, None]:
         """Train on the first `n` keyframes, give every keyframe (those added meanwhile too) its new words, then
-        swap vocabulary and index in at once; yields the work of each chunk (see `BinaryVocabulary.train_steps`)."""
-        budget = self.options.vocabulary_budget
+        swap vocabulary and index in at once; yields the work of each chunk (see `BinaryVocabulary.train_steps`;
+        the words do not depend on the chunk size)."""
+        budget = self.options.live.training_budget if self._live else self.options.vocabulary_budget
         centres = yield from self._vocab.train_steps(np.concatenate([k.descriptors for k in self.keyframes[:n]]),
                                                      budget)
         words: list[np.ndarray] = []
@@ -330,9 +371,16 @@ class MappedBackend:
         logger.info("map: vocabulary of %d words trained on %d keyframes", len(centres), n)
 
     def _after_keyframe(self, k: int) -> list[FrameResult]:
-        for loop in self._detect_loops(k):
+        live = self.options.live if self._live else None
+        loops = [] if live is not None and k - self._last_loop_kf <= live.loop_every else self._detect_loops(k)
+        for loop in loops:
+            self._last_loop_kf = k
             self.loops.append(loop)
             self._pending_loops += 1
+            if live is not None and 0 < live.loops < len(self.loops):
+                self.loops.pop(0)
+                self._pending_loops = min(self._pending_loops, len(self.loops))
+                self.evicted["loops"] += 1
             logger.info("map: loop keyframe %d (seq %d) -> %d (seq %d): %d inliers of %d matches, scale %.3f", k,
                         self.keyframes[k].seq, loop.match, self.keyframes[loop.match].seq, loop.inliers,
                         loop.matches, loop.S_match_query.s)
@@ -355,7 +403,7 @@ class MappedBackend:
         old = np.arange(0, k - o.min_loop_gap)
         if len(old) == 0 or reference <= 0:
             return []
-        order = old[np.argsort(-scores[old], kind="stable")][: o.candidates]
+        order = old[np.argsort(-scores[old], kind="stable")][: o.live.candidates if self._live else o.candidates]
         found: list[LoopMeasurement] = []
         for j in order:
             if scores[j] < o.min_score * reference:
@@ -364,6 +412,8 @@ class MappedBackend:
                             options=o.verify)
             if m is not None:
                 found.append(m)
+                if self._live:
+                    break  # live: one loop per search (LiveBounds)
         return found
 
     def _optimise(self) -> list[FrameResult]:

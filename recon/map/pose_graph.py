@@ -25,6 +25,7 @@ about sigma_loop^2 / (sigma_loop^2 + n * sigma_odom^2) of the drift for n odomet
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,8 @@ from scipy.special import chdtri
 
 from recon.geometry import Sim3, rotation_angle
 from recon.utils.imports import require_package
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ def _chain(odometry: list[Sim3]) -> list[Sim3]:
 
 
 def consistent_loops(odometry: list[Sim3], loops: list[tuple[int, int, Sim3]], *, sim3: bool, unit: float,
-                     noise: GraphNoise = GraphNoise(), p: float = 0.999) -> list[int]:
+                     noise: GraphNoise = GraphNoise(), p: float = 0.999, search_budget: int = 5000) -> list[int]:
     """Indices of the largest set of loops that are pairwise consistent with each other and the odometry.
 
     Loops a = (i_a, j_a, S_a) and b close the cycle S_a (odometry j_a -> j_b) S_b^-1 (odometry i_b -> i_a),
@@ -89,6 +92,11 @@ def consistent_loops(odometry: list[Sim3], loops: list[tuple[int, int, Sim3]], *
     with their standard deviations from the graph's own sigmas (n odometry edges on the two paths, two loops):
     the pair is consistent when the sum of squares is below the chi-square quantile `p` (7 or 6 degrees of
     freedom). Ties between sets of the same size go to the one with the smaller total cycle error.
+
+    The set is a maximum clique, exponential in the worst case: a camera that circles one room finds a loop at
+    nearly every keyframe, many of them nearly consistent, and an unbounded search took minutes in one step
+    (77 loops). So at most `search_budget` sets are tried; the first, greedy descent already yields a maximal
+    set, and the search keeps the largest found when the budget runs out (logged).
     """
     n = len(loops)
     if n <= 1:
@@ -111,17 +119,22 @@ def consistent_loops(odometry: list[Sim3], loops: list[tuple[int, int, Sim3]], *
             cost[a, b] = cost[b, a] = c
     ok = cost < limit
     best: tuple[int, float, list[int]] = (1, 0.0, [0])
+    left = max(1, int(search_budget))
 
     def grow(clique: list[int], candidates: list[int], total: float) -> None:
-        nonlocal best
+        nonlocal best, left
+        left -= 1
         if (len(clique), -total) > (best[0], -best[1]):
             best = (len(clique), total, list(clique))
         for k, c in enumerate(candidates):
-            if len(clique) + len(candidates) - k < best[0]:
-                return  # cannot beat the best any more
+            if left <= 0 or len(clique) + len(candidates) - k < best[0]:
+                return  # out of budget, or cannot beat the best any more
             grow(clique + [c], [d for d in candidates[k + 1:] if ok[c, d]], total + sum(cost[c, e] for e in clique))
 
     grow([], list(range(n)), 0.0)
+    if left <= 0:
+        logger.info("pose graph: consistent-set search of %d loops stopped after %d sets (largest found: %d)", n,
+                    int(search_budget), best[0])
     return sorted(best[2])
 
 

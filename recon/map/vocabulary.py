@@ -162,11 +162,12 @@ class PlaceIndex:
     """Bag-of-words vectors of the keyframes and DBoW2's L1 similarity between them.
 
     Word weights are tf-idf with the idf counted over the keyframes held, recomputed on each query (a
-    word in every keyframe carries no information about place).
+    word in every keyframe carries no information about place). A keyframe without words (its features were
+    dropped from a bounded live map, `drop`) holds no vector: it scores -1 and does not count in the idf.
     """
 
     def __init__(self) -> None:
-        self.histograms: list[np.ndarray] = []  # per keyframe: word counts (float32 [k])
+        self.histograms: list[np.ndarray | None] = []  # per keyframe: word counts (float32 [k]), None if dropped
         self.k = 0
 
     def reset(self, k: int) -> None:
@@ -174,16 +175,29 @@ class PlaceIndex:
         self.k = int(k)
 
     def add(self, words: np.ndarray) -> None:
-        self.histograms.append(np.bincount(words, minlength=self.k).astype(np.float32)[: self.k])
+        """The next keyframe's words (none: a keyframe whose features were dropped)."""
+        self.histograms.append(np.bincount(words, minlength=self.k).astype(np.float32)[: self.k] if len(words)
+                               else None)
+
+    def drop(self, i: int) -> None:
+        """Forget keyframe `i`'s vector (it keeps its position, so indices stay those of the keyframes)."""
+        if 0 <= i < len(self.histograms):
+            self.histograms[i] = None
 
     def __len__(self) -> int:
         return len(self.histograms)
 
     def scores(self, query: int) -> np.ndarray:
-        """Similarity in [0, 1] of keyframe `query` to every keyframe (1 - |v_q - v_i|_1 / 2, L1-normalised)."""
-        H = np.stack(self.histograms)
+        """Similarity in [0, 1] of keyframe `query` to every keyframe (1 - |v_q - v_i|_1 / 2, L1-normalised);
+        -1 for keyframes without a vector (the query's own dropped too: all -1)."""
+        out = np.full(len(self.histograms), -1.0, np.float32)
+        held = [i for i, h in enumerate(self.histograms) if h is not None]
+        if query not in set(held):
+            return out
+        H = np.stack([self.histograms[i] for i in held])
         df = np.count_nonzero(H > 0, axis=0)
         idf = np.log(len(H) / np.maximum(df, 1)).astype(np.float32)
         V = H / np.maximum(H.sum(1, keepdims=True), 1.0) * idf
         V /= np.maximum(V.sum(1, keepdims=True), 1e-12)
-        return 1.0 - 0.5 * np.abs(V - V[query]).sum(1)
+        out[held] = 1.0 - 0.5 * np.abs(V - V[held.index(query)]).sum(1)
+        return out

@@ -6,7 +6,10 @@ The node reaches these through `recon.checkpoint.STATE_ADAPTERS` until `Geometri
 What is saved: the backend's session attributes (mode, image size, intrinsics, output stride, counters, timings)
 and every attribute of its tracker (RgbdOdometry or MonoVO: keyframes, tracks, map points, motion model, the
 frames held before initialisation, a finished background bundle adjustment waiting to be applied...) that is
-plain data (`recon.backends.snapshot`); a background adjustment still running is waited for first. Attributes
+plain data (`recon.backends.snapshot`). A background adjustment still running is not waited for: the snapshot
+leaves it out and marks the window for another adjustment, which a restored tracker runs at its next keyframe
+(waiting held the session's next frame for the rest of the solve, up to seconds on a loaded machine, every
+`checkpoint_every` frames of a live stream; only live streams adjust in the background). Attributes
 the tracker's constructor derives from its options are not saved but rebuilt: modules, loggers (WarnOnce) and
 open3d helper objects; the one open3d value that is state, the keyframe's RGB-D image, is saved as arrays. Any
 other value that is not plain data raises StateError naming the attribute, so a tracker that grows new kinds of
@@ -56,12 +59,23 @@ def _is_rgbd_image(value: Any) -> bool:
 
 def _tracker_values(tracker: Any) -> dict[str, Any]:
     values: dict[str, Any] = {}
-    for name, value in vars(tracker).items():
+    for name, value in _settled(tracker).items():
         if _is_rgbd_image(value):
             values[name] = {"$rgbd": True, "color": value.color.as_tensor().numpy().copy(),
                             "depth": value.depth.as_tensor().numpy().copy()}
         elif not _rebuilt_by_constructor(value):
             values[name] = value
+    return values
+
+
+def _settled(tracker: Any) -> dict[str, Any]:
+    """The tracker's attributes with a background adjustment still running left out (MonoVO: `_ba_job`, whose
+    thread is not data) and the window marked to be adjusted again; a finished one is kept, to be applied."""
+    values = dict(vars(tracker))
+    job = values.get("_ba_job")
+    if job is not None and not job.wait(0):
+        values["_ba_job"] = None
+        values["_ba_wanted"] = True
     return values
 
 
@@ -75,8 +89,6 @@ def _to_rgbd(value: dict[str, Any]) -> Any:
 def save_state(backend: Any) -> BackendState:
     """The backend's session as a BackendState (StateError when some of it is not plain data)."""
     tracker = backend._tracker
-    if hasattr(tracker, "quiesce"):
-        tracker.quiesce()  # MonoVO: a background bundle adjustment finishes first (its result is saved)
     values = {"backend": snapshot.fields_of(backend, BACKEND_FIELDS),
               "tracker": None if tracker is None else _tracker_values(tracker)}
     return snapshot.to_state(backend.name, VERSION, _config(backend), values)

@@ -93,29 +93,33 @@ def test_recorded_frames_are_adjusted_in_the_step_and_replay_identically() -> No
         np.testing.assert_array_equal(a.T_world_cam, b.T_world_cam)
 
 
-def test_a_checkpoint_waits_for_the_running_adjustment_and_a_restored_backend_applies_it(
+def test_a_checkpoint_does_not_wait_for_the_running_adjustment_and_a_restored_backend_adjusts_again(
         gate: threading.Event) -> None:
+    """Waiting held the session's next frame for the rest of the solve; the snapshot leaves the running job out
+    and marks the window, which the restored tracker adjusts at its next keyframe."""
     frames = _frames(40, live=True, every=2)
     first = create_backend("geometric", mode="mono")
     _, n = _step_until_job(first, frames)
     saved: list = []
     saver = threading.Thread(target=lambda: saved.append(backend_state(first)))
     saver.start()
-    saver.join(0.5)
-    assert saver.is_alive(), "the checkpoint waits for the running adjustment"
-    gate.set()
     saver.join(GATE_S)
-    assert saved, "the checkpoint was written once the adjustment finished"
+    assert saved and not gate.is_set(), "the checkpoint was written while the adjustment still waited"
+    gate.set()
     restored = create_backend("geometric", mode="mono")
     restore_backend_state(restored, saved[0])
-    # Recorded frames from here: the finished adjustment is applied by the next step, then all in the step.
-    rest = [Frame(f.stream_id, f.seq, f.t_ns, f.image, K=f.K) for f in frames[n:n + 8]]
-    a = [r for f in rest for r in first.step(f)]
-    b = [r for f in rest for r in restored.step(f)]
-    assert first.stats().extra["background_adjustments"] == restored.stats().extra["background_adjustments"] == 1
-    assert [(r.seq, r.is_update) for r in a] == [(r.seq, r.is_update) for r in b]
-    for x, y in zip(a, b, strict=True):
-        np.testing.assert_allclose(x.T_world_cam, y.T_world_cam, rtol=0, atol=1e-9)
+    assert restored._tracker._ba_job is None and restored._tracker._ba_wanted
+    rest = frames[n:]
+    a = {r.seq: r.T_world_cam for r in [r for f in rest for r in first.step(f)] + first.flush() if r.tracked}
+    b = {r.seq: r.T_world_cam for r in [r for f in rest for r in restored.step(f)] + restored.flush() if r.tracked}
+    assert restored.stats().extra["background_adjustments"] >= 1, restored.stats().extra  # adjusted again
+    assert sorted(a) == sorted(b) == [f.seq for f in rest]
+    # Same map, same frames, the window adjusted at another step: the two tracks stay together. The bound is the
+    # accuracy target (2 % of the path, test_live_trajectory_keeps_the_accuracy_target) over the path so far.
+    centres_a = np.stack([a[s][:3, 3] for s in sorted(a)])
+    centres_b = np.stack([b[s][:3, 3] for s in sorted(b)])
+    path = float(np.sum(np.linalg.norm(np.diff(centres_a, axis=0), axis=1)))
+    assert float(np.max(np.linalg.norm(centres_a - centres_b, axis=1))) <= 0.02 * path
 
 
 def test_live_trajectory_keeps_the_accuracy_target() -> None:
