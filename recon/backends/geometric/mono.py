@@ -90,6 +90,10 @@ class MonoVO:
         min_init_px: median flow (pixels) before trying initialisation (default 2% of the image diagonal).
         min_init_deg / min_tri_deg: median triangulation angle for initialisation / angle for a new point.
         ba_window: keyframes in the local bundle adjustment; max_kf_gap: frames between keyframes at most.
+        focal_iterations: evaluations of the adjustments that refine a focal length starting from the guess (the
+            focal search was not confident). 20 (= ba_iterations) by default; 60 calibrated the fast degraded walk
+            and two rendered loops that 20 left 8-10 % off, but pushed one test sequence (forward, f 1.3 x width)
+            from 1.96 to 2.02 % ATE, over its threshold (docs/benchmarks.md, monocular section, part E).
         min_inliers: PnP inliers needed to accept a pose; max_lost_frames: failures before re-initialising.
         max_pending: frames held while initialising before the oldest is emitted with a guessed pose.
         reproj_px: PnP / triangulation inlier threshold; ba_outlier_px: points with a larger residual after the
@@ -134,7 +138,7 @@ class MonoVO:
                  ba_fix_newest: bool = False, calibrate_focal: bool = False, focal_keyframes: int = 40,
                  relocalise: bool = True, reloc: dict[str, Any] | None = None,
                  klt: dict[str, Any] | None = None, background_ba: str = "live", sync_keyframes: int = 2,
-                 live_init_views: int = 8, prune_every: int = 16) -> None:
+                 live_init_views: int = 8, prune_every: int = 16, focal_iterations: int = 20) -> None:
         if background_ba not in ("live", "always", "never"):
             raise ConfigError(f"monocular VO: background_ba must be 'live', 'always' or 'never', got {background_ba!r}")
         if int(live_init_views) < 2:
@@ -156,6 +160,7 @@ class MonoVO:
         self.max_lost_frames = int(max_lost_frames)
         self.max_pending = int(max_pending)
         self.ba_iterations = int(ba_iterations)
+        self.focal_iterations = int(focal_iterations)
         # 600 corners at least 7 px apart: measured on rendered rooms, more and denser corners keep the
         # scale better than the 400 / 8 px that suffice for RGB-D (see tests and `recon bench geometric`).
         self._klt_options = {"min_distance": 7, **(klt or {})}
@@ -187,6 +192,7 @@ class MonoVO:
         self.background_adjustments = 0
         self.background_discarded = 0
         self._focal_refinements = 0
+        self._focal_from_guess = False  # the focal search was not confident: the refinement starts at the guess
         self.updates_emitted = 0
         self.held_untracked = 0  # frames emitted untracked during initialisation (revised once it succeeds)
         self._warn = WarnOnce(logger)
@@ -416,7 +422,8 @@ class MonoVO:
             if common:
                 pairs.append((np.array([c[0] for c in common]), np.array([c[1] for c in common])))
         est = estimate_focal(pairs, self.width, self.height)
-        if est.f is not None and est.confident:
+        self._focal_from_guess = not (est.f is not None and est.confident)
+        if not self._focal_from_guess:
             self._set_focal(est.f)
             self.focal_source = "self-calibrated (essential-matrix focal search)"
             logger.info("monocular VO: focal length self-calibrated to %.1f px from %d image pairs (a guess until "
@@ -434,6 +441,14 @@ class MonoVO:
 
     def _refining_focal(self) -> bool:
         return self.calibrate_focal and self._focal_refinements < self.focal_keyframes
+
+    def _ba_evaluations(self) -> int:
+        """The adjustment's evaluation limit: `focal_iterations` while it refines a focal length that starts from
+        the 0.8 x max(w, h) guess (the focal search was not confident). Every projection is then off, the
+        trust-region steps are short, and with 20 evaluations each adjustment stopped on the limit: 40 of them
+        left f 10 % off (docs/benchmarks.md, monocular section). From a confident search 20 are enough."""
+        slow = self._refining_focal() and self._focal_from_guess
+        return max(self.ba_iterations, self.focal_iterations) if slow else self.ba_iterations
 
     def _apply_focal_scale(self, scale: float) -> None:
         """Take the focal length the bundle adjustment found; log it once it is final."""
@@ -487,7 +502,7 @@ class MonoVO:
         fixed = np.zeros(len(cams), bool)
         fixed[0] = True
         T, X, _, fs = bundle_adjust(np.stack(cams), fixed, X_ref[pids], np.array(obs_cam), np.array(obs_pt),
-                                    np.asarray(obs_uv, np.float64), self.K, max_nfev=self.ba_iterations,
+                                    np.asarray(obs_uv, np.float64), self.K, max_nfev=self._ba_evaluations(),
                                     huber_px=self.huber_px, scale_pair=(0, len(cams) - 1),
                                     refine_focal=self._refining_focal())
         self._apply_focal_scale(fs)
@@ -837,7 +852,8 @@ class MonoVO:
             fixed[1] = True
         args = (np.stack([kf.T_cw for kf in kfs]), fixed, np.stack([self.points[t] for t in pids]),
                 np.array(obs_cam), np.array(obs_pt), np.asarray(obs_uv, np.float64), self.K.copy())
-        options = {"max_nfev": self.ba_iterations, "huber_px": self.huber_px, "refine_focal": self._refining_focal(),
+        options = {"max_nfev": self._ba_evaluations(), "huber_px": self.huber_px,
+                   "refine_focal": self._refining_focal(),
                    "scale_pair": (0, len(kfs) - 1) if self.soft_scale and not self.ba_fix_newest else None}
         return kfs, pids, args, options
 
