@@ -185,6 +185,10 @@ class Ingest:
                 if defer:
                     self._deferred[id(session)] = session
                 session.process_inline(offer.item, defer_ack=defer)
+                if defer and not session.holds_acks():
+                    # It sent its credit itself (half a window): the delay of its next credit starts with that
+                    # credit's first frame, not with this one's.
+                    self._deferred.pop(id(session), None)
         elif kind == P.HEARTBEAT:
             # Answered with a credit: it carries the window, the node's id and its limits, so a camera learns all
             # three at connect time and notices a restarted node by its new id.

@@ -593,6 +593,11 @@ class Session:
         if flush:
             self.flush_acks()
 
+    def holds_acks(self) -> bool:
+        """Whether acknowledgements wait in the batch (the ingest thread's delay timer starts with the first)."""
+        with self.cond:
+            return bool(self._ack_batch)
+
     def flush_acks(self) -> None:
         """Send the batched acknowledgements now (also the ingest thread, after frames it processed inline)."""
         with self.cond:  # either thread may flush (inline frames); each acknowledgement goes out once

@@ -42,8 +42,12 @@ class Renderer:
         if fisheye:
             und = cv2.fisheye.undistortPoints(grid, self.K, self.dist.reshape(4, 1))
         else:
-            und = cv2.undistortPoints(grid, self.K, self.dist,
-                                      criteria=(cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 1e-12))
+            # Explicit iteration criteria: OpenCV 4 has them in `undistortPointsIter`, 5 in `undistortPoints`.
+            criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 1e-12)
+            if hasattr(cv2, "undistortPointsIter"):
+                und = cv2.undistortPointsIter(grid, self.K, self.dist, None, None, criteria)
+            else:
+                und = cv2.undistortPoints(grid, self.K, self.dist, criteria=criteria)
         self.rays = np.concatenate([und.reshape(h * s, w * s, 2), np.ones((h * s, w * s, 1))], -1)
 
     def render(self, texture: np.ndarray, px_per_m: float, margin: int, R: np.ndarray, t: np.ndarray) -> np.ndarray:
