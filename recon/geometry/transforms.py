@@ -85,6 +85,13 @@ def is_rotation(R: np.ndarray, atol: float = 1e-6) -> bool:
     return bool(np.all(np.abs(RtR - I) <= atol + 1e-5 * I) and np.all(np.abs(np.linalg.det(R) - 1.0) <= atol + 1e-5))
 
 
+def orthonormalise(R: np.ndarray) -> np.ndarray:
+    """The orthonormal matrix nearest to a near-rotation (U V^T of its SVD): what float round-off leaves of a
+    rotation (a float32 backend, a solver) passes `is_rotation` again. No reflection fix: the input is a rotation."""
+    U, _, Vt = np.linalg.svd(np.asarray(R, np.float64))
+    return U @ Vt
+
+
 def quat_xyzw_to_wxyz(q_xyzw: np.ndarray) -> np.ndarray:
     """Reorder quaternions [...,4] from recon's xyzw (scalar last) to wxyz (scalar first: evo, PyTorch3D)."""
     q = check_shape("q_xyzw", q_xyzw, (4,))

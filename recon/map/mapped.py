@@ -32,6 +32,7 @@ import numpy as np
 from recon.backends.base import BackendState
 from recon.errors import ConfigError, StateError
 from recon.geometry import Sim3, rotation_angle
+from recon.geometry.transforms import orthonormalise
 from recon.map.keyframes import Keyframe, KeyframePolicy, LiveBounds, OrbExtractor, full_resolution_K, keypoint_points
 from recon.map.odometry import SOURCES, OdometryEdge, OdometryOptions, measure_edge
 from recon.map.pose_graph import GraphNoise, consistent_loops, optimise_pose_graph
@@ -151,9 +152,7 @@ class MappedBackend:
     def step(self, frame: Frame) -> list[FrameResult]:
         self._live = bool(frame.meta.get("live", False))
         self._recent[frame.seq] = (frame.image, frame.depth)
-        cache = min(self.options.frame_cache, self.options.live.frame_cache or self.options.frame_cache) \
-            if self._live else self.options.frame_cache
-        while len(self._recent) > cache:
+        while len(self._recent) > self._frame_cache:
             self._recent.popitem(last=False)
         if self._live:
             self._advance_training()  # live: one budget per step (per result, a step with revisions spent several)
@@ -238,6 +237,17 @@ class MappedBackend:
         self._live = False
         self._last_loop_kf = -10**9
         self.evicted = {"keyframes": 0, "loops": 0, "frames": 0}  # what the live bounds dropped
+
+    @property
+    def _frame_cache(self) -> int:
+        """Input frames kept for keyframe features: `MapOptions.frame_cache`, at most `live.frame_cache` live."""
+        o = self.options
+        return min(o.frame_cache, o.live.frame_cache or o.frame_cache) if self._live else o.frame_cache
+
+    @property
+    def _training_budget(self) -> int:
+        """Comparisons of the vocabulary training per result (recorded) or per step (live)."""
+        return self.options.live.training_budget if self._live else self.options.vocabulary_budget
 
     def _correction(self, k: int) -> Sim3:
         return self._nodes[k] @ Sim3.from_se3(self.keyframes[k].T_odom_cam).inverse()
@@ -391,8 +401,7 @@ class MappedBackend:
 
     def _advance_training(self, budget: int | None = None) -> None:
         """Do about `budget` comparisons of the vocabulary training in progress (at most twice that)."""
-        if budget is None:
-            budget = self.options.live.training_budget if self._live else self.options.vocabulary_budget
+        budget = self._training_budget if budget is None else budget
         spent = 0
         while self._training is not None and spent < budget:
             try:
@@ -405,7 +414,7 @@ class MappedBackend:
         """Train on the first `n` keyframes, give every keyframe (those added meanwhile too) its new words, then
         swap vocabulary and index in at once; yields the work of each chunk (see `BinaryVocabulary.train_steps`;
         the words do not depend on the chunk size)."""
-        budget = self.options.live.training_budget if self._live else self.options.vocabulary_budget
+        budget = self._training_budget
         centres = yield from self._vocab.train_steps(np.concatenate([k.descriptors for k in self.keyframes[:n]]),
                                                      budget)
         words: list[np.ndarray] = []
@@ -588,9 +597,8 @@ def _chunk(values: dict[str, Any]) -> ChunkLink:
 
 
 def _rigid(T: np.ndarray) -> np.ndarray:
-    """The pose with its rotation made exactly orthonormal (SVD): a backend computing in float32 (LASER's
-    Sim(3)-joined windows) hands rotations off by ~1e-6, and products of them in `Sim3` fail its rotation check."""
+    """The pose with its rotation made exactly orthonormal: a backend computing in float32 (LASER's Sim(3)-joined
+    windows) hands rotations off by ~1e-6, and products of them in `Sim3` fail its rotation check."""
     out = np.array(T, np.float64)
-    U, _, Vt = np.linalg.svd(out[:3, :3])
-    out[:3, :3] = U @ Vt
+    out[:3, :3] = orthonormalise(out[:3, :3])
     return out

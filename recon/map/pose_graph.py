@@ -32,6 +32,7 @@ import numpy as np
 from scipy.special import chdtri
 
 from recon.geometry import Sim3, rotation_angle
+from recon.geometry.transforms import orthonormalise
 from recon.utils.imports import require_package
 
 logger = logging.getLogger(__name__)
@@ -67,12 +68,9 @@ def _from_gtsam(value, sim3: bool) -> Sim3:
         M = np.asarray(value.matrix())
         M = M / M[3, 3]
         s = float(np.cbrt(np.linalg.det(M[:3, :3])))
-        R = M[:3, :3] / s
-        U, _, Vt = np.linalg.svd(R)  # re-orthonormalise what the solver's float round-off left
-        return Sim3(s, U @ Vt, M[:3, 3].copy())
+        return Sim3(s, orthonormalise(M[:3, :3] / s), M[:3, 3].copy())  # the solver's round-off removed
     M = np.asarray(value.matrix())
-    U, _, Vt = np.linalg.svd(M[:3, :3])
-    return Sim3(1.0, U @ Vt, M[:3, 3].copy())
+    return Sim3(1.0, orthonormalise(M[:3, :3]), M[:3, 3].copy())
 
 
 def _chain(odometry: list[Sim3]) -> list[Sim3]:
