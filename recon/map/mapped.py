@@ -20,6 +20,7 @@ shared points, else the backend's relative pose), so a loop corrects the scale w
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections import OrderedDict
@@ -39,6 +40,7 @@ from recon.map.pose_graph import GraphNoise, consistent_loops, optimise_pose_gra
 from recon.map.verify import LoopMeasurement, VerifyOptions, verify_loop
 from recon.map.vocabulary import BinaryVocabulary, PlaceIndex
 from recon.types import BackendStats, ChunkLink, Frame, FrameResult
+from recon.utils.jobs import ThreadJob
 
 logger = logging.getLogger(__name__)
 
@@ -154,13 +156,16 @@ class MappedBackend:
         self._recent[frame.seq] = (frame.image, frame.depth)
         while len(self._recent) > self._frame_cache:
             self._recent.popitem(last=False)
+        found: list[FrameResult] = []
         if self._live:
             self._advance_training()  # live: one budget per step (per result, a step with revisions spent several)
             self._advance_stale()
-        return self._with_correction(self._process(self.inner.step(frame)))
+            found = self._take_loop_search()
+        return self._with_correction(found + self._process(self.inner.step(frame)))
 
     def flush(self) -> list[FrameResult]:
-        out = self._process(self.inner.flush())
+        out = self._take_loop_search(wait=True)
+        out += self._process(self.inner.flush())
         if self._pending_loops:
             out.extend(self._optimise())
         return self._with_correction(out)
@@ -236,6 +241,7 @@ class MappedBackend:
         self._stream_id = ""
         self._live = False
         self._last_loop_kf = -10**9
+        self._loop_search: _LoopSearch | None = None  # live: the loop verification running beside the stream
         self.evicted = {"keyframes": 0, "loops": 0, "frames": 0}  # what the live bounds dropped
 
     @property
@@ -366,6 +372,8 @@ class MappedBackend:
             return
         protected = {self.keyframes[-1].index} | {i for m in self.loops[len(self.loops) - self._pending_loops:]
                                                   for i in (m.query, m.match)}
+        if self._loop_search is not None:
+            protected |= {self._loop_search.query, *self._loop_search.candidates}
         for i in self.options.live.evict(self.keyframes, protected):
             self._index.drop(i)
             self.evicted["keyframes"] += 1
@@ -431,11 +439,19 @@ class MappedBackend:
 
     def _after_keyframe(self, k: int) -> list[FrameResult]:
         live = self.options.live if self._live else None
-        loops = [] if live is not None and k - self._last_loop_kf <= live.loop_every else self._detect_loops(k)
+        if live is None:
+            return self._take_loops(k, self._detect_loops(k))
+        if k - self._last_loop_kf > live.loop_every and self._loop_search is None:
+            self._start_loop_search(k)
+        return self._take_loops(k, [])
+
+    def _take_loops(self, k: int, loops: list[LoopMeasurement]) -> list[FrameResult]:
+        """Add the verified loops of keyframe `k`; solve the graph when it is due (the revisions it makes)."""
         for loop in loops:
             self._last_loop_kf = k
             self.loops.append(loop)
             self._pending_loops += 1
+            live = self.options.live if self._live else None
             if live is not None and 0 < live.loops < len(self.loops):
                 self.loops.pop(0)
                 self._pending_loops = min(self._pending_loops, len(self.loops))
@@ -443,17 +459,12 @@ class MappedBackend:
             logger.info("map: loop keyframe %d (seq %d) -> %d (seq %d): %d inliers of %d matches, scale %.3f", k,
                         self.keyframes[k].seq, loop.match, self.keyframes[loop.match].seq, loop.inliers,
                         loop.matches, loop.S_match_query.s)
-        if self._pending_loops and k - self._last_opt_kf >= self.options.optimise_every:
+        if self._pending_loops and len(self.keyframes) - 1 - self._last_opt_kf >= self.options.optimise_every:
             return self._optimise()
         return []
 
-    def _detect_loops(self, k: int) -> list[LoopMeasurement]:
-        """Every verified candidate of keyframe `k`: each is a measurement of its own (another image pair), and
-        the pose graph's consistency check compares them with each other and with later loops.
-
-        No bound on the measured scale: a monocular map's scale drifts by any factor over a long walk (7x on a
-        rendered loop), and the loop is what measures it; wrong loops are caught by their inconsistency.
-        """
+    def _loop_candidates(self, k: int) -> list[int]:
+        """Keyframes that may close a loop with keyframe `k`, best place-recognition score first."""
         o = self.options
         if len(self._index) != len(self.keyframes) or k < o.min_loop_gap + 1:
             return []
@@ -463,17 +474,42 @@ class MappedBackend:
         if len(old) == 0 or reference <= 0:
             return []
         order = old[np.argsort(-scores[old], kind="stable")][: o.live.candidates if self._live else o.candidates]
-        found: list[LoopMeasurement] = []
-        for j in order:
-            if scores[j] < o.min_score * reference:
-                break
-            m = verify_loop(self.keyframes[k], self.keyframes[int(j)], self._K_full, metric=not self._sim3,
-                            options=o.verify)
-            if m is not None:
-                found.append(m)
-                if self._live:
-                    break  # live: one loop per search (LiveBounds)
-        return found
+        return [int(j) for j in order if scores[j] >= o.min_score * reference]
+
+    def _detect_loops(self, k: int) -> list[LoopMeasurement]:
+        """Every verified candidate of keyframe `k`: each is a measurement of its own (another image pair), and
+        the pose graph's consistency check compares them with each other and with later loops.
+
+        No bound on the measured scale: a monocular map's scale drifts by any factor over a long walk (7x on a
+        rendered loop), and the loop is what measures it; wrong loops are caught by their inconsistency.
+        """
+        return verify_candidates(self.keyframes[k], [self.keyframes[j] for j in self._loop_candidates(k)],
+                                 self._K_full, metric=not self._sim3, options=self.options.verify,
+                                 first_only=self._live)
+
+    def _start_loop_search(self, k: int) -> None:
+        """Live: verify keyframe `k`'s candidates on a thread, so the keyframe's step does not wait for it (it
+        was 0.1-0.4 s of the longest live steps); `_take_loop_search` adds what it found at a later step. The
+        thread reads copies of the keyframes (a revision or an eviction replaces their arrays meanwhile)."""
+        candidates = self._loop_candidates(k)
+        if not candidates:
+            return
+        job = ThreadJob("map-loop-search", verify_candidates, copy.copy(self.keyframes[k]),
+                        [copy.copy(self.keyframes[j]) for j in candidates], self._K_full, metric=not self._sim3,
+                        options=self.options.verify, first_only=True)
+        self._loop_search = _LoopSearch(k, candidates, job.start())
+
+    def _take_loop_search(self, wait: bool = False) -> list[FrameResult]:
+        """Add the loops of a finished search (waiting for it with `wait`); the revisions a solve made."""
+        search = self._loop_search
+        if search is None or not (search.job.wait() if wait else search.job.done):
+            return []
+        self._loop_search = None
+        if search.job.error is not None:
+            logger.warning("map: a loop search of keyframe %d failed (%s); later keyframes search again",
+                           search.query, search.job.error)
+            return []
+        return self._take_loops(search.query, search.job.result or [])
 
     def _optimise(self) -> list[FrameResult]:
         """Solve the pose graph, move the keyframes, and re-emit past frames whose corrected pose changed."""
@@ -587,6 +623,29 @@ class MappedBackend:
         self._unit, self.optimisations = float(values["unit"]), int(values["optimisations"])
         self._K_full = None if values["K_full"] is None else np.asarray(values["K_full"])
         self._stream_id = str(values["stream"])
+
+
+def verify_candidates(query: Keyframe, candidates: list[Keyframe], K: np.ndarray, *, metric: bool,
+                      options: VerifyOptions, first_only: bool) -> list[LoopMeasurement]:
+    """The loops verified between `query` and its candidates (in order; the first one only with `first_only`)."""
+    found: list[LoopMeasurement] = []
+    for match in candidates:
+        m = verify_loop(query, match, K, metric=metric, options=options)
+        if m is not None:
+            found.append(m)
+            if first_only:
+                break  # live: one loop per search (LiveBounds)
+    return found
+
+
+@dataclass
+class _LoopSearch:
+    """A live loop search in flight: its query keyframe, the candidates (indices) and the thread verifying them.
+    A reset or restored map drops it (`_reset_map`), so it never outlives the keyframes it indexes."""
+
+    query: int
+    candidates: list[int]
+    job: ThreadJob[list[LoopMeasurement]]
 
 
 def _chunk(values: dict[str, Any]) -> ChunkLink:

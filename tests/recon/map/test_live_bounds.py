@@ -127,3 +127,44 @@ def test_the_consistent_loop_search_stops_at_its_budget_with_a_consistent_set() 
                 if a < b:
                     assert consistent_loops(odometry, [loops[a], loops[b]], sim3=False, unit=1.0,
                                             noise=noise) == [0, 1]
+
+
+def test_a_live_loop_search_runs_beside_the_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Live: a keyframe's loop candidates are verified on a thread of their own, so the stream's steps go on
+    while it runs (here it is held until keyframes are being evicted; run in the step, the held verification
+    would stall the step and fail the test); its keyframes are not evicted meanwhile; what it finds is added,
+    and the graph solved, at a later step."""
+    import threading
+
+    import recon.map.mapped as mapped_module
+
+    gate = threading.Event()
+    verify_threads: list[str] = []
+    real_verify = mapped_module.verify_loop
+
+    def held_verify(*args: object, **kwargs: object) -> object:
+        verify_threads.append(threading.current_thread().name)
+        assert gate.wait(120), "the loop verification was never released: it ran in the step"
+        return real_verify(*args, **kwargs)
+
+    monkeypatch.setattr(mapped_module, "verify_loop", held_verify)
+    bounds = LiveBounds(keyframes=40, loop_every=4, loops=3, frames=50)
+    frames, poses = _laps(live=True)
+    mapped = _mapped(poses, bounds)
+    steps_while_held = 0
+    revisions = []
+    for f in frames:
+        out = mapped.step(f)
+        revisions += [r for r in out if r.is_update]
+        search = mapped._loop_search
+        if search is not None and not gate.is_set():
+            steps_while_held += 1
+            assert not any(mapped.keyframes[i].evicted for i in (search.query, *search.candidates))
+            if mapped.evicted["keyframes"] > 0 and steps_while_held >= 5:
+                gate.set()
+    gate.set()
+    revisions += [r for r in mapped.flush() if r.is_update]
+    assert steps_while_held >= 5  # the stream stepped on while a verification was held
+    assert verify_threads and set(verify_threads) == {"map-loop-search"}
+    assert len(mapped.loops) >= 1 and mapped.optimisations >= 1
+    assert revisions  # the solve's corrections reached the stream as revisions of emitted seqs
