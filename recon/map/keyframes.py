@@ -200,7 +200,8 @@ class LiveBounds:
         loop_every: after a keyframe found a loop, the next `loop_every` keyframes do not search (they overlap the
             place just closed; searching them verified a loop at almost every keyframe of a camera circling a room,
             1.7 per keyframe, and each verification took 0.1-0.4 s of the step); a search also stops at its first
-            verified candidate. candidates: best-scoring candidates a live search verifies (`MapOptions.candidates`).
+            verified candidate, and runs on a thread beside the stream (one at a time; `MappedBackend`), so no
+            step waits for it. candidates: best-scoring candidates a live search verifies (`MapOptions.candidates`).
         loops: loops kept in the pose graph; beyond it the oldest is dropped (counted). The consistency check
             compares every pair of loops, so its cost grows with their square.
         frames: per-frame records kept to revise past frames after a loop closes; older frames are not revised.
