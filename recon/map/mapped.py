@@ -447,11 +447,11 @@ class MappedBackend:
 
     def _take_loops(self, k: int, loops: list[LoopMeasurement]) -> list[FrameResult]:
         """Add the verified loops of keyframe `k`; solve the graph when it is due (the revisions it makes)."""
+        live = self.options.live if self._live else None
         for loop in loops:
             self._last_loop_kf = k
             self.loops.append(loop)
             self._pending_loops += 1
-            live = self.options.live if self._live else None
             if live is not None and 0 < live.loops < len(self.loops):
                 self.loops.pop(0)
                 self._pending_loops = min(self._pending_loops, len(self.loops))

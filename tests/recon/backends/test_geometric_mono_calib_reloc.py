@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from recon.backends import create_backend
-from recon.eval.trajectory import absolute_trajectory_error, trajectory_length
 from recon.sinks.trajectory import TrajectoryWriter
 from recon.types import Frame, FrameResult
+from tests.recon.backends._trajectory import ate_percent
 
 
 def _render(kind: str, seed: int, n: int, fps: float, focal_ratio: float, w: int, h: int
@@ -38,13 +38,6 @@ def _run(backend, images: list[np.ndarray], K: np.ndarray | None) -> dict[int, F
     return out
 
 
-def _ate_percent(results: dict[int, FrameResult], gt: np.ndarray) -> float:
-    seqs = sorted(s for s, r in results.items() if r.tracked)
-    est = np.stack([results[s].T_world_cam for s in seqs])
-    ate = absolute_trajectory_error(est, gt[seqs], "sim3")
-    return 100.0 * ate.rmse / trajectory_length(gt[seqs])
-
-
 @pytest.mark.parametrize(("kind", "seed", "focal_ratio"), [("walk", 0, 0.5), ("walk", 0, 1.3), ("forward", 2, 1.3)],
                          ids=["walk-wide", "walk-narrow", "forward-narrow"])
 def test_unknown_focal_is_self_calibrated(kind: str, seed: int, focal_ratio: float) -> None:
@@ -55,7 +48,7 @@ def test_unknown_focal_is_self_calibrated(kind: str, seed: int, focal_ratio: flo
     assert intrinsics["source"].startswith("self-calibrated")
     assert abs(intrinsics["fx"] / K[0, 0] - 1) <= 0.05
     assert all(r.tracked for r in results.values())
-    assert _ate_percent(results, gt) <= 2.0
+    assert ate_percent(results, gt) <= 2.0
     # The results carry the calibrated K (at the output stride), so sinks and viewers show it.
     last = results[max(results)]
     assert last.K[0, 0] == pytest.approx(intrinsics["fx"] / backend.stats().extra["stride"], rel=1e-6)
@@ -76,7 +69,7 @@ def test_occlusion_relocalises_into_the_same_map() -> None:
         extra = backend.stats().extra
         assert sorted(results) == list(range(70))
         assert {s for s, r in results.items() if not r.tracked} == blank
-        ates[reloc] = _ate_percent(results, gt)
+        ates[reloc] = ate_percent(results, gt)
         if reloc:
             assert extra["relocalisations"] >= 1 and extra["reinitialisations"] == 1
             writer = TrajectoryWriter("unused.tum")

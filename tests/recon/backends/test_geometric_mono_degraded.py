@@ -19,12 +19,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from recon.backends import create_backend
 from recon.datasets import open_sequence
-from recon.eval.trajectory import absolute_trajectory_error, trajectory_length
+from tests.recon.backends._trajectory import ate_percent
 
 WIDTH, HEIGHT, FRAMES = 320, 240, 120
 
@@ -51,7 +50,8 @@ def fast_walk(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(path: Path, *, known_k: bool) -> tuple[float, float, float, dict]:
-    """(ATE % of the path over the tracked frames, tracked fraction, the true focal, the backend's intrinsics)."""
+    """(Sim(3) ATE % of the path over the tracked frames, tracked fraction, the true focal, the backend's
+    intrinsics)."""
     sequence = open_sequence(path)
     backend = create_backend("geometric", mode="mono")
     results, true_f = {}, 0.0
@@ -64,11 +64,8 @@ def _run(path: Path, *, known_k: bool) -> tuple[float, float, float, dict]:
         results[r.seq] = r
     gt = sequence.ground_truth.T_world_cam
     assert sorted(results) == list(range(len(gt)))  # every frame gets a result, tracked or not
-    seqs = [s for s in sorted(results) if results[s].tracked]
-    est = np.stack([results[s].T_world_cam for s in seqs])
-    ate = absolute_trajectory_error(est, gt[seqs], "sim3")
-    return 100.0 * ate.rmse / trajectory_length(gt[seqs]), len(seqs) / len(gt), true_f, \
-        backend.stats().extra["intrinsics"]
+    tracked = sum(r.tracked for r in results.values()) / len(gt)
+    return ate_percent(results, gt), tracked, true_f, backend.stats().extra["intrinsics"]
 
 
 def test_unknown_focal_is_self_calibrated_on_degraded_footage(room_lap: Path) -> None:
