@@ -103,21 +103,16 @@ class DescriptorDatabase:
         if desc is None or len(kps) < self.min_inliers:
             return None
         uv = np.array([k.pt for k in kps], np.float64)
-        matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+        in_map = np.fromiter(points.keys(), np.int64, len(points))
         scored = []
         for entry in self.entries:
-            alive = np.array([int(i) in points for i in entry.ids], bool)
+            alive = np.isin(entry.ids, in_map)
             if alive.sum() < self.min_inliers:
                 continue
             ids, train = entry.ids[alive], entry.desc[alive]
-            pairs = matcher.knnMatch(desc, train, k=2)
-            q, t = [], []
-            for m in pairs:
-                if len(m) == 2 and m[0].distance < self.ratio * m[1].distance and m[0].distance < 64:
-                    q.append(m[0].queryIdx)
-                    t.append(m[0].trainIdx)
+            q, t = _ratio_matches(desc, train, self.ratio)
             if len(q) >= self.min_inliers:
-                scored.append((len(q), entry, np.array(q), ids[np.array(t)]))
+                scored.append((len(q), entry, q, ids[t]))
         scored.sort(key=lambda s: -s[0])
         for _, entry, q, mids in scored[:self.candidates]:
             # One query keypoint per map point (the first, best-ranked match wins).
@@ -135,6 +130,22 @@ class DescriptorDatabase:
                          int(inl.sum()), len(q))
             return Relocalisation(T_cw, mids[inl], uv[q][inl].astype(np.float32), entry.index)
         return None
+
+
+def _ratio_matches(query: np.ndarray, train: np.ndarray, ratio: float,
+                   max_distance: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Query and train rows of the nearest-neighbour matches that pass Lowe's ratio test (Hamming distance).
+
+    `cv2.batchDistance` with K=2 is what `BFMatcher.knnMatch(k=2)` computes (the same neighbours, in the same
+    order), but returns arrays: the ratio test runs in numpy instead of over a Python list of `DMatch` pairs, which
+    took as long as the matching itself in a relocalisation against a few dozen keyframes.
+    """
+    if len(train) < 2:  # no second neighbour to compare with (knnMatch gives one-element lists)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    dist, nearest = cv2.batchDistance(query, train, cv2.CV_32S, normType=cv2.NORM_HAMMING, K=2)
+    best, second = dist[:, 0], dist[:, 1]
+    ok = (best < ratio * second) & (best < max_distance)
+    return np.flatnonzero(ok), nearest[ok, 0].astype(np.int64)
 
 
 def _pnp_without_prior(X: np.ndarray, uv: np.ndarray, K: np.ndarray, reproj_px: float,

@@ -1,0 +1,49 @@
+"""The relocalisation's descriptor matching (`reloc._ratio_matches`) against OpenCV's own brute-force matcher.
+
+It replaced `BFMatcher.knnMatch(k=2)` plus a Python ratio test; relocalisation must pick the same matches as
+before, so the test compares with that path, on descriptors with exact duplicates, near duplicates (ties in
+Hamming distance) and noise, and on a train set smaller than the query set.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from recon.backends.geometric.reloc import _ratio_matches
+
+
+def _knn_reference(query: np.ndarray, train: np.ndarray, ratio: float, max_distance: int = 64
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(query, train, k=2)
+    keep = [(m[0].queryIdx, m[0].trainIdx) for m in pairs
+            if len(m) == 2 and m[0].distance < ratio * m[1].distance and m[0].distance < max_distance]
+    q, t = zip(*keep, strict=True) if keep else ((), ())
+    return np.array(q, np.int64), np.array(t, np.int64)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("ratio", [0.7, 0.8, 0.95])
+def test_ratio_matches_equal_opencv_knn_match(seed: int, ratio: float) -> None:
+    rng = np.random.default_rng(seed)
+    query = rng.integers(0, 256, (400, 32), dtype=np.uint8)
+    train = rng.integers(0, 256, (150, 32), dtype=np.uint8)
+    train[:40] = query[:40]  # exact matches
+    flips = rng.integers(0, 32, 60)
+    train[40:100] = query[40:100]
+    train[40:100, flips % 32] ^= 1 << (flips % 8).astype(np.uint8)  # near matches: a few bits apart
+    train[100:110] = train[40:50]  # duplicates in the train set: ties the ratio test must refuse
+    q, t = _ratio_matches(query, train, ratio)
+    q_ref, t_ref = _knn_reference(query, train, ratio)
+    assert len(q_ref) > 30  # the fixture has matches to agree on
+    np.testing.assert_array_equal(q, q_ref)
+    np.testing.assert_array_equal(t, t_ref)
+
+
+def test_ratio_matches_refuse_a_single_train_row() -> None:
+    """With one train descriptor there is no second neighbour: knnMatch gives one-element lists, so no match."""
+    query = np.zeros((5, 32), np.uint8)
+    q, t = _ratio_matches(query, query[:1], 0.8)
+    assert len(q) == 0 and len(t) == 0
+    assert len(_knn_reference(query, query[:1], 0.8)[0]) == 0
