@@ -137,8 +137,8 @@ def _ratio_matches(query: np.ndarray, train: np.ndarray, ratio: float,
     """Query and train rows of the nearest-neighbour matches that pass Lowe's ratio test (Hamming distance).
 
     `cv2.batchDistance` with K=2 is what `BFMatcher.knnMatch(k=2)` computes (the same neighbours, in the same
-    order), but returns arrays: the ratio test runs in numpy instead of over a Python list of `DMatch` pairs, which
-    took as long as the matching itself in a relocalisation against a few dozen keyframes.
+    order), but returns arrays: the ratio test runs in numpy instead of over a Python list of `DMatch` pairs per
+    keyframe tried. A small saving (a few ms of a ~80 ms attempt at 640x480, most of which is PnP RANSAC).
     """
     if len(train) < 2:  # no second neighbour to compare with (knnMatch gives one-element lists)
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
