@@ -7,22 +7,19 @@ a later step (`MonoVO`), and the frames it moved are re-emitted as `is_update` r
 
 A job owns copies of everything the solver reads (poses, points, observations, intrinsics), so the tracker may
 change its map meanwhile; what changed is reconciled when the result is applied. The job is plain data apart
-from its thread (`thread`, never saved): a checkpoint waits for the thread (`wait`) and saves the finished job,
-which a restored tracker applies like any other.
+from its thread (`thread`, a `recon.utils.jobs.ThreadJob`, never saved): a checkpoint saves a finished job, which
+a restored tracker applies like any other, and leaves a running one out (`state._settled`).
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from recon.backends.geometric.bundle import bundle_adjust
-
-logger = logging.getLogger(__name__)
+from recon.utils.jobs import ThreadJob
 
 
 @dataclass
@@ -53,30 +50,34 @@ class BundleJob:
     focal_scale: float = 1.0
     error: str | None = None
     done: bool = False
-    thread: threading.Thread | None = field(default=None, repr=False)
+    thread: ThreadJob[Any] | None = field(default=None, repr=False)
 
     def start(self) -> BundleJob:
-        """Run the adjustment on a daemon thread (a dropped tracker does not keep the process alive)."""
-        self.thread = threading.Thread(target=self.run, name="mono-bundle-adjustment", daemon=True)
-        self.thread.start()
+        """Run the adjustment on a daemon thread (`ThreadJob`: a dropped tracker does not keep the process
+        alive)."""
+        self.thread = ThreadJob("mono-bundle-adjustment", bundle_adjust, *self.args, **self.options).start()
         return self
 
-    def run(self) -> None:
-        try:
-            self.T, self.X, self.err, self.focal_scale = bundle_adjust(*self.args, **self.options)
-        except Exception as e:  # noqa: BLE001 - reported by the tracker when it applies the job
-            self.error = f"{type(e).__name__}: {e}"
-            logger.debug("background bundle adjustment failed", exc_info=True)
-        self.args = ()  # the inputs go with the thread
-        self.done = True
-
     def ready(self) -> bool:
+        """Whether the adjustment finished (its results are then in the job's fields)."""
+        if self.thread is not None and self.thread.done:
+            self._take()
         return self.done
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the job is done (a checkpoint needs its result); False if `timeout` passed first."""
-        if self.thread is not None:
-            self.thread.join(timeout)
-            if self.done:
-                self.thread = None  # a finished job is plain data (it may be checkpointed)
+        if self.thread is not None and self.thread.wait(timeout):
+            self._take()
         return self.done
+
+    def _take(self) -> None:
+        """Move the thread's result into the job, which is plain data from then on (it may be checkpointed)."""
+        job, self.thread = self.thread, None
+        assert job is not None
+        if job.error is not None:
+            self.error = job.error
+        else:
+            assert job.result is not None
+            self.T, self.X, self.err, self.focal_scale = job.result
+        self.args = ()  # the inputs go with the thread
+        self.done = True
