@@ -145,9 +145,9 @@ def _write_arrays(arrays: dict[str, Any], path: Path, metadata: dict[str, str]) 
     if torch is None or not any(isinstance(a, torch.Tensor) for a in arrays.values()):
         from safetensors.numpy import save_file
 
-        save_file({k: np.ascontiguousarray(a) for k, a in arrays.items()}, str(path), metadata=metadata)
+        save_file({k: _c_order(a) for k, a in arrays.items()}, str(path), metadata=metadata)
         return "np"
-    tensors = {k: (a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))).cpu().contiguous()
+    tensors = {k: (a if isinstance(a, torch.Tensor) else torch.from_numpy(_c_order(a))).cpu().contiguous()
                for k, a in arrays.items()}
     try:
         as_numpy = {k: t.detach().numpy() for k, t in tensors.items()}
@@ -164,6 +164,11 @@ def _write_arrays(arrays: dict[str, Any], path: Path, metadata: dict[str, str]) 
 
     save_file(as_numpy, str(path), metadata=metadata)
     return "pt"
+
+
+def _c_order(a: Any) -> np.ndarray:
+    """`a` in C order, with its shape (`np.ascontiguousarray` turns a 0-d array into shape (1,))."""
+    return np.asarray(a, order="C")
 
 
 class CheckpointStore:

@@ -28,6 +28,7 @@ from recon.errors import StateError
 
 _ALLOWED_MODULE_PREFIX = "recon."
 _FACTORIES: dict[str, Any] = {"list": list, "dict": dict, "int": int, "float": float, "set": set}
+STACK_MIN = 16  # dicts of arrays at least this long are saved stacked (`_Packer._stacked`)
 
 
 class _Packer:
@@ -38,6 +39,7 @@ class _Packer:
         self.arrays = arrays
         self.prefix = prefix
         self._memo: dict[int, int] = {}
+        self._rows: dict[int, tuple[int, int]] = {}  # id of an array saved as a row of a stacked dict: (ref, key)
         self._alive: list[Any] = []  # keeps packed values alive, so their ids stay unique while packing
 
     def _store(self, value: Any) -> str:
@@ -50,14 +52,47 @@ class _Packer:
     def pack(self, value: Any, where: str) -> Any:
         if value is None or isinstance(value, bool | int | float | str | bytes | tuple | np.generic):
             return self._pack_value(value, where)
+        row = self._rows.get(id(value))
+        if row is not None:
+            return {"$": "row", "of": row[0], "key": row[1]}
         ref = self._memo.get(id(value))
         if ref is not None:
             return {"$": "ref", "id": ref}
         ref = self._memo[id(value)] = len(self._memo)
         self._alive.append(value)
-        node = self._pack_value(value, where)
+        node = self._stacked(value, ref) if type(value) is dict else None
+        if node is None:
+            node = self._pack_value(value, where)
         node["@"] = ref
         return node
+
+    def _stacked(self, mapping: dict[Any, Any], ref: int) -> dict[str, Any] | None:
+        """A dict of int keys to arrays of one shape and dtype as two arrays (keys, stacked values), or None.
+
+        Why: trackers keep maps such as point id -> 3-vector with thousands of entries; one array each made a live
+        geometric snapshot 7,500 arrays (80-120 ms on the session's thread, and as many safetensors entries to
+        write). The values keep their identity: one met again later is saved as a reference to its row.
+        """
+        if len(mapping) < STACK_MIN:
+            return None
+        values = list(mapping.values())
+        first = values[0]
+        if not (type(first) is np.ndarray and first.ndim >= 1 and first.dtype.kind in "biuf"):
+            return None
+        shape, dtype = first.shape, first.dtype
+        for k, v in mapping.items():
+            if type(k) is not int or not -(2**63) <= k < 2**63:
+                return None
+            if type(v) is not np.ndarray or v.shape != shape or v.dtype != dtype or id(v) in self._memo \
+                    or id(v) in self._rows:
+                return None
+        if len({id(v) for v in values}) < len(values):  # one array under two keys: keep it one object
+            return None
+        for k, v in mapping.items():
+            self._rows[id(v)] = (ref, k)
+            self._alive.append(v)
+        return {"$": "amap", "keys": self._store(np.fromiter(mapping, np.int64, len(mapping))),
+                "v": self._store(np.stack(values))}
 
     def _pack_value(self, value: Any, where: str) -> Any:
         torch = sys.modules.get("torch")  # no tensor can exist unless torch was imported: never import it here
@@ -68,7 +103,8 @@ class _Packer:
         if isinstance(value, np.ndarray):
             if value.dtype.kind not in "biuf":
                 raise StateError(f"cannot save {where}: numpy array of dtype {value.dtype}")
-            return {"$": "nd", "k": self._store(np.ascontiguousarray(value).copy())}
+            # np.array, not ascontiguousarray: that makes a 0-d array 1-d, and it came back with shape (1,).
+            return {"$": "nd", "k": self._store(np.array(value, order="C", copy=True))}
         if isinstance(value, np.generic):
             return {"$": "np", "dtype": value.dtype.str, "v": value.item()}
         if torch is not None and isinstance(value, torch.Tensor):
@@ -162,6 +198,17 @@ class _Unpacker:
             out: list[Any] = self._keep(tree, [])
             out.extend(self.unpack(v) for v in tree["v"])
             return out
+        if tag == "amap":
+            keys = self._array({"k": tree["keys"]}, "nd")
+            rows = self._array({"k": tree["v"]}, "nd")
+            stacked: dict[int, Any] = self._keep(tree, {})
+            stacked.update(zip(keys.tolist(), list(rows), strict=True))
+            return stacked
+        if tag == "row":
+            of = int(tree["of"])
+            if of not in self._refs:
+                raise StateError(f"checkpoint refers to a row of value {of} before defining it")
+            return self._refs[of][tree["key"]]
         if tag in ("map", "dd"):
             mapping: dict[Any, Any] = collections.defaultdict(_FACTORIES[tree["factory"]]) if tag == "dd" else {}
             self._keep(tree, mapping)

@@ -41,3 +41,15 @@ def test_writing_states_of_changing_sizes_holds_no_memory(tmp_path: Path) -> Non
     for n in range(100, 160):
         _write_arrays({"kv": torch.zeros(n, 4), "ids": torch.arange(n)}, tmp_path / "w.safetensors", {})
     assert len(ctypes._pointer_type_cache) == before  # type: ignore[attr-defined]
+
+
+def test_numpy_arrays_keep_their_shapes_also_zero_dimensional(tmp_path: Path) -> None:
+    """A 0-d array used to come back with shape (1,) (`np.ascontiguousarray` adds a dimension); a transposed one
+    must come back as the same values in C order."""
+    arrays = {"scalar": np.array(2.5), "matrix": np.arange(6.0).reshape(2, 3).T, "ids": np.arange(4)}
+    framework = _write_arrays(arrays, tmp_path / "n.safetensors", {})
+    back = _read(tmp_path / "n.safetensors", framework)
+    assert framework == "np"
+    for k, a in arrays.items():
+        assert back[k].shape == a.shape and back[k].dtype == a.dtype, k
+        np.testing.assert_array_equal(back[k], a)
