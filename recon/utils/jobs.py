@@ -1,7 +1,8 @@
 """One function call on a daemon thread of its own, its result (or error) read by the caller once it is done.
 
-Why: work that a live step must not wait for (the map layer's loop verification) runs beside the stream and is
-taken up at a later step. The caller owns everything the call reads (copies), so nothing is locked.
+Why: work that a live step must not wait for (the map layer's loop verification, the monocular tracker's
+bundle adjustment in `recon.backends.geometric.background.BundleJob`) runs beside the stream and is taken up at a
+later step. The caller owns everything the call reads (copies), so nothing is locked.
 """
 
 from __future__ import annotations
