@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from recon.backends.geometric.reloc import _ratio_matches
+from recon.backends.geometric.reloc import DescriptorDatabase, KeyframeDescriptors, _ratio_matches
 
 
 def _knn_reference(query: np.ndarray, train: np.ndarray, ratio: float, max_distance: int = 64
@@ -47,3 +47,41 @@ def test_ratio_matches_refuse_a_single_train_row() -> None:
     q, t = _ratio_matches(query, query[:1], 0.8)
     assert len(q) == 0 and len(t) == 0
     assert len(_knn_reference(query, query[:1], 0.8)[0]) == 0
+
+
+def test_keyframes_are_ranked_by_the_map_points_they_match() -> None:
+    """A keyframe whose few descriptors attract many query corners (many-to-one) must not outrank one whose map
+    points are matched one to one: relocalisation runs PnP on the first candidates only."""
+    rng = np.random.default_rng(3)
+    query = rng.integers(0, 256, (140, 32), dtype=np.uint8)
+    crowd = rng.integers(0, 256, (25, 32), dtype=np.uint8)  # keyframe A: 25 live descriptors
+    near = np.repeat(crowd[:3], 20, axis=0)  # 60 query corners a bit or two from A's first three
+    bits = rng.integers(0, 256, 60)
+    near[np.arange(60), bits % 32] ^= (1 << (bits % 8)).astype(np.uint8)
+    query[:60] = near
+    distinct = query[60:90].copy()  # keyframe B: 30 map points seen again, one corner each
+    db = DescriptorDatabase(min_inliers=25)
+    db.entries = [KeyframeDescriptors(0, np.arange(100, 125), crowd),
+                  KeyframeDescriptors(1, np.arange(200, 230), distinct)]
+    points = {i: np.zeros(3) for i in [*range(100, 125), *range(200, 230)]}
+    q_a, _ = _ratio_matches(query, crowd, db.ratio)
+    assert len(q_a) >= 60 > 30  # by raw matches A would come first
+    ranked = db.ranked_keyframes(query, points)
+    assert [entry.index for _, entry, _, _ in ranked] == [1]  # A matches 3 map points: below min_inliers
+    count, _, rows, ids = ranked[0]
+    assert count == 30 and len(np.unique(ids)) == 30
+    np.testing.assert_array_equal(ids, np.arange(200, 230))
+    np.testing.assert_array_equal(rows, np.arange(60, 90))
+
+
+def test_points_gone_from_the_map_are_not_matched() -> None:
+    """Descriptors of map points that were pruned or culled no longer count for their keyframe."""
+    rng = np.random.default_rng(4)
+    query = rng.integers(0, 256, (80, 32), dtype=np.uint8)
+    db = DescriptorDatabase(min_inliers=25)
+    db.entries = [KeyframeDescriptors(0, np.arange(40), query[:40].copy()),
+                  KeyframeDescriptors(1, np.arange(40, 80), query[40:].copy())]
+    points = {i: np.zeros(3) for i in [*range(0, 30), *range(40, 50)]}  # keyframe 1 keeps only 10 live points
+    ranked = db.ranked_keyframes(query, points)
+    assert [(count, entry.index) for count, entry, _, _ in ranked] == [(30, 0)]
+    np.testing.assert_array_equal(ranked[0][3], np.arange(30))
