@@ -108,7 +108,6 @@ class DescriptorDatabase:
         scored.sort(key=lambda s: -s[0])
         return scored
 
-
     def relocalise(self, gray: np.ndarray, points: dict[int, np.ndarray], K: np.ndarray,
                    guess_cw: np.ndarray | None = None) -> Relocalisation | None:
         """Pose of `gray` against the stored keyframes, or None when no keyframe gives enough PnP inliers."""
@@ -153,7 +152,7 @@ def _ratio_matches(query: np.ndarray, train: np.ndarray, ratio: float,
 
     `cv2.batchDistance` with K=2 is what `BFMatcher.knnMatch(k=2)` computes (the same neighbours, in the same
     order), but returns arrays: the ratio test runs in numpy instead of over a Python list of `DMatch` pairs per
-    keyframe tried. A small saving (a few ms of a ~80 ms attempt at 640x480, most of which is PnP RANSAC).
+    keyframe tried. A small saving (a few ms of an attempt at 640x480).
     """
     if len(train) < 2:  # no second neighbour to compare with (knnMatch gives one-element lists)
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -165,7 +164,7 @@ def _ratio_matches(query: np.ndarray, train: np.ndarray, ratio: float,
 
 def _usac_params(reproj_px: float, iterations: int = 200) -> cv2.UsacParams:
     """OpenCV's USAC for PnP: uniform sampling, MSAC scoring, no local optimisation (the LM refinement of
-    `solve_pnp` follows), fixed random state (deterministic)."""
+    `solve_pnp` follows), serial, and OpenCV's fixed default random state (deterministic)."""
     params = cv2.UsacParams()
     params.threshold = float(reproj_px)
     params.confidence = 0.999

@@ -2,7 +2,8 @@
 
 It replaced `BFMatcher.knnMatch(k=2)` plus a Python ratio test; relocalisation must pick the same matches as
 before, so the test compares with that path, on descriptors with exact duplicates, near duplicates (ties in
-Hamming distance) and noise, and on a train set smaller than the query set.
+Hamming distance) and noise, and on a train set smaller than the query set. The ranking of keyframes for PnP
+(`DescriptorDatabase.ranked_keyframes`) counts matched map points, not many-to-one matches.
 """
 
 from __future__ import annotations
