@@ -1,17 +1,14 @@
-"""Work of the monocular VO run on a thread of its own, so a live step does not wait for it: the keyframe bundle
-adjustment (`BundleJob`) and the relocalisation of a lost frame (`RelocaliseJob`).
+"""A bundle adjustment of the monocular VO run on a thread of its own, so a keyframe step does not wait for it.
 
 Why: in a live stream the keyframe's local bundle adjustment was most of the step time and all of its tail
 (hundreds of milliseconds to seconds on a loaded 2-core machine), and a live result is worth less the older it
 is. The tracker keeps posing frames against the map as it was; the finished adjustment is applied at the start of
 a later step (`MonoVO`), and the frames it moved are re-emitted as `is_update` revisions of their seqs.
 
-A bundle job owns copies of everything the solver reads (poses, points, observations, intrinsics), so the tracker
-may change its map meanwhile; what changed is reconciled when the result is applied. The job is plain data apart
+A job owns copies of everything the solver reads (poses, points, observations, intrinsics), so the tracker may
+change its map meanwhile; what changed is reconciled when the result is applied. The job is plain data apart
 from its thread (`thread`, a `recon.utils.jobs.ThreadJob`, never saved): a checkpoint saves a finished job, which
 a restored tracker applies like any other, and leaves a running one out (`state._settled`).
-
-Recorded frames do both in the step, so a replay is deterministic.
 """
 
 from __future__ import annotations
@@ -84,53 +81,3 @@ class BundleJob:
             self.T, self.X, self.err, self.focal_scale = job.result
         self.args = ()  # the inputs go with the thread
         self.done = True
-
-
-@dataclass
-class RelocaliseJob:
-    """The relocalisation of one lost live frame (`DescriptorDatabase.relocalise`), taken up by a later step.
-
-    Why: a live frame that KLT + PnP cannot pose was relocalised in its own step, 0.15-0.4 s on a loaded 2-core
-    machine with 4 streams and most of the longest steps' time (docs/benchmarks.md, live service). The lost
-    frame is answered at once with its guessed pose; when the job finds a pose the tracker continues from it and
-    re-emits that frame as an `is_update` revision. The frames lost while the job ran are kept (up to
-    `MAX_KEPT_LOST`) and tracked from it, hop by hop, when it is taken up: KLT from the relocalised frame straight
-    to the current one spans the whole job's time of camera motion and failed on a walk at 15 frames/s
-    (tests/recon/backends/test_geometric_mono_background_reloc.py).
-
-    The job matches against a copy of the map's point dict (a finished background adjustment may drop points
-    meanwhile) and the database's keyframe list as it was (the tracker adds none while it is lost). Never
-    checkpointed (`state._settled` leaves it out): a restored tracker tries again at its next lost frame.
-
-    Attributes:
-        frame, gray: the lost frame and its grey image (the tracks continue from it).
-        points: the map's point dict the job belongs to (identity: a job of a dropped map is discarded).
-        keyframes: the tracker's keyframe count at the start (a job is discarded once tracking came back and
-            added keyframes: the frame it posed is older than the map).
-        thread: the running `relocalise` call; its result is a `Relocalisation` or None.
-        lost: the frames lost since (frame, grey image), oldest first.
-    """
-
-    MAX_KEPT_LOST = 8  # frames lost meanwhile that are tracked again (a job takes 1-3 live steps)
-
-    frame: Any
-    gray: np.ndarray
-    points: dict[int, np.ndarray]
-    keyframes: int
-    thread: ThreadJob[Any]
-    lost: list[tuple[Any, np.ndarray]] = field(default_factory=list)
-
-    def keep_lost(self, frame: Any, gray: np.ndarray) -> None:
-        """Keep a frame lost while the job runs; past `MAX_KEPT_LOST` the newer ones keep their guesses."""
-        if len(self.lost) < self.MAX_KEPT_LOST:
-            self.lost.append((frame, gray))
-
-    def nbytes(self) -> int:
-        """Bytes of the images the job holds (the frames' and their grey images)."""
-        return sum(f.image.nbytes + g.nbytes for f, g in [(self.frame, self.gray), *self.lost])
-
-    @classmethod
-    def start(cls, db: Any, frame: Any, gray: np.ndarray, points: dict[int, np.ndarray], keyframes: int,
-              K: np.ndarray, guess_cw: np.ndarray) -> RelocaliseJob:
-        thread = ThreadJob("mono-relocalisation", db.relocalise, gray, dict(points), K.copy(), guess_cw.copy())
-        return cls(frame, gray, points, keyframes, thread.start())

@@ -50,7 +50,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from recon.backends.geometric.background import BundleJob, RelocaliseJob
+from recon.backends.geometric.background import BundleJob
 from recon.backends.geometric.bundle import bundle_adjust
 from recon.backends.geometric.features import KltTracker, to_gray
 from recon.backends.geometric.grid import depth_point_map, strided_K
@@ -114,10 +114,7 @@ class MonoVO:
             frames marked live, `frame.meta["live"]`, in the step for recorded ones), "always" or "never".
             In the background the keyframe step returns with the keyframe's PnP pose; the adjustment is
             applied at the first step after it finishes (one in flight at a time), and the frames it moved are
-            re-emitted as revisions. The relocalisation of a lost frame runs there too
-            (`background.RelocaliseJob`): the lost frame is answered with its guess and revised when the job
-            finds its pose; the relocalised keyframe itself is adjusted in the step (`_local_ba`'s `settle`).
-            Recorded sources stay in the step so a replay is deterministic.
+            re-emitted as revisions. Recorded sources stay in the step so a replay is deterministic.
         sync_keyframes: the first keyframes of each map are adjusted in the step even in the background mode:
             they correct the initial pair's poorly conditioned scale, and points triangulated against it while
             a late adjustment runs carried its distortion into the whole trajectory (the sample as a live stream,
@@ -194,8 +191,6 @@ class MonoVO:
         self._ba_wanted = False  # a keyframe came while a job was running: adjust the window again after it
         self.background_adjustments = 0
         self.background_discarded = 0
-        self._reloc_job: RelocaliseJob | None = None  # a lost live frame's relocalisation, running beside the stream
-        self.background_relocalisations = 0  # lost live frames posed by such a job (and revised)
         self._focal_refinements = 0
         self._focal_from_guess = False  # the focal search was not confident: the refinement starts at the guess
         self.updates_emitted = 0
@@ -222,7 +217,6 @@ class MonoVO:
                 "pose_updates": self.updates_emitted,
                 "held_untracked": self.held_untracked, "lost": self.lost_in_row > 0,
                 "relocalisations": self.relocalisations,
-                "background_relocalisations": self.background_relocalisations,
                 "background_adjustments": self.background_adjustments,
                 "background_discarded": self.background_discarded, "points_pruned": self.points_pruned,
                 "intrinsics": {"fx": float(self.K[0, 0]), "fy": float(self.K[1, 1]), "cx": float(self.K[0, 2]),
@@ -235,9 +229,7 @@ class MonoVO:
         revisable = sum(r.points_world.nbytes + r.depth.nbytes for r, _, _ in self._attached
                         if r.points_world is not None and r.depth is not None)
         anchors = sum(g.nbytes for g in self._anchor_grays.values())
-        relocalising = self._reloc_job.nbytes() if self._reloc_job is not None else 0
-        return (24 * len(self.points) + 40 * obs + held + revisable + anchors + relocalising
-                + self.width * self.height * 2)
+        return 24 * len(self.points) + 40 * obs + held + revisable + anchors + self.width * self.height * 2
 
     def track(self, frame: Frame) -> list[FrameResult]:
         """Process one frame; returns its result (untracked while initialising), plus any revisions."""
@@ -246,8 +238,6 @@ class MonoVO:
         updates = []
         if self._ba_job is not None and (self._ba_job.ready() or not self._in_background):
             updates = self._finish_background_ba()
-        if self._reloc_job is not None and (self._reloc_job.thread.done or not self._in_background):
-            updates += self._finish_relocalisation()
         gray = to_gray(frame.image)
         if self.state == "init":
             return updates + self._step_init(frame, gray)
@@ -262,8 +252,6 @@ class MonoVO:
     def flush(self) -> list[FrameResult]:
         """End of stream: held frames that never got a pose (already emitted untracked, or now with a guess)."""
         out = self._finish_background_ba() if self._ba_job is not None else []
-        if self._reloc_job is not None:
-            out += self._finish_relocalisation()
         return out + self._flush_held()
 
     def _flush_held(self) -> list[FrameResult]:
@@ -558,10 +546,7 @@ class MonoVO:
 
     # -- tracking ----------------------------------------------------------------------------------------------
 
-    def _step_track(self, frame: Frame, gray: np.ndarray, revision: bool = False) -> list[FrameResult]:
-        """Pose a frame by KLT + PnP (relocalising it when that fails). `revision`: the frame was emitted lost
-        and is posed again after a background relocalisation (`_catch_up`); its result is an `is_update`, and
-        when it is lost again nothing is returned (it keeps its guess)."""
+    def _step_track(self, frame: Frame, gray: np.ndarray) -> list[FrameResult]:
         guess = self.T_world_last @ self.velocity
         pts, ok = self._klt_track(gray)
         ids = self._ids[ok]
@@ -582,17 +567,7 @@ class MonoVO:
                     for tid in ids[drop]:
                         self.points.pop(int(tid), None)
                     ids, pts, sel = ids[keep], pts[keep], sel[keep]
-        if T_cw is None and revision:
-            return []
-        if T_cw is None and self.relocalise and self._in_background:
-            # One at a time (the frames lost meanwhile are kept, to be posed again from the relocalised one), and
-            # none for the frame that will re-initialise: `_lost` waits for a running job before it drops the map.
-            if self._reloc_job is not None:
-                self._reloc_job.keep_lost(frame, gray)
-            elif self.lost_in_row < self.max_lost_frames:
-                self._reloc_job = RelocaliseJob.start(self._db, frame, gray, self.points, self.keyframe_count,
-                                                      self.K, inv_se3(guess))
-        elif T_cw is None and self.relocalise:
+        if T_cw is None and self.relocalise:
             found = self._db.relocalise(gray, self.points, self.K, inv_se3(guess))
             if found is not None:
                 return self._relocalised(frame, gray, found)
@@ -618,52 +593,11 @@ class MonoVO:
             self.velocity = inv_se3(T_world_cur) @ self.T_world_last @ self.velocity
             updates = self._revise_attached()
         result = self._result(frame, self.T_world_last, self._ids, self._pts)
-        if revision:
-            result = replace(result, is_update=True)
-            self.updates_emitted += 1
         self._attach(result, self._kfs[-1])
         return updates + [result]
 
-    def _finish_relocalisation(self) -> list[FrameResult]:
-        """Take up the lost live frame's relocalisation (waiting for it if needed): when it found a pose and the
-        tracker is still lost in the same map, continue from that frame, then track the frames lost meanwhile
-        from it (`_catch_up`), revising their guessed results; the current frame is tracked from the last."""
-        job, self._reloc_job = self._reloc_job, None
-        assert job is not None
-        job.thread.wait()
-        if job.thread.error is not None:
-            self._warn("background_relocalisation", "monocular VO: a relocalisation failed (%s)", job.thread.error)
-        found = job.thread.result
-        if (found is None or job.points is not self.points or job.keyframes != self.keyframe_count
-                or self.state != "track" or not self.lost_in_row):
-            return []  # not found, the map was dropped, or tracking came back meanwhile (from a newer frame)
-        alive = np.array([int(t) in self.points for t in found.ids], bool)  # a finished adjustment may drop some
-        if alive.sum() < self._db.min_inliers:
-            return []
-        found = replace(found, ids=found.ids[alive], pts=found.pts[alive])
-        self.background_relocalisations += 1
-        return self._relocalised(job.frame, job.gray, found, revision=True) + self._catch_up(job.lost)
-
-    def _catch_up(self, lost: list[tuple[Frame, np.ndarray]]) -> list[FrameResult]:
-        """Track frames lost while a relocalisation ran, oldest first, from the relocalised frame: KLT across
-        the whole gap to the current frame would fail where each hop does not. Stops at the first lost again."""
-        out: list[FrameResult] = []
-        for frame, gray in lost:
-            results = self._step_track(frame, gray, revision=True)
-            if not results:
-                break
-            out += results
-        return out
-
-    def _relocalised(self, frame: Frame, gray: np.ndarray, found: Any, revision: bool = False
-                     ) -> list[FrameResult]:
-        """Continue from a descriptor-matched pose: its matches become the tracks and the frame a keyframe,
-        adjusted in the step (`settle`). `revision`: the frame was already emitted (lost, with a guess); its
-        result is an `is_update`."""
-        updates = []
-        if self._ba_job is not None:  # the map as adjusted so far; the settling adjustment covers the window
-            self._ba_wanted = False
-            updates = self._finish_background_ba()
+    def _relocalised(self, frame: Frame, gray: np.ndarray, found: Any) -> list[FrameResult]:
+        """Continue from a descriptor-matched pose: its matches become the tracks and the frame a keyframe."""
         self.relocalisations += 1
         if self.lost_in_row:
             logger.info("monocular VO: relocalised at %s/%d against keyframe %d (%d matched map points) after %d "
@@ -675,14 +609,11 @@ class MonoVO:
         self._anchor_key, self._anchor_pts = self._anchor_key[:0], self._anchor_pts[:0]
         self._add_anchor(gray, self._pts)
         self._prev_gray = gray
-        T_cw = self._add_keyframe(gray, found.T_cw, settle=True)
+        T_cw = self._add_keyframe(gray, found.T_cw)
         self.T_world_last = inv_se3(T_cw)
         self.velocity = np.eye(4)  # the motion since the last tracked frame is unknown
-        updates += self._revise_attached()
+        updates = self._revise_attached()
         result = self._result(frame, self.T_world_last, self._ids, self._pts)
-        if revision:
-            result = replace(result, is_update=True)
-            self.updates_emitted += 1
         self._attach(result, self._kfs[-1])
         return updates + [result]
 
@@ -758,7 +689,7 @@ class MonoVO:
             self.T_world_last = guess
         else:
             self.velocity = np.eye(4)
-        if self.lost_in_row > self.max_lost_frames and self.state == "track" and self._reloc_job is None:
+        if self.lost_in_row > self.max_lost_frames and self.state == "track":
             self.reinitialisations += 1
             logger.info("monocular VO: re-initialising after %d lost frames", self.lost_in_row)
             depth = self._median_depth()
@@ -786,9 +717,8 @@ class MonoVO:
 
     # -- keyframes ---------------------------------------------------------------------------------------------
 
-    def _add_keyframe(self, gray: np.ndarray, T_cw: np.ndarray, settle: bool = False) -> np.ndarray:
-        """New keyframe: triangulate, bundle-adjust the window, replenish corners; returns the refined T_cw.
-        `settle`: adjust in the step even for live frames (`_local_ba`)."""
+    def _add_keyframe(self, gray: np.ndarray, T_cw: np.ndarray) -> np.ndarray:
+        """New keyframe: triangulate, bundle-adjust the window, replenish corners; returns the refined T_cw."""
         obs = {int(i): p.copy() for i, p in zip(self._ids, self._pts, strict=True)}
         kf = _Keyframe(self.keyframe_count, T_cw.copy(), obs)
         self.keyframe_count += 1
@@ -799,7 +729,7 @@ class MonoVO:
         self._triangulate_new(kf)
         n_new = len(self.points) - n_before
         c_before = inv_se3(kf.T_cw)[:3, 3]
-        self._local_ba(settle)
+        self._local_ba()
         logger.debug("keyframe %d: %d tracks, %d new points, %d map points, moved %.4f by the adjustment",
                      kf.index, len(kf.obs), n_new, len(self.points), np.linalg.norm(inv_se3(kf.T_cw)[:3, 3] - c_before))
         self._describe(gray, kf)
@@ -870,16 +800,10 @@ class MonoVO:
             good &= np.linalg.norm(proj - p, axis=1) < self.reproj_px
         return X, good
 
-    def _local_ba(self, settle: bool = False) -> None:
+    def _local_ba(self) -> None:
         """Bundle-adjust the window (in the step, or on a background thread for live frames); the oldest
-        keyframe stays fixed (gauge) and the scale is held softly (see `bundle_adjust`'s `scale_pair`).
-
-        `settle` (a relocalised keyframe; the caller applied any running job): in the step. Its pose rests on
-        the matches of one frame; when the tracker went on triangulating from it before the adjustment came
-        back, the scale drifted: on a synthetic walk with a 10-frame jump the Sim(3) ATE was 6.4-7.1 % of the
-        path in 3 of 3 paced live runs against 1.0 % with the adjustment in the step (also when it happened to
-        finish before the next step, 2 of 3 runs before this)."""
-        background = self._in_background and self._map_keyframes > self.sync_keyframes and not settle
+        keyframe stays fixed (gauge) and the scale is held softly (see `bundle_adjust`'s `scale_pair`)."""
+        background = self._in_background and self._map_keyframes > self.sync_keyframes
         if background and self._ba_job is not None:
             self._ba_wanted = True  # one job at a time; the window is adjusted again once it is applied
             return

@@ -98,8 +98,7 @@ class DescriptorDatabase:
         RANSACs were spent on them).
         """
         scored = []
-        entries = list(self.entries)  # as of now: a background relocalisation runs while keyframes may be added
-        for entry, alive in zip(entries, _alive_rows(entries, points), strict=True):
+        for entry, alive in zip(self.entries, _alive_rows(self.entries, points), strict=True):
             if alive.sum() < self.min_inliers:
                 continue
             q, t = _ratio_matches(desc, entry.desc[alive], self.ratio)

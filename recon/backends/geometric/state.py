@@ -70,12 +70,8 @@ def _tracker_values(tracker: Any) -> dict[str, Any]:
 
 def _settled(tracker: Any) -> dict[str, Any]:
     """The tracker's attributes with a background adjustment still running left out (MonoVO: `_ba_job`, whose
-    thread is not data) and the window marked to be adjusted again; a finished one is kept, to be applied. A
-    relocalisation job (`_reloc_job`) is always left out: the restored tracker tries again at its next lost
-    frame."""
+    thread is not data) and the window marked to be adjusted again; a finished one is kept, to be applied."""
     values = dict(vars(tracker))
-    if values.get("_reloc_job") is not None:
-        values["_reloc_job"] = None
     job = values.get("_ba_job")
     if job is not None and not job.wait(0):
         values["_ba_job"] = None
