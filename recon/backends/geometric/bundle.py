@@ -1,9 +1,18 @@
-"""Local bundle adjustment for monocular VO: scipy sparse least squares over a window of keyframes.
+"""Local bundle adjustment for monocular VO: Levenberg-Marquardt over a window of keyframes, points eliminated by
+the Schur complement.
 
 Cameras are world-to-camera (Rodrigues vector, translation), points are world xyz; residuals are pixel
-reprojection errors with a Huber loss. The Jacobian is analytic and sparse (each residual touches one camera
-and one point): one pass over the observations, where finite differences over the same sparsity cost about ten
-residual evaluations, which made the keyframe steps of a live stream several times slower than the others.
+reprojection errors with a Huber loss (iteratively reweighted). The Jacobian is analytic: each observation
+touches one camera and one point, so the normal equations are a small dense camera block (6 per free keyframe,
+plus the focal factor) and 3x3 point blocks; the points are eliminated (Schur complement) and each step is one
+dense solve of the camera block.
+
+Why not scipy's `least_squares` (used before): its sparse trust-region steps run LSMR, tens of thousands of small
+numpy and scipy calls per adjustment (78,000 Python calls per adjustment on the sample at 640x480), and each of
+them is a point where the interpreter lock changes hands. With four live sessions in one node the adjustments ran
+3-20x slower than alone (an initial adjustment of 150 ms took 2-3.7 s in `recon bench live`). This solver does
+a few dozen vectorised operations per iteration, and its steps are exact, where LSMR's stalled far from the optimum
+(every projection off after a focal change; the reason for the former `dense` option).
 """
 
 from __future__ import annotations
@@ -11,8 +20,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from scipy.optimize import least_squares
-from scipy.sparse import coo_matrix
+from scipy.sparse import csr_matrix
 from scipy.spatial.transform import Rotation
 
 logger = logging.getLogger(__name__)
@@ -43,10 +51,139 @@ def _left_jacobian(w_n3: np.ndarray) -> np.ndarray:
     return np.eye(3) + a * W + b * (W @ W)
 
 
+class BundleProblem:
+    """Residuals and Jacobian blocks of one adjustment. The parameter vector is
+    [free cameras (6 each), log focal factor (if refined), points (3 each)]: the camera side first, as eliminated.
+
+    Rows: 2 per observation (u, v), then one for the scale gauge when `scale_pair` is given.
+    """
+
+    def __init__(self, T_cw_c44: np.ndarray, fixed_c: np.ndarray, X_p3: np.ndarray, obs_cam: np.ndarray,
+                 obs_pt: np.ndarray, obs_uv: np.ndarray, K: np.ndarray, scale_pair: tuple[int, int] | None,
+                 refine_focal: bool) -> None:
+        self.C, self.P, self.M = len(T_cw_c44), len(X_p3), len(obs_cam)
+        self.cams = np.zeros((self.C, 6))
+        self.cams[:, :3] = Rotation.from_matrix(T_cw_c44[:, :3, :3]).as_rotvec()
+        self.cams[:, 3:] = T_cw_c44[:, :3, 3]
+        self.X0 = np.asarray(X_p3, np.float64)
+        self.obs_cam, self.obs_pt = np.asarray(obs_cam, np.int64), np.asarray(obs_pt, np.int64)
+        self.obs_uv, self.K = np.asarray(obs_uv, np.float64), K
+        self.scale_pair, self.refine_focal = scale_pair, bool(refine_focal)
+        self.free = np.flatnonzero(~np.asarray(fixed_c, bool))
+        self.col_of_cam = -np.ones(self.C, np.int64)
+        self.col_of_cam[self.free] = np.arange(len(self.free)) * 6
+        self.n_side = 6 * len(self.free) + int(self.refine_focal)  # the eliminated-into (camera) side
+        self.n_rows = 2 * self.M + int(scale_pair is not None)
+        self.d0, self.w_scale = 0.0, 0.0
+        if scale_pair is not None:
+            self.d0 = float(np.linalg.norm(self._centre(self.cams[scale_pair[0]]) -
+                                           self._centre(self.cams[scale_pair[1]])))
+            self.w_scale = 100.0 / max(self.d0, 1e-9)  # 1% change of the distance costs like a 1 px residual
+        # Sums over each point's observations as one sparse product (points without observations give zeros).
+        self.by_point = csr_matrix((np.ones(self.M), (self.obs_pt, np.arange(self.M))), shape=(self.P, self.M))
+        has_cam = self.col_of_cam[self.obs_cam] >= 0
+        m = np.flatnonzero(has_cam)
+        self._cam_obs = m
+        self._cam_rows = (2 * m[:, None, None] + np.arange(2)[None, :, None]) * np.ones((1, 1, 6), np.int64)
+        self._cam_cols = (self.col_of_cam[self.obs_cam[m]][:, None, None] + np.arange(6)[None, None, :]) \
+            * np.ones((1, 2, 1), np.int64)
+
+    @staticmethod
+    def _centre(c6: np.ndarray) -> np.ndarray:
+        return -Rotation.from_rotvec(c6[:3]).as_matrix().T @ c6[3:]
+
+    def x0(self) -> np.ndarray:
+        return np.concatenate([self.cams[self.free].ravel(), np.zeros(int(self.refine_focal)), self.X0.ravel()])
+
+    def unpack(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        c = self.cams.copy()
+        n_cam = 6 * len(self.free)
+        c[self.free] = x[:n_cam].reshape(-1, 6)
+        fs = float(np.exp(x[n_cam])) if self.refine_focal else 1.0
+        return c, x[self.n_side:].reshape(-1, 3), fs
+
+    def residuals(self, x: np.ndarray) -> np.ndarray:
+        c, X, fs = self.unpack(x)
+        r = (_project(c, X, self.obs_cam, self.obs_pt, self.K, fs) - self.obs_uv).ravel()
+        if self.scale_pair is None:
+            return r
+        i, j = self.scale_pair
+        d = np.linalg.norm(self._centre(c[i]) - self._centre(c[j]))
+        return np.append(r, self.w_scale * (d - self.d0))
+
+    def jacobian(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(A [rows, n_side]: d residual / d camera side, dense; B [M, 2, 3]: d (u, v) of observation m / d its
+        point)."""
+        c, X, fs = self.unpack(x)
+        K, oc, op = self.K, self.obs_cam, self.obs_pt
+        R = Rotation.from_rotvec(c[:, :3]).as_matrix()
+        RY = np.einsum("mij,mj->mi", R[oc], X[op])
+        Xc = RY + c[oc, 3:]
+        z = np.maximum(Xc[:, 2], 1e-6)
+        F = fs * np.array([K[0, 0], K[1, 1]])
+        dp = np.zeros((self.M, 2, 3))  # d(u, v) / d Xc, which is also d(u, v) / d t
+        dp[:, 0, 0] = F[0] / z
+        dp[:, 1, 1] = F[1] / z
+        dp[:, :, 2] = -F * Xc[:, :2] / z[:, None] ** 2
+        A = np.zeros((self.n_rows, self.n_side))
+        m = self._cam_obs
+        if len(m):
+            d_w = -dp[m] @ _skew(RY[m]) @ _left_jacobian(c[oc[m], :3])  # [m, 2, 3]
+            A[self._cam_rows, self._cam_cols] = np.concatenate([d_w, dp[m]], axis=2)
+        if self.scale_pair is not None:
+            i, j = self.scale_pair
+            ci, cj = self._centre(c[i]), self._centre(c[j])
+            g = self.w_scale * (ci - cj) / max(float(np.linalg.norm(ci - cj)), 1e-12)
+            for cam, sign in ((i, 1.0), (j, -1.0)):
+                col = self.col_of_cam[cam]
+                if col >= 0:  # c = -R^T t: dc/dw = [c]_x J_l(-w), dc/dt = -R^T
+                    dc_dw = _skew(self._centre(c[cam])) @ _left_jacobian(-c[cam, :3])
+                    dc_dt = -Rotation.from_rotvec(c[cam, :3]).as_matrix().T
+                    A[-1, col:col + 6] += sign * g @ np.hstack([dc_dw, dc_dt])
+        if self.refine_focal:
+            A[:2 * self.M, -1] = (F * Xc[:, :2] / z[:, None]).ravel()
+        return A, dp @ R[oc]
+
+    def step(self, A: np.ndarray, B: np.ndarray, r: np.ndarray, w: np.ndarray, damping: float) -> np.ndarray:
+        """The damped Gauss-Newton step for weights `w` (Marquardt: the diagonal scaled by 1 + damping)."""
+        M, P, n = self.M, self.P, self.n_side
+        Aw = A * w[:, None]
+        Hcc = A.T @ Aw
+        gc = Aw.T @ r
+        wo = w[:2 * M].reshape(M, 2)
+        Bw = B * wo[:, :, None]  # [M, 2, 3]
+        ro = r[:2 * M].reshape(M, 2)
+        Hpp = (self.by_point @ np.einsum("mki,mkj->mij", Bw, B).reshape(M, 9)).reshape(P, 3, 3)
+        gp = self.by_point @ np.einsum("mki,mk->mi", Bw, ro)
+        Hpc = (self.by_point @ np.einsum("mki,mkj->mij", Bw, A[:2 * M].reshape(M, 2, n)).reshape(M, 3 * n)
+               ).reshape(P, 3, n)
+        Hpp_d = Hpp + damping * Hpp * np.eye(3) + 1e-12 * np.eye(3)
+        Hpp_inv = np.linalg.inv(Hpp_d)
+        T = Hpp_inv @ Hpc  # [P, 3, n]
+        u = np.einsum("pij,pj->pi", Hpp_inv, gp)
+        if n:
+            S = Hcc + damping * np.diag(np.diag(Hcc)) - Hpc.reshape(3 * P, n).T @ T.reshape(3 * P, n)
+            bc = -gc + Hpc.reshape(3 * P, n).T @ u.ravel()
+            dc = np.linalg.solve(S + 1e-12 * np.eye(n), bc)
+        else:
+            dc = np.zeros(0)
+        dpts = -(u + T @ dc)
+        return np.concatenate([dc, dpts.ravel()])
+
+
+def _huber(r: np.ndarray, delta: float) -> tuple[float, np.ndarray]:
+    """Huber cost (scipy's `loss="huber"` with f_scale=delta: 0.5 * sum of delta^2 rho((r/delta)^2)) and the
+    reweighting factors rho' (1 inside, delta/|r| outside)."""
+    a = np.abs(r)
+    inside = a <= delta
+    cost = 0.5 * float(np.sum(np.where(inside, r * r, 2 * delta * a - delta * delta)))
+    return cost, np.where(inside, 1.0, delta / np.maximum(a, 1e-300))
+
+
 def bundle_adjust(T_cw_c44: np.ndarray, fixed_c: np.ndarray, X_p3: np.ndarray, obs_cam: np.ndarray,
                   obs_pt: np.ndarray, obs_uv: np.ndarray, K: np.ndarray, *, huber_px: float = 1.5,
                   max_nfev: int = 20, scale_pair: tuple[int, int] | None = None, refine_focal: bool = False,
-                  dense: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+                  ftol: float = 1e-6, xtol: float = 1e-8) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Refined (T_cw [C,4,4], X [P,3], per-observation reprojection error [M], focal scale).
 
     Args:
@@ -58,104 +195,48 @@ def bundle_adjust(T_cw_c44: np.ndarray, fixed_c: np.ndarray, X_p3: np.ndarray, o
             obs_cam[m] at pixel obs_uv[m].
         refine_focal: also estimate one factor s on fx and fy (principal point fixed), returned as the last
             value (1.0 when not refined); the focal self-calibration of recon.backends.geometric.selfcalib.
-        dense: solve each trust-region step exactly on the dense Jacobian (small problems only): the iterative
-            LSMR steps stall far from the optimum when every projection is off, e.g. after a focal change.
+        max_nfev: residual evaluations (the start and one per tried step, as scipy counts them).
+        ftol / xtol: stop when a step lowers the cost by less than ftol of it, or moves x by less than xtol of it.
     """
-    C, P, M = len(T_cw_c44), len(X_p3), len(obs_cam)
-    cams = np.zeros((C, 6))
-    cams[:, :3] = Rotation.from_matrix(T_cw_c44[:, :3, :3]).as_rotvec()
-    cams[:, 3:] = T_cw_c44[:, :3, 3]
-    free = np.flatnonzero(~fixed_c)
-    col_of_cam = -np.ones(C, np.int64)
-    col_of_cam[free] = np.arange(len(free)) * 6
-    n_cam_params = 6 * len(free)
-
-    n_point_params = 3 * P
-
-    def unpack(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        c = cams.copy()
-        c[free] = x[:n_cam_params].reshape(-1, 6)
-        fs = float(np.exp(x[-1])) if refine_focal else 1.0
-        return c, x[n_cam_params:n_cam_params + n_point_params].reshape(-1, 3), fs
-
-    def centre(c6: np.ndarray) -> np.ndarray:
-        return -Rotation.from_rotvec(c6[:3]).as_matrix().T @ c6[3:]
-
-    d0, w_scale = 0.0, 0.0
-    if scale_pair is not None:
-        d0 = float(np.linalg.norm(centre(cams[scale_pair[0]]) - centre(cams[scale_pair[1]])))
-        w_scale = 100.0 / max(d0, 1e-9)  # 1% change of the distance costs like a 1 px residual
-
-    def residuals(x: np.ndarray) -> np.ndarray:
-        c, X, fs = unpack(x)
-        r = (_project(c, X, obs_cam, obs_pt, K, fs) - obs_uv).ravel()
-        if scale_pair is None:
-            return r
-        d = np.linalg.norm(centre(c[scale_pair[0]]) - centre(c[scale_pair[1]]))
-        return np.append(r, w_scale * (d - d0))
-
-    def jacobian(x: np.ndarray) -> coo_matrix:
-        c, X, fs = unpack(x)
-        R = Rotation.from_rotvec(c[:, :3]).as_matrix()
-        RY = np.einsum("mij,mj->mi", R[obs_cam], X[obs_pt])
-        Xc = RY + c[obs_cam, 3:]
-        z = np.maximum(Xc[:, 2], 1e-6)
-        F = fs * np.array([K[0, 0], K[1, 1]])
-        dp = np.zeros((M, 2, 3))  # d(u, v) / d Xc
-        dp[:, 0, 0] = F[0] / z
-        dp[:, 1, 1] = F[1] / z
-        dp[:, :, 2] = -F * Xc[:, :2] / z[:, None] ** 2
-        d_w = -dp @ _skew(RY) @ _left_jacobian(c[obs_cam, :3])  # [M, 2, 3]
-        d_X = dp @ R[obs_cam]
-        vals = []
-        for k in range(2):
-            vals += [d_w[has_cam, k, j] for j in range(3)] + [dp[has_cam, k, j] for j in range(3)]
-            vals += [d_X[:, k, j] for j in range(3)]
-        if scale_pair is not None:
-            i, j = scale_pair
-            ci, cj = centre(c[i]), centre(c[j])
-            g = w_scale * (ci - cj) / max(float(np.linalg.norm(ci - cj)), 1e-12)
-            for cam, sign in ((i, 1.0), (j, -1.0)):
-                if col_of_cam[cam] >= 0:  # c = -R^T t: dc/dw = [c]_x J_l(-w), dc/dt = -R^T
-                    dc_dw = _skew(centre(c[cam])) @ _left_jacobian(-c[cam, :3])
-                    dc_dt = -Rotation.from_rotvec(c[cam, :3]).as_matrix().T
-                    vals.append(sign * g @ np.hstack([dc_dw, dc_dt]))
-        if refine_focal:
-            vals.append((F * Xc[:, :2] / z[:, None]).ravel())
-        return coo_matrix((np.concatenate(vals), (rows_a, cols_a)), shape=(n_rows, n_params))
-
-    rows, cols = [], []
-    r = np.arange(M)
-    has_cam = col_of_cam[obs_cam] >= 0
-    for k in range(2):
-        for j in range(6):
-            rows.append(2 * r[has_cam] + k)
-            cols.append(col_of_cam[obs_cam[has_cam]] + j)
-        for j in range(3):
-            rows.append(2 * r + k)
-            cols.append(n_cam_params + 3 * obs_pt + j)
-    n_rows = 2 * M
-    if scale_pair is not None:
-        for cam in scale_pair:
-            if col_of_cam[cam] >= 0:
-                rows.append(np.full(6, n_rows))
-                cols.append(col_of_cam[cam] + np.arange(6))
-        n_rows += 1
-    n_params = n_cam_params + n_point_params + int(refine_focal)
-    if refine_focal:  # one dense column: every reprojection residual depends on the focal length
-        rows.append(np.arange(2 * M))
-        cols.append(np.full(2 * M, n_params - 1))
-    rows_a, cols_a = np.concatenate(rows), np.concatenate(cols)
-    x0 = np.concatenate([cams[free].ravel(), X_p3.ravel(), np.zeros(int(refine_focal))])
-    jac = (lambda x: jacobian(x).toarray()) if dense else (lambda x: jacobian(x).tocsr())
-    sol = least_squares(residuals, x0, jac=jac, method="trf", loss="huber", f_scale=huber_px, x_scale="jac",
-                        max_nfev=max_nfev, xtol=1e-8, ftol=1e-6, tr_solver="exact" if dense else "lsmr")
-    logger.debug("bundle adjustment: %d cameras (%d free), %d points, %d observations, rms %.2f -> %.2f px, "
-                 "%d evaluations", C, len(free), P, M, np.sqrt(np.mean(residuals(x0) ** 2)),
-                 np.sqrt(np.mean(sol.fun ** 2)), sol.nfev)
-    c, X, fs = unpack(sol.x)
-    T = np.tile(np.eye(4), (C, 1, 1))
+    problem = BundleProblem(T_cw_c44, fixed_c, X_p3, obs_cam, obs_pt, obs_uv, K, scale_pair, refine_focal)
+    x = problem.x0()
+    r = problem.residuals(x)
+    cost, w = _huber(r, huber_px)
+    cost0, nfev, damping = cost, 1, 1e-4
+    A = B = None
+    while nfev < max_nfev:
+        if A is None:
+            A, B = problem.jacobian(x)
+        with np.errstate(all="ignore"):
+            try:
+                dx = problem.step(A, B, r, w, damping)
+            except np.linalg.LinAlgError:
+                dx = None
+        if dx is None or not np.all(np.isfinite(dx)):
+            damping *= 10
+            if damping > 1e8:
+                break
+            continue
+        x_new = x + dx
+        r_new = problem.residuals(x_new)
+        nfev += 1
+        cost_new, w_new = _huber(r_new, huber_px)
+        if np.isfinite(cost_new) and cost_new < cost:
+            small = cost - cost_new < ftol * cost or np.linalg.norm(dx) < xtol * (xtol + np.linalg.norm(x))
+            x, r, cost, w = x_new, r_new, cost_new, w_new
+            A = None
+            damping = max(damping / 3, 1e-9)
+            if small:
+                break
+        else:
+            damping *= 10
+            if damping > 1e8:
+                break
+    logger.debug("bundle adjustment: %d cameras (%d free), %d points, %d observations, cost %.4g -> %.4g, "
+                 "%d evaluations", problem.C, len(problem.free), problem.P, problem.M, cost0, cost, nfev)
+    c, X, fs = problem.unpack(x)
+    T = np.tile(np.eye(4), (problem.C, 1, 1))
     T[:, :3, :3] = Rotation.from_rotvec(c[:, :3]).as_matrix()
     T[:, :3, 3] = c[:, 3:]
-    err = np.linalg.norm(_project(c, X, obs_cam, obs_pt, K, fs) - obs_uv, axis=1)
+    err = np.linalg.norm(_project(c, X, problem.obs_cam, problem.obs_pt, K, fs) - problem.obs_uv, axis=1)
     return T, X, err, fs

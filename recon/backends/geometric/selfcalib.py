@@ -186,7 +186,7 @@ def reconstruction_cost(tracks: MultiViewTracks, f: float, width: int, height: i
 
     The outer views are reconstructed from their essential matrix at this f, the others posed by least-squares
     PnP on every track (seeded by the previous view; no RANSAC threshold, since at a wrong f every track is off
-    by a few pixels), then all views and points are bundle-adjusted at this f (dense steps: the problem is small).
+    by a few pixels), then all views and points are bundle-adjusted at this f.
     """
     from recon.backends.geometric.bundle import bundle_adjust
     from recon.backends.geometric.pnp import T_from_rt, rt_from_T
@@ -221,7 +221,7 @@ def reconstruction_cost(tracks: MultiViewTracks, f: float, width: int, height: i
     fixed[0] = True
     obs_cam, obs_pt = np.repeat(np.arange(V), P), np.tile(np.arange(P), V)
     _, _, err, _ = bundle_adjust(np.stack(T), fixed, X, obs_cam, obs_pt, uv.reshape(-1, 2), K, huber_px=huber_px,
-                                 max_nfev=max_nfev, scale_pair=(0, V - 1), dense=True)
+                                 max_nfev=max_nfev, scale_pair=(0, V - 1))
     out[front] = (np.minimum(err, cap_px) ** 2).reshape(V, P).sum(0)
     return out
 

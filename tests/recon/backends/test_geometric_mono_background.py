@@ -99,7 +99,7 @@ def test_a_checkpoint_does_not_wait_for_the_running_adjustment_and_a_restored_ba
     and marks the window, which the restored tracker adjusts at its next keyframe."""
     frames = _frames(40, live=True, every=2)
     first = create_backend("geometric", mode="mono")
-    _, n = _step_until_job(first, frames)
+    head, n = _step_until_job(first, frames)
     saved: list = []
     saver = threading.Thread(target=lambda: saved.append(backend_state(first)))
     saver.start()
@@ -113,12 +113,17 @@ def test_a_checkpoint_does_not_wait_for_the_running_adjustment_and_a_restored_ba
     a = {r.seq: r.T_world_cam for r in [r for f in rest for r in first.step(f)] + first.flush() if r.tracked}
     b = {r.seq: r.T_world_cam for r in [r for f in rest for r in restored.step(f)] + restored.flush() if r.tracked}
     assert restored.stats().extra["background_adjustments"] >= 1, restored.stats().extra  # adjusted again
-    assert sorted(a) == sorted(b) == [f.seq for f in rest]
+    # Every frame after the checkpoint has a tracked pose from both (earlier frames may come back as revisions).
+    seqs = [f.seq for f in rest]
+    assert [s for s in seqs if s in a] == [s for s in seqs if s in b] == seqs, (sorted(a), sorted(b))
     # Same map, same frames, the window adjusted at another step: the two tracks stay together. The bound is the
     # accuracy target (2 % of the path, test_live_trajectory_keeps_the_accuracy_target) over the path so far.
-    centres_a = np.stack([a[s][:3, 3] for s in sorted(a)])
-    centres_b = np.stack([b[s][:3, 3] for s in sorted(b)])
-    path = float(np.sum(np.linalg.norm(np.diff(centres_a, axis=0), axis=1)))
+    centres_a = np.stack([a[s][:3, 3] for s in seqs])
+    centres_b = np.stack([b[s][:3, 3] for s in seqs])
+    so_far = {r.seq: r.T_world_cam[:3, 3] for r in head if r.tracked}
+    so_far.update({s: a[s][:3, 3] for s in seqs})
+    track = np.stack([so_far[s] for s in sorted(so_far)])
+    path = float(np.sum(np.linalg.norm(np.diff(track, axis=0), axis=1)))
     assert float(np.max(np.linalg.norm(centres_a - centres_b, axis=1))) <= 0.02 * path
 
 
