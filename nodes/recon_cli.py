@@ -59,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="node-wide budget of decoded frame bytes held in queues and steps")
     parser.add_argument("--no-warmup", action="store_true",
                         help="do not build and step one backend at start (the first camera then waits for it)")
+    parser.add_argument("--native-threads", type=int, default=0, metavar="N",
+                        help="threads per OpenCV / BLAS call, e.g. 1 to make the sessions the only parallelism "
+                             "(default 0: the libraries' own defaults)")
     parser.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
                         help="grant cameras no credit until N result subscribers are connected")
     parser.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat period in seconds")
@@ -103,7 +106,8 @@ def config_from_args(args: argparse.Namespace, state_key: str | None = None) -> 
                            allow_remote=args.allow_remote, limits=limits,
                            max_buffered_bytes=int(args.max_buffered_mb * 2**20), state_dir=state_dir,
                            checkpoint_every=args.checkpoint_every, state_max_age_s=args.state_max_age,
-                           warmup=not args.no_warmup, security=Security.from_args(args),
+                           warmup=not args.no_warmup, native_threads=args.native_threads or None,
+                           security=Security.from_args(args),
                            batch_window_ms=args.batch_window_ms, batch_deadline_ms=args.batch_deadline_ms,
                            kv_memory_bytes=None if args.kv_memory is None else int(args.kv_memory * 2**20),
                            kv_idle_s=args.kv_idle)

@@ -51,6 +51,7 @@ from recon.nodes.sessions import Session, SessionOptions, SessionServices, Sessi
 from recon.nodes.transport import Authenticator, Security, check_bind, default_context, new_node_id
 from recon.types import Frame
 from recon.utils.log import WarnOnce
+from recon.utils.threads import limit_native_threads, native_threads
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class ReconNodeConfig:
         result_hwm: results queued per subscriber before publishing waits for it.
         warmup: build one backend at start and step it on a synthetic frame, so the first camera does not wait
             for imports and first-call initialisation.
+        native_threads: threads per call of OpenCV and BLAS, set process-wide at start (recon.utils.threads:
+            the sessions are the node's parallelism); None leaves the libraries as they are (in-process use).
         backend_instance: an already built backend for the first stream (in-process replay hands over its own,
             so its stats stay with the caller); further streams are refused.
         strict: a backend exception stops the node (`ReconNode.failure`) instead of being counted and skipped.
@@ -133,6 +136,7 @@ class ReconNodeConfig:
     state_max_age_s: float | None = 3600.0
     result_hwm: int = 64
     warmup: bool = False
+    native_threads: int | None = None
     security: Security = field(default_factory=Security)
     backend_instance: Backend | None = None
     strict: bool = False
@@ -225,6 +229,8 @@ class ReconNode:
         cfg = self.config
         self._auth = Authenticator(self.ctx, cfg.security)
         spare = None
+        if cfg.native_threads is not None:
+            limit_native_threads(cfg.native_threads)
         if cfg.warmup and cfg.backend_instance is None:
             spare = warm_backend(cfg.backend, cfg.backend_options)
         self.publisher = Publisher(self.ctx, cfg.publish, node_id=self.node_id, heartbeat_s=cfg.heartbeat_s,
@@ -406,7 +412,7 @@ class ReconNode:
                 "rejected": rejected, "rejected_total": int(sum(rejected.values())), "faults": self.faults.counts,
                 "refused": dict(self.table.refusals), "not_owner": self.table.not_owner,
                 "takeovers": self.table.takeovers, "replies_lost": self.replies.lost if self.replies else 0,
-                "budget": self.budget.describe(),
+                "budget": self.budget.describe(), "native_threads": native_threads(),
                 "limits": {"max_pixels": self.config.limits.max_pixels,
                            "max_message_bytes": self.config.limits.max_message_bytes},
                 "checkpoints": self.writer.describe() if self.writer is not None else None,

@@ -32,13 +32,13 @@ def tcp() -> str:
 class NodeProcess:
     """`recon node KIND ...` as a subprocess (through `python -m recon.nodes.KIND_cli`), log captured to a file."""
 
-    def __init__(self, args: list[str], log: Path) -> None:
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.args = args
         self.log_path = log
         self._log = log.open("ab")
         # Checkpoints of nodes started here go next to their log (a restarted node in the same test finds them).
         env = {**os.environ, "PYTHONPATH": str(REPO), "RECON_LOG_LEVEL": "INFO", "OMP_NUM_THREADS": "1",
-               "RECON_STATE_DIR": str(log.parent / "state")}
+               "RECON_STATE_DIR": str(log.parent / "state"), **(env or {})}
         self.proc = subprocess.Popen(node_command(*args), cwd=REPO, env=env,
                                      stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
 
