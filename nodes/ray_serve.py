@@ -5,8 +5,11 @@
   checkpoints in one folder every worker shares (`--state-dir`, on a shared file system across machines). A
   worker restores a stream's checkpoint when the stream arrives, not every checkpoint at start.
 - The `Directory` (in the driver) places each new stream on the least-loaded live worker and pings the workers
-  every `health_s`; a worker that does not answer, or that Ray reports dead, is dropped and its streams re-placed,
-  and (`replace_dead`) a new worker is started in its place, which takes new streams.
+  every `health_s`. A worker Ray reports dead, or whose node failed, is dropped at once; one that is only slow
+  (a busy machine) is dropped when its ping has gone unanswered for `dead_after_s`, and is then killed, so it can
+  neither keep serving the streams that moved nor hold on to its CPU/GPU. Its streams are re-placed, and
+  (`replace_dead`) a new worker is started in its place, which takes new streams; the health loop polls that
+  start (and retries a failed one) without waiting for it.
 - Scaling (`Scaling`, `--min-workers/--max-workers`): the service starts `min_workers` and, while the streams
   placed per live worker exceed `streams_per_worker`, starts one more (up to `max_workers`: the GPUs, or a
   configured maximum on CPU), which takes the next new streams (least loaded; running streams stay where they
@@ -120,13 +123,53 @@ class WorkerEntry:
     idle_since: float | None = None  # monotonic time since when it has neither (None: busy)
     retiring: bool = False  # takes no new streams; stopped by the scaler (never replaced)
     placed_at: dict[str, float] = field(default_factory=dict)
+    ping: Any = None  # the ping in flight (one at a time: a slow worker's pings do not pile up)
+    ping_sent: float = 0.0  # monotonic time it was sent
+
+
+@dataclass
+class WorkerStart:
+    """A worker actor being started, polled by the health loop (so no health check waits for a start)."""
+
+    index: int
+    actor: Any
+    ref: Any  # its `endpoints()` call
+    since: float
+
+    @classmethod
+    def begin(cls, actor_class: Any, index: int, config: ReconNodeConfig) -> WorkerStart:
+        actor = actor_class.remote(index, config)
+        return cls(index, actor, actor.endpoints.remote(), time.monotonic())
+
+    def poll(self, timeout_s: float) -> tuple[str, dict[str, Any] | None]:
+        """("ready", endpoints), ("pending", None), or ("failed", None) after an error or `timeout_s` (the
+        actor is then killed: it would hold a CPU/GPU that the next try needs)."""
+        import ray
+
+        ready, _ = ray.wait([self.ref], timeout=0)
+        if not ready:
+            if time.monotonic() - self.since < timeout_s:
+                return "pending", None
+            logger.error("worker %d did not start within %.0f s", self.index, timeout_s)
+        else:
+            try:
+                return "ready", ray.get(self.ref, timeout=0)
+            except ray.exceptions.RayError as e:
+                logger.error("worker %d failed to start: %s", self.index, e)
+        ray.kill(self.actor)
+        return "failed", None
 
 
 class Directory:
     """Stream placement over the workers, their health checks, and re-placement of a dead worker's streams."""
 
-    def __init__(self, ping_timeout_s: float = 1.0, stream_grace_s: float | None = None) -> None:
+    def __init__(self, ping_timeout_s: float = 1.0, stream_grace_s: float | None = None,
+                 dead_after_s: float = 10.0) -> None:
+        if dead_after_s < ping_timeout_s:
+            raise ConfigError(f"a worker is declared dead after {dead_after_s} s without an answer, which must be "
+                              f"at least the ping timeout ({ping_timeout_s} s)")
         self.ping_timeout_s = ping_timeout_s
+        self.dead_after_s = dead_after_s
         # A placed stream without a session on its worker for this long has ended (None: placements stay).
         self.stream_grace_s = stream_grace_s
         self.workers: list[WorkerEntry] = []
@@ -179,24 +222,48 @@ class Directory:
         return entry
 
     def check(self, entries: list[WorkerEntry] | None = None) -> list[int]:
-        """Ping `entries` (default: every live worker) at once; those that do not answer within the timeout, or
-        that Ray reports dead, are dropped and their streams re-placed. Returns the dropped workers' indices."""
+        """Ping `entries` (default: every live worker) at once and wait up to the ping timeout. A worker Ray reports
+        dead, or whose node failed, is dropped; one whose ping is unanswered for `dead_after_s` is dropped and
+        killed (a slow answer alone is not death on a busy machine). Returns the dropped workers' indices."""
         import ray
 
         entries = [w for w in (entries if entries is not None else self.live()) if w.alive]
-        refs = {w.index: w.actor.ping.remote() for w in entries}
-        dead = []
-        deadline = time.monotonic() + self.ping_timeout_s
+        now = time.monotonic()
+        with self._lock:  # the health loop and the front (a camera's `lost`) both check
+            for w in entries:
+                if w.ping is None:
+                    w.ping, w.ping_sent = w.actor.ping.remote(), now
+        dead, hung = [], []
+        deadline = now + self.ping_timeout_s
         for w in entries:
             try:
-                reply = ray.get(refs[w.index], timeout=max(0.0, deadline - time.monotonic()))
-                if reply.get("failure"):
-                    raise ReconError(f"node failed: {reply['failure']}")
-                self._note_sessions(w, set(reply.get("streams", ())))
-            except (ray.exceptions.RayError, ReconError) as e:
+                reply = ray.get(w.ping, timeout=max(0.0, deadline - time.monotonic()))
+            except ray.exceptions.GetTimeoutError:
+                waited = time.monotonic() - w.ping_sent
+                if waited >= self.dead_after_s:
+                    logger.error("worker %d (%s) is gone: no answer for %.1f s", w.index, w.endpoints["connect"],
+                                 waited)
+                    dead.append(w)
+                    hung.append(w)
+                elif waited >= 2 * self.ping_timeout_s:
+                    logger.warning("worker %d (%s) has not answered for %.1f s (dropped after %.0f s)", w.index,
+                                   w.endpoints["connect"], waited, self.dead_after_s)
+                continue
+            except ray.exceptions.RayError as e:
+                logger.error("worker %d (%s) is gone: %s", w.index, w.endpoints["connect"], e)
                 dead.append(w)
-                logger.error("worker %d (%s) is gone: %s", w.index, w.endpoints["connect"],
-                             type(e).__name__ if isinstance(e, ray.exceptions.GetTimeoutError) else e)
+                continue
+            with self._lock:
+                w.ping = None
+            if reply.get("failure"):
+                logger.error("worker %d (%s) is gone: node failed: %s", w.index, w.endpoints["connect"],
+                             reply["failure"])
+                dead.append(w)
+                hung.append(w)
+                continue
+            self._note_sessions(w, set(reply.get("streams", ())))
+        for w in hung:  # fence it: its streams move now, so it must not go on serving them
+            ray.kill(w.actor)
         self.drop(dead)
         return [w.index for w in dead]
 
@@ -255,7 +322,8 @@ class RayService:
     """The workers, the directory, its health checks and the front endpoint; `start()`, then `stop()`."""
 
     def __init__(self, config: ReconNodeConfig, front: str, *, workers: int | None = None, health_s: float = 0.5,
-                 ping_timeout_s: float = 1.0, replace_dead: bool = True, scaling: Scaling | None = None) -> None:
+                 ping_timeout_s: float = 1.0, dead_after_s: float = 10.0, replace_dead: bool = True,
+                 scaling: Scaling | None = None, start_timeout_s: float = 120.0) -> None:
         if config.state_dir is None:
             raise ConfigError("recon serve --ray needs a --state-dir every worker can read (streams move between "
                               "workers through their checkpoints)")
@@ -265,7 +333,10 @@ class RayService:
         self.scaling = scaling
         self.max_workers = scaling.max_workers if scaling is not None else 0
         self.scale_events: list[dict[str, Any]] = []  # {"event": "up"|"down", "worker", "streams", "t"}
-        self._starting: tuple[int, Any, Any, float] | None = None  # (index, actor, endpoints ref, since)
+        self._starting: WorkerStart | None = None  # a scale-up in progress
+        self._replacing: dict[int, WorkerStart] = {}  # dead worker's index -> its replacement starting
+        self._replaced: set[int] = set()  # dead workers that have their replacement
+        self.start_timeout_s = start_timeout_s
         self.front_endpoint = front
         self.num_workers = workers
         self.health_s = health_s
@@ -273,7 +344,8 @@ class RayService:
         self.replacements = 0
         self._cls: Any = None
         self._next_index = 0
-        self.directory = Directory(ping_timeout_s, scaling.idle_grace_s if scaling is not None else None)
+        self.directory = Directory(ping_timeout_s, scaling.idle_grace_s if scaling is not None else None,
+                                   dead_after_s)
         self.front: Any = None
         self.ctx: Any = None
         self._stop = threading.Event()
@@ -310,15 +382,11 @@ class RayService:
         return self
 
     def _check_health(self) -> None:
-        replaced: set[int] = set()
         while not self._stop.wait(self.health_s):
             try:
                 self.directory.check()
                 if self.replace_dead:
-                    for w in [w for w in self.directory.workers
-                              if not w.alive and not w.retiring and w.index not in replaced]:
-                        replaced.add(w.index)
-                        self._replace(w.index)
+                    self._replace_dead()
                 if self.scaling is not None:
                     self._scale()
             except Exception:  # noqa: BLE001 - the health loop must outlive one bad check
@@ -328,34 +396,24 @@ class RayService:
         """One scaling decision per health check: finish a pending start, else add a worker when the streams per
         worker exceed the threshold, else retire the worker idle the longest (past the grace period) if the others
         stay within the threshold without it."""
-        import ray
-
         assert self.scaling is not None
         now = time.monotonic()
         if self._starting is not None:
-            index, actor, ref, since = self._starting
-            ready, _ = ray.wait([ref], timeout=0)
-            if not ready and now - since < 120:
+            state, ends = self._starting.poll(self.start_timeout_s)
+            if state == "pending":
                 return
-            self._starting = None
-            try:
-                ends = ray.get(ref, timeout=0) if ready else None
-            except ray.exceptions.RayError as e:
-                logger.error("new worker %d failed to start: %s", index, e)
-                ends = None
-            if ends is None:
-                ray.kill(actor)
-                return
-            self.directory.add(actor, ends)
-            self.scale_events.append({"event": "up", "worker": index, "t": time.time()})
-            logger.info("worker %d added (%s): %d workers", index, ends["connect"], len(self.directory.live()))
+            start, self._starting = self._starting, None
+            if ends is not None:
+                self.directory.add(start.actor, ends)
+                self.scale_events.append({"event": "up", "worker": start.index, "t": time.time()})
+                logger.info("worker %d added (%s): %d workers", start.index, ends["connect"],
+                            len(self.directory.live()))
             return
         live = self.directory.live()
         streams = sum(len(w.streams) for w in live)
         if len(live) < self.max_workers and streams > self.scaling.streams_per_worker * len(live):
             index, self._next_index = self._next_index, self._next_index + 1
-            actor = self._cls.remote(index, self.config)
-            self._starting = (index, actor, actor.endpoints.remote(), now)
+            self._starting = WorkerStart.begin(self._cls, index, self.config)
             logger.info("%d streams on %d worker(s) (> %g each): starting worker %d", streams, len(live),
                         self.scaling.streams_per_worker, index)
             return
@@ -382,22 +440,27 @@ class RayService:
         logger.info("worker %d retired (idle for %.0f s): %d workers", w.index, self.scaling.idle_grace_s
                     if self.scaling else 0, len(self.directory.live()))
 
-    def _replace(self, dead: int) -> None:
-        """Start a new worker for a dead one (Ray places it where a GPU/CPU is free). Its streams already moved;
-        the new worker takes new streams (least loaded). Subscribers find it with the front's `workers`."""
-        import ray
-
-        index, self._next_index = self._next_index, self._next_index + 1
-        actor = self._cls.remote(index, self.config)
-        try:
-            ends = ray.get(actor.endpoints.remote(), timeout=120)
-        except ray.exceptions.RayError as e:
-            logger.error("replacement of worker %d failed: %s", dead, e)
-            ray.kill(actor)
-            return
-        self.directory.add(actor, ends)
-        self.replacements += 1
-        logger.info("worker %d replaces dead worker %d (%s)", index, dead, ends["connect"])
+    def _replace_dead(self) -> None:
+        """Start a new worker for each dead one (Ray places it where a GPU/CPU is free) and add those that are up;
+        a start that fails or times out is tried again at the next check. The dead worker's streams already
+        moved; the new worker takes new streams (least loaded). Subscribers find it with the front's `workers`."""
+        for w in [w for w in self.directory.workers
+                  if not w.alive and not w.retiring and w.index not in self._replaced]:
+            start = self._replacing.get(w.index)
+            if start is None:
+                index, self._next_index = self._next_index, self._next_index + 1
+                self._replacing[w.index] = WorkerStart.begin(self._cls, index, self.config)
+                logger.info("starting worker %d to replace dead worker %d", index, w.index)
+                continue
+            state, ends = start.poll(self.start_timeout_s)
+            if state == "pending":
+                continue
+            del self._replacing[w.index]  # failed: the next check starts another
+            if ends is not None:
+                self.directory.add(start.actor, ends)
+                self._replaced.add(w.index)
+                self.replacements += 1
+                logger.info("worker %d replaces dead worker %d (%s)", start.index, w.index, ends["connect"])
 
     def stop(self) -> int:
         """Stop the front and the health checks, then every live worker (draining its sessions); results lost."""
@@ -409,9 +472,9 @@ class RayService:
         if self.front is not None:
             self.front.stop()
         lost = 0
-        if self._starting is not None:
-            ray.kill(self._starting[1])
-            self._starting = None
+        for start in [*self._replacing.values(), *([self._starting] if self._starting is not None else [])]:
+            ray.kill(start.actor)
+        self._starting, self._replacing = None, {}
         live = self.directory.live()
         for w, got in zip(live, [w.actor.stop.remote() for w in live], strict=True):
             try:

@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle-grace", type=float, default=60.0, metavar="S",
                         help="with --min-workers: retire a worker without streams for S seconds (default 60)")
     parser.add_argument("--health", type=float, default=0.5, metavar="S", help="with --ray: health check period")
+    parser.add_argument("--dead-after", type=float, default=10.0, metavar="S",
+                        help="with --ray: a worker whose health ping is unanswered this long is declared dead, "
+                             "killed and replaced (one Ray reports dead is replaced at once)")
     parser.add_argument("--no-replace", action="store_true",
                         help="with --ray: do not start a new worker for a dead one (its streams move either way)")
 
@@ -73,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.max_workers is not None:
         raise ConfigError("--max-workers needs --min-workers (a fixed count is --workers)")
     service = RayService(recon_cli.config_from_args(args, state_key=args.front), args.front, workers=args.workers,
-                         health_s=args.health, replace_dead=not args.no_replace, scaling=scaling).start()
+                         health_s=args.health, dead_after_s=args.dead_after, replace_dead=not args.no_replace,
+                         scaling=scaling).start()
     stop = on_shutdown_signals(lambda: None)
     try:
         while not stop.wait(0.5):
