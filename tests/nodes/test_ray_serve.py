@@ -101,7 +101,11 @@ def test_a_killed_worker_s_streams_resume_on_another_worker(cluster: Any, sequen
     config = ReconNodeConfig(backend=backend, backend_options=options, state_dir=str(tmp_path / "state"),
                              checkpoint_every=4,
                              heartbeat_s=0.2, min_subscribers=1, max_streams_per_peer=STREAMS)
-    service = RayService(config, tcp(), workers=WORKERS, health_s=0.25, ping_timeout_s=1.0).start()
+    # The kill is seen through Ray's death notice (taken at once); silence only counts after `dead_after_s`, set
+    # long here: on a 2-core machine under load a live worker's ping went unanswered for over 10 s, and a worker
+    # dropped for silence would move streams this test does not expect to move (that policy has its own test).
+    service = RayService(config, tcp(), workers=WORKERS, health_s=0.25, ping_timeout_s=1.0,
+                         dead_after_s=120.0).start()
     arrivals = Arrivals()
     viewer = ViewerNode(",".join(w.endpoints["publish"] for w in service.directory.workers), [arrivals]).start()
     cameras, threads = [], []
