@@ -233,7 +233,7 @@ class Directory:
             for w in entries:
                 if w.ping is None:
                     w.ping, w.ping_sent = w.actor.ping.remote(), now
-        dead, hung = [], []
+        dead, fenced = [], []
         deadline = now + self.ping_timeout_s
         for w in entries:
             try:
@@ -244,7 +244,7 @@ class Directory:
                     logger.error("worker %d (%s) is gone: no answer for %.1f s", w.index, w.endpoints["connect"],
                                  waited)
                     dead.append(w)
-                    hung.append(w)
+                    fenced.append(w)
                 elif waited >= 2 * self.ping_timeout_s:
                     logger.warning("worker %d (%s) has not answered for %.1f s (dropped after %.0f s)", w.index,
                                    w.endpoints["connect"], waited, self.dead_after_s)
@@ -259,10 +259,10 @@ class Directory:
                 logger.error("worker %d (%s) is gone: node failed: %s", w.index, w.endpoints["connect"],
                              reply["failure"])
                 dead.append(w)
-                hung.append(w)
+                fenced.append(w)
                 continue
             self._note_sessions(w, set(reply.get("streams", ())))
-        for w in hung:  # fence it: its streams move now, so it must not go on serving them
+        for w in fenced:  # alive for Ray: kill it: its streams move now, so it must not go on serving them
             ray.kill(w.actor)
         self.drop(dead)
         return [w.index for w in dead]
@@ -412,10 +412,9 @@ class RayService:
         live = self.directory.live()
         streams = sum(len(w.streams) for w in live)
         if len(live) < self.max_workers and streams > self.scaling.streams_per_worker * len(live):
-            index, self._next_index = self._next_index, self._next_index + 1
-            self._starting = WorkerStart.begin(self._cls, index, self.config)
+            self._starting = self._begin_worker()
             logger.info("%d streams on %d worker(s) (> %g each): starting worker %d", streams, len(live),
-                        self.scaling.streams_per_worker, index)
+                        self.scaling.streams_per_worker, self._starting.index)
             return
         if len(live) <= self.scaling.min_workers or streams > self.scaling.streams_per_worker * (len(live) - 1):
             return  # at the minimum, or the others would be over the threshold (and one would start again)
@@ -440,6 +439,11 @@ class RayService:
         logger.info("worker %d retired (idle for %.0f s): %d workers", w.index, self.scaling.idle_grace_s
                     if self.scaling else 0, len(self.directory.live()))
 
+    def _begin_worker(self) -> WorkerStart:
+        """Start the next-numbered worker actor (polled by the health loop until it is up)."""
+        index, self._next_index = self._next_index, self._next_index + 1
+        return WorkerStart.begin(self._cls, index, self.config)
+
     def _replace_dead(self) -> None:
         """Start a new worker for each dead one (Ray places it where a GPU/CPU is free) and add those that are up;
         a start that fails or times out is tried again at the next check. The dead worker's streams already
@@ -448,9 +452,8 @@ class RayService:
                   if not w.alive and not w.retiring and w.index not in self._replaced]:
             start = self._replacing.get(w.index)
             if start is None:
-                index, self._next_index = self._next_index, self._next_index + 1
-                self._replacing[w.index] = WorkerStart.begin(self._cls, index, self.config)
-                logger.info("starting worker %d to replace dead worker %d", index, w.index)
+                start = self._replacing[w.index] = self._begin_worker()
+                logger.info("starting worker %d to replace dead worker %d", start.index, w.index)
                 continue
             state, ends = start.poll(self.start_timeout_s)
             if state == "pending":
