@@ -17,6 +17,7 @@ names. Here loading only ever creates recon classes by `cls.__new__` and fills t
 from __future__ import annotations
 
 import collections
+import dataclasses
 import importlib
 import sys
 from typing import Any
@@ -247,6 +248,59 @@ class _Unpacker:
 
 def _hashable(key: Any) -> Any:
     return tuple(_hashable(k) for k in key) if isinstance(key, list) else key
+
+
+def dataclass_fields(obj: Any) -> dict[str, Any]:
+    """A dataclass instance's fields, `{name: value}`, not copied: what `dataclasses.asdict` gives for flat
+    dataclasses, without its deep copy of every array (`pack` copies each array once anyway; the keyframes'
+    features copied twice were a tenth of a live snapshot)."""
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+
+
+def columns(records: list[Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """Records (objects with attributes `names`) as one column per attribute: a numpy array when the values are
+    arrays of one shape and dtype (stacked) or plain numbers (one array), else the list of values.
+
+    Why: a live map keeps a record of each of its last few hundred frames, two poses and intrinsics each; packed one
+    by one they were a third of a live snapshot (12 of 39 ms at 240 frames). `rows` reverses it.
+    """
+    out: dict[str, Any] = {}
+    for name in names:
+        values = [getattr(r, name) for r in records]
+        out[name] = _column(values)
+    return out
+
+
+def _column(values: list[Any]) -> Any:
+    if values and all(type(v) is np.ndarray for v in values):
+        first = values[0]
+        if first.dtype.kind in "biuf" and all(v.shape == first.shape and v.dtype == first.dtype for v in values):
+            return {"$col": "stack", "v": np.stack(values)}
+    elif values and all(type(v) is int for v in values) and all(-(2**63) <= v < 2**63 for v in values):
+        return {"$col": "int", "v": np.fromiter(values, np.int64, len(values))}
+    elif values and all(type(v) is bool for v in values):
+        return {"$col": "bool", "v": np.fromiter(values, np.bool_, len(values))}
+    return {"$col": "list", "v": list(values)}
+
+
+def rows(table: dict[str, Any]) -> list[dict[str, Any]]:
+    """The records `columns` saved (after `unpack`), each as `{name: value}` in the saved order."""
+    cols: dict[str, list[Any]] = {}
+    for name, column in table.items():
+        kind, values = column["$col"], column["v"]
+        if kind == "stack":
+            cols[name] = [row.copy() for row in np.asarray(values)]  # each record owns its array, as before
+        elif kind in ("int", "bool"):
+            cols[name] = np.asarray(values).tolist()
+        elif kind == "list":
+            cols[name] = list(values)
+        else:
+            raise StateError(f"checkpoint holds an unknown column kind {kind!r}")
+    lengths = {len(v) for v in cols.values()}
+    if len(lengths) > 1:
+        raise StateError(f"checkpoint holds columns of different lengths {sorted(lengths)}")
+    names = list(cols)
+    return [dict(zip(names, vals, strict=True)) for vals in zip(*cols.values(), strict=True)]
 
 
 def fields_of(obj: Any, names: tuple[str, ...]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Generator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -44,7 +44,8 @@ from recon.utils.jobs import ThreadJob
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 3  # 2: a vocabulary training in progress travels with the state; 3: odometry edges and chunks
+STATE_VERSION = 4  # 2: a vocabulary training in progress travels with the state; 3: odometry edges and chunks;
+# 4: frame records saved as columns
 _PREFIX = "map_layer."  # array names of the map in a BackendState, beside the inner backend's
 
 
@@ -130,6 +131,9 @@ class _Record:
     keyframe: int
     metric: bool
     T_out: np.ndarray
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(_Record))
 
 
 class MappedBackend:
@@ -557,20 +561,21 @@ class MappedBackend:
 
     def save_state(self) -> BackendState:
         """The inner backend's state with the map (keyframes, loops, graph, per-frame records) beside it."""
-        from recon.backends.snapshot import pack
+        from recon.backends.snapshot import columns, dataclass_fields, pack
         from recon.checkpoint import backend_state
 
         state = backend_state(self.inner)
         values = {
             "options": self.options.to_dict(),
-            "keyframes": [asdict(k) for k in self.keyframes],
+            "keyframes": [dataclass_fields(k) for k in self.keyframes],
             "loops": [{"query": m.query, "match": m.match, "inliers": m.inliers, "matches": m.matches,
                        "S": m.S_match_query.matrix()} for m in self.loops],
             "nodes": [S.matrix() for S in self._nodes],
-            "edges": [asdict(e) for e in self._edges], "stale": sorted(self._stale),
+            "edges": [dataclass_fields(e) for e in self._edges], "stale": sorted(self._stale),
             "chunks": [None if c is None else asdict(c) for c in self._chunks],
             "joins": {str(i): asdict(c) for i, c in self._joins.items()},
-            "frames": {str(seq): asdict(r) for seq, r in self._frames.items()},
+            "frame_seqs": np.fromiter(self._frames, np.int64, len(self._frames)),
+            "frames": columns(list(self._frames.values()), _RECORD_FIELDS),
             "vocab": self._vocab.centres, "trained_at": self._trained_at, "metric": self._metric,
             "training": None if self._training is None else [self._training_from, self._training_chunks],
             "sim3": self._sim3, "pending": self._pending_loops, "last_opt": self._last_opt_kf, "unit": self._unit,
@@ -581,7 +586,7 @@ class MappedBackend:
 
     def load_state(self, state: BackendState) -> None:
         """Restore the inner backend, then the map; a state saved without the map layer is refused."""
-        from recon.backends.snapshot import unpack
+        from recon.backends.snapshot import rows, unpack
         from recon.checkpoint import normalise, restore_backend_state
 
         saved = state.meta.get("map")
@@ -605,7 +610,12 @@ class MappedBackend:
         self._stale = {int(i) for i in values["stale"]}
         self._chunks = [None if c is None else _chunk(c) for c in values["chunks"]]
         self._joins = {int(i): _chunk(c) for i, c in values["joins"].items()}
-        self._frames = {int(seq): _Record(**r) for seq, r in values["frames"].items()}
+        records = rows(values["frames"])
+        if len(records) != len(values["frame_seqs"]):
+            raise StateError(f"{self.name}: the map state holds {len(records)} frame records for "
+                             f"{len(values['frame_seqs'])} frames")
+        seqs = np.asarray(values["frame_seqs"]).tolist()
+        self._frames = {int(seq): _Record(**r) for seq, r in zip(seqs, records, strict=True)}
         if values["vocab"] is not None:
             self._vocab.centres = np.asarray(values["vocab"], np.float32)
             self._index.reset(self._vocab.size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recon.backends.snapshot import STACK_MIN, pack, unpack
+from recon.backends.snapshot import STACK_MIN, columns, pack, rows, unpack
 
 
 def _round_trip(value):
@@ -64,3 +64,38 @@ def test_an_array_seen_before_the_dict_keeps_the_dict_entry_by_entry() -> None:
     back, arrays = _round_trip({"first": points[5], "points": points})
     assert back["first"] is back["points"][5]
     assert len(arrays) == len(points)
+
+
+class _Rec:
+    def __init__(self, t: object, T: object, flag: object, note: object) -> None:
+        self.t, self.T, self.flag, self.note = t, T, flag, note
+
+
+def test_records_saved_as_columns_come_back_equal_with_their_types_and_order() -> None:
+    """`columns` stacks what it can (same-shape arrays, ints, bools) and keeps the rest as lists; `rows` gives
+    each record its own array back, in the saved order, after a real pack / unpack."""
+    rng = np.random.default_rng(1)
+    recs = [_Rec(int(1e18) + i, rng.normal(size=(4, 4)), bool(i % 2), "a" if i % 3 else None) for i in range(40)]
+    names = ("t", "T", "flag", "note")
+    table = columns(recs, names)
+    assert table["T"]["$col"] == "stack" and table["t"]["$col"] == "int" and table["flag"]["$col"] == "bool"
+    assert table["note"]["$col"] == "list"
+    back, arrays = _round_trip(table)
+    assert len(arrays) == 3  # T, t and flag: one array each, whatever the number of records
+    got = rows(back)
+    assert [r["t"] for r in got] == [r.t for r in recs]
+    assert [r["flag"] for r in got] == [r.flag for r in recs] and all(type(r["flag"]) is bool for r in got)
+    assert [r["note"] for r in got] == [r.note for r in recs]
+    for g, r in zip(got, recs, strict=True):
+        np.testing.assert_array_equal(g["T"], r.T)
+        assert g["T"].dtype == r.T.dtype and g["T"].base is None  # owns its data, like the record it replaces
+
+
+def test_columns_of_mixed_arrays_stay_lists_and_empty_tables_come_back_empty() -> None:
+    """Arrays of differing dtype or shape are not stacked (stacking would change a dtype on the way back)."""
+    recs = [_Rec(0, np.eye(3, dtype=np.float32), True, 1), _Rec(1, np.eye(3), False, 2.5)]
+    table = columns(recs, ("t", "T", "flag", "note"))
+    assert table["T"]["$col"] == "list" and table["note"]["$col"] == "list"
+    got = rows(_round_trip(table)[0])
+    assert [g["T"].dtype for g in got] == [np.float32, np.float64]
+    assert rows(_round_trip(columns([], ("t", "T")))[0]) == []

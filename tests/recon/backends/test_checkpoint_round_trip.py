@@ -47,6 +47,8 @@ CASES = {
     # recon.map around it (the CLI default for geometric): keyframes, vocabulary and graph travel with the state
     "geometric-rgbd-map": ("geometric", {"loop_closure": True, "map": {"vocabulary_after": 2, "min_loop_gap": 1}},
                            "rgbd", 14, 8),
+    "geometric-mono-map": ("geometric", {"mode": "mono", "loop_closure": True,
+                                         "map": {"vocabulary_after": 2, "min_loop_gap": 1}}, "rgbd", 14, 8),
 }
 
 
