@@ -50,6 +50,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from recon.backends import snapshot
 from recon.backends.geometric.background import BundleJob
 from recon.backends.geometric.bundle import bundle_adjust
 from recon.backends.geometric.features import KltTracker, to_gray
@@ -638,6 +639,7 @@ class MonoVO:
             pts = None
             if old.points_world is not None:
                 pts = (old.points_world.astype(np.float64) @ delta[:3, :3].T + delta[:3, 3]).astype(np.float32)
+                snapshot.freeze(pts)
             new = FrameResult(old.stream_id, old.seq, old.t_ns, T_new, old.K, depth=old.depth,
                               confidence=old.confidence, points_world=pts, metric=False, image=old.image,
                               is_update=True)
@@ -945,10 +947,13 @@ class MonoVO:
                 front = z > 0
                 depth, conf = _point_depths(uv[front], z[front], h, w, self.points_mode)
         pts_world, valid = depth_point_map(depth, self._K_out, T_world_cam)
-        conf = conf * valid
+        conf = (conf * valid).astype(np.float32)
+        image = np.ascontiguousarray(frame.image[::s, ::s])
+        # Kept for revisions (`_attach`) and in snapshots: frozen, so a snapshot holds them without a copy. The
+        # frame's own image (stride 1) belongs to the caller and is not frozen.
+        snapshot.freeze(depth, conf, pts_world, None if image is frame.image else image)
         return FrameResult(frame.stream_id, frame.seq, frame.t_ns, T_world_cam, self._K_out, depth=depth,
-                           confidence=conf.astype(np.float32), points_world=pts_world, metric=False,
-                           image=np.ascontiguousarray(frame.image[::s, ::s]), tracked=ok)
+                           confidence=conf, points_world=pts_world, metric=False, image=image, tracked=ok)
 
 
 def _point_depths(uv_n2: np.ndarray, z_n: np.ndarray, h: int, w: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
