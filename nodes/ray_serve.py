@@ -38,6 +38,9 @@ from typing import Any
 from recon.errors import ConfigError, ReconError
 from recon.nodes.recon_node import ReconNodeConfig
 
+PING_TIMEOUT_S = 1.0
+"""How long one health ping waits for its answer; a worker is declared dead only after `dead_after_s` of them."""
+
 logger = logging.getLogger(__name__)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -163,7 +166,7 @@ class WorkerStart:
 class Directory:
     """Stream placement over the workers, their health checks, and re-placement of a dead worker's streams."""
 
-    def __init__(self, ping_timeout_s: float = 1.0, stream_grace_s: float | None = None,
+    def __init__(self, ping_timeout_s: float = PING_TIMEOUT_S, stream_grace_s: float | None = None,
                  dead_after_s: float = 10.0) -> None:
         if dead_after_s < ping_timeout_s:
             raise ConfigError(f"a worker is declared dead after {dead_after_s} s without an answer, which must be "
@@ -322,7 +325,7 @@ class RayService:
     """The workers, the directory, its health checks and the front endpoint; `start()`, then `stop()`."""
 
     def __init__(self, config: ReconNodeConfig, front: str, *, workers: int | None = None, health_s: float = 0.5,
-                 ping_timeout_s: float = 1.0, dead_after_s: float = 10.0, replace_dead: bool = True,
+                 ping_timeout_s: float = PING_TIMEOUT_S, dead_after_s: float = 10.0, replace_dead: bool = True,
                  scaling: Scaling | None = None, start_timeout_s: float = 120.0) -> None:
         if config.state_dir is None:
             raise ConfigError("recon serve --ray needs a --state-dir every worker can read (streams move between "

@@ -82,3 +82,23 @@ def test_serve_without_ray_configures_the_single_node() -> None:
     assert config_from_args(serve) == config_from_args(node)
     assert build_parser().parse_args(["serve", "--ray"]).ray == "auto"
     assert build_parser().parse_args(["serve", "--ray", "10.0.0.1:6379"]).ray == "10.0.0.1:6379"
+
+
+def test_serve_ray_dead_after_is_parsed_and_a_too_short_one_is_refused_before_ray_starts(tmp_path) -> None:
+    """`--dead-after` reaches the service (default 10 s); one shorter than a ping's timeout is refused by the real
+    command with the reason, before any Ray cluster is started (no Ray session folder appears)."""
+    import os
+    import subprocess
+    import sys
+
+    from recon.cli import build_parser
+
+    assert build_parser().parse_args(["serve", "--ray"]).dead_after == 10.0
+    assert build_parser().parse_args(["serve", "--ray", "--dead-after", "30"]).dead_after == 30.0
+    env = {**os.environ, "RAY_TMPDIR": str(tmp_path), "TMPDIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "recon.cli", "serve", "--ray", "--dead-after", "0.2",
+                           "--front", tcp(), "--backend", "identity", "--no-state"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert "--dead-after 0.2 s is shorter than one health ping's timeout (1 s)" in proc.stderr
+    assert not list(tmp_path.glob("**/session_*")), "no Ray cluster was started"
