@@ -590,7 +590,10 @@ class MappedBackend:
         from recon.checkpoint import normalise, restore_backend_state
 
         saved = state.meta.get("map")
-        if not isinstance(saved, dict) or saved.get("version") != STATE_VERSION:
+        if isinstance(saved, dict) and saved.get("version") != STATE_VERSION:
+            raise StateError(f"{self.name}: the map state was written by another version of recon (map state "
+                             f"version {saved.get('version')!r}, this build reads {STATE_VERSION})")
+        if not isinstance(saved, dict):
             raise StateError(f"{self.name}: the state has no map layer of version {STATE_VERSION} (saved with "
                              "loop closure off?); restart with the same --loop-closure setting")
         inner_state = BackendState(state.backend, state.version, state.config,

@@ -159,3 +159,20 @@ def test_a_save_is_atomic_and_keeps_one_generation(tmp_path: Path) -> None:
     files = sorted(p.name for p in store.folder("s").iterdir())
     assert len(files) == 2 and files[1] == "manifest.msgpack" and files[0].startswith("arrays-")
     assert store.load_record("s")["frames"] == 3
+
+
+def test_a_map_state_is_refused_without_the_map_layer_or_from_another_map_version(
+        rgbd_frames: list[Frame]) -> None:
+    """A state saved with loop closure off, or by a build with another map state layout, is refused with the
+    reason."""
+    name, options, _, _, k = CASES["geometric-rgbd-map"]
+    mapped = create_backend(name, **options)
+    _run(mapped, rgbd_frames[:k], flush=False)
+    state = backend_state(mapped)
+    plain = create_backend("geometric")
+    _run(plain, rgbd_frames[:k], flush=False)
+    with pytest.raises(StateError, match="no map layer .*same --loop-closure setting"):
+        restore_backend_state(create_backend(name, **options), backend_state(plain))
+    state.meta["map"] = {**state.meta["map"], "version": state.meta["map"]["version"] - 1}
+    with pytest.raises(StateError, match="another version of recon"):
+        restore_backend_state(create_backend(name, **options), state)
