@@ -43,6 +43,13 @@ PING_TIMEOUT_S = 1.0
 
 logger = logging.getLogger(__name__)
 
+
+def check_dead_after(dead_after_s: float, ping_timeout_s: float = PING_TIMEOUT_S) -> None:
+    """Refuse a silence limit shorter than one ping's timeout (ConfigError): no worker could ever answer in time."""
+    if dead_after_s < ping_timeout_s:
+        raise ConfigError(f"--dead-after {dead_after_s:g} s is shorter than one health ping's timeout "
+                          f"({ping_timeout_s:g} s)")
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -168,9 +175,7 @@ class Directory:
 
     def __init__(self, ping_timeout_s: float = PING_TIMEOUT_S, stream_grace_s: float | None = None,
                  dead_after_s: float = 10.0) -> None:
-        if dead_after_s < ping_timeout_s:
-            raise ConfigError(f"a worker is declared dead after {dead_after_s} s without an answer, which must be "
-                              f"at least the ping timeout ({ping_timeout_s} s)")
+        check_dead_after(dead_after_s, ping_timeout_s)
         self.ping_timeout_s = ping_timeout_s
         self.dead_after_s = dead_after_s
         # A placed stream without a session on its worker for this long has ended (None: placements stay).

@@ -101,15 +101,10 @@ class _Packer:
         if len(mapping) < STACK_MIN:
             return None
         values = list(mapping.values())
-        first = values[0]
-        if not (type(first) is np.ndarray and first.ndim >= 1 and first.dtype.kind in "biuf"):
+        if not _stackable(values) or values[0].ndim < 1:
             return None
-        shape, dtype = first.shape, first.dtype
         for k, v in mapping.items():
-            if type(k) is not int or not -(2**63) <= k < 2**63:
-                return None
-            if type(v) is not np.ndarray or v.shape != shape or v.dtype != dtype or id(v) in self._memo \
-                    or id(v) in self._rows:
+            if type(k) is not int or not -(2**63) <= k < 2**63 or id(v) in self._memo or id(v) in self._rows:
                 return None
         if len({id(v) for v in values}) < len(values):  # one array under two keys: keep it one object
             return None
@@ -297,14 +292,19 @@ def columns(records: list[Any], names: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def _stackable(values: list[Any]) -> bool:
+    """True when `values` are numeric arrays of one shape and dtype, which `np.stack` keeps exactly."""
+    first = values[0]
+    return type(first) is np.ndarray and first.dtype.kind in "biuf" and all(
+        type(v) is np.ndarray and v.shape == first.shape and v.dtype == first.dtype for v in values)
+
+
 def _column(values: list[Any]) -> Any:
-    if values and all(type(v) is np.ndarray for v in values):
-        first = values[0]
-        if first.dtype.kind in "biuf" and all(v.shape == first.shape and v.dtype == first.dtype for v in values):
-            return {"$col": "stack", "v": np.stack(values)}
-    elif values and all(type(v) is int for v in values) and all(-(2**63) <= v < 2**63 for v in values):
+    if values and _stackable(values):
+        return {"$col": "stack", "v": np.stack(values)}
+    if values and all(type(v) is int for v in values) and all(-(2**63) <= v < 2**63 for v in values):
         return {"$col": "int", "v": np.fromiter(values, np.int64, len(values))}
-    elif values and all(type(v) is bool for v in values):
+    if values and all(type(v) is bool for v in values):
         return {"$col": "bool", "v": np.fromiter(values, np.bool_, len(values))}
     return {"$col": "list", "v": list(values)}
 

@@ -63,13 +63,11 @@ def run(args: argparse.Namespace) -> int:
 
     from recon.errors import ConfigError
     from recon.nodes.cli_util import on_shutdown_signals
-    from recon.nodes.ray_serve import PING_TIMEOUT_S, RayService, Scaling
+    from recon.nodes.ray_serve import RayService, Scaling, check_dead_after
     from recon.nodes.transport import check_bind
 
     check_bind(args.front, args.allow_remote)
-    if args.dead_after < PING_TIMEOUT_S:  # refused before a Ray cluster is started or joined
-        raise ConfigError(f"--dead-after {args.dead_after:g} s is shorter than one health ping's timeout "
-                          f"({PING_TIMEOUT_S:g} s)")
+    check_dead_after(args.dead_after)  # refused before a Ray cluster is started or joined
     ray.init(address=None if args.ray == "auto" else args.ray)
     scaling = None
     if args.min_workers is not None:
