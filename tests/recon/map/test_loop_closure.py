@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from recon.backends import create_backend
+from recon.geometry import Sim3, rotation_angle
 from recon.map import MapOptions, MappedBackend, OdometryRecorder, loop_figures
 from recon.map.keyframes import KeyframePolicy
 from recon.sinks.trajectory import TrajectoryWriter
@@ -85,6 +86,14 @@ def test_up_to_scale_point_maps_close_the_loop_with_sim3() -> None:
     assert after["return_error"] < 0.02, (before, after)
     assert after["vertical_drift"] < 0.02, (before, after)
     assert any(r.is_update for r in out)
+    # Every frame ends where the final graph puts it: its keyframe's correction applied to its odometry pose,
+    # up to the tolerance below which a past frame is not re-emitted (computed here one frame at a time).
+    tol = mapped.options.update_tolerance * mapped._unit
+    for seq, rec in mapped._frames.items():
+        want = mapped._nodes[rec.keyframe] @ Sim3.from_se3(mapped.keyframes[rec.keyframe].T_odom_cam).inverse()
+        T_want = want.apply_poses(tap.poses[seq])
+        assert np.linalg.norm(final[seq][:3, 3] - T_want[:3, 3]) <= tol * (1 + 1e-9), seq
+        assert np.degrees(rotation_angle(final[seq][:3, :3].T @ T_want[:3, :3])) <= 0.1 + 1e-9, seq
 
 
 @pytest.mark.slow
