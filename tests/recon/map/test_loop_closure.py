@@ -71,9 +71,34 @@ def test_rgbd_loop_closes_and_the_trajectory_sink_keeps_the_corrected_poses() ->
 def test_up_to_scale_point_maps_close_the_loop_with_sim3() -> None:
     """What the learned backends emit (point maps in their own unit, scale drifting from chunk to chunk)."""
     frames, gt = loop_frames(depth=True)
-    tap = OdometryRecorder(DriftingBackend(OraclePointMaps(gt), yaw=math.radians(0.3), climb=0.004, scale=0.004))
+    drifting = DriftingBackend(OraclePointMaps(gt), yaw=math.radians(0.3), climb=0.004, scale=0.004)
+    backend_out: dict[int, FrameResult] = {}
+    backend_step = drifting.step
+
+    def recording_step(frame: Frame) -> list[FrameResult]:
+        results = backend_step(frame)
+        backend_out.update({r.seq: r for r in results if not r.is_update})
+        return results
+
+    drifting.step = recording_step
+    tap = OdometryRecorder(drifting)
     mapped = MappedBackend(tap)
     out, final = _run(mapped, frames)
+    # A corrected point map moves with its pose: in the camera's frame it is the backend's map times one scale.
+    moved = 0
+    for r in out:
+        if r.is_update or r.points_world is None:
+            continue
+        src = backend_out[r.seq]
+        assert r.points_world.dtype == src.points_world.dtype == np.float32
+        cam_out = (r.points_world.reshape(-1, 3) - r.T_world_cam[:3, 3]) @ r.T_world_cam[:3, :3]
+        cam_in = (src.points_world.reshape(-1, 3) - src.T_world_cam[:3, 3]) @ src.T_world_cam[:3, :3]
+        if np.allclose(r.T_world_cam, src.T_world_cam):
+            continue
+        moved += 1
+        scale = np.linalg.norm(cam_out, axis=1).sum() / np.linalg.norm(cam_in, axis=1).sum()
+        np.testing.assert_allclose(cam_out, scale * cam_in, atol=1e-4 * np.abs(cam_in).max())
+    assert moved > 0
     before = _figures(tap.poses)
     assert before["return_error"] > 0.06 and before["vertical_drift"] > 0.03
     after = _figures(final)
@@ -90,6 +115,8 @@ def test_up_to_scale_point_maps_close_the_loop_with_sim3() -> None:
     # up to the tolerance below which a past frame is not re-emitted (computed here one frame at a time).
     tol = mapped.options.update_tolerance * mapped._unit
     for seq, rec in mapped._frames.items():
+        if rec.keyframe < 0:  # before the first keyframe: never corrected
+            continue
         want = mapped._nodes[rec.keyframe] @ Sim3.from_se3(mapped.keyframes[rec.keyframe].T_odom_cam).inverse()
         T_want = want.apply_poses(tap.poses[seq])
         assert np.linalg.norm(final[seq][:3, 3] - T_want[:3, 3]) <= tol * (1 + 1e-9), seq
