@@ -43,14 +43,14 @@ PING_TIMEOUT_S = 1.0
 
 logger = logging.getLogger(__name__)
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
 
 def check_dead_after(dead_after_s: float, ping_timeout_s: float = PING_TIMEOUT_S) -> None:
     """Refuse a silence limit shorter than one ping's timeout (ConfigError): no worker could ever answer in time."""
     if dead_after_s < ping_timeout_s:
         raise ConfigError(f"--dead-after {dead_after_s:g} s is shorter than one health ping's timeout "
                           f"({ping_timeout_s:g} s)")
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class ReconWorker:

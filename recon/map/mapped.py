@@ -24,7 +24,7 @@ import copy
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -260,7 +260,17 @@ class MappedBackend:
         return self.options.live.training_budget if self._live else self.options.vocabulary_budget
 
     def _correction(self, k: int) -> Sim3:
-        return self._nodes[k] @ Sim3.from_se3(self.keyframes[k].T_odom_cam).inverse()
+        s, R, t = self._corrections([k])
+        return Sim3(s[0], R[0], t[0])
+
+    def _corrections(self, ks: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Map <- odom corrections node_k @ odom_k^-1 of keyframes `ks` as stacked (s [n], R [n,3,3], t [n,3])."""
+        nodes = [self._nodes[k] for k in ks]
+        odom = np.stack([self.keyframes[k].T_odom_cam for k in ks])
+        s = np.array([n.s for n in nodes])
+        R = np.stack([n.R for n in nodes]) @ np.swapaxes(odom[:, :3, :3], 1, 2)
+        t = np.stack([n.t for n in nodes]) - s[:, None] * np.einsum("nij,nj->ni", R, odom[:, :3, 3])
+        return s, R, t
 
     def _process(self, results: list[FrameResult]) -> list[FrameResult]:
         out: list[FrameResult] = []
@@ -555,14 +565,8 @@ class MappedBackend:
             return []
         recs = [self._frames[seq] for seq in seqs]
         keyframe = np.array([rec.keyframe for rec in recs], np.int64)
-        # Each keyframe's correction node_k @ odom_k^-1 (`_correction`), for all keyframes at once.
         used, row = np.unique(keyframe, return_inverse=True)
-        nodes = [self._nodes[k] for k in used]
-        odom = np.stack([self.keyframes[k].T_odom_cam for k in used])
-        s_node = np.array([n.s for n in nodes])
-        R_c = np.stack([n.R for n in nodes]) @ np.swapaxes(odom[:, :3, :3], 1, 2)
-        t_c = np.stack([n.t for n in nodes]) - s_node[:, None] * np.einsum("nij,nj->ni", R_c, odom[:, :3, 3])
-        s, R, t = s_node[row], R_c[row], t_c[row]
+        s, R, t = (c[row] for c in self._corrections(used))
         T_odom = np.stack([rec.T_odom for rec in recs])
         T_out = np.stack([rec.T_out for rec in recs])
         R_new = R @ T_odom[:, :3, :3]
