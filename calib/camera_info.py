@@ -8,7 +8,9 @@ rewords them as option errors).
 from __future__ import annotations
 
 import json
+import math
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,12 +57,17 @@ def load_camera_file(path: Path) -> Calibration:
       distortion_coefficients.data, as camera_calibration writes it), or an OpenCV FileStorage file
       (camera_matrix / distortion_coefficients, image_width / image_height);
     - `.xml`: OpenCV FileStorage;
-    - `cameras.txt`: COLMAP's text model (`CAMERA_ID MODEL WIDTH HEIGHT PARAMS...`, first camera);
+    - `cameras.txt` / `cameras.bin`: COLMAP's text or binary model (`CAMERA_ID MODEL WIDTH HEIGHT PARAMS...`,
+      first camera);
+    - `transforms.json`: nerfstudio's or instant-ngp's (`fl_x`, `fl_y` or `camera_angle_x`, `cx`, `cy`, `w`, `h`,
+      distortion `k1`...; top level, else the first frame's: nerfstudio allows per-frame intrinsics);
     - text with `P0:` ... `P3:` lines: KITTI's `calib.txt` (K of `P2`, the left colour camera, else `P0`);
     - anything else: plain text `fx fy cx cy [width height]` or the 9 numbers of K (7-Scenes'
       `camera-intrinsics.txt` holds the 3x3 K).
     """
     path = Path(path)
+    if path.name.lower() == "cameras.bin":
+        return _load_colmap_cameras_bin(path)
     try:
         text = path.read_text()
     except OSError as e:
@@ -69,6 +76,8 @@ def load_camera_file(path: Path) -> Calibration:
         return _load_yaml_or_xml(path, text)
     if path.name.lower() == "cameras.txt":
         return _load_colmap_cameras(path, text)
+    if path.name.lower() == "transforms.json":
+        return _load_transforms_json(path, text)
     if re.search(r"^\s*P[0-3]\s*:", text, re.MULTILINE):
         return _load_kitti_calib(path, text)
     if path.suffix.lower() == ".json":
@@ -100,9 +109,11 @@ def load_camera_file(path: Path) -> Calibration:
 
 CAMERA_FILE_NAMES = ("camera.json", "intrinsics.json", "calibration.json", "camera_info.yaml", "camera_info.yml",
                      "camera.yaml", "calibration.yaml", "intrinsics.txt", "camera-intrinsics.txt", "camera.txt",
-                     "calibration.txt", "cameras.txt", "sparse/0/cameras.txt", "calib.txt")
+                     "calibration.txt", "cameras.txt", "sparse/0/cameras.txt", "cameras.bin", "sparse/0/cameras.bin",
+                     "transforms.json", "calib.txt")
 """Calibration file names `find_camera_file` looks for, first found wins: recon's own, ROS / OpenCV YAML, plain
-text, 7-Scenes (`camera-intrinsics.txt`), COLMAP (`cameras.txt`, also in `sparse/0/`), KITTI (`calib.txt`)."""
+text, 7-Scenes (`camera-intrinsics.txt`), COLMAP (`cameras.txt` or the binary `cameras.bin` COLMAP writes by
+default, also in `sparse/0/`), nerfstudio / instant-ngp (`transforms.json`), KITTI (`calib.txt`)."""
 
 
 def find_camera_file(folder: Path) -> Path | None:
@@ -114,47 +125,120 @@ def find_camera_file(folder: Path) -> Path | None:
     return None
 
 
-# COLMAP camera models: parameter names in file order (https://colmap.github.io/cameras.html).
+# COLMAP camera models: binary model id and parameter names in file order (https://colmap.github.io/cameras.html;
+# the ids are COLMAP's `CameraModelId`).
 _COLMAP_MODELS = {
-    "SIMPLE_PINHOLE": ("f", "cx", "cy"),
-    "PINHOLE": ("fx", "fy", "cx", "cy"),
-    "SIMPLE_RADIAL": ("f", "cx", "cy", "k1"),
-    "RADIAL": ("f", "cx", "cy", "k1", "k2"),
-    "OPENCV": ("fx", "fy", "cx", "cy", "k1", "k2", "p1", "p2"),
-    "FULL_OPENCV": ("fx", "fy", "cx", "cy", "k1", "k2", "p1", "p2", "k3", "k4", "k5", "k6"),
-    "OPENCV_FISHEYE": ("fx", "fy", "cx", "cy", "k1", "k2", "k3", "k4"),
+    "SIMPLE_PINHOLE": (0, ("f", "cx", "cy")),
+    "PINHOLE": (1, ("fx", "fy", "cx", "cy")),
+    "SIMPLE_RADIAL": (2, ("f", "cx", "cy", "k1")),
+    "RADIAL": (3, ("f", "cx", "cy", "k1", "k2")),
+    "OPENCV": (4, ("fx", "fy", "cx", "cy", "k1", "k2", "p1", "p2")),
+    "OPENCV_FISHEYE": (5, ("fx", "fy", "cx", "cy", "k1", "k2", "k3", "k4")),
+    "FULL_OPENCV": (6, ("fx", "fy", "cx", "cy", "k1", "k2", "p1", "p2", "k3", "k4", "k5", "k6")),
 }
+_COLMAP_MODEL_NAMES = {model_id: name for name, (model_id, _) in _COLMAP_MODELS.items()}
+
+
+def _colmap_calibration(model: str, size: tuple[int, int], params: dict[str, float]) -> Calibration:
+    """K and distortion of one COLMAP camera (pixel centres at +0.5 in COLMAP: moved to OpenCV's integers)."""
+    fx, fy = params.get("fx", params.get("f")), params.get("fy", params.get("f"))
+    K = np.array([[fx, 0, params["cx"] - 0.5], [0, fy, params["cy"] - 0.5], [0, 0, 1]], dtype=np.float64)
+    if model == "OPENCV_FISHEYE":
+        return Calibration(K, size, np.array([params[k] for k in ("k1", "k2", "k3", "k4")]),
+                           distortion_model="equidistant")
+    return Calibration(K, size, *_opencv_distortion(params))
+
+
+def _opencv_distortion(params: dict[str, float]) -> tuple[np.ndarray, str]:
+    """OpenCV's coefficient vector (k1 k2 p1 p2 k3 k4 k5 k6) of the named ones, up to the last one given."""
+    order = ("k1", "k2", "p1", "p2", "k3", "k4", "k5", "k6")
+    n = max((i + 1 for i, k in enumerate(order) if k in params), default=0)
+    return np.array([params.get(k, 0.0) for k in order[:n]]), "rational_polynomial" if n > 5 else "plumb_bob"
 
 
 def _load_colmap_cameras(path: Path, text: str) -> Calibration:
-    """The first camera of a COLMAP `cameras.txt` (pixel centres at +0.5 in COLMAP: moved to OpenCV's integers)."""
+    """The first camera of a COLMAP `cameras.txt`."""
     for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         parts = line.split()
         model = parts[1].upper() if len(parts) > 1 else ""
-        names = _COLMAP_MODELS.get(model)
-        if names is None:
+        if model not in _COLMAP_MODELS:
             raise SequenceError(f"{path}:{lineno}: COLMAP camera model {model or '?'!r} is not supported "
                                 f"({', '.join(_COLMAP_MODELS)})")
+        names = _COLMAP_MODELS[model][1]
         try:
             w, h = int(parts[2]), int(parts[3])
             p = dict(zip(names, (float(x) for x in parts[4:4 + len(names)]), strict=True))
         except (ValueError, IndexError) as e:
             raise SequenceError(f"{path}:{lineno}: expected 'CAMERA_ID {model} WIDTH HEIGHT "
                                 f"{' '.join(n.upper() for n in names)}': {e}") from e
-        fx, fy = p.get("fx", p.get("f")), p.get("fy", p.get("f"))
-        K = np.array([[fx, 0, p["cx"] - 0.5], [0, fy, p["cy"] - 0.5], [0, 0, 1]], dtype=np.float64)
-        if model == "OPENCV_FISHEYE":
-            dist, dist_model = np.array([p[k] for k in ("k1", "k2", "k3", "k4")]), "equidistant"
-        else:
-            order = ("k1", "k2", "p1", "p2", "k3", "k4", "k5", "k6")
-            n = max((i + 1 for i, k in enumerate(order) if k in p), default=0)
-            dist = np.array([p.get(k, 0.0) for k in order[:n]])
-            dist_model = "rational_polynomial" if n > 5 else "plumb_bob"
-        return Calibration(K, (w, h), dist, distortion_model=dist_model)
+        return _colmap_calibration(model, (w, h), p)
     raise SequenceError(f"{path}: no camera line in the COLMAP cameras.txt")
+
+
+def _load_colmap_cameras_bin(path: Path) -> Calibration:
+    """The first camera of a COLMAP `cameras.bin`: little-endian uint64 count, then per camera int32 id, int32
+    model id, uint64 width, uint64 height and the model's float64 parameters."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise SequenceError(f"cannot read calibration {path}: {e}") from e
+    head = struct.Struct("<QiiQQ")
+    if len(data) < head.size:
+        raise SequenceError(f"{path}: {len(data)} bytes, too short for a COLMAP cameras.bin with a camera")
+    count, _, model_id, w, h = head.unpack_from(data)
+    if count == 0:
+        raise SequenceError(f"{path}: a COLMAP cameras.bin without cameras")
+    model = _COLMAP_MODEL_NAMES.get(model_id)
+    if model is None:
+        raise SequenceError(f"{path}: COLMAP camera model id {model_id} is not supported "
+                            f"({', '.join(f'{n} = {i}' for n, (i, _) in _COLMAP_MODELS.items())})")
+    names = _COLMAP_MODELS[model][1]
+    if len(data) < head.size + 8 * len(names) or not (0 < w < 2**20 and 0 < h < 2**20):
+        raise SequenceError(f"{path}: not a COLMAP cameras.bin (truncated, or a {w}x{h} {model} camera)")
+    values = struct.unpack_from(f"<{len(names)}d", data, head.size)
+    return _colmap_calibration(model, (int(w), int(h)), dict(zip(names, values, strict=True)))
+
+
+def _load_transforms_json(path: Path, text: str) -> Calibration:
+    """Intrinsics of a nerfstudio / instant-ngp `transforms.json`: the top level's, else the first frame's.
+
+    Pixel coordinates there have the image corner at 0 (COLMAP's, what `recon.export.nerfstudio` writes), so cx, cy
+    move by -0.5 to ours; a missing cx, cy is the image centre; instant-ngp may give the horizontal field of view
+    (`camera_angle_x`, radians) instead of `fl_x`.
+    """
+    try:
+        data = json.loads(text)
+        frames = data.get("frames") or [{}]
+        source = data if ("fl_x" in data or "camera_angle_x" in data) else {**data, **frames[0]}
+        w, h = int(source["w"]), int(source["h"])
+        if "fl_x" in source:
+            fx = float(source["fl_x"])
+        else:
+            fx = 0.5 * w / math.tan(0.5 * float(source["camera_angle_x"]))
+        if "fl_y" in source:
+            fy = float(source["fl_y"])
+        elif "camera_angle_y" in source:
+            fy = 0.5 * h / math.tan(0.5 * float(source["camera_angle_y"]))
+        else:
+            fy = fx
+        cx, cy = float(source.get("cx", 0.5 * w)), float(source.get("cy", 0.5 * h))
+        coefficients = {k: float(source[k]) for k in ("k1", "k2", "p1", "p2", "k3", "k4") if k in source}
+        model = str(source.get("camera_model") or "OPENCV").upper()
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+        raise SequenceError(f"{path}: expected nerfstudio / instant-ngp transforms.json intrinsics (fl_x or "
+                            f"camera_angle_x, w, h; top level or per frame): {type(e).__name__}: {e}") from e
+    K = np.array([[fx, 0, cx - 0.5], [0, fy, cy - 0.5], [0, 0, 1]], dtype=np.float64)
+    if model == "OPENCV_FISHEYE":
+        dist = np.array([coefficients.get(k, 0.0) for k in ("k1", "k2", "k3", "k4")])
+        return Calibration(K, (w, h), dist, distortion_model="equidistant")
+    if model not in ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE"):
+        raise SequenceError(f"{path}: camera_model {model!r} is not a pinhole camera (OPENCV, OPENCV_FISHEYE, "
+                            "PINHOLE, SIMPLE_PINHOLE)")
+    coefficients.pop("k4", None)  # nerfstudio's OPENCV model has no k4
+    return Calibration(K, (w, h), *_opencv_distortion(coefficients))
 
 
 def parse_kitti_projections(text: str, path: Path) -> dict[str, np.ndarray]:

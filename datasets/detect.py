@@ -17,6 +17,7 @@ LAYOUTS = ("video", "bag", "tum", "7scenes", "kitti", "folder")
 def detect_layout(path: str | Path) -> str:
     """The layout name of `path` (one of LAYOUTS); raises SequenceError saying what was expected."""
     from recon.datasets.bag import BAG_SUFFIXES, is_bag
+    from recon.datasets.folder import SCENE_IMAGE_FOLDERS, scene_image_folder
     from recon.datasets.kitti import is_kitti_sequence
     from recon.datasets.seven_scenes import is_seven_scenes_sequence, seven_scenes_sequences
     from recon.datasets.tum import is_tum_folder
@@ -37,12 +38,13 @@ def detect_layout(path: str | Path) -> str:
         return "7scenes"
     if is_kitti_sequence(p):
         return "kitti"
-    if any(c.is_file() and c.suffix.lower() in IMAGE_EXTENSIONS for c in p.iterdir()):
+    if any(c.is_file() and c.suffix.lower() in IMAGE_EXTENSIONS for c in p.iterdir()) or scene_image_folder(p):
         return "folder"
     raise SequenceError(
         f"{p}: unknown sequence layout; expected a video file, a ROS bag (.bag, .mcap, rosbag2 folder with "
         "metadata.yaml), a TUM RGB-D folder (rgb.txt), a 7-Scenes sequence (frame-XXXXXX.color.png), a KITTI "
-        "odometry sequence (image_2/, calib.txt) or a folder of images")
+        "odometry sequence (image_2/, calib.txt), a folder of images or a scene folder with one of "
+        f"{', '.join(f'{n}/' for n in SCENE_IMAGE_FOLDERS)} (COLMAP, nerfstudio)")
 
 
 def open_sequence(path: str | Path, *, on_error: OnError | str = OnError.STOP, fps: float | None = None,

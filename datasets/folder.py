@@ -1,5 +1,10 @@
 """A folder of images (RGB only), in natural order (`img2` before `img10`).
 
+A scene folder with no images of its own but an image subfolder (`SCENE_IMAGE_FOLDERS`: `<scene>/images/` of
+COLMAP, nerfstudio, Mip-NeRF 360, LingBot-Map, and of recon's own colmap / nerfstudio exports) reads that subfolder,
+and looks for the calibration file in the image folder first, then in the scene folder (where COLMAP keeps
+`sparse/0/cameras.bin` and nerfstudio `transforms.json`).
+
 Timestamps, first rule that applies to *every* file name wins:
 1. names that are timestamps: decimal seconds (`1305031102.175304.png`) or >= 16 digits of nanoseconds;
 2. with `fps`: names ending in a frame number (`frame_000123.png` -> 123 / fps);
@@ -25,6 +30,22 @@ from recon.types import CameraInfo, Frame
 logger = logging.getLogger(__name__)
 
 DEFAULT_FPS = 30.0
+
+
+SCENE_IMAGE_FOLDERS = ("images", "image", "rgb", "color")
+"""Image subfolders of a scene folder, first one holding images wins (`images` before `images_2`, `images_4`...:
+the full-resolution frames)."""
+
+
+def scene_image_folder(folder: Path) -> Path | None:
+    """The image subfolder of a scene folder that holds no images itself; None when there is none."""
+    if any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir()):
+        return None
+    for name in SCENE_IMAGE_FOLDERS:
+        sub = folder / name
+        if sub.is_dir() and any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in sub.iterdir()):
+            return sub
+    return None
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -59,11 +80,15 @@ class ImageFolderSequence(IndexedSequence):
         if not root.is_dir():
             raise SequenceError(f"{root}: not a folder")
         self.root = root
-        self._paths = list_images(root)
+        images = scene_image_folder(root) or root
+        self._paths = list_images(images)
         if not self._paths:
-            raise SequenceError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            raise SequenceError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in it nor in a "
+                                f"{'/, '.join(SCENE_IMAGE_FOLDERS)}/ subfolder")
+        if images != root:
+            logger.info("%s: a scene folder; reading its %s/ (%d images)", root.name, images.name, len(self._paths))
         self._t_ns = folder_timestamps(self._paths, fps)
-        cam_file = find_camera_file(root)
+        cam_file = find_camera_file(images) or (find_camera_file(root) if images != root else None)
         size = image_size(self._paths[0])
         camera_info, source = None, None
         if cam_file:

@@ -1,9 +1,11 @@
 """Where intrinsics come from, in the documented order: calibration files of every layout in use (COLMAP
-cameras.txt, 7-Scenes camera-intrinsics.txt, KITTI calib.txt), then EXIF focal lengths of JPEGs; readers say
-which (`intrinsics_source`)."""
+cameras.txt and cameras.bin, nerfstudio / instant-ngp transforms.json, 7-Scenes camera-intrinsics.txt, KITTI
+calib.txt), also in a scene folder's root, then EXIF focal lengths of JPEGs; readers say which
+(`intrinsics_source`)."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -37,6 +39,80 @@ def test_colmap_cameras_txt_models(tmp_path: Path) -> None:
         load_camera_file(path)
 
 
+def test_colmap_cameras_bin_as_pycolmap_writes_it(tmp_path: Path) -> None:
+    """The binary model COLMAP writes by default, written here by COLMAP's own library (model ids and layout)."""
+    import pycolmap
+
+    model = tmp_path / "sparse" / "0"
+    model.mkdir(parents=True)
+    for name, params, K, dist in (
+            ("OPENCV", [520.5, 521.0, 320.0, 240.5, -0.1, 0.01, 0.001, -0.002],
+             [[520.5, 0, 319.5], [0, 521.0, 240.0], [0, 0, 1]], [-0.1, 0.01, 0.001, -0.002]),
+            ("SIMPLE_PINHOLE", [400.0, 259.0, 147.0], [[400, 0, 258.5], [0, 400, 146.5], [0, 0, 1]], [])):
+        rec = pycolmap.Reconstruction()
+        rec.add_camera_with_trivial_rig(pycolmap.Camera(model=name, width=640, height=480, params=params,
+                                                        camera_id=1))
+        rec.write(str(model))
+        assert find_camera_file(tmp_path) == model / "cameras.bin"
+        calib = load_camera_file(model / "cameras.bin")
+        assert calib.size == (640, 480)
+        np.testing.assert_allclose(calib.K, K)
+        np.testing.assert_allclose(calib.distortion, dist)
+    rec = pycolmap.Reconstruction()
+    rec.add_camera_with_trivial_rig(pycolmap.Camera(model="FOV", width=640, height=480,
+                                                    params=[500, 500, 320, 240, 0.9], camera_id=1))
+    rec.write(str(model))
+    with pytest.raises(SequenceError, match="model id 7 is not supported"):
+        load_camera_file(model / "cameras.bin")
+    (model / "cameras.bin").write_bytes((model / "cameras.bin").read_bytes()[:30])
+    with pytest.raises(SequenceError, match="cameras.bin"):
+        load_camera_file(model / "cameras.bin")
+
+
+def test_transforms_json_of_nerfstudio_and_instant_ngp(tmp_path: Path) -> None:
+    path = tmp_path / "transforms.json"
+    # nerfstudio: per-frame intrinsics, corner-origin pixel coordinates.
+    path.write_text(json.dumps({"camera_model": "OPENCV", "frames": [
+        {"file_path": "images/0.jpg", "fl_x": 500.0, "fl_y": 501.0, "cx": 320.0, "cy": 240.0, "w": 640, "h": 480,
+         "k1": 0.05, "k2": -0.01, "p1": 0.0, "p2": 0.001, "transform_matrix": np.eye(4).tolist()}]}))
+    assert find_camera_file(tmp_path) == path
+    calib = load_camera_file(path)
+    assert calib.size == (640, 480) and calib.distortion_model == "plumb_bob"
+    np.testing.assert_allclose(calib.K, [[500, 0, 319.5], [0, 501, 239.5], [0, 0, 1]])
+    np.testing.assert_allclose(calib.distortion, [0.05, -0.01, 0.0, 0.001])
+    # instant-ngp: the horizontal field of view at the top level; cx, cy default to the image centre.
+    path.write_text(json.dumps({"camera_angle_x": 2 * math.atan(0.64), "w": 640, "h": 480, "frames": []}))
+    calib = load_camera_file(path)
+    np.testing.assert_allclose(calib.K, [[500, 0, 319.5], [0, 500, 239.5], [0, 0, 1]])
+    path.write_text(json.dumps({"camera_model": "EQUIRECTANGULAR", "fl_x": 1, "w": 2, "h": 1}))
+    with pytest.raises(SequenceError, match="not a pinhole camera"):
+        load_camera_file(path)
+    path.write_text(json.dumps({"frames": [{"file_path": "a.jpg"}]}))
+    with pytest.raises(SequenceError, match="transforms.json intrinsics"):
+        load_camera_file(path)
+
+
+def test_scene_folder_reads_images_with_the_root_calibration(tmp_path: Path) -> None:
+    """`<scene>/images/` with the calibration beside it (COLMAP's sparse/0/, nerfstudio's transforms.json), or none
+    at all (the LingBot-Map scenes in ../shared/data): the image subfolder is read, the root's file is used."""
+    from recon.datasets import detect_layout, open_sequence
+
+    for i in range(3):
+        _jpeg(tmp_path / "images" / f"{i:03d}.jpg", (400, 300), {})
+        _jpeg(tmp_path / "images_2" / f"{i:03d}.jpg", (200, 150), {})
+    assert detect_layout(tmp_path) == "folder"
+    seq = open_sequence(tmp_path)
+    assert len(list(seq)) == 3 and seq.camera_info is None and seq.name == tmp_path.name
+    (tmp_path / "transforms.json").write_text(json.dumps({"fl_x": 350, "fl_y": 351, "cx": 200, "cy": 150,
+                                                          "w": 400, "h": 300, "frames": []}))
+    seq = open_sequence(tmp_path)
+    assert seq.intrinsics_source == "calibration file transforms.json" and seq.camera_info.K[0, 0] == 350
+    assert next(iter(seq)).image.shape == (300, 400, 3)  # images/, not the half-size images_2/
+    # A calibration file in the image folder itself comes first.
+    (tmp_path / "images" / "cameras.txt").write_text("1 PINHOLE 400 300 360 361 200.5 150.5\n")
+    assert open_sequence(tmp_path).camera_info.K[0, 0] == 360
+
+
 def test_seven_scenes_and_kitti_files_are_found(tmp_path: Path) -> None:
     seven = tmp_path / "seven"
     seven.mkdir()
@@ -53,6 +129,7 @@ def test_seven_scenes_and_kitti_files_are_found(tmp_path: Path) -> None:
 
 
 def _jpeg(path: Path, size: tuple[int, int], tags: dict[int, object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     exif = Image.Exif()
     ifd = exif.get_ifd(0x8769)
     ifd.update(tags)

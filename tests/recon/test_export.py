@@ -214,3 +214,22 @@ def test_export_format_parsing() -> None:
     assert parse_export_formats("none") == [] and parse_export_formats("all") == list(FORMATS)
     with pytest.raises(ValueError, match="choose from frames, colmap"):
         parse_export_formats("ply")
+
+
+@pytest.mark.parametrize("fmt", ["colmap", "nerfstudio"])
+def test_an_export_replays_as_a_scene_folder(run_dir: Path, fmt: str) -> None:
+    """`recon replay runs/X/colmap` (or nerfstudio): the scene folder's images/ with the exported intrinsics (COLMAP's
+    cameras.bin as pycolmap wrote it; transforms.json's per-frame fl_x...), so a run hands over to other tools and
+    back without a calibration file of ours."""
+    from recon.datasets import detect_layout, open_sequence
+
+    scene = run_dir / fmt
+    assert detect_layout(scene) == "folder"
+    seq = open_sequence(scene)
+    frames = list(seq)
+    records = read_frames(run_dir)
+    assert len(frames) == FRAMES
+    K = np.asarray(records[0].entry["K"])
+    np.testing.assert_allclose(seq.camera_info.K, K, atol=1e-6)
+    assert (seq.camera_info.width, seq.camera_info.height) == (records[0].entry["width"], records[0].entry["height"])
+    assert frames[0].image.shape == (records[0].entry["height"], records[0].entry["width"], 3)
