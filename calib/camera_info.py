@@ -203,31 +203,39 @@ def _load_colmap_cameras_bin(path: Path) -> Calibration:
 
 
 def _load_transforms_json(path: Path, text: str) -> Calibration:
-    """Intrinsics of a nerfstudio / instant-ngp `transforms.json`: the top level's, else the first frame's.
+    """Intrinsics of a nerfstudio / instant-ngp `transforms.json`: the top level's, else the first frame's."""
+    try:
+        data = json.loads(text)
+        frames = data.get("frames") or [{}]
+        top = "fl_x" in data or "camera_angle_x" in data
+    except (ValueError, TypeError, AttributeError) as e:
+        raise SequenceError(f"{path}: not a transforms.json: {type(e).__name__}: {e}") from e
+    return transforms_calibration(data if top else {**data, **frames[0]}, path)
+
+
+def transforms_calibration(record: dict, path: Path) -> Calibration:
+    """The camera of one transforms.json record (its top level, or a frame merged over it).
 
     Pixel coordinates there have the image corner at 0 (COLMAP's, what `recon.export.nerfstudio` writes), so cx, cy
     move by -0.5 to ours; a missing cx, cy is the image centre; instant-ngp may give the horizontal field of view
     (`camera_angle_x`, radians) instead of `fl_x`.
     """
     try:
-        data = json.loads(text)
-        frames = data.get("frames") or [{}]
-        source = data if ("fl_x" in data or "camera_angle_x" in data) else {**data, **frames[0]}
-        w, h = int(source["w"]), int(source["h"])
-        if "fl_x" in source:
-            fx = float(source["fl_x"])
+        w, h = int(record["w"]), int(record["h"])
+        if "fl_x" in record:
+            fx = float(record["fl_x"])
         else:
-            fx = 0.5 * w / math.tan(0.5 * float(source["camera_angle_x"]))
-        if "fl_y" in source:
-            fy = float(source["fl_y"])
-        elif "camera_angle_y" in source:
-            fy = 0.5 * h / math.tan(0.5 * float(source["camera_angle_y"]))
+            fx = 0.5 * w / math.tan(0.5 * float(record["camera_angle_x"]))
+        if "fl_y" in record:
+            fy = float(record["fl_y"])
+        elif "camera_angle_y" in record:
+            fy = 0.5 * h / math.tan(0.5 * float(record["camera_angle_y"]))
         else:
             fy = fx
-        cx, cy = float(source.get("cx", 0.5 * w)), float(source.get("cy", 0.5 * h))
-        coefficients = {k: float(source[k]) for k in ("k1", "k2", "p1", "p2", "k3", "k4") if k in source}
-        model = str(source.get("camera_model") or "OPENCV").upper()
-    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+        cx, cy = float(record.get("cx", 0.5 * w)), float(record.get("cy", 0.5 * h))
+        coefficients = {k: float(record[k]) for k in ("k1", "k2", "p1", "p2", "k3", "k4") if k in record}
+        model = str(record.get("camera_model") or "OPENCV").upper()
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise SequenceError(f"{path}: expected nerfstudio / instant-ngp transforms.json intrinsics (fl_x or "
                             f"camera_angle_x, w, h; top level or per frame): {type(e).__name__}: {e}") from e
     K = np.array([[fx, 0, cx - 0.5], [0, fy, cy - 0.5], [0, 0, 1]], dtype=np.float64)

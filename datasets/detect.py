@@ -11,7 +11,7 @@ from recon.errors import SequenceError
 
 logger = logging.getLogger(__name__)
 
-LAYOUTS = ("video", "bag", "tum", "7scenes", "kitti", "folder")
+LAYOUTS = ("video", "bag", "tum", "7scenes", "kitti", "scannet", "nerfstudio", "folder")
 
 
 def detect_layout(path: str | Path) -> str:
@@ -19,6 +19,8 @@ def detect_layout(path: str | Path) -> str:
     from recon.datasets.bag import BAG_SUFFIXES, is_bag
     from recon.datasets.folder import SCENE_IMAGE_FOLDERS, scene_image_folder
     from recon.datasets.kitti import is_kitti_sequence
+    from recon.datasets.nerfstudio import is_nerfstudio_folder
+    from recon.datasets.scannet import is_scannet_scene
     from recon.datasets.seven_scenes import is_seven_scenes_sequence, seven_scenes_sequences
     from recon.datasets.tum import is_tum_folder
 
@@ -38,12 +40,17 @@ def detect_layout(path: str | Path) -> str:
         return "7scenes"
     if is_kitti_sequence(p):
         return "kitti"
+    if is_scannet_scene(p):
+        return "scannet"
+    if is_nerfstudio_folder(p):
+        return "nerfstudio"
     if any(c.is_file() and c.suffix.lower() in IMAGE_EXTENSIONS for c in p.iterdir()) or scene_image_folder(p):
         return "folder"
     raise SequenceError(
         f"{p}: unknown sequence layout; expected a video file, a ROS bag (.bag, .mcap, rosbag2 folder with "
         "metadata.yaml), a TUM RGB-D folder (rgb.txt), a 7-Scenes sequence (frame-XXXXXX.color.png), a KITTI "
-        "odometry sequence (image_2/, calib.txt), a folder of images or a scene folder with one of "
+        "odometry sequence (image_2/, calib.txt), an exported ScanNet scene (color/, depth/, intrinsic/), a nerfstudio "
+        "folder (transforms.json with frames), a folder of images or a scene folder with one of "
         f"{', '.join(f'{n}/' for n in SCENE_IMAGE_FOLDERS)} (COLMAP, nerfstudio)")
 
 
@@ -90,6 +97,14 @@ def open_sequence(path: str | Path, *, on_error: OnError | str = OnError.STOP, f
         from recon.datasets.kitti import KittiSequence
 
         return KittiSequence(path, fps=fps, **common)
+    if layout == "nerfstudio":
+        from recon.datasets.nerfstudio import NerfstudioSequence
+
+        return NerfstudioSequence(path, fps=fps, **common)
+    if layout == "scannet":
+        from recon.datasets.scannet import ScanNetSequence
+
+        return ScanNetSequence(path, fps=fps, **common)
     from recon.datasets.folder import ImageFolderSequence
 
     return ImageFolderSequence(path, fps=fps, **common)

@@ -85,6 +85,12 @@ class ImageFolderSequence(IndexedSequence):
         if not self._paths:
             raise SequenceError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in it nor in a "
                                 f"{'/, '.join(SCENE_IMAGE_FOLDERS)}/ subfolder")
+        if images != root and (root / "depth").is_dir():
+            # Reading the colour alone would drop the depth without a word.
+            raise SequenceError(f"{root}: a scene folder with {images.name}/ and depth/ in no RGB-D layout recon "
+                                "knows (TUM rgb.txt + depth.txt, 7-Scenes, ScanNet color/ depth/ intrinsic/, "
+                                "nerfstudio transforms.json with frames); pass "
+                                f"{images} itself to reconstruct its images without depth")
         if images != root:
             logger.info("%s: a scene folder; reading its %s/ (%d images)", root.name, images.name, len(self._paths))
         self._t_ns = folder_timestamps(self._paths, fps)

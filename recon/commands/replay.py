@@ -42,7 +42,7 @@ HELP = "reconstruct a recorded sequence: trajectory, point cloud, Rerun recordin
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sequence", metavar="SEQUENCE",
                         help="what to reconstruct: an image folder (or a scene folder with images/), a video, "
-                             "a TUM RGB-D / 7-Scenes / KITTI folder, or a ROS bag (.bag, .mcap, rosbag2 folder)")
+                             "a TUM RGB-D / 7-Scenes / KITTI / ScanNet folder, or a ROS bag (.bag, .mcap, rosbag2)")
     add_backend_arguments(parser)
     parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/<sequence name>)")
     parser.add_argument("--viewer", default="rrd",

@@ -23,14 +23,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from recon.export.common import CameraLog, MapPoints, frame_stem, relocate, write_depth_mm, write_rgb
+from recon.geometry.transforms import OPENCV_TO_OPENGL
 from recon.types import FrameResult
 
 logger = logging.getLogger(__name__)
-
-OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0, 1.0])
 
 _NUMBER = {"type": "number"}
 _POSITIVE = {"type": "number", "exclusiveMinimum": 0}

@@ -10,6 +10,10 @@ from scipy.spatial.transform import Rotation
 
 from recon.errors import ReconError
 
+OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0, 1.0])
+"""Camera axes OpenCV (+x right, +y down, +z forward) <-> OpenGL / Blender / nerfstudio (+y up, +z backwards), its
+own inverse: `T_world_cam_opengl = T_world_cam_opencv @ OPENCV_TO_OPENGL`."""
+
 
 def make_se3(R: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Stack rotation(s) [...,3,3] and translation(s) [...,3] into 4x4 transform(s)."""

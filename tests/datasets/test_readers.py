@@ -368,6 +368,82 @@ def test_kitti_sequence_with_calib_times_and_poses(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# ScanNet (the replay test in tests/recon/test_replay_datasets.py checks the conventions against a TUM twin)
+
+
+def _write_scannet(root: Path, n: int = 3) -> None:
+    for i in range(n):
+        _save_rgb(root / "color" / f"{i}.jpg", i)
+        _save_depth(root / "depth" / f"{i}.png", 1500 + i)
+        (root / "pose").mkdir(exist_ok=True)
+        np.savetxt(root / "pose" / f"{i}.txt", _pose(i))
+    (root / "intrinsic").mkdir()
+    K4 = np.eye(4)
+    K4[:3, :3] = [[12.0, 0, 7.5], [0, 12.0, 5.5], [0, 0, 1]]
+    np.savetxt(root / "intrinsic" / "intrinsic_depth.txt", K4)
+
+
+def test_scannet_scene_frames_depth_and_bad_files(tmp_path: Path) -> None:
+    root = tmp_path / "scene0001_00"
+    _write_scannet(root)
+    seq = open_sequence(root, fps=10.0)
+    frames = list(seq)
+    assert [f.t_ns for f in frames] == [0, 100_000_000, 200_000_000]
+    assert frames[2].depth[0, 0] == pytest.approx(1.502) and frames[0].K[0, 0] == 12.0
+    np.testing.assert_allclose(frames[1].meta["T_world_cam_gt"], _pose(1), atol=1e-12)
+    (root / "depth" / "1.png").unlink()
+    with pytest.raises(CorruptFrameError, match="1.png"):
+        list(open_sequence(root))
+    skipping = open_sequence(root, on_error=OnError.SKIP)
+    assert len(list(skipping)) == 2 and skipping.stats.frames_skipped == 1
+    np.savetxt(root / "intrinsic" / "intrinsic_depth.txt", np.zeros((4, 4)))
+    with pytest.raises(SequenceError, match="not a pinhole camera matrix"):
+        open_sequence(root)
+
+
+def test_nerfstudio_folder_order_axes_depth_units(tmp_path: Path) -> None:
+    """What ns-process-data writes: top-level intrinsics, frames in no particular order, OpenGL camera-to-world
+    poses; depth as .npy in the units of depth_unit_scale_factor."""
+    import json
+
+    from recon.datasets.nerfstudio import NerfstudioSequence
+    from recon.geometry.transforms import OPENCV_TO_OPENGL
+
+    frames = []
+    (tmp_path / "depth").mkdir()
+    for i in (2, 0, 1):
+        _save_rgb(tmp_path / "images" / f"frame_{i + 1:05d}.png", i)
+        np.save(tmp_path / "depth" / f"frame_{i + 1:05d}.npy", np.full((H, W), 2000.0 + i))
+        frames.append({"file_path": f"images/frame_{i + 1:05d}.png", "depth_file_path": f"depth/frame_{i + 1:05d}.npy",
+                       "transform_matrix": (_pose(i) @ OPENCV_TO_OPENGL).tolist()})
+    (tmp_path / "transforms.json").write_text(json.dumps({
+        "camera_model": "OPENCV", "fl_x": 12.0, "fl_y": 12.5, "cx": 8.0, "cy": 6.0, "w": W, "h": H,
+        "depth_unit_scale_factor": 1e-3, "frames": frames}))
+    assert detect_layout(tmp_path) == "nerfstudio"
+    seq = open_sequence(tmp_path, fps=10.0)
+    assert isinstance(seq, NerfstudioSequence) and seq.has_depth
+    got = list(seq)
+    assert _ids(got) == [0, 1, 2] and [f.t_ns for f in got] == [100_000_000, 200_000_000, 300_000_000]
+    np.testing.assert_allclose(got[1].K, [[12, 0, 7.5], [0, 12.5, 5.5], [0, 0, 1]])
+    assert got[2].depth[3, 3] == pytest.approx(2.002)
+    np.testing.assert_allclose(got[2].meta["T_world_cam_gt"], _pose(2), atol=1e-12)
+    del frames[1]["depth_file_path"]  # frame_00001: the first in order
+    (tmp_path / "transforms.json").write_text(json.dumps({"fl_x": 12.0, "w": W, "h": H, "frames": frames}))
+    with pytest.raises(CorruptFrameError, match="no depth_file_path"):
+        list(open_sequence(tmp_path))
+
+
+def test_scene_folder_with_depth_in_no_known_layout_is_refused(tmp_path: Path) -> None:
+    """images/ beside depth/ without a layout that says how they pair: refused, not read as colour alone."""
+    for i in range(2):
+        _save_rgb(tmp_path / "images" / f"{i}.png", i)
+        _save_depth(tmp_path / "depth" / f"{i}.png", 1000)
+    with pytest.raises(SequenceError, match="depth/ in no RGB-D layout"):
+        open_sequence(tmp_path)
+    assert len(list(open_sequence(tmp_path / "images"))) == 2
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Detection
 
 

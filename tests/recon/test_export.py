@@ -14,7 +14,8 @@ import pytest
 from recon.cli import main
 from recon.export import FORMATS, create_export_sinks, export_run, parse_export_formats
 from recon.export.frames import read_frames
-from recon.export.nerfstudio import NERFSTUDIO_SCHEMA, OPENCV_TO_OPENGL
+from recon.export.nerfstudio import NERFSTUDIO_SCHEMA
+from recon.geometry.transforms import OPENCV_TO_OPENGL
 from recon.io.trajectory import read_tum_trajectory
 from recon.sinks import SinkGroup
 from recon.types import FrameResult
@@ -217,14 +218,14 @@ def test_export_format_parsing() -> None:
 
 
 @pytest.mark.parametrize("fmt", ["colmap", "nerfstudio"])
-def test_an_export_replays_as_a_scene_folder(run_dir: Path, fmt: str) -> None:
-    """`recon replay runs/X/colmap` (or nerfstudio): the scene folder's images/ with the exported intrinsics (COLMAP's
-    cameras.bin as pycolmap wrote it; transforms.json's per-frame fl_x...), so a run hands over to other tools and
-    back without a calibration file of ours."""
+def test_an_export_replays_as_a_sequence(run_dir: Path, fmt: str) -> None:
+    """`recon replay runs/X/colmap` (or nerfstudio) reads the export back: COLMAP's images/ with cameras.bin as
+    pycolmap wrote it; nerfstudio's transforms.json with its depth, and its poses and times as the ground truth,
+    so a run hands over to other tools and back without a calibration file of ours."""
     from recon.datasets import detect_layout, open_sequence
 
     scene = run_dir / fmt
-    assert detect_layout(scene) == "folder"
+    assert detect_layout(scene) == {"colmap": "folder", "nerfstudio": "nerfstudio"}[fmt]
     seq = open_sequence(scene)
     frames = list(seq)
     records = read_frames(run_dir)
@@ -233,3 +234,11 @@ def test_an_export_replays_as_a_scene_folder(run_dir: Path, fmt: str) -> None:
     np.testing.assert_allclose(seq.camera_info.K, K, atol=1e-6)
     assert (seq.camera_info.width, seq.camera_info.height) == (records[0].entry["width"], records[0].entry["height"])
     assert frames[0].image.shape == (records[0].entry["height"], records[0].entry["width"], 3)
+    if fmt == "nerfstudio":
+        t_ns, T = _poses(run_dir)
+        assert seq.has_depth and seq.ground_truth is not None
+        np.testing.assert_array_equal(seq.ground_truth.t_ns, t_ns)
+        np.testing.assert_allclose(seq.ground_truth.T_world_cam, T, atol=1e-6)  # OpenGL axes turned back
+        for frame, record in zip(frames, records, strict=True):
+            depth_mm = cv2.imread(str(run_dir / "frames" / record.entry["depth"]), cv2.IMREAD_UNCHANGED)
+            np.testing.assert_allclose(frame.depth, depth_mm / 1000.0, atol=1e-6)

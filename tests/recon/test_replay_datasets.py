@@ -79,3 +79,59 @@ def test_missing_sequence_fails_with_a_message(tmp_path: Path, caplog: pytest.Lo
     missing = tmp_path / "nope"
     assert main(["replay", str(missing), "--out", str(tmp_path / "run"), "--no-progress"]) == 1
     assert str(missing) in caplog.text
+
+
+def scannet_copy(src: Path, dst: Path) -> int:
+    """The TUM sequence in ScanNet's exported layout: colour JPEGs at twice the depth's size (another sensor),
+    16-bit millimetre depth, camera-to-world poses (one -inf, as ScanNet writes a failed pose), 4x4 intrinsics.
+    Returns the frame whose pose is -inf."""
+    from PIL import Image
+
+    from recon.datasets import open_sequence
+
+    for name in ("color", "depth", "pose", "intrinsic"):
+        (dst / name).mkdir(parents=True)
+    seq = open_sequence(src)
+    K4 = np.eye(4)
+    K4[:3, :3] = seq.camera_info.K
+    np.savetxt(dst / "intrinsic" / "intrinsic_depth.txt", K4)
+    K4[:2, :3] *= 2
+    np.savetxt(dst / "intrinsic" / "intrinsic_color.txt", K4)
+    failed = 5
+    for i, frame in enumerate(seq):
+        h, w = frame.depth.shape
+        Image.fromarray(frame.image).resize((2 * w, 2 * h), Image.BICUBIC).save(dst / "color" / f"{i}.jpg", quality=95)
+        Image.fromarray(np.round(frame.depth * 1000).astype(np.uint16)).save(dst / "depth" / f"{i}.png")
+        pose = np.full((4, 4), -np.inf) if i == failed else frame.meta["T_world_cam_gt"]
+        np.savetxt(dst / "pose" / f"{i}.txt", pose)
+    return failed
+
+
+def test_replay_of_a_scannet_scene_matches_its_tum_twin(sequence: Path, tmp_path: Path) -> None:
+    """The same frames as ScanNet exports them replay as RGB-D with ground truth: colour resized onto the depth grid
+    with the depth intrinsics, depth in millimetres, the -inf pose a gap in the ground truth. The trajectory must
+    match the TUM run's: a wrong K (the colour camera's), depth unit or pose convention moves it by far more."""
+    from recon.datasets import detect_layout, open_sequence
+
+    scene = tmp_path / "scene0000_00"
+    failed = scannet_copy(sequence, scene)
+    assert detect_layout(scene) == "scannet"
+    seq = open_sequence(scene)
+    tum = open_sequence(sequence)
+    np.testing.assert_allclose(seq.camera_info.K, tum.camera_info.K)
+    assert len(seq.ground_truth) == 11 and seq.has_depth
+    frame, twin = next(iter(seq)), next(iter(tum))
+    assert frame.image.shape == twin.image.shape and frame.depth.shape == twin.depth.shape
+    np.testing.assert_allclose(frame.depth, twin.depth, atol=5e-4)  # millimetre rounding
+    assert "T_world_cam_gt" not in list(seq)[failed].meta
+
+    runs = {}
+    for name, path in (("tum", sequence), ("scannet", scene)):
+        out = tmp_path / name
+        assert main(["replay", str(path), "--out", str(out), "--viewer", "none", "--no-progress"]) == 0
+        runs[name] = (read_tum_trajectory(out / "trajectory.tum")[1], json.loads((out / "metrics.json").read_text()))
+    assert runs["scannet"][1]["num_matched"] == 11 and runs["tum"][1]["num_matched"] == 12
+    (T_tum, m_tum), (T_scannet, m_scannet) = runs["tum"], runs["scannet"]
+    path_length = np.linalg.norm(np.diff(T_tum[:, :3, 3], axis=0), axis=1).sum()
+    assert np.linalg.norm(T_scannet[:, :3, 3] - T_tum[:, :3, 3], axis=1).max() < 0.05 * path_length
+    assert m_scannet["ate_rmse"] < m_tum["ate_rmse"] + 0.02 * path_length
