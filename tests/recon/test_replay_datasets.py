@@ -135,3 +135,47 @@ def test_replay_of_a_scannet_scene_matches_its_tum_twin(sequence: Path, tmp_path
     path_length = np.linalg.norm(np.diff(T_tum[:, :3, 3], axis=0), axis=1).sum()
     assert np.linalg.norm(T_scannet[:, :3, 3] - T_tum[:, :3, 3], axis=1).max() < 0.05 * path_length
     assert m_scannet["ate_rmse"] < m_tum["ate_rmse"] + 0.02 * path_length
+
+
+@pytest.fixture(scope="module")
+def uncalibrated_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A rendered walk as a bare image folder: no calibration file, no EXIF, no depth."""
+    root = tmp_path_factory.mktemp("mono")
+    seq = synthetic.generate_sequence(root / "render", seed=0, trajectory="walk", num_frames=40, width=160,
+                                      height=120, supersample=1)
+    folder = root / "images"
+    folder.mkdir()
+    for src in sorted((seq / "rgb").iterdir()):
+        shutil.copy(src, folder / src.name)
+    return folder
+
+
+def test_monocular_replay_without_intrinsics_calibrates_in_a_first_pass(uncalibrated_folder: Path,
+                                                                        tmp_path: Path) -> None:
+    """The first pass's focal length is what the reconstruction is given (summary.json says so); with
+    --calibration-pass off, or intrinsics known, there is no first pass."""
+    from recon.commands.calibration_pass import SOURCE
+
+    runs = {}
+    for mode in ("auto", "off"):
+        out = tmp_path / mode
+        assert main(["replay", str(uncalibrated_folder), "--out", str(out), "--viewer", "none", "--no-progress",
+                     "--calibration-pass", mode]) == 0
+        runs[mode] = json.loads((out / "summary.json").read_text())
+        assert len(read_tum_trajectory(out / "trajectory.tum")[0]) == 40
+    first = runs["auto"]["extra"]["calibration_pass"]
+    assert first["frames"] == 40 and first["found"]["source"].startswith("self-calibrated")
+    used = runs["auto"]["extra"]["intrinsics"]
+    assert used["source"] == SOURCE and used["fx"] == pytest.approx(first["found"]["fx"])
+    # The one-pass run ends where the first pass ended: the same backend over the same frames.
+    assert runs["off"]["extra"]["intrinsics"]["fx"] == pytest.approx(first["found"]["fx"], rel=1e-6)
+    assert "calibration_pass" not in runs["off"]["extra"]
+    assert runs["off"]["extra"]["intrinsics"]["source"].startswith("self-calibrated")
+    (uncalibrated_folder / "cameras.txt").write_text("1 PINHOLE 160 120 140 140 80 60\n")
+    try:
+        out = tmp_path / "known"
+        assert main(["replay", str(uncalibrated_folder), "--out", str(out), "--viewer", "none", "--no-progress"]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert "calibration_pass" not in summary["extra"] and summary["extra"]["intrinsics"]["fx"] == 140
+    finally:
+        (uncalibrated_folder / "cameras.txt").unlink()
