@@ -27,11 +27,13 @@ logger = logging.getLogger(__name__)
 SOURCE = "self-calibrated in a first pass over the sequence (bundle adjustment), then given"
 
 
-def wants_calibration_pass(args: argparse.Namespace, backend_name: str, sequence: Any) -> bool:
-    """A pass is run for `--calibration-pass auto` when the geometric backend will run monocular without K."""
+def wants_calibration_pass(args: argparse.Namespace, backend_name: str, sequence: Any,
+                           options: dict[str, Any]) -> bool:
+    """A pass is run for `--calibration-pass auto` when the geometric backend will run monocular without K (none
+    from the sequence, `--camera-info` or `--backend-opt K=...`)."""
     return (getattr(args, "calibration_pass", "off") == "auto" and backend_name == "geometric"
             and not args.distributed and getattr(sequence, "camera_info", None) is None
-            and not getattr(sequence, "has_depth", False))
+            and not getattr(sequence, "has_depth", False) and options.get("K") is None)
 
 
 def run_calibration_pass(sequence: Any, backend: Any, *, stride: int, max_frames: int | None

@@ -42,7 +42,7 @@ HELP = "reconstruct a recorded sequence: trajectory, point cloud, Rerun recordin
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sequence", metavar="SEQUENCE",
                         help="what to reconstruct: an image folder (or a scene folder with images/), a video, "
-                             "a TUM RGB-D / 7-Scenes / KITTI / ScanNet folder, or a ROS bag (.bag, .mcap, rosbag2)")
+                             "a TUM RGB-D / 7-Scenes / KITTI / ScanNet / nerfstudio folder, or a ROS bag")
     add_backend_arguments(parser)
     parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/<sequence name>)")
     parser.add_argument("--viewer", default="rrd",
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
                                         **topic_options(args))
     sequence = apply_camera_info(sequence, args)
     calibration = None
-    if wants_calibration_pass(args, backend_name, sequence):
+    if wants_calibration_pass(args, backend_name, sequence, options):
         logger.info("monocular replay without intrinsics: a first pass self-calibrates the focal length "
                     "(--calibration-pass off: one pass, half the time, less steady on fast footage)")
         info, calibration = run_calibration_pass(sequence, create_backend(backend_name, **options),
