@@ -36,6 +36,18 @@ def read_depth_png(path: str | Path, scale: float, invalid: int | None = None) -
     return depth
 
 
+def read_matrix4(path: str | Path) -> np.ndarray | None:
+    """A text file holding one 4x4 matrix (7-Scenes / ScanNet poses, ScanNet intrinsics); None when missing,
+    malformed or not finite (ScanNet writes -inf for a frame whose pose failed)."""
+    try:
+        M = np.loadtxt(path, dtype=np.float64)
+    except (OSError, ValueError):
+        return None
+    if M.shape != (4, 4) or not np.all(np.isfinite(M)):
+        return None
+    return M
+
+
 def image_size(path: str | Path) -> tuple[int, int] | None:
     """(width, height) from the file header without decoding, or None when unreadable."""
     try:

@@ -22,7 +22,7 @@ import numpy as np
 
 from recon.calib.camera_info import find_camera_file, load_camera_file
 from recon.datasets.base import IndexedSequence, OnError
-from recon.datasets.files import image_size, read_depth_png
+from recon.datasets.files import image_size, read_depth_png, read_matrix4
 from recon.errors import SequenceError
 from recon.io.images import corrupt_frame, read_rgb
 from recon.types import CameraInfo, Frame, Trajectory
@@ -35,17 +35,6 @@ SCANNET_FPS = 30.0
 def is_scannet_scene(path: Path) -> bool:
     """A folder with ScanNet's exported `color/`, `depth/` and `intrinsic/`."""
     return all((path / name).is_dir() for name in ("color", "depth", "intrinsic"))
-
-
-def _read_matrix(path: Path) -> np.ndarray | None:
-    """A 4x4 matrix file (pose or intrinsic), None when missing, malformed or not finite (ScanNet's -inf)."""
-    try:
-        M = np.loadtxt(path, dtype=np.float64)
-    except (OSError, ValueError):
-        return None
-    if M.shape != (4, 4) or not np.all(np.isfinite(M)):
-        return None
-    return M
 
 
 def _frame_indices(folder: Path, suffixes: tuple[str, ...]) -> dict[int, Path]:
@@ -86,7 +75,7 @@ class ScanNetSequence(IndexedSequence):
         t_list, T_list = [], []
         self._gt: list[np.ndarray | None] = []
         for idx, _ in self._frames:
-            T = _read_matrix(root / "pose" / f"{idx}.txt")
+            T = read_matrix4(root / "pose" / f"{idx}.txt")
             self._gt.append(T)
             if T is not None:
                 t_list.append(self._t_ns(idx))
@@ -105,7 +94,7 @@ class ScanNetSequence(IndexedSequence):
 
     def _scannet_intrinsics(self, depth_size: tuple[int, int] | None) -> CameraInfo | None:
         path = self.root / "intrinsic" / "intrinsic_depth.txt"
-        M = _read_matrix(path)
+        M = read_matrix4(path)
         if M is None:
             raise SequenceError(f"{path}: expected the 4x4 depth intrinsics ScanNet exports")
         K = M[:3, :3].copy()

@@ -18,7 +18,7 @@ import numpy as np
 
 from recon.calib.camera_info import find_camera_file, load_camera_file
 from recon.datasets.base import IndexedSequence, OnError
-from recon.datasets.files import image_size, natural_key, read_depth_png
+from recon.datasets.files import image_size, natural_key, read_depth_png, read_matrix4
 from recon.errors import SequenceError
 from recon.io.images import corrupt_frame, read_rgb
 from recon.types import CameraInfo, Frame, Trajectory
@@ -37,16 +37,6 @@ def seven_scenes_sequences(path: Path) -> list[Path]:
     """`seq-XX` sub-folders of a scene folder that hold frames."""
     return sorted((p for p in path.glob("seq-*") if p.is_dir() and is_seven_scenes_sequence(p)),
                   key=lambda p: natural_key(p.name))
-
-
-def _read_pose(path: Path) -> np.ndarray | None:
-    try:
-        T = np.loadtxt(path, dtype=np.float64)
-    except (OSError, ValueError):
-        return None
-    if T.shape != (4, 4) or not np.all(np.isfinite(T)):
-        return None
-    return T
 
 
 class SevenScenesSequence(IndexedSequence):
@@ -77,7 +67,7 @@ class SevenScenesSequence(IndexedSequence):
         t_list, T_list = [], []
         self._gt: list[np.ndarray | None] = []
         for idx, p in frames:
-            T = _read_pose(p.with_name(f"frame-{idx:06d}.pose.txt"))
+            T = read_matrix4(p.with_name(f"frame-{idx:06d}.pose.txt"))
             self._gt.append(T)
             if T is not None:
                 t_list.append(self._t_ns(idx))
