@@ -92,7 +92,7 @@ def _total_frames(sequence: Any, stride: int, max_frames: int | None) -> int | N
 
 
 def run(args: argparse.Namespace) -> int:
-    from recon.backends import create_backend
+    from recon.backends import MAP_OPTIONS, create_backend
     from recon.commands.calibration_pass import SOURCE as CALIBRATION_PASS_SOURCE
     from recon.commands.calibration_pass import run_calibration_pass, wants_calibration_pass
     from recon.datasets.base import CalibratedSequence
@@ -130,7 +130,9 @@ def run(args: argparse.Namespace) -> int:
     if wants_calibration_pass(args, backend_name, sequence, options):
         logger.info("monocular replay without intrinsics: a first pass self-calibrates the focal length "
                     "(--calibration-pass off: one pass, half the time, less steady on fast footage)")
-        info, calibration = run_calibration_pass(sequence, create_backend(backend_name, **options),
+        # Without the map layer: its corrections do not reach the tracker's focal length, only its outputs.
+        tracker_options = {k: v for k, v in options.items() if k not in MAP_OPTIONS}
+        info, calibration = run_calibration_pass(sequence, create_backend(backend_name, **tracker_options),
                                                  stride=args.stride, max_frames=args.max_frames)
         if info is not None:
             sequence = CalibratedSequence(sequence, info)
