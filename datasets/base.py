@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+
 from recon.errors import ConfigError, CorruptFrameError, ReconError
 from recon.types import CameraInfo, Frame, Trajectory
 
@@ -123,6 +125,15 @@ class IndexedSequence:
         return f"{type(self).__name__}({self.name!r}, {len(self)} frames)"
 
 
+def ground_truth_with_gaps(t_ns: list[int], poses: list[np.ndarray | None]) -> Trajectory | None:
+    """The frames' ground truth from per-frame poses where None is a gap (no pose file, a failed pose): the posed
+    frames only, at their times; None when no frame has a pose."""
+    posed = [i for i, T in enumerate(poses) if T is not None]
+    if not posed:
+        return None
+    return Trajectory(np.asarray([t_ns[i] for i in posed], np.int64), np.stack([poses[i] for i in posed]))
+
+
 def fit_camera_info(info: CameraInfo, size: tuple[int, int] | None, where: str) -> CameraInfo:
     """`info` for images of `size` (width, height): scaled, with a warning, when the calibration states another
     size (made at another resolution, or the images were resized after calibration); unchanged otherwise."""
@@ -152,11 +163,12 @@ class CalibratedSequence:
     distortion stays in `camera_info`, for the camera node to undistort. Everything else is the wrapped reader's.
     """
 
-    def __init__(self, sequence: Sequence, info: CameraInfo, size: tuple[int, int] | None = None) -> None:
+    def __init__(self, sequence: Sequence, info: CameraInfo, size: tuple[int, int] | None = None,
+                 source: str = "--camera-info") -> None:
         self.sequence = sequence
         name = getattr(sequence, "name", "sequence")
         self.camera_info = fit_camera_info(info, size or first_image_size(sequence), str(name))
-        self.intrinsics_source = "--camera-info"
+        self.intrinsics_source = source
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.sequence, name)

@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 
 from recon.calib.camera_info import transforms_calibration
-from recon.datasets.base import IndexedSequence, OnError
+from recon.datasets.base import IndexedSequence, OnError, ground_truth_with_gaps
 from recon.datasets.files import natural_key, read_depth_png
 from recon.datasets.folder import folder_timestamps
 from recon.errors import SequenceError
 from recon.geometry.transforms import OPENCV_TO_OPENGL
 from recon.io.images import corrupt_frame, read_rgb
-from recon.types import Frame, Trajectory
+from recon.types import Frame
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ class NerfstudioSequence(IndexedSequence):
             raise SequenceError(f"{where}: no frames")
         self.root = root
         self._records = records
-        self._calibrations = [transforms_calibration(r, where) for r in records]
+        # Each frame's camera, checked here (a camera a CameraInfo cannot carry fails at open, not mid-run).
+        self._infos = [transforms_calibration(r, where).camera_info(None) for r in records]
         self._depth_units = 1.0 / float(data.get("depth_unit_scale_factor", 1e-3))
         with_depth = sum("depth_file_path" in r for r in records)
         paths = [root / str(r["file_path"]) for r in records]
@@ -77,12 +78,9 @@ class NerfstudioSequence(IndexedSequence):
         self._t_ns = ([int(t) for t in stamps] if all(isinstance(t, int) for t in stamps)
                       else folder_timestamps(paths, fps))
         self._gt = [self._pose(r, where) for r in records]
-        posed = [i for i, T in enumerate(self._gt) if T is not None]
-        ground_truth = (Trajectory(np.asarray([self._t_ns[i] for i in posed], np.int64),
-                                   np.stack([self._gt[i] for i in posed])) if posed else None)
-        first = self._calibrations[0]
         super().__init__(root.resolve().name, on_error=on_error, stride=stride, max_frames=max_frames,
-                         camera_info=first.camera_info(None), ground_truth=ground_truth, has_depth=with_depth > 0)
+                         camera_info=self._infos[0], ground_truth=ground_truth_with_gaps(self._t_ns, self._gt),
+                         has_depth=with_depth > 0)
         self.intrinsics_source = f"calibration file {TRANSFORMS}"
         if 0 < with_depth < len(records):
             logger.warning("%s: %d of %d frames have no depth_file_path; they are corrupt frames of this RGB-D "
@@ -109,7 +107,7 @@ class NerfstudioSequence(IndexedSequence):
         record = self._records[index]
         path = self.root / str(record["file_path"])
         image = read_rgb(path)
-        info = self._calibrations[index].camera_info(None)
+        info = self._infos[index]
         if info is not None and image.shape[:2] != (info.height, info.width):
             raise corrupt_frame(path, f"image {image.shape[1]}x{image.shape[0]} is not the {info.width}x"
                                       f"{info.height} its transforms.json entry states")

@@ -21,11 +21,11 @@ import cv2
 import numpy as np
 
 from recon.calib.camera_info import find_camera_file, load_camera_file
-from recon.datasets.base import IndexedSequence, OnError
+from recon.datasets.base import IndexedSequence, OnError, ground_truth_with_gaps
 from recon.datasets.files import image_size, read_depth_png, read_matrix4
 from recon.errors import SequenceError
 from recon.io.images import corrupt_frame, read_rgb
-from recon.types import CameraInfo, Frame, Trajectory
+from recon.types import CameraInfo, Frame
 
 logger = logging.getLogger(__name__)
 
@@ -72,19 +72,11 @@ class ScanNetSequence(IndexedSequence):
         if camera_info is None:
             raise SequenceError(f"{root}: no image size for the intrinsics (no readable depth or colour frame)")
         self._size = (camera_info.width, camera_info.height)
-        t_list, T_list = [], []
-        self._gt: list[np.ndarray | None] = []
-        for idx, _ in self._frames:
-            T = read_matrix4(root / "pose" / f"{idx}.txt")
-            self._gt.append(T)
-            if T is not None:
-                t_list.append(self._t_ns(idx))
-                T_list.append(T)
-        missing = len(self._frames) - len(T_list)
-        if T_list and missing:
+        self._gt = [read_matrix4(root / "pose" / f"{idx}.txt") for idx, _ in self._frames]
+        ground_truth = ground_truth_with_gaps([self._t_ns(idx) for idx, _ in self._frames], self._gt)
+        if ground_truth is not None and len(ground_truth) < len(self._frames):
             logger.info("%s: %d of %d frames have no ground-truth pose (ScanNet's -inf or no pose file)",
-                        root.name, missing, len(self._frames))
-        ground_truth = Trajectory(np.asarray(t_list, dtype=np.int64), np.stack(T_list)) if T_list else None
+                        root.name, len(self._frames) - len(ground_truth), len(self._frames))
         super().__init__(root.resolve().name, on_error=on_error, stride=stride, max_frames=max_frames,
                          camera_info=camera_info, ground_truth=ground_truth, has_depth=True)
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from recon.calib.camera_info import find_camera_file, load_camera_file
-from recon.datasets.base import IndexedSequence, OnError
+from recon.datasets.base import IndexedSequence, OnError, ground_truth_with_gaps
 from recon.datasets.files import image_size, natural_key, read_depth_png, read_matrix4
 from recon.errors import SequenceError
 from recon.io.images import corrupt_frame, read_rgb
-from recon.types import CameraInfo, Frame, Trajectory
+from recon.types import CameraInfo, Frame
 
 logger = logging.getLogger(__name__)
 
@@ -64,15 +64,8 @@ class SevenScenesSequence(IndexedSequence):
         frames.sort()
         self._frames = frames
         # Ground truth: read the small pose files up front (16 numbers each); a missing one leaves a gap.
-        t_list, T_list = [], []
-        self._gt: list[np.ndarray | None] = []
-        for idx, p in frames:
-            T = read_matrix4(p.with_name(f"frame-{idx:06d}.pose.txt"))
-            self._gt.append(T)
-            if T is not None:
-                t_list.append(self._t_ns(idx))
-                T_list.append(T)
-        ground_truth = Trajectory(np.asarray(t_list, dtype=np.int64), np.stack(T_list)) if T_list else None
+        self._gt = [read_matrix4(p.with_name(f"frame-{idx:06d}.pose.txt")) for idx, p in frames]
+        ground_truth = ground_truth_with_gaps([self._t_ns(idx) for idx, _ in frames], self._gt)
         cam_file = find_camera_file(root) or find_camera_file(root.parent)
         first = image_size(frames[0][1])
         if cam_file is not None:

@@ -52,7 +52,7 @@ def run_calibration_pass(sequence: Any, backend: Any, *, stride: int, max_frames
     except ReconError as e:
         logger.warning("calibration pass stopped after %d frames (%s); reconstructing with the one-pass "
                        "self-calibration", frames, e)
-        return None, {"frames": frames, "wall_s": time.perf_counter() - t0, "error": str(e)}
+        return None, {"frames": frames, "wall_s": round(time.perf_counter() - t0, 3), "error": str(e)}
     found = backend.stats().extra.get("intrinsics") or {}
     report = {"frames": frames, "wall_s": round(time.perf_counter() - t0, 3), "found": found}
     if size is None or not str(found.get("source", "")).startswith("self-calibrated"):

@@ -134,9 +134,9 @@ def run(args: argparse.Namespace) -> int:
         tracker_options = {k: v for k, v in options.items() if k not in MAP_OPTIONS}
         info, calibration = run_calibration_pass(sequence, create_backend(backend_name, **tracker_options),
                                                  stride=args.stride, max_frames=args.max_frames)
-        if info is not None:
-            sequence = CalibratedSequence(sequence, info)
-            sequence.intrinsics_source = CALIBRATION_PASS_SOURCE
+        if info is not None:  # at the size of the frames the pass read
+            sequence = CalibratedSequence(sequence, info, size=(info.width, info.height),
+                                          source=CALIBRATION_PASS_SOURCE)
     out = Path(args.out) if args.out else Path("runs") / sequence.name
     viewer_specs = parse_viewer_spec(args.viewer, out / "recording.rrd")
     # --distributed: the backend runs in the reconstruction node process, not here.
